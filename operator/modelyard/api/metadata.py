@@ -1,0 +1,33 @@
+"""Keys shared by the operator (which writes them) and the router (which reads them).
+
+One small module, imported by both sides, so that the contract between the control plane and the
+data plane is spelled in exactly one place.
+"""
+
+from __future__ import annotations
+
+GROUP = "modelyard.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LLMModel"
+PLURAL = "llmmodels"
+SINGULAR = "llmmodel"
+SHORT_NAMES = ("llm", "llms")
+
+FIELD_MANAGER = "modelyard-operator"
+
+# Labels on every child object (Deployment, pod template, Service, PVC, PDB).
+LABEL_MODEL = f"{GROUP}/model"  # value: the LLMModel's metadata.name
+LABEL_COMPONENT = "app.kubernetes.io/component"  # "model-server"
+LABEL_NAME = "app.kubernetes.io/name"  # "modelyard"
+LABEL_INSTANCE = "app.kubernetes.io/instance"  # the LLMModel's name
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"  # "modelyard-operator"
+COMPONENT_MODEL_SERVER = "model-server"
+
+# The model server's container port name and number on every model pod / Service.
+SERVER_PORT_NAME = "http"
+SERVER_PORT = 8000
+
+# Service and EndpointSlice: kubernetes.io/service-name on slices points at the Service, whose name is
+# the LLMModel's name (see operator builders); the router joins slices to models by this label.
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"

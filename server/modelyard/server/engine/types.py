@@ -1,0 +1,163 @@
+"""The contract between the serving layer and the engine.
+
+The serving layer (protocol, routes, detokenization, stop strings) speaks only these types; the
+engine (scheduler, runner, sampler) consumes and produces them. Neither side imports the other's
+internals, and nothing outside ``engine/`` imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-request sampling, already validated by the serving layer.
+
+    ``temperature == 0`` means greedy. Penalties follow OpenAI's additive definition:
+    ``logit[t] -= presence_penalty * (count[t] > 0) + frequency_penalty * count[t]`` where ``count``
+    counts tokens *generated so far* for this request (not prompt tokens).
+    ``repetition_penalty`` is the multiplicative CTRL/HF variant, over prompt and output tokens.
+    """
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    min_p: float = 0.0  # 0 disables
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 disables
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # Number of top alternatives to report per generated token; None = no logprobs at all,
+    # 0 = only the sampled token's logprob.
+    logprobs: int | None = None
+    # Same for prompt tokens (completions `echo` + `logprobs`); None = not computed.
+    prompt_logprobs: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    # Token ids that end generation (the model's EOS ids are added by the engine unless ignore_eos).
+    stop_token_ids: frozenset[int] = frozenset()
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    # Up to ``logprobs`` (token_id, logprob) pairs, most likely first.
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOutput:
+    """One increment of one request, yielded as soon as the engine has it.
+
+    ``token_ids`` are the tokens new since the previous output (usually one). The last output of a
+    request has ``finish_reason`` set. ``prompt_logprobs`` is only on the first output, and only when
+    asked for (the first prompt token has no logprob: its entry is None).
+    """
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: FinishReason | None = None
+    # The stop token id that ended the request when finish_reason == "stop" (not part of token_ids).
+    stop_token_id: int | None = None
+    num_prompt_tokens: int = 0
+    num_generated_tokens: int = 0  # cumulative, including this output's tokens
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # 0..1, share of the KV budget in use
+    max_num_seqs: int
+    max_queue: int
+
+
+class EngineError(Exception):
+    """Base of errors the engine reports to the serving layer."""
+
+
+class QueueFullError(EngineError):
+    """The waiting queue is at its bound; the serving layer answers 429 with Retry-After."""
+
+    def __init__(self, retry_after_s: float = 1.0) -> None:
+        super().__init__("the server is at capacity; retry later")
+        self.retry_after_s = retry_after_s
+
+
+class PromptTooLongError(EngineError):
+    """The prompt plus max_tokens does not fit the model's context (serving checks first)."""
+
+
+class EngineDeadError(EngineError):
+    """The engine loop stopped (e.g. CUDA error); the pod should be restarted."""
+
+
+class Engine(Protocol):
+    """What the serving layer needs from an engine.
+
+    ``generate`` raises ``QueueFullError`` / ``PromptTooLongError`` from its *first* ``__anext__``,
+    before any output, so the serving layer can still answer with a plain JSON error. Closing the
+    iterator early (client disconnect, stop string found) aborts the request and frees its slot and
+    KV cache at the next token boundary.
+    """
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]: ...
+
+    async def embed(self, batch: list[list[int]]) -> list[list[float]]:
+        """Pooled, L2-normalised embeddings, one per input (micro-batched across requests)."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+Task = Literal["generate", "embed"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything the engine needs, built by the serving layer from ``ServerSettings``."""
+
+    model: str  # local path or hub id, passed to from_pretrained
+    task: Task = "generate"
+    dtype: DType = "auto"  # auto: bfloat16 on CUDA (float16 if no bf16 support), float32 on CPU
+    device: Device = "auto"
+    max_model_len: int | None = None  # None: the model config's max positions
+    max_num_seqs: int = 64  # running batch bound
+    max_queue: int = 1024  # waiting requests bound; beyond it QueueFullError
+    max_prefill_tokens: int = 512  # prefill chunk per engine step, so decode never stalls long
+    revision: str | None = None
+    trust_remote_code: bool = False
+    hf_token: str | None = None
+    seed: int = 0
+
+
+# The engine package exposes, in ``modelyard.server.engine``:
+#   load_model(config: EngineConfig, progress: Callable[[str, float], None] | None = None) -> LoadedModel
+#       (LoadedModel has .tokenizer (a transformers PreTrainedTokenizerBase), .task, .max_model_len,
+#        .device (str), .dtype (str), .eos_token_ids (frozenset[int]))
+#   TorchEngine(loaded: LoadedModel, config: EngineConfig) implementing ``Engine`` above.
