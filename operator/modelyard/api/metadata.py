@@ -31,3 +31,12 @@ SERVER_PORT = 8000
 # Service and EndpointSlice: kubernetes.io/service-name on slices points at the Service, whose name is
 # the LLMModel's name (see operator builders); the router joins slices to models by this label.
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+
+# The router's one port (OpenAI API, /metrics, /healthz, /readyz) and the Service port the chart exposes.
+ROUTER_PORT_NAME = "http"
+ROUTER_PORT = 8080
+
+# Added by the operator: hash of the last applied child manifest, so an unchanged reconcile writes nothing.
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+# Added by the operator: the LLMModel generation a Deployment was built from (status.observedGeneration).
+ANNOTATION_GENERATION = f"{GROUP}/generation"

@@ -1,0 +1,252 @@
+"""Render the LLMModel CustomResourceDefinition from the pydantic models in `llmmodel.py`.
+
+    python -m modelyard.api.crdgen > crds/modelyard.dev_llmmodels.yaml
+    python -m modelyard.api.crdgen --peering > crds/kopf.dev_peerings.yaml
+
+pydantic's JSON Schema is turned into a Kubernetes *structural* schema: references inlined, nullable
+unions collapsed, titles dropped, and the `x-kubernetes-*` extensions (CEL rules, int-or-string,
+preserve-unknown-fields) kept. A unit test fails when the committed file differs from this output.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from modelyard.api.llmmodel import LLMModelSpec, LLMModelStatus
+from modelyard.api.metadata import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CRD_PATH = f"crds/{GROUP}_{PLURAL}.yaml"
+
+_DROP = {"title", "$defs"}
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.url", "description": "Model source URL."},
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        "description": "Whether the model serves requests.",
+    },
+    {
+        "name": "Replicas",
+        "type": "string",
+        "jsonPath": ".status.replicaSummary",
+        "description": "Ready replicas / desired replicas.",
+    },
+    {
+        "name": "GPUs",
+        "type": "integer",
+        "jsonPath": ".spec.resources.gpus",
+        "description": "GPUs per replica.",
+    },
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "description": "Why the model is (not) ready.",
+    },
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+# metav1.Condition, as every Kubernetes API spells it (kept explicit: a list-map keyed by type).
+_CONDITION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "metav1.Condition: the latest observation of one aspect of the model.",
+    "required": ["type", "status", "reason"],
+    "properties": {
+        "type": {"type": "string", "description": "Ready, Progressing or Degraded."},
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "reason": {"type": "string", "description": "CamelCase reason, e.g. Unschedulable."},
+        "message": {"type": "string", "description": "Human-readable detail, e.g. the scheduler's message."},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+        "observedGeneration": {"type": "integer", "format": "int64"},
+    },
+}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        merged = {**_structural(target, defs), **{k: v for k, v in node.items() if k not in _DROP}}
+        return _structural(merged, defs)
+    for union in ("anyOf", "allOf"):
+        if union in node and not node.get("x-kubernetes-int-or-string"):
+            options = [o for o in node.pop(union) if o.get("type") != "null"]
+            if len(options) != 1:
+                raise ValueError(f"cannot express union {options!r} structurally")
+            if node.get("default", ...) is None:
+                node.pop("default")
+            return _structural({**_structural(options[0], defs), **node}, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _structural(value, defs)
+        elif key == "default" and value is None:
+            continue
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def schema_of(model: type[Any]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return dict(_structural(raw, raw.get("$defs", {})))
+
+
+def openapi_schema() -> dict[str, Any]:
+    spec = schema_of(LLMModelSpec)
+    status = schema_of(LLMModelStatus)
+    status["properties"]["conditions"] = {
+        "type": "array",
+        "description": status["properties"]["conditions"]["description"],
+        "items": _CONDITION_SCHEMA,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+    }
+    return {
+        "type": "object",
+        "description": "LLMModel serves one open LLM behind an OpenAI-compatible API: the operator runs it "
+        "as a Deployment of model server pods plus a Service, and the router sends requests for its "
+        "served name and aliases to the ready pods.",
+        "required": ["spec"],
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')",
+                "message": "metadata.name must be a DNS-1035 label of at most 63 characters "
+                "(it names the Service)",
+            }
+        ],
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion of this object: modelyard.dev/v1alpha1.",
+            },
+            "kind": {"type": "string", "description": "Kind of this object: LLMModel."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": ["all", "modelyard"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
+        },
+    }
+
+
+PEERING_CRD_PATH = "crds/kopf.dev_peerings.yaml"
+
+
+def peering_crds() -> list[dict[str, Any]]:
+    """kopf's peering CRDs (used for HA: one active operator replica). Their status is free-form,
+    written by kopf as keep-alives, so it is preserved rather than described."""
+    out = []
+    for kind, plural, scope in (
+        ("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+        ("KopfPeering", "kopfpeerings", "Namespaced"),
+    ):
+        out.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {
+                    "group": "kopf.dev",
+                    "scope": scope,
+                    "names": {"kind": kind, "plural": plural, "singular": plural[:-1]},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "description": "kopf peering: which operator replicas are alive.",
+                                    "properties": {
+                                        "status": {
+                                            "type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                        }
+                                    },
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return out
+
+
+HEADER = (
+    "# Generated by `python -m modelyard.api.crdgen` from operator/modelyard/api/llmmodel.py. Do not edit.\n"
+)
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+def render_peering() -> str:
+    return HEADER.replace("llmmodel.py", "crdgen.py") + yaml.safe_dump_all(
+        peering_crds(), sort_keys=False, width=120
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    sys.stdout.write(render_peering() if args == ["--peering"] else render())
+
+
+if __name__ == "__main__":
+    main()

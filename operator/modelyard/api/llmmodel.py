@@ -1,0 +1,426 @@
+"""The LLMModel API: spec and status as pydantic models.
+
+This module is the API's source of truth. `crdgen.py` renders the CustomResourceDefinition from these
+models (descriptions, defaults, CEL rules included) and the operator parses every LLMModel body with
+them, so the schema the API server enforces and the one the operator reads cannot drift apart.
+Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from modelyard.api.metadata import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "SHORT_NAMES",
+    "SINGULAR",
+    "VERSION",
+    "Autoscaling",
+    "Cache",
+    "Condition",
+    "ConditionType",
+    "Dtype",
+    "HubTokenSecret",
+    "LLMModel",
+    "LLMModelSpec",
+    "LLMModelStatus",
+    "LoadBalancing",
+    "LoadBalancingStrategy",
+    "ModelSource",
+    "Phase",
+    "Resources",
+    "ServerOptions",
+    "Task",
+]
+
+URL_PATTERN = r"^(hf://[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/.*)?)$"
+_URL_RE = re.compile(URL_PATTERN)
+# Same regex, as a CEL string literal (raw string so backslashes survive).
+URL_CEL_MESSAGE = (
+    "url must be hf://<org>/<name>, pvc://<claim>[/<path>] or s3://<bucket>[/<path>] "
+    "(supported schemes: hf, pvc, s3)"
+)
+
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# Kubernetes quantities are int-or-string on the wire ("16Gi", "500m", 4).
+Quantity = Annotated[
+    str | int,
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+        }
+    ),
+]
+
+
+def _opaque_list(description: str) -> WithJsonSchema:
+    """A list of core/v1 objects (EnvVar, Toleration...) kept opaque: the API server validates them
+    again on the Deployment, and embedding the whole core/v1 schema would bloat the CRD tenfold."""
+    return WithJsonSchema(
+        {
+            "type": "array",
+            "description": description,
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        }
+    )
+
+
+OpaqueObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_enum_values=False,
+        frozen=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Task(StrEnum):
+    GENERATE = "generate"
+    EMBED = "embed"
+
+
+class Dtype(StrEnum):
+    AUTO = "auto"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT32 = "float32"
+
+
+class LoadBalancingStrategy(StrEnum):
+    LEAST_LOAD = "LeastLoad"
+    PREFIX_HASH = "PrefixHash"
+
+
+class ModelSource(StrEnum):
+    HF = "hf"
+    PVC = "pvc"
+    S3 = "s3"
+
+
+class ServerOptions(_Model):
+    """How the model server runs: the knobs that map onto its command line and container."""
+
+    image: str | None = Field(
+        default=None,
+        description="Model server image. Defaults to the operator's configured server image.",
+    )
+    dtype: Dtype = Field(default=Dtype.AUTO, description="Weight dtype passed as --dtype.")
+    max_model_len: int | None = Field(
+        default=None,
+        ge=1,
+        description="Maximum context length in tokens (--max-model-len). Defaults to the model's own.",
+    )
+    max_num_seqs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Maximum number of sequences batched concurrently per replica (--max-num-seqs).",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="Extra command-line arguments appended verbatim to the server command.",
+    )
+    env: Annotated[
+        list[dict[str, Any]],
+        _opaque_list("Extra environment variables (core/v1 EnvVar) for the server container."),
+    ] = Field(default_factory=list)
+    env_from: Annotated[
+        list[dict[str, Any]],
+        _opaque_list("Extra environment sources (core/v1 EnvFromSource) for the server container."),
+    ] = Field(default_factory=list)
+
+
+class Resources(_Model):
+    """Per-replica compute. GPUs are requested and limited equally, as the device plugins require."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.gpus >= 0", "message": "resources.gpus must be >= 0 (0 runs on CPU)"}
+            ]
+        }
+    )
+
+    gpus: int = Field(default=1, description="GPUs per replica (0 runs the server on CPU).")
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        min_length=1,
+        description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu.",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request per replica, e.g. '4' or '500m'.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit per replica, e.g. '32Gi'."
+    )
+
+    @field_validator("gpus")
+    @classmethod
+    def _non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("resources.gpus must be >= 0 (0 runs on CPU)")
+        return v
+
+
+class Autoscaling(_Model):
+    """Bounds for an external scaler (HPA, KEDA, the router's autoscaler) that writes spec.replicas
+    through the scale subresource. The operator never writes spec.replicas itself."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+                }
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=0, description="Lowest replica count a scaler may set.")
+    max_replicas: int = Field(ge=1, description="Highest replica count a scaler may set.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must be <= autoscaling.maxReplicas")
+        return self
+
+
+class Cache(_Model):
+    """Where downloaded weights are kept (HF_HOME). Either a new PVC owned by the model (size) or an
+    existing claim (claimName)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.size) != has(self.claimName)",
+                    "message": "cache: set exactly one of size (new PVC) or claimName (existing PVC)",
+                }
+            ]
+        }
+    )
+
+    size: Quantity | None = Field(default=None, description="Size of a new cache PVC, e.g. '100Gi'.")
+    storage_class_name: str | None = Field(
+        default=None, description="StorageClass of the new cache PVC (cluster default if unset)."
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
+        default="ReadWriteOnce",
+        description="Access mode of the new cache PVC. Use ReadWriteMany for replicas on several nodes.",
+    )
+    claim_name: str | None = Field(
+        default=None, description="Name of an existing PVC (same namespace) to use as the cache."
+    )
+
+
+class HubTokenSecret(_Model):
+    """Secret holding a model hub token; exposed to the server as HF_TOKEN."""
+
+    name: str = Field(min_length=1, description="Secret name (same namespace).")
+    key: str = Field(default="token", min_length=1, description="Key in the Secret.")
+
+
+class LoadBalancing(_Model):
+    """How the router spreads requests over this model's replicas."""
+
+    strategy: LoadBalancingStrategy = Field(
+        default=LoadBalancingStrategy.LEAST_LOAD,
+        description="LeastLoad: fewest in-flight requests. PrefixHash: consistent hash of the prompt prefix "
+        "(bounded load), which keeps KV-cache reuse high.",
+    )
+    prefix_char_length: int = Field(
+        default=100, ge=1, description="PrefixHash only: characters of the prompt that are hashed."
+    )
+
+
+class LLMModelSpec(_Model):
+    """Desired state of one served model."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.autoscaling) || !has(self.replicas) || "
+                    "(self.replicas >= self.autoscaling.minReplicas && "
+                    "self.replicas <= self.autoscaling.maxReplicas)",
+                    "message": "replicas must be within autoscaling.minReplicas..maxReplicas",
+                },
+                {
+                    "rule": "!has(self.cache) || !self.url.startsWith('pvc://')",
+                    "message": "cache is not used with pvc:// models (weights are read from the claim)",
+                },
+            ]
+        }
+    )
+
+    url: str = Field(
+        max_length=1024,
+        description="Where the weights come from: hf://<org>/<name> (model hub), "
+        "pvc://<claim>[/<path>] (mounted read-only), or s3://<bucket>[/<path>] (fetched by an init "
+        "container).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"self.matches(r'{URL_PATTERN}')", "message": URL_CEL_MESSAGE}
+            ]
+        },
+    )
+    revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit) for hf:// models."
+    )
+    served_name: str | None = Field(
+        default=None,
+        description="Name clients pass as `model` in OpenAI requests. Defaults to metadata.name.",
+    )
+    aliases: list[str] = Field(default_factory=list, description="Extra names that route to this model.")
+    task: Task = Field(
+        default=Task.GENERATE, description="generate (chat/completions) or embed (embeddings)."
+    )
+    server: ServerOptions = Field(default_factory=ServerOptions, description=ServerOptions.__doc__)
+    resources: Resources = Field(default_factory=Resources, description=Resources.__doc__)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the model pods must match."
+    )
+    tolerations: Annotated[
+        list[dict[str, Any]], _opaque_list("Tolerations (core/v1 Toleration) of the model pods.")
+    ] = Field(default_factory=list)
+    affinity: OpaqueObject | None = Field(
+        default=None, description="Affinity (core/v1 Affinity) of the model pods."
+    )
+    priority_class_name: str | None = Field(default=None, description="PriorityClass of the model pods.")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="Number of server replicas (default 1, or autoscaling.minReplicas). Also the target of "
+        "the scale subresource, so `kubectl scale`, an HPA or KEDA may own it; the operator never writes it.",
+    )
+    autoscaling: Autoscaling | None = Field(default=None, description=Autoscaling.__doc__)
+    cache: Cache | None = Field(default=None, description=Cache.__doc__)
+    hub_token_secret: HubTokenSecret | None = Field(default=None, description=HubTokenSecret.__doc__)
+    load_balancing: LoadBalancing = Field(default_factory=LoadBalancing, description=LoadBalancing.__doc__)
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str) -> str:
+        if not _URL_RE.match(v):
+            raise ValueError(URL_CEL_MESSAGE)
+        return v
+
+    @property
+    def source(self) -> ModelSource:
+        return ModelSource(self.url.split("://", 1)[0])
+
+    @property
+    def source_path(self) -> str:
+        """The URL without its scheme: org/name, claim[/path] or bucket[/path]."""
+        return self.url.split("://", 1)[1]
+
+    @property
+    def desired_replicas(self) -> int:
+        if self.replicas is not None:
+            if self.autoscaling is not None:
+                return min(max(self.replicas, self.autoscaling.min_replicas), self.autoscaling.max_replicas)
+            return self.replicas
+        return self.autoscaling.min_replicas if self.autoscaling is not None else 1
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    DOWNLOADING = "Downloading"
+    LOADING = "Loading"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    SCALED_TO_ZERO = "ScaledToZero"
+
+
+class Condition(_Model):
+    """A metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class LLMModelStatus(_Model):
+    """Observed state, written only by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation of the spec this status describes."
+    )
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending (not scheduled), Downloading (fetching weights), Loading (server starting), "
+        "Ready, Degraded (some replicas failing) or ScaledToZero.",
+    )
+    replicas: int = Field(
+        default=0, description="Model server pods that exist (the scale subresource's view)."
+    )
+    ready_replicas: int = Field(default=0, description="Pods that pass the readiness probe.")
+    replica_summary: str | None = Field(default=None, description="readyReplicas/desired, for kubectl get.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    endpoint: str | None = Field(default=None, description="In-cluster OpenAI base URL of this model.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing and Degraded (metav1.Condition)."
+    )
+
+    def condition(self, ctype: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type == ctype.value), None)
+
+
+class LLMModel(_Model):
+    """Parsed LLMModel object: only the parts the operator reads."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+    spec: LLMModelSpec
+    status: LLMModelStatus = Field(default_factory=LLMModelStatus)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any] | Any) -> LLMModel:
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta.get("namespace") or "default",
+            uid=meta.get("uid", ""),
+            generation=meta.get("generation", 1),
+            spec=LLMModelSpec.model_validate(dict(body.get("spec") or {})),
+            status=LLMModelStatus.model_validate(dict(body.get("status") or {})),
+        )
+
+    @property
+    def served_name(self) -> str:
+        return self.spec.served_name or self.name

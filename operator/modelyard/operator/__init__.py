@@ -1,0 +1,1 @@
+"""The Kubernetes operator: reconciles LLMModels into model server Deployments."""

@@ -1,0 +1,1 @@
+"""Pure manifest builders: (LLMModel, OperatorSettings) in, Kubernetes object dicts out."""

@@ -1,0 +1,229 @@
+"""The model server Deployment: one pod per replica, running `modelyard-server` on the model's GPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelyard.api import metadata as md
+from modelyard.api.llmmodel import LLMModel, ModelSource
+from modelyard.operator.builders.common import (
+    cache_pvc_name,
+    deployment_name,
+    labels,
+    object_meta,
+    selector_labels,
+)
+from modelyard.operator.settings import OperatorSettings
+
+CONTAINER_NAME = "server"
+S3_INIT_CONTAINER_NAME = "fetch-weights"
+CACHE_MOUNT = "/cache"
+MODELS_MOUNT = "/models"
+RUN_AS_USER = 1000
+PROBE_PERIOD_SECONDS = 10
+
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(md.SERVER_PORT),
+    "prometheus.io/path": "/metrics",
+}
+
+
+def model_argument(model: LLMModel) -> str:
+    """What `--model` receives: a hub id for hf://, a local path for pvc:// and s3://."""
+    source, path = model.spec.source, model.spec.source_path
+    if source is ModelSource.HF:
+        return path
+    if source is ModelSource.PVC:
+        claim, _, sub = path.partition("/")
+        return f"{MODELS_MOUNT}/{claim}/{sub}".rstrip("/")
+    return f"{MODELS_MOUNT}/s3"
+
+
+def server_args(model: LLMModel) -> list[str]:
+    spec = model.spec
+    args = ["--model", model_argument(model), "--served-model-name", model.served_name]
+    for alias in spec.aliases:
+        args += ["--alias", alias]
+    args += ["--task", spec.task.value, "--dtype", spec.server.dtype.value]
+    if spec.server.max_model_len is not None:
+        args += ["--max-model-len", str(spec.server.max_model_len)]
+    if spec.server.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(spec.server.max_num_seqs)]
+    args += ["--host", "0.0.0.0", "--port", str(md.SERVER_PORT)]
+    return args + list(spec.server.extra_args)
+
+
+def _env(model: LLMModel) -> list[dict[str, Any]]:
+    spec = model.spec
+    env: dict[str, dict[str, Any]] = {}
+    if spec.cache is not None:
+        env["HF_HOME"] = {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"}
+    if spec.revision is not None:
+        env["MODELYARD_SERVER_REVISION"] = {"name": "MODELYARD_SERVER_REVISION", "value": spec.revision}
+    if spec.hub_token_secret is not None:
+        env["HF_TOKEN"] = {
+            "name": "HF_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {"name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}
+            },
+        }
+    if spec.source is not ModelSource.HF:
+        # Weights are local: never reach for the hub at start-up.
+        env["HF_HUB_OFFLINE"] = {"name": "HF_HUB_OFFLINE", "value": "1"}
+    # User entries win; one entry per name, because server-side apply keys env by name.
+    for item in spec.server.env:
+        env[str(item["name"])] = dict(item)
+    return list(env.values())
+
+
+def _resources(model: LLMModel) -> dict[str, Any]:
+    res = model.spec.resources
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.cpu is not None:
+        requests["cpu"] = str(res.cpu)
+    if res.memory is not None:
+        requests["memory"] = limits["memory"] = str(res.memory)
+    if res.gpus > 0:
+        requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = str(res.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probes(settings: OperatorSettings) -> dict[str, Any]:
+    def get(path: str) -> dict[str, Any]:
+        return {"path": path, "port": md.SERVER_PORT_NAME}
+
+    return {
+        # Big weights take long to download and load; the startup probe holds liveness off until then.
+        "startupProbe": {
+            "httpGet": get("/health"),
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "failureThreshold": max(1, settings.startup_timeout_seconds // PROBE_PERIOD_SECONDS),
+            "timeoutSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": get("/health"),
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "failureThreshold": 3,
+            "timeoutSeconds": 5,
+        },
+        "readinessProbe": {
+            "httpGet": get("/ready"),
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+            "timeoutSeconds": 5,
+        },
+    }
+
+
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _volumes_and_mounts(model: LLMModel) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = model.spec
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if spec.cache is not None:
+        claim = spec.cache.claim_name or cache_pvc_name(model)
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+    if spec.source is ModelSource.PVC:
+        claim = spec.source_path.partition("/")[0]
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": f"{MODELS_MOUNT}/{claim}", "readOnly": True})
+    elif spec.source is ModelSource.S3:
+        volumes.append({"name": "model", "emptyDir": {}})
+        mounts.append({"name": "model", "mountPath": f"{MODELS_MOUNT}/s3", "readOnly": True})
+    return volumes, mounts
+
+
+def _s3_init_container(model: LLMModel, settings: OperatorSettings) -> dict[str, Any]:
+    # Credentials come from the standard AWS chain: spec.server.envFrom (a Secret with AWS_* keys),
+    # IRSA / pod identity, or the node's instance profile.
+    return {
+        "name": S3_INIT_CONTAINER_NAME,
+        "image": settings.s3_init_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["aws", "s3", "sync", f"s3://{model.spec.source_path}", f"{MODELS_MOUNT}/s3"],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "envFrom": list(model.spec.server.env_from),
+        "volumeMounts": [{"name": "model", "mountPath": f"{MODELS_MOUNT}/s3"}],
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+    }
+
+
+def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, Any]:
+    spec = model.spec
+    volumes, mounts = _volumes_and_mounts(model)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.server.image or settings.server_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["modelyard-server"],
+        "args": server_args(model),
+        "ports": [{"name": md.SERVER_PORT_NAME, "containerPort": md.SERVER_PORT, "protocol": "TCP"}],
+        "env": _env(model),
+        "resources": _resources(model),
+        "volumeMounts": mounts,
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        **_probes(settings),
+    }
+    if spec.server.env_from:
+        container["envFrom"] = list(spec.server.env_from)
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 60,
+    }
+    if spec.source is ModelSource.S3:
+        pod_spec["initContainers"] = [_s3_init_container(model, settings)]
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = list(spec.tolerations)
+    if spec.affinity:
+        pod_spec["affinity"] = dict(spec.affinity)
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(model, deployment_name(model)),
+        "spec": {
+            "replicas": spec.desired_replicas,
+            "selector": {"matchLabels": selector_labels(model)},
+            # Zero-downtime rollouts: a new replica must be Ready before an old one goes. This needs one
+            # spare replica's worth of GPUs during a rollout.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": settings.startup_timeout_seconds + 600,
+            "template": {
+                "metadata": {"labels": labels(model), "annotations": dict(SCRAPE_ANNOTATIONS)},
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,131 @@
+"""The only operator module that talks to the Kubernetes API (besides kopf's own watches).
+
+Every write goes through here, with one field manager, and is counted in the operator's metrics, so
+"API writes per model" is measurable without an audit log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, cast
+
+from lightkube import ApiError, AsyncClient
+from lightkube.core.resource import NamespacedResource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Service
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.types import PatchType
+
+from modelyard.api import metadata as md
+from modelyard.operator import metrics
+
+LLMModelResource = create_namespaced_resource(md.GROUP, md.VERSION, md.KIND, md.PLURAL)
+
+KINDS: dict[str, type[NamespacedResource]] = {
+    "Deployment": Deployment,
+    "Service": Service,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
+    "PodDisruptionBudget": PodDisruptionBudget,
+}
+
+__all__ = ["ApiError", "Kube"]
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return dict(obj.to_dict()) if hasattr(obj, "to_dict") else dict(obj)
+
+
+class Kube:
+    """Thin async facade over lightkube for the handful of calls the operator makes."""
+
+    def __init__(self, client: AsyncClient | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> AsyncClient:
+        # Created lazily inside the running event loop (kopf's), not at import time.
+        if self._client is None:
+            self._client = AsyncClient(field_manager=md.FIELD_MANAGER)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            return _as_dict(await self.client.get(KINDS[kind], name, namespace=namespace))
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply with force: the operator owns every field it sets on its children."""
+        meta = obj["metadata"]
+        result = await self.client.patch(
+            KINDS[obj["kind"]],
+            meta["name"],
+            dict(obj),
+            namespace=meta["namespace"],
+            patch_type=PatchType.APPLY,
+            field_manager=md.FIELD_MANAGER,
+            force=True,
+        )
+        metrics.API_WRITES.labels(verb="apply", resource=obj["kind"]).inc()
+        return _as_dict(result)
+
+    async def delete(self, kind: str, name: str, namespace: str) -> None:
+        try:
+            await self.client.delete(KINDS[kind], name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+        metrics.API_WRITES.labels(verb="delete", resource=kind).inc()
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Replace the LLMModel's status fields we own (merge patch on the status subresource)."""
+        await self.client.patch(
+            LLMModelResource.Status,
+            name,
+            {"status": dict(status)},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+        metrics.API_WRITES.labels(verb="patch", resource="LLMModel/status").inc()
+
+    async def post_event(self, model: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the LLMModel, shown by `kubectl describe llm`."""
+        now = dt.datetime.now(dt.UTC)
+        meta = model["metadata"]
+        namespace = meta.get("namespace") or "default"
+        event = cast(
+            Event,
+            Event.from_dict(
+                {
+                    "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+                    "involvedObject": {
+                        "apiVersion": md.API_VERSION,
+                        "kind": md.KIND,
+                        "name": meta["name"],
+                        "namespace": namespace,
+                        "uid": meta.get("uid"),
+                        "resourceVersion": meta.get("resourceVersion"),
+                    },
+                    "type": event_type,
+                    "reason": reason,
+                    "message": message[:1024],
+                    "source": {"component": md.FIELD_MANAGER},
+                    "reportingComponent": md.FIELD_MANAGER,
+                    "reportingInstance": md.FIELD_MANAGER,
+                    "firstTimestamp": now.isoformat(),
+                    "lastTimestamp": now.isoformat(),
+                    "count": 1,
+                }
+            ),
+        )
+        await self.client.create(event)
+        metrics.API_WRITES.labels(verb="create", resource="Event").inc()

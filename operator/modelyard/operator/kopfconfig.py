@@ -1,0 +1,46 @@
+"""kopf tuning, applied once in the start-up handler. Each setting says why it is not the default."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from modelyard.api import metadata as md
+from modelyard.operator.settings import OperatorSettings
+
+# kopf bookkeeping lives in annotations under our own prefix, never in status: the CRD's structural
+# schema would prune status.kopf, and annotations cost no extra status-subresource PATCH.
+PERSISTENCE_PREFIX = md.GROUP
+
+
+def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
+    # Finite watch timeouts: a silently dead watch connection (load balancer idle cut) would otherwise
+    # stall the operator forever (kopf #204, #698). The server closes the stream first; the client
+    # timeout is a backstop slightly longer than it.
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_server_timeout + 60
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = ours.request_timeout
+    # Bounded concurrency: unbounded workers on 1,000 objects at start-up floods the API server.
+    settings.queueing.worker_limit = ours.worker_limit
+    # kopf's own "Handler succeeded" events are one API write per reaction; our status syncer posts
+    # the Events users need (ModelReady, Unschedulable, CrashLoopBackOff) and kopf only posts failures.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = md.FIELD_MANAGER
+    settings.posting.event_name_prefix = "modelyard-"
+    settings.persistence.finalizer = f"{md.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PERSISTENCE_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PERSISTENCE_PREFIX, key="last-handled-configuration"
+    )
+    # Watch only our own children server-side instead of every Pod and Deployment in the cluster.
+    selector = f"{md.LABEL_MANAGED_BY}={md.FIELD_MANAGER}"
+    settings.watching.label_selectors["pods"] = selector
+    settings.watching.label_selectors["deployments"] = selector
+    # No dynamic CRD/namespace scanning: it needs cluster-wide list/watch on CRDs and namespaces,
+    # which the least-privilege RBAC does not grant. The LLMModel CRD must exist before start-up.
+    settings.scanning.disabled = True
+    if ours.peering_name is not None:
+        settings.peering.name = ours.peering_name
+        settings.peering.mandatory = True

@@ -1,0 +1,92 @@
+"""In-memory view of what the watches have seen: LLMModels, their Deployments and their Pods.
+
+kopf's event handlers feed it; the status syncer reads it, so computing a status costs no API reads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from modelyard.api import metadata as md
+
+Key = tuple[str, str]  # (namespace, LLMModel name)
+
+
+def _slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "deletionTimestamp": meta.get("deletionTimestamp")},
+        "status": dict(pod.get("status") or {}),
+    }
+
+
+def _slim_deployment(dep: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dep.get("metadata") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "generation": meta.get("generation"),
+            "annotations": dict(meta.get("annotations") or {}),
+        },
+        "status": dict(dep.get("status") or {}),
+    }
+
+
+def model_key_of(obj: Mapping[str, Any]) -> Key | None:
+    meta = obj.get("metadata") or {}
+    model = (meta.get("labels") or {}).get(md.LABEL_MODEL)
+    if not model:
+        return None
+    return (meta.get("namespace") or "default", model)
+
+
+class ObservedState:
+    def __init__(self) -> None:
+        self.models: dict[Key, dict[str, Any]] = {}
+        self.deployments: dict[Key, dict[str, Any]] = {}
+        self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+
+    def set_model(self, body: Mapping[str, Any], deleted: bool) -> Key:
+        meta = body["metadata"]
+        key = (meta.get("namespace") or "default", meta["name"])
+        if deleted:
+            self.models.pop(key, None)
+        else:
+            self.models[key] = {
+                "metadata": dict(meta),
+                "spec": dict(body.get("spec") or {}),
+                "status": dict(body.get("status") or {}),
+            }
+        return key
+
+    def set_deployment(self, body: Mapping[str, Any], deleted: bool) -> Key | None:
+        key = model_key_of(body)
+        if key is None:
+            return None
+        if deleted:
+            self.deployments.pop(key, None)
+        else:
+            self.deployments[key] = _slim_deployment(body)
+        return key
+
+    def set_pod(self, body: Mapping[str, Any], deleted: bool) -> Key | None:
+        key = model_key_of(body)
+        if key is None:
+            return None
+        name = str(body["metadata"]["name"])
+        if deleted:
+            self.pods[key].pop(name, None)
+            if not self.pods[key]:
+                del self.pods[key]
+        else:
+            self.pods[key][name] = _slim_pod(body)
+        return key
+
+    def pods_of(self, key: Key) -> list[dict[str, Any]]:
+        return list(self.pods.get(key, {}).values())
+
+    def phases(self) -> dict[str, int]:
+        counts = Counter(str((m.get("status") or {}).get("phase") or "Unknown") for m in self.models.values())
+        return dict(counts)

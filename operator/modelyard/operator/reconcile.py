@@ -1,0 +1,92 @@
+"""Make an LLMModel's children match its spec: build, compare, apply only what changed.
+
+Each child carries a hash of the manifest it was applied from; an unchanged child is not written, so
+a resync, a restart or a second reconcile costs reads, never writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from modelyard.api import metadata as md
+from modelyard.api.llmmodel import LLMModel
+from modelyard.operator.builders.common import content_hash, pdb_name
+from modelyard.operator.builders.deployment import build_deployment
+from modelyard.operator.builders.pdb import build_pdb
+from modelyard.operator.builders.pvc import build_cache_pvc
+from modelyard.operator.builders.service import build_service
+from modelyard.operator.settings import OperatorSettings
+
+
+class KubeWriter(Protocol):
+    async def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None: ...
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def delete(self, kind: str, name: str, namespace: str) -> None: ...
+
+
+@dataclass
+class ReconcileResult:
+    applied: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied or self.deleted)
+
+
+def stamp(obj: dict[str, Any], model: LLMModel) -> dict[str, Any]:
+    """Add the spec-hash (and, on the Deployment, the LLMModel generation) annotations."""
+    meta = obj["metadata"]
+    annotations = dict(meta.get("annotations") or {})
+    if obj["kind"] == "Deployment":
+        annotations[md.ANNOTATION_GENERATION] = str(model.generation)
+    annotations.pop(md.ANNOTATION_SPEC_HASH, None)
+    unstamped = {**obj, "metadata": {**meta, "annotations": annotations}}
+    annotations[md.ANNOTATION_SPEC_HASH] = content_hash(unstamped)
+    return {**obj, "metadata": {**meta, "annotations": annotations}}
+
+
+def desired_children(model: LLMModel, settings: OperatorSettings) -> list[dict[str, Any]]:
+    children = [
+        build_cache_pvc(model, settings),
+        build_deployment(model, settings),
+        build_service(model, settings),
+    ]
+    children.append(build_pdb(model, settings))
+    return [stamp(c, model) for c in children if c is not None]
+
+
+def _hash_of(obj: dict[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(md.ANNOTATION_SPEC_HASH)
+
+
+def _owned_by(obj: dict[str, Any], model: LLMModel) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == model.uid and r.get("controller") for r in refs)
+
+
+async def reconcile(model: LLMModel, settings: OperatorSettings, kube: KubeWriter) -> ReconcileResult:
+    result = ReconcileResult()
+    for child in desired_children(model, settings):
+        meta = child["metadata"]
+        ref = f"{child['kind']}/{meta['name']}"
+        existing = await kube.get(child["kind"], meta["name"], meta["namespace"])
+        if existing is not None and _hash_of(existing) == _hash_of(child) and _owned_by(existing, model):
+            result.unchanged.append(ref)
+            continue
+        await kube.apply(child)
+        result.applied.append(ref)
+    if build_pdb(model, settings) is None:
+        # Scaled down to one replica: a maxUnavailable=1 budget would now allow zero, so drop it.
+        existing = await kube.get("PodDisruptionBudget", pdb_name(model), model.namespace)
+        if existing is not None and _owned_by(existing, model):
+            await kube.delete("PodDisruptionBudget", pdb_name(model), model.namespace)
+            result.deleted.append(f"PodDisruptionBudget/{pdb_name(model)}")
+    return result

@@ -1,0 +1,71 @@
+"""Operator configuration: one typed place, read once at start-up (env MODELYARD_OPERATOR_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_OPERATOR_", frozen=True)
+
+    # What the operator builds.
+    server_image: str = Field(
+        default="ghcr.io/modelyard/modelyard-server:0.1.0",
+        description="Default model server image (spec.server.image overrides it per model).",
+    )
+    image_pull_policy: str = "IfNotPresent"
+    s3_init_image: str = Field(
+        default="amazon/aws-cli:2.22.0",
+        description="Image of the init container that copies s3:// weights; it must provide `aws s3 sync` "
+        "and find credentials through the usual AWS chain (env, IRSA, instance profile).",
+    )
+    cluster_domain: str = "cluster.local"
+    startup_timeout_seconds: int = Field(
+        default=3600, description="How long a replica may take to download and load weights."
+    )
+
+    # Where and how it runs.
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty means cluster-wide."
+    )
+    peering_name: str | None = Field(
+        default=None,
+        description="kopf peering object for HA (only one operator replica acts at a time); "
+        "unset means standalone.",
+    )
+    priority: int | None = Field(
+        default=None,
+        description="kopf peering priority of this replica; unset picks a random one, so that exactly one of "
+        "several replicas (the highest) is active and the others stand by.",
+    )
+    health_port: int = 8080
+    metrics_port: int = 9090
+    bind_address: str = "0.0.0.0"
+    worker_limit: int = Field(default=16, description="Concurrent kopf handler workers.")
+    watch_server_timeout: int = Field(
+        default=300,
+        description="Server-side watch timeout (s): watches are re-established at least this often.",
+    )
+    request_timeout: float = 30.0
+    post_events: bool = Field(
+        default=True,
+        description="Post Kubernetes Events on LLMModels for transitions (Ready, Unschedulable...).",
+    )
+    status_retry_delay: float = 5.0
+
+
+_current: OperatorSettings | None = None
+
+
+def get_settings() -> OperatorSettings:
+    """The process's settings: from the environment, unless the CLI installed its own."""
+    global _current
+    if _current is None:
+        _current = OperatorSettings()
+    return _current
+
+
+def use_settings(settings: OperatorSettings) -> None:
+    global _current
+    _current = settings

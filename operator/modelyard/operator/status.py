@@ -1,0 +1,258 @@
+"""Pure status computation: observed Deployment + Pods -> LLMModelStatus.
+
+Nothing here talks to the API. The inputs are the plain dicts the watches deliver, so every state a
+model can be in (unschedulable, pulling, crash-looping, loading, ready, scaled to zero) is a unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.api import metadata as md
+from modelyard.api.llmmodel import Condition, ConditionType, LLMModel, LLMModelStatus, Phase
+from modelyard.operator.builders.common import selector_string
+from modelyard.operator.builders.deployment import CONTAINER_NAME, S3_INIT_CONTAINER_NAME
+from modelyard.operator.builders.service import endpoint_url
+from modelyard.operator.settings import OperatorSettings
+
+# Container waiting reasons that will not fix themselves: the model is failing, not just starting.
+FAILURE_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+_PHASE_ORDER = {Phase.PENDING: 0, Phase.DOWNLOADING: 1, Phase.LOADING: 2, Phase.READY: 3}
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What status needs to know about one model pod."""
+
+    name: str
+    phase: Phase
+    ready: bool
+    unschedulable_message: str | None = None
+    failure_reason: str | None = None
+    failure_message: str | None = None
+
+
+def _condition(pod: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return dict(cond)
+    return None
+
+
+def _container_status(statuses: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
+    return next((s for s in statuses if s.get("name") == name), None)
+
+
+def view_pod(pod: Mapping[str, Any]) -> PodView:
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    status = pod.get("status") or {}
+    scheduled = _condition(pod, "PodScheduled")
+    ready_cond = _condition(pod, "Ready")
+    ready = bool(ready_cond and ready_cond.get("status") == "True")
+    if scheduled is not None and scheduled.get("status") == "False":
+        return PodView(
+            name,
+            Phase.PENDING,
+            False,
+            unschedulable_message=str(scheduled.get("message") or scheduled.get("reason") or "Unschedulable"),
+        )
+    for statuses in (status.get("initContainerStatuses") or [], status.get("containerStatuses") or []):
+        for cs in statuses:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in FAILURE_REASONS:
+                return PodView(
+                    name,
+                    Phase.PENDING,
+                    False,
+                    failure_reason=str(waiting["reason"]),
+                    failure_message=f"{name}/{cs.get('name')}: {waiting.get('message') or waiting['reason']}",
+                )
+    if ready:
+        return PodView(name, Phase.READY, True)
+    init = _container_status(status.get("initContainerStatuses") or [], S3_INIT_CONTAINER_NAME)
+    if init is not None and not (init.get("state") or {}).get("terminated"):
+        return PodView(name, Phase.DOWNLOADING, False)
+    server = _container_status(status.get("containerStatuses") or [], CONTAINER_NAME)
+    if server is not None and (server.get("state") or {}).get("running"):
+        return PodView(name, Phase.LOADING, False)
+    if scheduled is not None and scheduled.get("status") == "True":
+        return PodView(name, Phase.LOADING if init is None else Phase.DOWNLOADING, False)
+    return PodView(name, Phase.PENDING, False)
+
+
+def _is_live(pod: Mapping[str, Any]) -> bool:
+    meta = pod.get("metadata") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    return not meta.get("deletionTimestamp") and phase not in ("Succeeded", "Failed")
+
+
+def _merge_conditions(
+    previous: list[Condition], new: list[Condition], now: str, generation: int | None
+) -> list[Condition]:
+    """Keep lastTransitionTime when a condition's status did not change, so an unchanged status
+    compares equal and costs no write."""
+    before = {c.type: c for c in previous}
+    out = []
+    for cond in new:
+        old = before.get(cond.type)
+        since = old.last_transition_time if old is not None and old.status == cond.status else now
+        out.append(cond.model_copy(update={"last_transition_time": since, "observed_generation": generation}))
+    return out
+
+
+def _deployment_generation(deployment: Mapping[str, Any] | None) -> int | None:
+    if deployment is None:
+        return None
+    value = ((deployment.get("metadata") or {}).get("annotations") or {}).get(md.ANNOTATION_GENERATION)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _rollout_done(deployment: Mapping[str, Any], desired: int) -> bool:
+    meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+    return bool(
+        status.get("observedGeneration", 0) >= meta.get("generation", 0)
+        and status.get("updatedReplicas", 0) >= desired
+        and status.get("replicas", 0) <= desired
+        and status.get("readyReplicas", 0) >= desired
+    )
+
+
+def _deadline_exceeded(deployment: Mapping[str, Any]) -> str | None:
+    for cond in (deployment.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return str(cond.get("message") or "ProgressDeadlineExceeded")
+    return None
+
+
+def build_status(
+    model: LLMModel,
+    deployment: Mapping[str, Any] | None,
+    pods: Iterable[Mapping[str, Any]],
+    settings: OperatorSettings,
+    now: str,
+) -> LLMModelStatus:
+    desired = model.spec.desired_replicas
+    views = [view_pod(p) for p in pods if _is_live(p)]
+    dep_status = (deployment or {}).get("status") or {}
+    ready = sum(v.ready for v in views)
+    replicas = int(dep_status.get("replicas", len(views)))
+    unschedulable = [v for v in views if v.unschedulable_message]
+    failing = [v for v in views if v.failure_reason]
+    deadline = _deadline_exceeded(deployment) if deployment is not None else None
+
+    # Ready: can this model answer a request now?
+    if ready > 0:
+        ready_cond = Condition(
+            type="Ready", status="True", reason="Serving", message=f"{ready}/{desired} replicas ready"
+        )
+    elif desired == 0:
+        ready_cond = Condition(type="Ready", status="False", reason="ScaledToZero", message="replicas is 0")
+    elif unschedulable:
+        ready_cond = Condition(
+            type="Ready",
+            status="False",
+            reason="Unschedulable",
+            message=unschedulable[0].unschedulable_message or "",
+        )
+    elif failing:
+        ready_cond = Condition(
+            type="Ready",
+            status="False",
+            reason=str(failing[0].failure_reason),
+            message=failing[0].failure_message or "",
+        )
+    elif deployment is None:
+        ready_cond = Condition(
+            type="Ready", status="False", reason="Creating", message="creating the Deployment"
+        )
+    elif not views:
+        ready_cond = Condition(type="Ready", status="False", reason="Pending", message="waiting for pods")
+    else:
+        furthest = max((v.phase for v in views), key=lambda p: _PHASE_ORDER.get(p, 0))
+        message = {
+            Phase.DOWNLOADING: "downloading weights",
+            Phase.LOADING: "model server starting: loading weights",
+        }.get(furthest, "waiting for pods to start")
+        ready_cond = Condition(type="Ready", status="False", reason=furthest.value, message=message)
+
+    # Progressing: is a rollout or scale still under way?
+    if deadline is not None:
+        progressing = Condition(
+            type="Progressing", status="False", reason="ProgressDeadlineExceeded", message=deadline
+        )
+    elif deployment is not None and _rollout_done(deployment, desired):
+        progressing = Condition(
+            type="Progressing",
+            status="False",
+            reason="RolloutComplete",
+            message=f"{ready}/{desired} replicas ready",
+        )
+    else:
+        progressing = Condition(
+            type="Progressing",
+            status="True",
+            reason="RollingOut",
+            message=f"{ready}/{desired} replicas ready, {dep_status.get('updatedReplicas', 0)} updated",
+        )
+
+    # Degraded: is something wrong that needs a human (or more capacity)?
+    problem = (
+        (unschedulable[0].unschedulable_message, "Unschedulable")
+        if unschedulable
+        else (failing[0].failure_message, failing[0].failure_reason)
+        if failing
+        else (deadline, "ProgressDeadlineExceeded")
+        if deadline
+        else None
+    )
+    if problem is not None:
+        degraded = Condition(
+            type="Degraded", status="True", reason=str(problem[1]), message=str(problem[0] or "")
+        )
+    else:
+        degraded = Condition(type="Degraded", status="False", reason="AsExpected", message="")
+
+    if desired == 0 and not views:
+        phase = Phase.SCALED_TO_ZERO
+    elif ready > 0:
+        phase = Phase.DEGRADED if problem is not None else Phase.READY
+    elif failing or deadline:
+        phase = Phase.DEGRADED
+    elif views and not unschedulable:
+        phase = max((v.phase for v in views), key=lambda p: _PHASE_ORDER.get(p, 0))
+    else:
+        phase = Phase.PENDING
+
+    generation = _deployment_generation(deployment)
+    return LLMModelStatus(
+        observed_generation=generation,
+        phase=phase,
+        replicas=replicas,
+        ready_replicas=ready,
+        replica_summary=f"{ready}/{desired}",
+        selector=selector_string(model),
+        endpoint=endpoint_url(model, settings),
+        conditions=_merge_conditions(
+            model.status.conditions, [ready_cond, progressing, degraded], now, generation
+        ),
+    )
+
+
+def ready_condition(status: LLMModelStatus) -> Condition | None:
+    return status.condition(ConditionType.READY)

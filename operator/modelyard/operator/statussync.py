@@ -1,0 +1,122 @@
+"""Keep each LLMModel's status in step with its Deployment and Pods.
+
+Watch events only mark a model dirty; after a short debounce window the status is recomputed from the
+observed state and written only if it differs from what the object already says. A burst of pod
+events (scheduling, container start, readiness) therefore costs one status write, not one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from modelyard.api.llmmodel import LLMModel, LLMModelStatus
+from modelyard.operator import metrics
+from modelyard.operator.observed import Key, ObservedState
+from modelyard.operator.settings import OperatorSettings
+from modelyard.operator.status import build_status, ready_condition
+
+log = logging.getLogger(__name__)
+
+# Ready-condition reasons worth a Warning event on the LLMModel.
+WARNING_REASONS = frozenset(
+    {"Unschedulable", "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"}
+)
+
+
+class StatusWriter(Protocol):
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    async def post_event(self, model: dict[str, Any], event_type: str, reason: str, message: str) -> None: ...
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def transition_event(old: LLMModelStatus, new: LLMModelStatus) -> tuple[str, str, str] | None:
+    """The Event worth posting when the Ready condition changes, if any: (type, reason, message)."""
+    before, after = ready_condition(old), ready_condition(new)
+    if after is None or (
+        before is not None and (before.status, before.reason) == (after.status, after.reason)
+    ):
+        return None
+    if after.status == "True":
+        return ("Normal", "ModelReady", f"serving: {after.message}")
+    if after.reason in WARNING_REASONS:
+        return ("Warning", after.reason, after.message)
+    return None
+
+
+class StatusSyncer:
+    def __init__(
+        self,
+        state: ObservedState,
+        kube: StatusWriter,
+        settings: OperatorSettings,
+        debounce_seconds: float = 0.5,
+        clock: Callable[[], str] = _now,
+    ) -> None:
+        self._state = state
+        self._kube = kube
+        self._settings = settings
+        self._debounce = debounce_seconds
+        self._clock = clock
+        self._pending: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def touch(self, key: Key, delay: float | None = None) -> None:
+        """Schedule a status sync for this model (coalesced with any already pending)."""
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._debounce if delay is None else delay, self._start, key)
+
+    def _start(self, key: Key) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, key: Key) -> None:
+        self._pending.discard(key)
+        try:
+            await self.sync(key)
+        except Exception as exc:
+            log.warning("status sync of %s/%s failed, retrying: %s", key[0], key[1], exc)
+            metrics.RECONCILE_ERRORS.labels(error="status").inc()
+            self.touch(key, delay=self._settings.status_retry_delay)
+
+    async def sync(self, key: Key) -> bool:
+        """Compute and, if it changed, write the status of one model. Returns whether it wrote."""
+        body = self._state.models.get(key)
+        if body is None:
+            return False
+        try:
+            model = LLMModel.from_body(body)
+        except ValidationError:
+            return False  # the reconcile handler reports invalid specs
+        new = build_status(
+            model, self._state.deployments.get(key), self._state.pods_of(key), self._settings, self._clock()
+        )
+        if new == model.status:
+            return False
+        wire = new.to_wire()
+        await self._kube.patch_status(key[0], key[1], wire)
+        metrics.STATUS_UPDATES.inc()
+        # Remember what we wrote so a sync racing the watch event does not write it twice.
+        body["status"] = wire
+        event = transition_event(model.status, new)
+        if event is not None and self._settings.post_events:
+            await self._kube.post_event(body, *event)
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
