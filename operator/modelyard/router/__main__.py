@@ -1,0 +1,95 @@
+"""``modelyard-router``: run the router. Settings from ``--kebab-case`` flags or ``MODELYARD_ROUTER_*``.
+
+SIGTERM/SIGINT: /readyz turns 503 at once, the listener keeps serving for ``shutdown_delay_s`` (so
+Kubernetes can take the pod out of its Service), then stops accepting and lets in-flight requests and
+streams finish for up to ``shutdown_drain_s`` before cancelling them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import prometheus_client
+from aiohttp import web
+
+from modelyard.router.app import PROXY, create_app
+from modelyard.router.settings import RouterSettings
+
+log = logging.getLogger("modelyard.router")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; access-log lines are already JSON and are embedded as fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        message = record.getMessage()
+        if record.name == "modelyard.router.access":
+            entry.update(json.loads(message))
+        else:
+            entry["msg"] = message
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # we write our own access log
+
+
+async def serve(settings: RouterSettings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client disconnect cancels the handler -> upstream is closed
+        shutdown_timeout=settings.shutdown_drain_s,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    await site.start()
+    log.info("router listening on %s:%d (mode=%s)", settings.host, settings.port, settings.mode.value)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.0fs", settings.shutdown_drain_s)
+    proxy = app[PROXY]
+    proxy.draining = True
+    if settings.shutdown_delay_s:
+        await asyncio.sleep(settings.shutdown_delay_s)
+    await runner.cleanup()
+    log.info("router stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    settings = RouterSettings(_cli_parse_args=args)  # type: ignore[call-arg]
+    configure_logging(settings.log_level)
+    # `_created` series double the output and no dashboard uses them.
+    prometheus_client.disable_created_metrics()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Composition root of the router: ``create_app(settings)`` wires table, discovery, keys, proxy, metrics.
+
+Routes:
+  POST /v1/{chat/completions,completions,embeddings,...}  proxied by model (proxy.py)
+  GET  /v1/models, /v1/models/{id}                         the union of routable names and aliases
+  GET  /healthz   process is up          GET /readyz   discovery has delivered a table, not draining
+  GET  /metrics   Prometheus text format (own registry)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from modelyard.router import errors
+from modelyard.router.discovery import (
+    Discovery,
+    FileWatcher,
+    KubernetesDiscovery,
+    SecretKeysWatcher,
+    StaticDiscovery,
+)
+from modelyard.router.health import Health
+from modelyard.router.keys import KeyStore, parse_keys
+from modelyard.router.metrics import MODEL_UNKNOWN, EndpointState, RouterMetrics
+from modelyard.router.proxy import Proxy
+from modelyard.router.settings import DiscoveryMode, RouterSettings
+from modelyard.router.table import RouteDefaults, RoutingTable
+
+log = logging.getLogger("modelyard.router")
+
+SETTINGS: web.AppKey[RouterSettings] = web.AppKey("settings", RouterSettings)
+TABLE: web.AppKey[RoutingTable] = web.AppKey("table", RoutingTable)
+PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+METRICS: web.AppKey[RouterMetrics] = web.AppKey("metrics", RouterMetrics)
+KEYS: web.AppKey[KeyStore] = web.AppKey("keys", KeyStore)
+HEALTH: web.AppKey[Health] = web.AppKey("health", Health)
+
+
+def create_app(
+    settings: RouterSettings,
+    discovery: Discovery | None = None,
+    rng: random.Random | None = None,
+) -> web.Application:
+    # client_max_size gives aiohttp's own 413 for chunked bodies; proxy.py turns it into the envelope.
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_envelope])
+    metrics = RouterMetrics()
+    table = RoutingTable(
+        defaults=RouteDefaults(
+            prefix_char_length=settings.prefix_char_length,
+            load_factor=settings.chwbl_load_factor,
+            replication=settings.chwbl_replication,
+        )
+    )
+    health = Health(table, settings.eject_after_failures, settings.eject_base_s, settings.eject_max_s)
+    keys = KeyStore()
+    session_holder: dict[str, aiohttp.ClientSession] = {}
+    proxy = Proxy(settings, table, health, keys, metrics, lambda: session_holder["s"], rng)
+    app[SETTINGS] = settings
+    app[TABLE] = table
+    app[PROXY] = proxy
+    app[METRICS] = metrics
+    app[KEYS] = keys
+    app[HEALTH] = health
+
+    if discovery is None:
+        discovery = (
+            KubernetesDiscovery(settings.namespace, metrics)
+            if settings.mode is DiscoveryMode.KUBERNETES
+            else StaticDiscovery(_required(settings.static_config))
+        )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(
+            limit=settings.upstream_max_connections,
+            limit_per_host=0,
+            keepalive_timeout=settings.upstream_keepalive_s,
+            enable_cleanup_closed=True,
+        )
+        session_holder["s"] = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+        _watch_table_metrics(table, metrics)
+        background: list[asyncio.Task[None]] = []
+        if settings.api_keys_file is not None:
+            watcher = FileWatcher(settings.api_keys_file, lambda raw: _load_keys(keys, metrics, raw))
+            watcher.check()  # a broken keys file fails start-up rather than opening the router
+            background.append(asyncio.create_task(watcher.run(), name="keys-file"))
+        elif settings.api_keys_secret:
+            keys.load([], enabled=True)  # closed until the Secret is read: never open by accident
+            secret = SecretKeysWatcher(
+                settings.api_keys_secret,
+                settings.api_keys_secret_namespace,
+                settings.api_keys_secret_key,
+                lambda raw: _load_secret_keys(keys, metrics, raw),
+                metrics,
+            )
+            background.append(asyncio.create_task(secret.run(), name="keys-secret"))
+        if isinstance(discovery, StaticDiscovery):
+            # Fail start-up on a broken file; afterwards bad edits are logged and the last good table stays.
+            await discovery.run_once(table)
+        background.append(asyncio.create_task(_supervise(discovery.run, table), name="discovery"))
+        background.append(
+            asyncio.create_task(_probe_ejected(settings, health, lambda: session_holder["s"]), name="prober")
+        )
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await session_holder["s"].close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/models", _list_models)
+    app.router.add_get("/v1/models/{model:.+}", _get_model)
+    app.router.add_post("/v1/{tail:.+}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+def _required(path: Any) -> Any:
+    if path is None:
+        raise ValueError("static mode needs static_config")
+    return path
+
+
+async def _supervise(run: Callable[[RoutingTable], Awaitable[None]], table: RoutingTable) -> None:
+    while True:
+        try:
+            await run(table)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("discovery failed; restarting in 1s")
+            await asyncio.sleep(1.0)
+
+
+def _load_keys(keys: KeyStore, metrics: RouterMetrics, raw: bytes) -> None:
+    try:
+        specs = parse_keys(raw)
+    except Exception:
+        metrics.keys_reload_errors.inc()
+        raise
+    keys.load(specs, enabled=True)
+    metrics.keys_loaded.set(len(specs))
+    log.info("loaded %d API keys", len(specs))
+
+
+def _load_secret_keys(keys: KeyStore, metrics: RouterMetrics, raw: bytes | None) -> None:
+    if raw is None:
+        log.warning("API-keys Secret not found: every request is refused (401) until it exists")
+        keys.load([], enabled=True)
+        metrics.keys_loaded.set(0)
+        return
+    try:
+        _load_keys(keys, metrics, raw)
+    except Exception as exc:
+        log.error("API-keys Secret rejected, keeping the previous keys: %s", exc)
+
+
+def _watch_table_metrics(table: RoutingTable, metrics: RouterMetrics) -> None:
+    """Wrap ``table.replace`` so endpoint gauges follow every swap (cheap: O(endpoints) per change)."""
+    original = table.replace
+
+    def replace(specs: Any) -> None:
+        original(specs)
+        _refresh_endpoint_metrics(table, metrics)
+
+    table.replace = replace  # type: ignore[method-assign]
+
+
+def _refresh_endpoint_metrics(table: RoutingTable, metrics: RouterMetrics) -> None:
+    seen = metrics.known_models
+    models = table.snapshot.models
+    metrics.models.set(len(models))
+    for route in models:
+        if route.name not in seen:
+            metrics.init_model(route.name)
+            seen.add(route.name)
+    current = {r.name for r in models}
+    for name in seen - current:
+        for state in EndpointState:
+            metrics.endpoints.labels(name, state.value).set(0)
+    for route in models:
+        ejected = sum(
+            1 for u in route.endpoints if (s := table.states.get(u)) is not None and s.ejected_until > 0
+        )
+        metrics.endpoints.labels(route.name, EndpointState.READY.value).set(len(route.endpoints) - ejected)
+        metrics.endpoints.labels(route.name, EndpointState.EJECTED.value).set(ejected)
+
+
+async def _probe_ejected(
+    settings: RouterSettings, health: Health, session: Callable[[], aiohttp.ClientSession]
+) -> None:
+    """Re-admit ejected pods as soon as they answer, instead of waiting out the back-off."""
+    timeout = aiohttp.ClientTimeout(total=max(1.0, settings.probe_interval_s))
+    while True:
+        await asyncio.sleep(settings.probe_interval_s)
+        for url in health.ejected():
+            try:
+                async with session().get(url + settings.probe_path, timeout=timeout) as resp:
+                    alive = resp.status < 500
+            except (aiohttp.ClientError, TimeoutError):
+                alive = False
+            if alive:
+                log.info("re-admitted %s: it answers again", url)
+                health.readmit(url)
+
+
+# ---- small handlers ----------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _error_envelope(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        return errors.method_not_allowed(request.method, request.path).response()
+    except web.HTTPNotFound:
+        return errors.not_found(request.path).response()
+    except errors.RouterError as err:
+        return err.response(request.headers.get("x-request-id"))
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    if request.path.startswith("/v1/") and request.method != "POST":
+        return errors.method_not_allowed(request.method, request.path).response()
+    return errors.not_found(request.path).response()
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    table = request.app[TABLE]
+    if request.app[PROXY].draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not table.loaded:
+        return web.json_response({"status": "discovering"}, status=503)
+    return web.json_response({"status": "ready", "models": len(table.snapshot.models)})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    _refresh_endpoint_metrics(request.app[TABLE], metrics)
+    body = generate_latest(metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _visible_models(request: web.Request) -> list[dict[str, Any]]:
+    keys = request.app[KEYS]
+    allowed: Callable[[str], bool] = lambda name: True  # noqa: E731
+    if keys.enabled:
+        key = keys.authenticate(request.headers.get("Authorization"))
+        if not key.all_models:
+            allowed = key.models.__contains__
+    out = []
+    for route in request.app[TABLE].snapshot.models:
+        if not allowed(route.name):
+            continue
+        for name in (route.name, *route.aliases):
+            out.append({"id": name, "object": "model", "created": route.created, "owned_by": "modelyard"})
+    return out
+
+
+async def _list_models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": _visible_models(request)})
+
+
+async def _get_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["model"]
+    for card in _visible_models(request):
+        if card["id"] == model_id:
+            return web.json_response(card)
+    raise errors.model_not_found(model_id)
+
+
+__all__ = ["MODEL_UNKNOWN", "create_app"]

@@ -1,0 +1,148 @@
+"""Router metrics, all in one module and one registry (not the global one, so tests can build many apps).
+
+Names follow ``modelyard_router_<noun>_<unit>`` (https://prometheus.io/docs/practices/naming/).
+Cardinality is bounded: ``model`` is a canonical served name known to the routing table (aliases fold
+into it; unknown names become ``MODEL_UNKNOWN``), ``key`` is an API-key *name* from the keys document
+(``KEY_NONE`` without keys), ``code`` is an HTTP status, and enum labels have fixed values. Pod
+addresses never appear in labels.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MODEL_UNKNOWN = "__unknown__"
+KEY_NONE = ""
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
+HOLD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+
+
+class UpstreamError(StrEnum):
+    CONNECT = "connect"  # TCP connect refused / failed
+    TIMEOUT = "timeout"  # no answer within the read timeout
+    STATUS_5XX = "status_5xx"  # 5xx answer before the first byte (retried)
+    DISCONNECT = "disconnect"  # connection lost before or after the first byte
+
+
+class EndpointState(StrEnum):
+    READY = "ready"
+    EJECTED = "ejected"
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.known_models: set[str] = set()  # models whose series exist (init_model ran)
+        r = self.registry
+        self.requests = Counter(
+            "modelyard_router_requests",
+            "Requests answered, by model, HTTP status and API-key name.",
+            ["model", "code", "key"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "modelyard_router_request_duration_seconds",
+            "Time from request arrival to the last byte of the response, by model.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "modelyard_router_time_to_first_token_seconds",
+            "Streaming requests: time from arrival to the first response chunk relayed to the client.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.hold_duration = Histogram(
+            "modelyard_router_hold_duration_seconds",
+            "Time requests spent held waiting for a ready pod (only requests that were held).",
+            ["model"],
+            buckets=HOLD_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "modelyard_router_requests_in_flight",
+            "Requests being proxied now, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "modelyard_router_requests_held",
+            "Requests waiting for a ready pod now, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "modelyard_router_prompt_tokens",
+            "Prompt tokens reported by backends' `usage`.",
+            ["model", "key"],
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "modelyard_router_completion_tokens",
+            "Completion tokens reported by backends' `usage`.",
+            ["model", "key"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "modelyard_router_upstream_errors",
+            "Failed upstream attempts, by model and reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "modelyard_router_upstream_retries",
+            "Attempts retried on another pod, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.ejections = Counter(
+            "modelyard_router_endpoint_ejections",
+            "Pods ejected after repeated failures, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.endpoints = Gauge(
+            "modelyard_router_endpoints",
+            "Ready pods known per model, by routing state.",
+            ["model", "state"],
+            registry=r,
+        )
+        self.models = Gauge("modelyard_router_models", "Models in the routing table.", registry=r)
+        self.discovery_events = Counter(
+            "modelyard_router_discovery_events",
+            "Watch events applied, by resource kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.discovery_errors = Counter(
+            "modelyard_router_discovery_errors",
+            "Watch/list failures (each is retried), by resource kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.keys_loaded = Gauge(
+            "modelyard_router_api_keys", "API keys loaded (0 when keys are disabled).", registry=r
+        )
+        self.keys_reload_errors = Counter(
+            "modelyard_router_api_keys_reload_errors",
+            "Keys documents rejected (the old set stays).",
+            registry=r,
+        )
+
+    def init_model(self, model: str) -> None:
+        """Create a model's series at zero so dashboards and alerts see it before its first event."""
+        self.in_flight.labels(model)
+        self.held.labels(model)
+        self.request_duration.labels(model)
+        for reason in UpstreamError:
+            self.upstream_errors.labels(model, reason.value)
+        self.retries.labels(model)
+        self.ejections.labels(model)
+        for state in EndpointState:
+            self.endpoints.labels(model, state.value)

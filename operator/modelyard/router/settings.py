@@ -1,0 +1,105 @@
+"""Every router setting, in one typed place: env ``MODELYARD_ROUTER_<NAME>`` or CLI ``--<name>``.
+
+Documented field by field in docs/router.md (the Helm chart sets these).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelyard.api import metadata
+
+
+class DiscoveryMode(StrEnum):
+    KUBERNETES = "kubernetes"
+    STATIC = "static"
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODELYARD_ROUTER_", env_ignore_empty=True, extra="ignore", cli_kebab_case=True
+    )
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(metadata.ROUTER_PORT, description="Port for the API, /metrics and health endpoints.")
+
+    mode: DiscoveryMode = Field(
+        DiscoveryMode.STATIC,
+        description="`kubernetes`: watch LLMModels and EndpointSlices; `static`: read `static_config`.",
+    )
+    static_config: Path | None = Field(
+        None,
+        description="Static mode: YAML/JSON file mapping model names to backend URLs (re-read on change).",
+    )
+    namespace: str = Field(
+        "", description="Kubernetes mode: namespace whose LLMModels are routed; empty = all namespaces."
+    )
+    api_keys_secret: str = Field(
+        "", description="Kubernetes Secret (in `api_keys_secret_namespace`) holding API keys; empty = none."
+    )
+    api_keys_secret_namespace: str = Field(
+        "", description="Namespace of the keys Secret; empty = the router pod's own namespace."
+    )
+    api_keys_secret_key: str = Field(
+        "keys.yaml", description="Data key inside the Secret with the keys YAML."
+    )
+    api_keys_file: Path | None = Field(None, description="YAML/JSON API-keys file (re-read on change).")
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Request body limit; larger -> 413.")
+    connect_timeout_s: float = Field(3.0, gt=0, description="Upstream TCP connect timeout.")
+    upstream_read_timeout_s: float = Field(
+        300.0, gt=0, description="Longest silence allowed from a backend (headers or between stream chunks)."
+    )
+    max_retries: int = Field(2, ge=0, description="Extra attempts on other pods before the first byte.")
+    upstream_max_connections: int = Field(
+        0, ge=0, description="Cap on pooled upstream connections (0 = unlimited)."
+    )
+    upstream_keepalive_s: float = Field(60.0, gt=0, description="Idle upstream keep-alive time.")
+
+    hold_max_wait_s: float = Field(
+        30.0, ge=0, description="How long a request for a model with no ready pod waits before 503."
+    )
+    hold_max_per_model: int = Field(
+        256, ge=0, description="Requests held per model at most; beyond that, 503 at once."
+    )
+    hold_heartbeat_s: float = Field(
+        5.0, gt=0, description="Held streaming requests get a `: keepalive` SSE comment this often."
+    )
+    retry_after_s: int = Field(5, ge=1, description="Retry-After on 503 when no replica is ready.")
+
+    eject_after_failures: int = Field(3, ge=1, description="Consecutive failures that eject a pod.")
+    eject_base_s: float = Field(1.0, gt=0, description="First ejection period; doubles per re-ejection.")
+    eject_max_s: float = Field(30.0, gt=0, description="Longest ejection period.")
+    probe_interval_s: float = Field(1.0, gt=0, description="How often ejected pods are probed.")
+    probe_path: str = Field(
+        "/health", description="Path probed on ejected pods (any answer < 500 re-admits)."
+    )
+
+    prefix_char_length: int = Field(
+        100, gt=0, description="PrefixHash default: prompt characters hashed (per-model override)."
+    )
+    chwbl_load_factor: float = Field(
+        1.25, ge=1.0, description="PrefixHash default: bounded-load factor (per-model override)."
+    )
+    chwbl_replication: int = Field(
+        100, ge=1, description="PrefixHash default: virtual nodes per pod (per-model override)."
+    )
+
+    shutdown_drain_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests and streams may finish."
+    )
+    shutdown_delay_s: float = Field(
+        0.0, ge=0, description="On SIGTERM, keep serving (with /readyz failing) this long before draining."
+    )
+    access_log: bool = Field(True, description="One structured JSON line per request.")
+    log_level: str = Field("INFO", description="Python log level.")
+
+    @model_validator(mode="after")
+    def _mode_needs_its_source(self) -> RouterSettings:
+        if self.mode is DiscoveryMode.STATIC and self.static_config is None:
+            raise ValueError("static mode needs static_config (MODELYARD_ROUTER_STATIC_CONFIG)")
+        return self

@@ -1,0 +1,154 @@
+"""The routing table: model names and aliases -> the model's route and its ready endpoints.
+
+Discovery builds a complete new :class:`Snapshot` and swaps it in with one assignment, so a request
+always sees one consistent view. Mutable per-pod state (in-flight count, failures, ejection) lives in
+:class:`EndpointState` objects keyed by URL that survive snapshot swaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from modelyard.router.balancer import HashRing
+
+log = logging.getLogger(__name__)
+
+
+class Strategy(StrEnum):
+    LEAST_LOAD = "LeastLoad"
+    PREFIX_HASH = "PrefixHash"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What discovery knows about one model: the input from which a snapshot is built."""
+
+    name: str
+    endpoints: tuple[str, ...] = ()  # base URLs of ready pods, e.g. "http://10.0.0.7:8000"
+    aliases: tuple[str, ...] = ()
+    strategy: Strategy = Strategy.LEAST_LOAD
+    prefix_char_length: int | None = None
+    load_factor: float | None = None
+    replication: int | None = None
+    source: str = ""  # e.g. "ns/name" of the LLMModel, for logs
+    created: int = 0  # unix seconds, shown in /v1/models
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    name: str
+    endpoints: tuple[str, ...]
+    strategy: Strategy
+    prefix_char_length: int
+    load_factor: float
+    replication: int
+    ring: HashRing | None
+    aliases: tuple[str, ...] = ()
+    created: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    routes: Mapping[str, ModelRoute]  # canonical name and every alias -> route
+    models: tuple[ModelRoute, ...]  # canonical routes, sorted by name
+
+
+@dataclass(slots=True)
+class EndpointState:
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    ejected_until: float = 0.0
+    ejections: int = 0  # consecutive ejections; sets the back-off
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDefaults:
+    prefix_char_length: int = 100
+    load_factor: float = 1.25
+    replication: int = 100
+
+
+def build_snapshot(specs: Iterable[ModelSpec], defaults: RouteDefaults) -> Snapshot:
+    """Pure. Names win over aliases; among equals the first spec (in input order) wins, with a warning."""
+    ordered = list(specs)
+    routes: dict[str, ModelRoute] = {}
+    canonical: list[ModelRoute] = []
+    for spec in ordered:
+        if spec.name in routes:
+            log.warning("duplicate served model name %r from %s ignored", spec.name, spec.source)
+            continue
+        endpoints = tuple(sorted(set(spec.endpoints)))
+        replication = spec.replication or defaults.replication
+        route = ModelRoute(
+            name=spec.name,
+            endpoints=endpoints,
+            strategy=spec.strategy,
+            prefix_char_length=spec.prefix_char_length or defaults.prefix_char_length,
+            load_factor=spec.load_factor or defaults.load_factor,
+            replication=replication,
+            ring=HashRing(endpoints, replication) if spec.strategy is Strategy.PREFIX_HASH else None,
+            created=spec.created,
+        )
+        routes[spec.name] = route
+        canonical.append(route)
+    accepted: dict[str, list[str]] = {}
+    for spec in ordered:
+        owner = routes.get(spec.name)
+        if owner is None or owner.name != spec.name or spec.name in accepted:
+            continue
+        accepted[spec.name] = []
+        for alias in spec.aliases:
+            if alias in routes:
+                if routes[alias] is not owner:
+                    log.warning(
+                        "alias %r of %r clashes with model %r; ignored", alias, spec.name, routes[alias].name
+                    )
+                continue
+            routes[alias] = owner
+            accepted[spec.name].append(alias)
+    final = {r.name: replace(r, aliases=tuple(accepted.get(r.name, ()))) for r in canonical}
+    routes = {key: final[r.name] for key, r in routes.items()}
+    return Snapshot(routes=routes, models=tuple(sorted(final.values(), key=lambda r: r.name)))
+
+
+@dataclass
+class RoutingTable:
+    """Holds the current snapshot and wakes held requests when it changes."""
+
+    defaults: RouteDefaults = field(default_factory=RouteDefaults)
+    snapshot: Snapshot = field(default_factory=lambda: Snapshot({}, ()))
+    states: dict[str, EndpointState] = field(default_factory=dict)
+    loaded: bool = False  # discovery delivered its first complete view
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def replace(self, specs: Iterable[ModelSpec]) -> None:
+        self.snapshot = build_snapshot(specs, self.defaults)
+        live = {url for route in self.snapshot.models for url in route.endpoints}
+        for url in live:
+            self.states.setdefault(url, EndpointState())
+        # Forget pods that are gone unless requests still hold their counters.
+        for url in [u for u, s in self.states.items() if u not in live and s.in_flight == 0]:
+            del self.states[url]
+        self.loaded = True
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every waiter (table swapped, or a pod re-admitted)."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def changed(self) -> asyncio.Event:
+        return self._changed
+
+    def lookup(self, model: str) -> ModelRoute | None:
+        return self.snapshot.routes.get(model)
+
+    def state(self, url: str) -> EndpointState:
+        state = self.states.get(url)
+        if state is None:
+            state = self.states[url] = EndpointState()
+        return state
