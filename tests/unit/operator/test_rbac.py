@@ -1,0 +1,40 @@
+"""The operator's RBAC: committed file in sync, and no more than the operator's calls need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelyard.operator import rbac
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_committed_rbac_matches_the_generator() -> None:
+    assert (ROOT / rbac.RBAC_PATH).read_text() == rbac.render(), (
+        f"{rbac.RBAC_PATH} is stale: run `python -m modelyard.operator.rbac > {rbac.RBAC_PATH}`"
+    )
+
+
+def test_least_privilege() -> None:
+    verbs = {
+        (group, resource): set(rule["verbs"])
+        for rule in rbac.RULES
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert all("*" not in v for v in verbs.values())
+    assert all("*" not in key for key in verbs)
+    # Never: secrets (HF tokens are referenced, not read), updates of whole objects, deletes of workloads.
+    assert not any(resource == "secrets" for _, resource in verbs)
+    assert "delete" not in verbs[("apps", "deployments")]
+    assert verbs[("", "pods")] == {"list", "watch"}
+    assert verbs[("", "events")] == {"create"}
+
+
+def test_binding_points_at_the_service_account() -> None:
+    sa, role, binding = rbac.manifests("ops")
+    assert sa["metadata"] == {**sa["metadata"], "name": "modelyard-operator", "namespace": "ops"}
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "modelyard-operator", "namespace": "ops"}
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]

@@ -1,0 +1,91 @@
+"""Reconciling writes each changed child once and nothing when nothing changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelyard.api import metadata as md
+from modelyard.operator.reconcile import desired_children, reconcile
+from tests.unit.operator.factories import SETTINGS, model
+
+
+class FakeKube:
+    """Stores applied objects like an API server would (by kind/namespace/name), counting writes."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[str] = []
+
+    async def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, namespace, name))
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
+        self.writes.append(f"apply {obj['kind']}/{meta['name']}")
+        return obj
+
+    async def delete(self, kind: str, name: str, namespace: str) -> None:
+        self.objects.pop((kind, namespace, name), None)
+        self.writes.append(f"delete {kind}/{name}")
+
+
+async def test_first_reconcile_applies_deployment_and_service() -> None:
+    kube = FakeKube()
+    result = await reconcile(model(), SETTINGS, kube)
+    assert result.applied == ["Deployment/llama", "Service/llama"]
+    assert kube.writes == ["apply Deployment/llama", "apply Service/llama"]
+
+
+async def test_second_reconcile_writes_nothing() -> None:
+    kube = FakeKube()
+    await reconcile(model(), SETTINGS, kube)
+    result = await reconcile(model(), SETTINGS, kube)
+    assert not result.changed
+    assert result.unchanged == ["Deployment/llama", "Service/llama"]
+    assert len(kube.writes) == 2
+
+
+async def test_spec_change_reapplies_only_what_changed_and_stamps_the_generation() -> None:
+    kube = FakeKube()
+    await reconcile(model(), SETTINGS, kube)
+    result = await reconcile(model(generation=2, server={"maxNumSeqs": 8}), SETTINGS, kube)
+    assert result.applied == ["Deployment/llama"]
+    dep = kube.objects[("Deployment", "team-a", "llama")]
+    assert dep["metadata"]["annotations"][md.ANNOTATION_GENERATION] == "2"
+
+
+async def test_cache_and_pdb_children_when_asked_and_pdb_removed_on_scale_down() -> None:
+    kube = FakeKube()
+    await reconcile(model(replicas=2, cache={"size": "10Gi"}), SETTINGS, kube)
+    assert {k[0] for k in kube.objects} == {
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+    }
+    result = await reconcile(model(generation=2, replicas=1, cache={"size": "10Gi"}), SETTINGS, kube)
+    assert result.deleted == ["PodDisruptionBudget/llama"]
+    assert ("PodDisruptionBudget", "team-a", "llama") not in kube.objects
+
+
+async def test_a_child_of_another_owner_is_taken_over_by_apply() -> None:
+    kube = FakeKube()
+    await reconcile(model(), SETTINGS, kube)
+    for obj in kube.objects.values():
+        obj["metadata"]["ownerReferences"] = [{"uid": "someone-else", "controller": True}]
+    result = await reconcile(model(), SETTINGS, kube)
+    assert result.applied == ["Deployment/llama", "Service/llama"]
+
+
+def test_every_child_carries_a_spec_hash_that_changes_with_the_spec() -> None:
+    before = {
+        c["kind"]: c["metadata"]["annotations"][md.ANNOTATION_SPEC_HASH]
+        for c in desired_children(model(), SETTINGS)
+    }
+    after = {
+        c["kind"]: c["metadata"]["annotations"][md.ANNOTATION_SPEC_HASH]
+        for c in desired_children(model(resources={"gpus": 2}), SETTINGS)
+    }
+    assert before["Service"] == after["Service"]
+    assert before["Deployment"] != after["Deployment"]

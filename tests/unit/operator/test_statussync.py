@@ -1,0 +1,91 @@
+"""The status syncer writes a status only when it changed, and posts Events on Ready transitions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from modelyard.operator.observed import ObservedState
+from modelyard.operator.statussync import StatusSyncer
+from tests.unit.operator.factories import SETTINGS, body
+from tests.unit.operator.test_status import UNSCHEDULABLE, deployment, pod
+
+LABELS = {"modelyard.dev/model": "llama"}
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.statuses.append(status)
+
+    async def post_event(self, model: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        self.events.append((event_type, reason, message))
+
+
+def labelled(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"] = {**obj["metadata"], "namespace": "team-a", "labels": LABELS}
+    return obj
+
+
+def setup() -> tuple[ObservedState, FakeWriter, StatusSyncer]:
+    state, writer = ObservedState(), FakeWriter()
+    syncer = StatusSyncer(
+        state, writer, SETTINGS, debounce_seconds=0.01, clock=lambda: "2026-01-01T00:00:00Z"
+    )
+    state.set_model(body(), deleted=False)
+    return state, writer, syncer
+
+
+async def test_writes_once_then_only_on_change() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.set_deployment(labelled(deployment()), deleted=False)
+    state.set_pod(labelled(pod(scheduled=True, ready=False, server={"running": {}})), deleted=False)
+    assert await syncer.sync(key) is True
+    assert await syncer.sync(key) is False
+    assert writer.statuses[0]["phase"] == "Loading"
+    state.set_pod(labelled(pod(scheduled=True, ready=True)), deleted=False)
+    state.set_deployment(labelled(deployment(ready=1)), deleted=False)
+    assert await syncer.sync(key) is True
+    assert writer.statuses[-1]["phase"] == "Ready"
+    assert writer.events == [("Normal", "ModelReady", "serving: 1/1 replicas ready")]
+
+
+async def test_unschedulable_posts_a_warning_with_the_scheduler_message() -> None:
+    state, writer, syncer = setup()
+    state.set_deployment(labelled(deployment()), deleted=False)
+    state.set_pod(labelled(pod(scheduled=False, message=UNSCHEDULABLE)), deleted=False)
+    await syncer.sync(("team-a", "llama"))
+    assert writer.events == [("Warning", "Unschedulable", UNSCHEDULABLE)]
+
+
+async def test_touches_are_debounced_into_one_write() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.set_deployment(labelled(deployment()), deleted=False)
+    for _ in range(20):
+        syncer.touch(key)
+    await asyncio.sleep(0.1)
+    assert len(writer.statuses) == 1
+
+
+async def test_deleted_pods_and_models_leave_the_view() -> None:
+    state, _, syncer = setup()
+    p = labelled(pod(scheduled=True, ready=True))
+    state.set_pod(p, deleted=False)
+    state.set_pod(p, deleted=True)
+    assert state.pods_of(("team-a", "llama")) == []
+    state.set_model(body(), deleted=True)
+    assert await syncer.sync(("team-a", "llama")) is False
+
+
+def test_models_by_phase_counts() -> None:
+    state = ObservedState()
+    b = body()
+    b["status"] = {"phase": "Ready"}
+    state.set_model(b, deleted=False)
+    state.set_model(body(name="other"), deleted=False)
+    assert state.phases() == {"Ready": 1, "Unknown": 1}
