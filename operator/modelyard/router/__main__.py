@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = RouterSettings(_cli_parse_args=args)  # type: ignore[call-arg]
     configure_logging(settings.log_level)
     # `_created` series double the output and no dashboard uses them.
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     with contextlib.suppress(ImportError):
         import uvloop
 

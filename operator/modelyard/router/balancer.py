@@ -99,8 +99,8 @@ def prefix_key(body: Mapping[str, Any], length: int) -> str:
         return ""
     for field in ("prompt", "input"):
         value = body.get(field)
-        if isinstance(value, list) and value:
-            value = value[0]
+        if isinstance(value, list) and value and isinstance(value[0], str | list):
+            value = value[0]  # a batch: the first prompt
         if isinstance(value, str):
             return value[:length]
         if isinstance(value, list):  # token ids

@@ -1,0 +1,372 @@
+"""Router overhead benchmark (not a test): Modelyard router vs LiteLLM proxy vs direct, one run.
+
+A fast fake OpenAI upstream (aiohttp, separate process) answers chat completions at once, either as a
+JSON body or as an SSE stream of ``--chunks`` chunks without delay. The same asyncio + aiohttp client
+drives (1) the upstream directly, (2) the Modelyard router and (3) LiteLLM's proxy, each in front of the
+same upstream, one after the other, and reports:
+
+* added latency: p50/p99 of (via proxy) minus direct at concurrency 1 (sequential requests),
+* max requests/s at ``--concurrency`` in-flight requests for ``--seconds``,
+* for streams: time to first byte and full-stream latency.
+
+LiteLLM (``litellm[proxy]==1.100.5``) pins dependencies that clash with ours, so it is installed into
+its own venv under ~/.cache/modelyard/litellm-venv on first use (needs PyPI); ``--no-litellm`` skips it.
+
+    python bench/router_overhead.py [--seconds 5] [--concurrency 32] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+LITELLM_VERSION = "1.100.5"
+LITELLM_VENV = Path.home() / ".cache" / "modelyard" / "litellm-venv"
+MODEL = "bench-model"
+
+# ---- fake upstream (run in a child process: `router_overhead.py --upstream PORT CHUNKS`) -------------
+
+
+def run_upstream(port: int, chunks: int) -> None:
+    from aiohttp import web
+
+    body = json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hi", "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+        }
+    ).encode()
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        c = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        return b"data: " + json.dumps(c).encode() + b"\n\n"
+
+    stream_chunks = [chunk({"role": "assistant", "content": ""}, None)]
+    stream_chunks += [chunk({"content": f"tok{i} "}, None) for i in range(chunks)]
+    stream_chunks += [chunk({}, "stop"), b"data: [DONE]\n\n"]
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        data = await request.json()
+        if not data.get("stream"):
+            return web.Response(body=body, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for c in stream_chunks:
+            await resp.write(c)
+        await resp.write_eof()
+        return resp
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", models)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# ---- processes -------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited early ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+def ensure_litellm() -> Path:
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} (one time)...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    subprocess.run(
+        [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True
+    )
+    return exe
+
+
+@dataclass
+class Target:
+    name: str
+    base: str  # base URL up to and including /v1
+
+
+# ---- load generation ----------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def one(session: aiohttp.ClientSession, url: str, payload: bytes) -> tuple[float, float]:
+    """(time to first body byte, total time) of one request, in seconds."""
+    t0 = time.perf_counter()
+    async with session.post(
+        url, data=payload, headers={"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
+    ) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status}: {(await r.read())[:300]!r}")
+        first = None
+        async for _ in r.content.iter_any():
+            if first is None:
+                first = time.perf_counter() - t0
+        total = time.perf_counter() - t0
+    return (first if first is not None else total), total
+
+
+async def sequential(target: Target, stream: bool, n: int, warmup: int = 50) -> dict[str, float]:
+    payload = request_body(stream)
+    url = target.base + "/chat/completions"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
+        for _ in range(warmup):
+            await one(s, url, payload)
+        firsts, totals = [], []
+        for _ in range(n):
+            f, t = await one(s, url, payload)
+            firsts.append(f)
+            totals.append(t)
+    return {
+        "p50_ms": pct(totals, 0.5) * 1e3,
+        "p99_ms": pct(totals, 0.99) * 1e3,
+        "ttfb_p50_ms": pct(firsts, 0.5) * 1e3,
+        "ttfb_p99_ms": pct(firsts, 0.99) * 1e3,
+    }
+
+
+async def throughput(target: Target, stream: bool, concurrency: int, seconds: float) -> dict[str, float]:
+    payload = request_body(stream)
+    url = target.base + "/chat/completions"
+    done = 0
+    errors = 0
+    totals: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        await asyncio.gather(*(one(s, url, payload) for _ in range(concurrency)))  # warm pool
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < stop:
+                try:
+                    totals.append((await one(s, url, payload))[1])
+                    done += 1
+                except Exception:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "rps": done / elapsed,
+        "errors": errors,
+        "p50_ms": pct(totals, 0.5) * 1e3,
+        "p99_ms": pct(totals, 0.99) * 1e3,
+    }
+
+
+def request_body(stream: bool) -> bytes:
+    return json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 16,
+            "stream": stream,
+        }
+    ).encode()
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--sequential", type=int, default=1000, help="requests in each c=1 latency run")
+    p.add_argument("--chunks", type=int, default=32, help="content chunks per streamed answer")
+    p.add_argument("--no-litellm", action="store_true")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--upstream", nargs=2, type=int, metavar=("PORT", "CHUNKS"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.upstream:
+        run_upstream(*args.upstream)
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]))
+
+    def spawn(
+        name: str, argv: list[str], ready: str, extra_env: dict[str, str], timeout_s: float = 60
+    ) -> None:
+        log = tmp / f"{name}.log"
+        proc = subprocess.Popen(
+            argv, env=env | extra_env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp
+        )
+        procs.append(proc)
+        wait_ready(ready, proc, timeout_s, log)
+
+    try:
+        up = free_port()
+        spawn(
+            "upstream",
+            [sys.executable, __file__, "--upstream", str(up), str(args.chunks)],
+            f"http://127.0.0.1:{up}/health",
+            {},
+        )
+        targets = [Target("direct", f"http://127.0.0.1:{up}/v1")]
+
+        cfg = tmp / "router.json"
+        cfg.write_text(json.dumps({"models": {MODEL: [f"http://127.0.0.1:{up}"]}}))
+        rp = free_port()
+        spawn(
+            "modelyard-router",
+            [sys.executable, "-m", "modelyard.router"],
+            f"http://127.0.0.1:{rp}/readyz",
+            {
+                "MODELYARD_ROUTER_PORT": str(rp),
+                "MODELYARD_ROUTER_HOST": "127.0.0.1",
+                "MODELYARD_ROUTER_STATIC_CONFIG": str(cfg),
+                "MODELYARD_ROUTER_ACCESS_LOG": "false",
+            },
+        )
+        targets.append(Target("modelyard-router", f"http://127.0.0.1:{rp}/v1"))
+
+        if not args.no_litellm:
+            exe = ensure_litellm()
+            lcfg = tmp / "litellm.yaml"
+            lcfg.write_text(
+                "model_list:\n"
+                f"  - model_name: {MODEL}\n"
+                f"    litellm_params: {{model: openai/{MODEL}, api_key: x,\n"
+                f"                     api_base: 'http://127.0.0.1:{up}/v1'}}\n"
+                "litellm_settings:\n  telemetry: false\n  set_verbose: false\n"
+            )
+            lp = free_port()
+            spawn(
+                "litellm",
+                [
+                    str(exe),
+                    "--config",
+                    str(lcfg),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(lp),
+                    "--num_workers",
+                    "1",
+                ],
+                f"http://127.0.0.1:{lp}/health/liveliness",
+                {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "PYTHONPATH": ""},
+                timeout_s=180,
+            )
+            targets.append(Target("litellm-proxy", f"http://127.0.0.1:{lp}/v1"))
+
+        results: dict[str, Any] = {"config": vars(args) | {"json": str(args.json), "cpus": os.cpu_count()}}
+        for stream in (False, True):
+            mode = "stream" if stream else "json"
+            for t in targets:
+                print(f"[{mode}] {t.name}: latency c=1 ...", flush=True)
+                lat = asyncio.run(sequential(t, stream, args.sequential))
+                print(f"[{mode}] {t.name}: throughput c={args.concurrency} ...", flush=True)
+                thr = asyncio.run(throughput(t, stream, args.concurrency, args.seconds))
+                results.setdefault(mode, {})[t.name] = {"c1": lat, "max": thr}
+        report(results, [t.name for t in targets])
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def report(results: dict[str, Any], names: list[str]) -> None:
+    print()
+    for mode in ("json", "stream"):
+        r = results[mode]
+        direct = r["direct"]["c1"]
+        concurrency = results["config"]["concurrency"]
+        print(f"== {mode}: c=1 latency (ms) and added over direct; max req/s at c={concurrency}")
+        cols = ("p50", "p99", "+p50", "+p99")
+        print(
+            f"{'target':18} "
+            + " ".join(f"{c:>7}" for c in cols)
+            + f" {'ttfb p50':>9} {'req/s':>8} {'errors':>6}"
+        )
+        for n in names:
+            c1, mx = r[n]["c1"], r[n]["max"]
+            print(
+                f"{n:18} {c1['p50_ms']:7.3f} {c1['p99_ms']:7.3f} {c1['p50_ms'] - direct['p50_ms']:7.3f} "
+                f"{c1['p99_ms'] - direct['p99_ms']:7.3f} {c1['ttfb_p50_ms']:9.3f} {mx['rps']:8.0f} "
+                f"{mx['errors']:6d}"
+            )
+        if "litellm-proxy" in r:
+            ratio = r["modelyard-router"]["max"]["rps"] / max(1e-9, r["litellm-proxy"]["max"]["rps"])
+            print(f"modelyard-router / litellm-proxy req/s: {ratio:.1f}x")
+        print()
+
+
+if __name__ == "__main__":
+    main()
