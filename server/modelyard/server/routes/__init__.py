@@ -1,0 +1,1 @@
+"""Thin APIRouters, one module per endpoint; they validate, delegate to ``serving`` and shape nothing."""

@@ -1,0 +1,61 @@
+"""The OpenAI endpoints: models, completions, chat completions, embeddings."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from modelyard.server.errors import ModelNotFoundError
+from modelyard.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+)
+from modelyard.server.routes.deps import ChatDep, CompletionsDep, EmbeddingsDep, RuntimeDep
+from modelyard.server.serving import ModelRuntime
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _json(result: Response | BaseModel) -> Response:
+    if isinstance(result, Response):
+        return result
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+def _cards(runtime: ModelRuntime) -> list[ModelCard]:
+    return [
+        ModelCard(id=name, created=runtime.created, root=runtime.root, max_model_len=runtime.max_model_len)
+        for name in runtime.served_names
+    ]
+
+
+@router.get("/models")
+async def list_models(runtime: RuntimeDep) -> Response:
+    return _json(ModelList(data=_cards(runtime)))
+
+
+@router.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, runtime: RuntimeDep) -> Response:
+    for card in _cards(runtime):
+        if card.id == model_id:
+            return _json(card)
+    raise ModelNotFoundError(model_id, runtime.served_names)
+
+
+@router.post("/completions")
+async def create_completion(body: CompletionRequest, request: Request, serving: CompletionsDep) -> Response:
+    return _json(await serving.create(body, request))
+
+
+@router.post("/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, serving: ChatDep) -> Response:
+    return _json(await serving.create(body, request))
+
+
+@router.post("/embeddings")
+async def create_embedding(body: EmbeddingRequest, request: Request, serving: EmbeddingsDep) -> Response:
+    return _json(await serving.create(body, request))

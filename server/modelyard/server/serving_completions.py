@@ -1,0 +1,237 @@
+"""POST /v1/completions: prompts as text, texts, token ids or lists of them; echo, logprobs, n, streaming."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelyard.server import sse
+from modelyard.server.engine.types import SamplingParams, TokenLogprob
+from modelyard.server.errors import APIError, InvalidRequestError
+from modelyard.server.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    Usage,
+)
+from modelyard.server.serving import (
+    BaseServing,
+    ChoiceState,
+    GenerationRun,
+    StreamCloser,
+    cancel_on_disconnect,
+    finish_run,
+    new_id,
+    unsupported,
+)
+from modelyard.server.streaming import EngineStreamResponse
+
+
+@dataclass
+class _Prompt:
+    ids: list[int]
+    text: str
+
+
+class CompletionServing(BaseServing):
+    endpoint = "/v1/completions"
+
+    def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
+        raw = req.prompt
+        prompts: list[_Prompt] = []
+        if isinstance(raw, str):
+            raw_list: Sequence[str | list[int]] = [raw]
+        elif raw and isinstance(raw[0], int):
+            raw_list = [list(raw)]
+        else:
+            raw_list = raw  # type: ignore[assignment]
+        for i, item in enumerate(raw_list):
+            param = "prompt" if len(raw_list) == 1 else f"prompt[{i}]"
+            if isinstance(item, str):
+                ids = self.tokenize(item)
+                text = item
+            else:
+                ids = self.check_token_ids(item, param)
+                text = str(self.tokenizer.decode(ids, skip_special_tokens=False))
+            if not ids:
+                raise InvalidRequestError("The prompt must not be empty.", param=param, code="empty_prompt")
+            prompts.append(_Prompt(ids, text))
+        return prompts
+
+    def _check_unsupported(self, req: CompletionRequest) -> None:
+        n = req.n or 1
+        if req.best_of is not None and req.best_of not in (0, n):
+            raise unsupported("best_of", "best_of other than n is not supported; use n.")
+        if req.suffix:
+            raise unsupported("suffix", "suffix (insertion) is not supported by this server.")
+
+    async def create(self, req: CompletionRequest, request: Request) -> Response | CompletionResponse:
+        self.check_model(req.model, "generate")
+        self._check_unsupported(req)
+        prompts = self._prompts(req)
+        n = req.n or 1
+        stops = self.stop_strings(req)
+        jobs: list[tuple[list[int], SamplingParams]] = []
+        want_prompt_logprobs = req.echo and req.logprobs is not None
+        for prompt in prompts:
+            max_tokens = self.resolve_max_tokens(
+                req.max_tokens if "max_tokens" in req.model_fields_set else None,
+                16,
+                len(prompt.ids),
+                "prompt",
+            )
+            for i in range(n):
+                params = self.sampling_params(
+                    req,
+                    max_tokens,
+                    logprobs=req.logprobs,
+                    prompt_logprobs=req.logprobs if want_prompt_logprobs else None,
+                    seed_offset=i,
+                )
+                jobs.append((prompt.ids, params))
+        response_id = new_id("cmpl")
+        run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens))
+        try:
+            await run.start()
+        except BaseException:
+            await finish_run(run, states)
+            raise
+        builder = _CompletionBuilder(self, req, response_id, prompts, n)
+        if req.stream:
+            closer = StreamCloser(lambda: finish_run(run, states))
+
+            async def body() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in builder.stream(run, states):
+                        yield chunk
+                finally:
+                    await closer()
+
+            return EngineStreamResponse(body(), on_close=closer)
+
+        async def collect() -> CompletionResponse:
+            try:
+                async for _ in self.deltas(run, states):
+                    pass
+            finally:
+                await finish_run(run, states)
+            return builder.full(states)
+
+        return await cancel_on_disconnect(request, collect())
+
+
+class _CompletionBuilder:
+    def __init__(
+        self, serving: CompletionServing, req: CompletionRequest, rid: str, prompts: list[_Prompt], n: int
+    ) -> None:
+        self.serving = serving
+        self.req = req
+        self.id = rid
+        self.created = int(time.time())
+        self.model = req.model
+        self.prompts = prompts
+        self.n = n
+        self.offsets: dict[int, int] = {}
+
+    def _prompt_of(self, state: ChoiceState) -> _Prompt:
+        return self.prompts[state.index // self.n]
+
+    def _usage(self, states: Sequence[ChoiceState]) -> Usage:
+        prompt_tokens = sum(len(p.ids) for p in self.prompts)
+        completion = sum(s.num_generated for s in states)
+        return Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+        )
+
+    def _logprobs(
+        self, state: ChoiceState, entries: Sequence[TokenLogprob], prompt: bool
+    ) -> CompletionLogprobs:
+        out = CompletionLogprobs()
+        offset = self.offsets.get(state.index, 0)
+        token_text = self.serving.token_text
+        if prompt:
+            ids = self._prompt_of(state).ids
+            plps = state.prompt_logprobs or ()
+            for pos, token_id in enumerate(ids):
+                text = token_text.get(token_id)[0]
+                entry = plps[pos] if pos < len(plps) else None
+                out.tokens.append(text)
+                out.text_offset.append(offset)
+                offset += len(text)
+                out.token_logprobs.append(entry.logprob if entry else None)
+                out.top_logprobs.append(self._top(entry) if entry else None)
+        for entry in entries:
+            text = token_text.get(entry.token_id)[0]
+            out.tokens.append(text)
+            out.text_offset.append(offset)
+            offset += len(text)
+            out.token_logprobs.append(entry.logprob)
+            out.top_logprobs.append(self._top(entry))
+        self.offsets[state.index] = offset
+        return out
+
+    def _top(self, entry: TokenLogprob) -> dict[str, float]:
+        token_text = self.serving.token_text
+        top: dict[str, float] = {}
+        for token_id, logprob in entry.top[: self.req.logprobs or 0]:
+            top.setdefault(token_text.get(token_id)[0], logprob)
+        top.setdefault(token_text.get(entry.token_id)[0], entry.logprob)
+        return top
+
+    def full(self, states: Sequence[ChoiceState]) -> CompletionResponse:
+        choices = []
+        for state in states:
+            prompt = self._prompt_of(state)
+            text = (prompt.text if self.req.echo else "") + state.text
+            logprobs = None
+            if self.req.logprobs is not None:
+                logprobs = self._logprobs(state, state.logprobs, prompt=bool(self.req.echo))
+            choices.append(
+                CompletionChoice(
+                    index=state.index,
+                    text=text,
+                    logprobs=logprobs,
+                    finish_reason=state.finish_reason or "length",
+                )
+            )
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=choices,
+                                  usage=self._usage(states))  # fmt: skip
+
+    def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
+        resp = CompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+        return sse.event(resp)
+
+    async def stream(self, run: GenerationRun, states: Sequence[ChoiceState]) -> AsyncIterator[bytes]:
+        opts = self.req.stream_options
+        include_usage = bool(opts and opts.include_usage)
+        continuous = bool(opts and opts.continuous_usage_stats) and include_usage
+        want_lp = self.req.logprobs is not None
+        if self.req.echo:
+            for state in states:
+                prompt = self._prompt_of(state)
+                lp = self._logprobs(state, [], prompt=True) if want_lp else None
+                yield self._chunk([CompletionChoice(index=state.index, text=prompt.text, logprobs=lp)])
+        try:
+            async for state, delta in self.serving.deltas(run, states):
+                lp = self._logprobs(state, delta.logprobs, prompt=False) if want_lp else None
+                choice = CompletionChoice(
+                    index=state.index,
+                    text=delta.text,
+                    logprobs=lp,
+                    finish_reason=delta.finish_reason,
+                )
+                yield self._chunk([choice], self._usage(states) if continuous else None)
+        except APIError as exc:
+            yield sse.error_event(exc)
+            yield sse.DONE
+            return
+        if include_usage:
+            yield self._chunk([], self._usage(states))
+        yield sse.DONE

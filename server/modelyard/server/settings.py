@@ -1,0 +1,106 @@
+"""Typed server configuration: command-line flags and ``MODELYARD_SERVER_*`` environment variables.
+
+Read once in ``__main__`` and passed down; nothing else reads the environment. Flags win over env.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelyard.server.engine.types import Device, DType, EngineConfig, Task
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def _hf_token_from_env() -> SecretStr | None:
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    return SecretStr(token) if token else None
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODELYARD_SERVER_",
+        env_ignore_empty=True,
+        extra="ignore",
+        cli_prog_name="modelyard-server",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_exit_on_error=True,
+    )
+
+    model: str = Field(
+        "tiny-llama",
+        description="Local path or Hugging Face hub id, passed to from_pretrained. "
+        "The names tiny-llama, tiny-gpt2 and tiny-bert build a tiny random-weight model locally.",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients send as `model` (default: --model)."
+    )
+    alias: list[str] = Field(default_factory=list, description="Extra names for the model (repeatable).")
+    task: Task = Field("generate", description="generate (completions, chat) or embed (embeddings).")
+    dtype: DType = "auto"
+    device: Device = "auto"
+    max_model_len: int | None = Field(None, ge=1, description="Context length (default: the model's).")
+    max_num_seqs: int = Field(64, ge=1, description="Most sequences in the running batch.")
+    max_queue: int = Field(1024, ge=0, description="Most waiting requests; beyond it requests get 429.")
+    max_prefill_tokens: int = Field(512, ge=16, description="Prefill chunk per engine step.")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    seed: int = 0
+    api_key: SecretStr | None = Field(None, description="Bearer key clients must send (default: none).")
+    hf_token: SecretStr | None = Field(
+        default_factory=_hf_token_from_env, description="Hub token (env HF_TOKEN)."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: LogLevel = "info"
+    log_format: Literal["json", "text"] = "json"
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    tiny_model_cache: str | None = Field(
+        None, description="Where tiny-* models are built (default ~/.cache)."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> ServerSettings:
+        names = self.model_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"served model name and aliases must be distinct, got {names}")
+        return self
+
+    @property
+    def primary_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self.primary_name, *self.alias]
+
+    def engine_config(self, model_path: str) -> EngineConfig:
+        return EngineConfig(
+            model=model_path,
+            task=self.task,
+            dtype=self.dtype,
+            device=self.device,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            max_queue=self.max_queue,
+            max_prefill_tokens=self.max_prefill_tokens,
+            revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
+            hf_token=self.hf_token.get_secret_value() if self.hf_token else None,
+            seed=self.seed,
+        )
+
+
+def parse_settings(argv: list[str] | None = None) -> ServerSettings:
+    """Flags from ``argv`` (None: none, only env) layered over the environment."""
+    return ServerSettings(_cli_parse_args=argv if argv is not None else [])  # type: ignore[call-arg]

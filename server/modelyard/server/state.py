@@ -1,0 +1,42 @@
+"""What the app holds at run time: load progress, and once loaded, the runtime and serving objects."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from modelyard.server.metrics import ServerMetrics
+from modelyard.server.serving import ModelRuntime
+from modelyard.server.serving_chat import ChatServing
+from modelyard.server.serving_completions import CompletionServing
+from modelyard.server.serving_embeddings import EmbeddingServing
+from modelyard.server.settings import ServerSettings
+
+
+@dataclass
+class LoadProgress:
+    stage: str = "starting"
+    fraction: float = 0.0
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    def update(self, stage: str, fraction: float) -> None:
+        self.stage, self.fraction = stage, max(0.0, min(1.0, fraction))
+
+
+@dataclass
+class AppState:
+    settings: ServerSettings
+    metrics: ServerMetrics
+    load: LoadProgress = field(default_factory=LoadProgress)
+    runtime: ModelRuntime | None = None
+    completions: CompletionServing | None = None
+    chat: ChatServing | None = None
+    embeddings: EmbeddingServing | None = None
+
+    def attach(self, runtime: ModelRuntime) -> None:
+        self.completions = CompletionServing(runtime)
+        self.chat = ChatServing(runtime)
+        self.embeddings = EmbeddingServing(runtime)
+        self.runtime = runtime  # last: it is what /ready and the routes check
