@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.cluster.plugin", "tests.fixtures.models"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
