@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 from collections.abc import Sequence
@@ -55,6 +56,20 @@ def build_settings(args: argparse.Namespace) -> OperatorSettings:
     return OperatorSettings(**overrides)  # type: ignore[arg-type]
 
 
+class _DropRoutine(logging.Filter):
+    """Watch-event handlers run on every Pod/Deployment change; their success is not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Handler '") and message.endswith("_event' succeeded."))
+
+
+def quiet_routine_logs() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropRoutine())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.kubeconfig:
@@ -67,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     start_http_server(settings.metrics_port, addr=settings.bind_address)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
+    if not args.verbose:
+        quiet_routine_logs()
     standalone = settings.peering_name is None
     kopf.run(
         clusterwide=not settings.namespaces,

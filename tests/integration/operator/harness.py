@@ -1,0 +1,182 @@
+"""The operator as a real subprocess on the test cluster, authenticated as its own ServiceAccount.
+
+Running it with the ServiceAccount's token (not the cluster admin's) means every integration test also
+proves the generated RBAC is sufficient; `test_rbac.py` proves it is not more than needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelyard.api import crdgen
+from modelyard.operator import rbac
+from tests.cluster.client import ClusterClient
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def install_crds(cluster: ClusterClient) -> None:
+    for path in (crdgen.CRD_PATH, crdgen.PEERING_CRD_PATH):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / path))
+    for name in (crdgen.CRD_NAME, "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+
+
+def rbac_manifests(namespace: str) -> list[dict[str, Any]]:
+    """The generated RBAC, with cluster-scoped names made unique so test namespaces do not collide."""
+    docs = rbac.manifests(namespace)
+    unique = f"{rbac.NAME}-{namespace}"
+    for doc in docs:
+        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            doc["metadata"]["name"] = unique
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] = unique
+    return docs
+
+
+def service_account_kubeconfig(cluster: ClusterClient, namespace: str, path: Path) -> Path:
+    token = cluster.kubectl("create", "token", rbac.NAME, "-n", namespace, "--duration=7200s").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "test",
+                "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)},
+            }
+        ],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [
+            {"name": "test", "context": {"cluster": "test", "user": "operator", "namespace": namespace}}
+        ],
+        "current-context": "test",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.log_path = log_path
+        self.health_port = free_port()
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_OPERATOR_")}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "server"), str(ROOT)])
+        env.pop("KUBECONFIG", None)
+        argv = [
+            sys.executable, "-m", "modelyard.operator",
+            "--kubeconfig", str(self.kubeconfig),
+            "--namespace", self.namespace,
+            "--bind-address", "127.0.0.1",
+            "--health-port", str(self.health_port),
+            "--metrics-port", str(self.metrics_port),
+            "--server-image", "registry.test/modelyard-server:test",
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self._healthy():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"operator not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric_name, _, label_part = series.partition("{")
+            if metric_name != name:
+                continue
+            have = dict(part.split("=", 1) for part in label_part.rstrip("}").split(",") if "=" in part)
+            if all(have.get(k) == f'"{v}"' for k, v in (labels or {}).items()):
+                total += float(value)
+        return total
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies mid-reconcile."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def llmmodel(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelyard.dev/v1alpha1",
+        "kind": "LLMModel",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"url": "hf://org/tiny-llama", **spec},
+    }
+
+
+def get_json(cluster: ClusterClient, path: str) -> dict[str, Any] | None:
+    return cluster.get_json(path)
+
+
+def llm_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/modelyard.dev/v1alpha1/namespaces/{namespace}/llmmodels"
+    return f"{base}/{name}" if name else base
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return dict(cond)
+    return None
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1)[:3000]

@@ -1,0 +1,68 @@
+"""The operator's ServiceAccount can do exactly what the operator needs, checked by the API server."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelyard.operator import rbac
+from tests.cluster.client import ClusterClient
+
+NEEDED = [
+    ("get", "llmmodels.modelyard.dev"),
+    ("list", "llmmodels.modelyard.dev"),
+    ("watch", "llmmodels.modelyard.dev"),
+    ("patch", "llmmodels.modelyard.dev"),
+    ("patch", "llmmodels.modelyard.dev/status"),
+    ("get", "deployments.apps"),
+    ("watch", "deployments.apps"),
+    ("patch", "deployments.apps"),
+    ("create", "deployments.apps"),
+    ("patch", "services"),
+    ("patch", "persistentvolumeclaims"),
+    ("patch", "poddisruptionbudgets.policy"),
+    ("delete", "poddisruptionbudgets.policy"),
+    ("list", "pods"),
+    ("watch", "pods"),
+    ("create", "events"),
+    ("patch", "kopfpeerings.kopf.dev"),
+]
+
+FORBIDDEN = [
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("delete", "deployments.apps"),
+    ("update", "deployments.apps"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("get", "configmaps"),
+    ("patch", "nodes"),
+    ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ("delete", "llmmodels.modelyard.dev"),
+    ("create", "llmmodels.modelyard.dev"),
+    ("update", "llmmodels.modelyard.dev/status"),
+    ("create", "serviceaccounts/token"),
+    ("*", "*"),
+]
+
+
+def can_i(cluster: ClusterClient, namespace: str, verb: str, resource: str) -> bool:
+    proc = cluster.kubectl(
+        "auth", "can-i", verb, resource, "-n", namespace,
+        f"--as=system:serviceaccount:{namespace}:{rbac.NAME}",
+        check=False,
+    )  # fmt: skip
+    answer = proc.stdout.strip()
+    assert answer in ("yes", "no"), proc.stderr
+    return answer == "yes"
+
+
+@pytest.mark.parametrize(("verb", "resource"), NEEDED)
+def test_service_account_can(kube_cluster: ClusterClient, namespace: str, verb: str, resource: str) -> None:
+    assert can_i(kube_cluster, namespace, verb, resource), f"operator cannot {verb} {resource}"
+
+
+@pytest.mark.parametrize(("verb", "resource"), FORBIDDEN)
+def test_service_account_cannot(
+    kube_cluster: ClusterClient, namespace: str, verb: str, resource: str
+) -> None:
+    assert not can_i(kube_cluster, namespace, verb, resource), f"operator may {verb} {resource}"
