@@ -1,0 +1,274 @@
+"""The chart on the real test control plane: server-side dry-run, install, upgrade, uninstall, RBAC.
+
+Pods do not really run (KWOK fakes them), which is all these tests need: every object the chart renders
+is accepted by a real kube-apiserver 1.36, created by a real `helm install`, changed by `helm upgrade`
+(a value and the CRD) and removed by `helm uninstall`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.client import ClusterClient
+from tests.unit.chart.render import CI_VALUES, EXAMPLES
+from tests.unit.chart.tools import CHART_DIR, REPO_ROOT
+
+MONITORING_GROUP = "monitoring.coreos.com"
+CRD_NAMES = ("llmmodels.modelyard.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+
+
+def helm(cluster: ClusterClient, *args: str) -> str:
+    """helm against the test cluster; a failure shows helm's own message."""
+    proc = cluster.helm(*args, check=False)
+    assert proc.returncode == 0, f"helm {' '.join(args[:2])} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+def _docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def _adopt_existing_crds(cluster: ClusterClient, release: str, namespace: str) -> None:
+    """Other suites in the session apply crds/ with kubectl; hand those CRDs to this release the
+    documented way (docs/helm.md, "CRDs that already exist") so `helm install` may manage them. kubectl
+    keeps co-ownership of their fields (server-side apply), so upgrades pass --force-conflicts."""
+    for name in CRD_NAMES:
+        if cluster.kubectl("get", "crd", name, check=False).returncode != 0:
+            continue
+        cluster.kubectl("label", "--overwrite", "crd", name, "app.kubernetes.io/managed-by=Helm")
+        cluster.kubectl(
+            "annotate",
+            "--overwrite",
+            "crd",
+            name,
+            f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={namespace}",
+        )
+
+
+@pytest.fixture(scope="module")
+def crds_applied(kube_cluster: ClusterClient) -> ClusterClient:
+    """The repository's CRDs, so dry-runs of custom resources (peering, examples) can be mapped."""
+    kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+    for name in CRD_NAMES:
+        kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return kube_cluster
+
+
+def _template(cluster: ClusterClient, namespace: str, *extra: str) -> str:
+    return helm(cluster, "template", "dry", str(CHART_DIR), "--namespace", namespace, *extra)
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda p: p.name if p else "defaults")
+def test_rendered_manifests_pass_server_side_dry_run(
+    crds_applied: ClusterClient, values: Path | None
+) -> None:
+    cluster = crds_applied
+    namespace = "chart-dry-run"
+    if cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        cluster.create_namespace(namespace)
+    for extra_ns in ("ml-serving", "monitoring"):  # namespaces the ci files name
+        if cluster.kubectl("get", "namespace", extra_ns, check=False).returncode != 0:
+            cluster.create_namespace(extra_ns)
+    docs = _docs(_template(cluster, namespace, *(["-f", str(values)] if values else [])))
+    # The Prometheus operator's CRDs are not part of the test cluster; everything else must pass.
+    checked = [d for d in docs if not d["apiVersion"].startswith(MONITORING_GROUP)]
+    skipped = len(docs) - len(checked)
+    if values and values.name == "monitoring-values.yaml":
+        assert skipped == 4  # 2 ServiceMonitors, 1 PodMonitor, 1 PrometheusRule
+    else:
+        assert skipped == 0
+    doc = {"apiVersion": "v1", "kind": "List", "items": checked}
+    out = cluster.kubectl(
+        "apply", "--dry-run=server", "--server-side", "--force-conflicts", "--field-manager=helm-dry-run",
+        "-o", "name", "-f", "-", input=json.dumps(doc),
+    )  # fmt: skip
+    assert len(out.stdout.split()) == len(checked), out.stdout
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_llmmodels_are_accepted_by_the_crd(crds_applied: ClusterClient, example: Path) -> None:
+    namespace = "chart-examples"
+    if crds_applied.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+        crds_applied.create_namespace(namespace)
+    out = crds_applied.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(example), "-o", "json")
+    applied = json.loads(out.stdout)
+    assert applied["kind"] == "LLMModel"
+    # Defaults from the CRD's structural schema come back filled in.
+    assert applied["spec"]["resources"]["gpuResourceName"] == "nvidia.com/gpu"
+
+
+def test_an_invalid_llmmodel_is_refused_with_the_crd_message(crds_applied: ClusterClient) -> None:
+    bad = yaml.safe_load((REPO_ROOT / "examples" / "multi-gpu.yaml").read_text())
+    bad["spec"]["replicas"] = 9  # outside autoscaling.minReplicas..maxReplicas
+    proc = crds_applied.kubectl(
+        "apply", "--dry-run=server", "-n", "default", "-f", "-", input=json.dumps(bad), check=False
+    )
+    assert proc.returncode != 0
+    assert "replicas must be within autoscaling.minReplicas..maxReplicas" in proc.stderr
+
+
+# ---- install / upgrade / uninstall -------------------------------------------------------------------
+
+RELEASE = "yard"
+NAMESPACE = "modelyard-chart"
+
+
+def _release_objects(cluster: ClusterClient) -> list[tuple[str, str, str]]:
+    """(kind, namespace, name) of every object in the release's manifest."""
+    manifest = cluster.helm("get", "manifest", RELEASE, "-n", NAMESPACE).stdout
+    return [(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in _docs(manifest)]
+
+
+def _exists(cluster: ClusterClient, kind: str, namespace: str, name: str) -> bool:
+    args = ["get", kind, name, "-o", "name"] + (["-n", namespace] if namespace else [])
+    return cluster.kubectl(*args, check=False).returncode == 0
+
+
+def _json(cluster: ClusterClient, *args: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+    return data
+
+
+@pytest.fixture(scope="module")
+def installed(crds_applied: ClusterClient) -> Iterator[ClusterClient]:
+    cluster = crds_applied
+    cluster.create_namespace(NAMESPACE)
+    _adopt_existing_crds(cluster, RELEASE, NAMESPACE)
+    helm(
+        cluster,
+        "install", RELEASE, str(CHART_DIR), "-n", NAMESPACE,
+        "--set", "operator.replicas=2", "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    try:
+        yield cluster
+    finally:
+        cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+
+
+def test_install_creates_every_object_and_the_pods_become_ready(installed: ClusterClient) -> None:
+    objects = _release_objects(installed)
+    kinds = {kind for kind, _, _ in objects}
+    assert {
+        "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount", "ClusterRole",
+        "ClusterRoleBinding", "PodDisruptionBudget", "ConfigMap", "ClusterKopfPeering",
+    } <= kinds  # fmt: skip
+    for kind, namespace, name in objects:
+        assert _exists(installed, kind, namespace, name), f"{kind} {namespace}/{name} missing"
+    for component, replicas in (("operator", 2), ("router", 2)):
+        deploy = _json(installed, "get", "deployment", f"{RELEASE}-modelyard-{component}", "-n", NAMESPACE)
+        assert deploy["status"].get("readyReplicas") == replicas, deploy["status"]
+        pod = deploy["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+    status = json.loads(installed.helm("status", RELEASE, "-n", NAMESPACE, "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+
+
+def test_restricted_pod_security_admission_accepts_the_pods(installed: ClusterClient) -> None:
+    ns = "chart-restricted"
+    if installed.kubectl("get", "namespace", ns, check=False).returncode != 0:
+        installed.create_namespace(ns)
+    installed.kubectl(
+        "label", "--overwrite", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    docs = _docs(_template(installed, ns, "--set", "crds.enabled=false", "--set", "rbac.create=false"))
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    proc = installed.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+        "items": deployments}), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "would violate PodSecurity" not in proc.stderr, proc.stderr
+
+
+def test_service_accounts_can_do_what_they_need_and_nothing_more(installed: ClusterClient) -> None:
+    def can(sa: str, verb: str, resource: str, namespace: str = "anywhere") -> bool:
+        proc = installed.kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace,
+            f"--as=system:serviceaccount:{NAMESPACE}:{RELEASE}-modelyard-{sa}", check=False,
+        )  # fmt: skip
+        return proc.stdout.strip() == "yes"
+
+    assert can("operator", "patch", "llmmodels.modelyard.dev")
+    assert can("operator", "patch", "llmmodels.modelyard.dev/status")
+    assert can("operator", "create", "deployments.apps")
+    assert can("operator", "patch", "clusterkopfpeerings.kopf.dev")
+    assert not can("operator", "delete", "deployments.apps")
+    assert not can("operator", "get", "secrets")
+    assert not can("operator", "create", "pods")
+    assert not can("operator", "delete", "llmmodels.modelyard.dev")
+    assert can("router", "watch", "llmmodels.modelyard.dev")
+    assert can("router", "list", "endpointslices.discovery.k8s.io")
+    assert not can("router", "patch", "llmmodels.modelyard.dev")
+    assert not can("router", "get", "secrets", NAMESPACE)
+    assert not can("router", "create", "pods")
+
+
+def test_upgrade_changes_a_value_and_the_crd(installed: ClusterClient, tmp_path: Path) -> None:
+    # A newer chart whose CRD gained a printer column: `helm upgrade` must roll it out (crds/ would not).
+    chart = tmp_path / "modelyard"
+    shutil.copytree(CHART_DIR, chart)
+    crd_file = chart / "files" / "crds" / "modelyard.dev_llmmodels.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    column = {"name": "Task", "type": "string", "jsonPath": ".spec.task", "priority": 1}
+    crd["spec"]["versions"][0]["additionalPrinterColumns"].append(column)
+    crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
+    try:
+        helm(
+            installed, "upgrade", RELEASE, str(chart), "-n", NAMESPACE, "--reuse-values", "--force-conflicts",
+            "--set", "router.replicas=3", "--set", "router.hold.maxWaitSeconds=7",
+            "--wait", "--timeout", "180s",
+        )  # fmt: skip
+        live = _json(installed, "get", "crd", "llmmodels.modelyard.dev")
+        assert column in live["spec"]["versions"][0]["additionalPrinterColumns"]
+        router = _json(installed, "get", "deployment", f"{RELEASE}-modelyard-router", "-n", NAMESPACE)
+        assert router["spec"]["replicas"] == 3
+        env = {e["name"]: e.get("value") for e in router["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["MODELYARD_ROUTER_HOLD_MAX_WAIT_S"] == "7"
+        history = json.loads(installed.helm("history", RELEASE, "-n", NAMESPACE, "-o", "json").stdout)
+        assert [h["revision"] for h in history] == [1, 2]
+    finally:
+        # Put the repository's CRD back for the rest of the session.
+        installed.helm(
+            "upgrade",
+            RELEASE,
+            str(CHART_DIR),
+            "-n",
+            NAMESPACE,
+            "--reuse-values",
+            "--force-conflicts",
+            "--wait",
+        )
+    live = _json(installed, "get", "crd", "llmmodels.modelyard.dev")
+    assert column not in live["spec"]["versions"][0]["additionalPrinterColumns"]
+
+
+def test_uninstall_removes_everything_it_created_but_keeps_the_crds(installed: ClusterClient) -> None:
+    objects = _release_objects(installed)
+    helm(installed, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s")
+    for kind, namespace, name in objects:
+        if kind == "CustomResourceDefinition":
+            # helm.sh/resource-policy: keep -- deleting a CRD would delete every LLMModel in the cluster.
+            assert _exists(installed, kind, namespace, name), f"CRD {name} must be kept"
+        else:
+            installed.wait_for(
+                f"{kind} {namespace}/{name} deleted",
+                lambda k=kind, ns=namespace, n=name: not _exists(installed, k, ns, n) or None,
+                timeout=60,
+            )
+    leftovers = installed.kubectl(
+        "get", "all,serviceaccounts,configmaps,secrets,roles,rolebindings,poddisruptionbudgets",
+        "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name",
+    ).stdout.split()  # fmt: skip
+    assert leftovers == []
+    cluster_leftovers = installed.kubectl(
+        "get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name"
+    ).stdout.split()
+    assert cluster_leftovers == []
