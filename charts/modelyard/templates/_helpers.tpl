@@ -37,8 +37,8 @@ Fully qualified name: honours fullnameOverride, does not repeat the release name
 
 {{/* Selector labels (immutable on Deployments: only name and instance, plus the component). */}}
 {{- define "modelyard.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "modelyard.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "modelyard.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
 {{/* Selector labels of one component. Call with (dict "root" $ "component" "router"). */}}
@@ -52,7 +52,7 @@ app.kubernetes.io/component: {{ .component }}
 helm.sh/chart: {{ include "modelyard.chart" . }}
 {{ include "modelyard.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 app.kubernetes.io/part-of: modelyard
 {{- with .Values.commonLabels }}
 {{ toYaml . }}

@@ -272,3 +272,32 @@ def test_uninstall_removes_everything_it_created_but_keeps_the_crds(installed: C
         "get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name"
     ).stdout.split()
     assert cluster_leftovers == []
+
+
+def test_fresh_cluster_ha_install_then_uninstall_leaves_nothing_behind() -> None:
+    """A user's first install on a cluster that has never seen Modelyard (its own control plane: the
+    session's cluster already has the CRDs), with leader election, and an uninstall that asks to drop
+    the LLMModel CRD too."""
+    from tests.cluster.harness import running_cluster
+    from tests.cluster.plugin import add_default_nodes
+
+    with running_cluster() as plane:
+        cluster = plane.client
+        add_default_nodes(cluster)
+        cluster.create_namespace(NAMESPACE)
+        helm(
+            cluster, "install", RELEASE, str(CHART_DIR), "-n", NAMESPACE, "--set", "operator.replicas=2",
+            "--set", "crds.keep=false", "--wait", "--timeout", "180s",
+        )  # fmt: skip
+        assert _exists(cluster, "clusterkopfpeering", "", f"{RELEASE}-modelyard")
+        assert _exists(cluster, "crd", "", "llmmodels.modelyard.dev")
+        objects = _release_objects(cluster)
+        helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s")
+        for kind, namespace, name in objects:
+            cluster.wait_for(
+                f"{kind} {namespace}/{name} deleted",
+                lambda k=kind, ns=namespace, n=name: not _exists(cluster, k, ns, n) or None,
+                timeout=60,
+            )
+        # Helm never deletes what its crds/ directory installed: kopf's static peering CRDs stay.
+        assert _exists(cluster, "crd", "", "clusterkopfpeerings.kopf.dev")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.unit.chart.render import CI_VALUES, NAMESPACE, RELEASE, env_of, find, helm, one, render
 from tests.unit.chart.tools import CHART_DIR
@@ -229,7 +230,7 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
 
 
 def test_crd_is_templated_kept_on_uninstall_and_optional() -> None:
-    crd = one(render(), "CustomResourceDefinition", "llmmodels.modelyard.dev")
+    crd = one(render(), "CustomResourceDefinition")
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     assert "helm.sh/resource-policy" not in (
@@ -239,7 +240,8 @@ def test_crd_is_templated_kept_on_uninstall_and_optional() -> None:
         or {}
     )
     assert not find(render("crds.enabled=false"), "CustomResourceDefinition")
-    assert not (CHART_DIR / "crds").exists(), "Helm never upgrades crds/: the CRD belongs in templates/"
+    # Helm never upgrades crds/: only kopf's static peering CRDs may live there, never the LLMModel CRD.
+    assert [p.name for p in (CHART_DIR / "crds").iterdir()] == ["kopf.dev_peerings.yaml"]
 
 
 def test_dashboards_are_configmaps_for_the_grafana_sidecar() -> None:
@@ -318,3 +320,11 @@ def test_router_reads_only_its_own_api_key_secret() -> None:
     )
     for role in find(render(), "ClusterRole"):
         assert all("secrets" not in rule["resources"] for rule in role["rules"])
+
+
+@pytest.mark.parametrize("release", ["y", "on", "no", "true"])
+def test_release_names_that_look_like_yaml_booleans_stay_strings(release: str) -> None:
+    out = helm("template", release, str(CHART_DIR), "--set", "operator.replicas=2").stdout
+    for doc in (d for d in yaml.safe_load_all(out) if d):
+        for value in doc["metadata"].get("labels", {}).values():
+            assert isinstance(value, str), (doc["kind"], doc["metadata"]["name"], value)
