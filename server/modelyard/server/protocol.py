@@ -131,7 +131,6 @@ class CompletionResponse(ResponseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,7 +217,6 @@ class ChatCompletionResponse(ResponseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class ChatDelta(ResponseModel):

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+import anyio
 from starlette.requests import Request
 
 from modelyard.server.detokenizer import IncrementalDetokenizer, StopMatcher
@@ -459,9 +460,9 @@ class BaseServing:
 
 
 async def finish_run(run: GenerationRun, states: Sequence[ChoiceState]) -> None:
-    await run.close()
     for state in states:
         state.abandon()
+    await run.close()
 
 
 class StreamCloser:
@@ -474,7 +475,10 @@ class StreamCloser:
     async def __call__(self) -> None:
         if not self._done:
             self._done = True
-            await self._fn()
+            # Starlette runs the body in an anyio scope that is cancelled on disconnect; unshielded,
+            # every await here would be cancelled again before the engine requests were released.
+            with anyio.CancelScope(shield=True):
+                await self._fn()
 
 
 def unsupported(param: str, message: str) -> UnsupportedParameterError:

@@ -206,7 +206,8 @@ class _CompletionBuilder:
         resp = CompletionResponse(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
         )
-        return sse.event(resp)
+        # CreateCompletionResponse.usage is not nullable: leave it out of chunks that carry none.
+        return sse.event(resp.model_dump(mode="json", exclude={"usage"} if usage is None else None))
 
     async def stream(self, run: GenerationRun, states: Sequence[ChoiceState]) -> AsyncIterator[bytes]:
         opts = self.req.stream_options
