@@ -95,11 +95,27 @@ async def llmmodel_event(body: kopf.Body, type: str | None, memo: Any, **_: Any)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-async def deployment_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+async def deployment_event(
+    body: kopf.Body,
+    type: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
     runtime = _runtime(memo)
     key = runtime.state.set_deployment(body, deleted=type == "DELETED")
-    if key is not None:
-        runtime.syncer.touch(key)
+    if key is None:
+        return
+    owner = runtime.state.models.get(key)
+    if type == "DELETED" and owner is not None and not owner["metadata"].get("deletionTimestamp"):
+        # Someone deleted a Deployment whose LLMModel still exists: put it back now rather than at the
+        # next spec change (the create/update handlers only see LLMModel changes).
+        try:
+            await reconcile(LLMModel.from_body(owner), runtime.settings, runtime.kube)
+        except (ApiError, ValidationError) as exc:
+            # Watch-event handlers are not retried; the next LLMModel change or restart repairs it.
+            logger.warning("re-creating the deleted Deployment failed: %s", exc)
+    runtime.syncer.touch(key)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)

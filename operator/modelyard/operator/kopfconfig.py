@@ -22,8 +22,11 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> N
     settings.watching.client_timeout = ours.watch_server_timeout + 60
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = ours.request_timeout
-    # Bounded concurrency: unbounded workers on 1,000 objects at start-up floods the API server.
+    # Bounded concurrency. kopf holds a worker per object until it idles for idle_timeout (default
+    # 5 s), so a small limit with the default idle time serialises a burst of new models (16 workers x
+    # 5 s idle = 3 models/s); a short idle time frees slots as soon as an object is handled.
     settings.queueing.worker_limit = ours.worker_limit
+    settings.queueing.idle_timeout = ours.worker_idle_seconds
     # kopf's own "Handler succeeded" events are one API write per reaction; our status syncer posts
     # the Events users need (ModelReady, Unschedulable, CrashLoopBackOff) and kopf only posts failures.
     settings.posting.level = logging.WARNING

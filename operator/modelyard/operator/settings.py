@@ -42,7 +42,18 @@ class OperatorSettings(BaseSettings):
     health_port: int = 8080
     metrics_port: int = 9090
     bind_address: str = "0.0.0.0"
-    worker_limit: int = Field(default=16, description="Concurrent kopf handler workers.")
+    worker_limit: int = Field(
+        default=256,
+        description="kopf workers per watched resource. kopf keeps one worker per object until it has "
+        "been idle for worker_idle_seconds, so this bounds how many objects are handled at once.",
+    )
+    worker_idle_seconds: float = Field(
+        default=0.5, description="How long an idle per-object kopf worker waits before freeing its slot."
+    )
+    status_debounce_seconds: float = Field(
+        default=1.0,
+        description="Status writes are coalesced over this window, so a burst of Pod events costs one write.",
+    )
     watch_server_timeout: int = Field(
         default=300,
         description="Server-side watch timeout (s): watches are re-established at least this often.",

@@ -150,7 +150,9 @@ def build_status(
     desired = model.spec.desired_replicas
     views = [view_pod(p) for p in pods if _is_live(p)]
     dep_status = (deployment or {}).get("status") or {}
-    ready = sum(v.ready for v in views)
+    # Ready only once the Deployment controller agrees: a pod turns ready a moment before the Deployment
+    # status does, and waiting for both makes "Ready" and "RolloutComplete" land in one status write.
+    ready = min(sum(v.ready for v in views), int(dep_status.get("readyReplicas", 0)))
     replicas = int(dep_status.get("replicas", len(views)))
     unschedulable = [v for v in views if v.unschedulable_message]
     failing = [v for v in views if v.failure_reason]
@@ -185,6 +187,8 @@ def build_status(
         ready_cond = Condition(type="Ready", status="False", reason="Pending", message="waiting for pods")
     else:
         furthest = max((v.phase for v in views), key=lambda p: _PHASE_ORDER.get(p, 0))
+        if furthest is Phase.READY:
+            furthest = Phase.LOADING
         message = {
             Phase.DOWNLOADING: "downloading weights",
             Phase.LOADING: "model server starting: loading weights",
@@ -235,7 +239,8 @@ def build_status(
     elif failing or deadline:
         phase = Phase.DEGRADED
     elif views and not unschedulable:
-        phase = max((v.phase for v in views), key=lambda p: _PHASE_ORDER.get(p, 0))
+        furthest = max((v.phase for v in views), key=lambda p: _PHASE_ORDER.get(p, 0))
+        phase = Phase.LOADING if furthest is Phase.READY else furthest
     else:
         phase = Phase.PENDING
 

@@ -59,13 +59,13 @@ class StatusSyncer:
         state: ObservedState,
         kube: StatusWriter,
         settings: OperatorSettings,
-        debounce_seconds: float = 0.5,
+        debounce_seconds: float | None = None,
         clock: Callable[[], str] = _now,
     ) -> None:
         self._state = state
         self._kube = kube
         self._settings = settings
-        self._debounce = debounce_seconds
+        self._debounce = settings.status_debounce_seconds if debounce_seconds is None else debounce_seconds
         self._clock = clock
         self._pending: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,26 +95,42 @@ class StatusSyncer:
     async def sync(self, key: Key) -> bool:
         """Compute and, if it changed, write the status of one model. Returns whether it wrote."""
         body = self._state.models.get(key)
-        if body is None:
+        deployment = self._state.deployments.get(key)
+        if body is None or deployment is None or self._awaiting_controller(key, deployment):
+            # Nothing to report yet: the reconcile or the Deployment controller is still at work, and a
+            # transient "Creating"/"Pending" status would cost one more write per model. The next watch
+            # event (Deployment status, first Pod) triggers the sync again.
             return False
         try:
             model = LLMModel.from_body(body)
         except ValidationError:
             return False  # the reconcile handler reports invalid specs
-        new = build_status(
-            model, self._state.deployments.get(key), self._state.pods_of(key), self._settings, self._clock()
-        )
+        new = build_status(model, deployment, self._state.pods_of(key), self._settings, self._clock())
         if new == model.status:
             return False
         wire = new.to_wire()
         await self._kube.patch_status(key[0], key[1], wire)
         metrics.STATUS_UPDATES.inc()
+        ready = ready_condition(new)
+        log.info(
+            "status of %s/%s: phase=%s ready=%s reason=%s",
+            key[0],
+            key[1],
+            new.phase,
+            new.replica_summary,
+            ready.reason if ready else None,
+        )
         # Remember what we wrote so a sync racing the watch event does not write it twice.
         body["status"] = wire
         event = transition_event(model.status, new)
         if event is not None and self._settings.post_events:
             await self._kube.post_event(body, *event)
         return True
+
+    def _awaiting_controller(self, key: Key, deployment: dict[str, Any]) -> bool:
+        meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+        caught_up = status.get("observedGeneration", 0) >= (meta.get("generation") or 1)
+        return not caught_up and not self._state.pods_of(key)
 
     async def close(self) -> None:
         for task in list(self._tasks):

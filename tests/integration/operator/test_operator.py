@@ -230,6 +230,23 @@ def test_delete_garbage_collects_children(
     kube_cluster.wait_for("owned objects garbage-collected", all_gone, 60)
 
 
+def test_deleted_deployment_is_recreated(
+    kube_cluster: ClusterClient, namespace: str, operator: OperatorProcess
+) -> None:
+    kube_cluster.apply(llmmodel("resilient", namespace))
+    wait_llm(kube_cluster, namespace, "resilient", "Ready=True", is_ready)
+    old = deployment(kube_cluster, namespace, "resilient")
+    assert old is not None
+    kube_cluster.kubectl("delete", "deployment", "resilient", "-n", namespace, "--wait=false")
+
+    def recreated() -> dict[str, Any] | None:
+        dep = deployment(kube_cluster, namespace, "resilient")
+        return dep if dep is not None and dep["metadata"]["uid"] != old["metadata"]["uid"] else None
+
+    kube_cluster.wait_for("the Deployment re-created", recreated, 60)
+    wait_llm(kube_cluster, namespace, "resilient", "Ready=True again", is_ready)
+
+
 def test_killed_mid_reconcile_converges_after_restart_without_duplicates(
     kube_cluster: ClusterClient, namespace: str, operator: OperatorProcess
 ) -> None:

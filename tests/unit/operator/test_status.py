@@ -185,5 +185,12 @@ def test_unchanged_status_keeps_transition_times_and_compares_equal() -> None:
     assert again == first
 
 
+def test_ready_waits_for_the_deployment_to_count_the_pod() -> None:
+    pods = [pod(scheduled=True, ready=True)]
+    st = build_status(model(), deployment(ready=0), pods, SETTINGS, NOW)
+    assert st.phase is Phase.LOADING
+    assert {c.type: c.status for c in st.conditions}["Ready"] == "False"
+
+
 def test_view_pod_of_an_empty_pod_is_pending() -> None:
     assert view_pod({"metadata": {"name": "x"}}).phase is Phase.PENDING

@@ -54,6 +54,25 @@ async def test_writes_once_then_only_on_change() -> None:
     assert writer.events == [("Normal", "ModelReady", "serving: 1/1 replicas ready")]
 
 
+async def test_no_write_before_the_deployment_is_observed() -> None:
+    _, writer, syncer = setup()
+    assert await syncer.sync(("team-a", "llama")) is False
+    assert writer.statuses == []
+
+
+async def test_no_write_while_the_deployment_controller_has_not_acted() -> None:
+    state, writer, syncer = setup()
+    fresh = labelled(deployment())
+    fresh["metadata"]["generation"] = 1
+    fresh["status"] = {}
+    state.set_deployment(fresh, deleted=False)
+    assert await syncer.sync(("team-a", "llama")) is False
+    fresh["status"] = {"observedGeneration": 1, "replicas": 0}
+    state.set_deployment(fresh, deleted=False)
+    assert await syncer.sync(("team-a", "llama")) is True
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "Pending"
+
+
 async def test_unschedulable_posts_a_warning_with_the_scheduler_message() -> None:
     state, writer, syncer = setup()
     state.set_deployment(labelled(deployment()), deleted=False)
