@@ -143,3 +143,16 @@ def test_example_manifest_validates_against_the_openapi_part(schema: dict[str, A
     bad = {**example, "spec": {**example["spec"], "task": "classify"}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, _without_cel(schema))
+
+
+def test_committed_reference_doc_matches_the_generator() -> None:
+    assert (ROOT / crdgen.DOCS_PATH).read_text() == crdgen.render_docs(), (
+        f"{crdgen.DOCS_PATH} is stale: run `python -m modelyard.api.crdgen --docs > {crdgen.DOCS_PATH}`"
+    )
+
+
+def test_reference_doc_lists_every_spec_field() -> None:
+    doc = crdgen.render_docs()
+    for path, _ in _walk(crdgen.openapi_schema()["properties"]["spec"], "spec"):
+        if path != "spec" and not path.endswith(("[]", "{}")):
+            assert f"| `{path}`" in doc, path
