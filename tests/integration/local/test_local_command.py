@@ -1,0 +1,79 @@
+"""`make local` (modelyard-local) gives a working OpenAI endpoint on one machine, and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.model
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = _free_port()
+    env = {**os.environ, "MODELYARD_SERVER_TINY_MODEL_CACHE": str(tmp_path_factory.mktemp("tiny-cache"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelyard.local", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 300
+    seen: list[str] = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        pytest.fail("modelyard-local exited early:\n" + "".join(seen[-40:]))
+    try:
+        yield f"http://127.0.0.1:{port}/v1", proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def test_lists_the_chat_and_the_embedding_model(local_stack: tuple[str, subprocess.Popen[str]]) -> None:
+    client = openai.OpenAI(base_url=local_stack[0], api_key="unused")
+    assert {m.id for m in client.models.list()} == {"tiny-llama", "all-minilm-l6-v2"}
+
+
+def test_chat_and_embeddings_through_the_router(local_stack: tuple[str, subprocess.Popen[str]]) -> None:
+    client = openai.OpenAI(base_url=local_stack[0], api_key="unused")
+    chat = client.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+    )
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens == 8
+    embedding = client.embeddings.create(model="all-minilm-l6-v2", input="hello")
+    assert len(embedding.data[0].embedding) == 384
+
+
+def test_sigterm_stops_every_component(local_stack: tuple[str, subprocess.Popen[str]]) -> None:
+    base, proc = local_stack
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    port = int(base.rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        with pytest.raises(ConnectionRefusedError):
+            sock.connect(("127.0.0.1", port))
