@@ -238,6 +238,15 @@ class Proxy:
                     tried.add(url)
                     if retry.args:
                         last_failure = retry.args[0]
+        except RouterError as err:
+            if committed is None:
+                raise
+            # 200 and heartbeats are out already: the error goes in the stream. Metrics count its status.
+            await committed.write(err.sse_event())
+            await committed.write_eof()
+            ex.status = err.status
+            ex.error = err.code or err.type
+            return committed
         finally:
             if hold_started is not None:
                 ex.held_s = time.monotonic() - hold_started

@@ -141,3 +141,19 @@ def write_config(path: Path, models: Mapping[str, Any]) -> Path:
     tmp.write_text(json.dumps({"models": models}))
     tmp.replace(path)  # atomic, so the router never reads half a file
     return path
+
+
+async def eventually(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
+    """``wait_until`` for async tests: yields to the event loop between polls."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        value = await asyncio.get_running_loop().run_in_executor(None, predicate)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
