@@ -53,7 +53,13 @@ class EmbeddingServing(BaseServing):
     async def create(self, req: EmbeddingRequest, request: Request) -> EmbeddingResponse:
         self.check_model(req.model, "embed")
         batch = self._inputs(req)
-        vectors = await cancel_on_disconnect(request, self.runtime.engine.embed(batch))
+        tracker = self.runtime.metrics.track(sum(len(ids) for ids in batch))
+        try:
+            vectors = await cancel_on_disconnect(request, self.runtime.engine.embed(batch))
+        except BaseException:
+            tracker.finish("abort", 0)
+            raise
+        tracker.finish("stop", 0)
         if req.dimensions is not None and vectors and req.dimensions != len(vectors[0]):
             # Truncating a model not trained for it (Matryoshka) gives poor vectors silently; refuse.
             raise UnsupportedParameterError(
