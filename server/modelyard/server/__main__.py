@@ -17,7 +17,13 @@ log = logging.getLogger("modelyard.server")
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, exit_on_load_failure=True)
+    server: uvicorn.Server | None = None
+
+    def stop_serving() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop_serving)
     log.info(
         "starting model server",
         extra={"model": settings.model, "served_model_name": settings.primary_name, "task": settings.task,
@@ -33,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = uvicorn.Server(config)
     server.run()
+    # A failed load stops the server (so Kubernetes restarts the pod) and must not look like success.
     if app.state.modelyard.load.error is not None:
         sys.exit(1)
 

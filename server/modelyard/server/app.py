@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -88,8 +87,12 @@ async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> 
 
 
 def create_app(
-    settings: ServerSettings, loader: Loader | None = None, *, exit_on_load_failure: bool = False
+    settings: ServerSettings,
+    loader: Loader | None = None,
+    *,
+    on_load_failure: Callable[[], None] | None = None,
 ) -> FastAPI:
+    """The app; ``loader`` defaults to the torch engine, ``on_load_failure`` lets ``main`` stop the server."""
     load = loader or load_torch_runtime
     holder: list[AppState] = []
 
@@ -115,9 +118,9 @@ def create_app(
         except Exception as exc:
             state.load.error = f"{type(exc).__name__}: {exc}"
             log.exception("model load failed", extra={"model": settings.model})
-            if exit_on_load_failure:
+            if on_load_failure is not None:
                 # Exit (non-zero, see __main__) so the pod restarts instead of idling unready forever.
-                os.kill(os.getpid(), signal.SIGTERM)
+                on_load_failure()
             return
         runtime = ModelRuntime(
             engine=loaded.engine,

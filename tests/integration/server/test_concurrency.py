@@ -94,6 +94,19 @@ def test_disconnected_client_frees_its_slot(llama_server: ServerProcess) -> None
     assert ok.status_code == 200
 
 
+def test_client_gone_before_a_non_streamed_answer_aborts_it(llama_server: ServerProcess) -> None:
+    aborted_before = metric(llama_server, "vllm:request_success_total", finished_reason="abort")
+    body = {"model": LLAMA_NAME, "prompt": "Forever", "max_tokens": 480, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(llama_server.v1 + "/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
+    _wait_for(
+        lambda: (
+            metric(llama_server, "vllm:request_success_total", finished_reason="abort") == aborted_before + 1
+        )
+    )
+    _wait_for(lambda: metric(llama_server, RUNNING, model_name=LLAMA_NAME) == 0)
+
+
 async def test_full_queue_answers_429_with_retry_after(gpt2_server: ServerProcess) -> None:
     """gpt2_server runs two sequences and queues one; the next request is refused, not buffered."""
     body = {"model": "tiny-gpt2", "prompt": "Long", "max_tokens": 500, "ignore_eos": True, "stream": True}

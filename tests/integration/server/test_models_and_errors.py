@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.fixtures.models import LLAMA_ALIAS, LLAMA_NAME, TEST_API_KEY, ServerProcess
+from tests.fixtures.models import LLAMA_ALIAS, LLAMA_NAME, TEST_API_KEY, ServerProcess, start_server
 from tests.fixtures.openai_spec import assert_matches
 from tests.integration.server.helpers import auth
 
@@ -239,3 +240,10 @@ def test_chat_without_a_template_is_a_clear_400(gpt2_server: ServerProcess) -> N
     assert err.value.code == "chat_template_missing"
     assert "chat template" in str(err.value.body)
     _still_serving(gpt2_server)
+
+
+def test_a_model_that_cannot_load_exits_non_zero(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        start_server(["--model", str(tmp_path / "missing-model")], ready_timeout=120, log_dir=tmp_path)
+    log = next(tmp_path.glob("server-*.log")).read_text()
+    assert "model load failed" in log
