@@ -183,6 +183,7 @@ def ready_urls(slice_obj: Mapping[str, Any]) -> list[str]:
         port = ports[0].get("port")
     if port is None:
         return []
+    # IPv4/IPv6 pod IPs from Services; FQDN slices (hand-made, e.g. for an external backend) are used as is.
     ipv6 = slice_obj.get("addressType") == "IPv6"
     urls = []
     for ep in slice_obj.get("endpoints") or []:

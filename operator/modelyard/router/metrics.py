@@ -14,6 +14,7 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 MODEL_UNKNOWN = "__unknown__"
+DISCOVERY_KINDS = ("LLMModel", "EndpointSlice", "Secret")
 KEY_NONE = ""
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
@@ -134,6 +135,10 @@ class RouterMetrics:
             "Keys documents rejected (the old set stays).",
             registry=r,
         )
+
+        for kind in DISCOVERY_KINDS:
+            self.discovery_events.labels(kind)
+            self.discovery_errors.labels(kind)
 
     def init_model(self, model: str) -> None:
         """Create a model's series at zero so dashboards and alerts see it before its first event."""

@@ -79,7 +79,11 @@ class Proc:
 
     def start(self, ready_path: str, timeout_s: float = 30.0) -> Proc:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.popen = subprocess.Popen(self.args, env=_env() | self.env, stdout=log, stderr=log)
+        env = _env() | self.env
+        extra = env.pop("MODELYARD_ROUTER_EXTRA_PYTHONPATH", None)  # test-only: prepended to PYTHONPATH
+        if extra:
+            env["PYTHONPATH"] = extra + os.pathsep + env["PYTHONPATH"]
+        self.popen = subprocess.Popen(self.args, env=env, stdout=log, stderr=log)
         wait_until(lambda: self._ready(ready_path), timeout_s, f"{self.args[2:4]} on {self.port}")
         return self
 
