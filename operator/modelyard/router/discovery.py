@@ -275,13 +275,13 @@ class ResourceCache:
                 self.on_change()
                 failures = 0
                 async for event, obj in self.source.watch(version):
-                    self.metrics.discovery_events.labels(self.kind).inc()
                     if event == "DELETED":
                         self.items.pop(_key(obj), None)
                     elif event in ("ADDED", "MODIFIED"):
                         self.items[_key(obj)] = obj
                     else:
-                        continue
+                        continue  # BOOKMARK
+                    self.metrics.discovery_events.labels(self.kind).inc()
                     self.on_change()
                     failures = 0
                 log.info("%s watch ended; relisting", self.kind)
