@@ -206,6 +206,7 @@ def test_service_accounts_can_do_what_they_need_and_nothing_more(installed: Clus
     assert not can("operator", "delete", "llmmodels.modelyard.dev")
     assert can("router", "watch", "llmmodels.modelyard.dev")
     assert can("router", "list", "endpointslices.discovery.k8s.io")
+    assert not can("router", "get", "endpointslices.discovery.k8s.io")
     assert not can("router", "patch", "llmmodels.modelyard.dev")
     assert not can("router", "get", "secrets", NAMESPACE)
     assert not can("router", "create", "pods")

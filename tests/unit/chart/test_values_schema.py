@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
+import sys
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.unit.chart.render import render_error
-from tests.unit.chart.tools import CHART_DIR
+from tests.unit.chart.tools import CHART_DIR, REPO_ROOT
 
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -65,25 +65,29 @@ def test_every_value_is_declared_and_described_in_the_schema() -> None:
     assert _leaves(VALUES, SCHEMA) == []
 
 
-def test_every_top_level_and_component_value_has_a_helm_docs_comment() -> None:
-    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
-    undocumented = []
-    for i, line in enumerate(lines):
-        m = re.match(r"^(\s*)([A-Za-z][\w]*):", line)
-        if not m or (i and lines[i - 1].lstrip().startswith("#")):
-            continue
-        # A key whose value is a mapping of documented keys (a section header) needs no comment.
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        section = line.rstrip().endswith(":") and (
-            len(nxt) - len(nxt.lstrip()) > len(m.group(1)) and not nxt.lstrip().startswith("-")
-        )
-        inside_documented_default = any(
-            lines[j].lstrip().startswith("# --") and len(lines[j]) - len(lines[j].lstrip()) < len(m.group(1))
-            for j in range(max(0, i - 12), i)
-        )
-        if not section and not inside_documented_default:
-            undocumented.append(line.strip())
-    assert undocumented == []
+def test_every_value_has_a_helm_docs_comment_and_docs_helm_md_lists_it() -> None:
+    sys.path.insert(0, str(CHART_DIR / "hack"))
+    try:
+        import values_table
+    finally:
+        sys.path.pop(0)
+    documented = {key for key, _ in values_table.documented_keys((CHART_DIR / "values.yaml").read_text())}
+
+    def undocumented(values: dict[str, Any], prefix: str = "") -> list[str]:
+        missing = []
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            if path in documented:
+                continue
+            if isinstance(value, dict) and value:
+                missing += undocumented(value, f"{path}.")
+            else:
+                missing.append(path)
+        return missing
+
+    assert undocumented(VALUES) == []
+    doc = (REPO_ROOT / "docs" / "helm.md").read_text()
+    assert values_table.render_doc(doc) == doc, "run python charts/modelyard/hack/values_table.py"
 
 
 def test_defaults_satisfy_the_schema() -> None:
