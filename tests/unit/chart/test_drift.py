@@ -77,3 +77,37 @@ def test_router_rbac_rules_equal_the_routers_declaration() -> None:
     docs = render("router.apiKeys.enabled=true", "router.apiKeys.existingSecret=team-keys")
     assert one(docs, "ClusterRole", "-router")["rules"] == rbac.ROUTING_RULES
     assert one(docs, "Role", "-router-api-keys")["rules"] == rbac.keys_secret_rules("team-keys")
+
+
+def _env_names(deployment: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_every_setting_the_chart_passes_exists_in_the_settings_classes() -> None:
+    """A renamed or removed setting breaks here, not silently in a cluster (pydantic ignores unknown env)."""
+    from modelyard.operator.settings import OperatorSettings
+    from modelyard.router.settings import RouterSettings
+
+    docs = render(
+        "operator.replicas=2",
+        "router.apiKeys.enabled=true",
+        "router.apiKeys.existingSecret=k",
+        "watchNamespaces={a}",
+    )
+    for component, prefix, settings in (
+        ("operator", "MODELYARD_OPERATOR_", OperatorSettings),
+        ("router", "MODELYARD_ROUTER_", RouterSettings),
+    ):
+        names = {n for n in _env_names(one(docs, "Deployment", f"-{component}")) if n.startswith(prefix)}
+        assert names, component
+        unknown = {n for n in names if n[len(prefix) :].lower() not in settings.model_fields}
+        assert unknown == set(), f"{component}: the chart sets settings that do not exist: {unknown}"
+
+
+def test_pods_run_as_the_user_of_the_operator_image() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile.operator").read_text()
+    user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")][-1]
+    uid, _, gid = user.partition(":")
+    pod = one(render(), "Deployment", "-router")["spec"]["template"]["spec"]["securityContext"]
+    assert str(pod["runAsUser"]) == uid
+    assert str(pod["runAsGroup"]) == (gid or uid)
