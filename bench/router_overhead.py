@@ -12,7 +12,7 @@ same upstream, one after the other, and reports:
 LiteLLM (``litellm[proxy]==1.100.5``) pins dependencies that clash with ours, so it is installed into
 its own venv under ~/.cache/modelyard/litellm-venv on first use (needs PyPI); ``--no-litellm`` skips it.
 
-    python bench/router_overhead.py [--seconds 5] [--concurrency 32] [--json out.json]
+    python bench/router_overhead.py [--seconds 5] [--concurrency 32] [--json PATH]
 """
 
 from __future__ import annotations
@@ -243,7 +243,12 @@ def main() -> None:
     p.add_argument("--sequential", type=int, default=1000, help="requests in each c=1 latency run")
     p.add_argument("--chunks", type=int, default=32, help="content chunks per streamed answer")
     p.add_argument("--no-litellm", action="store_true")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=REPO / "bench" / "results" / "router_overhead.json",
+        help="where the results are written as JSON",
+    )
     p.add_argument("--upstream", nargs=2, type=int, metavar=("PORT", "CHUNKS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.upstream:
@@ -330,8 +335,9 @@ def main() -> None:
                 thr = asyncio.run(throughput(t, stream, args.concurrency, args.seconds))
                 results.setdefault(mode, {})[t.name] = {"c1": lat, "max": thr}
         report(results, [t.name for t in targets])
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"results: {args.json}")
     finally:
         for proc in reversed(procs):
             proc.terminate()

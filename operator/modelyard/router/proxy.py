@@ -139,6 +139,8 @@ class Proxy:
             m.request_duration.labels(ex.model).observe(elapsed)
             if ex.ttft_s is not None:
                 m.ttft.labels(ex.model).observe(ex.ttft_s)
+            if ex.held_s > 0:
+                m.hold_duration.labels(ex.model).observe(ex.held_s)
             if ex.usage is not None:
                 m.prompt_tokens.labels(ex.model, ex.key).inc(ex.usage.prompt_tokens)
                 m.completion_tokens.labels(ex.model, ex.key).inc(ex.usage.completion_tokens)

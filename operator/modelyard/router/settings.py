@@ -28,8 +28,9 @@ class RouterSettings(BaseSettings):
     port: int = Field(metadata.ROUTER_PORT, description="Port for the API, /metrics and health endpoints.")
 
     mode: DiscoveryMode = Field(
-        DiscoveryMode.STATIC,
-        description="`kubernetes`: watch LLMModels and EndpointSlices; `static`: read `static_config`.",
+        DiscoveryMode.KUBERNETES,
+        description="`kubernetes`: watch LLMModels and EndpointSlices; `static`: read `static_config` "
+        "(the default when `static_config` is set).",
     )
     static_config: Path | None = Field(
         None,
@@ -100,6 +101,8 @@ class RouterSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _mode_needs_its_source(self) -> RouterSettings:
+        if "mode" not in self.model_fields_set and self.static_config is not None:
+            self.mode = DiscoveryMode.STATIC
         if self.mode is DiscoveryMode.STATIC and self.static_config is None:
             raise ValueError("static mode needs static_config (MODELYARD_ROUTER_STATIC_CONFIG)")
         return self
