@@ -1,0 +1,45 @@
+"""The example LLMModels are valid against the CRD's schema and cover CPU, one GPU and many GPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.unit.chart.render import EXAMPLES
+from tests.unit.chart.tools import REPO_ROOT
+
+CRD = yaml.safe_load((REPO_ROOT / "crds" / "modelyard.dev_llmmodels.yaml").read_text())
+SCHEMA: dict[str, Any] = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def load(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(path.read_text())
+    return doc
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_matches_the_crd_schema(example: Path) -> None:
+    doc = load(example)
+    assert doc["apiVersion"] == f"{CRD['spec']['group']}/{CRD['spec']['versions'][0]['name']}"
+    assert doc["kind"] == CRD["spec"]["names"]["kind"]
+    # The structural schema is JSON Schema apart from the x-kubernetes-* keywords, which jsonschema ignores;
+    # the CEL rules are checked by the real API server in tests/integration/chart.
+    jsonschema.Draft7Validator(SCHEMA["properties"]["spec"]).validate(doc["spec"])
+
+
+def test_a_wrong_field_fails_the_same_check() -> None:
+    bad = load(REPO_ROOT / "examples" / "single-gpu.yaml")
+    bad["spec"]["resources"]["gpus"] = "one"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(SCHEMA["properties"]["spec"]).validate(bad["spec"])
+
+
+def test_examples_cover_cpu_single_gpu_and_multi_gpu() -> None:
+    gpus = sorted(load(p)["spec"]["resources"]["gpus"] for p in EXAMPLES)
+    assert gpus[0] == 0
+    assert 1 in gpus
+    assert gpus[-1] > 1
