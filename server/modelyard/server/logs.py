@@ -16,7 +16,12 @@ from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("modelyard_request_id", default=None)
 
-_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# uvicorn adds an ANSI-coloured copy of every message; it is noise in structured logs.
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class _RequestIdFilter(logging.Filter):
