@@ -10,6 +10,11 @@ Writes are counted on the API server, not trusted from the operator: kube-apiser
 PATCH llmmodels/status, APPLY deployments/services/PDBs/PVCs), plus the Events the operator reports
 posting (other components post Events too, so the API server cannot attribute those).
 
+Baseline (same control plane, same run, after the operator phase): the Deployments and Services the
+operator would build, POSTed directly by the benchmark in another namespace, timed until every
+Deployment reports one ready replica. The ratio operator/direct is the operator's overhead over the
+control plane's own floor.
+
     python bench/operator_scale.py [--models 1000] [--nodes 500] [--out bench/results/operator_scale.json]
 """
 
@@ -42,6 +47,7 @@ from tests.integration.operator.harness import (  # noqa: E402
 )
 
 NAMESPACE = "bench"
+DIRECT_NAMESPACE = "bench-direct"
 _SAMPLE = re.compile(r"^(\w+)\{(.*)\} ([0-9.e+-]+)$")
 
 
@@ -86,7 +92,41 @@ def count_ready(cluster: ClusterClient) -> int:
     )
 
 
-def run(models: int, nodes: int, settle: float) -> dict[str, Any]:
+def direct_baseline(cluster: ClusterClient, models: int) -> float:
+    """Seconds until `models` operator-shaped Deployments (+ Services), created without the operator,
+    all have one ready replica."""
+    from modelyard.api.llmmodel import LLMModel
+    from modelyard.operator.builders.deployment import build_deployment
+    from modelyard.operator.builders.service import build_service
+    from modelyard.operator.settings import OperatorSettings
+
+    settings = OperatorSettings(server_image="registry.test/modelyard-server:test")
+    cluster.create_namespace(DIRECT_NAMESPACE)
+
+    def create(i: int) -> None:
+        body = llmmodel(f"d{i:05d}", DIRECT_NAMESPACE)
+        body["metadata"]["uid"] = ""
+        model = LLMModel.from_body(body)
+        dep, svc = build_deployment(model, settings), build_service(model, settings)
+        for obj in (dep, svc):
+            obj["metadata"].pop("ownerReferences")
+        cluster.request("POST", f"/apis/apps/v1/namespaces/{DIRECT_NAMESPACE}/deployments", dep)
+        cluster.request("POST", f"/api/v1/namespaces/{DIRECT_NAMESPACE}/services", svc)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(create, range(models)))
+    path = f"/apis/apps/v1/namespaces/{DIRECT_NAMESPACE}/deployments"
+    deadline = t0 + 900
+    while time.monotonic() < deadline:
+        items = (cluster.get_json(path) or {}).get("items", [])
+        if sum((d.get("status") or {}).get("readyReplicas", 0) >= 1 for d in items) >= models:
+            break
+        time.sleep(1.0)
+    return time.monotonic() - t0
+
+
+def run(models: int, nodes: int, settle: float, baseline: bool) -> dict[str, Any]:
     plane = ControlPlane(find_binaries(), high_qps=True)
     plane.start()
     try:
@@ -122,7 +162,7 @@ def run(models: int, nodes: int, settle: float) -> dict[str, Any]:
             while ready < models and time.monotonic() < deadline:
                 ready = count_ready(cluster)
                 timeline.append((round(time.monotonic() - t0, 1), ready))
-                time.sleep(1.0)
+                time.sleep(2.0)  # listing 1,000 LLMModels is itself API server load
             all_ready_s = time.monotonic() - t0
             at_ready = operator_writes_on_apiserver(cluster)
             events_at_ready = operator.metric("modelyard_operator_api_writes_total", {"resource": "Event"})
@@ -132,27 +172,32 @@ def run(models: int, nodes: int, settle: float) -> dict[str, Any]:
             events_after = operator.metric("modelyard_operator_api_writes_total", {"resource": "Event"})
             to_ready = diff(at_ready, before)
             total_to_ready = sum(to_ready.values()) + events_at_ready
-            return {
-                "models": models,
-                "nodes": nodes,
-                "gpus_per_node": 8,
-                "ready": ready,
-                "nodes_ready_s": round(nodes_s, 1),
-                "create_requests_s": round(created_s, 1),
-                "all_ready_s": round(all_ready_s, 1),
-                "writes_to_ready": {**to_ready, "POST events (operator metric)": events_at_ready},
-                "writes_per_model": round(total_to_ready / models, 2),
-                "writes_during_settle": sum(diff(after, at_ready).values())
-                + (events_after - events_at_ready),
-                "settle_s": settle,
-                "operator_cpu_s": operator_cpu_seconds(operator),
-                "operator_reported_writes": operator.metric("modelyard_operator_api_writes_total"),
-                "reconciles": operator.metric("modelyard_operator_reconciles_total"),
-                "timeline_tail": timeline[-5:],
-                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            }
+            cpu = operator_cpu_seconds(operator)
+            reported = operator.metric("modelyard_operator_api_writes_total")
+            reconciles = operator.metric("modelyard_operator_reconciles_total")
         finally:
             operator.stop()
+        direct_s = direct_baseline(cluster, models) if baseline else None
+        return {
+            "models": models,
+            "nodes": nodes,
+            "gpus_per_node": 8,
+            "ready": ready,
+            "nodes_ready_s": round(nodes_s, 1),
+            "create_requests_s": round(created_s, 1),
+            "all_ready_s": round(all_ready_s, 1),
+            "writes_to_ready": {**to_ready, "POST events (operator metric)": events_at_ready},
+            "writes_per_model": round(total_to_ready / models, 2),
+            "writes_during_settle": sum(diff(after, at_ready).values()) + (events_after - events_at_ready),
+            "settle_s": settle,
+            "operator_cpu_s": cpu,
+            "operator_reported_writes": reported,
+            "reconciles": reconciles,
+            "direct_deployments_ready_s": None if direct_s is None else round(direct_s, 1),
+            "ratio_operator_vs_direct": None if direct_s is None else round(all_ready_s / direct_s, 2),
+            "timeline_tail": timeline[-5:],
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        }
     finally:
         plane.stop()
 
@@ -164,9 +209,10 @@ def main() -> None:
     parser.add_argument(
         "--settle", type=float, default=30.0, help="quiet seconds after Ready to count writes"
     )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the direct-Deployments baseline")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = run(args.models, args.nodes, args.settle)
+    result = run(args.models, args.nodes, args.settle, baseline=not args.no_baseline)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

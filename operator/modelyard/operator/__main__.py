@@ -57,15 +57,17 @@ def build_settings(args: argparse.Namespace) -> OperatorSettings:
 
 
 class _DropRoutine(logging.Filter):
-    """Watch-event handlers run on every Pod/Deployment change; their success is not news."""
+    """Watch-event handlers run on every Pod/Deployment change and every API call is logged by httpx
+    at INFO: neither is news. (httpx's logger level alone is not enough: kopf re-levels loggers.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("httpx") and record.levelno < logging.WARNING:
+            return False
         message = record.getMessage()
         return not (message.startswith("Handler '") and message.endswith("_event' succeeded."))
 
 
 def quiet_routine_logs() -> None:
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropRoutine())
 

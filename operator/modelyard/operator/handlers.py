@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel
 from modelyard.operator import metrics
-from modelyard.operator.k8s import ApiError, Kube
+from modelyard.operator.k8s import ApiError, Kube, TransientError
 from modelyard.operator.kopfconfig import configure_kopf
 from modelyard.operator.observed import ObservedState
 from modelyard.operator.reconcile import reconcile
@@ -33,7 +33,9 @@ class Runtime:
 
     def __init__(self, settings: OperatorSettings) -> None:
         self.settings = settings
-        self.kube = Kube()
+        self.kube = Kube(
+            request_timeout=settings.request_timeout, max_inflight=settings.max_inflight_requests
+        )
         self.state = ObservedState()
         self.syncer = StatusSyncer(self.state, self.kube, settings)
         metrics.register_models_by_phase(self.state.phases)
@@ -77,6 +79,10 @@ async def llmmodel_reconcile(
         metrics.RECONCILES.labels(result=metrics.Result.RETRY).inc()
         metrics.RECONCILE_ERRORS.labels(error=f"api_{exc.status.code}").inc()
         raise kopf.TemporaryError(f"applying children failed: {exc.status.message}", delay=5) from exc
+    except TransientError as exc:
+        metrics.RECONCILES.labels(result=metrics.Result.RETRY).inc()
+        metrics.RECONCILE_ERRORS.labels(error=type(exc).__name__).inc()
+        raise kopf.TemporaryError(f"API server unreachable or slow: {exc!r}", delay=5) from exc
     finally:
         metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
     outcome = metrics.Result.APPLIED if result.changed else metrics.Result.UNCHANGED
@@ -112,7 +118,7 @@ async def deployment_event(
         # next spec change (the create/update handlers only see LLMModel changes).
         try:
             await reconcile(LLMModel.from_body(owner), runtime.settings, runtime.kube)
-        except (ApiError, ValidationError) as exc:
+        except (ApiError, ValidationError, TransientError) as exc:
             # Watch-event handlers are not retried; the next LLMModel change or restart repairs it.
             logger.warning("re-creating the deleted Deployment failed: %s", exc)
     runtime.syncer.touch(key)

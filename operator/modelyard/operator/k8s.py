@@ -6,10 +6,12 @@ Every write goes through here, with one field manager, and is counted in the ope
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any, cast
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
@@ -30,7 +32,10 @@ KINDS: dict[str, type[NamespacedResource]] = {
     "PodDisruptionBudget": PodDisruptionBudget,
 }
 
-__all__ = ["ApiError", "Kube"]
+__all__ = ["ApiError", "Kube", "TransientError"]
+
+# Network-level failures (timeouts, resets): the API server is slow or restarting; retry later.
+TransientError = httpx2.TransportError
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -40,14 +45,20 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 class Kube:
     """Thin async facade over lightkube for the handful of calls the operator makes."""
 
-    def __init__(self, client: AsyncClient | None = None) -> None:
+    def __init__(
+        self, client: AsyncClient | None = None, request_timeout: float = 30.0, max_inflight: int = 32
+    ) -> None:
         self._client = client
+        self._timeout = request_timeout
+        # Like client-go's QPS limit: hundreds of concurrent reconciles must not turn into hundreds of
+        # concurrent requests, or a busy API server answers none of them in time.
+        self._inflight = asyncio.Semaphore(max_inflight)
 
     @property
     def client(self) -> AsyncClient:
         # Created lazily inside the running event loop (kopf's), not at import time.
         if self._client is None:
-            self._client = AsyncClient(field_manager=md.FIELD_MANAGER)
+            self._client = AsyncClient(field_manager=md.FIELD_MANAGER, timeout=httpx2.Timeout(self._timeout))
         return self._client
 
     async def close(self) -> None:
@@ -57,7 +68,8 @@ class Kube:
 
     async def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         try:
-            return _as_dict(await self.client.get(KINDS[kind], name, namespace=namespace))
+            async with self._inflight:
+                return _as_dict(await self.client.get(KINDS[kind], name, namespace=namespace))
         except ApiError as exc:
             if exc.status.code == 404:
                 return None
@@ -66,21 +78,23 @@ class Kube:
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply with force: the operator owns every field it sets on its children."""
         meta = obj["metadata"]
-        result = await self.client.patch(
-            KINDS[obj["kind"]],
-            meta["name"],
-            dict(obj),
-            namespace=meta["namespace"],
-            patch_type=PatchType.APPLY,
-            field_manager=md.FIELD_MANAGER,
-            force=True,
-        )
+        async with self._inflight:
+            result = await self.client.patch(
+                KINDS[obj["kind"]],
+                meta["name"],
+                dict(obj),
+                namespace=meta["namespace"],
+                patch_type=PatchType.APPLY,
+                field_manager=md.FIELD_MANAGER,
+                force=True,
+            )
         metrics.API_WRITES.labels(verb="apply", resource=obj["kind"]).inc()
         return _as_dict(result)
 
     async def delete(self, kind: str, name: str, namespace: str) -> None:
         try:
-            await self.client.delete(KINDS[kind], name, namespace=namespace)
+            async with self._inflight:
+                await self.client.delete(KINDS[kind], name, namespace=namespace)
         except ApiError as exc:
             if exc.status.code != 404:
                 raise
@@ -88,13 +102,14 @@ class Kube:
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Replace the LLMModel's status fields we own (merge patch on the status subresource)."""
-        await self.client.patch(
-            LLMModelResource.Status,
-            name,
-            {"status": dict(status)},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
-        )
+        async with self._inflight:
+            await self.client.patch(
+                LLMModelResource.Status,
+                name,
+                {"status": dict(status)},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
         metrics.API_WRITES.labels(verb="patch", resource="LLMModel/status").inc()
 
     async def post_event(self, model: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
@@ -127,5 +142,6 @@ class Kube:
                 }
             ),
         )
-        await self.client.create(event)
+        async with self._inflight:
+            await self.client.create(event)
         metrics.API_WRITES.labels(verb="create", resource="Event").inc()

@@ -47,3 +47,4 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> N
     if ours.peering_name is not None:
         settings.peering.name = ours.peering_name
         settings.peering.mandatory = True
+        settings.peering.lifetime = ours.peering_lifetime

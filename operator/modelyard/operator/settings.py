@@ -39,6 +39,9 @@ class OperatorSettings(BaseSettings):
         description="kopf peering priority of this replica; unset picks a random one, so that exactly one of "
         "several replicas (the highest) is active and the others stand by.",
     )
+    peering_lifetime: int = Field(
+        default=60, description="Seconds without a keep-alive after which a standby replica takes over."
+    )
     health_port: int = 8080
     metrics_port: int = 9090
     bind_address: str = "0.0.0.0"
@@ -59,6 +62,10 @@ class OperatorSettings(BaseSettings):
         description="Server-side watch timeout (s): watches are re-established at least this often.",
     )
     request_timeout: float = 30.0
+    max_inflight_requests: int = Field(
+        default=32,
+        description="Concurrent API requests of the reconciler and status writer (kopf's watches excluded).",
+    )
     post_events: bool = Field(
         default=True,
         description="Post Kubernetes Events on LLMModels for transitions (Ready, Unschedulable...).",

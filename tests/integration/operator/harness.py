@@ -74,7 +74,16 @@ def service_account_kubeconfig(cluster: ClusterClient, namespace: str, path: Pat
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        log_path: Path,
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.extra_args = list(extra_args or [])
+        self.extra_env = dict(extra_env or {})
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
@@ -86,6 +95,7 @@ class OperatorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_OPERATOR_")}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "server"), str(ROOT)])
         env.pop("KUBECONFIG", None)
+        env.update(self.extra_env)
         argv = [
             sys.executable, "-m", "modelyard.operator",
             "--kubeconfig", str(self.kubeconfig),
@@ -94,6 +104,7 @@ class OperatorProcess:
             "--health-port", str(self.health_port),
             "--metrics-port", str(self.metrics_port),
             "--server-image", "registry.test/modelyard-server:test",
+            *self.extra_args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
