@@ -8,7 +8,12 @@ is accepted by a real kube-apiserver 1.36, created by a real `helm install`, cha
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -302,3 +307,146 @@ def test_fresh_cluster_ha_install_then_uninstall_leaves_nothing_behind() -> None
             )
         # Helm never deletes what its crds/ directory installed: kopf's static peering CRDs stay.
         assert _exists(cluster, "crd", "", "clusterkopfpeerings.kopf.dev")
+
+
+# ---- the real operator and router, configured exactly as the chart configures them ---------------------
+
+NS_RELEASE = "yard-ns"
+NS_RELEASE_NAMESPACE = "modelyard-chart-ns"
+WATCHED = "chart-e2e"
+
+
+def _chart_env(cluster: ClusterClient, deployment: str) -> dict[str, str]:
+    deploy = _json(cluster, "get", "deployment", deployment, "-n", NS_RELEASE_NAMESPACE)
+    env = deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e["value"] for e in env if "value" in e}
+
+
+def _service_account_kubeconfig(cluster: ClusterClient, sa: str, path: Path) -> Path:
+    token = cluster.kubectl(
+        "create", "token", sa, "-n", NS_RELEASE_NAMESPACE, "--duration=3600s"
+    ).stdout.strip()
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)},
+                    }
+                ],
+                "users": [{"name": sa, "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": sa}}],
+                "current-context": "c",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    base["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / p) for p in (".", "operator", "server"))
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=base | env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+
+def _http_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def test_operator_and_router_run_with_the_charts_settings_and_service_accounts(
+    crds_applied: ClusterClient, tmp_path: Path
+) -> None:
+    """A namespaced HA release; then the real `modelyard-operator` and `modelyard-router` processes run with
+    the environment the chart put in their Deployments and the tokens of the chart's ServiceAccounts (the
+    Roles, KopfPeering and settings are the chart's, not the tests'): a model applied in the watched
+    namespace becomes Ready and the router serves it in /v1/models."""
+    cluster = crds_applied
+    cluster.create_namespace(NS_RELEASE_NAMESPACE)
+    cluster.create_namespace(WATCHED)
+    helm(
+        cluster, "install", NS_RELEASE, str(CHART_DIR), "-n", NS_RELEASE_NAMESPACE,
+        "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{WATCHED}}}",
+        "--set", "operator.replicas=2", "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    procs = []
+    try:
+        assert _exists(cluster, "kopfpeering", WATCHED, f"{NS_RELEASE}-modelyard")
+        operator_env = _chart_env(cluster, f"{NS_RELEASE}-modelyard-operator")
+        assert json.loads(operator_env["MODELYARD_OPERATOR_NAMESPACES"]) == [WATCHED]
+        health, metrics = _free_port(), _free_port()
+        operator_env |= {
+            "MODELYARD_OPERATOR_BIND_ADDRESS": "127.0.0.1",
+            "MODELYARD_OPERATOR_HEALTH_PORT": str(health),
+            "MODELYARD_OPERATOR_METRICS_PORT": str(metrics),
+        }
+        kubeconfig = _service_account_kubeconfig(
+            cluster, f"{NS_RELEASE}-modelyard-operator", tmp_path / "op.kubeconfig"
+        )
+        procs.append(
+            _spawn(
+                [sys.executable, "-m", "modelyard.operator", "--kubeconfig", str(kubeconfig)],
+                operator_env,
+                tmp_path / "operator.log",
+            )
+        )
+        router_env = _chart_env(cluster, f"{NS_RELEASE}-modelyard-router")
+        assert router_env["MODELYARD_ROUTER_NAMESPACE"] == WATCHED
+        port = _free_port()
+        router_env |= {
+            "MODELYARD_ROUTER_HOST": "127.0.0.1",
+            "MODELYARD_ROUTER_PORT": str(port),
+            "KUBECONFIG": str(
+                _service_account_kubeconfig(
+                    cluster, f"{NS_RELEASE}-modelyard-router", tmp_path / "router.kubeconfig"
+                )
+            ),
+        }
+        procs.append(_spawn([sys.executable, "-m", "modelyard.router"], router_env, tmp_path / "router.log"))
+
+        model = yaml.safe_load((REPO_ROOT / "examples" / "cpu-tiny.yaml").read_text())
+        cluster.kubectl("apply", "-n", WATCHED, "-f", "-", input=json.dumps(model))
+        name = model["metadata"]["name"]
+
+        def ready() -> bool | None:
+            obj = (
+                cluster.get_json(f"/apis/modelyard.dev/v1alpha1/namespaces/{WATCHED}/llmmodels/{name}") or {}
+            )
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) or None
+
+        try:
+            cluster.wait_for(f"LLMModel {name} Ready", ready, timeout=120)
+            served = model["spec"]["servedName"]
+
+            def listed() -> bool | None:
+                body = _http_json(f"http://127.0.0.1:{port}/v1/models") or {}
+                return any(m.get("id") == served for m in body.get("data", [])) or None
+
+            cluster.wait_for("the router lists the model", listed, timeout=60)
+        except TimeoutError:
+            logs = "\n".join(
+                f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                for log in (tmp_path / "operator.log", tmp_path / "router.log")
+            )
+            raise AssertionError(logs) from None
+        cluster.kubectl("delete", "-n", WATCHED, "llmmodel", name, "--wait=true", "--timeout=60s")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(20)
+        helm(cluster, "uninstall", NS_RELEASE, "-n", NS_RELEASE_NAMESPACE, "--wait")
