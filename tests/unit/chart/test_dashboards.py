@@ -17,6 +17,7 @@ from tests.unit.chart.tools import CHART_DIR, promtool_path
 DASHBOARD_DIR = CHART_DIR / "dashboards"
 DASHBOARDS = sorted(DASHBOARD_DIR.glob("*.json"))
 RULES = CHART_DIR / "rules" / "modelyard.rules.yaml"
+UNITS = {"short", "reqps", "ops", "s", "percentunit"}
 INSTALL = "install it with tests/integration/observability/install.sh (Debian package `prometheus`)"
 
 
@@ -82,6 +83,8 @@ def test_dashboard_structure(path: Path) -> None:
         assert p["title"], p["id"]
         assert p["description"], p["title"]
         assert p["targets"], f"panel {p['title']!r} has no query"
+        # dashboard-linter's panel-units-rule: every panel says what its numbers are.
+        assert p["fieldConfig"]["defaults"]["unit"] in UNITS, p["title"]
         ref_ids = [t["refId"] for t in p["targets"]]
         assert len(ref_ids) == len(set(ref_ids))
         for t in p["targets"]:
