@@ -280,6 +280,7 @@ def test_uninstall_removes_everything_it_created_but_keeps_the_crds(installed: C
     assert cluster_leftovers == []
 
 
+@pytest.mark.cluster  # its own control plane, not the session's `kube_cluster`
 def test_fresh_cluster_ha_install_then_uninstall_leaves_nothing_behind() -> None:
     """A user's first install on a cluster that has never seen Modelyard (its own control plane: the
     session's cluster already has the CRDs), with leader election, and an uninstall that asks to drop
