@@ -103,6 +103,8 @@ class Proxy:
         self.rng = rng or random.Random()
         self.held: dict[str, int] = {}
         self.draining = False  # set on SIGTERM: /readyz fails so the pod leaves its Service; still serving
+        key = settings.upstream_api_key
+        self.upstream_auth = f"Bearer {key.get_secret_value()}" if key is not None else None
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.upstream_read_timeout_s
         )
@@ -274,6 +276,8 @@ class Proxy:
                 continue
             out.add(name, value)
         out["x-request-id"] = request_id
+        if self.upstream_auth is not None:
+            out["Authorization"] = self.upstream_auth
         return out
 
     # ---- holding ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.api import metadata
@@ -49,6 +49,10 @@ class RouterSettings(BaseSettings):
         "keys.yaml", description="Data key inside the Secret with the keys YAML."
     )
     api_keys_file: Path | None = Field(None, description="YAML/JSON API-keys file (re-read on change).")
+
+    upstream_api_key: SecretStr | None = Field(
+        None, description="Bearer key the router sends to backends (when model servers require one)."
+    )
 
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Request body limit; larger -> 413.")
     connect_timeout_s: float = Field(3.0, gt=0, description="Upstream TCP connect timeout.")

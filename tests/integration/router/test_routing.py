@@ -141,3 +141,12 @@ async def test_api_keys_401_403_429_and_key_names_in_metrics(stack: Stack) -> No
     assert 'modelyard_router_requests_total{code="429",key="team-a",model="m"} 1.0' in metrics
     assert 'modelyard_router_requests_total{code="403",key="team-b",model="m"} 1.0' in metrics
     assert 'modelyard_router_prompt_tokens_total{key="team-a",model="m"} 15.0' in metrics
+
+
+async def test_backends_get_the_routers_upstream_key_not_the_clients(stack: Stack) -> None:
+    a = stack.backend("a")
+    router = stack.router({"m": [a.url]}, keys=KEYS, upstream_api_key="sk-upstream-only")
+    client = openai.AsyncOpenAI(base_url=router.url + "/v1", api_key="sk-team-a-secret", max_retries=0)
+    await client.chat.completions.create(**CHAT)
+    headers = {k.lower(): v for k, v in stats(a.url)["last_headers"].items()}  # type: ignore[attr-defined]
+    assert headers["authorization"] == "Bearer sk-upstream-only"
