@@ -122,7 +122,7 @@ PY
 fi
 
 "$out/kube-apiserver" --version >&2
-"$out/etcd" --version | head -1 >&2
+"$out/etcd" --version >&2  # no `| head`: SIGPIPE under pipefail would fail the build
 "$out/kwok" --version >&2 || true
 "$out/kubectl" version --client >&2
 "$out/helm" version --short >&2
