@@ -80,10 +80,11 @@ async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> 
             "model": source,
             "device": loaded.device,
             "dtype": loaded.dtype,
-            "max_model_len": loaded.max_model_len,
+            "max_model_len": engine.max_model_len,
         },
     )
-    return LoadedRuntime(engine, loaded.tokenizer, loaded.task, loaded.max_model_len, source)
+    # The engine's limit is the binding one (the model's, capped by --max-model-len).
+    return LoadedRuntime(engine, loaded.tokenizer, loaded.task, engine.max_model_len, source)
 
 
 def create_app(

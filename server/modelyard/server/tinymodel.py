@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ TinyKind = Literal["llama", "gpt2", "bert"]
 TINY_KINDS: tuple[TinyKind, ...] = get_args(TinyKind)
 
 # Bump when the recipe changes so stale caches are rebuilt instead of silently reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 MARKER = "modelyard-tiny.json"
 DEFAULT_CACHE = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelyard")) / "models"
 
@@ -63,7 +64,40 @@ _CORPUS_LINES = [
 
 
 def _corpus() -> list[str]:
-    return [line for _ in range(20) for line in _CORPUS_LINES]
+    # Seeded pseudo-words give BPE enough distinct pairs to fill the vocabulary (~1000 tokens), so
+    # token ids and merges look like a real tokenizer's rather than mostly single bytes.
+    rng = random.Random(0)
+    syllables = [
+        "ka",
+        "lo",
+        "mi",
+        "ne",
+        "ru",
+        "ta",
+        "vo",
+        "shi",
+        "zen",
+        "qua",
+        "bri",
+        "stel",
+        "dor",
+        "fen",
+        "gri",
+        "hal",
+        "jur",
+        "mox",
+        "pla",
+        "tro",
+        "ex",
+        "ion",
+        "ment",
+        "ing",
+        "ed",
+        "er",
+    ]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(800)]
+    synthetic = [" ".join(rng.sample(words, 12)).capitalize() + "." for _ in range(300)]
+    return [line for _ in range(20) for line in _CORPUS_LINES] + synthetic
 
 
 def build_tokenizer(kind: TinyKind) -> Any:

@@ -174,7 +174,7 @@ def test_embeddings_on_a_generation_model_is_400(llama_server: ServerProcess) ->
 
 def test_unsupported_features_are_refused_not_ignored(llama_server: ServerProcess) -> None:
     chat = {"model": LLAMA_NAME, "messages": [{"role": "user", "content": "x"}]}
-    for extra, param in [
+    cases: list[tuple[dict[str, Any], str | None]] = [
         ({"response_format": {"type": "json_object"}}, "response_format"),
         (
             {"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
@@ -184,7 +184,8 @@ def test_unsupported_features_are_refused_not_ignored(llama_server: ServerProces
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
             None,
         ),
-    ]:
+    ]
+    for extra, param in cases:
         _assert_envelope(_post(llama_server, "/chat/completions", json={**chat, **extra}), 400, param=param)
     _assert_envelope(
         _post(llama_server, "/completions", json={"model": LLAMA_NAME, "prompt": "x", "suffix": "y"}),

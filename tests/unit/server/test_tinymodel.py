@@ -21,7 +21,7 @@ def test_tiny_llama_reloads_with_auto_classes_and_a_chat_template(tmp_path: Path
     assert model.num_parameters() < 1_000_000
     text = "Grüße 😀 日本語\n  spaced"
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
-    rendered = tok.apply_chat_template(
+    rendered = tok.apply_chat_template(  # tokenize=False: a string
         [
             {"role": "system", "content": "s"},
             {"role": "user", "content": "u"},
@@ -30,7 +30,7 @@ def test_tiny_llama_reloads_with_auto_classes_and_a_chat_template(tmp_path: Path
         tokenize=False,
         add_generation_prompt=True,
     )
-    assert rendered.endswith("<|im_start|>assistant\n")
+    assert str(rendered).endswith("<|im_start|>assistant\n")
     assert tok.eos_token == "<|im_end|>"
     assert tok.pad_token is not None
 
