@@ -365,11 +365,7 @@ def _panel_queries() -> list[tuple[str, str, str]]:
 
 # Panels whose data depends on a fix outside the chart. Strict: once the fix lands, the xfail turns into
 # a failure that asks for this entry to go.
-KNOWN_GAPS = {
-    "Router: hold time": "the router never observes modelyard_router_hold_duration_seconds "
-    "(operator/modelyard/router/proxy.py _record: add m.hold_duration.labels(model).observe(ex.held_s) "
-    "for held requests)",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _query_params() -> list[Any]:
