@@ -111,3 +111,27 @@ def test_pods_run_as_the_user_of_the_operator_image() -> None:
     pod = one(render(), "Deployment", "-router")["spec"]["template"]["spec"]["securityContext"]
     assert str(pod["runAsUser"]) == uid
     assert str(pod["runAsGroup"]) == (gid or uid)
+
+
+def test_pod_monitor_selects_the_labels_and_port_the_operator_puts_on_model_pods() -> None:
+    from modelyard.api import metadata as md
+
+    monitor = one(render("metrics.podMonitor.enabled=true"), "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        md.LABEL_COMPONENT: md.COMPONENT_MODEL_SERVER,
+        md.LABEL_MANAGED_BY: md.FIELD_MANAGER,
+    }
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == md.SERVER_PORT_NAME
+    relabel = monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
+    # Prometheus sanitises label names: modelyard.dev/model -> modelyard_dev_model.
+    sanitized = "__meta_kubernetes_pod_label_" + md.LABEL_MODEL.replace(".", "_").replace("/", "_")
+    assert relabel["sourceLabels"] == [sanitized]
+
+
+def test_router_port_matches_the_contract() -> None:
+    from modelyard.api import metadata as md
+
+    router = one(render(), "Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]
+    assert router["ports"] == [
+        {"name": md.ROUTER_PORT_NAME, "containerPort": md.ROUTER_PORT, "protocol": "TCP"}
+    ]
