@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelyard.server.engine.types import (
@@ -124,6 +124,10 @@ class InternalServerError(APIError):
     default_code = "internal_error"
 
 
+class ClientDisconnectedError(Exception):
+    """The client went away before its answer was ready; there is nobody to answer."""
+
+
 def from_engine_error(exc: EngineError) -> APIError:
     if isinstance(exc, QueueFullError):
         return RateLimitError(str(exc), exc.retry_after_s)
@@ -204,6 +208,11 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error while serving a request")
         return error_response(InternalServerError(f"Internal server error: {type(exc).__name__}"))
 
+    async def on_client_gone(_: Request, exc: Exception) -> Response:
+        # nginx's 499 "client closed request": only the access log will ever see it.
+        return Response(status_code=499)
+
+    app.add_exception_handler(ClientDisconnectedError, on_client_gone)
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -33,6 +33,7 @@ from modelyard.server.engine.types import (
 )
 from modelyard.server.errors import (
     APIError,
+    ClientDisconnectedError,
     ContextLengthExceededError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -274,10 +275,6 @@ def _as_api_error(exc: BaseException) -> APIError:
     from modelyard.server.errors import InternalServerError
 
     return InternalServerError(f"generation failed: {type(exc).__name__}: {exc}")
-
-
-class ClientDisconnectedError(Exception):
-    pass
 
 
 async def _wait_for_disconnect(request: Request) -> None:

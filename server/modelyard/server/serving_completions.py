@@ -97,7 +97,8 @@ class CompletionServing(BaseServing):
         response_id = new_id("cmpl")
         run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens))
         try:
-            await run.start()
+            # A client that leaves while its request is still queued releases it at once.
+            await cancel_on_disconnect(request, run.start())
         except BaseException:
             await finish_run(run, states)
             raise
