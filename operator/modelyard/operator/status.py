@@ -212,7 +212,7 @@ def build_status(
             type="Progressing",
             status="True",
             reason="RollingOut",
-            message=f"{ready}/{desired} replicas ready, {dep_status.get('updatedReplicas', 0)} updated",
+            message=f"{ready}/{desired} replicas ready",  # no churning counters: each change is a write
         )
 
     # Degraded: is something wrong that needs a human (or more capacity)?
