@@ -225,9 +225,12 @@ class Proxy:
                     if route.endpoints and not untried:
                         # Every pod failed this request: answer now rather than wait on them.
                         return await self._give_up(request, ex, route, last_failure, committed)
+                    entering = hold_started is None
                     if hold_started is None:
                         hold_started = time.monotonic()
-                    committed = await self._hold(request, ex, route, routed.stream, hold_started, committed)
+                    committed = await self._hold(
+                        request, ex, route, routed.stream, hold_started, committed, entering
+                    )
                     continue
                 if ex.attempts > self.settings.max_retries:
                     return await self._give_up(request, ex, route, last_failure, committed)
@@ -290,6 +293,7 @@ class Proxy:
         stream: bool,
         started: float,
         committed: web.StreamResponse | None,
+        entering: bool,
     ) -> web.StreamResponse | None:
         """Wait for the table to change (or an ejection to end); 503 after ``hold_max_wait_s``."""
         s = self.settings
@@ -299,7 +303,7 @@ class Proxy:
         if remaining <= 0:
             raise errors.no_capacity(route.name, s.retry_after_s, f"{reason} after {s.hold_max_wait_s:g}s")
         held = self.held.get(route.name, 0)
-        if held >= s.hold_max_per_model:
+        if entering and held >= s.hold_max_per_model:  # a request already waiting keeps its place
             raise errors.no_capacity(
                 route.name, s.retry_after_s, f"{reason} and {held} requests already wait"
             )
