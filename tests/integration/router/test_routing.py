@@ -150,3 +150,18 @@ async def test_backends_get_the_routers_upstream_key_not_the_clients(stack: Stac
     await client.chat.completions.create(**CHAT)
     headers = {k.lower(): v for k, v in stats(a.url)["last_headers"].items()}  # type: ignore[attr-defined]
     assert headers["authorization"] == "Bearer sk-upstream-only"
+
+
+async def test_streams_and_bodies_pass_through_byte_for_byte(stack: Stack) -> None:
+    a = stack.backend("a", "--chunks", "50")
+    router = stack.router({"m": [a.url]})
+    body = CHAT | {"stream": True, "stream_options": {"include_usage": True}}
+    headers = {"x-request-id": "same-id"}
+    async with aiohttp.ClientSession() as s:
+        for payload in (body, CHAT):
+            async with s.post(a.url + "/v1/chat/completions", json=payload, headers=headers) as d:
+                direct = await d.read()
+            async with s.post(router.url + "/v1/chat/completions", json=payload, headers=headers) as r:
+                routed = await r.read()
+                assert r.headers["content-type"] == d.headers["content-type"]
+            assert routed == direct
