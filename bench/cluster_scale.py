@@ -1,7 +1,7 @@
 """Scale smoke for the test control plane: 500 KWOK GPU nodes and 1,000 single-GPU pods become Running.
 
 A benchmark, not a test: it starts its own control plane (client rate limits lifted, as kwokctl does for
-scale runs), times each phase and samples the peak resident memory of kube-apiserver and etcd.
+scale runs), times each phase and samples the resident memory of every component, apiserver and etcd first.
 
     python bench/cluster_scale.py [--nodes 500] [--pods 1000] [--out bench/results/cluster_scale.json]
 """
@@ -99,7 +99,7 @@ def main() -> int:
         started = time.monotonic() - t0
         client = plane.client
         pids = {c.name: c.pid for c in plane.components}
-        sampler = MemorySampler({"kube-apiserver": pids["kube-apiserver"], "etcd": pids["etcd"]})
+        sampler = MemorySampler(pids)
         sampler.start()
 
         t = time.monotonic()
