@@ -64,7 +64,7 @@ def find_binaries() -> Path:
     if proc.returncode != 0:
         raise BinariesMissing(
             "the test control plane binaries are not built yet: run `tests/cluster/build.sh` "
-            f"(cold build takes tens of minutes on 2 cores, warm is instant)\n{proc.stderr.strip()}"
+            f"(cold: 8-22 min on 2 cores; warm: instant)\n{proc.stderr.strip()}"
         )
     return Path(proc.stdout.strip().splitlines()[-1])
 

@@ -34,10 +34,13 @@ def kube_cluster() -> Iterator[ClusterClient]:
     ``kube_cluster.add_gpu_nodes(...)``. Tests should work in their own namespace
     (``kube_cluster.create_namespace(...)``) because the cluster is shared by the whole session.
     """
+    missing: str | None = None
     try:
         bin_dir = find_binaries()
     except ControlPlaneError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)
 
     reuse = os.environ.get("MODELYARD_KUBECONFIG")
     if reuse:
@@ -45,13 +48,16 @@ def kube_cluster() -> Iterator[ClusterClient]:
         return
 
     plane = ControlPlane(bin_dir)
+    failure: str | None = None
     try:
         plane.start()
         add_default_nodes(plane.client)
     except (ControlPlaneError, TimeoutError) as exc:
         logs = plane.describe_logs() if plane.components else ""
         plane.stop()
-        pytest.fail(f"could not start the test control plane: {exc}\n{logs}", pytrace=False)
+        failure = f"could not start the test control plane: {exc}\n{logs}"
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
     try:
         yield plane.client
     finally:
