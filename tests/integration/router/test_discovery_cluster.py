@@ -120,11 +120,22 @@ def namespace(kube_cluster: ClusterClient) -> Iterator[str]:
     kube_cluster.kubectl(
         "wait", "--for=condition=Established", f"crd/{md.PLURAL}.{md.GROUP}", "--timeout=60s"
     )
-    apply(kube_cluster, *rbac.manifests(ns, keys_secret=SECRET, name=rbac.NAME))
+    docs = rbac.manifests(ns, keys_secret=SECRET, name=rbac.NAME)
+    # Cluster-scoped objects get a per-test name so they never clash with a chart install in the session.
+    cluster_scoped = f"{rbac.NAME}-{ns}"
+    for doc in docs:
+        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            doc["metadata"]["name"] = cluster_scoped
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] = cluster_scoped
+    apply(kube_cluster, *docs)
     try:
         yield ns
     finally:
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        kube_cluster.kubectl(
+            "delete", "clusterrolebinding,clusterrole", cluster_scoped, "--ignore-not-found", check=False
+        )
 
 
 def test_router_follows_llmmodels_and_endpointslices(
