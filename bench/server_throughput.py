@@ -12,9 +12,11 @@ embeddings: 134.5M parameters). Runs, one after the other, never overlapping:
   engine          our ``TorchEngine`` in-process, all requests submitted concurrently
   server          our full server (``modelyard-server``) driven by an aiohttp streaming client
 
-All requests are released at t=0. TTFT is from release to the first generated token (for
-``sequential`` that includes the wait for the requests ahead of it). Output tok/s is all generated
-tokens over the wall time of the run. Not a test: run it by hand, e.g.
+Every run is measured after one identical warm-up round (on CUDA the first round is ~3x slower:
+kernel selection for each new shape). All requests are released at t=0. TTFT is from release to the
+first generated token (for ``sequential`` that includes the wait for the requests ahead of it; over
+HTTP it is the first non-empty text delta). Output tok/s is all generated tokens over the wall time
+of the run. Not a test: run it by hand, e.g.
 
     python bench/server_throughput.py --out /tmp/throughput.json
     python bench/server_throughput.py --device cuda --dtype bfloat16 --out /tmp/throughput-gpu.json
@@ -39,6 +41,7 @@ from typing import Any
 
 import aiohttp
 import torch
+import transformers
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "server"))
@@ -362,7 +365,9 @@ async def drive_http(
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=3600)
     ) as session:
-        await _stream_completion(session, url, body(texts[0]), time.perf_counter())  # warm-up
+        # Warm-up: one full round, so every run is measured with its kernels and shapes already seen.
+        warm = time.perf_counter()
+        await asyncio.gather(*(_stream_completion(session, url, body(t), warm) for t in texts))
         t0 = time.perf_counter()
         results = await asyncio.gather(*(_stream_completion(session, url, body(t), t0) for t in texts))
         wall = time.perf_counter() - t0
@@ -430,7 +435,9 @@ def main() -> None:
         help="skip a run: sequential, hf-serve, hf-serve-cb, static-batch, engine, server",
     )
     parser.add_argument("--cb-num-blocks", type=int, default=256, help="KV blocks for transformers serve CB")
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--out", type=Path, help="JSON results (default: bench/results/server_throughput-<device>.json)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -453,12 +460,12 @@ def main() -> None:
 
     # Warm kernels once per path so no run pays for first-call costs.
     if "sequential" not in args.skip:
-        run_sequential(model, prompts[:1], 4, device)
+        run_sequential(model, prompts[:1], args.new_tokens, device)
         sync()
         results["sequential"] = run_sequential(model, prompts, args.new_tokens, device)
         print(_line(results["sequential"]), flush=True)
     if "static-batch" not in args.skip:
-        run_static_batch(model, prompts, 4, device)
+        run_static_batch(model, prompts, args.new_tokens, device)
         sync()
         results["static-batch"] = run_static_batch(model, prompts, args.new_tokens, device)
         print(_line(results["static-batch"]), flush=True)
@@ -469,7 +476,7 @@ def main() -> None:
             engine = TorchEngine(loaded, config)
             await engine.start()
             try:
-                await run_engine(engine, prompts[:2], 4, "warmup")
+                await run_engine(engine, prompts, args.new_tokens, "warmup")
                 return await run_engine(engine, prompts, args.new_tokens, "bench")
             finally:
                 await engine.stop()
@@ -578,9 +585,10 @@ def main() -> None:
 
     report = _report(args, results, model_dir)
     _print_table(report)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+    out: Path = args.out or REPO / "bench" / "results" / f"server_throughput-{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
 
 
 def _line(r: RunResult) -> str:
@@ -626,6 +634,7 @@ def _report(args: argparse.Namespace, results: dict[str, RunResult], model_dir: 
         "host": {
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "transformers": transformers.__version__,
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
