@@ -93,6 +93,8 @@ class TorchEngine:
         return self._max_model_len
 
     def stats(self) -> EngineStats:
+        """``kv_cache_usage``: tokens held (prompt + generated, running and prefilling requests) over the
+        budget ``max_num_seqs * max_model_len`` the engine is configured for."""
         return EngineStats(
             num_running=self._num_running,
             num_waiting=len(self._waiting),
@@ -139,7 +141,10 @@ class TorchEngine:
                 f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the model's "
                 f"context length ({self._max_model_len})"
             )
-        if len(self._waiting) >= self._config.max_queue:
+        # Requests that free slots will take at once do not count as queued, so max_queue=0 means
+        # "never wait" rather than "refuse everything".
+        free_slots = max(0, self._config.max_num_seqs - self._num_running)
+        if len(self._waiting) >= self._config.max_queue + free_slots:
             raise QueueFullError()
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:

@@ -123,6 +123,20 @@ async def test_full_waiting_queue_raises_queue_full_before_any_output(make_engin
     await waiting.aclose()  # type: ignore[attr-defined]
 
 
+async def test_a_zero_queue_serves_while_slots_are_free_and_refuses_when_full(make_engine) -> None:
+    engine = await make_engine(max_num_seqs=2, max_queue=0)
+    first = engine.generate(request(prompt_of(4), max_tokens=200, ignore_eos=True))
+    second = engine.generate(request(prompt_of(5), max_tokens=200, ignore_eos=True))
+    await first.__anext__()
+    await second.__anext__()
+    with pytest.raises(QueueFullError):
+        await engine.generate(request(prompt_of(4), max_tokens=2)).__anext__()
+    await first.aclose()  # type: ignore[attr-defined]
+    await wait_until(lambda: engine.stats().num_running == 1)
+    assert len(tokens(await run(engine, prompt_of(4), max_tokens=2, ignore_eos=True))) == 2
+    await second.aclose()  # type: ignore[attr-defined]
+
+
 async def test_prompt_plus_max_tokens_over_the_context_is_rejected(make_engine) -> None:
     engine = await make_engine(max_model_len=64)
     with pytest.raises(PromptTooLongError):
