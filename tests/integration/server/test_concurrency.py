@@ -109,7 +109,8 @@ def test_client_gone_before_a_non_streamed_answer_aborts_it(llama_server: Server
 
 async def test_full_queue_answers_429_with_retry_after(gpt2_server: ServerProcess) -> None:
     """gpt2_server runs two sequences and queues one; the next request is refused, not buffered."""
-    body = {"model": "tiny-gpt2", "prompt": "Long", "max_tokens": 500, "ignore_eos": True, "stream": True}
+    # Long enough (2000 tokens) that the batch is still busy when the refusals are checked.
+    body = {"model": "tiny-gpt2", "prompt": "Long", "max_tokens": 2000, "ignore_eos": True, "stream": True}
     async with httpx.AsyncClient(timeout=120, headers=auth(gpt2_server)) as http:
 
         async def long_stream() -> list[str]:
@@ -136,8 +137,17 @@ async def test_full_queue_answers_429_with_retry_after(gpt2_server: ServerProces
         sdk = openai.AsyncOpenAI(base_url=gpt2_server.v1, api_key=TEST_API_KEY, max_retries=0)
         with pytest.raises(openai.RateLimitError):
             await sdk.completions.create(model="tiny-gpt2", prompt="x", max_tokens=2)
-        finished = await asyncio.wait_for(asyncio.gather(*streams), 120)
-        assert all(lines[-1] == "data: [DONE]" or lines[-2] == "data: [DONE]" for lines in finished)
+        # The queued client gives up: its place in the queue is released without waiting for a slot.
+        aborted = metric(gpt2_server, "vllm:request_success_total", finished_reason="abort")
+        streams[2].cancel()
+        await asyncio.to_thread(
+            _wait_for,
+            lambda: metric(gpt2_server, "vllm:request_success_total", finished_reason="abort") == aborted + 1,
+        )
+        assert gauge(WAITING) == 0
+        for stream in streams[:2]:
+            stream.cancel()
+        await asyncio.to_thread(_wait_for, lambda: gauge(RUNNING) == 0)
         served = await sdk.completions.create(model="tiny-gpt2", prompt="x", max_tokens=2)
         assert served.choices
         await sdk.close()
