@@ -77,6 +77,8 @@ class Exchange:
     start: float = 0.0
     usage: Usage | None = None
     error: str = ""
+    # The client has received `data: [DONE]`: hanging up after that is a normal end, not a 499.
+    stream_complete: bool = False
 
 
 class _Retry(Exception):
@@ -127,8 +129,9 @@ class Proxy:
             return err.response(ex.request_id)
         except (asyncio.CancelledError, ConnectionResetError):
             # Client disconnected (handler cancelled, or a write to it failed).
-            ex.status = 499
-            ex.error = "client_disconnected"
+            if not ex.stream_complete:
+                ex.status = 499
+                ex.error = "client_disconnected"
             raise
         finally:
             elapsed = time.perf_counter() - start
@@ -495,11 +498,14 @@ class Proxy:
                 await response.write(chunk)
                 scanner.feed(chunk)
                 tail = chunk[-16:] if len(chunk) >= 16 else (tail + chunk)[-16:]
+                if SSE_DONE in tail:
+                    ex.stream_complete = True
             await response.write_eof()
         except ConnectionResetError:
-            # The client went away mid-stream; the caller closes the upstream connection.
-            ex.status = 499
-            ex.error = "client_disconnected"
+            # The client went away; the caller closes the upstream connection.
+            if not ex.stream_complete:
+                ex.status = 499
+                ex.error = "client_disconnected"
         finally:
             ex.usage = scanner.usage
 

@@ -87,6 +87,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 }
                 await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
+            if st["linger_after_done_s"]:
+                # Like a server that finishes its bookkeeping before closing: the client has all it
+                # needs and may hang up first.
+                await asyncio.sleep(st["linger_after_done_s"])
             await resp.write_eof()
             return resp
         return web.json_response(
@@ -141,6 +145,7 @@ def make_app(name: str, **knobs: Any) -> web.Application:
         "chunks": 8,
         "chunk_delay_s": 0.0,
         "cut_after": None,
+        "linger_after_done_s": 0.0,
         "fail_status": 0,
         "started": time.time(),
     } | knobs
@@ -161,6 +166,7 @@ def main() -> None:
     p.add_argument("--chunk-delay-s", type=float, default=0.0)
     p.add_argument("--cut-after", type=int, default=None)
     p.add_argument("--fail-status", type=int, default=0)
+    p.add_argument("--linger-after-done-s", type=float, default=0.0)
     a = p.parse_args()
     app = make_app(
         a.name,
@@ -168,6 +174,7 @@ def main() -> None:
         chunks=a.chunks,
         chunk_delay_s=a.chunk_delay_s,
         cut_after=a.cut_after,
+        linger_after_done_s=a.linger_after_done_s,
         fail_status=a.fail_status,
     )
     web.run_app(app, host="127.0.0.1", port=a.port, access_log=None, print=None)

@@ -195,7 +195,6 @@ async def test_client_disconnect_propagates_upstream(stack: Stack) -> None:
         await eventually(lambda: stats(a.url)["in_flight"] == 1, 5, "stream running")
         r.close()  # the client goes away
     await eventually(lambda: stats(a.url)["in_flight"] == 0, 5, "upstream stream aborted")
-    metrics = http_get(router.url + "/metrics")[1].decode()
     await eventually(
         lambda: (
             'modelyard_router_requests_in_flight{model="m"} 0.0'
@@ -204,7 +203,29 @@ async def test_client_disconnect_propagates_upstream(stack: Stack) -> None:
         5,
         "router released the request",
     )
-    assert "modelyard_router_requests_total" in metrics
+    metrics = http_get(router.url + "/metrics")[1].decode()
+    assert 'modelyard_router_requests_total{code="499",key="",model="m"} 1.0' in metrics
+
+
+async def test_a_client_hanging_up_after_done_is_a_success_not_a_499(stack: Stack) -> None:
+    # The SDK stops reading at [DONE]; the backend may still be closing its side.
+    a = stack.backend("a", "--linger-after-done-s", "2")
+    router = stack.router({"m": [a.url]})
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(router.url + "/v1/chat/completions", json=CHAT | {"stream": True})
+        body = b""
+        while b"data: [DONE]" not in body:
+            body += await r.content.readany()
+        r.close()
+    await eventually(
+        lambda: (
+            'modelyard_router_requests_total{code="200",key="",model="m"} 1.0'
+            in http_get(router.url + "/metrics")[1].decode()
+        ),
+        10,
+        "the stream counted as a success",
+    )
+    assert 'code="499"' not in http_get(router.url + "/metrics")[1].decode()
 
 
 async def test_sigterm_drains_streams_in_flight(stack: Stack) -> None:
