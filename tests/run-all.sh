@@ -2,8 +2,20 @@
 # The whole test suite, in the order CI needs: cheap signal first, then the real control plane.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== lint"
+stage() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+stage "system packages (prometheus, promtool)"
+tests/integration/observability/install.sh
+
+stage "lint"
 ruff check .
 mypy
-echo "== unit and model tests (no cluster)"
+
+stage "unit and model tests (no cluster)"
 python -m pytest -m "not cluster" -q
+
+stage "control-plane binaries (cached after the first build)"
+tests/cluster/build.sh
+
+stage "integration tests on the real control plane"
+python -m pytest -m cluster -q
