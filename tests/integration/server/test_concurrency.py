@@ -72,7 +72,7 @@ async def test_sixteen_streams_run_in_one_batch(llama_server: ServerProcess) -> 
 
 def test_disconnected_client_frees_its_slot(llama_server: ServerProcess) -> None:
     aborted_before = metric(llama_server, "vllm:request_success_total", finished_reason="abort")
-    body = {"model": LLAMA_NAME, "prompt": "Forever", "max_tokens": 480, "stream": True, "ignore_eos": True}
+    body = {"model": LLAMA_NAME, "prompt": "Forever", "max_tokens": 1000, "stream": True, "ignore_eos": True}
     with (
         httpx.Client(timeout=30) as client,
         client.stream("POST", llama_server.v1 + "/completions", json=body) as resp,
@@ -96,7 +96,7 @@ def test_disconnected_client_frees_its_slot(llama_server: ServerProcess) -> None
 
 def test_client_gone_before_a_non_streamed_answer_aborts_it(llama_server: ServerProcess) -> None:
     aborted_before = metric(llama_server, "vllm:request_success_total", finished_reason="abort")
-    body = {"model": LLAMA_NAME, "prompt": "Forever", "max_tokens": 480, "ignore_eos": True}
+    body = {"model": LLAMA_NAME, "prompt": "Forever", "max_tokens": 1000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(llama_server.v1 + "/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
     _wait_for(
