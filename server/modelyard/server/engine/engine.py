@@ -43,6 +43,9 @@ log = logging.getLogger("modelyard.server.engine")
 # Embedding micro-batches: at most this many padded tokens / rows per forward.
 EMBED_BATCH_TOKENS = 16384
 EMBED_BATCH_ROWS = 256
+# Share of free GPU memory (measured after load and warm-up) the KV cache may plan for. Well under 1:
+# rebuilding a batch (join/leave/grow) briefly holds the old and new buffers, and activations need room.
+KV_MEMORY_FRACTION = 0.35
 
 
 class _Sink(Protocol):
@@ -58,7 +61,11 @@ class _EmbedJob:
 class TorchEngine:
     """Implements ``modelyard.server.engine.types.Engine`` on a transformers model."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+    def __init__(
+        self, loaded: LoadedModel, config: EngineConfig, kv_budget_tokens: int | None = None
+    ) -> None:
+        """``kv_budget_tokens`` caps the KV cache (in padded token slots); by default it is
+        ``max_num_seqs * max_model_len``, further limited on CUDA by free memory at ``start``."""
         self._loaded = loaded
         self._config = config
         self._model = loaded.model
@@ -80,7 +87,8 @@ class TorchEngine:
         self._outbox: list[tuple[_Sink, object]] = []
         self._num_running = 0
         self._tokens_in_use = 0
-        self._kv_budget = max(1, config.max_num_seqs * self._max_model_len)
+        self._kv_budget = max(1, kv_budget_tokens or config.max_num_seqs * self._max_model_len)
+        self._kv_budget_fixed = kv_budget_tokens is not None
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(config.seed)
         forward = inspect.signature(self._model.forward).parameters
@@ -109,6 +117,7 @@ class TorchEngine:
         self._loop = asyncio.get_running_loop()
         if self._loaded.task == "generate":
             await asyncio.to_thread(self._warmup)
+            self._size_kv_budget()
         self._thread = threading.Thread(target=self._run, name="modelyard-engine", daemon=True)
         self._thread.start()
         log.info(
@@ -209,6 +218,25 @@ class TorchEngine:
         if self._logits_kw:
             kwargs["logits_to_keep"] = logits_to_keep
         return self._model(use_cache=True, **kwargs)
+
+    def _size_kv_budget(self) -> None:
+        """On CUDA, fit the KV budget into free memory so load waits in the queue instead of OOMing."""
+        per_token = kv_bytes_per_token(self._model, self._loaded.num_layers)
+        if self._device.type != "cuda" or self._kv_budget_fixed or per_token <= 0:
+            return
+        free, _total = torch.cuda.mem_get_info(self._device)
+        fits = int(free * KV_MEMORY_FRACTION / per_token)
+        if fits < self._kv_budget:
+            self._kv_budget = max(1, fits)
+        if fits < self._max_model_len:
+            log.warning(
+                "free GPU memory holds the KV cache of fewer tokens than max_model_len",
+                extra={"kv_budget_tokens": fits, "max_model_len": self._max_model_len},
+            )
+        log.info(
+            "kv budget",
+            extra={"kv_budget_tokens": self._kv_budget, "bytes_per_token": per_token, "free_bytes": free},
+        )
 
     def _warmup(self) -> None:
         # One tiny prefill + decode so the first real request doesn't pay for kernel selection/JIT.
@@ -330,9 +358,11 @@ class TorchEngine:
             self._prefill = None
 
     def _admit(self) -> None:
-        running = len(self._running.seqs) if self._running is not None else 0
-        room = self._config.max_num_seqs - running
+        running_seqs = self._running.seqs if self._running is not None else []
+        room = self._config.max_num_seqs - len(running_seqs)
         budget = self._config.max_prefill_tokens
+        # The padded cache holds rows x longest row; bound it by what every row may grow to.
+        longest = max((_final_length(s) for s in running_seqs), default=0)
         chosen: list[Sequence] = []
         width = 0
         while self._waiting and len(chosen) < room:
@@ -344,6 +374,11 @@ class TorchEngine:
             # Prefill rows together while the padded group fits one chunk; a long prompt goes alone.
             if chosen and new_width * (len(chosen) + 1) > budget:
                 break
+            new_longest = max(longest, _final_length(seq))
+            rows = len(running_seqs) + len(chosen) + 1
+            if rows * new_longest > self._kv_budget and (running_seqs or chosen):
+                break  # waits for memory; a lone request always runs so nothing deadlocks
+            longest = new_longest
             self._waiting.popleft()
             chosen.append(seq)
             width = new_width
@@ -493,6 +528,24 @@ class TorchEngine:
             else:
                 self._outbox.append((sink, [v for v in results[j] if v is not None]))
         self._flush()
+
+
+def _final_length(seq: Sequence) -> int:
+    return seq.num_prompt_tokens + seq.request.params.max_tokens
+
+
+def kv_bytes_per_token(model: torch.nn.Module, num_layers: int) -> int:
+    """KV bytes one token costs across all layers (standard multi-head / grouped-query attention)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None)
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    if not heads or not hidden or not num_layers:
+        return 0
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    element = next(model.parameters()).element_size()
+    return int(2 * num_layers * kv_heads * head_dim * element)
 
 
 def _micro_batches(items: list[tuple[int, int, list[int]]]) -> Iterable[list[tuple[int, int, list[int]]]]:

@@ -82,10 +82,12 @@ async def make_engine(loaded_models: dict[str, LoadedModel]) -> AsyncIterator[Ca
     """Start engines on the tiny models (kind='llama' by default); all are stopped after the test."""
     started: list[TorchEngine] = []
 
-    async def factory(kind: str = "llama", **overrides: object) -> TorchEngine:
+    async def factory(
+        kind: str = "llama", kv_budget_tokens: int | None = None, **overrides: object
+    ) -> TorchEngine:
         loaded = loaded_models[kind]
         config = EngineConfig(model=loaded.name, device="cpu", **overrides)  # type: ignore[arg-type]
-        engine = TorchEngine(loaded, config)
+        engine = TorchEngine(loaded, config, kv_budget_tokens=kv_budget_tokens)
         await engine.start()
         started.append(engine)
         return engine

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from modelyard.server.engine import EngineDeadError, EngineError, LoadedModel
+from modelyard.server.engine.engine import kv_bytes_per_token
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 pytestmark = pytest.mark.model
@@ -112,3 +113,5 @@ def test_loading_picks_fp32_on_cpu_and_reads_limits(loaded_models: dict[str, Loa
     assert (llama.device, llama.dtype, llama.max_model_len) == ("cpu", "float32", 256)
     assert llama.eos_token_ids == frozenset({2})
     assert llama.vocab_size == 512
+    # K and V, 2 layers, 2 KV heads of 64 / 4 = 16 dims, fp32.
+    assert kv_bytes_per_token(llama.model, llama.num_layers) == 2 * 2 * 2 * 16 * 4
