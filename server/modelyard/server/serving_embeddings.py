@@ -8,7 +8,13 @@ from collections.abc import Sequence
 
 from starlette.requests import Request
 
-from modelyard.server.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedParameterError
+from modelyard.server.engine.types import EngineError
+from modelyard.server.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    UnsupportedParameterError,
+    from_engine_error,
+)
 from modelyard.server.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from modelyard.server.serving import BaseServing, cancel_on_disconnect
 
@@ -56,6 +62,9 @@ class EmbeddingServing(BaseServing):
         tracker = self.runtime.metrics.track(sum(len(ids) for ids in batch))
         try:
             vectors = await cancel_on_disconnect(request, self.runtime.engine.embed(batch))
+        except EngineError as exc:
+            tracker.finish("error", 0)
+            raise from_engine_error(exc) from exc
         except BaseException:
             tracker.finish("abort", 0)
             raise

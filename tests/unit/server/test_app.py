@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modelyard.server.app import LoadedRuntime, ProgressFn, create_app
+from modelyard.server.engine.types import QueueFullError
 from modelyard.server.serving import _bytes_to_unicode
 from modelyard.server.settings import ServerSettings
 from modelyard.server.tinymodel import build_tokenizer
@@ -244,3 +245,20 @@ def test_metrics_use_vllm_names_and_count_finished_requests(client: TestClient) 
         assert f"{name}" in text, name
     assert 'vllm:request_success_total{finished_reason="length",model_name="fake-model"} 1.0' in text
     assert 'vllm:generation_tokens_total{model_name="fake-model"} 3.0' in text
+
+
+def test_embedding_queue_full_is_429(tokenizer: Any) -> None:
+    class FullEmbedder(FakeEngine):
+        async def embed(self, batch: list[list[int]]) -> list[list[float]]:
+            raise QueueFullError(retry_after_s=1.0)
+
+    async def loader(settings: ServerSettings, progress: ProgressFn) -> LoadedRuntime:
+        return LoadedRuntime(FullEmbedder(), tokenizer, "embed", 64, "x")
+
+    with TestClient(create_app(_settings(task="embed"), loader)) as client:
+        _wait_ready(client)
+        resp = client.post("/v1/embeddings", json={"model": MODEL, "input": "hi"})
+        assert resp.status_code == 429
+        assert resp.headers["retry-after"] == "1"
+        ok = client.post("/v1/embeddings", json={"model": MODEL, "input": "hi", "encoding_format": "base64"})
+        assert ok.status_code == 429  # still full: refused again, never a 500
