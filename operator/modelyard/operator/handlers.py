@@ -64,7 +64,12 @@ async def llmmodel_operator_cleanup(memo: Any, **_: Any) -> None:
 @kopf.on.create(md.GROUP, md.VERSION, md.PLURAL)
 @kopf.on.update(md.GROUP, md.VERSION, md.PLURAL, field="spec")
 async def llmmodel_reconcile(
-    body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    body: kopf.Body,
+    memo: Any,
+    reason: str,
+    retry: int,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
 ) -> None:
     runtime = _runtime(memo)
     started = time.perf_counter()
@@ -74,7 +79,8 @@ async def llmmodel_reconcile(
         metrics.RECONCILES.labels(result=metrics.Result.INVALID).inc()
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
     try:
-        result = await reconcile(model, runtime.settings, runtime.kube)
+        fresh = reason == "create" and retry == 0
+        result = await reconcile(model, runtime.settings, runtime.kube, fresh=fresh)
     except ApiError as exc:
         metrics.RECONCILES.labels(result=metrics.Result.RETRY).inc()
         metrics.RECONCILE_ERRORS.labels(error=f"api_{exc.status.code}").inc()
@@ -96,7 +102,9 @@ async def llmmodel_reconcile(
 async def llmmodel_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     key = runtime.state.set_model(body, deleted=type == "DELETED")
-    if type != "DELETED":
+    if type == "DELETED":
+        runtime.syncer.forget(key, str(body["metadata"].get("uid", "")))
+    else:
         runtime.syncer.touch(key)
 
 

@@ -6,6 +6,7 @@ a resync, a restart or a second reconcile costs reads, never writes.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +26,14 @@ class KubeWriter(Protocol):
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
 
     async def delete(self, kind: str, name: str, namespace: str) -> None: ...
+
+
+_KINDS = ("PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget")
+
+
+def _kind_order(ref: str) -> int:
+    """Report children in a stable order whatever finished first."""
+    return _KINDS.index(ref.split("/", 1)[0])
 
 
 @dataclass
@@ -72,21 +81,41 @@ def _owned_by(obj: dict[str, Any], model: LLMModel) -> bool:
     return any(r.get("uid") == model.uid and r.get("controller") for r in refs)
 
 
-async def reconcile(model: LLMModel, settings: OperatorSettings, kube: KubeWriter) -> ReconcileResult:
+async def _sync_child(
+    child: dict[str, Any], model: LLMModel, kube: KubeWriter, result: ReconcileResult, fresh: bool
+) -> None:
+    meta = child["metadata"]
+    ref = f"{child['kind']}/{meta['name']}"
+    existing = None if fresh else await kube.get(child["kind"], meta["name"], meta["namespace"])
+    if existing is not None and _hash_of(existing) == _hash_of(child) and _owned_by(existing, model):
+        result.unchanged.append(ref)
+        return
+    await kube.apply(child)
+    result.applied.append(ref)
+
+
+async def _drop_stale_pdb(model: LLMModel, kube: KubeWriter, result: ReconcileResult) -> None:
+    # Scaled down to one replica: a maxUnavailable=1 budget would now allow zero, so drop it.
+    existing = await kube.get("PodDisruptionBudget", pdb_name(model), model.namespace)
+    if existing is not None and _owned_by(existing, model):
+        await kube.delete("PodDisruptionBudget", pdb_name(model), model.namespace)
+        result.deleted.append(f"PodDisruptionBudget/{pdb_name(model)}")
+
+
+async def reconcile(
+    model: LLMModel, settings: OperatorSettings, kube: KubeWriter, fresh: bool = False
+) -> ReconcileResult:
+    """Children are independent objects, so they are checked and applied concurrently: a new model
+    costs one round trip of latency, not one per child.
+
+    `fresh`: the LLMModel was just created (first attempt), so its children cannot exist yet (they
+    would carry another uid); skip the GETs and apply straight away. A burst of new models then costs
+    one request per child instead of two, and no PDB lookup."""
     result = ReconcileResult()
-    for child in desired_children(model, settings):
-        meta = child["metadata"]
-        ref = f"{child['kind']}/{meta['name']}"
-        existing = await kube.get(child["kind"], meta["name"], meta["namespace"])
-        if existing is not None and _hash_of(existing) == _hash_of(child) and _owned_by(existing, model):
-            result.unchanged.append(ref)
-            continue
-        await kube.apply(child)
-        result.applied.append(ref)
-    if build_pdb(model, settings) is None:
-        # Scaled down to one replica: a maxUnavailable=1 budget would now allow zero, so drop it.
-        existing = await kube.get("PodDisruptionBudget", pdb_name(model), model.namespace)
-        if existing is not None and _owned_by(existing, model):
-            await kube.delete("PodDisruptionBudget", pdb_name(model), model.namespace)
-            result.deleted.append(f"PodDisruptionBudget/{pdb_name(model)}")
+    steps = [_sync_child(child, model, kube, result, fresh) for child in desired_children(model, settings)]
+    if build_pdb(model, settings) is None and not fresh:
+        steps.append(_drop_stale_pdb(model, kube, result))
+    await asyncio.gather(*steps)
+    result.applied.sort(key=_kind_order)
+    result.unchanged.sort(key=_kind_order)
     return result

@@ -63,7 +63,7 @@ class OperatorSettings(BaseSettings):
     )
     request_timeout: float = 30.0
     max_inflight_requests: int = Field(
-        default=32,
+        default=64,
         description="Concurrent API requests of the reconciler and status writer (kopf's watches excluded).",
     )
     post_events: bool = Field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -68,6 +69,12 @@ class StatusSyncer:
         self._debounce = settings.status_debounce_seconds if debounce_seconds is None else debounce_seconds
         self._clock = clock
         self._pending: set[Key] = set()
+        # What we last wrote, per model uid: a watch event carrying an older copy of the object can
+        # arrive after our write, and must not make us write (and announce) the same status again.
+        self._written: dict[str, LLMModelStatus] = {}
+        # One sync per model at a time: a second one computed while the first's PATCH is in flight
+        # would compare against the old status and write the same thing twice.
+        self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def touch(self, key: Key, delay: float | None = None) -> None:
@@ -86,7 +93,8 @@ class StatusSyncer:
     async def _flush(self, key: Key) -> None:
         self._pending.discard(key)
         try:
-            await self.sync(key)
+            async with self._locks[key]:
+                await self.sync(key)
         except Exception as exc:
             log.warning("status sync of %s/%s failed, retrying: %s", key[0], key[1], exc)
             metrics.RECONCILE_ERRORS.labels(error="status").inc()
@@ -105,11 +113,23 @@ class StatusSyncer:
             model = LLMModel.from_body(body)
         except ValidationError:
             return False  # the reconcile handler reports invalid specs
-        new = build_status(model, deployment, self._state.pods_of(key), self._settings, self._clock())
-        if new == model.status:
+        previous = self._written.get(model.uid, model.status)
+        new = build_status(
+            model.model_copy(update={"status": previous}),
+            deployment,
+            self._state.pods_of(key),
+            self._settings,
+            self._clock(),
+        )
+        if new == previous:
             return False
         wire = new.to_wire()
-        await self._kube.patch_status(key[0], key[1], wire)
+        self._written[model.uid] = new
+        try:
+            await self._kube.patch_status(key[0], key[1], wire)
+        except BaseException:
+            self._written[model.uid] = previous
+            raise
         metrics.STATUS_UPDATES.inc()
         ready = ready_condition(new)
         log.info(
@@ -120,12 +140,15 @@ class StatusSyncer:
             new.replica_summary,
             ready.reason if ready else None,
         )
-        # Remember what we wrote so a sync racing the watch event does not write it twice.
-        body["status"] = wire
-        event = transition_event(model.status, new)
+        event = transition_event(previous, new)
         if event is not None and self._settings.post_events:
             await self._kube.post_event(body, *event)
         return True
+
+    def forget(self, key: Key, uid: str) -> None:
+        """The model is gone: drop what we remember about it."""
+        self._written.pop(uid, None)
+        self._locks.pop(key, None)
 
     def _awaiting_controller(self, key: Key, deployment: dict[str, Any]) -> bool:
         meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}

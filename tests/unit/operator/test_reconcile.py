@@ -37,6 +37,23 @@ async def test_first_reconcile_applies_deployment_and_service() -> None:
     assert kube.writes == ["apply Deployment/llama", "apply Service/llama"]
 
 
+async def test_a_fresh_model_is_applied_without_lookups() -> None:
+    kube = FakeKube()
+    gets: list[str] = []
+    original = kube.get
+
+    async def counting_get(kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        gets.append(kind)
+        return await original(kind, name, namespace)
+
+    kube.get = counting_get  # type: ignore[method-assign]
+    result = await reconcile(model(), SETTINGS, kube, fresh=True)
+    assert result.applied == ["Deployment/llama", "Service/llama"]
+    assert gets == []
+    await reconcile(model(), SETTINGS, kube)
+    assert sorted(gets) == ["Deployment", "PodDisruptionBudget", "Service"]
+
+
 async def test_second_reconcile_writes_nothing() -> None:
     kube = FakeKube()
     await reconcile(model(), SETTINGS, kube)

@@ -73,6 +73,18 @@ async def test_no_write_while_the_deployment_controller_has_not_acted() -> None:
     assert writer.statuses[-1]["conditions"][0]["reason"] == "Pending"
 
 
+async def test_a_stale_watch_copy_does_not_cause_a_second_write_or_event() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.set_deployment(labelled(deployment(ready=1)), deleted=False)
+    state.set_pod(labelled(pod(scheduled=True, ready=True)), deleted=False)
+    assert await syncer.sync(key) is True
+    state.set_model(body(), deleted=False)  # an event from before our write: no status yet
+    assert await syncer.sync(key) is False
+    assert len(writer.statuses) == 1
+    assert len(writer.events) == 1
+
+
 async def test_unschedulable_posts_a_warning_with_the_scheduler_message() -> None:
     state, writer, syncer = setup()
     state.set_deployment(labelled(deployment()), deleted=False)
