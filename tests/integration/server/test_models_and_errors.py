@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,86 @@ def test_a_model_that_cannot_load_exits_non_zero(tmp_path: Path) -> None:
         start_server(["--model", str(tmp_path / "missing-model")], ready_timeout=120, log_dir=tmp_path)
     log = next(tmp_path.glob("server-*.log")).read_text()
     assert "model load failed" in log
+
+
+def test_random_malformed_bodies_never_get_a_5xx(llama_server: ServerProcess) -> None:
+    """A seeded mini-fuzz: valid bodies with 1-3 fields replaced by values of the wrong type or range."""
+    rng = random.Random(20261122)
+    values: list[Any] = [
+        None,
+        True,
+        -1,
+        0,
+        1,
+        2.5,
+        1e308,
+        -1e308,
+        "",
+        "x",
+        "😀😀",
+        [],
+        [1],
+        [[]],
+        [[1, 2]],
+        ["a"],
+        {},
+        {"a": 1},
+        2**70,
+        -(2**70),
+    ]
+    bases: dict[str, dict[str, Any]] = {
+        "/completions": {"model": LLAMA_NAME, "prompt": "hi", "max_tokens": 3},
+        "/chat/completions": {
+            "model": LLAMA_NAME,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+        },
+        "/embeddings": {"model": LLAMA_NAME, "input": "hi"},
+    }
+    fields = [
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "logprobs",
+        "echo",
+        "logit_bias",
+        "stream",
+        "stream_options",
+        "presence_penalty",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "min_tokens",
+        "messages",
+        "max_completion_tokens",
+        "top_logprobs",
+        "input",
+        "encoding_format",
+        "dimensions",
+        "stop_token_ids",
+        "best_of",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "model",
+    ]
+    statuses: set[int] = set()
+    with httpx.Client(timeout=60) as client:
+        for _ in range(150):
+            path = rng.choice(list(bases))
+            body = dict(bases[path])
+            for _ in range(rng.randint(1, 3)):
+                body[rng.choice(fields)] = rng.choice(values)
+            resp = client.post(llama_server.v1 + path, json=body)
+            statuses.add(resp.status_code)
+            assert resp.status_code < 500, (path, body, resp.text)
+            if resp.status_code >= 400:
+                assert_matches("ErrorResponse", resp.json())
+    assert 400 in statuses
+    assert 200 in statuses
+    assert 422 not in statuses
+    _still_serving(llama_server)
