@@ -386,6 +386,16 @@ class TorchEngine:
             return
         for seq in chosen:
             seq.row.prepare(self._vocab, self._device)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "prefill group admitted",
+                extra={
+                    "request_ids": [s.request.request_id for s in chosen],
+                    "running": len(running_seqs),
+                    "waiting": len(self._waiting),
+                    "prompt_tokens": [s.num_prompt_tokens for s in chosen],
+                },
+            )
         self._prefill = PrefillGroup.build(chosen, self._loaded.num_layers, budget, self._device)
 
     def _prefill_step(self) -> None:
@@ -501,6 +511,16 @@ class TorchEngine:
         )
         if reason is not None:
             seq.finished = True
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "request finished",
+                    extra={
+                        "request_id": seq.request.request_id,
+                        "finish_reason": reason,
+                        "prompt_tokens": seq.num_prompt_tokens,
+                        "generated_tokens": len(seq.output_token_ids),
+                    },
+                )
             return False
         return True
 
