@@ -25,7 +25,7 @@ TinyKind = Literal["llama", "gpt2", "bert"]
 TINY_KINDS: tuple[TinyKind, ...] = get_args(TinyKind)
 
 # Bump when the recipe changes so stale caches are rebuilt instead of silently reused.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 MARKER = "modelyard-tiny.json"
 DEFAULT_CACHE = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelyard")) / "models"
 
@@ -183,7 +183,7 @@ def _build_model(kind: TinyKind, vocab_size: int, special_ids: dict[str, int], s
                 n_embd=64,
                 n_layer=2,
                 n_head=4,
-                n_positions=2048,
+                n_positions=8192,
                 bos_token_id=special_ids["bos"],
                 eos_token_id=special_ids["eos"],
                 pad_token_id=special_ids["pad"],

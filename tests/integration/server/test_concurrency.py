@@ -109,8 +109,8 @@ def test_client_gone_before_a_non_streamed_answer_aborts_it(llama_server: Server
 
 async def test_full_queue_answers_429_with_retry_after(gpt2_server: ServerProcess) -> None:
     """gpt2_server runs two sequences and queues one; the next request is refused, not buffered."""
-    # Long enough (2000 tokens) that the batch is still busy when the refusals are checked.
-    body = {"model": "tiny-gpt2", "prompt": "Long", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    # Long enough (8000 tokens) that the batch is still busy when the refusals are checked.
+    body = {"model": "tiny-gpt2", "prompt": "Long", "max_tokens": 8000, "ignore_eos": True, "stream": True}
     async with httpx.AsyncClient(timeout=120, headers=auth(gpt2_server)) as http:
 
         async def long_stream() -> list[str]:
