@@ -52,6 +52,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Why the model is (not) ready.",
     },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.loadProgress", "priority": 1},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -391,6 +391,11 @@ class LLMModelStatus(_Model):
     replica_summary: str | None = Field(default=None, description="readyReplicas/desired, for kubectl get.")
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI base URL of this model.")
+    load_progress: str | None = Field(
+        default=None,
+        description="Load progress the model server reports while a replica loads (stage and percent, "
+        "e.g. 'loading weights 50%'); unset when no replica is loading or the server is unreachable.",
+    )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing and Degraded (metav1.Condition)."
     )

@@ -21,6 +21,7 @@ from modelyard.operator import metrics
 from modelyard.operator.k8s import ApiError, Kube, TransientError
 from modelyard.operator.kopfconfig import configure_kopf
 from modelyard.operator.observed import ObservedState
+from modelyard.operator.progress import ProgressProber
 from modelyard.operator.reconcile import reconcile
 from modelyard.operator.settings import OperatorSettings, get_settings
 from modelyard.operator.statussync import StatusSyncer
@@ -38,6 +39,7 @@ class Runtime:
         )
         self.state = ObservedState()
         self.syncer = StatusSyncer(self.state, self.kube, settings)
+        self.prober = ProgressProber(self.state, self.syncer.touch, settings)
         metrics.register_models_by_phase(self.state.phases)
 
 
@@ -50,12 +52,15 @@ def _runtime(memo: Any) -> Runtime:
 async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     ours = get_settings()
     configure_kopf(settings, ours)
-    memo["runtime"] = Runtime(ours)
+    runtime = Runtime(ours)
+    runtime.prober.start()
+    memo["runtime"] = runtime
 
 
 @kopf.on.cleanup()
 async def llmmodel_operator_cleanup(memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
+    await runtime.prober.close()
     await runtime.syncer.close()
     await runtime.kube.close()
 

@@ -18,7 +18,7 @@ def _slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     meta = pod.get("metadata") or {}
     return {
         "metadata": {"name": meta.get("name"), "deletionTimestamp": meta.get("deletionTimestamp")},
-        "status": dict(pod.get("status") or {}),
+        "status": dict(pod.get("status") or {}),  # includes podIP, used by the progress prober
     }
 
 
@@ -47,6 +47,8 @@ class ObservedState:
         self.models: dict[Key, dict[str, Any]] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        # Load progress the model server reported, per loading pod (written by the progress prober).
+        self.progress: dict[Key, dict[str, Any]] = {}
 
     def set_model(self, body: Mapping[str, Any], deleted: bool) -> Key:
         meta = body["metadata"]

@@ -71,6 +71,16 @@ class OperatorSettings(BaseSettings):
         description="Post Kubernetes Events on LLMModels for transitions (Ready, Unschedulable...).",
     )
     status_retry_delay: float = 5.0
+    progress_interval_seconds: float = Field(
+        default=10.0,
+        description="How often loading pods are asked for their load progress (GET /ready); 0 disables.",
+    )
+    progress_step: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Reported progress is rounded down to this step (bounds writes).",
+    )
 
 
 _current: OperatorSettings | None = None

@@ -146,9 +146,13 @@ def build_status(
     pods: Iterable[Mapping[str, Any]],
     settings: OperatorSettings,
     now: str,
+    progress: Mapping[str, Any] | None = None,
 ) -> LLMModelStatus:
+    """`progress`: pod name -> LoadProgress (stage, fraction) reported by loading model servers."""
     desired = model.spec.desired_replicas
     views = [view_pod(p) for p in pods if _is_live(p)]
+    loading = [progress[v.name] for v in views if progress and v.name in progress and not v.ready]
+    furthest_load = max(loading, key=lambda p: p.fraction) if loading else None
     dep_status = (deployment or {}).get("status") or {}
     # Ready only once the Deployment controller agrees: a pod turns ready a moment before the Deployment
     # status does, and waiting for both makes "Ready" and "RolloutComplete" land in one status write.
@@ -193,6 +197,8 @@ def build_status(
             Phase.DOWNLOADING: "downloading weights",
             Phase.LOADING: "model server starting: loading weights",
         }.get(furthest, "waiting for pods to start")
+        if furthest is Phase.LOADING and furthest_load is not None:
+            message = f"model server starting: {furthest_load.render()}"
         ready_cond = Condition(type="Ready", status="False", reason=furthest.value, message=message)
 
     # Progressing: is a rollout or scale still under way?
@@ -253,6 +259,7 @@ def build_status(
         replica_summary=f"{ready}/{desired}",
         selector=selector_string(model),
         endpoint=endpoint_url(model, settings),
+        load_progress=furthest_load.render() if furthest_load is not None and ready < desired else None,
         conditions=_merge_conditions(
             model.status.conditions, [ready_cond, progressing, degraded], now, generation
         ),

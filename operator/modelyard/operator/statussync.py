@@ -120,6 +120,7 @@ class StatusSyncer:
             self._state.pods_of(key),
             self._settings,
             self._clock(),
+            self._state.progress.get(key),
         )
         if new == previous:
             return False
