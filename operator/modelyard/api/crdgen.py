@@ -286,7 +286,8 @@ identity (IRSA, pod identity).
 
 Scaling: `spec.replicas` is the target of the `scale` subresource (`kubectl scale llm`, an HPA or KEDA
 `ScaledObject` pointing at the LLMModel). The operator copies it to the Deployment, clamped to
-`autoscaling.minReplicas..maxReplicas` when set, and never writes it back.
+`autoscaling.minReplicas..maxReplicas` when set, and never writes it back. Set `spec.replicas` (within
+the bounds) when an HPA will own it: an HPA reads an unset `spec.replicas` as 0 and does not scale from 0.
 """
 
 
