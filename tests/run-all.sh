@@ -9,6 +9,7 @@ tests/integration/observability/install.sh
 
 stage "lint"
 ruff check .
+ruff format --check .
 mypy
 
 stage "unit and model tests (no cluster)"
