@@ -16,10 +16,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 from starlette.requests import Request
+from starlette.responses import Response
 
 from modelyard.server.detokenizer import IncrementalDetokenizer, StopMatcher
 from modelyard.server.engine.types import (
@@ -42,6 +43,7 @@ from modelyard.server.errors import (
 )
 from modelyard.server.metrics import RequestTracker, ServerMetrics
 from modelyard.server.protocol import SamplingFields
+from modelyard.server.streaming import EngineStreamResponse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -306,6 +308,17 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+R = TypeVar("R", covariant=True)
+
+
+class ResponseBuilder(Protocol[R]):
+    """Turns one run into an endpoint's SSE chunks or its whole response body."""
+
+    def stream(self, run: GenerationRun, states: Sequence[ChoiceState]) -> AsyncIterator[bytes]: ...
+
+    def full(self, states: Sequence[ChoiceState]) -> R: ...
+
+
 class BaseServing:
     endpoint = ""
 
@@ -454,6 +467,43 @@ class BaseServing:
                 run.mark_done(index)
             if delta is not None:
                 yield state, delta
+
+    async def respond(
+        self,
+        request: Request,
+        run: GenerationRun,
+        states: Sequence[ChoiceState],
+        builder: ResponseBuilder[R],
+        stream: bool,
+    ) -> Response | R:
+        """Start the run, then stream it as SSE or collect it into one body; always release it."""
+        try:
+            # A client that leaves while its request is still queued releases it at once.
+            await cancel_on_disconnect(request, run.start())
+        except BaseException:
+            await finish_run(run, states)
+            raise
+        if stream:
+            closer = StreamCloser(lambda: finish_run(run, states))
+
+            async def body() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in builder.stream(run, states):
+                        yield chunk
+                finally:
+                    await closer()
+
+            return EngineStreamResponse(body(), on_close=closer)
+
+        async def collect() -> R:
+            try:
+                async for _ in self.deltas(run, states):
+                    pass
+            finally:
+                await finish_run(run, states)
+            return builder.full(states)
+
+        return await cancel_on_disconnect(request, collect())
 
 
 async def finish_run(run: GenerationRun, states: Sequence[ChoiceState]) -> None:

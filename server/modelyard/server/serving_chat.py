@@ -30,13 +30,9 @@ from modelyard.server.serving import (
     BaseServing,
     ChoiceState,
     GenerationRun,
-    StreamCloser,
-    cancel_on_disconnect,
-    finish_run,
     new_id,
     unsupported,
 )
-from modelyard.server.streaming import EngineStreamResponse
 
 # Roles the OpenAI API has that chat templates rarely know: map them to what templates expect.
 _ROLE_FOR_TEMPLATE = {"developer": "system", "function": "tool"}
@@ -126,34 +122,8 @@ class ChatServing(BaseServing):
         ]
         response_id = new_id("chatcmpl")
         run, states = self.launch(response_id, jobs, self.stop_strings(req), bool(req.skip_special_tokens))
-        try:
-            # A client that leaves while its request is still queued releases it at once.
-            await cancel_on_disconnect(request, run.start())
-        except BaseException:
-            await finish_run(run, states)
-            raise
         builder = _ChatBuilder(self, req, response_id, len(prompt_ids))
-        if req.stream:
-            closer = StreamCloser(lambda: finish_run(run, states))
-
-            async def body() -> AsyncIterator[bytes]:
-                try:
-                    async for chunk in builder.stream(run, states):
-                        yield chunk
-                finally:
-                    await closer()
-
-            return EngineStreamResponse(body(), on_close=closer)
-
-        async def collect() -> ChatCompletionResponse:
-            try:
-                async for _ in self.deltas(run, states):
-                    pass
-            finally:
-                await finish_run(run, states)
-            return builder.full(states)
-
-        return await cancel_on_disconnect(request, collect())
+        return await self.respond(request, run, states, builder, bool(req.stream))
 
 
 class _ChatBuilder:

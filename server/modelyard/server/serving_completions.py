@@ -23,13 +23,9 @@ from modelyard.server.serving import (
     BaseServing,
     ChoiceState,
     GenerationRun,
-    StreamCloser,
-    cancel_on_disconnect,
-    finish_run,
     new_id,
     unsupported,
 )
-from modelyard.server.streaming import EngineStreamResponse
 
 
 @dataclass
@@ -96,34 +92,8 @@ class CompletionServing(BaseServing):
                 jobs.append((prompt.ids, params))
         response_id = new_id("cmpl")
         run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens))
-        try:
-            # A client that leaves while its request is still queued releases it at once.
-            await cancel_on_disconnect(request, run.start())
-        except BaseException:
-            await finish_run(run, states)
-            raise
         builder = _CompletionBuilder(self, req, response_id, prompts, n)
-        if req.stream:
-            closer = StreamCloser(lambda: finish_run(run, states))
-
-            async def body() -> AsyncIterator[bytes]:
-                try:
-                    async for chunk in builder.stream(run, states):
-                        yield chunk
-                finally:
-                    await closer()
-
-            return EngineStreamResponse(body(), on_close=closer)
-
-        async def collect() -> CompletionResponse:
-            try:
-                async for _ in self.deltas(run, states):
-                    pass
-            finally:
-                await finish_run(run, states)
-            return builder.full(states)
-
-        return await cancel_on_disconnect(request, collect())
+        return await self.respond(request, run, states, builder, bool(req.stream))
 
 
 class _CompletionBuilder:
