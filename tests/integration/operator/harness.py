@@ -77,7 +77,7 @@ class OperatorProcess:
     def __init__(
         self,
         kubeconfig: Path,
-        namespace: str,
+        namespace: str | None,
         log_path: Path,
         extra_args: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
@@ -99,7 +99,8 @@ class OperatorProcess:
         argv = [
             sys.executable, "-m", "modelyard.operator",
             "--kubeconfig", str(self.kubeconfig),
-            "--namespace", self.namespace,
+            # None watches every namespace (-A); the two flags are exclusive.
+            *(["--namespace", self.namespace] if self.namespace else ["--all-namespaces"]),
             "--bind-address", "127.0.0.1",
             "--health-port", str(self.health_port),
             "--metrics-port", str(self.metrics_port),

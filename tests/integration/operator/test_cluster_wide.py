@@ -7,10 +7,6 @@ It asks for no `kube_cluster`, so it is marked `cluster` by hand for CI's unit s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +18,6 @@ from modelyard.operator import rbac
 from tests.cluster.client import ClusterClient
 from tests.cluster.harness import ControlPlane, ControlPlaneError, find_binaries
 from tests.integration.operator.harness import (
-    ROOT,
     OperatorProcess,
     condition,
     dump,
@@ -36,34 +31,6 @@ pytestmark = pytest.mark.cluster
 
 READY_TIMEOUT = 45
 NAMESPACES = ("team-a", "team-b")
-
-
-class ClusterWideOperator(OperatorProcess):
-    """The operator subprocess with `-A` instead of `--namespace` (the two flags are exclusive)."""
-
-    def start(self, timeout: float = 60) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_OPERATOR_")}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "server"), str(ROOT)])
-        env.pop("KUBECONFIG", None)
-        argv = [
-            sys.executable, "-m", "modelyard.operator",
-            "--kubeconfig", str(self.kubeconfig),
-            "--all-namespaces",
-            "--bind-address", "127.0.0.1",
-            "--health-port", str(self.health_port),
-            "--metrics-port", str(self.metrics_port),
-            "--server-image", "registry.test/modelyard-server:test",
-        ]  # fmt: skip
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self._healthy():
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"operator not healthy after {timeout}s:\n{self.log_tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +59,7 @@ def cluster_wide_operator(
         private_cluster.create_namespace(ns)
     work = Path(tmp_path_factory.mktemp("cluster-wide-operator"))
     kubeconfig = service_account_kubeconfig(private_cluster, rbac.NAMESPACE, work / "kubeconfig")
-    proc = ClusterWideOperator(kubeconfig, rbac.NAMESPACE, work / "operator.log")
+    proc = OperatorProcess(kubeconfig, None, work / "operator.log")  # None: every namespace (-A)
     proc.start()
     yield proc
     proc.stop()
