@@ -22,6 +22,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelyard.server import sse
 from modelyard.server.detokenizer import IncrementalDetokenizer, StopMatcher
 from modelyard.server.engine.types import (
     Engine,
@@ -467,6 +468,26 @@ class BaseServing:
                 run.mark_done(index)
             if delta is not None:
                 yield state, delta
+
+    async def stream_tail(
+        self,
+        run: GenerationRun,
+        states: Sequence[ChoiceState],
+        chunk_of: Callable[[ChoiceState, ChoiceDelta], bytes],
+        usage_chunk: Callable[[], bytes] | None,
+    ) -> AsyncIterator[bytes]:
+        """The SSE body after any opening chunks: one chunk per delta, then the usage chunk if asked,
+        then ``[DONE]``; an error once streaming has begun becomes an ``error`` event and ``[DONE]``."""
+        try:
+            async for state, delta in self.deltas(run, states):
+                yield chunk_of(state, delta)
+        except APIError as exc:
+            yield sse.error_event(exc)
+            yield sse.DONE
+            return
+        if usage_chunk is not None:
+            yield usage_chunk()
+        yield sse.DONE
 
     async def respond(
         self,

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from modelyard.server import sse
 from modelyard.server.engine.types import TokenLogprob
-from modelyard.server.errors import APIError, InvalidRequestError
+from modelyard.server.errors import InvalidRequestError
 from modelyard.server.protocol import (
     ChatChoice,
     ChatChoiceLogprobs,
@@ -28,6 +28,7 @@ from modelyard.server.protocol import (
 )
 from modelyard.server.serving import (
     BaseServing,
+    ChoiceDelta,
     ChoiceState,
     GenerationRun,
     new_id,
@@ -186,19 +187,16 @@ class _ChatBuilder:
         for state in states:
             first = ChatStreamChoice(index=state.index, delta=ChatDelta(role="assistant", content=""))
             yield self._chunk([first], self._usage(states) if continuous else None)
-        try:
-            async for state, delta in self.serving.deltas(run, states):
-                choice = ChatStreamChoice(
-                    index=state.index,
-                    delta=ChatDelta(content=delta.text) if delta.text else ChatDelta(),
-                    logprobs=self._logprobs(delta.logprobs) if delta.logprobs else None,
-                    finish_reason=delta.finish_reason,
-                )
-                yield self._chunk([choice], self._usage(states) if continuous else None)
-        except APIError as exc:
-            yield sse.error_event(exc)
-            yield sse.DONE
-            return
-        if include_usage:
-            yield self._chunk([], self._usage(states))
-        yield sse.DONE
+
+        def chunk_of(state: ChoiceState, delta: ChoiceDelta) -> bytes:
+            choice = ChatStreamChoice(
+                index=state.index,
+                delta=ChatDelta(content=delta.text) if delta.text else ChatDelta(),
+                logprobs=self._logprobs(delta.logprobs) if delta.logprobs else None,
+                finish_reason=delta.finish_reason,
+            )
+            return self._chunk([choice], self._usage(states) if continuous else None)
+
+        usage_chunk = (lambda: self._chunk([], self._usage(states))) if include_usage else None
+        async for chunk in self.serving.stream_tail(run, states, chunk_of, usage_chunk):
+            yield chunk

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from modelyard.server import sse
 from modelyard.server.engine.types import SamplingParams, TokenLogprob
-from modelyard.server.errors import APIError, InvalidRequestError
+from modelyard.server.errors import InvalidRequestError
 from modelyard.server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -21,6 +21,7 @@ from modelyard.server.protocol import (
 )
 from modelyard.server.serving import (
     BaseServing,
+    ChoiceDelta,
     ChoiceState,
     GenerationRun,
     new_id,
@@ -190,20 +191,14 @@ class _CompletionBuilder:
                 prompt = self._prompt_of(state)
                 lp = self._logprobs(state, [], prompt=True) if want_lp else None
                 yield self._chunk([CompletionChoice(index=state.index, text=prompt.text, logprobs=lp)])
-        try:
-            async for state, delta in self.serving.deltas(run, states):
-                lp = self._logprobs(state, delta.logprobs, prompt=False) if want_lp else None
-                choice = CompletionChoice(
-                    index=state.index,
-                    text=delta.text,
-                    logprobs=lp,
-                    finish_reason=delta.finish_reason,
-                )
-                yield self._chunk([choice], self._usage(states) if continuous else None)
-        except APIError as exc:
-            yield sse.error_event(exc)
-            yield sse.DONE
-            return
-        if include_usage:
-            yield self._chunk([], self._usage(states))
-        yield sse.DONE
+
+        def chunk_of(state: ChoiceState, delta: ChoiceDelta) -> bytes:
+            lp = self._logprobs(state, delta.logprobs, prompt=False) if want_lp else None
+            choice = CompletionChoice(
+                index=state.index, text=delta.text, logprobs=lp, finish_reason=delta.finish_reason
+            )
+            return self._chunk([choice], self._usage(states) if continuous else None)
+
+        usage_chunk = (lambda: self._chunk([], self._usage(states))) if include_usage else None
+        async for chunk in self.serving.stream_tail(run, states, chunk_of, usage_chunk):
+            yield chunk
