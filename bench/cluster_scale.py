@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.cluster.client import ClusterClient
 from tests.cluster.harness import ControlPlane, find_binaries
+from tests.cluster.manifests import deployment
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -51,31 +51,6 @@ class MemorySampler(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
-
-
-def deployment(name: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": "registry.invalid/model-server:1",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
 
 
 def running_pods(client: ClusterClient, ns: str) -> int:
@@ -110,7 +85,8 @@ def main() -> int:
 
         ns = client.create_namespace("scale")
         t = time.monotonic()
-        client.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment("llm", args.pods))
+        one_gpu = {"limits": {"nvidia.com/gpu": 1}}
+        client.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment("llm", args.pods, one_gpu))
 
         def all_running() -> bool:
             return bool(running_pods(client, ns) == args.pods)

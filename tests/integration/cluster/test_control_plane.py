@@ -13,32 +13,11 @@ from typing import Any
 import pytest
 
 from tests.cluster.client import ClusterClient, condition
+from tests.cluster.manifests import deployment
 
 
 def _ns(kube: ClusterClient, prefix: str) -> str:
     return kube.create_namespace(f"{prefix}-{secrets.token_hex(3)}")
-
-
-def _deployment(name: str, replicas: int, resources: dict[str, Any], **pod_spec: Any) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {"name": "main", "image": "registry.invalid/model-server:1", "resources": resources}
-                    ],
-                    **pod_spec,
-                },
-            },
-        },
-    }
 
 
 def _pods(kube: ClusterClient, ns: str, selector: str) -> list[dict[str, Any]]:
@@ -77,7 +56,7 @@ def test_gpu_deployment_becomes_available_on_a_kwok_gpu_node(kube_cluster: Clust
         "-f",
         "-",
         input=json.dumps(
-            _deployment(
+            deployment(
                 "llm",
                 1,
                 {"limits": {"nvidia.com/gpu": 1}},
@@ -137,7 +116,7 @@ def test_pod_asking_for_more_gpus_than_any_node_has_stays_pending(kube_cluster: 
 def test_deleting_a_deployment_garbage_collects_its_replicaset_and_pods(kube_cluster: ClusterClient) -> None:
     ns = _ns(kube_cluster, "gc")
     kube_cluster.kubectl(
-        "-n", ns, "apply", "-f", "-", input=json.dumps(_deployment("web", 2, {"requests": {"cpu": "100m"}}))
+        "-n", ns, "apply", "-f", "-", input=json.dumps(deployment("web", 2, {"requests": {"cpu": "100m"}}))
     )
 
     def two_running() -> bool:
