@@ -86,7 +86,8 @@ def main() -> int:
         ns = client.create_namespace("scale")
         t = time.monotonic()
         one_gpu = {"limits": {"nvidia.com/gpu": 1}}
-        client.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment("llm", args.pods, one_gpu))
+        llm = deployment("llm", args.pods, one_gpu)
+        client.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", llm)
 
         def all_running() -> bool:
             return bool(running_pods(client, ns) == args.pods)
