@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from modelyard.server import __version__
-from modelyard.server.engine.types import Engine, EngineStats, Task
+from modelyard.server.engine.types import Engine, EngineConfig, EngineStats, Task
 from modelyard.server.errors import install_error_handlers
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
@@ -42,6 +42,8 @@ class LoadedRuntime:
     task: Task
     max_model_len: int
     root: str
+    # Resolves (with the reason) if the engine stops for good after loading, e.g. its process died.
+    engine_died: Awaitable[str] | None = None
 
 
 ProgressFn = Callable[[str, float], None]
@@ -66,10 +68,15 @@ def resolve_model_source(settings: ServerSettings, progress: ProgressFn) -> str:
 
 
 async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> LoadedRuntime:
-    from modelyard.server.engine import TorchEngine, load_model
-
     source = await asyncio.to_thread(resolve_model_source, settings, progress)
     config = settings.engine_config(source)
+    if settings.engine_process:
+        return await _launch_engine_process(settings, config, source, progress)
+
+    from modelyard.server.engine import TorchEngine, load_model
+    from modelyard.server.engine.threads import apply_torch_threads, engine_threads
+
+    apply_torch_threads(engine_threads(settings.engine_threads))
     loaded = await asyncio.to_thread(load_model, config, progress)
     progress("starting engine", 0.95)
     engine = TorchEngine(loaded, config)
@@ -85,6 +92,36 @@ async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> 
     )
     # The engine's limit is the binding one (the model's, capped by --max-model-len).
     return LoadedRuntime(engine, loaded.tokenizer, loaded.task, engine.max_model_len, source)
+
+
+async def _launch_engine_process(
+    settings: ServerSettings, config: EngineConfig, source: str, progress: ProgressFn
+) -> LoadedRuntime:
+    """The weights load in the engine process; this one needs only the tokenizer."""
+    from modelyard.server.engine.loader import load_tokenizer
+    from modelyard.server.engine.process import EngineClient
+
+    progress("loading tokenizer", 0.05)
+    tokenizer = await asyncio.to_thread(load_tokenizer, config)
+    client = await EngineClient.launch(
+        config,
+        progress,
+        threads=settings.engine_threads,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
+    log.info(
+        "model loaded",
+        extra={
+            "model": source,
+            "engine_pid": client.pid,
+            "threads": client.threads,
+            "max_model_len": client.max_model_len,
+        },
+    )
+    return LoadedRuntime(
+        client, tokenizer, config.task, client.max_model_len, source, engine_died=client.died
+    )
 
 
 def create_app(
@@ -135,6 +172,10 @@ def create_app(
         state.attach(runtime)
         state.load.finished = time.monotonic()
         progress("ready", 1.0)
+        if loaded.engine_died is not None:
+            reason = await loaded.engine_died
+            log.error("engine stopped; the server is no longer ready", extra={"reason": reason})
+            state.engine_failed(reason)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

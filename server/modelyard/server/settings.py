@@ -63,6 +63,17 @@ class ServerSettings(BaseSettings):
     tiny_model_cache: str | None = Field(
         None, description="Where tiny-* models are built (default ~/.cache)."
     )
+    engine_process: bool = Field(
+        True,
+        description="Run the engine (weights, step loop) in its own process, so HTTP work never "
+        "shares its GIL; --no-engine-process runs it in a thread of the server process.",
+    )
+    engine_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Compute threads of the engine (default: OMP_NUM_THREADS if set, else the CPUs "
+        "the process may use by affinity and cgroup quota); never more than those CPUs.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -40,3 +40,11 @@ class AppState:
         self.chat = ChatServing(runtime)
         self.embeddings = EmbeddingServing(runtime)
         self.runtime = runtime  # last: it is what /ready and the routes check
+
+    def engine_failed(self, reason: str) -> None:
+        """The engine stopped for good (its process died): not ready, not alive (so the pod restarts),
+        and new requests get 503. Requests in flight hold their serving objects and end with an error."""
+        self.load.error = reason
+        self.load.stage = "engine stopped"
+        self.runtime = None  # first: it is what /ready and the routes check
+        self.completions = self.chat = self.embeddings = None

@@ -86,6 +86,15 @@ def _vocab_size(model: Any) -> int:
     return int(weight.shape[0])
 
 
+def load_tokenizer(config: EngineConfig) -> PreTrainedTokenizerBase:
+    """Only the tokenizer (no weights): what the HTTP process needs when the engine runs apart."""
+    common: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if config.hf_token:
+        common["token"] = config.hf_token
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(config.model, **common)
+    return tokenizer
+
+
 def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -> LoadedModel:
     """Load ``config.model`` (local dir or hub id) ready for the engine; blocking, call it in a thread."""
 

@@ -22,6 +22,8 @@ def app_state(request: Request) -> AppState:
 def _loaded(request: Request) -> AppState:
     state = app_state(request)
     if state.runtime is None:
+        if state.load.error is not None:
+            raise ServiceUnavailableError(f"The model server cannot serve: {state.load.error}")
         raise ServiceUnavailableError(f"The model is not loaded yet ({state.load.stage}); retry shortly.")
     return state
 

@@ -1,0 +1,164 @@
+"""Messages between the HTTP process and the engine process, and how they travel.
+
+Each message is one pickled dataclass in one ZeroMQ frame. Pickle carries the engine's own dataclasses
+(``GenerationRequest``, ``SamplingParams``, ``GenerationOutput``, ``EngineStats``) whole, so a field
+added to them crosses the boundary without touching this module. The sockets are ``ipc://`` paths in
+a directory only this user can open (mode 0700), so nothing else can inject a pickle.
+
+Requests are addressed by a ``key`` the client assigns (unique per client), not by the request id,
+which the serving layer may reuse across the ``n`` choices of one request.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from typing import Literal
+
+from modelyard.server.engine.types import (
+    EngineConfig,
+    EngineDeadError,
+    EngineError,
+    EngineStats,
+    GenerationOutput,
+    GenerationRequest,
+    PromptTooLongError,
+    QueueFullError,
+)
+
+ErrorKind = Literal["queue_full", "prompt_too_long", "dead", "engine", "internal"]
+
+
+@dataclass(frozen=True, slots=True)
+class WireError:
+    """An engine exception, by kind: exceptions themselves do not pickle faithfully (their ``args``)."""
+
+    kind: ErrorKind
+    message: str
+    retry_after_s: float = 1.0
+
+    @classmethod
+    def of(cls, exc: BaseException) -> WireError:
+        if isinstance(exc, QueueFullError):
+            return cls("queue_full", str(exc), exc.retry_after_s)
+        if isinstance(exc, PromptTooLongError):
+            return cls("prompt_too_long", str(exc))
+        if isinstance(exc, EngineDeadError):
+            return cls("dead", str(exc))
+        if isinstance(exc, EngineError):
+            return cls("engine", str(exc))
+        return cls("internal", f"{type(exc).__name__}: {exc}")
+
+    def to_exception(self) -> Exception:
+        if self.kind == "queue_full":
+            return QueueFullError(self.retry_after_s)
+        if self.kind == "prompt_too_long":
+            return PromptTooLongError(self.message)
+        if self.kind == "dead":
+            return EngineDeadError(self.message)
+        if self.kind == "engine":
+            return EngineError(self.message)
+        return RuntimeError(self.message)
+
+
+# ----- launch: written by the HTTP process to the engine process's stdin -----
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    config: EngineConfig
+    requests_addr: str  # the engine process PULLs requests here
+    outputs_addr: str  # and PUSHes outputs here
+    threads: int
+    log_level: str = "info"
+    log_format: str = "json"
+
+
+# ----- HTTP process -> engine process -----
+
+
+@dataclass(frozen=True, slots=True)
+class Generate:
+    key: int
+    request: GenerationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class Embed:
+    key: int
+    batch: list[list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    pass
+
+
+# ----- engine process -> HTTP process -----
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    stage: str
+    fraction: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    max_model_len: int
+    pid: int
+    threads: int
+    stats: EngineStats
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailed:
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """Everything one engine step produced, for every request, in one message (plus the stats after it)."""
+
+    items: list[tuple[int, GenerationOutput | WireError]] = field(default_factory=list)
+    stats: EngineStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    key: int
+    result: list[list[float]] | WireError
+
+
+ToEngine = Generate | Abort | Embed | Shutdown
+FromEngine = Progress | Ready | LoadFailed | Outputs | EmbedResult
+
+
+def encode(message: ToEngine | FromEngine | LaunchSpec) -> bytes:
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_to_engine(data: bytes) -> ToEngine:
+    message = pickle.loads(data)
+    if not isinstance(message, Generate | Abort | Embed | Shutdown):
+        raise TypeError(f"unexpected message for the engine: {type(message).__name__}")
+    return message
+
+
+def decode_from_engine(data: bytes) -> FromEngine:
+    message = pickle.loads(data)
+    if not isinstance(message, Progress | Ready | LoadFailed | Outputs | EmbedResult):
+        raise TypeError(f"unexpected message from the engine: {type(message).__name__}")
+    return message
+
+
+def decode_launch(data: bytes) -> LaunchSpec:
+    message = pickle.loads(data)
+    if not isinstance(message, LaunchSpec):
+        raise TypeError(f"unexpected launch message: {type(message).__name__}")
+    return message

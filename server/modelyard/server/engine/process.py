@@ -1,0 +1,458 @@
+"""The engine in its own process, so the step loop never shares a GIL with HTTP parsing and streaming.
+
+The HTTP process holds an ``EngineClient`` (it implements ``Engine``); ``python -m
+modelyard.server.engine.process`` is the other side: it loads the weights, runs ``TorchEngine`` and
+serves requests, aborts and embeddings over two ZeroMQ PUSH/PULL sockets (messages in ``ipc``).
+
+Failure handling, both ways, never a hang:
+- engine process dies: the client notices within ``_WATCH_INTERVAL_S`` (it polls the child), fails
+  every open request with ``EngineDeadError`` (streams end with an error event then ``[DONE]``) and
+  resolves ``died`` so the app turns unready;
+- HTTP process dies: the engine process's stdin is a pipe from it; EOF on that pipe (the parent is
+  gone, however it died) ends the engine process at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import IO, Any
+
+import zmq
+import zmq.asyncio
+
+from modelyard.server.engine import ipc
+from modelyard.server.engine.threads import apply_torch_threads, engine_threads, thread_env
+from modelyard.server.engine.types import (
+    EngineConfig,
+    EngineDeadError,
+    EngineError,
+    EngineStats,
+    GenerationOutput,
+    GenerationRequest,
+)
+
+log = logging.getLogger("modelyard.server.engine.process")
+
+ProgressFn = Callable[[str, float], None]
+
+_WATCH_INTERVAL_S = 0.2  # how often the client checks the engine process is alive
+_STATS_INTERVAL_S = 0.25  # how often the engine process pushes changed stats between steps
+_STOP_TIMEOUT_S = 10.0
+_LEN = struct.Struct("!Q")
+
+
+def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelyard.server.engine.process"],
+        stdin=subprocess.PIPE,
+        env=env,
+        # Its own session: a terminal's Ctrl-C goes to the HTTP process, which stops it in order.
+        start_new_session=True,
+    )
+
+
+class EngineClient:
+    """``Engine`` for the HTTP process: forwards to the engine process and demultiplexes its outputs."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        context: zmq.asyncio.Context,
+        requests: zmq.asyncio.Socket,
+        outputs: zmq.asyncio.Socket,
+        socket_dir: str,
+    ) -> None:
+        self._process = process
+        self._context = context
+        self._requests = requests
+        self._outputs = outputs
+        self._socket_dir = socket_dir
+        self._keys = itertools.count()
+        self._streams: dict[int, asyncio.Queue[GenerationOutput | BaseException]] = {}
+        self._embeds: dict[int, asyncio.Future[list[list[float]]]] = {}
+        self._stats = EngineStats(0, 0, 0.0, 0, 0)
+        self._max_model_len = 0
+        self._dead: EngineDeadError | None = None
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.died: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.threads = 0
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @classmethod
+    async def launch(
+        cls,
+        config: EngineConfig,
+        progress: ProgressFn,
+        *,
+        threads: int | None = None,
+        log_level: str = "info",
+        log_format: str = "json",
+        load_timeout_s: float | None = None,
+    ) -> EngineClient:
+        """Start the engine process and wait until its engine runs (forwarding load progress)."""
+        socket_dir = tempfile.mkdtemp(prefix="modelyard-engine-")  # mode 0700: only this user
+        requests_addr = f"ipc://{socket_dir}/requests"
+        outputs_addr = f"ipc://{socket_dir}/outputs"
+        context = zmq.asyncio.Context()
+        requests = context.socket(zmq.PUSH)
+        outputs = context.socket(zmq.PULL)
+        for sock in (requests, outputs):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+        requests.bind(requests_addr)
+        outputs.bind(outputs_addr)
+        n_threads = engine_threads(threads)
+        env = {**os.environ, **thread_env(n_threads)}
+        process = _spawn(env)
+        client = cls(process, context, requests, outputs, socket_dir)
+        log.info("engine process started", extra={"engine_pid": process.pid, "threads": n_threads})
+        spec = ipc.LaunchSpec(config, requests_addr, outputs_addr, n_threads, log_level, log_format)
+        try:
+            assert process.stdin is not None
+            data = ipc.encode(spec)
+            process.stdin.write(_LEN.pack(len(data)) + data)
+            process.stdin.flush()  # and keep it open: its EOF tells the engine process we are gone
+            await client._await_ready(progress, load_timeout_s)
+        except BaseException:
+            await client.stop()
+            raise
+        client._tasks = [
+            asyncio.create_task(client._receive(), name="engine-client-receive"),
+            asyncio.create_task(client._watch(), name="engine-client-watch"),
+        ]
+        return client
+
+    async def _await_ready(self, progress: ProgressFn, timeout_s: float | None) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if await self._outputs.poll(int(_WATCH_INTERVAL_S * 1000)):
+                message = ipc.decode_from_engine(await self._outputs.recv())
+                if isinstance(message, ipc.Progress):
+                    progress(message.stage, message.fraction)
+                elif isinstance(message, ipc.Ready):
+                    self._max_model_len = message.max_model_len
+                    self._stats = message.stats
+                    self.threads = message.threads
+                    return
+                elif isinstance(message, ipc.LoadFailed):
+                    raise RuntimeError(message.error)
+                continue
+            code = self._process.poll()
+            if code is not None:
+                raise RuntimeError(f"the engine process exited with code {code} while loading")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("the engine process did not become ready in time")
+
+    # ----- the Engine protocol -----
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    async def start(self) -> None:
+        """Nothing to do: ``launch`` returns a running engine."""
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._process.poll() is None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._send(ipc.Shutdown())
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self._process.wait), _STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("engine process did not stop in time; killing it", extra={"pid": self.pid})
+                self._process.kill()
+                await asyncio.to_thread(self._process.wait)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_all(EngineDeadError("the engine stopped"))
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        self._requests.close(linger=0)
+        self._outputs.close(linger=0)
+        self._context.term()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        self._check_alive()
+        key = next(self._keys)
+        queue: asyncio.Queue[GenerationOutput | BaseException] = asyncio.Queue()
+        self._streams[key] = queue
+        self._send(ipc.Generate(key, request))
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if item.finish_reason is not None:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(key, None)
+            if not finished and self._dead is None and not self._stopping:
+                # Closed early (client gone, stop string found): the engine frees the slot next step.
+                with contextlib.suppress(zmq.ZMQError):
+                    self._send(ipc.Abort(key))
+
+    async def embed(self, batch: list[list[int]]) -> list[list[float]]:
+        self._check_alive()
+        key = next(self._keys)
+        future: asyncio.Future[list[list[float]]] = asyncio.get_running_loop().create_future()
+        self._embeds[key] = future
+        self._send(ipc.Embed(key, batch))
+        try:
+            return await future
+        finally:
+            self._embeds.pop(key, None)
+
+    # ----- internals -----
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(str(self._dead))
+        if self._stopping:
+            raise EngineDeadError("the engine is stopping")
+
+    def _send(self, message: ipc.ToEngine) -> None:
+        # PUSH with no high-water mark never blocks; NOBLOCK makes sure of it.
+        self._requests.send(ipc.encode(message), flags=zmq.NOBLOCK)
+
+    async def _receive(self) -> None:
+        while True:
+            message = ipc.decode_from_engine(await self._outputs.recv())
+            if isinstance(message, ipc.Outputs):
+                for key, item in message.items:
+                    queue = self._streams.get(key)
+                    if queue is not None:
+                        queue.put_nowait(item.to_exception() if isinstance(item, ipc.WireError) else item)
+                if message.stats is not None:
+                    self._stats = message.stats
+            elif isinstance(message, ipc.EmbedResult):
+                future = self._embeds.get(message.key)
+                if future is not None and not future.done():
+                    if isinstance(message.result, ipc.WireError):
+                        future.set_exception(message.result.to_exception())
+                    else:
+                        future.set_result(message.result)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL_S)
+            code = self._process.poll()
+            if code is None:
+                continue
+            if self._stopping:
+                return
+            reason = f"the engine process (pid {self.pid}) exited with code {code}"
+            log.error("engine process died", extra={"engine_pid": self.pid, "exit_code": code})
+            self._dead = EngineDeadError(reason)
+            self._fail_all(self._dead)
+            self._stats = EngineStats(0, 0, 0.0, self._stats.max_num_seqs, self._stats.max_queue)
+            if not self.died.done():
+                self.died.set_result(reason)
+            return
+
+    def _fail_all(self, error: EngineDeadError) -> None:
+        for queue in self._streams.values():
+            queue.put_nowait(EngineDeadError(str(error)))
+        for future in self._embeds.values():
+            if not future.done():
+                future.set_exception(EngineDeadError(str(error)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine process
+# ----------------------------------------------------------------------------------------------
+
+
+class _EngineServer:
+    """Runs ``TorchEngine`` and answers the client's messages; one Outputs message per engine step."""
+
+    def __init__(self, engine: Any, outputs: zmq.asyncio.Socket) -> None:
+        self._engine = engine
+        self._outputs = outputs
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._outbox: list[tuple[int, GenerationOutput | ipc.WireError]] = []
+        self._flush_scheduled = False
+        self._last_stats: EngineStats | None = None
+
+    def send(self, message: ipc.FromEngine) -> None:
+        self._outputs.send(ipc.encode(message), flags=zmq.NOBLOCK)
+
+    def handle(self, message: ipc.ToEngine) -> bool:
+        """Act on one message; False on Shutdown."""
+        if isinstance(message, ipc.Generate):
+            self._tasks[message.key] = asyncio.create_task(self._generate(message.key, message.request))
+        elif isinstance(message, ipc.Abort):
+            task = self._tasks.get(message.key)
+            if task is not None:
+                task.cancel()  # closes the engine's iterator: the request is aborted next step
+        elif isinstance(message, ipc.Embed):
+            self._tasks[message.key] = asyncio.create_task(self._embed(message.key, message.batch))
+        elif isinstance(message, ipc.Shutdown):
+            return False
+        return True
+
+    async def _generate(self, key: int, request: GenerationRequest) -> None:
+        from modelyard.server.logs import request_id_var
+
+        request_id_var.set(request.request_id)
+        try:
+            async for output in self._engine.generate(request):
+                self._queue(key, output)
+        except asyncio.CancelledError:
+            pass  # aborted by the client: it no longer listens
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("generation failed in the engine process")
+            self._queue(key, ipc.WireError.of(exc))
+        finally:
+            self._tasks.pop(key, None)
+
+    async def _embed(self, key: int, batch: list[list[int]]) -> None:
+        try:
+            result: list[list[float]] | ipc.WireError = await self._engine.embed(batch)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("embedding failed in the engine process")
+            result = ipc.WireError.of(exc)
+        finally:
+            self._tasks.pop(key, None)
+        self.send(ipc.EmbedResult(key, result))
+
+    def _queue(self, key: int, item: GenerationOutput | ipc.WireError) -> None:
+        self._outbox.append((key, item))
+        if not self._flush_scheduled:
+            # The engine wakes every stream of a step in one callback; their tasks all run before this
+            # callback does, so one step's outputs leave in one message.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        items, self._outbox = self._outbox, []
+        self._last_stats = self._engine.stats()
+        self.send(ipc.Outputs(items, self._last_stats))
+
+    async def push_stats(self) -> None:
+        """Stats change between outputs too (an abort frees a slot): push them when they do."""
+        while True:
+            await asyncio.sleep(_STATS_INTERVAL_S)
+            stats = self._engine.stats()
+            if stats != self._last_stats:
+                self._last_stats = stats
+                self.send(ipc.Outputs([], stats))
+
+    async def stop(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await self._engine.stop()
+
+
+def _exit_when_parent_dies(stdin: IO[bytes]) -> None:
+    """Block on the pipe from the HTTP process; its EOF means the parent is gone: exit now."""
+
+    def wait() -> None:
+        with contextlib.suppress(OSError):
+            while stdin.read(65536):
+                pass
+        os._exit(0)  # no clean-up worth waiting for: the weights and KV cache die with us
+
+    threading.Thread(target=wait, name="parent-watch", daemon=True).start()
+
+
+async def _serve(spec: ipc.LaunchSpec) -> int:
+    context = zmq.asyncio.Context()
+    requests = context.socket(zmq.PULL)
+    outputs = context.socket(zmq.PUSH)
+    for sock in (requests, outputs):
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+    requests.connect(spec.requests_addr)
+    outputs.connect(spec.outputs_addr)
+    loop = asyncio.get_running_loop()
+
+    def progress(stage: str, fraction: float) -> None:
+        # Called from the loading thread; ZeroMQ sockets belong to the loop's thread.
+        loop.call_soon_threadsafe(
+            lambda: outputs.send(ipc.encode(ipc.Progress(stage, fraction)), flags=zmq.NOBLOCK)
+        )
+
+    try:
+        from modelyard.server.engine import TorchEngine, load_model
+
+        loaded = await asyncio.to_thread(load_model, spec.config, progress)
+        progress("starting engine", 0.95)
+        engine = TorchEngine(loaded, spec.config)
+        await engine.start()
+    except Exception as exc:
+        log.exception("engine process: model load failed")
+        await outputs.send(ipc.encode(ipc.LoadFailed(f"{type(exc).__name__}: {exc}")))
+        outputs.close(linger=2000)
+        requests.close(linger=0)
+        context.term()
+        return 1
+    server = _EngineServer(engine, outputs)
+    server.send(ipc.Ready(engine.max_model_len, os.getpid(), spec.threads, engine.stats()))
+    stats_task = asyncio.create_task(server.push_stats())
+    try:
+        while server.handle(ipc.decode_to_engine(await requests.recv())):
+            pass
+    finally:
+        stats_task.cancel()
+        await server.stop()
+        outputs.close(linger=1000)
+        requests.close(linger=0)
+        context.term()
+    return 0
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the HTTP process decides when we stop
+    stdin = sys.stdin.buffer
+    header = stdin.read(_LEN.size)
+    if len(header) < _LEN.size:
+        sys.exit(2)  # the HTTP process died before sending the launch spec
+    spec = ipc.decode_launch(stdin.read(_LEN.unpack(header)[0]))
+    from modelyard.server.logs import configure_logging
+
+    configure_logging(spec.log_level, spec.log_format)
+    _exit_when_parent_dies(stdin)
+    apply_torch_threads(spec.threads)
+    sys.exit(asyncio.run(_serve(spec)))
+
+
+if __name__ == "__main__":
+    main()
