@@ -115,7 +115,7 @@ def cgroup_cpu_quota(
             quotas.append(quota)
     for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu", ""):
         v1_root = root / sub if sub else root
-        if not (v1_root / "cpu.cfs_quota_us").exists() and sub:
+        if not v1_root.is_dir():
             continue
         for directory in _own_cgroup_dirs(v1_root, proc_cgroup):
             quota = _quota_v1(directory)
