@@ -21,3 +21,4 @@ lint:
 	ruff check .
 	ruff format --check .
 	mypy
+	lint-imports

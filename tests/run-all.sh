@@ -11,6 +11,7 @@ stage "lint"
 ruff check .
 ruff format --check .
 mypy
+lint-imports  # layering contracts in .importlinter
 
 stage "unit and model tests (no cluster)"
 python -m pytest -m "not cluster" -q

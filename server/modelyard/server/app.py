@@ -52,7 +52,7 @@ Loader = Callable[[ServerSettings, ProgressFn], Awaitable[LoadedRuntime]]
 
 def resolve_model_source(settings: ServerSettings, progress: ProgressFn) -> str:
     """Map the built-in names to local directories; anything else goes to from_pretrained as is."""
-    from modelyard.server import tinymodel
+    from modelyard.server.engine import tinymodel
 
     name = settings.model
     kind = name.removeprefix("tiny-")
