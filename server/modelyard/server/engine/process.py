@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import IO, Any
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -380,12 +380,13 @@ class _EngineServer:
         await self._engine.stop()
 
 
-def _exit_when_parent_dies(stdin: IO[bytes]) -> None:
+def _exit_when_parent_dies(fd: int) -> None:
     """Block on the pipe from the HTTP process; its EOF means the parent is gone: exit now."""
 
     def wait() -> None:
+        # os.read, not sys.stdin: a thread blocked inside a buffered reader aborts interpreter shutdown.
         with contextlib.suppress(OSError):
-            while stdin.read(65536):
+            while os.read(fd, 65536):
                 pass
         os._exit(0)  # no clean-up worth waiting for: the weights and KV cache die with us
 
@@ -441,17 +442,37 @@ async def _serve(spec: ipc.LaunchSpec) -> int:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the HTTP process decides when we stop
-    stdin = sys.stdin.buffer
-    header = stdin.read(_LEN.size)
-    if len(header) < _LEN.size:
+    fd = sys.stdin.fileno()
+    header = _read_exactly(fd, _LEN.size)
+    if header is None:
         sys.exit(2)  # the HTTP process died before sending the launch spec
-    spec = ipc.decode_launch(stdin.read(_LEN.unpack(header)[0]))
+    data = _read_exactly(fd, _LEN.unpack(header)[0])
+    if data is None:
+        sys.exit(2)
+    spec = ipc.decode_launch(data)
     from modelyard.server.logs import configure_logging
 
     configure_logging(spec.log_level, spec.log_format)
-    _exit_when_parent_dies(stdin)
+    _exit_when_parent_dies(fd)
     apply_torch_threads(spec.threads)
-    sys.exit(asyncio.run(_serve(spec)))
+    code = asyncio.run(_serve(spec))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: the engine's and the parent watch's daemon threads must not delay or abort exit.
+    os._exit(code)
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        chunk = os.read(fd, remaining)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 if __name__ == "__main__":
