@@ -52,6 +52,7 @@ _WATCH_INTERVAL_S = 0.2  # how often the client checks the engine process is ali
 _STATS_INTERVAL_S = 0.25  # how often the engine process pushes changed stats between steps
 _STOP_TIMEOUT_S = 10.0
 _LEN = struct.Struct("!Q")
+RESERVED_CORES = 1  # usable cores left to the HTTP process when the engine threads are sized automatically
 
 
 def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -119,7 +120,10 @@ class EngineClient:
             sock.setsockopt(zmq.RCVHWM, 0)
         requests.bind(requests_addr)
         outputs.bind(outputs_addr)
-        n_threads = engine_threads(threads)
+        # One core stays with the HTTP process (parsing, detokenizing, streaming), as vLLM's CPU build
+        # does: OpenMP threads that must share their cores with it stall at every barrier (measured on
+        # 2 cores: 1 engine thread gave 4-8x the tok/s of 2; bench/README.md).
+        n_threads = engine_threads(threads, reserve=RESERVED_CORES)
         env = {**os.environ, **thread_env(n_threads)}
         process = _spawn(env)
         client = cls(process, context, requests, outputs, socket_dir)
