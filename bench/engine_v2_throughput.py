@@ -48,7 +48,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from modelyard.server.engine import (  # noqa: E402
     EngineConfig,
     GenerationOutput,
-    TokenLogprob,
     TorchEngine,
     ipc,
     load_model,
@@ -136,12 +135,13 @@ def wire_cost_us(streams: int) -> float:
         (i, GenerationOutput(token_ids=(100 + i,), num_prompt_tokens=32, num_generated_tokens=5))
         for i in range(streams)
     ]
-    message = ipc.Outputs(items, EngineStats(streams, 0, 0.1, 64, 1024))
-    _ = TokenLogprob  # (logprobs off, as in the benchmark)
+    message = ipc.Outputs.of(items, EngineStats(streams, 0, 0.1, 64, 1024))
     n = 2000
     t0 = time.perf_counter()
     for _ in range(n):
-        ipc.decode_from_engine(ipc.encode(message))
+        decoded = ipc.decode_from_engine(ipc.encode(ipc.Outputs.of(items, message.stats)))
+        assert isinstance(decoded, ipc.Outputs)
+        decoded.outputs()
     return (time.perf_counter() - t0) / n * 1e6
 
 

@@ -12,8 +12,8 @@ which the serving layer may reuse across the ``n`` choices of one request.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from modelyard.server.engine.types import (
     EngineConfig,
@@ -121,12 +121,36 @@ class LoadFailed:
     error: str
 
 
+# GenerationOutput travels as the tuple of its fields: half the pickling time of the dataclass itself
+# (whose slots state goes through Python-level __getstate__/__setstate__), and still generic: the field
+# list is read from the dataclass, so a new field crosses without a change here.
+_OUTPUT_FIELDS = tuple(f.name for f in fields(GenerationOutput))
+
+
 @dataclass(frozen=True, slots=True)
 class Outputs:
-    """Everything one engine step produced, for every request, in one message (plus the stats after it)."""
+    """Everything one engine step produced, for every request, in one message (plus the stats after it).
 
-    items: list[tuple[int, GenerationOutput | WireError]] = field(default_factory=list)
+    Build it with ``Outputs.of``; read it with ``outputs()``."""
+
+    items: list[tuple[int, tuple[Any, ...] | WireError]] = field(default_factory=list)
     stats: EngineStats | None = None
+
+    @classmethod
+    def of(
+        cls, items: list[tuple[int, GenerationOutput | WireError]], stats: EngineStats | None = None
+    ) -> Outputs:
+        packed: list[tuple[int, tuple[Any, ...] | WireError]] = [
+            (key, item if isinstance(item, WireError) else tuple(getattr(item, n) for n in _OUTPUT_FIELDS))
+            for key, item in items
+        ]
+        return cls(packed, stats)
+
+    def outputs(self) -> list[tuple[int, GenerationOutput | WireError]]:
+        return [
+            (key, item if isinstance(item, WireError) else GenerationOutput(*item))
+            for key, item in self.items
+        ]
 
 
 @dataclass(frozen=True, slots=True)

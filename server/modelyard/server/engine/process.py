@@ -254,7 +254,7 @@ class EngineClient:
         while True:
             message = ipc.decode_from_engine(await self._outputs.recv())
             if isinstance(message, ipc.Outputs):
-                for key, item in message.items:
+                for key, item in message.outputs():
                     queue = self._streams.get(key)
                     if queue is not None:
                         queue.put_nowait(item.to_exception() if isinstance(item, ipc.WireError) else item)
@@ -367,7 +367,7 @@ class _EngineServer:
         self._flush_scheduled = False
         items, self._outbox = self._outbox, []
         self._last_stats = self._engine.stats()
-        self.send(ipc.Outputs(items, self._last_stats))
+        self.send(ipc.Outputs.of(items, self._last_stats))
 
     async def push_stats(self) -> None:
         """Stats change between outputs too (an abort frees a slot): push them when they do."""

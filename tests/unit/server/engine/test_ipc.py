@@ -64,7 +64,7 @@ def test_messages_to_the_engine_round_trip(message: ipc.ToEngine) -> None:
         ipc.Progress("loading weights", 0.2),
         ipc.Ready(1024, 4242, 2, STATS),
         ipc.LoadFailed("OSError: no such model"),
-        ipc.Outputs([(1, _output()), (2, ipc.WireError("queue_full", "busy", 2.0))], STATS),
+        ipc.Outputs.of([(1, _output()), (2, ipc.WireError("queue_full", "busy", 2.0))], STATS),
         ipc.EmbedResult(3, [[0.5, 0.5]]),
         ipc.EmbedResult(4, ipc.WireError("prompt_too_long", "too long")),
     ],
@@ -126,3 +126,15 @@ def test_fields_the_wire_does_not_know_cross_it_untouched() -> None:
     decoded = ipc.decode_to_engine(ipc.encode(ipc.Generate(7, request)))
     assert isinstance(decoded, ipc.Generate)
     assert decoded.request.params == request.params
+
+
+def test_a_step_s_outputs_come_back_as_the_engine_s_dataclasses() -> None:
+    items: list[tuple[int, GenerationOutput | ipc.WireError]] = [
+        (1, _output(0)),
+        (2, GenerationOutput(token_ids=(), finish_reason="stop", stop_token_id=2, num_generated_tokens=4)),
+        (3, ipc.WireError("dead", "gone")),
+    ]
+    decoded = ipc.decode_from_engine(ipc.encode(ipc.Outputs.of(items, STATS)))
+    assert isinstance(decoded, ipc.Outputs)
+    assert decoded.outputs() == items
+    assert decoded.stats == STATS
