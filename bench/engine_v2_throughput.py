@@ -259,7 +259,7 @@ def hf_cb_argv(port: int) -> list[str]:
     hf = Path(sys.executable).parent / "transformers"
     return [
         str(hf), "serve", str(MODEL_DIR), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-        "--dtype", "float32", "--continuous-batching", "--cb-num-blocks", "1024",
+        "--dtype", "float32", "--continuous-batching", "--cb-num-blocks", "256",
     ]  # fmt: skip
 
 
