@@ -26,10 +26,12 @@ import llguidance
 import llguidance.hf
 import torch
 
-from modelyard.server.engine.types import EngineError, GuidedDecoding
+from modelyard.server.engine.types import GuidedDecoding, UnsupportedGrammarError
 
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
+
+__all__ = ["GrammarCompiler", "GrammarMatcherRow", "MaskApplier", "UnsupportedGrammarError", "grammar_text"]
 
 log = logging.getLogger("modelyard.server.engine.guided")
 
@@ -39,10 +41,6 @@ _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
 # Compact JSON: a weak or random model cannot stall in endless whitespace, and the text is what
 # json.dumps(separators=(",", ":")) would write.
 _JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
-
-
-class UnsupportedGrammarError(EngineError):
-    """The grammar cannot be enforced (unsupported keyword, invalid schema or regex): a 400 for clients."""
 
 
 def _bit_table() -> torch.Tensor:

@@ -119,6 +119,12 @@ class PromptTooLongError(EngineError):
     """The prompt plus max_tokens does not fit the model's context (serving checks first)."""
 
 
+class UnsupportedGrammarError(EngineError):
+    """A ``GuidedDecoding`` the engine cannot enforce (unsupported JSON-schema keyword, invalid schema or
+    regex); the message names the problem, e.g. "JSON schema keyword 'uniqueItems' is not supported".
+    Raised before any output, so the serving layer answers 400."""
+
+
 class EngineDeadError(EngineError):
     """The engine loop stopped (e.g. CUDA error); the pod should be restarted."""
 
