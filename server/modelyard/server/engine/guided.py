@@ -8,7 +8,8 @@ loop; a compiled grammar is a fresh matcher kept as a template that each row cop
 
 Per step, the sampler asks every constrained row for its allowed-token bitmask (32 tokens per int32,
 llguidance's layout), turns the bitmasks of those rows only into an additive 0/-inf mask with one
-table gather, and adds it to their logits. Free rows in the same batch are not touched.
+table gather (each bitmask byte selects a row of 8 mask values), and adds it to their logits. Free
+rows in the same batch are not touched.
 """
 
 from __future__ import annotations
@@ -222,24 +223,34 @@ class MaskApplier:
         ``rows`` holds (row index, matcher, stop token ids). Writes in place: pass a copy of logits
         that must stay raw.
         """
-        words = (max(m.vocab_size for _, m, _ in rows) + 31) // 32
+        return self.add(logits, [i for i, _, _ in rows], self.fill([(m, stops) for _, m, stops in rows]))
+
+    def fill(self, rows: Sequence[tuple[GrammarMatcherRow, frozenset[int]]]) -> torch.Tensor:
+        """The next-token bitmasks of ``rows`` (int32 ``[len(rows), words]``, CPU, reused next step)."""
+        words = (max(m.vocab_size for m, _ in rows) + 31) // 32
         bitmask = self._buffer(len(rows), words)
-        for k, (_, matcher, stops) in enumerate(rows):
+        for k, (matcher, stops) in enumerate(rows):
             matcher.fill_mask(bitmask, k, stops)
+        return bitmask
+
+    def add(self, logits: torch.Tensor, indices: Sequence[int], bitmask: torch.Tensor) -> torch.Tensor:
+        """Add the 0/-inf mask of ``bitmask[k]`` to ``logits[indices[k]]``, in place."""
+        rows, words = bitmask.shape
         table = self._table(logits.device)
         src = bitmask.to(logits.device, non_blocking=True) if logits.device.type != "cpu" else bitmask
-        add = table[src.view(torch.uint8).long()].view(len(rows), words * 32)
+        # index_select gathers 8 mask values per byte; measured 2-10x faster than advanced indexing or
+        # shift-and-test unpacking on CPU (bench/constrained_decoding.py).
+        add = table.index_select(0, src.view(torch.uint8).flatten().int()).view(rows, words * 32)
         width = logits.shape[-1]
         if add.shape[1] >= width:
             add = add[:, :width]
         else:  # logits wider than the tokenizer knows: ids without text are never allowed
-            pad = torch.full((len(rows), width - add.shape[1]), float("-inf"), device=logits.device)
+            pad = torch.full((rows, width - add.shape[1]), float("-inf"), device=logits.device)
             add = torch.cat([add, pad], dim=1)
-        if len(rows) == logits.shape[0] and all(i == k for k, (i, _, _) in enumerate(rows)):
+        if rows == logits.shape[0] and list(indices) == list(range(rows)):
             logits.add_(add)
         else:
-            index = torch.tensor([i for i, _, _ in rows], device=logits.device)
-            logits.index_add_(0, index, add)
+            logits.index_add_(0, torch.tensor(list(indices), device=logits.device), add)
         return logits
 
     def _table(self, device: torch.device) -> torch.Tensor:
