@@ -196,6 +196,19 @@ def test_masks_fit_logits_wider_or_narrower_than_the_tokenizer(chat_model: Loade
         assert all(re.fullmatch("[0-9]+", chat_model.tokenizer.decode([t])) for t in ok)
 
 
+def test_the_cpu_and_device_mask_paths_agree() -> None:
+    torch.manual_seed(0)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (3, 4), dtype=torch.int32)
+    for width in (100, 128, 140):
+        logits = torch.randn(5, width)
+        cpu = MaskApplier()._add_cpu(logits.clone(), [4, 0, 2], bitmask)
+        table = MaskApplier()._add_table(logits.clone(), [4, 0, 2], bitmask)
+        assert torch.equal(cpu, table)
+        assert torch.equal(cpu[[1, 3]], logits[[1, 3]])
+        bit = (bitmask[0, 5 // 32] >> (5 % 32)) & 1
+        assert (cpu[4, 5] == logits[4, 5]) == bool(bit)
+
+
 def test_the_matcher_lives_on_the_row_and_advances_with_each_recorded_token(chat_model: LoadedModel) -> None:
     compiler = compiler_for(chat_model)
     row = SamplingRow(
