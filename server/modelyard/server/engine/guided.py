@@ -81,6 +81,13 @@ class GrammarMatcherRow:
             _set_bits(row, stops)
             return
         self._matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+        if self._matcher.is_error() or not bool(row.any()):
+            # The tokenizer cannot spell what the grammar needs: end the row instead of sampling from nothing.
+            log.warning("grammar allows no token", extra={"error": self._matcher.get_error()})
+            self._failed = True
+            row.zero_()
+            _set_bits(row, stops)
+            return
         if self._matcher.is_accepting():
             _clear_bit(row, self._eos)
             _set_bits(row, stops)
@@ -169,7 +176,14 @@ class GrammarCompiler:
     def _llg_tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size)
+                try:
+                    self._tokenizer = llguidance.hf.from_tokenizer(
+                        self._hf_tokenizer, n_vocab=self.vocab_size
+                    )
+                except Exception as exc:
+                    raise UnsupportedGrammarError(
+                        f"constrained decoding is not available for this model's tokenizer: {exc}"
+                    ) from exc
             return self._tokenizer
 
     def _compile(self, guided: GuidedDecoding) -> llguidance.LLMatcher:

@@ -319,3 +319,26 @@ async def test_constrained_rows_stay_valid_while_the_batch_changes_around_them(
     for ids, last in results[:3]:
         assert last.finish_reason == "stop"
         jsonschema.validate(json.loads(text_of(chat_model, ids)), SCHEMA)
+
+
+async def test_a_complete_grammar_stops_even_before_min_tokens(
+    engine: TorchEngine, chat_model: LoadedModel
+) -> None:
+    ids, last = await generate(
+        engine,
+        prompt(chat_model, "Say ab"),
+        max_tokens=20,
+        min_tokens=10,
+        guided=GuidedDecoding("regex", "ab"),
+    )
+    assert ids == prompt(chat_model, "ab"), "no stop token padding up to min_tokens"
+    assert last.finish_reason == "stop"
+
+
+async def test_a_tokenizer_the_grammar_engine_cannot_read_is_a_clear_error(make_engine: Any) -> None:
+    # The engine tests' own tokenizer has no decoder, so llguidance cannot map its tokens to bytes.
+    engine = await make_engine("llama")
+    with pytest.raises(
+        UnsupportedGrammarError, match="constrained decoding is not available for this model's"
+    ):
+        await generate(engine, [5, 6, 7], max_tokens=10, guided=GuidedDecoding("regex", "[0-9]+"))
