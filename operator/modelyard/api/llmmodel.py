@@ -51,6 +51,19 @@ URL_CEL_MESSAGE = (
     "(supported schemes: hf, pvc, s3)"
 )
 
+# An extended resource name as the API server accepts it in resources.limits: <DNS subdomain>/<name>.
+# Checked here (CEL on the field) so that a typo is rejected at `kubectl apply` with a message naming
+# the field, not later as a 422 on the Deployment.
+RESOURCE_NAME_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"  # vendor domain
+    r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # name
+)
+_RESOURCE_NAME_RE = re.compile(RESOURCE_NAME_PATTERN)
+RESOURCE_NAME_MESSAGE = (
+    "resources.gpuResourceName must be an extended resource name <vendor domain>/<name>, "
+    "e.g. nvidia.com/gpu or amd.com/gpu (lower-case domain, no spaces)"
+)
+
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -169,7 +182,13 @@ class Resources(_Model):
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
         min_length=1,
+        max_length=317,  # 253 (DNS subdomain) + "/" + 63; CEL cost estimation needs a bound
         description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"self.matches(r'{RESOURCE_NAME_PATTERN}')", "message": RESOURCE_NAME_MESSAGE}
+            ]
+        },
     )
     cpu: Quantity | None = Field(default=None, description="CPU request per replica, e.g. '4' or '500m'.")
     memory: Quantity | None = Field(
@@ -181,6 +200,13 @@ class Resources(_Model):
     def _non_negative(cls, v: int) -> int:
         if v < 0:
             raise ValueError("resources.gpus must be >= 0 (0 runs on CPU)")
+        return v
+
+    @field_validator("gpu_resource_name")
+    @classmethod
+    def _resource_name(cls, v: str) -> str:
+        if not _RESOURCE_NAME_RE.match(v):
+            raise ValueError(RESOURCE_NAME_MESSAGE)
         return v
 
 
@@ -300,7 +326,13 @@ class LLMModelSpec(_Model):
         default=Task.GENERATE, description="generate (chat/completions) or embed (embeddings)."
     )
     server: ServerOptions = Field(default_factory=ServerOptions, description=ServerOptions.__doc__)
-    resources: Resources = Field(default_factory=Resources, description=Resources.__doc__)
+    resources: Resources = Field(
+        default_factory=Resources,
+        description=Resources.__doc__,
+        # Defaulted on the API server too (spelled out: CEL rules are checked against the default), so
+        # `kubectl get` shows the GPUS column for models that leave resources out.
+        json_schema_extra={"default": {"gpus": 1, "gpuResourceName": "nvidia.com/gpu"}},
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the model pods must match."
     )

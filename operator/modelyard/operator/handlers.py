@@ -1,7 +1,9 @@
 """kopf handlers: parse the body, call reconcile / the status syncer, return or raise. Nothing else.
 
-- LLMModel create/update/resume -> reconcile the children (edge-triggered, kopf retries on
-  TemporaryError with back-off).
+- LLMModel create/update/resume -> reconcile the children (edge-triggered). A failure is recorded on
+  the model (Ready=False/ReconcileFailed with the API server's message, a Warning Event) and retried
+  deliberately: never for a rejected object (PermanentError: only a spec change can fix it), with
+  exponential back-off otherwise.
 - LLMModel, Deployment and Pod watch events -> the observed state, then a debounced status sync
   (level-triggered: status follows what the cluster actually does, including the scheduler).
 """
@@ -10,19 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel
-from modelyard.operator import metrics
-from modelyard.operator.k8s import ApiError, Kube, TransientError
+from modelyard.operator import failures, metrics
+from modelyard.operator.failures import ReconcileFailure
+from modelyard.operator.k8s import Kube
 from modelyard.operator.kopfconfig import configure_kopf
-from modelyard.operator.observed import ObservedState
+from modelyard.operator.observed import ObservedState, model_key
 from modelyard.operator.progress import ProgressProber
-from modelyard.operator.reconcile import reconcile
+from modelyard.operator.reconcile import ReconcileResult, reconcile
 from modelyard.operator.settings import OperatorSettings, get_settings
 from modelyard.operator.statussync import StatusSyncer
 
@@ -65,6 +68,39 @@ async def llmmodel_operator_cleanup(memo: Any, **_: Any) -> None:
     await runtime.kube.close()
 
 
+class ReconcileFailedError(Exception):
+    def __init__(self, failure: ReconcileFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+async def reconcile_recorded(
+    runtime: Runtime, body: Mapping[str, Any], fresh: bool = False
+) -> ReconcileResult:
+    """Reconcile one model and record the outcome where users look: a failure becomes
+    Ready=False/ReconcileFailed with the API server's message (and a Warning Event), a success clears it."""
+    key = model_key(body)
+    generation = int(body["metadata"].get("generation") or 1)
+    started = time.perf_counter()
+    try:
+        result = await reconcile(LLMModel.from_body(body), runtime.settings, runtime.kube, fresh=fresh)
+    except Exception as exc:
+        failure = failures.classify(exc, generation)
+        outcome = metrics.Result.INVALID if failure.permanent else metrics.Result.RETRY
+        metrics.RECONCILES.labels(result=outcome).inc()
+        metrics.RECONCILE_ERRORS.labels(error=failure.error).inc()
+        runtime.state.failures[key] = failure
+        runtime.syncer.touch(key)
+        raise ReconcileFailedError(failure) from exc
+    finally:
+        metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+    outcome = metrics.Result.APPLIED if result.changed else metrics.Result.UNCHANGED
+    metrics.RECONCILES.labels(result=outcome).inc()
+    runtime.state.failures.pop(key, None)
+    runtime.syncer.touch(key)
+    return result
+
+
 @kopf.on.resume(md.GROUP, md.VERSION, md.PLURAL)
 @kopf.on.create(md.GROUP, md.VERSION, md.PLURAL)
 @kopf.on.update(md.GROUP, md.VERSION, md.PLURAL, field="spec")
@@ -77,30 +113,14 @@ async def llmmodel_reconcile(
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
-    started = time.perf_counter()
     try:
-        model = LLMModel.from_body(body)
-    except ValidationError as exc:
-        metrics.RECONCILES.labels(result=metrics.Result.INVALID).inc()
-        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
-    try:
-        fresh = reason == "create" and retry == 0
-        result = await reconcile(model, runtime.settings, runtime.kube, fresh=fresh)
-    except ApiError as exc:
-        metrics.RECONCILES.labels(result=metrics.Result.RETRY).inc()
-        metrics.RECONCILE_ERRORS.labels(error=f"api_{exc.status.code}").inc()
-        raise kopf.TemporaryError(f"applying children failed: {exc.status.message}", delay=5) from exc
-    except TransientError as exc:
-        metrics.RECONCILES.labels(result=metrics.Result.RETRY).inc()
-        metrics.RECONCILE_ERRORS.labels(error=type(exc).__name__).inc()
-        raise kopf.TemporaryError(f"API server unreachable or slow: {exc!r}", delay=5) from exc
-    finally:
-        metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
-    outcome = metrics.Result.APPLIED if result.changed else metrics.Result.UNCHANGED
-    metrics.RECONCILES.labels(result=outcome).inc()
+        result = await reconcile_recorded(runtime, body, fresh=reason == "create" and retry == 0)
+    except ReconcileFailedError as exc:
+        if exc.failure.permanent:
+            raise kopf.PermanentError(exc.failure.message) from exc
+        raise kopf.TemporaryError(exc.failure.message, delay=failures.retry_delay(retry)) from exc
     if result.changed:
         logger.info("applied %s; deleted %s", result.applied, result.deleted)
-    runtime.syncer.touch((model.namespace, model.name))
 
 
 @kopf.on.event(md.GROUP, md.VERSION, md.PLURAL)
@@ -130,9 +150,9 @@ async def deployment_event(
         # Someone deleted a Deployment whose LLMModel still exists: put it back now rather than at the
         # next spec change (the create/update handlers only see LLMModel changes).
         try:
-            await reconcile(LLMModel.from_body(owner), runtime.settings, runtime.kube)
-        except (ApiError, ValidationError, TransientError) as exc:
-            # Watch-event handlers are not retried; the next LLMModel change or restart repairs it.
+            await reconcile_recorded(runtime, owner)
+        except ReconcileFailedError as exc:
+            # Recorded on the model's status; the next LLMModel change or restart repairs it.
             logger.warning("re-creating the deleted Deployment failed: %s", exc)
     runtime.syncer.touch(key)
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelyard.api import metadata as md
+from modelyard.operator.failures import ReconcileFailure
 
 Key = tuple[str, str]  # (namespace, LLMModel name)
 
@@ -34,6 +35,12 @@ def _slim_deployment(dep: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def model_key(body: Mapping[str, Any]) -> Key:
+    """The key of an LLMModel body."""
+    meta = body["metadata"]
+    return (meta.get("namespace") or "default", meta["name"])
+
+
 def model_key_of(obj: Mapping[str, Any]) -> Key | None:
     meta = obj.get("metadata") or {}
     model = (meta.get("labels") or {}).get(md.LABEL_MODEL)
@@ -49,12 +56,16 @@ class ObservedState:
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         # Load progress the model server reported, per loading pod (written by the progress prober).
         self.progress: dict[Key, dict[str, Any]] = {}
+        # The last reconcile of each model, when it failed (cleared by the next success): shown as
+        # Ready=False/ReconcileFailed with the API server's message.
+        self.failures: dict[Key, ReconcileFailure] = {}
 
     def set_model(self, body: Mapping[str, Any], deleted: bool) -> Key:
         meta = body["metadata"]
-        key = (meta.get("namespace") or "default", meta["name"])
+        key = model_key(body)
         if deleted:
             self.models.pop(key, None)
+            self.failures.pop(key, None)
         else:
             self.models[key] = {
                 "metadata": dict(meta),

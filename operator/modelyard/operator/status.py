@@ -34,6 +34,17 @@ _PHASE_ORDER = {Phase.PENDING: 0, Phase.DOWNLOADING: 1, Phase.LOADING: 2, Phase.
 
 
 @dataclass(frozen=True)
+class Blocker:
+    """Why the model must not count as Ready whatever its pods do: its children could not be applied
+    (`ReconcileFailed`, the API server's message) or its served name belongs to another LLMModel
+    (`NameConflict`). `stalls_rollout`: the Deployment does not match the spec, so nothing progresses."""
+
+    reason: str
+    message: str
+    stalls_rollout: bool = False
+
+
+@dataclass(frozen=True)
 class PodView:
     """What status needs to know about one model pod."""
 
@@ -147,8 +158,10 @@ def build_status(
     settings: OperatorSettings,
     now: str,
     progress: Mapping[str, Any] | None = None,
+    blocker: Blocker | None = None,
 ) -> LLMModelStatus:
-    """`progress`: pod name -> LoadProgress (stage, fraction) reported by loading model servers."""
+    """`progress`: pod name -> LoadProgress (stage, fraction) reported by loading model servers.
+    `blocker`: a reason the model is not Ready even if pods are (reconcile failure, name conflict)."""
     desired = model.spec.desired_replicas
     views = [view_pod(p) for p in pods if _is_live(p)]
     loading = [progress[v.name] for v in views if progress and v.name in progress and not v.ready]
@@ -163,7 +176,9 @@ def build_status(
     deadline = _deadline_exceeded(deployment) if deployment is not None else None
 
     # Ready: can this model answer a request now?
-    if ready > 0:
+    if blocker is not None:
+        ready_cond = Condition(type="Ready", status="False", reason=blocker.reason, message=blocker.message)
+    elif ready > 0:
         ready_cond = Condition(
             type="Ready", status="True", reason="Serving", message=f"{ready}/{desired} replicas ready"
         )
@@ -202,7 +217,11 @@ def build_status(
         ready_cond = Condition(type="Ready", status="False", reason=furthest.value, message=message)
 
     # Progressing: is a rollout or scale still under way?
-    if deadline is not None:
+    if blocker is not None and blocker.stalls_rollout:
+        progressing = Condition(
+            type="Progressing", status="False", reason=blocker.reason, message=blocker.message
+        )
+    elif deadline is not None:
         progressing = Condition(
             type="Progressing", status="False", reason="ProgressDeadlineExceeded", message=deadline
         )
@@ -223,7 +242,9 @@ def build_status(
 
     # Degraded: is something wrong that needs a human (or more capacity)?
     problem = (
-        (unschedulable[0].unschedulable_message, "Unschedulable")
+        (blocker.message, blocker.reason)
+        if blocker is not None
+        else (unschedulable[0].unschedulable_message, "Unschedulable")
         if unschedulable
         else (failing[0].failure_message, failing[0].failure_reason)
         if failing
@@ -238,7 +259,9 @@ def build_status(
     else:
         degraded = Condition(type="Degraded", status="False", reason="AsExpected", message="")
 
-    if desired == 0 and not views:
+    if blocker is not None:
+        phase = Phase.DEGRADED
+    elif desired == 0 and not views:
         phase = Phase.SCALED_TO_ZERO
     elif ready > 0:
         phase = Phase.DEGRADED if problem is not None else Phase.READY
@@ -263,6 +286,23 @@ def build_status(
         conditions=_merge_conditions(
             model.status.conditions, [ready_cond, progressing, degraded], now, generation
         ),
+    )
+
+
+def blocked_status(previous: LLMModelStatus, blocker: Blocker, now: str) -> LLMModelStatus:
+    """The status of a model whose spec cannot even be parsed: only the blocker is known."""
+    conditions = [
+        Condition(type="Ready", status="False", reason=blocker.reason, message=blocker.message),
+        Condition(type="Degraded", status="True", reason=blocker.reason, message=blocker.message),
+    ]
+    return previous.model_copy(
+        update={
+            "phase": Phase.DEGRADED,
+            "replica_summary": previous.replica_summary or f"{previous.ready_replicas}/?",
+            "conditions": _merge_conditions(
+                previous.conditions, conditions, now, previous.observed_generation
+            ),
+        }
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from modelyard.operator.failures import ReconcileFailure
 from modelyard.operator.observed import ObservedState
 from modelyard.operator.statussync import StatusSyncer
 from tests.unit.operator.factories import SETTINGS, body
@@ -120,3 +121,67 @@ def test_models_by_phase_counts() -> None:
     state.set_model(b, deleted=False)
     state.set_model(body(name="other"), deleted=False)
     assert state.phases() == {"Ready": 1, "Unknown": 1}
+
+
+def failed(message: str, generation: int = 1) -> ReconcileFailure:
+    return ReconcileFailure(message=message, permanent=True, generation=generation, error="api_422")
+
+
+REJECTED = 'Deployment.apps "llama" is invalid: spec.template.spec.nodeSelector: Invalid value: "bad key"'
+
+
+async def test_a_failed_reconcile_is_reported_even_before_any_child_exists() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.failures[key] = failed(REJECTED)
+    assert await syncer.sync(key) is True
+    status = writer.statuses[-1]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False",
+        "ReconcileFailed",
+        f"{REJECTED}",
+    )
+    # kubectl get llm shows READY, REPLICAS and REASON: none of them blank.
+    assert status["replicaSummary"] == "0/1"
+    assert status["phase"] == "Degraded"
+    assert status["endpoint"].startswith("http://llama.team-a.svc")
+    assert writer.events == [("Warning", "ReconcileFailed", REJECTED)]
+
+
+async def test_each_new_failure_message_is_announced_once() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.failures[key] = failed(REJECTED)
+    await syncer.sync(key)
+    await syncer.sync(key)  # the same failure again (a retry): no second Event
+    state.failures[key] = failed("another problem", generation=2)
+    await syncer.sync(key)
+    assert [e[2] for e in writer.events] == [REJECTED, "another problem"]
+
+
+async def test_a_serving_model_whose_new_spec_is_rejected_is_not_ready_until_fixed() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.set_deployment(labelled(deployment(ready=1)), deleted=False)
+    state.set_pod(labelled(pod(scheduled=True, ready=True)), deleted=False)
+    await syncer.sync(key)
+    state.failures[key] = failed(REJECTED)
+    await syncer.sync(key)
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "ReconcileFailed"
+    state.failures.pop(key)
+    await syncer.sync(key)
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "Serving"
+    assert [e[1] for e in writer.events] == ["ModelReady", "ReconcileFailed", "ModelReady"]
+
+
+async def test_an_unparsable_spec_with_a_recorded_failure_still_gets_a_status() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    broken = body()
+    broken["spec"]["url"] = "ftp://not-a-scheme"
+    state.set_model(broken, deleted=False)
+    state.failures[key] = failed("invalid spec: url must be hf://...")
+    assert await syncer.sync(key) is True
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "ReconcileFailed"
+    assert writer.statuses[-1]["phase"] == "Degraded"
