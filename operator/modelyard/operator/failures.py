@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightkube import ApiError
 from pydantic import ValidationError
 
-from modelyard.operator.k8s import TransientError
+from modelyard.operator.k8s import ApiError, TransientError
 
 # The API server rejected the object itself (schema, field validation, admission): the same spec gets
 # the same answer, so only a spec change (kopf calls the update handler again) can fix it.

@@ -6,6 +6,8 @@
   exponential back-off otherwise.
 - LLMModel, Deployment and Pod watch events -> the observed state, then a debounced status sync
   (level-triggered: status follows what the cluster actually does, including the scheduler).
+- Child (Deployment, Service, PVC, PDB) watch events -> drift check against the LLMModel; a changed or
+  deleted child is re-applied at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel
@@ -23,13 +26,14 @@ from modelyard.operator import failures, metrics
 from modelyard.operator.failures import ReconcileFailure
 from modelyard.operator.k8s import Kube
 from modelyard.operator.kopfconfig import configure_kopf
-from modelyard.operator.observed import ObservedState, model_key
+from modelyard.operator.observed import ObservedState, model_key, model_key_of
 from modelyard.operator.progress import ProgressProber
-from modelyard.operator.reconcile import ReconcileResult, reconcile
+from modelyard.operator.reconcile import ReconcileResult, child_drift, reconcile
 from modelyard.operator.settings import OperatorSettings, get_settings
 from modelyard.operator.statussync import StatusSyncer
 
 CHILD_LABELS = {md.LABEL_MANAGED_BY: md.FIELD_MANAGER}
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class Runtime:
@@ -133,6 +137,58 @@ async def llmmodel_event(body: kopf.Body, type: str | None, memo: Any, **_: Any)
         runtime.syncer.touch(key)
 
 
+async def repair_child(
+    runtime: Runtime,
+    kind: str,
+    body: Mapping[str, Any],
+    deleted: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """A child changed or went away: if it no longer matches its LLMModel, re-apply the model's children.
+
+    The create/update handlers only see LLMModel changes; this catches `kubectl scale deployment`,
+    `kubectl edit`, a deleted Service or PVC. Pure comparison first (no API call for the many
+    Deployment status events), a reconcile only on real drift."""
+    key = model_key_of(body)
+    owner = runtime.state.models.get(key) if key is not None else None
+    if key is None or owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    if not deleted and body["metadata"].get("deletionTimestamp"):
+        return  # being deleted (finalizers): repaired once it is gone
+    failure = runtime.state.failures.get(key)
+    if (
+        failure is not None
+        and failure.permanent
+        and failure.generation == owner["metadata"].get("generation")
+    ):
+        return  # the API server rejects this spec: re-applying it cannot help until the spec changes
+    try:
+        model = LLMModel.from_body(owner)
+    except ValidationError:
+        return  # recorded by the reconcile handler
+    why = child_drift(model, runtime.settings, {**body, "kind": kind}, deleted)
+    if not why:
+        return
+    name = body["metadata"].get("name")
+    try:
+        if deleted:
+            # Garbage collection deletes the children of a deleted LLMModel, and that watch event may
+            # come before the LLMModel's own: only repair a model the API server still has.
+            current = await runtime.kube.get("LLMModel", key[1], key[0])
+            if current is None or current["metadata"].get("deletionTimestamp"):
+                return
+            owner = current
+        logger.info(
+            "%s/%s drifted from LLMModel %s (%s): re-applying", kind, name, key[1], ", ".join(why[:5])
+        )
+        await reconcile_recorded(runtime, owner)
+    except ReconcileFailedError as exc:
+        # Recorded on the model's status; the next change of the child or the LLMModel retries.
+        logger.warning("repairing %s/%s failed: %s", kind, name, exc)
+    except Exception as exc:
+        logger.warning("repairing %s/%s failed: %r", kind, name, exc)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
 async def deployment_event(
     body: kopf.Body,
@@ -145,16 +201,41 @@ async def deployment_event(
     key = runtime.state.set_deployment(body, deleted=type == "DELETED")
     if key is None:
         return
-    owner = runtime.state.models.get(key)
-    if type == "DELETED" and owner is not None and not owner["metadata"].get("deletionTimestamp"):
-        # Someone deleted a Deployment whose LLMModel still exists: put it back now rather than at the
-        # next spec change (the create/update handlers only see LLMModel changes).
-        try:
-            await reconcile_recorded(runtime, owner)
-        except ReconcileFailedError as exc:
-            # Recorded on the model's status; the next LLMModel change or restart repairs it.
-            logger.warning("re-creating the deleted Deployment failed: %s", exc)
+    await repair_child(runtime, "Deployment", body, type == "DELETED", logger)
     runtime.syncer.touch(key)
+
+
+@kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
+async def service_event(
+    body: kopf.Body,
+    type: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    await repair_child(_runtime(memo), "Service", body, type == "DELETED", logger)
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_LABELS)
+async def cache_pvc_event(
+    body: kopf.Body,
+    type: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    await repair_child(_runtime(memo), "PersistentVolumeClaim", body, type == "DELETED", logger)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+async def pdb_event(
+    body: kopf.Body,
+    type: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    await repair_child(_runtime(memo), "PodDisruptionBudget", body, type == "DELETED", logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)

@@ -43,8 +43,8 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> N
     )
     # Watch only our own children server-side instead of every Pod and Deployment in the cluster.
     selector = f"{md.LABEL_MANAGED_BY}={md.FIELD_MANAGER}"
-    settings.watching.label_selectors["pods"] = selector
-    settings.watching.label_selectors["deployments"] = selector
+    for plural in ("pods", "deployments", "services", "persistentvolumeclaims", "poddisruptionbudgets"):
+        settings.watching.label_selectors[plural] = selector
     # No dynamic CRD/namespace scanning: it needs cluster-wide list/watch on CRDs and namespaces,
     # which the least-privilege RBAC does not grant. The LLMModel CRD must exist before start-up.
     settings.scanning.disabled = True
