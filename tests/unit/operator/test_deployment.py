@@ -57,6 +57,7 @@ def test_server_command_for_a_hub_model() -> None:
         "--served-model-name", "llama",
         "--task", "generate",
         "--dtype", "auto",
+        "--device", "cuda",
         "--host", "0.0.0.0",
         "--port", "8000",
     ]  # fmt: skip
@@ -244,3 +245,14 @@ def test_rollouts_surge_instead_of_dropping_capacity() -> None:
 def test_load_balancing_does_not_touch_the_deployment() -> None:
     # Read by the router from the LLMModel; changing it must not restart GPU pods.
     assert deploy(loadBalancing={"strategy": "PrefixHash"}) == deploy()
+
+
+def test_the_device_is_explicit_cuda_with_gpus_and_cpu_without() -> None:
+    for spec, expected in (
+        ({}, "cuda"),
+        ({"resources": {"gpus": 4}}, "cuda"),
+        ({"resources": {"gpus": 0}}, "cpu"),
+    ):
+        args = container(deploy(**spec))["args"]
+        assert args[args.index("--device") + 1] == expected, spec
+        assert args.count("--device") == 1
