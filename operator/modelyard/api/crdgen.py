@@ -333,8 +333,10 @@ def render_docs() -> str:
     out += [
         "Conditions: `Ready` (True once at least one replica serves; reasons `Serving`, `Unschedulable` with "
         "the scheduler's message, `CrashLoopBackOff`/`ImagePullBackOff`/..., `Downloading`, `Loading`, "
-        "`Pending`, `ScaledToZero`), `Progressing` (`RollingOut`, `RolloutComplete`, "
-        "`ProgressDeadlineExceeded`) and `Degraded` (`AsExpected`, or the problem's reason).",
+        "`Pending`, `ScaledToZero`, `ReconcileFailed` with the API server's message when a child could not "
+        "be applied, `NameConflict` naming the older LLMModel that holds this model's served name or an "
+        "alias), `Progressing` (`RollingOut`, `RolloutComplete`, `ProgressDeadlineExceeded`, "
+        "`ReconcileFailed`) and `Degraded` (`AsExpected`, or the problem's reason).",
         "",
         "## kubectl get columns\n",
         "| Column | JSONPath |\n|---|---|",

@@ -135,6 +135,9 @@ async def llmmodel_event(body: kopf.Body, type: str | None, memo: Any, **_: Any)
         runtime.syncer.forget(key, str(body["metadata"].get("uid", "")))
     else:
         runtime.syncer.touch(key)
+    # A new name, a renamed or a deleted model can make another model win or lose a served-name clash.
+    for other in runtime.state.refresh_conflicts() - {key}:
+        runtime.syncer.touch(other)
 
 
 async def repair_child(

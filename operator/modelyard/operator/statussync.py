@@ -24,6 +24,8 @@ from modelyard.operator.status import Blocker, blocked_status, build_status, rea
 
 log = logging.getLogger(__name__)
 
+NAME_CONFLICT = "NameConflict"
+
 # Ready-condition reasons worth a Warning event on the LLMModel.
 WARNING_REASONS = frozenset(
     {
@@ -33,6 +35,7 @@ WARNING_REASONS = frozenset(
         "ErrImagePull",
         "CreateContainerConfigError",
         failures.REASON,
+        NAME_CONFLICT,
     }
 )
 # Reasons whose message is the news (a different API server error is a different problem): a new
@@ -172,6 +175,9 @@ class StatusSyncer:
         failure = self._state.failures.get(key)
         if failure is not None:
             return Blocker(failures.REASON, failure.message, stalls_rollout=True)
+        conflict = self._state.conflicts.get(key)
+        if conflict is not None:
+            return Blocker(NAME_CONFLICT, conflict.message())
         return None
 
     def forget(self, key: Key, uid: str) -> None:

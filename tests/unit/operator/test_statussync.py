@@ -185,3 +185,40 @@ async def test_an_unparsable_spec_with_a_recorded_failure_still_gets_a_status() 
     assert await syncer.sync(key) is True
     assert writer.statuses[-1]["conditions"][0]["reason"] == "ReconcileFailed"
     assert writer.statuses[-1]["phase"] == "Degraded"
+
+
+def created(b: dict[str, Any], when: str, **spec: Any) -> dict[str, Any]:
+    b["metadata"]["creationTimestamp"] = when
+    b["spec"].update(spec)
+    return b
+
+
+async def test_the_newer_of_two_models_with_one_served_name_is_not_ready_and_names_the_other() -> None:
+    state, writer, syncer = setup()
+    state.set_model(created(body(), "2026-01-02T00:00:00Z", servedName="chat"), deleted=False)
+    older = created(body(name="first", namespace="team-b"), "2026-01-01T00:00:00Z", servedName="chat")
+    older["metadata"]["uid"] = "uid-first"
+    state.set_model(older, deleted=False)
+    assert state.refresh_conflicts() == {("team-a", "llama")}
+    state.set_deployment(labelled(deployment(ready=1)), deleted=False)
+    state.set_pod(labelled(pod(scheduled=True, ready=True)), deleted=False)
+    assert await syncer.sync(("team-a", "llama")) is True
+    ready = writer.statuses[-1]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+    assert "LLMModel team-b/first" in ready["message"]
+    assert writer.events[-1][:2] == ("Warning", "NameConflict")
+
+    # The older one goes away: the name is free, the survivor becomes Ready.
+    state.set_model(older, deleted=True)
+    assert state.refresh_conflicts() == {("team-a", "llama")}
+    await syncer.sync(("team-a", "llama"))
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "Serving"
+
+
+def test_status_only_events_do_not_recompute_conflicts() -> None:
+    state, _, _ = setup()
+    state.refresh_conflicts()
+    b = body()
+    b["status"] = {"phase": "Ready"}
+    state.set_model(b, deleted=False)
+    assert state.refresh_conflicts() == set()
