@@ -194,6 +194,17 @@ class Resources(_Model):
     memory: Quantity | None = Field(
         default=None, description="Memory request and limit per replica, e.g. '32Gi'."
     )
+    ephemeral_storage: Quantity | None = Field(
+        default=None,
+        description="Local disk per replica for weights downloaded without a cache (hf:// without "
+        "spec.cache, and s3://): the size of the emptyDir they land in and the container's "
+        "ephemeral-storage request and limit, so the scheduler picks a node with room and a too-big "
+        "download evicts the pod instead of filling the node. Default 100Gi.",
+    )
+    shm_size: Quantity = Field(
+        default="8Gi",
+        description="Size limit of /dev/shm (a memory-backed emptyDir; counts against the memory limit).",
+    )
 
     @field_validator("gpus")
     @classmethod
@@ -260,6 +271,12 @@ class Cache(_Model):
     )
     claim_name: str | None = Field(
         default=None, description="Name of an existing PVC (same namespace) to use as the cache."
+    )
+    retain: bool = Field(
+        default=False,
+        description="Keep the new cache PVC when the LLMModel is deleted (it then has no owner reference and "
+        "carries the label modelyard.dev/retain=true); a model created again with the same name reuses it. "
+        "Delete it by hand when done. An existing claim (claimName) is never deleted.",
     )
 
 
@@ -331,7 +348,7 @@ class LLMModelSpec(_Model):
         description=Resources.__doc__,
         # Defaulted on the API server too (spelled out: CEL rules are checked against the default), so
         # `kubectl get` shows the GPUS column for models that leave resources out.
-        json_schema_extra={"default": {"gpus": 1, "gpuResourceName": "nvidia.com/gpu"}},
+        json_schema_extra={"default": {"gpus": 1, "gpuResourceName": "nvidia.com/gpu", "shmSize": "8Gi"}},
     )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the model pods must match."

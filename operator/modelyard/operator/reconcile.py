@@ -113,7 +113,7 @@ async def _sync_child(
     if (
         existing is not None
         and _hash_of(existing) == _hash_of(child)
-        and _owned_by(existing, model)
+        and (_owned_by(existing, model) or not meta.get("ownerReferences"))  # a retained cache has none
         and not drifted(child, existing)
     ):
         result.unchanged.append(ref)

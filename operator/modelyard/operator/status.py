@@ -151,6 +151,29 @@ def _deadline_exceeded(deployment: Mapping[str, Any]) -> str | None:
     return None
 
 
+def cache_condition(model: LLMModel) -> Condition | None:
+    """CacheShared: can every replica mount the cache PVC the operator creates? A ReadWriteOnce volume
+    attaches to one node, so a second replica elsewhere hangs in ContainerCreating (Multi-Attach error
+    on most clouds); a ReadWriteOncePod volume admits one pod at all. Only for a PVC we create: the
+    access mode of an existing claim (claimName) is not ours to know."""
+    spec = model.spec
+    if spec.cache is None or spec.cache.size is None:
+        return None
+    most = max(spec.desired_replicas, spec.autoscaling.max_replicas if spec.autoscaling is not None else 0)
+    mode = spec.cache.access_mode
+    if mode == "ReadWriteMany" or most <= 1:
+        return Condition(type="CacheShared", status="True", reason="AsExpected", message="")
+    return Condition(
+        type="CacheShared",
+        status="False",
+        reason=mode,
+        message=f"the cache PVC is {mode} but the model may run {most} replicas: a replica on another node "
+        "cannot attach it (Multi-Attach error) and stays ContainerCreating; use cache.accessMode "
+        "ReadWriteMany with a storage class that supports it, one replica, or no cache (each replica then "
+        "downloads into its own emptyDir)",
+    )
+
+
 def build_status(
     model: LLMModel,
     deployment: Mapping[str, Any] | None,
@@ -284,7 +307,10 @@ def build_status(
         endpoint=endpoint_url(model, settings),
         load_progress=furthest_load.render() if furthest_load is not None and ready < desired else None,
         conditions=_merge_conditions(
-            model.status.conditions, [ready_cond, progressing, degraded], now, generation
+            model.status.conditions,
+            [ready_cond, progressing, degraded, *filter(None, [cache_condition(model)])],
+            now,
+            generation,
         ),
     )
 

@@ -69,6 +69,15 @@ def transition_event(old: LLMModelStatus, new: LLMModelStatus) -> tuple[str, str
     return None
 
 
+def cache_warning(old: LLMModelStatus, new: LLMModelStatus) -> tuple[str, str, str] | None:
+    """A Warning when the cache PVC stops being mountable by every replica (CacheShared turns False)."""
+    before = next((c for c in old.conditions if c.type == "CacheShared"), None)
+    after = next((c for c in new.conditions if c.type == "CacheShared"), None)
+    if after is None or after.status != "False" or (before is not None and before.status == "False"):
+        return None
+    return ("Warning", "CacheNotShared", after.message)
+
+
 class StatusSyncer:
     def __init__(
         self,
@@ -165,9 +174,9 @@ class StatusSyncer:
             new.replica_summary,
             ready.reason if ready else None,
         )
-        event = transition_event(previous, new)
-        if event is not None and self._settings.post_events:
-            await self._kube.post_event(body, *event)
+        for event in (transition_event(previous, new), cache_warning(previous, new)):
+            if event is not None and self._settings.post_events:
+                await self._kube.post_event(body, *event)
         return True
 
     def blocker(self, key: Key) -> Blocker | None:

@@ -61,7 +61,7 @@ def test_extra_items_others_added_are_not_drift_but_a_removed_one_is() -> None:
     live["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "x"})
     assert drifted(want, live) == []
     live["spec"]["template"]["spec"]["volumes"] = []
-    assert drifted(want, live) == [".spec.template.spec.volumes[dshm]"]
+    assert ".spec.template.spec.volumes[dshm]" in drifted(want, live)
 
 
 def test_a_changed_service_port_and_a_lost_label_have_drifted() -> None:

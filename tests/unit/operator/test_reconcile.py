@@ -147,3 +147,11 @@ async def test_a_service_apply_cannot_repair_is_recreated() -> None:
     assert rejected == ["Service"]
     assert result.deleted == ["Service/llama"]
     assert kube.objects[("Service", "team-a", "llama")]["spec"]["ports"][0]["port"] == 8000
+
+
+async def test_a_retained_cache_without_an_owner_is_not_rewritten() -> None:
+    kube = FakeKube()
+    spec = {"cache": {"size": "10Gi", "retain": True}}
+    await reconcile(model(**spec), SETTINGS, kube)
+    result = await reconcile(model(**spec), SETTINGS, kube)
+    assert "PersistentVolumeClaim/llama-cache" in result.unchanged

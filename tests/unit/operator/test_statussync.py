@@ -222,3 +222,16 @@ def test_status_only_events_do_not_recompute_conflicts() -> None:
     b["status"] = {"phase": "Ready"}
     state.set_model(b, deleted=False)
     assert state.refresh_conflicts() == set()
+
+
+async def test_a_cache_replicas_cannot_share_posts_one_warning() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.set_model(body(replicas=2, cache={"size": "40Gi"}), deleted=False)
+    state.set_deployment(labelled(deployment(replicas=2)), deleted=False)
+    await syncer.sync(key)
+    state.set_pod(labelled(pod(scheduled=True, ready=False, server={"running": {}})), deleted=False)
+    await syncer.sync(key)
+    warnings = [e for e in writer.events if e[1] == "CacheNotShared"]
+    assert len(warnings) == 1
+    assert warnings[0][0] == "Warning"
