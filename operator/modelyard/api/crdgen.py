@@ -115,6 +115,14 @@ def schema_of(model: type[Any]) -> dict[str, Any]:
     return dict(_structural(raw, raw.get("$defs", {})))
 
 
+# The LLMModel's name names its Service, so it must be a DNS-1035 label.
+NAME_PATTERN = "^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+NAME_MESSAGE = (
+    "must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter and ending with "
+    "a letter or digit, at most 63 characters (it names the Service)"
+)
+
+
 def openapi_schema() -> dict[str, Any]:
     spec = schema_of(LLMModelSpec)
     status = schema_of(LLMModelStatus)
@@ -131,11 +139,16 @@ def openapi_schema() -> dict[str, Any]:
         "as a Deployment of model server pods plus a Service, and the router sends requests for its "
         "served name and aliases to the ready pods.",
         "required": ["spec"],
+        # On the root (the only place a CRD may check metadata.name) but reported at metadata.name
+        # (fieldPath, which needs the property declared below), so the API server says
+        # `metadata.name: Invalid value: ...` instead of `<nil>: Invalid value: ...`.
         "x-kubernetes-validations": [
             {
-                "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')",
-                "message": "metadata.name must be a DNS-1035 label of at most 63 characters "
-                "(it names the Service)",
+                "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
+                "message": NAME_MESSAGE,
+                "messageExpression": f'"{NAME_MESSAGE}, got \'" + self.metadata.name + "\'"',
+                "fieldPath": ".metadata.name",
+                "reason": "FieldValueInvalid",
             }
         ],
         "properties": {
@@ -144,7 +157,7 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "APIVersion of this object: modelyard.dev/v1alpha1.",
             },
             "kind": {"type": "string", "description": "Kind of this object: LLMModel."},
-            "metadata": {"type": "object"},
+            "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 63}}},
             "spec": spec,
             "status": status,
         },
@@ -326,7 +339,9 @@ def render_docs() -> str:
     table = "| Field | Type | Default | Description |\n|---|---|---|---|\n"
     out = [DOCS_INTRO, "## Spec\n", table + "\n".join(_rows(schema["properties"]["spec"], "spec")), ""]
     rules = [r["message"] for r in schema["properties"]["spec"].get("x-kubernetes-validations", [])]
-    rules += [r["message"] for r in schema.get("x-kubernetes-validations", [])]
+    rules += [
+        f"{r['fieldPath'].lstrip('.')}: {r['message']}" for r in schema.get("x-kubernetes-validations", [])
+    ]
     out += ["Object-level validation (CEL, enforced by the API server at apply time):\n"]
     out += [f"- {m}" for m in rules] + [""]
     out += ["## Status\n", table + "\n".join(_rows(schema["properties"]["status"], "status")), ""]

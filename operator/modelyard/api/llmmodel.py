@@ -173,7 +173,11 @@ class Resources(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self.gpus >= 0", "message": "resources.gpus must be >= 0 (0 runs on CPU)"}
+                {
+                    "rule": "self.gpus >= 0",
+                    "message": "resources.gpus must be >= 0 (0 runs on CPU)",
+                    "fieldPath": ".gpus",
+                }
             ]
         }
     )
@@ -231,6 +235,7 @@ class Autoscaling(_Model):
                 {
                     "rule": "self.minReplicas <= self.maxReplicas",
                     "message": "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+                    "fieldPath": ".minReplicas",
                 }
             ]
         }
@@ -311,10 +316,12 @@ class LLMModelSpec(_Model):
                     "(self.replicas >= self.autoscaling.minReplicas && "
                     "self.replicas <= self.autoscaling.maxReplicas)",
                     "message": "replicas must be within autoscaling.minReplicas..maxReplicas",
+                    "fieldPath": ".replicas",
                 },
                 {
                     "rule": "!has(self.cache) || !self.url.startsWith('pvc://')",
                     "message": "cache is not used with pvc:// models (weights are read from the claim)",
+                    "fieldPath": ".cache",
                 },
             ]
         }

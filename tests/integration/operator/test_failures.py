@@ -82,3 +82,30 @@ def test_a_gpu_resource_name_with_a_typo_is_rejected_at_apply_naming_the_field(
     assert "spec.resources.gpuResourceName" in stderr, stderr
     assert "must be an extended resource name" in stderr, stderr
     assert kube_cluster.get_json(llm_path(namespace, "typo")) is None
+
+
+def test_rule_violations_name_the_field_not_nil(
+    kube_cluster: ClusterClient, namespace: str, operator: OperatorProcess
+) -> None:
+    cases: dict[str, tuple[dict[str, Any], str]] = {
+        "9-starts-with-a-digit": ({}, "metadata.name: Invalid value: "),
+        "dotted.name": ({}, "metadata.name: Invalid value: "),
+        "out-of-bounds": (
+            {"replicas": 5, "autoscaling": {"minReplicas": 1, "maxReplicas": 2}},
+            "spec.replicas: Invalid value: ",
+        ),
+        "cache-on-pvc": (
+            {"url": "pvc://weights/llama", "cache": {"size": "1Gi"}},
+            "spec.cache: Invalid value: ",
+        ),
+    }
+    for name, (spec, where) in cases.items():
+        with pytest.raises(subprocess.CalledProcessError) as info:
+            kube_cluster.apply(llmmodel(name, namespace, **spec))
+        stderr = str(info.value.stderr)
+        assert where in stderr, stderr
+        assert "<nil>" not in stderr, stderr
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        kube_cluster.apply(llmmodel("dotted.name", namespace))
+    assert "must be a DNS-1035 label" in str(info.value.stderr)
+    assert "got 'dotted.name'" in str(info.value.stderr)
