@@ -63,7 +63,7 @@ _CONDITION_SCHEMA: dict[str, Any] = {
     "description": "metav1.Condition: the latest observation of one aspect of the model.",
     "required": ["type", "status", "reason"],
     "properties": {
-        "type": {"type": "string", "description": "Ready, Progressing or Degraded."},
+        "type": {"type": "string", "description": "Ready, Progressing, Degraded or CacheShared."},
         "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
         "reason": {"type": "string", "description": "CamelCase reason, e.g. Unschedulable."},
         "message": {"type": "string", "description": "Human-readable detail, e.g. the scheduler's message."},
@@ -297,6 +297,14 @@ init container (`aws s3 sync`, image set by the operator's `MODELYARD_OPERATOR_S
 emptyDir; credentials come from `spec.server.envFrom` (a Secret with `AWS_*` keys) or the pod's cloud
 identity (IRSA, pod identity).
 
+Storage: without `cache`, `hf://` downloads (and `s3://` copies) land in an emptyDir sized by
+`resources.ephemeralStorage` (default 100Gi), which is also the container's `ephemeral-storage` request and
+limit, so the scheduler picks a node with room and an oversized download evicts the pod instead of
+filling the node's disk. `/dev/shm` is limited to `resources.shmSize`. A new cache PVC (`cache.size`) is
+ReadWriteOnce by default: it attaches to one node, so with more than one replica use
+`accessMode: ReadWriteMany` (the operator reports `CacheShared=False` otherwise). `cache.retain: true`
+keeps the PVC (and the downloaded weights) when the LLMModel is deleted.
+
 Scaling: `spec.replicas` is the target of the `scale` subresource (`kubectl scale llm`, an HPA or KEDA
 `ScaledObject` pointing at the LLMModel). The operator copies it to the Deployment, clamped to
 `autoscaling.minReplicas..maxReplicas` when set, and never writes it back. Set `spec.replicas` (within
@@ -351,7 +359,8 @@ def render_docs() -> str:
         "`Pending`, `ScaledToZero`, `ReconcileFailed` with the API server's message when a child could not "
         "be applied, `NameConflict` naming the older LLMModel that holds this model's served name or an "
         "alias), `Progressing` (`RollingOut`, `RolloutComplete`, `ProgressDeadlineExceeded`, "
-        "`ReconcileFailed`) and `Degraded` (`AsExpected`, or the problem's reason).",
+        "`ReconcileFailed`), `Degraded` (`AsExpected`, or the problem's reason) and, with a new cache PVC, "
+        "`CacheShared` (False when a ReadWriteOnce cache meets more than one replica).",
         "",
         "## kubectl get columns\n",
         "| Column | JSONPath |\n|---|---|",

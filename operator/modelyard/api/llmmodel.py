@@ -453,7 +453,8 @@ class LLMModelStatus(_Model):
         "e.g. 'loading weights 50%'); unset when no replica is loading or the server is unreachable.",
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing and Degraded (metav1.Condition)."
+        default_factory=list,
+        description="Ready, Progressing, Degraded and, with a new cache PVC, CacheShared (metav1.Condition).",
     )
 
     def condition(self, ctype: ConditionType) -> Condition | None:
