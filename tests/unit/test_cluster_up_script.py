@@ -1,4 +1,5 @@
-"""`tests/cluster/up.sh` runs in the venv `scripts/bootstrap.sh` creates, wherever the cache lives."""
+"""`tests/cluster/up.sh` and `down.sh` run in the venv `scripts/bootstrap.sh` creates, wherever the cache
+lives."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_up_runs_the_cluster_module_with_the_bootstrapped_venvs_python(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["up", "down"])
+def test_the_scripts_run_the_cluster_module_with_the_bootstrapped_venvs_python(
+    tmp_path: Path, command: str
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
     env["MODELYARD_CACHE"] = str(tmp_path)
     venv = subprocess.run(
@@ -28,11 +34,11 @@ def test_up_runs_the_cluster_module_with_the_bootstrapped_venvs_python(tmp_path:
     python.write_text('#!/bin/sh\necho "venv python $*"\n')
     python.chmod(0o755)
     out = subprocess.run(
-        [str(ROOT / "tests" / "cluster" / "up.sh"), "--gpu-nodes", "1"],
+        [str(ROOT / "tests" / "cluster" / f"{command}.sh"), "--gpu-nodes", "1"],
         env=env,
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     ).stdout
-    assert out.strip() == "venv python -m tests.cluster up --gpu-nodes 1"
+    assert out.strip() == f"venv python -m tests.cluster {command} --gpu-nodes 1"
