@@ -11,6 +11,7 @@ which the serving layer may reuse across the ``n`` choices of one request.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -36,6 +37,9 @@ class WireError:
     kind: ErrorKind
     message: str
     retry_after_s: float = 1.0
+    # For kind "engine": the EngineError subclass ("module:QualName"), so subclasses added later (e.g.
+    # UnsupportedGrammarError, answered 400) come back as themselves.
+    error_class: str = ""
 
     @classmethod
     def of(cls, exc: BaseException) -> WireError:
@@ -46,7 +50,7 @@ class WireError:
         if isinstance(exc, EngineDeadError):
             return cls("dead", str(exc))
         if isinstance(exc, EngineError):
-            return cls("engine", str(exc))
+            return cls("engine", str(exc), error_class=f"{type(exc).__module__}:{type(exc).__qualname__}")
         return cls("internal", f"{type(exc).__name__}: {exc}")
 
     def to_exception(self) -> Exception:
@@ -57,8 +61,23 @@ class WireError:
         if self.kind == "dead":
             return EngineDeadError(self.message)
         if self.kind == "engine":
-            return EngineError(self.message)
+            return _engine_error(self.error_class, self.message)
         return RuntimeError(self.message)
+
+
+def _engine_error(error_class: str, message: str) -> EngineError:
+    """An instance of the named EngineError subclass (plain EngineError if it cannot be found or built)."""
+    module_name, _, qualname = error_class.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+        if isinstance(found, type) and issubclass(found, EngineError):
+            error: EngineError = found(message)
+            return error
+    except Exception:  # an unknown or unusual class: fall back to the base class
+        pass
+    return EngineError(message)
 
 
 # ----- launch: written by the HTTP process to the engine process's stdin -----

@@ -138,3 +138,23 @@ def test_a_step_s_outputs_come_back_as_the_engine_s_dataclasses() -> None:
     assert isinstance(decoded, ipc.Outputs)
     assert decoded.outputs() == items
     assert decoded.stats == STATS
+
+
+class _NewEngineError(EngineError):
+    """Stands for an error kind added after the wire was written (like UnsupportedGrammarError)."""
+
+
+def test_an_engine_error_subclass_the_wire_does_not_know_comes_back_as_itself() -> None:
+    back = ipc.WireError.of(_NewEngineError("JSON schema keyword 'uniqueItems' is not supported"))
+    decoded = ipc.decode_from_engine(ipc.encode(ipc.EmbedResult(0, back)))
+    assert isinstance(decoded, ipc.EmbedResult)
+    assert isinstance(decoded.result, ipc.WireError)
+    exc = decoded.result.to_exception()
+    assert type(exc) is _NewEngineError
+    assert str(exc) == "JSON schema keyword 'uniqueItems' is not supported"
+
+
+def test_an_unknown_error_class_falls_back_to_engine_error() -> None:
+    exc = ipc.WireError("engine", "odd", error_class="no.such.module:Nope").to_exception()
+    assert type(exc) is EngineError
+    assert str(exc) == "odd"
