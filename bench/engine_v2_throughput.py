@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -276,7 +277,7 @@ def vllm_env(base: dict[str, str], bind: str | None) -> dict[str, str]:
     env.update(
         HF_HUB_OFFLINE="1",
         VLLM_HOST_IP="127.0.0.1",
-        VLLM_CPU_KVCACHE_SPACE="3",
+        VLLM_CPU_KVCACHE_SPACE=os.environ.get("BENCH_VLLM_KV_GIB", "1"),  # the shared machine has little free
         VLLM_CACHE_ROOT=str(CACHE / "vllm-cache"),
         TORCHINDUCTOR_CACHE_DIR=str(CACHE / "inductor-cache"),
     )
@@ -333,7 +334,19 @@ def main() -> None:
         "model_shape": SMOLLM_SHAPE,
         "results": {},
     }
-    results: dict[str, dict[str, Any]] = report["results"]
+    out_path: Path = args.out or REPO / "bench" / "results" / f"engine_v2_{args.part}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # A SIGTERM unwinds (servers stopped by their context managers); results so far are on disk.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    partial = out_path.with_suffix(".partial.json")
+
+    class _Saved(dict[str, dict[str, Any]]):
+        def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+            super().__setitem__(key, value)
+            partial.write_text(json.dumps(report, indent=2))
+
+    results: dict[str, dict[str, Any]] = _Saved()
+    report["results"] = results
     ours_extra = {"ignore_eos": True, "stream_options": {"include_usage": True}}
     vllm_extra = {"ignore_eos": True, "stream_options": {"include_usage": True}}
 
@@ -386,6 +399,18 @@ def main() -> None:
                 env,
                 log_dir,
             )
+        if "vllm" not in args.skip and (VLLM_VENV / ".complete").exists():
+            results["vllm"] = run_peer(
+                "vllm",
+                vllm_argv,
+                "/health",
+                "bench",
+                prompts_text,
+                workloads,
+                vllm_extra,
+                vllm_env(env, None),
+                log_dir,
+            )
         if "hf-cb" not in args.skip:
             results["hf-cb"] = run_peer(
                 "hf-cb",
@@ -398,18 +423,6 @@ def main() -> None:
                 env,
                 log_dir,
                 run_timeout_s=180,
-            )
-        if "vllm" not in args.skip and (VLLM_VENV / ".complete").exists():
-            results["vllm"] = run_peer(
-                "vllm",
-                vllm_argv,
-                "/health",
-                "bench",
-                prompts_text,
-                workloads,
-                vllm_extra,
-                vllm_env(env, None),
-                log_dir,
             )
         if "vllm-both" not in args.skip and (VLLM_VENV / ".complete").exists():
             results["vllm-both"] = run_peer(
@@ -479,10 +492,9 @@ def main() -> None:
     report["ratios"] = ratios(results, report.get("bound_tok_s", {}))
     text = json.dumps(report, indent=2)
     print(text)
-    out = args.out or REPO / "bench" / "results" / f"engine_v2_{args.part}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"wrote {out}")
+    out_path.write_text(text)
+    partial.unlink(missing_ok=True)
+    print(f"wrote {out_path}")
 
 
 def ratios(results: dict[str, dict[str, Any]], bounds: dict[str, float]) -> dict[str, dict[str, float]]:
