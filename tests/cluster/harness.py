@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.cluster import stages
 from tests.cluster.client import ClusterClient, poll
 from tests.cluster.pki import Pki, make_pki
 
@@ -402,7 +403,7 @@ class ControlPlane:
             [
                 str(b / "kwok"),
                 f"--kubeconfig={kwok_kc}",
-                f"--config={b / 'kwok-stages.yaml'}",
+                f"--config={stages.compose(b / 'kwok-stages.yaml', w / 'kwok-stages.yaml')}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector={}={}".format(*KWOK_NODE_ANNOTATION),
                 f"--cidr={POD_CIDR}",
