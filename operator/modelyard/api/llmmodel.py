@@ -26,6 +26,8 @@ __all__ = [
     "SINGULAR",
     "VERSION",
     "Autoscaling",
+    "AutoscalerStatus",
+    "AutoscalingMode",
     "Cache",
     "Condition",
     "ConditionType",
@@ -184,9 +186,16 @@ class Resources(_Model):
         return v
 
 
+class AutoscalingMode(StrEnum):
+    BUILTIN = "Builtin"
+    EXTERNAL = "External"
+
+
 class Autoscaling(_Model):
-    """Bounds for an external scaler (HPA, KEDA, the router's autoscaler) that writes spec.replicas
-    through the scale subresource. The operator never writes spec.replicas itself."""
+    """Replica bounds, and the operator's built-in autoscaler. Builtin: the operator sets spec.replicas
+    (through the scale subresource) from the requests in flight and waiting in the routers, and scales
+    from zero on the first held request. External: an HPA, KEDA or a person owns spec.replicas through
+    the scale subresource and the operator never writes it."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -201,6 +210,27 @@ class Autoscaling(_Model):
 
     min_replicas: int = Field(default=1, ge=0, description="Lowest replica count a scaler may set.")
     max_replicas: int = Field(ge=1, description="Highest replica count a scaler may set.")
+    mode: AutoscalingMode = Field(
+        default=AutoscalingMode.BUILTIN,
+        description="Builtin: the operator's autoscaler writes spec.replicas. External: it never does "
+        "(an HPA, KEDA or kubectl scale owns it).",
+    )
+    target_requests: int = Field(
+        default=16,
+        ge=1,
+        description="Builtin: requests in flight plus waiting per replica that the autoscaler aims for "
+        "(averaged over windowSeconds).",
+    )
+    window_seconds: int = Field(
+        default=30, ge=1, le=3600, description="Builtin: the averaging window of the load signal."
+    )
+    scale_down_delay_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=3600,
+        description="Builtin: the load must stay low this long before replicas are removed (the "
+        "stabilisation window: the highest need seen in it wins, so the count does not flap).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscaling:
@@ -315,7 +345,8 @@ class LLMModelSpec(_Model):
         default=None,
         ge=0,
         description="Number of server replicas (default 1, or autoscaling.minReplicas). Also the target of "
-        "the scale subresource, so `kubectl scale`, an HPA or KEDA may own it; the operator never writes it.",
+        "the scale subresource: the operator's autoscaler writes it there (autoscaling.mode Builtin); with "
+        "mode External `kubectl scale`, an HPA or KEDA own it and the operator never writes it.",
     )
     autoscaling: Autoscaling | None = Field(default=None, description=Autoscaling.__doc__)
     cache: Cache | None = Field(default=None, description=Cache.__doc__)
@@ -373,6 +404,17 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+class AutoscalerStatus(_Model):
+    """What the built-in autoscaler last decided (written only when it changes spec.replicas)."""
+
+    desired_replicas: int | None = Field(default=None, description="Replicas the autoscaler last set.")
+    last_scale_time: str | None = Field(default=None, description="When it last changed spec.replicas.")
+    reason: str | None = Field(
+        default=None, description="ScaleFromZero, ScaleUp, ScaleDown or ScaleToZero, with the numbers in message."
+    )
+    message: str | None = Field(default=None, description="The signal, target and counts behind the decision.")
+
+
 class LLMModelStatus(_Model):
     """Observed state, written only by the operator."""
 
@@ -399,6 +441,7 @@ class LLMModelStatus(_Model):
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Progressing and Degraded (metav1.Condition)."
     )
+    autoscaler: AutoscalerStatus | None = Field(default=None, description=AutoscalerStatus.__doc__)
 
     def condition(self, ctype: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == ctype.value), None)

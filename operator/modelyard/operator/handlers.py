@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -18,6 +19,8 @@ from pydantic import ValidationError
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel
 from modelyard.operator import metrics
+from modelyard.operator.autoscaler.loop import LoopState, autoscale_once
+from modelyard.operator.autoscaler.signal import LoadSignal
 from modelyard.operator.k8s import ApiError, Kube, TransientError
 from modelyard.operator.kopfconfig import configure_kopf
 from modelyard.operator.observed import ObservedState
@@ -40,6 +43,10 @@ class Runtime:
         self.state = ObservedState()
         self.syncer = StatusSyncer(self.state, self.kube, settings)
         self.prober = ProgressProber(self.state, self.syncer.touch, settings)
+        self.signal = LoadSignal(self._router_urls, settings.autoscaler_poll_seconds)
+
+    async def _router_urls(self) -> list[str]:
+        return list(self.settings.autoscaler_router_urls)
         metrics.register_models_by_phase(self.state.phases)
 
 
@@ -54,6 +61,8 @@ async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, 
     configure_kopf(settings, ours)
     runtime = Runtime(ours)
     runtime.prober.start()
+    if ours.autoscaler_router_urls:
+        runtime.signal.start()
     memo["runtime"] = runtime
 
 
@@ -61,6 +70,7 @@ async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, 
 async def llmmodel_operator_cleanup(memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     await runtime.prober.close()
+    await runtime.signal.close()
     await runtime.syncer.close()
     await runtime.kube.close()
 
@@ -143,3 +153,43 @@ async def pod_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> N
     key = runtime.state.set_pod(body, deleted=type == "DELETED")
     if key is not None:
         runtime.syncer.touch(key)
+
+
+@kopf.daemon(md.GROUP, md.VERSION, md.PLURAL, cancellation_timeout=2.0)
+async def llmmodel_autoscaler(
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """One per LLMModel; kopf stops it when peering pauses this operator, so one replica writes."""
+    runtime = _runtime(memo)
+    state = LoopState()
+    while not stopped:
+        # Wake right after each signal round: a held request at zero replicas acts within one poll.
+        await runtime.signal.wait_for_round(timeout=max(1.0, 2 * runtime.settings.autoscaler_poll_seconds))
+        if stopped:
+            break
+        try:
+            await autoscale_once(body, runtime.signal, runtime.kube, time.monotonic(), state)
+        except ValidationError:
+            await stopped.wait(5.0)  # the reconcile handler reports invalid specs
+        except (ApiError, TransientError) as exc:
+            logger.warning("autoscaler could not scale: %s", exc)
+            await stopped.wait(1.0)
+
+
+def _spawn_without_finalizer(fn: Any) -> None:
+    """kopf puts a finalizer on every object that has a daemon, so that it can stop the daemon before
+    the object goes. Ours only reads and PATCHes the scale subresource (a 404 after deletion is
+    harmless), and a finalizer would make LLMModels undeletable while the operator is down. kopf offers
+    no switch for it, so the registered handler is swapped for a copy without the flag
+    (tests/unit/operator/test_autoscaler_wiring.py fails if a kopf upgrade changes this)."""
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if h.fn is fn else h for h in spawning._handlers
+    ]
+
+
+_spawn_without_finalizer(llmmodel_autoscaler)

@@ -112,6 +112,18 @@ class Kube:
             )
         metrics.API_WRITES.labels(verb="patch", resource="LLMModel/status").inc()
 
+    async def patch_scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set spec.replicas through the LLMModel's scale subresource: the autoscaler's only write."""
+        async with self._inflight:
+            await self.client.patch(
+                LLMModelResource.Scale,
+                name,
+                {"spec": {"replicas": replicas}},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+        metrics.API_WRITES.labels(verb="patch", resource="LLMModel/scale").inc()
+
     async def post_event(self, model: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on the LLMModel, shown by `kubectl describe llm`."""
         now = dt.datetime.now(dt.UTC)

@@ -75,6 +75,17 @@ class OperatorSettings(BaseSettings):
         default=10.0,
         description="How often loading pods are asked for their load progress (GET /ready); 0 disables.",
     )
+    autoscaler_router_urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of every router (e.g. http://10.0.0.5:8080), whose GET /autoscaler/load "
+        "the built-in autoscaler sums. Empty: the autoscaler has no signal and never writes.",
+    )
+    autoscaler_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often the routers are asked for their load. Bounds the delay from the first "
+        "request held for a model at zero replicas to the scale-up (one interval plus one PATCH).",
+    )
     progress_step: float = Field(
         default=0.25,
         gt=0,

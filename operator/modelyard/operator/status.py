@@ -263,6 +263,8 @@ def build_status(
         conditions=_merge_conditions(
             model.status.conditions, [ready_cond, progressing, degraded], now, generation
         ),
+        # The autoscaler writes this part itself; carried through so that comparisons ignore it.
+        autoscaler=model.status.autoscaler,
     )
 
 

@@ -113,7 +113,10 @@ class StatusSyncer:
             model = LLMModel.from_body(body)
         except ValidationError:
             return False  # the reconcile handler reports invalid specs
-        previous = self._written.get(model.uid, model.status)
+        # status.autoscaler belongs to the autoscaler: take it from the object, never write it here.
+        previous = self._written.get(model.uid, model.status).model_copy(
+            update={"autoscaler": model.status.autoscaler}
+        )
         new = build_status(
             model.model_copy(update={"status": previous}),
             deployment,
@@ -125,6 +128,7 @@ class StatusSyncer:
         if new == previous:
             return False
         wire = new.to_wire()
+        wire.pop("autoscaler", None)
         self._written[model.uid] = new
         try:
             await self._kube.patch_status(key[0], key[1], wire)

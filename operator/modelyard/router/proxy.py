@@ -103,7 +103,8 @@ class Proxy:
         self.metrics = metrics
         self.session = session
         self.rng = rng or random.Random()
-        self.held: dict[str, int] = {}
+        self.held: dict[str, int] = {}  # per model: requests waiting for a ready pod
+        self.in_flight: dict[str, int] = {}  # per model: every request past lookup, held ones included
         self.draining = False  # set on SIGTERM: /readyz fails so the pod leaves its Service; still serving
         key = settings.upstream_api_key
         self.upstream_auth = f"Bearer {key.get_secret_value()}" if key is not None else None
@@ -173,6 +174,18 @@ class Proxy:
                 )
             )
 
+    def load(self) -> list[dict[str, object]]:
+        """Requests in flight and held per model, for the operator's autoscaler (GET /autoscaler/load)."""
+        return [
+            {
+                "name": route.name,
+                "source": route.source,
+                "inFlight": self.in_flight.get(route.name, 0),
+                "held": self.held.get(route.name, 0),
+            }
+            for route in self.table.snapshot.models
+        ]
+
     # ---- request path ------------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
@@ -192,12 +205,14 @@ class Proxy:
             self.keys.admit(key, route.name, routed.model)  # 403 / 429
         gauge = self.metrics.in_flight.labels(route.name)
         gauge.inc()
+        self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
         try:
             response = await self._route(request, ex, route, routed, body)
             tokens_used = ex.usage.total if ex.usage else 0
             return response
         finally:
             gauge.dec()
+            self.in_flight[route.name] -= 1
             if key is not None:
                 self.keys.release(key, tokens_used)
 

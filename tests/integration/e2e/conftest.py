@@ -92,6 +92,10 @@ class Stack:
         assert obj is not None, name
         return obj
 
+    def replicas(self, name: str) -> int | None:
+        replicas = self.get(name)["spec"].get("replicas")
+        return None if replicas is None else int(replicas)
+
     def events(self, name: str) -> list[dict[str, Any]]:
         got = self.cluster.request(
             "GET",
@@ -138,6 +142,8 @@ def stack(
         },
     )
     port = free_port()
+    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_URLS"] = f'["http://127.0.0.1:{port}"]'
+    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_POLL_SECONDS"] = "0.25"
     router = Proc(
         [sys.executable, "-m", "modelyard.router"],
         port,
@@ -161,8 +167,8 @@ def stack(
     finally:
         print(st.logs())
         router.kill()
-        operator.stop()
         kube_cluster.kubectl("delete", md.PLURAL, "--all", "-n", ns, "--wait=false", check=False)
+        operator.stop()
         runner.stop()
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         kube_cluster.delete_nodes(nodes)
