@@ -25,8 +25,8 @@ __all__ = [
     "SHORT_NAMES",
     "SINGULAR",
     "VERSION",
-    "Autoscaling",
     "AutoscalerStatus",
+    "Autoscaling",
     "AutoscalingMode",
     "Cache",
     "Condition",
@@ -410,9 +410,11 @@ class AutoscalerStatus(_Model):
     desired_replicas: int | None = Field(default=None, description="Replicas the autoscaler last set.")
     last_scale_time: str | None = Field(default=None, description="When it last changed spec.replicas.")
     reason: str | None = Field(
-        default=None, description="ScaleFromZero, ScaleUp, ScaleDown or ScaleToZero, with the numbers in message."
+        default=None, description="ScaleFromZero, ScaleUp, ScaleDown or ScaleToZero (numbers in message)."
     )
-    message: str | None = Field(default=None, description="The signal, target and counts behind the decision.")
+    message: str | None = Field(
+        default=None, description="The signal, target and counts behind the decision."
+    )
 
 
 class LLMModelStatus(_Model):

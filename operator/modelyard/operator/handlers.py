@@ -44,10 +44,10 @@ class Runtime:
         self.syncer = StatusSyncer(self.state, self.kube, settings)
         self.prober = ProgressProber(self.state, self.syncer.touch, settings)
         self.signal = LoadSignal(self._router_urls, settings.autoscaler_poll_seconds)
+        metrics.register_models_by_phase(self.state.phases)
 
     async def _router_urls(self) -> list[str]:
         return list(self.settings.autoscaler_router_urls)
-        metrics.register_models_by_phase(self.state.phases)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -168,7 +168,7 @@ async def llmmodel_autoscaler(
     state = LoopState()
     while not stopped:
         # Wake right after each signal round: a held request at zero replicas acts within one poll.
-        await runtime.signal.wait_for_round(timeout=max(1.0, 2 * runtime.settings.autoscaler_poll_seconds))
+        await runtime.signal.wait_for_round(max(1.0, 2 * runtime.settings.autoscaler_poll_seconds))
         if stopped:
             break
         try:

@@ -47,7 +47,9 @@ def test_scale_from_zero_then_back_to_zero(stack: Stack) -> None:
     result: dict[str, Any] = {}
 
     def stream() -> None:
-        client = openai.OpenAI(base_url=stack.router.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        client = openai.OpenAI(
+            base_url=stack.router.url + "/v1", api_key="unused", max_retries=0, timeout=300
+        )
         started = time.monotonic()
         result["started"] = started
         pieces = []

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-
 HISTORY_MARGIN_S = 5.0
 
 

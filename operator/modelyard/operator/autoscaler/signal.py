@@ -80,9 +80,10 @@ class LoadSignal:
             return []
         return [s for s in history if s.at >= now - horizon_s]
 
-    async def wait_for_round(self, timeout: float) -> None:
+    async def wait_for_round(self, limit_s: float) -> None:
+        """Until the next complete round, or ``limit_s``."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._updated.wait(), timeout)
+            await asyncio.wait_for(self._updated.wait(), limit_s)
 
     # ---- polling -----------------------------------------------------------------------------------
 
