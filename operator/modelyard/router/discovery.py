@@ -188,8 +188,10 @@ def ready_urls(slice_obj: Mapping[str, Any]) -> list[str]:
     urls = []
     for ep in slice_obj.get("endpoints") or []:
         conditions = ep.get("conditions") or {}
-        # Per the EndpointSlice API, a nil `ready` means unknown and is to be treated as ready.
-        if conditions.get("ready") is False:
+        # Per the EndpointSlice API, a nil `ready` means unknown and is to be treated as ready. A
+        # terminating pod gets no new request even where `ready` stays true (publishNotReadyAddresses):
+        # it is draining its in-flight streams (preStop, then the server's graceful shutdown).
+        if conditions.get("ready") is False or conditions.get("terminating") is True:
             continue
         addresses = ep.get("addresses") or []
         if not addresses:

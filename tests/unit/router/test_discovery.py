@@ -90,6 +90,12 @@ def test_only_ready_endpoints_are_routable_and_nil_ready_counts_as_ready() -> No
     assert ready_urls(sl) == ["http://10.0.0.1:8000", "http://10.0.0.3:8000"]
 
 
+def test_a_terminating_pod_gets_no_new_requests_even_when_still_marked_ready() -> None:
+    sl = endpoint_slice("s", "m", [("10.0.0.1", True), ("10.0.0.2", True)])
+    sl["endpoints"][1]["conditions"] = {"ready": True, "serving": True, "terminating": True}
+    assert ready_urls(sl) == ["http://10.0.0.1:8000"]
+
+
 def test_ipv6_addresses_are_bracketed() -> None:
     sl = endpoint_slice("s", "m", [("fd00::1", True)]) | {"addressType": "IPv6"}
     assert ready_urls(sl) == ["http://[fd00::1]:8000"]

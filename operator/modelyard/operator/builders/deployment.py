@@ -21,6 +21,13 @@ CACHE_MOUNT = "/cache"
 MODELS_MOUNT = "/models"
 RUN_AS_USER = 1000
 PROBE_PERIOD_SECONDS = 10
+# Graceful stop (scale-down, rollout): the pod leaves its EndpointSlice the moment it is deleted, but the
+# routers see that a little later; the preStop sleep keeps the server answering meanwhile. Then SIGTERM:
+# uvicorn stops accepting and lets in-flight streams finish (server __main__: timeout_graceful_shutdown,
+# SERVER_DRAIN_SECONDS). The grace period covers both with room to spare before SIGKILL.
+PRE_STOP_SLEEP_SECONDS = 5
+SERVER_DRAIN_SECONDS = 30
+TERMINATION_GRACE_SECONDS = PRE_STOP_SLEEP_SECONDS + SERVER_DRAIN_SECONDS + 10
 
 SCRAPE_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
@@ -113,9 +120,11 @@ def _probes(settings: OperatorSettings) -> dict[str, Any]:
             "failureThreshold": 3,
             "timeoutSeconds": 5,
         },
+        # Probed often: every second a loaded replica waits to be marked ready adds to a cold start
+        # from zero, while held requests wait (the probe is a cheap in-process check).
         "readinessProbe": {
             "httpGet": get("/ready"),
-            "periodSeconds": 5,
+            "periodSeconds": 2,
             "failureThreshold": 3,
             "timeoutSeconds": 5,
         },
@@ -187,6 +196,8 @@ def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, A
         "resources": _resources(model),
         "volumeMounts": mounts,
         "securityContext": CONTAINER_SECURITY_CONTEXT,
+        # The sleep action needs no binary in the image (Kubernetes >= 1.30).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}},
         **_probes(settings),
     }
     if spec.server.env_from:
@@ -197,7 +208,7 @@ def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, A
         "securityContext": POD_SECURITY_CONTEXT,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
     }
     if spec.source is ModelSource.S3:
         pod_spec["initContainers"] = [_s3_init_container(model, settings)]
