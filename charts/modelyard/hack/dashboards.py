@@ -661,6 +661,48 @@ def per_model() -> dict[str, Any]:
                 targets=quantiles("modelyard_router_hold_duration_seconds", "", S),
             ),
         ],
+        "Autoscaler (operator, built-in mode)",
+        [
+            Panel(
+                "Autoscaler: load signal vs target",
+                "Requests in flight for this model in every router (held ones included), their average over "
+                "the model's window, and what the desired replicas can take at targetRequests each.",
+                w=col,
+                targets=[
+                    Target(f"max(modelyard_operator_autoscaler_requests{{{S}}})", "in flight"),
+                    Target(f"max(modelyard_operator_autoscaler_requests_average{{{S}}})", "window average"),
+                    Target(
+                        f"max(modelyard_operator_autoscaler_target_requests{{{S}}} "
+                        f"* modelyard_operator_autoscaler_desired_replicas{{{S}}})",
+                        "capacity at target",
+                    ),
+                    Target(f"max(modelyard_operator_autoscaler_held_requests{{{S}}})", "held (no pod ready)"),
+                ],
+            ),
+            Panel(
+                "Autoscaler: desired vs ready replicas",
+                "Replicas the autoscaler wants, and pods the routers can send to. The gap is a cold start.",
+                w=col,
+                targets=[
+                    Target(f"max(modelyard_operator_autoscaler_desired_replicas{{{S}}})", "desired"),
+                    Target(f'max(modelyard_router_endpoints{{{S}, state="ready"}})', "ready"),
+                ],
+            ),
+            Panel(
+                "Autoscaler: decisions",
+                "Replica changes written through the scale subresource, by reason; each is also an Event on "
+                "the LLMModel with the numbers behind it (`kubectl describe llm`).",
+                w=col,
+                stack=True,
+                targets=[
+                    Target(
+                        f"sum by (reason) (increase(modelyard_operator_autoscaler_decisions_total{{{S}}}"
+                        f"[{RATE}]))",
+                        "{{reason}}",
+                    )
+                ],
+            ),
+        ],
     ]
     return _dashboard(
         "modelyard-model",

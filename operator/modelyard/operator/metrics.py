@@ -36,7 +36,8 @@ STATUS_UPDATES = Counter(
 )
 
 
-_MODEL = ["namespace", "llmmodel"]
+# `model` is the served name, as on the router's and the server's metrics (the dashboards select on it).
+_MODEL = ["namespace", "llmmodel", "model"]
 AUTOSCALER_REQUESTS = Gauge(
     "modelyard_operator_autoscaler_requests",
     "Autoscaler signal: requests in flight for the model in every router (held ones included).",

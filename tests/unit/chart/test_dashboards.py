@@ -125,6 +125,9 @@ def test_model_dashboard_puts_router_server_and_operator_side_by_side() -> None:
         "vllm:time_per_output_token_seconds_bucket",
         "modelyard_operator_reconcile_errors_total",
         'modelyard_router_endpoints{model="$model", state="ready"}',
+        'modelyard_operator_autoscaler_requests{model="$model"}',
+        'modelyard_operator_autoscaler_desired_replicas{model="$model"}',
+        'modelyard_operator_autoscaler_decisions_total{model="$model"}',
     ):
         assert needle in exprs
     assert columns[0] == {"Router"} or "Router" in columns[0]

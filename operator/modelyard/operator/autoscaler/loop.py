@@ -72,13 +72,13 @@ async def autoscale_once(
     """One look at one model; returns the decision when it changed the replica count."""
     model = LLMModel.from_body(body)
     policy = policy_of(model)
-    labels = (model.namespace, model.name)
+    labels = (model.namespace, model.name, model.served_name)
     if policy is None:
         return None
     current = model.spec.desired_replicas
     if state.written is not None and current != state.written and now - state.written_at < WRITE_SETTLE_S:
         current = state.written  # our own scale write has not reached the watched copy yet
-    samples = signal.samples(labels, policy.horizon_s)
+    samples = signal.samples((model.namespace, model.name), policy.horizon_s)
     decision = decide(samples, policy, current, now)
     metrics.AUTOSCALER_TARGET.labels(*labels).set(policy.target_requests)
     if decision.latest is not None:
