@@ -284,10 +284,39 @@ init container (`aws s3 sync`, image set by the operator's `MODELYARD_OPERATOR_S
 emptyDir; credentials come from `spec.server.envFrom` (a Secret with `AWS_*` keys) or the pod's cloud
 identity (IRSA, pod identity).
 
-Scaling: `spec.replicas` is the target of the `scale` subresource (`kubectl scale llm`, an HPA or KEDA
-`ScaledObject` pointing at the LLMModel). The operator copies it to the Deployment, clamped to
-`autoscaling.minReplicas..maxReplicas` when set, and never writes it back. Set `spec.replicas` (within
-the bounds) when an HPA will own it: an HPA reads an unset `spec.replicas` as 0 and does not scale from 0.
+Scaling: `spec.replicas` is the target of the `scale` subresource. The operator copies it to the
+Deployment, clamped to `autoscaling.minReplicas..maxReplicas` when set.
+
+## Autoscaling
+
+With `spec.autoscaling` and `mode: Builtin` (the default) the operator's autoscaler owns `spec.replicas`
+and writes it only through the scale subresource:
+
+```yaml
+spec:
+  autoscaling:
+    minReplicas: 0              # 0: scale to zero when idle; the first request scales it back up
+    maxReplicas: 4
+    targetRequests: 16          # requests in flight + waiting per replica to aim for
+    windowSeconds: 30           # averaging window for scaling up
+    scaleDownDelaySeconds: 120  # the load must stay low this long before replicas go
+```
+
+- The signal is the routers' own count of requests in flight for the model (answered or held while no pod
+  is ready), summed over router replicas. Replicas wanted = `ceil(average / targetRequests)`.
+- **Scale from zero**: at 0 replicas the first request is held by the router and sets replicas to 1 within
+  about a second (the router's `hold_max_wait_s` bounds how long it waits for the pod to be ready).
+- **Scale up** at once when the window average needs more replicas; **scale down** only after
+  `scaleDownDelaySeconds` during which the highest need stayed lower (no flapping), never below what the
+  requests in flight need, never below `minReplicas`.
+- Every change is an Event on the LLMModel (`ScaledFromZero`, `ScaledUp`, `ScaledDown`, `ScaledToZero`)
+  with the numbers behind it, and `status.autoscaler` shows the last decision (`kubectl get llm -o yaml`).
+- Scale-down and rollouts drain: a removed pod gets no new requests and finishes its streams first.
+
+`mode: External` hands `spec.replicas` to someone else (`kubectl scale llm`, an HPA or a KEDA
+`ScaledObject` pointing at the LLMModel's scale subresource): the operator then never writes it. Set
+`spec.replicas` (within the bounds) when an HPA will own it: an HPA reads an unset `spec.replicas` as 0
+and does not scale from 0. Without `spec.autoscaling`, replicas are whatever `spec.replicas` says.
 """
 
 
