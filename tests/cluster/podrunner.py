@@ -334,7 +334,10 @@ class PodRunner:
         time.sleep(float(probe.get("initialDelaySeconds", 0)))
         ok_run = fail_run = 0
         while not pod.done.is_set() and not self._stop.is_set():
-            ok = _http_ok(url, timeout)
+            status = _http_status(url, timeout)
+            if status and not any(what == "answering" for _, what in pod.events):
+                pod.mark("answering")  # the server listens (it may still be loading): for cold-start stages
+            ok = 200 <= status < 400
             ok_run, fail_run = (ok_run + 1, 0) if ok else (0, fail_run + 1)
             if ok and ok_run >= successes_needed and pod.ready is not True:
                 self._set_ready(pod, True)
@@ -417,12 +420,15 @@ class PodRunner:
             self.cluster.request("DELETE", path, body)
 
 
-def _http_ok(url: str, timeout: float) -> bool:
+def _http_status(url: str, timeout: float) -> int:
+    """The probe's HTTP status; 0 when nothing answered."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return 200 <= int(resp.status) < 400
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
     except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return 0
 
 
 def pod_ips(cluster: ClusterClient, namespace: str, selector: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.integration.e2e.conftest import Stack
+from tests.integration.e2e.stack import Stack
 
 pytestmark = pytest.mark.timeout(600)
 

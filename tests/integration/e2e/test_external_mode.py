@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 
-from tests.integration.e2e.conftest import Stack
+from tests.integration.e2e.stack import Stack
 from tests.integration.e2e.test_autoscaling import routed, wait
 
 pytestmark = pytest.mark.timeout(300)

@@ -10,7 +10,7 @@ import uuid
 import openai
 import pytest
 
-from tests.integration.e2e.conftest import Stack
+from tests.integration.e2e.stack import Stack
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.e2e.conftest import Stack
 from tests.integration.e2e.load import Load, served_by
+from tests.integration.e2e.stack import Stack
 from tests.integration.e2e.test_autoscaling import wait
 
 pytestmark = pytest.mark.timeout(900)

@@ -85,13 +85,35 @@ def test_scale_to_zero_once_the_delay_of_quiet_has_passed() -> None:
     assert "replicas 5 -> 0" in d.message(5, POLICY)
 
 
-def test_scale_down_keeps_the_peak_need_of_the_delay_window() -> None:
-    # Load 40 -> 12 (needs 2) for the last 35 s: down to 2, not 0, and one spike of 20 inside the delay
-    # window keeps 3.
+def test_scale_down_goes_to_the_peak_need_of_the_last_window() -> None:
+    # Load 40 -> 12 (needs 2) for the last 35 s: down to 2, not 0, and one spike of 20 in the last 10 s
+    # keeps 3.
     samples = [*steady(40, 0, 60), *steady(12, 60.5, 95)]
     assert decide(samples, POLICY, current=5, now=95.0).desired == 2
-    spiky = [*steady(40, 0, 60), *steady(12, 60.5, 80), Sample(80.5, 20), *steady(12, 81, 95)]
+    spiky = [*steady(40, 0, 60), *steady(12, 60.5, 88), Sample(88.5, 20), *steady(12, 89, 95)]
     assert decide(spiky, POLICY, current=5, now=95.0).desired == 3
+
+
+def test_a_busy_moment_inside_the_delay_keeps_the_replicas() -> None:
+    # Idle but for one burst needing all 5, 20 s ago (inside the 30 s delay): no scale-down yet.
+    samples = [*steady(0, 0, 75), Sample(75.5, 40), *steady(0, 76, 95)]
+    assert decide(samples, POLICY, current=5, now=95.0).reason is Reason.STEADY
+
+
+def test_a_load_that_stops_raggedly_scales_down_in_one_step() -> None:
+    """The last streams of a load end one after another; the count still goes 3 -> 1 once."""
+    policy = Policy(1, 3, 4, 10, 15)
+    tail = [Sample(60.0, 12), Sample(60.3, 8), Sample(60.6, 4), Sample(60.9, 1)]
+    samples: list[Sample] = [*steady(12, 0, 59.5), *tail]
+    current, decisions, t = 3, [], 61.0
+    while t < 100:
+        samples.append(Sample(t, 0))
+        d = decide([s for s in samples if s.at >= t - 20], policy, current, t)
+        if d.changes:
+            decisions.append((t, current, d.desired))
+            current = d.desired
+        t += 0.25
+    assert [(old, new) for _, old, new in decisions] == [(3, 1)], decisions
 
 
 def test_never_below_min_replicas() -> None:

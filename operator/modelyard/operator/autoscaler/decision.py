@@ -8,9 +8,10 @@ held while no pod is ready. Rules, in order:
 * Scale up: the average over ``windowSeconds``, divided by ``targetRequests`` and rounded up, above
   the current count raises it at once (up to ``maxReplicas``).
 * Scale down: only when the samples span ``scaleDownDelaySeconds`` and the *highest* need seen in that
-  span is below the current count (HPA's stabilisation window: a single busy moment in the delay keeps
-  the replicas, so the count never flaps). Never below what the requests in flight right now need, nor
-  below ``minReplicas`` (0 allowed: scale to zero).
+  span is below the current count (a stabilisation window, as HPA's: one busy moment in the delay keeps
+  the replicas, so the count does not flap). It then goes in one step to the highest need seen in the
+  last ``windowSeconds``: a load that stopped scales down once, not once per straggling request.
+  Never below what the requests in flight right now need, nor below ``minReplicas`` (0: scale to zero).
 """
 
 from __future__ import annotations
@@ -102,10 +103,13 @@ def decide(samples: Sequence[Sample], policy: Policy, current: int, now: float) 
 
     covered = samples[0].at <= now - policy.scale_down_delay_s
     if covered:
-        recent = [s for s in samples if s.at >= now - policy.scale_down_delay_s]
-        peak = max(need(s.in_flight, policy.target_requests) for s in recent)
-        wanted_down = policy.clamp(max(peak, needed_now))
-        if wanted_down < current:
+        delay = [s for s in samples if s.at >= now - policy.scale_down_delay_s]
+        peak_in_delay = max(need(s.in_flight, policy.target_requests) for s in delay)
+        # Low load for the whole delay: go straight to what the last window needs (its peak), in one
+        # step, rather than stepping down as the tail of a stopped load ages out of the delay.
+        peak_in_window = max(need(s.in_flight, policy.target_requests) for s in window)
+        wanted_down = policy.clamp(max(peak_in_window, needed_now))
+        if peak_in_delay < current and wanted_down < current:
             reason = Reason.SCALE_TO_ZERO if wanted_down == 0 else Reason.SCALE_DOWN
             return Decision(wanted_down, reason, average, latest)
     if current < policy.min_replicas or current > policy.max_replicas:
