@@ -30,6 +30,7 @@ from modelyard.operator.settings import OperatorSettings, get_settings
 from modelyard.operator.statussync import StatusSyncer
 
 CHILD_LABELS = {md.LABEL_MANAGED_BY: md.FIELD_MANAGER}
+ROUTER_SERVICE_REFRESH_S = 10.0
 
 
 class Runtime:
@@ -45,9 +46,24 @@ class Runtime:
         self.prober = ProgressProber(self.state, self.syncer.touch, settings)
         self.signal = LoadSignal(self._router_urls, settings.autoscaler_poll_seconds)
         metrics.register_models_by_phase(self.state.phases)
+        self._service_urls: list[str] = []
+        self._service_read_at = -ROUTER_SERVICE_REFRESH_S
 
     async def _router_urls(self) -> list[str]:
-        return list(self.settings.autoscaler_router_urls)
+        """The routers to poll: the configured URLs plus the router Service's ready pods (cached)."""
+        target = self.settings.autoscaler_router_service
+        if target and time.monotonic() - self._service_read_at >= ROUTER_SERVICE_REFRESH_S:
+            namespace, _, name = target.partition("/")
+            try:
+                self._service_urls = await self.kube.service_endpoints(namespace, name, md.ROUTER_PORT_NAME)
+                self._service_read_at = time.monotonic()
+            except (ApiError, TransientError) as exc:
+                logging.getLogger(__name__).warning("cannot list the routers of %s: %s", target, exc)
+        return [*self.settings.autoscaler_router_urls, *self._service_urls]
+
+    @property
+    def autoscaling_enabled(self) -> bool:
+        return bool(self.settings.autoscaler_router_urls or self.settings.autoscaler_router_service)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -61,7 +77,7 @@ async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, 
     configure_kopf(settings, ours)
     runtime = Runtime(ours)
     runtime.prober.start()
-    if ours.autoscaler_router_urls:
+    if runtime.autoscaling_enabled:
         runtime.signal.start()
     memo["runtime"] = runtime
 

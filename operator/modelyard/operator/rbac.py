@@ -11,6 +11,7 @@ Why each rule exists:
   PDBs are also deleted when a model scales down to one replica. Deployments are watched for status.
 - pods: watched (list/watch only) for readiness and the scheduler's reason.
 - events: the Events posted on LLMModels (create) and kopf's failure events.
+- endpointslices list: the autoscaler finds the router pods to poll behind the routers' Service.
 - kopf.dev peerings: HA peering (keep-alives are patches on the peering object's status).
 """
 
@@ -48,6 +49,7 @@ RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
     {
         "apiGroups": ["kopf.dev"],
         "resources": ["clusterkopfpeerings", "kopfpeerings"],

@@ -80,6 +80,11 @@ class OperatorSettings(BaseSettings):
         description="Base URLs of every router (e.g. http://10.0.0.5:8080), whose GET /autoscaler/load "
         "the built-in autoscaler sums. Empty: the autoscaler has no signal and never writes.",
     )
+    autoscaler_router_service: str | None = Field(
+        default=None,
+        description="The routers' Service as namespace/name: every ready router pod behind it (from its "
+        "EndpointSlices, re-read every 10 s) is polled. Added to autoscaler_router_urls.",
+    )
     autoscaler_poll_seconds: float = Field(
         default=0.5,
         gt=0,
