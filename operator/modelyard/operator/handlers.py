@@ -4,6 +4,8 @@
   TemporaryError with back-off).
 - LLMModel, Deployment and Pod watch events -> the observed state, then a debounced status sync
   (level-triggered: status follows what the cluster actually does, including the scheduler).
+- One daemon per LLMModel -> the built-in autoscaler (autoscaler/loop.py), woken after each poll of the
+  routers; kopf stops daemons on a peering-paused operator, so only the active one writes replicas.
 """
 
 from __future__ import annotations
