@@ -15,18 +15,24 @@ from typing import Any
 import openai
 import pytest
 
+from tests.cluster.client import ApiError
 from tests.integration.e2e.stack import Stack
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def wait(what: str, check: Any, timeout: float, stack: Stack, interval: float = 0.1) -> Any:
+    """Poll ``check`` until truthy; an API call that fails on the busy shared machine is retried."""
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while True:
-        value = check()
+        try:
+            value = check()
+        except (OSError, ApiError) as exc:  # urllib's URLError is an OSError
+            value, last_error = None, exc
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{stack.logs()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what} ({last_error!r})\n{stack.logs()}"
         time.sleep(interval)
 
 
