@@ -177,6 +177,7 @@ def test_probes_port_and_scrape_annotations() -> None:
         "prometheus.io/scrape": "true",
         "prometheus.io/port": "8000",
         "prometheus.io/path": "/metrics",
+        "modelyard.dev/engine": "modelyard",
     }
 
 
@@ -189,7 +190,7 @@ def test_non_root_hardened_security_context_and_shm() -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod(d)["securityContext"]["runAsNonRoot"] is True
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod(d)["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod(d)["volumes"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container(d)["volumeMounts"]
 
 
