@@ -43,8 +43,9 @@ class EngineContainer:
 class EngineBuilder(Protocol):
     engine: Engine
     # GET path answering {"status": "loading", "stage", "progress"} while loading; None: the operator
-    # falls back to the engine's health path (probes.startup).
+    # falls back to `health_path`.
     progress_path: str | None
+    health_path: str
 
     def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer: ...
 

@@ -32,6 +32,7 @@ def server_args(model: LLMModel) -> list[str]:
 
 class ModelyardEngine:
     engine = Engine.MODELYARD
+    health_path = "/health"
     progress_path: str | None = "/ready"
 
     def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer:
@@ -43,7 +44,7 @@ class ModelyardEngine:
             command=["modelyard-server"],
             args=server_args(model),
             env=env,
-            probes=Probes(startup="/health", liveness="/health", readiness="/ready"),
+            probes=Probes(startup=self.health_path, liveness=self.health_path, readiness="/ready"),
             # One process per pod: /dev/shm only serves tokenizers and torch's own small buffers.
             shm_size_limit="1Gi",
         )

@@ -47,6 +47,7 @@ def sglang_args(model: LLMModel) -> list[str]:
 
 class SglangEngine:
     engine = Engine.SGLANG
+    health_path = "/health"
     progress_path: str | None = None
 
     def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer:
@@ -55,7 +56,7 @@ class SglangEngine:
             command=["python3", "-m", "sglang.launch_server"],
             args=sglang_args(model),
             env=[{"name": "HOME", "value": "/tmp"}],
-            probes=Probes(startup="/health", liveness="/health", readiness="/health"),
+            probes=Probes(startup=self.health_path, liveness=self.health_path, readiness=self.health_path),
             shm_size_limit=settings.shm_size_limit,
         )
 

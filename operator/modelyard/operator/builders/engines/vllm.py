@@ -43,6 +43,7 @@ def vllm_args(model: LLMModel) -> list[str]:
 
 class VllmEngine:
     engine = Engine.VLLM
+    health_path = "/health"
     progress_path: str | None = None
 
     def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer:
@@ -52,7 +53,7 @@ class VllmEngine:
             args=vllm_args(model),
             # The image expects root's home; as uid 1000, caches (compile, hub) go under /tmp.
             env=[{"name": "HOME", "value": "/tmp"}],
-            probes=Probes(startup="/health", liveness="/health", readiness="/health"),
+            probes=Probes(startup=self.health_path, liveness=self.health_path, readiness=self.health_path),
             shm_size_limit=settings.shm_size_limit,
         )
 
