@@ -91,9 +91,12 @@ def _map(name: str) -> str:
 _metadata.version = lambda name: _version(_map(name))
 _metadata.distribution = lambda name: _distribution(_map(name))
 
-from vllm.entrypoints.cli.main import main  # noqa: E402
+# vLLM starts its engine with multiprocessing "spawn", which re-imports this file as __mp_main__: the
+# mapping above must apply there too, the CLI must not run again.
+if __name__ == "__main__":
+    from vllm.entrypoints.cli.main import main
 
-sys.exit(main())
+    sys.exit(main())
 EOF
 chmod +x "$venv/bin/vllm"
 "$venv/bin/vllm" --version >&2
