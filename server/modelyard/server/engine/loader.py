@@ -226,7 +226,10 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         split, device_map = plan_placement(auto_cls, hf_config, dtype, devices, num_layers)
         placement = split.describe()
         step(f"placing layers: {placement}", 0.15, devices=devices)
-    step("loading weights", 0.2, placement=placement)
+    # While the (long) weight load runs, /ready and the LLMModel's loadProgress say where layers go.
+    step(
+        "loading weights" if device_map is None else f"loading weights: {placement}", 0.2, placement=placement
+    )
     try:
         model = auto_cls.from_pretrained(
             config.model, config=hf_config, dtype=dtype, device_map=device_map, **common

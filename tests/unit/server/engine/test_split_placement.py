@@ -33,6 +33,15 @@ def test_split_load_says_where_each_layer_went(split_models: dict[str, LoadedMod
     assert hooked, "the parts are dispatched with accelerate hooks"
 
 
+def test_load_progress_names_the_placement(model_dirs: dict[str, Path]) -> None:
+    stages: list[str] = []
+    load_model(
+        EngineConfig(model=str(model_dirs["llama"]), device="cpu", tensor_parallel_size=2),
+        lambda stage, _: stages.append(stage),
+    )
+    assert "loading weights: layers 0 on cpu, layers 1 on cpu (embeddings on cpu, head on cpu)" in stages
+
+
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 async def test_split_model_gives_the_same_tokens_as_one_device(
     split_models: dict[str, LoadedModel], loaded_models: dict[str, LoadedModel], kind: str
