@@ -298,3 +298,20 @@ ACCEPTED = [
 @pytest.mark.parametrize("spec", ACCEPTED)
 def test_neighbouring_combinations_are_accepted(spec: dict[str, Any]) -> None:
     assert model(**spec).spec.engine.value == spec["engine"]
+
+
+def test_the_builtin_server_accepts_every_flag_the_operator_builds() -> None:
+    from modelyard.server.settings import parse_settings
+
+    c = container(
+        deploy(
+            servedName="chat",
+            aliases=["a"],
+            task="embed",
+            resources={"gpus": 4},
+            server={"dtype": "bfloat16", "maxModelLen": 64, "maxNumSeqs": 8},
+        )
+    )
+    s = parse_settings(c["args"])
+    assert (s.served_model_name, s.alias, s.task, s.tensor_parallel_size) == ("chat", ["a"], "embed", 4)
+    assert (s.host, s.port, s.max_model_len, s.max_num_seqs) == ("0.0.0.0", 8000, 64, 8)
