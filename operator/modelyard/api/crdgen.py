@@ -51,6 +51,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
         "description": "Why the model is (not) ready.",
     },
+    {"name": "Engine", "type": "string", "jsonPath": ".spec.engine", "priority": 1},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
     {"name": "Progress", "type": "string", "jsonPath": ".status.loadProgress", "priority": 1},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},

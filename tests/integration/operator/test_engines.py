@@ -64,6 +64,8 @@ def test_each_engine_becomes_ready_with_its_own_container(
     ]
     assert pod["metadata"]["annotations"]["modelyard.dev/engine"] == engine
     assert pod["spec"]["nodeName"]  # scheduled on a GPU node with room for 2 GPUs
+    wide = kube_cluster.kubectl("get", "llm", name, "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert dict(zip(wide[0].split(), wide[1].split(), strict=False))["ENGINE"] == engine
 
 
 def test_a_four_gpu_vllm_model_gets_four_gpus_and_the_matching_flag(
