@@ -57,8 +57,12 @@ SPEC: dict[str, Any] = {
 }
 
 
-def operator_container() -> dict[str, Any]:
-    body = {"metadata": {"name": "tiny-vllm", "namespace": "test", "uid": "u"}, "spec": SPEC}
+EMBED_MODEL = "tiny-embed"
+EMBED_SPEC: dict[str, Any] = {**SPEC, "task": "embed", "servedName": EMBED_MODEL, "aliases": []}
+
+
+def operator_container(spec: dict[str, Any] = SPEC) -> dict[str, Any]:
+    body = {"metadata": {"name": "tiny-vllm", "namespace": "test", "uid": "u"}, "spec": spec}
     deployment = build_deployment(LLMModel.from_body(body), OperatorSettings())
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return dict(container)
@@ -89,13 +93,11 @@ def vllm_venv() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def vllm_server(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    container = operator_container()
+def start_vllm(spec: dict[str, Any], vllm_venv: Path, log: Path) -> Proc:
+    container = operator_container(spec)
     model_dir = ensure_vllm_tiny_llama(CACHE / "test-models" / "vllm-tiny-llama")
     port = free_port()
     argv = local_argv(container, vllm_venv, model_dir, port)
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
     env.update(
@@ -112,6 +114,12 @@ def vllm_server(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     # The venv's python, not the test's: Proc adds the repo to PYTHONPATH, which vLLM does not need.
     proc.start(ready, timeout_s=START_TIMEOUT_S)
     print(f"vLLM ready after {time.monotonic() - started:.0f}s: {' '.join(argv)}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    proc = start_vllm(SPEC, vllm_venv, tmp_path_factory.mktemp("vllm") / "vllm.log")
     try:
         yield proc
     finally:
@@ -180,6 +188,30 @@ async def test_stream_with_usage_through_the_router(router: Proc) -> None:
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 8
     assert text
+
+
+async def test_task_embed_on_vllm_through_the_router(
+    vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`task: embed` becomes `--runner pooling --convert embed`; the router serves both models."""
+    assert _contains(operator_container(EMBED_SPEC)["args"], ["--runner", "pooling", "--convert", "embed"])
+    embed = start_vllm(EMBED_SPEC, vllm_venv, tmp_path_factory.mktemp("vllm-embed") / "vllm.log")
+    tmp = tmp_path_factory.mktemp("router-embed")
+    config = write_config(tmp / "models.json", {EMBED_MODEL: [embed.url]})
+    routed = start_router(tmp, config)
+    try:
+        direct = await sdk(embed.url).embeddings.create(model=EMBED_MODEL, input=["a router", "b"])
+        via = await sdk(routed.url).embeddings.create(model=EMBED_MODEL, input=["a router", "b"])
+        assert [e.embedding for e in via.data] == [e.embedding for e in direct.data]
+        assert len(via.data[0].embedding) == 128  # the tiny model's hidden size
+        assert via.usage.prompt_tokens == direct.usage.prompt_tokens > 0
+    finally:
+        routed.kill()
+        embed.kill()
+
+
+def _contains(haystack: list[str], needle: list[str]) -> bool:
+    return any(haystack[i : i + len(needle)] == needle for i in range(len(haystack) - len(needle) + 1))
 
 
 async def test_models_and_errors_through_the_router(router: Proc) -> None:
