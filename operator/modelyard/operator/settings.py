@@ -47,11 +47,6 @@ class OperatorSettings(BaseSettings):
         description="Default image of the sglang engine (runs `python3 -m sglang.launch_server`; "
         "spec.server.image overrides it).",
     )
-    shm_size_limit: str = Field(
-        default="16Gi",
-        description="sizeLimit of the /dev/shm memory emptyDir of vllm and sglang pods (NCCL and their "
-        "worker processes exchange tensors through it; it counts against the pod's memory).",
-    )
     image_pull_policy: str = "IfNotPresent"
     s3_init_image: str = Field(
         default="amazon/aws-cli:2.22.0",

@@ -68,3 +68,12 @@ def test_each_engine_has_a_multi_gpu_example_whose_pod_gets_the_matching_flag() 
         assert c["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
         seen.add(model.spec.engine.value)
     assert seen == set(tp_flag)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_no_example_runs_several_replicas_on_a_read_write_once_cache(example: Path) -> None:
+    from modelyard.api.llmmodel import LLMModel
+    from modelyard.operator.status import cache_condition
+
+    cond = cache_condition(LLMModel.from_body(load(example)))
+    assert cond is None or cond.status == "True", cond

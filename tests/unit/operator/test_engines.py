@@ -50,9 +50,9 @@ GOLDEN_DEFAULT: dict[str, dict[str, Any]] = {
         "image": "registry.test/modelyard-server:1",
         "command": ["modelyard-server"],
         "args": ["--model", HUB, "--served-model-name", "llama", "--task", "generate", "--dtype", "auto",
-                 *LISTEN],
+                 "--device", "cuda", *LISTEN],
         "probes": ("/health", "/health", "/ready"),
-        "shm": "1Gi",
+        "shm": "8Gi",
     },
     "vllm": {
         "image": "vllm/vllm-openai:v0.32.0",
@@ -60,7 +60,7 @@ GOLDEN_DEFAULT: dict[str, dict[str, Any]] = {
         "args": [HUB, "--served-model-name", "llama", *LISTEN, "--dtype", "auto",
                  "--tensor-parallel-size", "1"],
         "probes": ("/health", "/health", "/health"),
-        "shm": "16Gi",
+        "shm": "8Gi",
     },
     "sglang": {
         "image": "lmsysorg/sglang:v0.5.6",
@@ -68,7 +68,7 @@ GOLDEN_DEFAULT: dict[str, dict[str, Any]] = {
         "args": ["--model-path", HUB, "--served-model-name", "llama", *LISTEN, "--dtype", "auto",
                  "--tp-size", "1", "--enable-metrics"],
         "probes": ("/health", "/health", "/health"),
-        "shm": "16Gi",
+        "shm": "8Gi",
     },
 }  # fmt: skip
 
@@ -247,12 +247,11 @@ def test_user_env_wins_over_engine_env() -> None:
     assert env(d)["HOME"]["value"] == "/home/me"
 
 
-def test_shm_size_limit_comes_from_settings_for_peer_engines() -> None:
-    settings = SETTINGS.model_copy(update={"shm_size_limit": "32Gi"})
-    d = build_deployment(model(engine="sglang", resources={"gpus": 8}), settings)
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}} in d["spec"]["template"][
-        "spec"
-    ]["volumes"]
+@pytest.mark.parametrize("engine", ENGINES)
+def test_shm_size_comes_from_the_model_for_every_engine(engine: str) -> None:
+    d = deploy(engine=engine, resources={"gpus": 8, "shmSize": "32Gi"})
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}}
+    assert shm in d["spec"]["template"]["spec"]["volumes"]
 
 
 def test_only_the_builtin_server_has_a_progress_endpoint() -> None:

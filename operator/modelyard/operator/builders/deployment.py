@@ -26,6 +26,7 @@ CONTAINER_NAME = "server"
 S3_INIT_CONTAINER_NAME = "fetch-weights"
 RUN_AS_USER = 1000
 PROBE_PERIOD_SECONDS = 10
+DEFAULT_DOWNLOAD_SIZE = "100Gi"
 
 
 def scrape_annotations(metrics_path: str) -> dict[str, str]:
@@ -36,10 +37,19 @@ def scrape_annotations(metrics_path: str) -> dict[str, str]:
     }
 
 
+def download_size(model: LLMModel) -> str | None:
+    """The size of the emptyDir that weights are downloaded into, when they are: hf:// without a cache
+    PVC, and s3:// (fetched by the init container). None when nothing is downloaded to local disk."""
+    spec = model.spec
+    if spec.source is ModelSource.PVC or (spec.source is ModelSource.HF and spec.cache is not None):
+        return None
+    return str(spec.resources.ephemeral_storage or DEFAULT_DOWNLOAD_SIZE)
+
+
 def _env(model: LLMModel, engine: EngineContainer) -> list[dict[str, Any]]:
     spec = model.spec
     env: dict[str, dict[str, Any]] = {}
-    if spec.cache is not None:
+    if spec.cache is not None or spec.source is ModelSource.HF:
         env["HF_HOME"] = {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"}
     for item in engine.env:
         env[str(item["name"])] = dict(item)
@@ -69,6 +79,10 @@ def _resources(model: LLMModel) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = str(res.memory)
     if res.gpus > 0:
         requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = str(res.gpus)
+    scratch = download_size(model)
+    if scratch is not None:
+        # Downloads count against the pod's ephemeral storage: schedule where they fit, evict past it.
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = scratch
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -127,20 +141,23 @@ def _volumes_and_mounts(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = model.spec
     # A memory emptyDir counts against the pod's memory; the limit keeps a runaway writer bounded.
-    volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": engine.shm_size_limit}}
-    ]
+    shm = {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": shm}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if spec.cache is not None:
         claim = spec.cache.claim_name or cache_pvc_name(model)
         volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+    elif spec.source is ModelSource.HF:
+        # No cache PVC: the hub download goes to a sized emptyDir, not the container's writable layer.
+        volumes.append({"name": "cache", "emptyDir": {"sizeLimit": download_size(model)}})
         mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
     if spec.source is ModelSource.PVC:
         claim = spec.source_path.partition("/")[0]
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "model", "mountPath": f"{MODELS_MOUNT}/{claim}", "readOnly": True})
     elif spec.source is ModelSource.S3:
-        volumes.append({"name": "model", "emptyDir": {}})
+        volumes.append({"name": "model", "emptyDir": {"sizeLimit": download_size(model)}})
         mounts.append({"name": "model", "mountPath": f"{MODELS_MOUNT}/s3", "readOnly": True})
     return volumes, mounts
 

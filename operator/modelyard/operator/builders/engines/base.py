@@ -35,8 +35,6 @@ class EngineContainer:
     probes: Probes
     # Engine-specific variables; the hub/cache variables and spec.server.env are added around them.
     env: list[dict[str, Any]] = field(default_factory=list)
-    # /dev/shm (memory emptyDir) size: tensor-parallel engines pass activations through it.
-    shm_size_limit: str = "1Gi"
     metrics_path: str = "/metrics"
 
 

@@ -13,12 +13,21 @@ from modelyard.operator.builders.engines.base import (
 from modelyard.operator.settings import OperatorSettings
 
 
+def device(model: LLMModel) -> str:
+    """The server's --device: cuda when the replica requests GPUs (any vendor: ROCm torch also calls
+    its devices cuda), cpu otherwise."""
+    return "cuda" if model.spec.resources.gpus > 0 else "cpu"
+
+
 def server_args(model: LLMModel) -> list[str]:
     spec = model.spec
     args = ["--model", model_argument(model), "--served-model-name", model.served_name]
     for alias in spec.aliases:
         args += ["--alias", alias]
     args += ["--task", spec.task.value, "--dtype", spec.server.dtype.value]
+    # Explicit, never "auto": a replica that asked for GPUs but cannot use them (driver too old, device
+    # plugin misconfigured) must fail readiness, not quietly serve on CPU at a hundredth of the speed.
+    args += ["--device", device(model)]
     if spec.server.max_model_len is not None:
         args += ["--max-model-len", str(spec.server.max_model_len)]
     if spec.server.max_num_seqs is not None:
@@ -45,8 +54,6 @@ class ModelyardEngine:
             args=server_args(model),
             env=env,
             probes=Probes(startup=self.health_path, liveness=self.health_path, readiness="/ready"),
-            # One process per pod: /dev/shm only serves tokenizers and torch's own small buffers.
-            shm_size_limit="1Gi",
         )
 
 

@@ -57,7 +57,6 @@ class SglangEngine:
             args=sglang_args(model),
             env=[{"name": "HOME", "value": "/tmp"}],
             probes=Probes(startup=self.health_path, liveness=self.health_path, readiness=self.health_path),
-            shm_size_limit=settings.shm_size_limit,
         )
 
 

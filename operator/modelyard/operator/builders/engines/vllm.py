@@ -54,7 +54,6 @@ class VllmEngine:
             # The image expects root's home; as uid 1000, caches (compile, hub) go under /tmp.
             env=[{"name": "HOME", "value": "/tmp"}],
             probes=Probes(startup=self.health_path, liveness=self.health_path, readiness=self.health_path),
-            shm_size_limit=settings.shm_size_limit,
         )
 
 
