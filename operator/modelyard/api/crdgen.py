@@ -343,7 +343,7 @@ What each engine supports:
 | several GPUs per replica | layer split (contiguous runs of decoder layers per GPU, one GPU busy at a time) | tensor parallel | tensor parallel |
 | prefix caching | no | yes | yes (radix cache) |
 | LoRA adapters | no | yes (`--enable-lora --lora-modules ...` in `extraArgs`) | yes (`--lora-paths ...` in `extraArgs`) |
-| structured output (`response_format`) | no (400 `response_format`) | yes | yes |
+| structured output (`response_format`) | yes (`json_schema`, `json_object`; docs/server.md) | yes | yes |
 | embeddings (`task: embed`) | yes | yes | yes |
 | CPU (`resources.gpus: 0`) | yes | only with a CPU build in `server.image` | only with a CPU build in `server.image` |
 
