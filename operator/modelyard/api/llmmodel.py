@@ -12,7 +12,15 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from modelyard.api.metadata import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
@@ -32,6 +40,7 @@ __all__ = [
     "Condition",
     "ConditionType",
     "Dtype",
+    "Engine",
     "HubTokenSecret",
     "LLMModel",
     "LLMModelSpec",
@@ -51,6 +60,19 @@ _URL_RE = re.compile(URL_PATTERN)
 URL_CEL_MESSAGE = (
     "url must be hf://<org>/<name>, pvc://<claim>[/<path>] or s3://<bucket>[/<path>] "
     "(supported schemes: hf, pvc, s3)"
+)
+
+# An extended resource name as the API server accepts it in resources.limits: <DNS subdomain>/<name>.
+# Checked here (CEL on the field) so that a typo is rejected at `kubectl apply` with a message naming
+# the field, not later as a 422 on the Deployment.
+RESOURCE_NAME_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"  # vendor domain
+    r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # name
+)
+_RESOURCE_NAME_RE = re.compile(RESOURCE_NAME_PATTERN)
+RESOURCE_NAME_MESSAGE = (
+    "resources.gpuResourceName must be an extended resource name <vendor domain>/<name>, "
+    "e.g. nvidia.com/gpu or amd.com/gpu (lower-case domain, no spaces)"
 )
 
 QUANTITY_PATTERN = (
@@ -106,6 +128,14 @@ class Task(StrEnum):
     EMBED = "embed"
 
 
+class Engine(StrEnum):
+    """Which inference engine serves the model: the built-in server or a peer engine's own image."""
+
+    MODELYARD = "modelyard"
+    VLLM = "vllm"
+    SGLANG = "sglang"
+
+
 class Dtype(StrEnum):
     AUTO = "auto"
     FLOAT16 = "float16"
@@ -129,7 +159,7 @@ class ServerOptions(_Model):
 
     image: str | None = Field(
         default=None,
-        description="Model server image. Defaults to the operator's configured server image.",
+        description="Model server image. Defaults to the operator's configured image for spec.engine.",
     )
     dtype: Dtype = Field(default=Dtype.AUTO, description="Weight dtype passed as --dtype.")
     max_model_len: int | None = Field(
@@ -141,6 +171,12 @@ class ServerOptions(_Model):
         default=None,
         ge=1,
         description="Maximum number of sequences batched concurrently per replica (--max-num-seqs).",
+    )
+    prefix_caching: bool | None = Field(
+        default=None,
+        description="Reuse the KV cache of shared prompt prefixes (vllm: --enable-prefix-caching / "
+        "--no-enable-prefix-caching; sglang: radix cache, off with --disable-radix-cache). Unset keeps the "
+        "engine's default. The modelyard engine has no prefix cache.",
     )
     extra_args: list[str] = Field(
         default_factory=list,
@@ -162,7 +198,11 @@ class Resources(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self.gpus >= 0", "message": "resources.gpus must be >= 0 (0 runs on CPU)"}
+                {
+                    "rule": "self.gpus >= 0",
+                    "message": "resources.gpus must be >= 0 (0 runs on CPU)",
+                    "fieldPath": ".gpus",
+                }
             ]
         }
     )
@@ -171,11 +211,28 @@ class Resources(_Model):
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
         min_length=1,
+        max_length=317,  # 253 (DNS subdomain) + "/" + 63; CEL cost estimation needs a bound
         description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"self.matches(r'{RESOURCE_NAME_PATTERN}')", "message": RESOURCE_NAME_MESSAGE}
+            ]
+        },
     )
     cpu: Quantity | None = Field(default=None, description="CPU request per replica, e.g. '4' or '500m'.")
     memory: Quantity | None = Field(
         default=None, description="Memory request and limit per replica, e.g. '32Gi'."
+    )
+    ephemeral_storage: Quantity | None = Field(
+        default=None,
+        description="Local disk per replica for weights downloaded without a cache (hf:// without "
+        "spec.cache, and s3://): the size of the emptyDir they land in and the container's "
+        "ephemeral-storage request and limit, so the scheduler picks a node with room and a too-big "
+        "download evicts the pod instead of filling the node. Default 100Gi.",
+    )
+    shm_size: Quantity = Field(
+        default="8Gi",
+        description="Size limit of /dev/shm (a memory-backed emptyDir; counts against the memory limit).",
     )
 
     @field_validator("gpus")
@@ -183,6 +240,13 @@ class Resources(_Model):
     def _non_negative(cls, v: int) -> int:
         if v < 0:
             raise ValueError("resources.gpus must be >= 0 (0 runs on CPU)")
+        return v
+
+    @field_validator("gpu_resource_name")
+    @classmethod
+    def _resource_name(cls, v: str) -> str:
+        if not _RESOURCE_NAME_RE.match(v):
+            raise ValueError(RESOURCE_NAME_MESSAGE)
         return v
 
 
@@ -203,6 +267,7 @@ class Autoscaling(_Model):
                 {
                     "rule": "self.minReplicas <= self.maxReplicas",
                     "message": "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+                    "fieldPath": ".minReplicas",
                 }
             ]
         }
@@ -265,6 +330,12 @@ class Cache(_Model):
     claim_name: str | None = Field(
         default=None, description="Name of an existing PVC (same namespace) to use as the cache."
     )
+    retain: bool = Field(
+        default=False,
+        description="Keep the new cache PVC when the LLMModel is deleted (it then has no owner reference and "
+        "carries the label modelyard.dev/retain=true); a model created again with the same name reuses it. "
+        "Delete it by hand when done. An existing claim (claimName) is never deleted.",
+    )
 
 
 class HubTokenSecret(_Model):
@@ -287,6 +358,38 @@ class LoadBalancing(_Model):
     )
 
 
+_PREFIX_CACHING_ON = "has(self.server) && has(self.server.prefixCaching) && self.server.prefixCaching"
+
+# Field combinations an engine cannot honour, rejected at `kubectl apply` (CEL) and again by the operator
+# when it parses a spec (`LLMModelSpec._engine_can_honour`), with the same messages.
+MODELYARD_PREFIX_CACHING_MESSAGE = (
+    "engine modelyard has no prefix cache: server.prefixCaching: true needs engine vllm or sglang"
+)
+ENGINE_ON_CPU_MESSAGE = (
+    "engine vllm or sglang with resources.gpus: 0 needs server.image: the default vllm and sglang "
+    "images are CUDA builds (set a CPU build of the engine)"
+)
+VLLM_EMBED_PREFIX_CACHING_MESSAGE = (
+    "engine vllm does not support prefix caching for task: embed (pooling models); "
+    "leave server.prefixCaching unset or false"
+)
+ENGINE_RULES: list[JsonValue] = [
+    {
+        "rule": f"self.engine != 'modelyard' || !({_PREFIX_CACHING_ON})",
+        "message": MODELYARD_PREFIX_CACHING_MESSAGE,
+    },
+    {
+        "rule": "self.engine == 'modelyard' || !has(self.resources) || self.resources.gpus > 0 || "
+        "(has(self.server) && has(self.server.image))",
+        "message": ENGINE_ON_CPU_MESSAGE,
+    },
+    {
+        "rule": f"self.engine != 'vllm' || self.task != 'embed' || !({_PREFIX_CACHING_ON})",
+        "message": VLLM_EMBED_PREFIX_CACHING_MESSAGE,
+    },
+]
+
+
 class LLMModelSpec(_Model):
     """Desired state of one served model."""
 
@@ -298,11 +401,14 @@ class LLMModelSpec(_Model):
                     "(self.replicas >= self.autoscaling.minReplicas && "
                     "self.replicas <= self.autoscaling.maxReplicas)",
                     "message": "replicas must be within autoscaling.minReplicas..maxReplicas",
+                    "fieldPath": ".replicas",
                 },
                 {
                     "rule": "!has(self.cache) || !self.url.startsWith('pvc://')",
                     "message": "cache is not used with pvc:// models (weights are read from the claim)",
+                    "fieldPath": ".cache",
                 },
+                *ENGINE_RULES,
             ]
         }
     )
@@ -329,8 +435,20 @@ class LLMModelSpec(_Model):
     task: Task = Field(
         default=Task.GENERATE, description="generate (chat/completions) or embed (embeddings)."
     )
+    engine: Engine = Field(
+        default=Engine.MODELYARD,
+        description="Inference engine: modelyard (the built-in server), vllm or sglang (their own "
+        "OpenAI servers, images from the operator's settings unless server.image is set). The same "
+        "fields map onto each engine's flags; resources.gpus is the tensor-parallel size.",
+    )
     server: ServerOptions = Field(default_factory=ServerOptions, description=ServerOptions.__doc__)
-    resources: Resources = Field(default_factory=Resources, description=Resources.__doc__)
+    resources: Resources = Field(
+        default_factory=Resources,
+        description=Resources.__doc__,
+        # Defaulted on the API server too (spelled out: CEL rules are checked against the default), so
+        # `kubectl get` shows the GPUS column for models that leave resources out.
+        json_schema_extra={"default": {"gpus": 1, "gpuResourceName": "nvidia.com/gpu", "shmSize": "8Gi"}},
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the model pods must match."
     )
@@ -359,6 +477,18 @@ class LLMModelSpec(_Model):
         if not _URL_RE.match(v):
             raise ValueError(URL_CEL_MESSAGE)
         return v
+
+    @model_validator(mode="after")
+    def _engine_can_honour(self) -> LLMModelSpec:
+        # Mirrors ENGINE_RULES for objects that reached the operator without CEL (older CRD).
+        prefix_caching = self.server.prefix_caching is True
+        if self.engine is Engine.MODELYARD and prefix_caching:
+            raise ValueError(MODELYARD_PREFIX_CACHING_MESSAGE)
+        if self.engine is not Engine.MODELYARD and self.resources.gpus == 0 and self.server.image is None:
+            raise ValueError(ENGINE_ON_CPU_MESSAGE)
+        if self.engine is Engine.VLLM and self.task is Task.EMBED and prefix_caching:
+            raise ValueError(VLLM_EMBED_PREFIX_CACHING_MESSAGE)
+        return self
 
     @property
     def source(self) -> ModelSource:
@@ -441,7 +571,8 @@ class LLMModelStatus(_Model):
         "e.g. 'loading weights 50%'); unset when no replica is loading or the server is unreachable.",
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing and Degraded (metav1.Condition)."
+        default_factory=list,
+        description="Ready, Progressing, Degraded and, with a new cache PVC, CacheShared (metav1.Condition).",
     )
     autoscaler: AutoscalerStatus | None = Field(default=None, description=AutoscalerStatus.__doc__)
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelyard.api import metadata
 from modelyard.api.llmmodel import LLMModel
+from modelyard.api.names import NameClaim, name_conflicts
 from modelyard.router.metrics import RouterMetrics
 from modelyard.router.table import ModelSpec, RoutingTable, Strategy
 
@@ -210,8 +211,13 @@ def build_specs(
     ordered = sorted(
         models.items(), key=lambda kv: ((kv[1].get("metadata") or {}).get("creationTimestamp") or "", kv[0])
     )
+    # A model that loses a served-name clash (the operator reports it as NameConflict) is not routed at
+    # all: same rule as the operator's, from modelyard.api.names.
+    losers = name_conflicts(models.values())
     specs = []
     for key, obj in ordered:
+        if NameClaim.of(obj).ref in losers:
+            continue
         try:
             specs.append(model_spec_from_llmmodel(obj, by_model.get(key, ())))
         except ValidationError as exc:  # the API server validates first; this is a stale or foreign object
