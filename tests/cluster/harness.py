@@ -28,8 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.cluster import stages
+from tests.cluster import podnet, stages
 from tests.cluster.client import ClusterClient, poll
+from tests.cluster.localroutes import keep_local
 from tests.cluster.pki import Pki, make_pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -233,6 +234,7 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         began = time.monotonic()
+        keep_local([SERVICE_CIDR, POD_CIDR, str(podnet.POD_NETWORK), f"{ADVERTISE_ADDRESS}/32"])
         attempts = 3
         for attempt in range(1, attempts + 1):
             self._prepare_work_dir()
