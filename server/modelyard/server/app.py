@@ -25,7 +25,7 @@ from modelyard.server.errors import install_error_handlers
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
 from modelyard.server.routes import openai, ops
-from modelyard.server.serving import ModelRuntime
+from modelyard.server.runtime import ModelRuntime
 from modelyard.server.settings import ServerSettings
 from modelyard.server.state import AppState, LoadProgress
 

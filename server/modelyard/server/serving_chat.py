@@ -10,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelyard.server import sse
+from modelyard.server.choice import ChoiceDelta, ChoiceState
 from modelyard.server.engine.types import TokenLogprob
 from modelyard.server.errors import InvalidRequestError
+from modelyard.server.generation_run import GenerationRun
 from modelyard.server.protocol import (
     ChatChoice,
     ChatChoiceLogprobs,
@@ -26,14 +28,8 @@ from modelyard.server.protocol import (
     TopLogprob,
     Usage,
 )
-from modelyard.server.serving import (
-    BaseServing,
-    ChoiceDelta,
-    ChoiceState,
-    GenerationRun,
-    new_id,
-    unsupported,
-)
+from modelyard.server.serving import BaseServing, new_id, unsupported
+from modelyard.server.streaming import stream_tail
 
 # Roles the OpenAI API has that chat templates rarely know: map them to what templates expect.
 _ROLE_FOR_TEMPLATE = {"developer": "system", "function": "tool"}
@@ -198,5 +194,5 @@ class _ChatBuilder:
             return self._chunk([choice], self._usage(states) if continuous else None)
 
         usage_chunk = (lambda: self._chunk([], self._usage(states))) if include_usage else None
-        async for chunk in self.serving.stream_tail(run, states, chunk_of, usage_chunk):
+        async for chunk in stream_tail(run, states, chunk_of, usage_chunk):
             yield chunk

@@ -10,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelyard.server import sse
+from modelyard.server.choice import ChoiceDelta, ChoiceState
 from modelyard.server.engine.types import SamplingParams, TokenLogprob
 from modelyard.server.errors import InvalidRequestError
+from modelyard.server.generation_run import GenerationRun
 from modelyard.server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -19,14 +21,8 @@ from modelyard.server.protocol import (
     CompletionResponse,
     Usage,
 )
-from modelyard.server.serving import (
-    BaseServing,
-    ChoiceDelta,
-    ChoiceState,
-    GenerationRun,
-    new_id,
-    unsupported,
-)
+from modelyard.server.serving import BaseServing, new_id, unsupported
+from modelyard.server.streaming import stream_tail
 
 
 @dataclass
@@ -200,5 +196,5 @@ class _CompletionBuilder:
             return self._chunk([choice], self._usage(states) if continuous else None)
 
         usage_chunk = (lambda: self._chunk([], self._usage(states))) if include_usage else None
-        async for chunk in self.serving.stream_tail(run, states, chunk_of, usage_chunk):
+        async for chunk in stream_tail(run, states, chunk_of, usage_chunk):
             yield chunk

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from starlette.requests import Request
 
+from modelyard.server.disconnect import cancel_on_disconnect
 from modelyard.server.engine.types import EngineError
 from modelyard.server.errors import (
     ContextLengthExceededError,
@@ -16,7 +17,7 @@ from modelyard.server.errors import (
     from_engine_error,
 )
 from modelyard.server.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from modelyard.server.serving import BaseServing, cancel_on_disconnect
+from modelyard.server.serving import BaseServing
 
 
 def encode_base64(vector: Sequence[float]) -> str:

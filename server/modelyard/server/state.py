@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from modelyard.server.metrics import ServerMetrics
-from modelyard.server.serving import ModelRuntime
+from modelyard.server.runtime import ModelRuntime
 from modelyard.server.serving_chat import ChatServing
 from modelyard.server.serving_completions import CompletionServing
 from modelyard.server.serving_embeddings import EmbeddingServing

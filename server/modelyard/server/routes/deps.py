@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from modelyard.server.errors import ServiceUnavailableError
-from modelyard.server.serving import ModelRuntime
+from modelyard.server.runtime import ModelRuntime
 from modelyard.server.serving_chat import ChatServing
 from modelyard.server.serving_completions import CompletionServing
 from modelyard.server.serving_embeddings import EmbeddingServing

@@ -15,7 +15,7 @@ from modelyard.server.protocol import (
     ModelList,
 )
 from modelyard.server.routes.deps import ChatDep, CompletionsDep, EmbeddingsDep, RuntimeDep
-from modelyard.server.serving import ModelRuntime
+from modelyard.server.runtime import ModelRuntime
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
