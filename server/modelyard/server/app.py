@@ -25,7 +25,7 @@ from modelyard.server.errors import install_error_handlers
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
 from modelyard.server.routes import openai, ops
-from modelyard.server.runtime import ModelRuntime
+from modelyard.server.runtime import ModelRuntime, RequestLimits, WorkerPool
 from modelyard.server.settings import ServerSettings
 from modelyard.server.state import AppState, LoadProgress
 
@@ -131,6 +131,9 @@ def create_app(
             served_names=settings.model_names,
             root=loaded.root,
             metrics=metrics,
+            tool_call_parser=settings.tool_call_parser,
+            limits=RequestLimits(settings.max_request_sequences, settings.max_request_tokens),
+            workers=WorkerPool(settings.cpu_workers),
         )
         state.attach(runtime)
         state.load.finished = time.monotonic()
@@ -147,6 +150,7 @@ def create_app(
                 await task
             if state.runtime is not None:
                 await state.runtime.engine.stop()
+                state.runtime.workers.shutdown()
 
     app = FastAPI(title="Modelyard model server", version=__version__, lifespan=lifespan)
     app.state.modelyard = state

@@ -42,6 +42,7 @@ class ChoiceState:
         self.tracker = tracker
         self.text = ""
         self.num_generated = 0
+        self.num_cached = 0
         self.finish_reason: ChoiceFinish | None = None
         self.logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
@@ -56,6 +57,7 @@ class ChoiceState:
             return None
         self.num_generated = max(out.num_generated_tokens, self.num_generated + len(out.token_ids))
         self.tracker.on_tokens(len(out.token_ids))
+        self.num_cached = max(self.num_cached, out.num_cached_tokens)
         if out.prompt_logprobs is not None:
             self.prompt_logprobs = out.prompt_logprobs
         if out.logprobs:

@@ -10,15 +10,21 @@ Endpoint modules (``serving_chat``, ``serving_completions``, ...) only map proto
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from modelyard.server.choice import ChoiceState
 from modelyard.server.disconnect import cancel_on_disconnect
-from modelyard.server.engine.types import GenerationRequest, SamplingParams, Task
+from modelyard.server.engine.types import (
+    EngineError,
+    GenerationRequest,
+    GuidedDecoding,
+    SamplingParams,
+    Task,
+)
 from modelyard.server.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -30,6 +36,10 @@ from modelyard.server.protocol import SamplingFields
 from modelyard.server.runtime import ModelRuntime
 from modelyard.server.streaming import EngineStreamResponse, StreamCloser
 from modelyard.server.token_text import TokenText
+from modelyard.server.tool_plan import GuidedSpec
+
+if TYPE_CHECKING:
+    from modelyard.server.engine.guided import GrammarCompiler
 
 __all__ = ["BaseServing", "ModelRuntime", "ResponseBuilder", "new_id", "unsupported"]
 
@@ -41,6 +51,7 @@ def new_id(prefix: str) -> str:
 
 
 R = TypeVar("R", covariant=True)
+T = TypeVar("T")
 
 
 class ResponseBuilder(Protocol[R]):
@@ -59,6 +70,7 @@ class BaseServing:
         self.tokenizer = runtime.tokenizer
         self.token_text = TokenText(runtime.tokenizer)
         self.vocab_size = len(runtime.tokenizer)
+        self._own_grammar: GrammarCompiler | None = None
 
     # ---- checks
 
@@ -75,7 +87,39 @@ class BaseServing:
             )
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        """Blocking: endpoint code calls it through ``offload``."""
+        try:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        except UnicodeEncodeError as exc:
+            # A lone surrogate (JSON "\\ud800") is a valid Python str but no UTF-8: the client's bad input.
+            raise InvalidRequestError(
+                f"The input holds text that is not valid Unicode ({exc.reason} at position {exc.start}).",
+                code="invalid_unicode",
+            ) from exc
+
+    async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU-heavy work (tokenize, render, decode) in the runtime's worker pool, off the loop."""
+        return await self.runtime.workers.run(fn, *args, **kwargs)
+
+    def check_work(self, prompt_lengths: Sequence[int], max_tokens: int | Sequence[int]) -> None:
+        """Refuse requests over the per-request caps before anything is admitted."""
+        limits = self.runtime.limits
+        if len(prompt_lengths) > limits.max_sequences:
+            raise InvalidRequestError(
+                f"This request asks for {len(prompt_lengths)} sequences (prompts x n); the server allows "
+                f"at most {limits.max_sequences} per request.",
+                param="n",
+                code="too_many_sequences",
+            )
+        budgets = [max_tokens] * len(prompt_lengths) if isinstance(max_tokens, int) else list(max_tokens)
+        total = sum(prompt_lengths) + sum(budgets)
+        if total > limits.max_tokens:
+            raise InvalidRequestError(
+                f"This request needs up to {total} tokens (prompt tokens plus completion budget, over all "
+                f"sequences); the server allows at most {limits.max_tokens} per request. Lower n, the "
+                "number of prompts or max_tokens.",
+                code="too_many_tokens",
+            )
 
     def check_token_ids(self, ids: Sequence[int], param: str) -> list[int]:
         for token in ids:
@@ -109,6 +153,34 @@ class BaseServing:
             )
         return requested
 
+    def _grammar(self) -> GrammarCompiler:
+        # The engine's own compiler shares its cache; an engine without one (another process, a test
+        # double) still gets every grammar checked here before it is admitted.
+        compiler: GrammarCompiler | None = getattr(self.runtime.engine, "grammar", None)
+        if compiler is None:
+            if self._own_grammar is None:
+                from modelyard.server.engine.guided import GrammarCompiler
+
+                self._own_grammar = GrammarCompiler(self.tokenizer, self.vocab_size)
+            compiler = self._own_grammar
+        return compiler
+
+    async def guided_decoding(self, spec: GuidedSpec | None) -> GuidedDecoding | None:
+        """The engine's grammar for ``spec``, compiled (off the loop, cached) so a schema the grammar
+        engine cannot handle is a 400 naming the keyword, never an unconstrained answer."""
+        if spec is None:
+            return None
+        guided = GuidedDecoding(kind=spec.kind, spec=spec.spec)
+        try:
+            await self._grammar().check(guided)
+        except EngineError as exc:
+            raise InvalidRequestError(
+                f"The {spec.param} grammar is not supported: {exc}",
+                param=spec.param,
+                code="unsupported_schema",
+            ) from exc
+        return guided
+
     def sampling_params(
         self,
         req: SamplingFields,
@@ -117,6 +189,7 @@ class BaseServing:
         logprobs: int | None,
         prompt_logprobs: int | None = None,
         seed_offset: int = 0,
+        guided: GuidedDecoding | None = None,
     ) -> SamplingParams:
         temperature = 1.0 if req.temperature is None else req.temperature
         top_p = 1.0 if req.top_p is None else req.top_p
@@ -157,6 +230,7 @@ class BaseServing:
             ignore_eos=bool(req.ignore_eos),
             min_tokens=min_tokens,
             stop_token_ids=stop_ids,
+            guided=guided,
         )
 
     @staticmethod

@@ -34,7 +34,19 @@ class _Prompt:
 class CompletionServing(BaseServing):
     endpoint = "/v1/completions"
 
-    def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
+    def _encode(self, raw_list: Sequence[str | list[int]]) -> list[tuple[list[int], str]]:
+        """Blocking: token ids and text of every prompt (run in the worker pool)."""
+        out = []
+        for i, item in enumerate(raw_list):
+            param = "prompt" if len(raw_list) == 1 else f"prompt[{i}]"
+            if isinstance(item, str):
+                out.append((self.tokenize(item), item))
+            else:
+                ids = self.check_token_ids(item, param)
+                out.append((ids, str(self.tokenizer.decode(ids, skip_special_tokens=False))))
+        return out
+
+    async def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
         raw = req.prompt
         prompts: list[_Prompt] = []
         if isinstance(raw, str):
@@ -43,14 +55,11 @@ class CompletionServing(BaseServing):
             raw_list = [list(raw)]
         else:
             raw_list = raw  # type: ignore[assignment]
-        for i, item in enumerate(raw_list):
+        n = req.n or 1
+        if len(raw_list) * n > self.runtime.limits.max_sequences:
+            self.check_work([0] * (len(raw_list) * n), 0)  # the 400, before any tokenizing
+        for i, (ids, text) in enumerate(await self.offload(self._encode, raw_list)):
             param = "prompt" if len(raw_list) == 1 else f"prompt[{i}]"
-            if isinstance(item, str):
-                ids = self.tokenize(item)
-                text = item
-            else:
-                ids = self.check_token_ids(item, param)
-                text = str(self.tokenizer.decode(ids, skip_special_tokens=False))
             if not ids:
                 raise InvalidRequestError("The prompt must not be empty.", param=param, code="empty_prompt")
             prompts.append(_Prompt(ids, text))
@@ -66,7 +75,7 @@ class CompletionServing(BaseServing):
     async def create(self, req: CompletionRequest, request: Request) -> Response | CompletionResponse:
         self.check_model(req.model, "generate")
         self._check_unsupported(req)
-        prompts = self._prompts(req)
+        prompts = await self._prompts(req)
         n = req.n or 1
         stops = self.stop_strings(req)
         jobs: list[tuple[list[int], SamplingParams]] = []
@@ -87,6 +96,7 @@ class CompletionServing(BaseServing):
                     seed_offset=i,
                 )
                 jobs.append((prompt.ids, params))
+        self.check_work([len(p.ids) for p in prompts for _ in range(n)], [j[1].max_tokens for j in jobs])
         response_id = new_id("cmpl")
         run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens))
         builder = _CompletionBuilder(self, req, response_id, prompts, n)

@@ -29,6 +29,7 @@ class EmbeddingServing(BaseServing):
     endpoint = "/v1/embeddings"
 
     def _inputs(self, req: EmbeddingRequest) -> list[list[int]]:
+        """Blocking: runs in the worker pool."""
         raw = req.input
         if isinstance(raw, str):
             items: Sequence[str | list[int]] = [raw]
@@ -59,7 +60,7 @@ class EmbeddingServing(BaseServing):
 
     async def create(self, req: EmbeddingRequest, request: Request) -> EmbeddingResponse:
         self.check_model(req.model, "embed")
-        batch = self._inputs(req)
+        batch = await self.offload(self._inputs, req)
         tracker = self.runtime.metrics.track(sum(len(ids) for ids in batch))
         try:
             vectors = await cancel_on_disconnect(request, self.runtime.engine.embed(batch))

@@ -15,6 +15,14 @@ FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True, slots=True)
+class GuidedDecoding:
+    """A grammar the output must follow (JSON schema text, any JSON object, or a regex)."""
+
+    kind: Literal["json_schema", "json_object", "regex"]
+    spec: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Per-request sampling, already validated by the serving layer.
 
@@ -43,6 +51,7 @@ class SamplingParams:
     min_tokens: int = 0
     # Token ids that end generation (the model's EOS ids are added by the engine unless ignore_eos).
     stop_token_ids: frozenset[int] = frozenset()
+    guided: GuidedDecoding | None = None
 
 
 @dataclass(slots=True)
@@ -77,6 +86,8 @@ class GenerationOutput:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0  # cumulative, including this output's tokens
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    # Prompt tokens whose KV came from the prefix cache instead of being computed (0 without one).
+    num_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
