@@ -30,6 +30,7 @@ async def stream_tail(
     usage_chunk: Callable[[], bytes] | None,
     *,
     done: bytes = sse.DONE,
+    error: Callable[[APIError], bytes] = sse.error_event,
 ) -> AsyncIterator[bytes]:
     """The SSE body after any opening chunks: one chunk per delta, then the usage chunk if asked,
     then ``done``; an error once streaming has begun becomes an ``error`` event and ``done``."""
@@ -39,7 +40,7 @@ async def stream_tail(
             if chunk:
                 yield chunk
     except APIError as exc:
-        yield sse.error_event(exc)
+        yield error(exc)
         if done:
             yield done
         return

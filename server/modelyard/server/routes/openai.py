@@ -14,8 +14,10 @@ from modelyard.server.protocol import (
     ModelCard,
     ModelList,
 )
-from modelyard.server.routes.deps import ChatDep, CompletionsDep, EmbeddingsDep, RuntimeDep
+from modelyard.server.protocol_responses import ResponsesRequest
+from modelyard.server.routes.deps import ChatDep, CompletionsDep, EmbeddingsDep, ResponsesDep, RuntimeDep
 from modelyard.server.runtime import ModelRuntime
+from modelyard.server.serving_responses import STORE_NOTE
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -54,6 +56,14 @@ async def create_completion(body: CompletionRequest, request: Request, serving: 
 @router.post("/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, serving: ChatDep) -> Response:
     return _json(await serving.create(body, request))
+
+
+@router.post("/responses")
+async def create_response(body: ResponsesRequest, request: Request, serving: ResponsesDep) -> Response:
+    response = _json(await serving.create_response(body, request))
+    if body.store:
+        response.headers["x-modelyard-note"] = STORE_NOTE
+    return response
 
 
 @router.post("/embeddings")
