@@ -181,7 +181,8 @@ def test_required_tool_choice_and_a_tool_round_trip(client: openai.OpenAI) -> No
         input="Weather in Paris?",
         tools=[WEATHER_TOOL],
         tool_choice="required",
-        max_output_tokens=200,
+        parallel_tool_calls=False,
+        max_output_tokens=300,
     )
     calls = [item for item in first.output if item.type == "function_call"]
     assert calls
