@@ -9,6 +9,7 @@ Endpoint modules (``serving_chat``, ``serving_completions``, ...) only map proto
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -62,6 +63,14 @@ class ResponseBuilder(Protocol[R]):
     def full(self, states: Sequence[ChoiceState]) -> R: ...
 
 
+@functools.cache
+def max_token_chars(tokenizer: Any) -> int:
+    """Most characters any single token can stand for (its vocabulary piece bounds its text)."""
+    longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1)
+    added = max((len(str(t)) for t in getattr(tokenizer, "all_special_tokens", [])), default=1)
+    return max(longest, added, 1)
+
+
 class BaseServing:
     endpoint = ""
 
@@ -71,6 +80,7 @@ class BaseServing:
         self.token_text = TokenText(runtime.tokenizer)
         self.vocab_size = len(runtime.tokenizer)
         self._own_grammar: GrammarCompiler | None = None
+        self.max_token_chars = max_token_chars(runtime.tokenizer)
 
     # ---- checks
 
@@ -96,6 +106,18 @@ class BaseServing:
                 f"The input holds text that is not valid Unicode ({exc.reason} at position {exc.start}).",
                 code="invalid_unicode",
             ) from exc
+
+    def check_chars(self, chars: int, param: str) -> None:
+        """Refuse text that cannot fit the context before spending time tokenizing it: no token of
+        this vocabulary spells more than ``max_token_chars`` characters."""
+        limit = self.runtime.max_model_len
+        if chars > limit * self.max_token_chars:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {limit} tokens. However, your {param} holds "
+                f"{chars} characters, which is at least {chars // self.max_token_chars} tokens. Please "
+                f"reduce the length of the {param}.",
+                param=param,
+            )
 
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-heavy work (tokenize, render, decode) in the runtime's worker pool, off the loop."""

@@ -4,6 +4,7 @@ content and tool calls in ``assistant_output``; this module maps them to the cha
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -72,6 +73,10 @@ def chat_message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
+def _chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+
+
 def final_finish(turn: AssistantTurn, finish: str | None) -> ChatFinishReason:
     """A turn that ended normally with tool calls ends for them (``length`` stays ``length``)."""
     if finish == "length":
@@ -97,6 +102,7 @@ class ChatServing(BaseServing):
         param: str = "messages",
     ) -> list[int]:
         self.template.require(model, param)
+        self.check_chars(_chars(messages) + len(json.dumps(tools)) if tools else _chars(messages), param)
         kwargs = self.template.safe_kwargs(template_kwargs)
         text = await self.offload(self.template.render, messages, tools, add_generation_prompt, kwargs, param)
         # The template already spelled out BOS and friends; adding special tokens would double them.

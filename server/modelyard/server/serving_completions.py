@@ -58,6 +58,9 @@ class CompletionServing(BaseServing):
         n = req.n or 1
         if len(raw_list) * n > self.runtime.limits.max_sequences:
             self.check_work([0] * (len(raw_list) * n), 0)  # the 400, before any tokenizing
+        for i, item in enumerate(raw_list):
+            if isinstance(item, str):
+                self.check_chars(len(item), "prompt" if len(raw_list) == 1 else f"prompt[{i}]")
         for i, (ids, text) in enumerate(await self.offload(self._encode, raw_list)):
             param = "prompt" if len(raw_list) == 1 else f"prompt[{i}]"
             if not ids:

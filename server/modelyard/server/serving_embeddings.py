@@ -60,6 +60,10 @@ class EmbeddingServing(BaseServing):
 
     async def create(self, req: EmbeddingRequest, request: Request) -> EmbeddingResponse:
         self.check_model(req.model, "embed")
+        items = [req.input] if isinstance(req.input, str) else req.input
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                self.check_chars(len(item), "input" if isinstance(req.input, str) else f"input[{i}]")
         batch = await self.offload(self._inputs, req)
         tracker = self.runtime.metrics.track(sum(len(ids) for ids in batch))
         try:

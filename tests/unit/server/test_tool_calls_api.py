@@ -193,3 +193,17 @@ def test_tool_choice_naming_an_unknown_function_is_400(client: TestClient) -> No
     resp = client.post("/v1/chat/completions", json=_chat(tools=[WEATHER_TOOL], tool_choice=choice))
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "tool_choice"
+
+
+def test_tokens_per_request_are_capped_with_a_clear_400(engine: FakeEngine, tokenizer: Any) -> None:
+    with _client(engine, tokenizer, max_request_tokens=100) as c:
+        for _ in range(200):
+            if c.get("/ready").status_code == 200:
+                break
+            threading.Event().wait(0.01)
+        ok = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 10, "n": 2})
+        assert ok.status_code == 200, ok.text
+        resp = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 60, "n": 2})
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == "too_many_tokens"
+        assert engine.requests[-1].params.max_tokens == 10  # the refused request never reached the engine

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from modelyard.server.body_guard import GuardedBodyRoute
 from modelyard.server.errors import ModelNotFoundError
 from modelyard.server.protocol import (
     ChatCompletionRequest,
@@ -19,7 +20,7 @@ from modelyard.server.routes.deps import ChatDep, CompletionsDep, EmbeddingsDep,
 from modelyard.server.runtime import ModelRuntime
 from modelyard.server.serving_responses import STORE_NOTE
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=GuardedBodyRoute)
 
 
 def _json(result: Response | BaseModel) -> Response:
