@@ -47,6 +47,12 @@ CASES: list[tuple[str, str, str | None, list[ParsedToolCall]]] = [
         [ParsedToolCall("say", '{"text":"hé"}')],
     ),
     ("hermes", "a < b and <tool but not a call", "a < b and <tool but not a call", []),
+    (
+        "hermes",
+        '<tool_call>{"name": "now", "arguments": null}</tool_call>',
+        None,
+        [ParsedToolCall("now", "{}")],
+    ),
     # Malformed calls fall back to content, verbatim.
     ("hermes", "<tool_call>{not json}</tool_call> ok", "<tool_call>{not json}</tool_call> ok", []),
     (

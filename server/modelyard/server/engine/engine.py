@@ -511,7 +511,8 @@ class TorchEngine:
         stop_token: int | None = None
         new_tokens: tuple[int, ...] = ()
         logprobs = None
-        if token in seq.row.stop_token_ids and seq.row.num_generated >= params.min_tokens:
+        grammar_done = seq.row.matcher is not None and seq.row.matcher.is_terminated()
+        if token in seq.row.stop_token_ids and (seq.row.num_generated >= params.min_tokens or grammar_done):
             reason, stop_token = "stop", token
         else:
             seq.row.record(token)

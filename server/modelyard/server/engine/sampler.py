@@ -166,7 +166,7 @@ def sample(
     processed = apply_penalties(logits, rows)
     constrained = [(i, r.matcher, r.stop_token_ids) for i, r in enumerate(rows) if r.matcher is not None]
     if constrained:
-        if processed is logits:
+        if processed is logits and any(r.params.logprobs is not None for r in rows):
             processed = logits.clone()  # reported logprobs stay the model's own
         processed = _MASKS.apply(processed, constrained)
     temps = [r.params.temperature for r in rows]

@@ -71,6 +71,8 @@ def call_from(
         if key in value:
             args = value[key]
             break
+    if args is None:
+        args = {}
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}

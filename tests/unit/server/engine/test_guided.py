@@ -196,6 +196,19 @@ def test_masks_fit_logits_wider_or_narrower_than_the_tokenizer(chat_model: Loade
         assert all(re.fullmatch("[0-9]+", chat_model.tokenizer.decode([t])) for t in ok)
 
 
+def test_the_cpu_and_device_mask_paths_agree() -> None:
+    torch.manual_seed(0)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (3, 4), dtype=torch.int32)
+    for width in (100, 128, 140):
+        logits = torch.randn(5, width)
+        cpu = MaskApplier()._add_cpu(logits.clone(), [4, 0, 2], bitmask)
+        table = MaskApplier()._add_table(logits.clone(), [4, 0, 2], bitmask)
+        assert torch.equal(cpu, table)
+        assert torch.equal(cpu[[1, 3]], logits[[1, 3]])
+        bit = (bitmask[0, 5 // 32] >> (5 % 32)) & 1
+        assert (cpu[4, 5] == logits[4, 5]) == bool(bit)
+
+
 def test_the_matcher_lives_on_the_row_and_advances_with_each_recorded_token(chat_model: LoadedModel) -> None:
     compiler = compiler_for(chat_model)
     row = SamplingRow(
@@ -306,3 +319,26 @@ async def test_constrained_rows_stay_valid_while_the_batch_changes_around_them(
     for ids, last in results[:3]:
         assert last.finish_reason == "stop"
         jsonschema.validate(json.loads(text_of(chat_model, ids)), SCHEMA)
+
+
+async def test_a_complete_grammar_stops_even_before_min_tokens(
+    engine: TorchEngine, chat_model: LoadedModel
+) -> None:
+    ids, last = await generate(
+        engine,
+        prompt(chat_model, "Say ab"),
+        max_tokens=20,
+        min_tokens=10,
+        guided=GuidedDecoding("regex", "ab"),
+    )
+    assert ids == prompt(chat_model, "ab"), "no stop token padding up to min_tokens"
+    assert last.finish_reason == "stop"
+
+
+async def test_a_tokenizer_the_grammar_engine_cannot_read_is_a_clear_error(make_engine: Any) -> None:
+    # The engine tests' own tokenizer has no decoder, so llguidance cannot map its tokens to bytes.
+    engine = await make_engine("llama")
+    with pytest.raises(
+        UnsupportedGrammarError, match="constrained decoding is not available for this model's"
+    ):
+        await generate(engine, [5, 6, 7], max_tokens=10, guided=GuidedDecoding("regex", "[0-9]+"))
