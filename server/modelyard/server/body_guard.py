@@ -67,15 +67,20 @@ def check_text(raw: bytes, parsed: Any) -> None:
         )
 
 
+# The list whose items all render into one prompt, per endpoint (embedding inputs are separate
+# sequences, each with its own context, so they are not counted against one).
+_ONE_CONTEXT_LIST = {"/v1/chat/completions": "messages", "/v1/responses": "input"}
+
+
 def precheck_messages(raw: bytes, path: str, max_items: int) -> None:
     """Before parsing: parsing 100k messages alone holds the GIL for a noticeable time. Every message
     or input item has a ``"role"`` key (the bytes ``"role"`` cannot occur inside a JSON string, where
     quotes are escaped, except as a whole string value), so this C-speed count bounds the item count."""
-    if b'"role"' not in raw:
+    field = _ONE_CONTEXT_LIST.get(path)
+    if field is None or b'"role"' not in raw:
         return
     count = raw.count(b'"role"')
     if count > max_items:
-        field = "input" if path.endswith("/responses") else "messages"
         raise ContextLengthExceededError(
             f"{field} holds about {count} messages; each takes at least one token, and the model's "
             f"context holds {max_items} tokens.",
@@ -83,18 +88,17 @@ def precheck_messages(raw: bytes, path: str, max_items: int) -> None:
         )
 
 
-def check_counts(parsed: Any, max_items: int | None, max_sequences: int | None) -> None:
+def check_counts(parsed: Any, path: str, max_items: int | None, max_sequences: int | None) -> None:
     if not isinstance(parsed, dict):
         return
-    if max_items is not None:
-        for field in ("messages", "input"):
-            items = parsed.get(field)
-            if isinstance(items, list) and len(items) > max_items:
-                raise ContextLengthExceededError(
-                    f"{field} holds {len(items)} items; each takes at least one token, and the model's "
-                    f"context holds {max_items} tokens.",
-                    param=field,
-                )
+    field = _ONE_CONTEXT_LIST.get(path)
+    items = parsed.get(field) if field is not None else None
+    if max_items is not None and isinstance(items, list) and len(items) > max_items:
+        raise ContextLengthExceededError(
+            f"{field} holds {len(items)} items; each takes at least one token, and the model's "
+            f"context holds {max_items} tokens.",
+            param=field,
+        )
     prompt: Any = parsed.get("prompt")
     many = isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
     if max_sequences is not None and many and len(prompt) > max_sequences:
@@ -124,7 +128,9 @@ class GuardedBodyRoute(APIRoute):
                     request._json = parsed  # FastAPI reuses it instead of parsing again
                 check_text(raw, parsed)
                 if runtime is not None:
-                    check_counts(parsed, runtime.max_model_len, runtime.limits.max_sequences)
+                    check_counts(
+                        parsed, request.url.path, runtime.max_model_len, runtime.limits.max_sequences
+                    )
             return await handler(request)
 
         return guarded

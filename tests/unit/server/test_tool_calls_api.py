@@ -207,3 +207,13 @@ def test_tokens_per_request_are_capped_with_a_clear_400(engine: FakeEngine, toke
         assert resp.status_code == 400
         assert resp.json()["error"]["code"] == "too_many_tokens"
         assert engine.requests[-1].params.max_tokens == 10  # the refused request never reached the engine
+
+
+def test_message_counts_are_bounded_per_context_but_embedding_inputs_are_not(client: TestClient) -> None:
+    too_many = [{"role": "user", "content": "x"}] * 300  # the fake model's context is 256 tokens
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": too_many})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
+    # 300 embedding inputs are 300 separate sequences: refused here only because this is no embedding model
+    resp = client.post("/v1/embeddings", json={"model": MODEL, "input": ["role"] * 300})
+    assert resp.json()["error"]["code"] == "model_not_supported"
