@@ -12,7 +12,15 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from modelyard.api.metadata import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
@@ -30,6 +38,7 @@ __all__ = [
     "Condition",
     "ConditionType",
     "Dtype",
+    "Engine",
     "HubTokenSecret",
     "LLMModel",
     "LLMModelSpec",
@@ -117,6 +126,14 @@ class Task(StrEnum):
     EMBED = "embed"
 
 
+class Engine(StrEnum):
+    """Which inference engine serves the model: the built-in server or a peer engine's own image."""
+
+    MODELYARD = "modelyard"
+    VLLM = "vllm"
+    SGLANG = "sglang"
+
+
 class Dtype(StrEnum):
     AUTO = "auto"
     FLOAT16 = "float16"
@@ -140,7 +157,7 @@ class ServerOptions(_Model):
 
     image: str | None = Field(
         default=None,
-        description="Model server image. Defaults to the operator's configured server image.",
+        description="Model server image. Defaults to the operator's configured image for spec.engine.",
     )
     dtype: Dtype = Field(default=Dtype.AUTO, description="Weight dtype passed as --dtype.")
     max_model_len: int | None = Field(
@@ -152,6 +169,12 @@ class ServerOptions(_Model):
         default=None,
         ge=1,
         description="Maximum number of sequences batched concurrently per replica (--max-num-seqs).",
+    )
+    prefix_caching: bool | None = Field(
+        default=None,
+        description="Reuse the KV cache of shared prompt prefixes (vllm: --enable-prefix-caching / "
+        "--no-enable-prefix-caching; sglang: radix cache, off with --disable-radix-cache). Unset keeps the "
+        "engine's default. The modelyard engine has no prefix cache.",
     )
     extra_args: list[str] = Field(
         default_factory=list,
@@ -305,6 +328,38 @@ class LoadBalancing(_Model):
     )
 
 
+_PREFIX_CACHING_ON = "has(self.server) && has(self.server.prefixCaching) && self.server.prefixCaching"
+
+# Field combinations an engine cannot honour, rejected at `kubectl apply` (CEL) and again by the operator
+# when it parses a spec (`LLMModelSpec._engine_can_honour`), with the same messages.
+MODELYARD_PREFIX_CACHING_MESSAGE = (
+    "engine modelyard has no prefix cache: server.prefixCaching: true needs engine vllm or sglang"
+)
+ENGINE_ON_CPU_MESSAGE = (
+    "engine vllm or sglang with resources.gpus: 0 needs server.image: the default vllm and sglang "
+    "images are CUDA builds (set a CPU build of the engine)"
+)
+VLLM_EMBED_PREFIX_CACHING_MESSAGE = (
+    "engine vllm does not support prefix caching for task: embed (pooling models); "
+    "leave server.prefixCaching unset or false"
+)
+ENGINE_RULES: list[JsonValue] = [
+    {
+        "rule": f"self.engine != 'modelyard' || !({_PREFIX_CACHING_ON})",
+        "message": MODELYARD_PREFIX_CACHING_MESSAGE,
+    },
+    {
+        "rule": "self.engine == 'modelyard' || !has(self.resources) || self.resources.gpus > 0 || "
+        "(has(self.server) && has(self.server.image))",
+        "message": ENGINE_ON_CPU_MESSAGE,
+    },
+    {
+        "rule": f"self.engine != 'vllm' || self.task != 'embed' || !({_PREFIX_CACHING_ON})",
+        "message": VLLM_EMBED_PREFIX_CACHING_MESSAGE,
+    },
+]
+
+
 class LLMModelSpec(_Model):
     """Desired state of one served model."""
 
@@ -323,6 +378,7 @@ class LLMModelSpec(_Model):
                     "message": "cache is not used with pvc:// models (weights are read from the claim)",
                     "fieldPath": ".cache",
                 },
+                *ENGINE_RULES,
             ]
         }
     )
@@ -348,6 +404,12 @@ class LLMModelSpec(_Model):
     aliases: list[str] = Field(default_factory=list, description="Extra names that route to this model.")
     task: Task = Field(
         default=Task.GENERATE, description="generate (chat/completions) or embed (embeddings)."
+    )
+    engine: Engine = Field(
+        default=Engine.MODELYARD,
+        description="Inference engine: modelyard (the built-in server), vllm or sglang (their own "
+        "OpenAI servers, images from the operator's settings unless server.image is set). The same "
+        "fields map onto each engine's flags; resources.gpus is the tensor-parallel size.",
     )
     server: ServerOptions = Field(default_factory=ServerOptions, description=ServerOptions.__doc__)
     resources: Resources = Field(
@@ -384,6 +446,18 @@ class LLMModelSpec(_Model):
         if not _URL_RE.match(v):
             raise ValueError(URL_CEL_MESSAGE)
         return v
+
+    @model_validator(mode="after")
+    def _engine_can_honour(self) -> LLMModelSpec:
+        # Mirrors ENGINE_RULES for objects that reached the operator without CEL (older CRD).
+        prefix_caching = self.server.prefix_caching is True
+        if self.engine is Engine.MODELYARD and prefix_caching:
+            raise ValueError(MODELYARD_PREFIX_CACHING_MESSAGE)
+        if self.engine is not Engine.MODELYARD and self.resources.gpus == 0 and self.server.image is None:
+            raise ValueError(ENGINE_ON_CPU_MESSAGE)
+        if self.engine is Engine.VLLM and self.task is Task.EMBED and prefix_caching:
+            raise ValueError(VLLM_EMBED_PREFIX_CACHING_MESSAGE)
+        return self
 
     @property
     def source(self) -> ModelSource:

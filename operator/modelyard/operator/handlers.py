@@ -29,7 +29,7 @@ from modelyard.operator.kopfconfig import configure_kopf
 from modelyard.operator.observed import ObservedState, model_key, model_key_of
 from modelyard.operator.progress import ProgressProber
 from modelyard.operator.reconcile import ReconcileResult, child_drift, reconcile
-from modelyard.operator.settings import OperatorSettings, get_settings
+from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.statussync import StatusSyncer
 
 CHILD_LABELS = {md.LABEL_MANAGED_BY: md.FIELD_MANAGER}
@@ -57,7 +57,7 @@ def _runtime(memo: Any) -> Runtime:
 
 @kopf.on.startup()
 async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    ours = get_settings()
+    ours: OperatorSettings = memo["settings"]
     configure_kopf(settings, ours)
     runtime = Runtime(ours)
     runtime.prober.start()

@@ -49,6 +49,12 @@ class ServerSettings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1, description="Most sequences in the running batch.")
     max_queue: int = Field(1024, ge=0, description="Most waiting requests; beyond it requests get 429.")
     max_prefill_tokens: int = Field(512, ge=16, description="Prefill chunk per engine step.")
+    tensor_parallel_size: int | None = Field(
+        None,
+        ge=1,
+        description="Devices the model's layers are split over, like vLLM's flag (default: every visible "
+        "GPU; 1 on CPU). Contiguous runs of decoder layers per device (see engine/placement.py).",
+    )
     revision: str | None = None
     trust_remote_code: bool = False
     seed: int = 0
@@ -125,6 +131,7 @@ class ServerSettings(BaseSettings):
             trust_remote_code=self.trust_remote_code,
             hf_token=self.hf_token.get_secret_value() if self.hf_token else None,
             seed=self.seed,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
 
 

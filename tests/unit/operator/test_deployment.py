@@ -179,6 +179,7 @@ def test_probes_port_and_scrape_annotations() -> None:
         "prometheus.io/scrape": "true",
         "prometheus.io/port": "8000",
         "prometheus.io/path": "/metrics",
+        "modelyard.dev/engine": "modelyard",
     }
 
 

@@ -177,6 +177,8 @@ class EngineConfig:
     trust_remote_code: bool = False
     hf_token: str | None = None
     seed: int = 0
+    # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
+    tensor_parallel_size: int | None = None
 
 
 # The engine package exposes, in ``modelyard.server.engine``:
