@@ -92,6 +92,8 @@ class GenerationOutput:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0  # cumulative, including this output's tokens
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    # Prompt tokens whose KV came from the prefix cache instead of being computed (0 without one).
+    num_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
