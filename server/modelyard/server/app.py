@@ -155,6 +155,8 @@ def create_app(
         state.load.update(stage, fraction)
         log.info("loading model", extra={"stage": stage, "progress": round(fraction, 3)})
 
+    started: list[Engine] = []
+
     async def load_in_background() -> None:
         try:
             loaded = await load(settings, progress)
@@ -180,6 +182,7 @@ def create_app(
             workers=WorkerPool(settings.cpu_workers),
         )
         state.attach(runtime)
+        started.append(loaded.engine)  # stopped at shutdown even if it failed and was detached
         state.load.finished = time.monotonic()
         progress("ready", 1.0)
         if loaded.engine_died is not None:
@@ -196,8 +199,9 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            for engine in started:
+                await engine.stop()
             if state.runtime is not None:
-                await state.runtime.engine.stop()
                 state.runtime.workers.shutdown()
 
     app = FastAPI(title="Modelyard model server", version=__version__, lifespan=lifespan)

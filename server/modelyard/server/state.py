@@ -50,4 +50,4 @@ class AppState:
         self.load.error = reason
         self.load.stage = "engine stopped"
         self.runtime = None  # first: it is what /ready and the routes check
-        self.completions = self.chat = self.embeddings = None
+        self.completions = self.chat = self.embeddings = self.responses = None
