@@ -62,7 +62,7 @@ def resolve_model_source(settings: ServerSettings, progress: ProgressFn) -> str:
         root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
         return str(tinymodel.ensure_tiny_model(kind, root))  # type: ignore[arg-type]
     if name == "smollm2-135m-instruct" and not os.path.exists(name):
-        from modelyard.server import smollm
+        from modelyard.server.engine import smollm
 
         progress("converting SmolLM2-135M-Instruct (first run only)", 0.05)
         root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
