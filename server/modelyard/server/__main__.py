@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from modelyard.server.app import create_app
+from modelyard.server.connection import protocol_with_header_deadline
 from modelyard.server.logs import configure_logging
 from modelyard.server.settings import parse_settings
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,  # keep our structured handlers
         access_log=False,  # RequestContextMiddleware writes the access log, with the request id
         timeout_graceful_shutdown=30,
+        http=protocol_with_header_deadline(settings.read_header_timeout),
     )
     server = uvicorn.Server(config)
     server.run()

@@ -32,6 +32,7 @@ class FakeEngine:
     closed: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     running: int = 0
+    dead_reason: str | None = None
 
     @property
     def max_model_len(self) -> int:
