@@ -2,8 +2,9 @@
 
 ``DrainRate`` counts generation/embedding requests that completed (a 2xx answer fully sent) over a sliding
 window; the wait it suggests is the time the current queue needs to drain at that rate, clamped to
-[1, 60] s. ``RetryAfterMiddleware`` feeds it and rewrites the headers of every 429 the app sends, so the
-engine and serving code keep raising one ``QueueFullError`` and the HTTP layer says how long to wait.
+[1, 60] s (the engine's own hint when nothing finished in the window). ``RetryAfterMiddleware`` feeds it
+and rewrites the headers of every 429 the app sends, so the engine and serving code keep raising one
+``QueueFullError`` and the HTTP layer says how long to wait.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ class DrainRate:
     def __init__(self, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
         self._clock = clock
-        self._started = clock()
         self._done: collections.deque[float] = collections.deque()
 
     def record(self) -> None:
@@ -32,16 +32,21 @@ class DrainRate:
         self._done.append(now)
         self._trim(now)
 
-    def per_second(self) -> float:
-        """Completions per second over the window (at least one per window: never divide by zero)."""
-        now = self._clock()
-        self._trim(now)
-        span = max(1e-3, min(self.window_s, now - self._started))
-        return max(1, len(self._done)) / span
+    def per_second(self) -> float | None:
+        """Completions per second over the whole window; None when none finished in it (rate unknown).
 
-    def retry_after_s(self, queued: int) -> float:
-        """Seconds for ``queued`` waiting requests (plus the one being refused) to drain."""
-        wait = (max(0, queued) + 1) / self.per_second()
+        Always the whole window, also just after start-up: a burst of early completions over a short span
+        would promise a drain rate the engine does not sustain, and send every client back at once.
+        """
+        self._trim(self._clock())
+        return len(self._done) / self.window_s if self._done else None
+
+    def retry_after_s(self, queued: int) -> float | None:
+        """Seconds for ``queued`` waiting requests (plus the one being refused) to drain; None: unknown."""
+        rate = self.per_second()
+        if rate is None:
+            return None
+        wait = (max(0, queued) + 1) / rate
         return min(MAX_RETRY_S, max(MIN_RETRY_S, wait))
 
     def _trim(self, now: float) -> None:
@@ -80,7 +85,9 @@ class RetryAfterMiddleware:
     def _retry_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         # What the engine suggested (retry-after-ms) is a floor; the drain estimate may only lengthen it.
         floor = max((_millis(v) for k, v in headers if k.lower() == b"retry-after-ms"), default=0.0)
-        wait = min(MAX_RETRY_S, max(floor, self.drain.retry_after_s(self.queued())))
+        estimate = self.drain.retry_after_s(self.queued())
+        # Nothing finished in the window yet: the engine's hint is all there is.
+        wait = min(MAX_RETRY_S, max(MIN_RETRY_S, floor, estimate or 0.0))
         kept = [(k, v) for k, v in headers if k.lower() not in (b"retry-after", b"retry-after-ms")]
         # Whole seconds for Retry-After (no fractions allowed), milliseconds for clients that prefer them.
         kept.append((b"retry-after", str(math.ceil(wait)).encode()))

@@ -204,6 +204,21 @@ def test_sampling_parameters_reach_the_engine(engine: FakeEngine, client: TestCl
     assert (params.ignore_eos, params.min_tokens, params.max_tokens) == (True, 2, 9)
 
 
+def test_retry_after_grows_with_the_queue_it_must_drain(engine: FakeEngine, client: TestClient) -> None:
+    """Not a constant 1 s: the waiting requests over the measured completion rate, at most 60 s."""
+    for _ in range(3):
+        assert client.post("/v1/completions", json={"model": MODEL, "prompt": "x"}).status_code == 200
+    engine.queue_full = True
+    engine.waiting = 500
+    long = client.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+    assert long.status_code == 429
+    assert int(long.headers["retry-after"]) == 60  # 500 waiting at a few per second: clamped
+    assert int(long.headers["retry-after-ms"]) == 60_000
+    engine.waiting = 0
+    short = client.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+    assert 1 <= int(short.headers["retry-after"]) < 60
+
+
 def test_queue_full_is_429_with_retry_after(engine: FakeEngine, client: TestClient) -> None:
     engine.queue_full = True
     resp = client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "stream": True})

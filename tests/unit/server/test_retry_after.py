@@ -31,7 +31,7 @@ def test_wait_is_clamped_to_one_and_sixty_seconds() -> None:
         drain.record()
     assert drain.retry_after_s(queued=0) == 1.0
     slow = DrainRate(window_s=30, clock=clock)
-    clock.now += 30
+    slow.record()
     assert slow.retry_after_s(queued=100) == 60.0
 
 
@@ -41,6 +41,7 @@ def test_old_completions_leave_the_window() -> None:
     clock.now += 10
     for _ in range(50):
         drain.record()
-    clock.now += 11  # nothing finished for longer than the window: at most one per window is assumed
-    assert drain.per_second() == 0.1
-    assert drain.retry_after_s(queued=3) == 40.0
+    assert drain.retry_after_s(queued=99) == 20.0  # 50 per 10 s: 100 requests need 20 s
+    clock.now += 11  # nothing finished for longer than the window: the rate is unknown again
+    assert drain.per_second() is None
+    assert drain.retry_after_s(queued=3) is None
