@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from modelyard.server.engine.batch import PrefillGroup, RunningBatch, Sequence
+from modelyard.server.engine.guided import GrammarCompiler
 from modelyard.server.engine.loader import LoadedModel
 from modelyard.server.engine.pooling import embed_batch
 from modelyard.server.engine.sampler import Sampled, SamplingRow, prompt_logprobs, sample
@@ -93,6 +94,9 @@ class TorchEngine:
         self._generator.manual_seed(config.seed)
         forward = inspect.signature(self._model.forward).parameters
         self._logits_kw = "logits_to_keep" in forward
+        self.grammar = (
+            GrammarCompiler(loaded.tokenizer, self._vocab) if loaded.tokenizer is not None else None
+        )
 
     # ----- the Engine protocol (event-loop side) -----
 
@@ -171,6 +175,10 @@ class TorchEngine:
             sink=sink,
             row=SamplingRow(params=params, prompt_token_ids=prompt, stop_token_ids=frozenset(stop_ids)),
         )
+        if params.guided is not None:
+            if self.grammar is None:
+                raise EngineError("this model has no tokenizer for constrained decoding")
+            seq.row.matcher = await self.grammar.matcher(params.guided)  # UnsupportedGrammarError: a 400
         self._waiting.append(seq)
         self._wakeup.set()
         finished = False
@@ -508,7 +516,8 @@ class TorchEngine:
         stop_token: int | None = None
         new_tokens: tuple[int, ...] = ()
         logprobs = None
-        if token in seq.row.stop_token_ids and seq.row.num_generated >= params.min_tokens:
+        grammar_done = seq.row.matcher is not None and seq.row.matcher.is_terminated()
+        if token in seq.row.stop_token_ids and (seq.row.num_generated >= params.min_tokens or grammar_done):
             reason, stop_token = "stop", token
         else:
             seq.row.record(token)
