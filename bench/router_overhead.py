@@ -288,6 +288,7 @@ def main() -> None:
             f"http://127.0.0.1:{rp}/readyz",
             {
                 "MODELYARD_ROUTER_PORT": str(rp),
+                "MODELYARD_ROUTER_METRICS_PORT": str(free_port()),
                 "MODELYARD_ROUTER_HOST": "127.0.0.1",
                 "MODELYARD_ROUTER_STATIC_CONFIG": str(cfg),
                 "MODELYARD_ROUTER_ACCESS_LOG": "false",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import prometheus_client
 from aiohttp import web
 
-from modelyard.router.app import PROXY, create_app
+from modelyard.router.app import PROXY, create_app, create_metrics_app
 from modelyard.router.settings import RouterSettings
 
 log = logging.getLogger("modelyard.router")
@@ -59,11 +59,25 @@ async def serve(settings: RouterSettings) -> None:
         handler_cancellation=True,  # a client disconnect cancels the handler -> upstream is closed
         shutdown_timeout=settings.shutdown_drain_s,
         access_log=None,
+        # aiohttp closes a connection whose handler still waits for a request (headers not complete)
+        # when this runs out, counted from connect or from the previous response: the header deadline.
+        keepalive_timeout=settings.read_header_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
     await site.start()
-    log.info("router listening on %s:%d (mode=%s)", settings.host, settings.port, settings.mode.value)
+    metrics_runner = web.AppRunner(
+        create_metrics_app(app), access_log=None, keepalive_timeout=settings.read_header_timeout_s
+    )
+    await metrics_runner.setup()
+    await web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_address=True).start()
+    log.info(
+        "router listening on %s:%d, metrics on :%d (mode=%s)",
+        settings.host,
+        settings.port,
+        settings.metrics_port,
+        settings.mode.value,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,6 +89,7 @@ async def serve(settings: RouterSettings) -> None:
     if settings.shutdown_delay_s:
         await asyncio.sleep(settings.shutdown_delay_s)
     await runner.cleanup()
+    await metrics_runner.cleanup()
     log.info("router stopped")
 
 

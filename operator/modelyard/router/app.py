@@ -4,8 +4,10 @@ Routes:
   POST /v1/{chat/completions,completions,embeddings,...}  proxied by model (proxy.py)
   GET  /v1/models, /v1/models/{id}                         the union of routable names and aliases
   GET  /healthz   process is up          GET /readyz   discovery has delivered a table, not draining
-  GET  /metrics   Prometheus text format (own registry)
   GET  /autoscaler/load   requests in flight and held per model, for the operator's autoscaler
+
+``create_metrics_app(app)``: ``GET /metrics`` (Prometheus text, own registry) on its own port
+(``metrics_port``): the series name every API key and model, which API clients must not read.
 """
 
 from __future__ import annotations
@@ -126,12 +128,29 @@ def create_app(
 
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/autoscaler/load", _autoscaler_load)
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_post("/v1/{tail:.+}", proxy.handle)
     app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+def create_metrics_app(api: web.Application) -> web.Application:
+    """The metrics listener's app, reading the API app's registry and routing table."""
+    app = web.Application(middlewares=[_error_envelope])
+
+    async def metrics(_: web.Request) -> web.Response:
+        registry = api[METRICS]
+        _refresh_endpoint_metrics(api[TABLE], registry)
+        body = generate_latest(registry.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def not_found(request: web.Request) -> web.Response:
+        return errors.not_found(request.path).response()
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 
 
@@ -240,6 +259,12 @@ async def _error_envelope(
         return errors.not_found(request.path).response()
     except errors.RouterError as err:
         return err.response(request.headers.get("x-request-id"))
+    except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        # Never aiohttp's text/plain 500: whatever escaped still answers with the envelope.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return errors.internal_error().response(request.headers.get("x-request-id"))
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
@@ -264,13 +289,6 @@ async def _readyz(request: web.Request) -> web.Response:
 async def _autoscaler_load(request: web.Request) -> web.Response:
     # Model names and counts only; read by the operator's autoscaler (operator/autoscaler/signal.py).
     return web.json_response({"models": request.app[PROXY].load()})
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
-    _refresh_endpoint_metrics(request.app[TABLE], metrics)
-    body = generate_latest(metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _visible_models(request: web.Request) -> list[dict[str, Any]]:
@@ -301,4 +319,4 @@ async def _get_model(request: web.Request) -> web.Response:
     raise errors.model_not_found(model_id)
 
 
-__all__ = ["MODEL_UNKNOWN", "create_app"]
+__all__ = ["MODEL_UNKNOWN", "create_app", "create_metrics_app"]

@@ -1,15 +1,58 @@
 """Reading just enough of a request body to route it, and the ``usage`` out of a response.
 
 The body is forwarded as the original bytes; only ``model`` and ``stream`` are taken from it here.
+Reading it is bounded in size (chunked bodies included: aiohttp counts against ``client_max_size`` as it
+reads) and in time. A body the router cannot parse (invalid JSON or UTF-8, nesting deep enough to
+exhaust the parser's recursion, lone UTF-16 surrogates that no backend could encode) is the client's
+error, 400, and never reaches a backend: a backend's 500 for it would be retried on every pod.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from modelyard.router import errors
+
+# A JSON \u escape in the surrogate range; only then can the parsed body hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.body_too_large(limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise errors.body_too_large(limit) from None
+    except TimeoutError:
+        raise errors.body_timeout(timeout_s) from None
+
+
+def _lone_surrogate_at(node: Any) -> str | None:
+    """Where in the parsed body a string with an unpaired surrogate sits (``messages[0].content``)."""
+    stack: list[tuple[str, Any]] = [("", node)]
+    while stack:
+        where, cur = stack.pop()
+        if isinstance(cur, str):
+            try:
+                cur.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "body"
+        elif isinstance(cur, dict):
+            for key, value in cur.items():
+                if isinstance(key, str) and _lone_surrogate_at(key) is not None:
+                    return f"{where}.{key}".lstrip(".") or "body"
+                stack.append((f"{where}.{key}".lstrip("."), value))
+        elif isinstance(cur, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(cur))
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +69,16 @@ def parse_body(raw: bytes) -> RoutedBody:
         fields = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.invalid_request(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise errors.invalid_request("The request body is nested too deeply to parse.") from None
     if not isinstance(fields, dict):
         raise errors.invalid_request("The request body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(raw):
+        where = _lone_surrogate_at(fields)
+        if where is not None:
+            raise errors.invalid_request(
+                f"`{where}` contains a lone UTF-16 surrogate, which is not valid Unicode text.", where
+            )
     model = fields.get("model")
     if not isinstance(model, str) or not model:
         raise errors.invalid_request("`model` is required and must be a non-empty string.", "model")

@@ -69,6 +69,19 @@ def body_too_large(limit: int) -> RouterError:
     )
 
 
+def body_timeout(seconds: float) -> RouterError:
+    return RouterError(
+        408,
+        f"The request body did not arrive within {seconds:g} s.",
+        "invalid_request_error",
+        "request_timeout",
+    )
+
+
+def internal_error() -> RouterError:
+    return RouterError(500, "The router failed to handle the request.", "server_error", "internal_error")
+
+
 def missing_api_key() -> RouterError:
     return RouterError(
         401,
@@ -80,16 +93,6 @@ def missing_api_key() -> RouterError:
 
 def invalid_api_key() -> RouterError:
     return RouterError(401, "Incorrect API key provided.", "authentication_error", "invalid_api_key")
-
-
-def model_not_allowed(model: str, key_name: str) -> RouterError:
-    return RouterError(
-        403,
-        f"API key `{key_name}` may not use model `{model}`.",
-        "permission_error",
-        "model_not_allowed",
-        "model",
-    )
 
 
 def rate_limited(limit: str, retry_after_s: int) -> RouterError:

@@ -162,7 +162,8 @@ class KeyStore:
         ``model`` is the canonical name; ``requested`` the name or alias the client used (either may be
         listed in the key's ``models``)."""
         if not state.all_models and model not in state.models and requested not in state.models:
-            raise errors.model_not_allowed(requested or model, state.name)
+            # The same 404 as for a model that does not exist: a key must not learn which others do.
+            raise errors.model_not_found(requested or model)
         now = self.clock()
         if state.spec.max_concurrent and state.in_flight >= state.spec.max_concurrent:
             raise errors.rate_limited(f"{state.spec.max_concurrent} concurrent requests", 1)

@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 
 from modelyard.router import errors
 from modelyard.router.balancer import chwbl, least_load, prefix_key
-from modelyard.router.body import RoutedBody, parse_body
+from modelyard.router.body import RoutedBody, parse_body, read_body
 from modelyard.router.errors import RouterError
 from modelyard.router.exchange import Exchange, record
 from modelyard.router.health import Health
@@ -143,13 +143,7 @@ class Proxy:
                 self.keys.release(key, tokens_used)
 
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise errors.body_too_large(limit)
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise errors.body_too_large(limit) from None
+        return await read_body(request, self.settings.max_body_bytes, self.settings.read_body_timeout_s)
 
     async def _route(
         self, request: web.Request, ex: Exchange, route: ModelRoute, routed: RoutedBody, body: bytes

@@ -25,7 +25,13 @@ class RouterSettings(BaseSettings):
     )
 
     host: str = Field("0.0.0.0", description="Address to listen on.")
-    port: int = Field(metadata.ROUTER_PORT, description="Port for the API, /metrics and health endpoints.")
+    port: int = Field(metadata.ROUTER_PORT, description="Port for the API and health endpoints.")
+    metrics_port: int = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description="Port for Prometheus `/metrics` (kept off the API port: it names every key and model).",
+    )
 
     mode: DiscoveryMode = Field(
         DiscoveryMode.KUBERNETES,
@@ -54,7 +60,20 @@ class RouterSettings(BaseSettings):
         None, description="Bearer key the router sends to backends (when model servers require one)."
     )
 
-    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Request body limit; larger -> 413.")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Request body limit, counted while reading (chunked too); larger -> 413.",
+    )
+    read_header_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A connection must send a request's headers within this long of connecting or of its "
+        "previous response (also the idle keep-alive time), else it is closed.",
+    )
+    read_body_timeout_s: float = Field(
+        60.0, gt=0, description="A request body not fully received within this long gets 408."
+    )
     connect_timeout_s: float = Field(3.0, gt=0, description="Upstream TCP connect timeout.")
     upstream_read_timeout_s: float = Field(
         300.0, gt=0, description="Longest silence allowed from a backend (headers or between stream chunks)."

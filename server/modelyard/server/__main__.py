@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from modelyard.server.app import create_app
+from modelyard.server.connection import protocol_with_header_deadline
 from modelyard.server.logs import configure_logging
 from modelyard.server.settings import parse_settings
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         # On SIGTERM (after the pod's preStop sleep) uvicorn stops accepting and lets in-flight requests and
         # streams finish for this long; the operator's terminationGracePeriodSeconds leaves room for it.
         timeout_graceful_shutdown=30,
+        http=protocol_with_header_deadline(settings.read_header_timeout),
     )
     server = uvicorn.Server(config)
     server.run()

@@ -25,6 +25,7 @@ from modelyard.server.engine.types import Engine, EngineConfig, EngineStats, Tas
 from modelyard.server.errors import install_error_handlers
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
+from modelyard.server.retry_after import DrainRate, RetryAfterMiddleware
 from modelyard.server.routes import openai, ops
 from modelyard.server.runtime import ModelRuntime, RequestLimits, WorkerPool
 from modelyard.server.settings import ServerSettings
@@ -210,7 +211,17 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(openai.router)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
+
+    def queued() -> int:
+        stats = engine_stats()
+        return stats.num_waiting if stats is not None else 0
+
+    # Added first, so it runs inside RequestContextMiddleware and sees every 429 the app sends.
+    app.add_middleware(RetryAfterMiddleware, drain=DrainRate(), queued=queued)
     app.add_middleware(
-        RequestContextMiddleware, api_key=api_key, max_request_bytes=settings.max_request_bytes
+        RequestContextMiddleware,
+        api_key=api_key,
+        max_request_bytes=settings.max_request_bytes,
+        read_body_timeout=settings.read_body_timeout,
     )
     return app

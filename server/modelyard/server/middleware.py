@@ -4,10 +4,16 @@
 puts it in the logging contextvar and on every response, enforces the API key and the body size
 limit on ``/v1`` routes, writes one structured access-log line per request, and turns any exception
 that escaped the app into an envelope that still carries the request id.
+
+The body of a ``/v1`` request is read here, before the app sees it: counted as it arrives (a chunked
+body has no ``Content-Length`` to check up front, so the limit must hold while reading) and bounded in
+time (a client trickling its body gets 408 rather than holding a slot forever). The app then reads the
+buffered body; later ``receive`` calls go to the connection, so disconnects are still seen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -23,6 +29,7 @@ from modelyard.server.errors import (
     AuthenticationError,
     InternalServerError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     error_payload,
 )
 from modelyard.server.logs import request_id_var
@@ -39,10 +46,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, api_key: str | None, max_request_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str | None, max_request_bytes: int, read_body_timeout: float = 60.0
+    ) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_request_bytes = max_request_bytes
+        self.read_body_timeout = read_body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,6 +74,12 @@ class RequestContextMiddleware:
 
         try:
             rejection = self._reject(scope)
+            if rejection is None and _has_body(scope):
+                buffered = await self._read_body(receive)
+                if isinstance(buffered, APIError):
+                    rejection = buffered
+                else:
+                    receive = _replay(buffered, receive)
             if rejection is not None:
                 await _send_error(send_with_id, rejection)
             else:
@@ -105,6 +121,52 @@ class RequestContextMiddleware:
             )
         return None
 
+    async def _read_body(self, receive: Receive) -> bytes | APIError:
+        chunks: list[bytes] = []
+        size = 0
+
+        async def read_all() -> APIError | None:
+            nonlocal size
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None  # the app sees an empty body and its disconnect watcher the rest
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_request_bytes:
+                    return PayloadTooLargeError(
+                        f"The request body exceeds {self.max_request_bytes} bytes, the most this server "
+                        "accepts."
+                    )
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return None
+
+        try:
+            problem = await asyncio.wait_for(read_all(), self.read_body_timeout)
+        except TimeoutError:
+            problem = RequestTimeoutError(
+                f"The request body did not arrive within {self.read_body_timeout:g} s."
+            )
+        return problem if problem is not None else b"".join(chunks)
+
+
+def _has_body(scope: Scope) -> bool:
+    return scope.get("path", "").startswith("/v1") and scope.get("method") in ("POST", "PUT", "PATCH")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
 
 async def _send_error(send: Send, exc: APIError) -> None:
     body = json.dumps(error_payload(exc)).encode()
@@ -112,5 +174,8 @@ async def _send_error(send: Send, exc: APIError) -> None:
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
     if exc.status_code == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if exc.status_code in (408, 413):
+        # The rest of the body is never read: the connection cannot carry another request.
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -66,7 +66,17 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
-    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest accepted request body (chunked bodies included)."
+    )
+    read_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's headers before it is closed.",
+    )
+    read_body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client may take to send a request body, then it gets 408."
+    )
     tool_call_parser: str | None = Field(
         None,
         description="How tool calls are read from the model's text for tool_choice auto: hermes, "

@@ -411,6 +411,7 @@ def test_operator_and_router_run_with_the_charts_settings_and_service_accounts(
         router_env |= {
             "MODELYARD_ROUTER_HOST": "127.0.0.1",
             "MODELYARD_ROUTER_PORT": str(port),
+            "MODELYARD_ROUTER_METRICS_PORT": str(_free_port()),
             "KUBECONFIG": str(
                 _service_account_kubeconfig(
                     cluster, f"{NS_RELEASE}-modelyard-router", tmp_path / "router.kubeconfig"

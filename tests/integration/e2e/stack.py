@@ -151,13 +151,16 @@ def open_stack(
     port = free_port()
     operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_URLS"] = f'["http://127.0.0.1:{port}"]'
     operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_POLL_SECONDS"] = "0.25"
+    metrics_port = free_port()  # /metrics has its own port; never the shared default 9090 in tests
     router = Proc(
         [sys.executable, "-m", "modelyard.router"],
         port,
+        metrics_port=metrics_port,
         env={
             "KUBECONFIG": str(router_kubeconfig(kube_cluster, ns, work / "router.kubeconfig")),
             "MODELYARD_ROUTER_HOST": "127.0.0.1",
             "MODELYARD_ROUTER_PORT": str(port),
+            "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
             "MODELYARD_ROUTER_MODE": "kubernetes",
             "MODELYARD_ROUTER_NAMESPACE": ns,
             "MODELYARD_ROUTER_HOLD_MAX_WAIT_S": "180",

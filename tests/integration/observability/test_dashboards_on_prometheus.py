@@ -167,17 +167,19 @@ def operator(
 
 
 @pytest.fixture(scope="module")
-def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path]]:
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path, int]]:
+    """The router, its routes file and its metrics port (``/metrics`` is not on the API port)."""
     tmp = tmp_path_factory.mktemp("router")
     routes = tmp / "routes.json"
     dead = free_port()  # nothing listens here: connections are refused
     _write_routes(routes, {MODEL: [], "broken": [f"http://127.0.0.1:{dead}"], "no-pods": []})
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_ROUTER_")}
     env.update(
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "operator"), str(REPO_ROOT / "server")]),
         MODELYARD_ROUTER_HOST="127.0.0.1",
         MODELYARD_ROUTER_PORT=str(port),
+        MODELYARD_ROUTER_METRICS_PORT=str(metrics_port),
         MODELYARD_ROUTER_MODE="static",
         MODELYARD_ROUTER_STATIC_CONFIG=str(routes),
         MODELYARD_ROUTER_HOLD_MAX_WAIT_S="8",
@@ -185,7 +187,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Pat
     )
     proc = _spawn([sys.executable, "-m", "modelyard.router"], port, tmp / "router.log", env, "/readyz")
     try:
-        yield proc, routes
+        yield proc, routes, metrics_port
     finally:
         proc.stop()
 
@@ -193,7 +195,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Pat
 @pytest.fixture(scope="module")
 def prometheus(
     tmp_path_factory: pytest.TempPathFactory,
-    router: tuple[Proc, Path],
+    router: tuple[Proc, Path, int],
     llama_server: ServerProcess,
     operator: OperatorProcess,
 ) -> Iterator[Proc]:
@@ -202,7 +204,7 @@ def prometheus(
         pytest.fail(f"prometheus/promtool not installed: {INSTALL}")
     tmp = tmp_path_factory.mktemp("prometheus")
     targets = {
-        "modelyard-router": router[0].port,
+        "modelyard-router": router[2],
         "modelyard-model-server": llama_server.port,
         "modelyard-operator": operator.metrics_port,
     }
@@ -332,7 +334,7 @@ def _finite(result: list[dict[str, Any]]) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def loaded(prometheus: Proc, router: tuple[Proc, Path], llama_server: ServerProcess) -> dict[str, int]:
+def loaded(prometheus: Proc, router: tuple[Proc, Path, int], llama_server: ServerProcess) -> dict[str, int]:
     outcomes = _drive_load(router[0].url, router[1], llama_server, seconds=12)
     time.sleep(3 * SCRAPE_S)  # the last scrapes after the load
     return outcomes

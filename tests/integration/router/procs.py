@@ -72,10 +72,17 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """A router's ``/metrics``, on its own port."""
+        assert self.metrics_port is not None, "started without MODELYARD_ROUTER_METRICS_PORT"
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, ready_path: str, timeout_s: float = 30.0) -> Proc:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -125,10 +132,11 @@ def start_backend(name: str, tmp: Path, *extra: str, port: int | None = None) ->
 
 
 def start_router(tmp: Path, config: Path, keys_file: Path | None = None, **settings: Any) -> Proc:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         "MODELYARD_ROUTER_HOST": "127.0.0.1",
         "MODELYARD_ROUTER_PORT": str(port),
+        "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
         "MODELYARD_ROUTER_MODE": "static",
         "MODELYARD_ROUTER_STATIC_CONFIG": str(config),
     }
@@ -137,7 +145,8 @@ def start_router(tmp: Path, config: Path, keys_file: Path | None = None, **setti
     for key, value in settings.items():
         env[f"MODELYARD_ROUTER_{key.upper()}"] = str(value)
     args = [sys.executable, "-m", "modelyard.router"]
-    return Proc(args, port, env=env, log_path=tmp / f"router-{port}.log").start("/readyz")
+    proc = Proc(args, port, env=env, log_path=tmp / f"router-{port}.log", metrics_port=metrics_port)
+    return proc.start("/readyz")
 
 
 def write_config(path: Path, models: Mapping[str, Any]) -> Path:

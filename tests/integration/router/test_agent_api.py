@@ -61,7 +61,7 @@ def client(router: Proc) -> openai.OpenAI:
 
 
 def _tokens(router: Proc) -> float:
-    metrics = http_get(router.url + "/metrics")[1].decode()
+    metrics = http_get(router.metrics_url)[1].decode()
     found = re.search(
         r'modelyard_router_completion_tokens_total\{key="agent",model="tiny-llama"\} (\S+)', metrics
     )

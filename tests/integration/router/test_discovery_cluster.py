@@ -154,11 +154,12 @@ def test_router_follows_llmmodels_and_endpointslices(
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(HOSTS_SHIM)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     router = Proc(
-        [sys.executable, "-m", "modelyard.router"], port,
+        [sys.executable, "-m", "modelyard.router"], port, metrics_port=metrics_port,
         env={"KUBECONFIG": str(kubeconfig), "MODELYARD_ROUTER_HOST": "127.0.0.1",
-             "MODELYARD_ROUTER_PORT": str(port), "MODELYARD_ROUTER_MODE": "kubernetes",
+             "MODELYARD_ROUTER_PORT": str(port), "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
+             "MODELYARD_ROUTER_MODE": "kubernetes",
              "MODELYARD_ROUTER_NAMESPACE": ns,
              "MODELYARD_ROUTER_API_KEYS_SECRET": SECRET, "MODELYARD_ROUTER_HOLD_MAX_WAIT_S": "2",
              "MODELYARD_ROUTER_EXTRA_PYTHONPATH": str(shim)},
@@ -197,7 +198,7 @@ def test_router_follows_llmmodels_and_endpointslices(
     wait_until(lambda: chat(router, "chat", "sk-team-0000002")[0] == 503, 30, "503 without endpoints")
     kube_cluster.kubectl("delete", md.PLURAL, "chat-model", "-n", ns)
     wait_until(lambda: chat(router, "chat", "sk-team-0000002")[0] == 404, 30, "404 once the model is gone")
-    metrics = http_get(router.url + "/metrics")[1].decode()
+    metrics = http_get(router.metrics_url)[1].decode()
     assert 'modelyard_router_discovery_errors_total{kind="EndpointSlice"} 0.0' in metrics
     assert 'modelyard_router_discovery_errors_total{kind="LLMModel"} 0.0' in metrics
 

@@ -99,7 +99,7 @@ async def test_all_replicas_down_is_503_within_the_hold_bound_never_a_hang(stack
     assert raw.startswith(": keepalive\n\n")
     assert '"code":"model_unavailable"' in raw
     assert raw.endswith("data: [DONE]\n\n")
-    metrics = http_get(router.url + "/metrics")[1].decode()
+    metrics = http_get(router.metrics_url)[1].decode()
     assert 'modelyard_router_endpoints{model="m",state="ejected"} 2.0' in metrics
 
 
@@ -111,7 +111,7 @@ async def test_a_restarted_replica_is_readmitted(stack: Stack) -> None:
     async with aiohttp.ClientSession() as s:
         results = await asyncio.gather(*(post(s, router.url, CHAT) for _ in range(10)))
         assert {(st, be) for st, be, _ in results} == {(200, "b")}
-        metrics = http_get(router.url + "/metrics")[1].decode()
+        metrics = http_get(router.metrics_url)[1].decode()
         assert 'modelyard_router_endpoints{model="m",state="ejected"} 1.0' in metrics
         assert 'modelyard_router_upstream_retries_total{model="m"}' in metrics
         a.start("/health")  # same port
@@ -133,7 +133,7 @@ async def test_5xx_before_the_first_byte_is_retried_on_another_replica(stack: St
     async with aiohttp.ClientSession() as s:
         results = await asyncio.gather(*(post(s, router.url, CHAT) for _ in range(20)))
     assert {(st, be) for st, be, _ in results} == {(200, "b")}
-    metrics = http_get(router.url + "/metrics")[1].decode()
+    metrics = http_get(router.metrics_url)[1].decode()
     assert 'modelyard_router_upstream_errors_total{model="m",reason="status_5xx"}' in metrics
     assert 'modelyard_router_upstream_retries_total{model="m"} 0.0' not in metrics
 
@@ -154,8 +154,7 @@ async def test_a_held_request_completes_when_a_replica_appears(stack: Stack) -> 
         pending = asyncio.ensure_future(post(s, router.url, CHAT))
         await eventually(
             lambda: (
-                'modelyard_router_requests_held{model="m"} 1.0'
-                in http_get(router.url + "/metrics")[1].decode()
+                'modelyard_router_requests_held{model="m"} 1.0' in http_get(router.metrics_url)[1].decode()
             ),
             10,
             "request held",
@@ -171,8 +170,7 @@ async def test_held_requests_beyond_the_per_model_bound_get_503_at_once(stack: S
         held = [asyncio.ensure_future(post(s, router.url, CHAT)) for _ in range(2)]
         await eventually(
             lambda: (
-                'modelyard_router_requests_held{model="m"} 2.0'
-                in http_get(router.url + "/metrics")[1].decode()
+                'modelyard_router_requests_held{model="m"} 2.0' in http_get(router.metrics_url)[1].decode()
             ),
             10,
             "two held",
@@ -197,13 +195,12 @@ async def test_client_disconnect_propagates_upstream(stack: Stack) -> None:
     await eventually(lambda: stats(a.url)["in_flight"] == 0, 5, "upstream stream aborted")
     await eventually(
         lambda: (
-            'modelyard_router_requests_in_flight{model="m"} 0.0'
-            in http_get(router.url + "/metrics")[1].decode()
+            'modelyard_router_requests_in_flight{model="m"} 0.0' in http_get(router.metrics_url)[1].decode()
         ),
         5,
         "router released the request",
     )
-    metrics = http_get(router.url + "/metrics")[1].decode()
+    metrics = http_get(router.metrics_url)[1].decode()
     assert 'modelyard_router_requests_total{code="499",key="",model="m"} 1.0' in metrics
 
 
@@ -220,12 +217,12 @@ async def test_a_client_hanging_up_after_done_is_a_success_not_a_499(stack: Stac
     await eventually(
         lambda: (
             'modelyard_router_requests_total{code="200",key="",model="m"} 1.0'
-            in http_get(router.url + "/metrics")[1].decode()
+            in http_get(router.metrics_url)[1].decode()
         ),
         10,
         "the stream counted as a success",
     )
-    assert 'code="499"' not in http_get(router.url + "/metrics")[1].decode()
+    assert 'code="499"' not in http_get(router.metrics_url)[1].decode()
 
 
 async def test_sigterm_drains_streams_in_flight(stack: Stack) -> None:

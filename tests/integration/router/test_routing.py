@@ -59,7 +59,7 @@ async def test_chat_stream_models_and_request_ids_end_to_end(stack: Stack) -> No
     assert [m.id for m in models.data] == ["m", "m-latest"]
     assert (await client.models.retrieve("m-latest")).id == "m-latest"
 
-    metrics = http_get(router.url + "/metrics")[1].decode()
+    metrics = http_get(router.metrics_url)[1].decode()
     assert 'modelyard_router_requests_total{code="200",key="",model="m"} 3.0' in metrics
     assert 'modelyard_router_prompt_tokens_total{key="",model="m"} 17.0' in metrics
     assert 'modelyard_router_completion_tokens_total{key="",model="m"} 14.0' in metrics
@@ -110,7 +110,7 @@ keys:
 """
 
 
-async def test_api_keys_401_403_429_and_key_names_in_metrics(stack: Stack) -> None:
+async def test_api_keys_401_404_429_and_key_names_in_metrics(stack: Stack) -> None:
     a = stack.backend("a")
     router = stack.router({"m": [a.url], "other": [a.url]}, keys=KEYS)
     base = router.url + "/v1"
@@ -120,11 +120,19 @@ async def test_api_keys_401_403_429_and_key_names_in_metrics(stack: Stack) -> No
             **CHAT
         )
     assert e401.value.code == "invalid_api_key"
-    with pytest.raises(openai.PermissionDeniedError) as e403:
-        await openai.AsyncOpenAI(
-            base_url=base, api_key="sk-team-b-secret", max_retries=0
-        ).chat.completions.create(**CHAT)
-    assert e403.value.code == "model_not_allowed"
+    team_b = openai.AsyncOpenAI(base_url=base, api_key="sk-team-b-secret", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as forbidden:
+        await team_b.chat.completions.create(**CHAT)
+    with pytest.raises(openai.NotFoundError) as missing:
+        await team_b.chat.completions.create(**{**CHAT, "model": "no-such-model"})
+    # A model the key may not use is indistinguishable from one that does not exist.
+    assert forbidden.value.status_code == missing.value.status_code == 404
+    seen = [(e.value.code, e.value.type, e.value.param) for e in (forbidden, missing)]
+    assert seen[0] == seen[1] == ("model_not_found", "invalid_request_error", "model")
+    assert forbidden.value.message.replace("`m`", "`no-such-model`") == missing.value.message
+    with pytest.raises(openai.NotFoundError):
+        await team_b.models.retrieve("m")
+    assert [m.id for m in (await team_b.models.list()).data] == ["other"]
 
     team_a = openai.AsyncOpenAI(base_url=base, api_key="sk-team-a-secret", max_retries=0)
     assert [m.id for m in (await team_a.models.list()).data] == ["m"]  # only what the key may use
@@ -136,10 +144,10 @@ async def test_api_keys_401_403_429_and_key_names_in_metrics(stack: Stack) -> No
     assert e429.value.code == "rate_limit_exceeded"
     assert int(e429.value.response.headers["retry-after"]) >= 1
 
-    metrics = http_get(router.url + "/metrics")[1].decode()
+    metrics = http_get(router.metrics_url)[1].decode()
     assert 'modelyard_router_requests_total{code="200",key="team-a",model="m"} 3.0' in metrics
     assert 'modelyard_router_requests_total{code="429",key="team-a",model="m"} 1.0' in metrics
-    assert 'modelyard_router_requests_total{code="403",key="team-b",model="m"} 1.0' in metrics
+    assert 'modelyard_router_requests_total{code="404",key="team-b",model="m"} 1.0' in metrics
     assert 'modelyard_router_prompt_tokens_total{key="team-a",model="m"} 15.0' in metrics
 
 

@@ -132,6 +132,9 @@ def test_router_port_matches_the_contract() -> None:
     from modelyard.api import metadata as md
 
     router = one(render(), "Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]
-    assert router["ports"] == [
-        {"name": md.ROUTER_PORT_NAME, "containerPort": md.ROUTER_PORT, "protocol": "TCP"}
-    ]
+    assert router["ports"][0] == {
+        "name": md.ROUTER_PORT_NAME,
+        "containerPort": md.ROUTER_PORT,
+        "protocol": "TCP",
+    }
+    assert [p["name"] for p in router["ports"][1:]] == ["metrics"]  # /metrics only, off the API port

@@ -288,6 +288,23 @@ def test_monitoring_objects_select_the_right_pods() -> None:
     ]
 
 
+def test_router_metrics_have_their_own_port_off_the_api_port() -> None:
+    docs = render("router.metricsPort=9191", values=[CHART_DIR / "ci" / "monitoring-values.yaml"])
+    deployment = one(docs, "Deployment", "-router")
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "metrics": 9191}
+    assert env_of(deployment)["MODELYARD_ROUTER_METRICS_PORT"] == "9191"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9191"
+    service = one(docs, "Service", "-router")
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
+        "http": "http",
+        "metrics": "metrics",
+    }
+    monitor = next(m for m in find(docs, "ServiceMonitor") if m["metadata"]["name"].endswith("-router"))
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
 def test_scheduling_values_reach_the_pods() -> None:
     docs = render(values=[CHART_DIR / "ci" / "scheduling-values.yaml"])
     operator = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]

@@ -65,12 +65,14 @@ def test_wrong_key_is_401() -> None:
     assert info.value.type == "authentication_error"
 
 
-def test_model_outside_the_keys_list_is_403_and_aliases_count() -> None:
+def test_model_outside_the_keys_list_is_the_same_404_as_a_missing_one_and_aliases_count() -> None:
+    """403 would tell a tenant that a model it may not use exists."""
     ks, _ = store()
     key = ks.authenticate("Bearer sk-team-a-0001")
     with pytest.raises(RouterError) as info:
         ks.admit(key, "other")
-    assert status(info)[:2] == (403, "model_not_allowed")
+    assert status(info)[:2] == (404, "model_not_found")
+    assert info.value.message == "The model `other` does not exist."
     ks.admit(key, "canonical", requested="tiny")  # the alias the client used is listed
 
 

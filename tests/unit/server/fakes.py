@@ -32,6 +32,8 @@ class FakeEngine:
     closed: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     running: int = 0
+    dead_reason: str | None = None
+    waiting: int = 0
 
     @property
     def max_model_len(self) -> int:
@@ -71,7 +73,7 @@ class FakeEngine:
         return [[1.0, 0.0, 0.0, 0.0] for _ in batch]
 
     def stats(self) -> EngineStats:
-        return EngineStats(self.running, 0, 0.0, 8, 8)
+        return EngineStats(self.running, self.waiting, 0.0, 8, 8)
 
     async def start(self) -> None:
         return None

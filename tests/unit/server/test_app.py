@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -58,6 +59,15 @@ def _wait_ready(client: TestClient) -> None:
     raise AssertionError("never ready")
 
 
+@contextlib.contextmanager
+def _released(gate: threading.Event) -> Iterator[None]:
+    """Open ``gate`` however the block ends: a loader thread left waiting would hang the test's exit."""
+    try:
+        yield
+    finally:
+        gate.set()
+
+
 def _ids(tokenizer: Any, *pieces: str) -> list[list[int]]:
     return [tokenizer.encode(p, add_special_tokens=False) for p in pieces]
 
@@ -71,7 +81,8 @@ def _sse(text: str) -> list[Any]:
     return out
 
 
-def test_ready_is_503_with_progress_until_loaded_while_health_answers(tokenizer: Any) -> None:
+def test_ready_and_health_are_503_with_progress_until_loaded(tokenizer: Any) -> None:
+    """/health is the startup probe too: 200 during a load would spend none of its failure budget."""
     gate = threading.Event()
 
     async def slow_loader(settings: ServerSettings, progress: ProgressFn) -> LoadedRuntime:
@@ -79,8 +90,10 @@ def test_ready_is_503_with_progress_until_loaded_while_health_answers(tokenizer:
         await asyncio.to_thread(gate.wait)
         return LoadedRuntime(FakeEngine(), tokenizer, "generate", 64, "x")
 
-    with TestClient(create_app(_settings(), slow_loader)) as client:
-        assert client.get("/health").status_code == 200
+    with TestClient(create_app(_settings(), slow_loader)) as client, _released(gate):
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json() == {"status": "loading", "stage": "downloading"}
         ready = client.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["stage"] == "downloading"
@@ -92,6 +105,25 @@ def test_ready_is_503_with_progress_until_loaded_while_health_answers(tokenizer:
         gate.set()
         _wait_ready(client)
         assert client.get("/v1/models").status_code == 200
+        assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_a_dead_engine_fails_liveness_and_readiness(engine: FakeEngine, client: TestClient) -> None:
+    assert client.get("/health").status_code == 200
+    engine.dead_reason = "the engine loop stopped: RuntimeError('CUDA error')"
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.json() == {"status": "failed", "error": engine.dead_reason}
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json()["error"] == engine.dead_reason
+
+
+def test_models_do_not_show_the_weights_path(client: TestClient) -> None:
+    listed = client.get("/v1/models").json()["data"]
+    one = client.get("/v1/models/org/alias").json()
+    assert "/nonexistent" not in json.dumps(listed) + json.dumps(one)
+    assert {card["root"] for card in listed} == {MODEL}
 
 
 def test_a_failed_load_fails_health_and_ready(tokenizer: Any) -> None:
@@ -170,6 +202,21 @@ def test_sampling_parameters_reach_the_engine(engine: FakeEngine, client: TestCl
     assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (0.5, -0.5, 1.2)
     assert params.logit_bias == {7: -100}
     assert (params.ignore_eos, params.min_tokens, params.max_tokens) == (True, 2, 9)
+
+
+def test_retry_after_grows_with_the_queue_it_must_drain(engine: FakeEngine, client: TestClient) -> None:
+    """Not a constant 1 s: the waiting requests over the measured completion rate, at most 60 s."""
+    for _ in range(3):
+        assert client.post("/v1/completions", json={"model": MODEL, "prompt": "x"}).status_code == 200
+    engine.queue_full = True
+    engine.waiting = 500
+    long = client.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+    assert long.status_code == 429
+    assert int(long.headers["retry-after"]) == 60  # 500 waiting at a few per second: clamped
+    assert int(long.headers["retry-after-ms"]) == 60_000
+    engine.waiting = 0
+    short = client.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+    assert 1 <= int(short.headers["retry-after"]) < 60
 
 
 def test_queue_full_is_429_with_retry_after(engine: FakeEngine, client: TestClient) -> None:

@@ -101,6 +101,11 @@ class TorchEngine:
     # ----- the Engine protocol (event-loop side) -----
 
     @property
+    def dead_reason(self) -> str | None:
+        """Why the engine loop stopped (None while it runs); the server's liveness probe reads it."""
+        return None if self._dead is None else f"the engine loop stopped: {self._dead!r}"
+
+    @property
     def max_model_len(self) -> int:
         return self._max_model_len
 

@@ -31,7 +31,10 @@ def _json(result: Response | BaseModel) -> Response:
 
 def _cards(runtime: ModelRuntime) -> list[ModelCard]:
     return [
-        ModelCard(id=name, created=runtime.created, root=runtime.root, max_model_len=runtime.max_model_len)
+        # root names the served model, never the weights' filesystem path (which clients must not see).
+        ModelCard(
+            id=name, created=runtime.created, root=runtime.primary_name, max_model_len=runtime.max_model_len
+        )
         for name in runtime.served_names
     ]
 

@@ -14,11 +14,27 @@ from modelyard.server.routes.deps import StateDep
 router = APIRouter(tags=["ops"])
 
 
+def engine_failure(engine: object) -> str | None:
+    """Why the engine stopped, for engines that can tell (``dead_reason``); None while it runs."""
+    reason = getattr(engine, "dead_reason", None)
+    return reason if isinstance(reason, str) else None
+
+
 @router.get("/health")
 async def health(state: StateDep) -> JSONResponse:
-    """Alive: answers while the model loads; fails only once loading failed (so the pod restarts)."""
+    """Startup and liveness probe: 200 only once the model serves and while its engine runs.
+
+    503 while loading keeps the startup probe (and its failure budget) in charge of a slow load, and
+    keeps anything probing ``/health`` (the router re-admitting an ejected pod) from taking a pod that
+    cannot answer. Once loaded, 503 means the engine loop died: restarting the pod is the cure.
+    """
     if state.load.error is not None:
         return JSONResponse({"status": "failed", "error": state.load.error}, status_code=503)
+    if state.runtime is None:
+        return JSONResponse({"status": "loading", "stage": state.load.stage}, status_code=503)
+    dead = engine_failure(state.runtime.engine)
+    if dead is not None:
+        return JSONResponse({"status": "failed", "error": dead}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -33,6 +49,9 @@ async def ready(state: StateDep) -> JSONResponse:
         "elapsed_s": round(end - load.started, 3),
     }
     if state.runtime is not None:
+        dead = engine_failure(state.runtime.engine)
+        if dead is not None:
+            return JSONResponse({"status": "failed", "error": dead, **body}, status_code=503)
         return JSONResponse({"status": "ready", **body})
     if load.error is not None:
         return JSONResponse({"status": "failed", "error": load.error, **body}, status_code=503)
