@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelyard.server.engine import EngineDeadError, EngineError, LoadedModel
-from modelyard.server.engine.engine import kv_bytes_per_token
+from modelyard.server.engine.memory import kv_bytes_per_token
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 pytestmark = pytest.mark.model
