@@ -19,9 +19,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_throughput import SMOLLM_SHAPE  # noqa: E402
-
-from modelyard.server.engine.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout  # noqa: E402
+from modelyard.server.engine.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
+from server_throughput import SMOLLM_SHAPE
 
 BLOCK = 16
 
@@ -29,10 +28,13 @@ BLOCK = 16
 def old_slab_module(ref: str) -> types.ModuleType:
     """``engine/kv_cache.py`` as it is on ``ref`` (the slab layout this change replaces)."""
     source = subprocess.run(
-        ["git", "show", f"{ref}:server/modelyard/server/engine/kv_cache.py"], capture_output=True, text=True, check=True
+        ["git", "show", f"{ref}:server/modelyard/server/engine/kv_cache.py"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     module = types.ModuleType("old_kv_cache")
-    exec(compile(source, "old_kv_cache.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source, "old_kv_cache.py", "exec"), module.__dict__)
     return module
 
 
@@ -47,7 +49,11 @@ def time_slab(model: LlamaForCausalLM, slab: types.ModuleType, rows: int, ctx: i
         pos = torch.full((rows, 1), ctx + step)
         start = time.perf_counter()
         model(
-            input_ids=ids[:, :1], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+            input_ids=ids[:, :1],
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
             logits_to_keep=1,
         )
         times.append(time.perf_counter() - start)
@@ -60,18 +66,36 @@ def time_paged(model: LlamaForCausalLM, rows: int, ctx: int, steps: int, blocks:
     # Interleave rows' blocks as a running server would after joins and leaves.
     tables = [[1 + r + rows * b for b in range(per_row)] for r in range(rows)]
     ids = torch.randint(3, 400, (rows, ctx))
-    layout, mask, pos = build_layout(tables, [0] * rows, [ctx] * rows, BLOCK, pool.num_slots, torch.device("cpu"))
-    model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=PagedCache(pool, layout),
-          use_cache=True, logits_to_keep=1)
+    layout, mask, pos = build_layout(
+        tables, [0] * rows, [ctx] * rows, BLOCK, pool.num_slots, torch.device("cpu")
+    )
+    model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=PagedCache(pool, layout),
+        use_cache=True,
+        logits_to_keep=1,
+    )
     times = []
     for step in range(steps):
         start = time.perf_counter()
         if blocks:
-            layout, mask, pos = build_decode_layout(tables, [ctx + step] * rows, BLOCK, pool.num_slots, torch.device("cpu"))
+            layout, mask, pos = build_decode_layout(
+                tables, [ctx + step] * rows, BLOCK, pool.num_slots, torch.device("cpu")
+            )
         else:
-            layout, mask, pos = build_layout(tables, [ctx + step] * rows, [1] * rows, BLOCK, pool.num_slots, torch.device("cpu"))
-        model(input_ids=ids[:, :1], attention_mask=mask, position_ids=pos,
-              past_key_values=PagedCache(pool, layout), use_cache=True, logits_to_keep=1)
+            layout, mask, pos = build_layout(
+                tables, [ctx + step] * rows, [1] * rows, BLOCK, pool.num_slots, torch.device("cpu")
+            )
+        model(
+            input_ids=ids[:, :1],
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=PagedCache(pool, layout),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -94,8 +118,10 @@ def main() -> None:
             t = time_paged(model, rows, ctx, args.steps, blocks=False)
             s2 = time_slab(model, slab, rows, ctx, args.steps)
             slab_ms = min(s, s2) * 1000
-            print(f"rows={rows:3d} ctx={ctx:4d}  slab {slab_ms:7.1f} ms/step  paged-blocks {p * 1000:7.1f}"
-                  f"  paged-tokens {t * 1000:7.1f}  ratios {p * 1000 / slab_ms:.2f} {t * 1000 / slab_ms:.2f}")
+            print(
+                f"rows={rows:3d} ctx={ctx:4d}  slab {slab_ms:7.1f} ms/step  paged-blocks {p * 1000:7.1f}"
+                f"  paged-tokens {t * 1000:7.1f}  ratios {p * 1000 / slab_ms:.2f} {t * 1000 / slab_ms:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -288,9 +288,9 @@ class TorchEngine:
                             extra={"request_ids": [s.request.request_id for s in step.preempted]},
                         )
                     if step.prefill:
-                        self._guarded(lambda: self._prefill_step(step), [s for s, _ in step.prefill])
+                        self._guarded(self._prefill_step, step, [s for s, _ in step.prefill])
                     if step.decode:
-                        self._guarded(lambda: self._decode_step(step), step.decode)
+                        self._guarded(self._decode_step, step, step.decode)
                     self._stats = self._snapshot()
                     self._flush()
             self._fail_everything(EngineDeadError("the engine was stopped"))
@@ -304,10 +304,10 @@ class TorchEngine:
         batch: list[tuple[_Sink, object]] = [(_FutureSink(started), outcome)]
         self._loop.call_soon_threadsafe(_deliver, batch)
 
-    def _guarded(self, step: Callable[[], None], affected: list[Sequence]) -> None:
+    def _guarded(self, run: Callable[[Step], None], step: Step, affected: list[Sequence]) -> None:
         """Run a step; if it raises, fail only the requests it was working on and keep the loop alive."""
         try:
-            step()
+            run(step)
         except Exception as exc:
             log.exception("engine step failed", extra={"requests": [s.request.request_id for s in affected]})
             error = EngineError(f"generation failed: {exc}")
@@ -368,9 +368,7 @@ class TorchEngine:
         any_prompt_lp = any(want_prompt_lp)
         fed = [s.tokens[s.num_computed : s.num_computed + n] for s, n in rows]
         starts = [s.num_computed for s in seqs]
-        logits = self._runner.prefill(
-            [s.block_ids for s in seqs], starts, fed, all_logits=any_prompt_lp
-        )
+        logits = self._runner.prefill([s.block_ids for s in seqs], starts, fed, all_logits=any_prompt_lp)
         if any_prompt_lp:
             for i, (seq, n) in enumerate(rows):
                 if want_prompt_lp[i]:

@@ -39,7 +39,9 @@ def has_sliding_window(model: torch.nn.Module) -> bool:
     layer_types = getattr(text, "layer_types", None) or []
     if layer_types:
         return "sliding_attention" in layer_types
-    return bool(getattr(text, "sliding_window", None)) and getattr(text, "use_sliding_window", True) is not False
+    return (
+        bool(getattr(text, "sliding_window", None)) and getattr(text, "use_sliding_window", True) is not False
+    )
 
 
 def layer_devices(model: torch.nn.Module, num_layers: int) -> list[torch.device]:
@@ -102,6 +104,11 @@ def cuda_kv_tokens(
         tokens = fits if tokens is None else min(tokens, fits)
         log.info(
             "kv plan",
-            extra={"device": str(device), "total_bytes": total, "used_bytes": used[device], "kv_tokens": fits},
+            extra={
+                "device": str(device),
+                "total_bytes": total,
+                "used_bytes": used[device],
+                "kv_tokens": fits,
+            },
         )
     return max(1, tokens or 1)

@@ -138,7 +138,11 @@ def build_layout(
 
 
 def build_decode_layout(
-    block_tables: list[list[int]], num_cached: list[int], block_size: int, num_slots: int, device: torch.device
+    block_tables: list[list[int]],
+    num_cached: list[int],
+    block_size: int,
+    num_slots: int,
+    device: torch.device,
 ) -> tuple[Layout, torch.Tensor, torch.Tensor]:
     """A one-token-per-row layout that gathers whole blocks, right-aligned by block.
 
@@ -151,13 +155,17 @@ def build_decode_layout(
     blocks = max(len(t) for t in block_tables)
     table = torch.tensor([[0] * (blocks - len(t)) + t for t in block_tables], dtype=torch.long, device=device)
     width = blocks * block_size
-    first = torch.tensor([(blocks - len(t)) * block_size for t in block_tables], dtype=torch.long, device=device)
+    first = torch.tensor(
+        [(blocks - len(t)) * block_size for t in block_tables], dtype=torch.long, device=device
+    )
     total = torch.tensor(totals, dtype=torch.long, device=device)
     cols = torch.arange(width, device=device)[None, :]
     real = (cols >= first[:, None]) & (cols < (first + total)[:, None])
     last = total - 1
     slots = (
-        torch.tensor([t[n // block_size] for t, n in zip(block_tables, last.tolist(), strict=True)], device=device)
+        torch.tensor(
+            [t[n // block_size] for t, n in zip(block_tables, last.tolist(), strict=True)], device=device
+        )
         * block_size
         + last % block_size
     )

@@ -79,7 +79,9 @@ class ModelRunner:
             past_key_values=PagedCache(self.pool, layout),
         )
 
-    def decode(self, block_tables: list[list[int]], num_cached: list[int], last_tokens: list[int]) -> torch.Tensor:
+    def decode(
+        self, block_tables: list[list[int]], num_cached: list[int], last_tokens: list[int]
+    ) -> torch.Tensor:
         """One token per row; logits ``[B, vocab]``."""
         assert self.pool is not None
         if not self.gather_blocks:

@@ -65,6 +65,8 @@ class Sequence:
     @property
     def wants_prompt_logprobs(self) -> bool:
         """Prompt logprobs still to compute: asked for, and the first output not sent yet."""
-        return self.request.params.prompt_logprobs is not None and not self.output_token_ids and not (
-            self.row.num_generated
+        return (
+            self.request.params.prompt_logprobs is not None
+            and not self.output_token_ids
+            and not (self.row.num_generated)
         )

@@ -16,7 +16,8 @@ from modelyard.server.engine.types import GenerationRequest, SamplingParams
 def test_allocate_release_and_refuse_when_out_of_blocks() -> None:
     blocks = BlockManager(num_blocks=4, block_size=4, enable_caching=False)
     got = blocks.allocate(3)
-    assert got is not None and 0 not in got  # block 0 is reserved
+    assert got is not None
+    assert 0 not in got
     assert (blocks.num_used, blocks.num_free) == (3, 1)
     assert blocks.allocate(2) is None
     assert blocks.num_free == 1  # a refused allocation takes nothing
@@ -50,7 +51,8 @@ def test_cached_blocks_are_shared_by_refcount_and_kept_after_release() -> None:
     assert blocks.refcount(mine[0]) == 2
     blocks.release(mine)
     blocks.release(mine)
-    assert blocks.num_used == 0 and blocks.num_cached == 2  # free to take, still findable
+    assert blocks.num_used == 0
+    assert blocks.num_cached == 2
     blocks.acquire(blocks.lookup(names))
     assert blocks.num_used == 2
 
@@ -63,7 +65,8 @@ def test_unreferenced_cached_blocks_are_evicted_least_recently_released_first() 
     extend_hashes(b_names, [3, 3], 2)
     a = blocks.allocate(2)
     b = blocks.allocate(1)
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     for block, name in zip(a + b, a_names + b_names, strict=True):
         blocks.register(block, name)
     blocks.release(a)  # tail block first: a[1] is the least recently released
@@ -78,11 +81,13 @@ def test_a_duplicate_prefix_keeps_the_first_block_and_frees_the_copy() -> None:
     blocks = BlockManager(num_blocks=2, block_size=2)
     name = hash_block(None, [5, 5])
     first, second = blocks.allocate(1), blocks.allocate(1)
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     blocks.register(first[0], name)
     blocks.register(second[0], name)
     blocks.release(second)
-    assert blocks.num_cached == 1 and blocks.lookup([name]) == first
+    assert blocks.num_cached == 1
+    assert blocks.lookup([name]) == first
 
 
 def _seq(key: int, prompt: list[int], max_tokens: int = 4) -> Sequence:
@@ -124,7 +129,7 @@ def test_scheduler_admits_with_prefix_hits_and_feeds_only_the_suffix() -> None:
     scheduler.schedule()
     scheduler.computed(first, 10)
     scheduler.finish(first)
-    second = _seq(2, list(range(8)) + [42, 43, 44])
+    second = _seq(2, [*list(range(8)), 42, 43, 44])
     scheduler.add(second)
     step = scheduler.schedule()
     assert step.prefill == [(second, 3)]
