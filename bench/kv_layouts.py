@@ -48,7 +48,7 @@ def model_dir() -> Path:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def drive(engine: Any, prompts: list[list[int]], new_tokens: list[int]) -> dict[str, Any]:
@@ -93,7 +93,9 @@ def prompts_mixed(args: argparse.Namespace) -> tuple[list[list[int]], list[int]]
     return [long, *shorts], [32] * 64
 
 
-async def run_one(kind: str, config: dict[str, Any], budget: int | None, args: argparse.Namespace) -> dict[str, Any]:
+async def run_one(
+    kind: str, config: dict[str, Any], budget: int | None, args: argparse.Namespace
+) -> dict[str, Any]:
     import torch
 
     from modelyard.server.engine import EngineConfig, TorchEngine, load_model
@@ -101,7 +103,9 @@ async def run_one(kind: str, config: dict[str, Any], budget: int | None, args: a
     torch.set_num_threads(args.threads)
     path = model_dir()
     loaded = load_model(EngineConfig(model=str(path), device="cpu"))
-    engine = TorchEngine(loaded, EngineConfig(model=str(path), device="cpu", **config), kv_budget_tokens=budget)
+    engine = TorchEngine(
+        loaded, EngineConfig(model=str(path), device="cpu", **config), kv_budget_tokens=budget
+    )
     await engine.start()
     try:
         prompts, new = prompts_shared(args) if kind == "shared-prefix" else prompts_mixed(args)

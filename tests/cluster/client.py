@@ -223,6 +223,7 @@ class ClusterClient:
         cpu: str = "192",
         memory: str = "2048Gi",
         pods: int = 110,
+        ephemeral_storage: str = "4Ti",
         instance_type: str | None = None,
         prefix: str | None = None,
         extra_labels: dict[str, str] | None = None,
@@ -242,7 +243,14 @@ class ClusterClient:
         if product in GPU_MEMORY_MIB:
             labels["nvidia.com/gpu.memory"] = str(GPU_MEMORY_MIB[product])
         labels.update(extra_labels or {})
-        capacity = {"cpu": cpu, "memory": memory, "pods": str(pods), "nvidia.com/gpu": str(gpus_per_node)}
+        capacity = {
+            "cpu": cpu,
+            "memory": memory,
+            "pods": str(pods),
+            "nvidia.com/gpu": str(gpus_per_node),
+            # Local NVMe as GPU instances have it: model pods request ephemeral-storage for downloads.
+            "ephemeral-storage": ephemeral_storage,
+        }
         return self._add_nodes(prefix or f"kwok-gpu-{short}-", count, labels, capacity, wait, timeout)
 
     def add_cpu_nodes(
@@ -252,6 +260,7 @@ class ClusterClient:
         cpu: str = "16",
         memory: str = "64Gi",
         pods: int = 110,
+        ephemeral_storage: str = "1Ti",
         instance_type: str = "m6i.4xlarge",
         prefix: str = "kwok-cpu-",
         extra_labels: dict[str, str] | None = None,
@@ -263,7 +272,7 @@ class ClusterClient:
             "node.kubernetes.io/instance-type": instance_type,
             **(extra_labels or {}),
         }
-        capacity = {"cpu": cpu, "memory": memory, "pods": str(pods)}
+        capacity = {"cpu": cpu, "memory": memory, "pods": str(pods), "ephemeral-storage": ephemeral_storage}
         return self._add_nodes(prefix, count, labels, capacity, wait, timeout)
 
     def _add_nodes(

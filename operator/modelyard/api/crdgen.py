@@ -63,7 +63,7 @@ _CONDITION_SCHEMA: dict[str, Any] = {
     "description": "metav1.Condition: the latest observation of one aspect of the model.",
     "required": ["type", "status", "reason"],
     "properties": {
-        "type": {"type": "string", "description": "Ready, Progressing or Degraded."},
+        "type": {"type": "string", "description": "Ready, Progressing, Degraded or CacheShared."},
         "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
         "reason": {"type": "string", "description": "CamelCase reason, e.g. Unschedulable."},
         "message": {"type": "string", "description": "Human-readable detail, e.g. the scheduler's message."},
@@ -115,6 +115,14 @@ def schema_of(model: type[Any]) -> dict[str, Any]:
     return dict(_structural(raw, raw.get("$defs", {})))
 
 
+# The LLMModel's name names its Service, so it must be a DNS-1035 label.
+NAME_PATTERN = "^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+NAME_MESSAGE = (
+    "must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter and ending with "
+    "a letter or digit, at most 63 characters (it names the Service)"
+)
+
+
 def openapi_schema() -> dict[str, Any]:
     spec = schema_of(LLMModelSpec)
     status = schema_of(LLMModelStatus)
@@ -131,11 +139,16 @@ def openapi_schema() -> dict[str, Any]:
         "as a Deployment of model server pods plus a Service, and the router sends requests for its "
         "served name and aliases to the ready pods.",
         "required": ["spec"],
+        # On the root (the only place a CRD may check metadata.name) but reported at metadata.name
+        # (fieldPath, which needs the property declared below), so the API server says
+        # `metadata.name: Invalid value: ...` instead of `<nil>: Invalid value: ...`.
         "x-kubernetes-validations": [
             {
-                "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')",
-                "message": "metadata.name must be a DNS-1035 label of at most 63 characters "
-                "(it names the Service)",
+                "rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
+                "message": NAME_MESSAGE,
+                "messageExpression": f'"{NAME_MESSAGE}, got \'" + self.metadata.name + "\'"',
+                "fieldPath": ".metadata.name",
+                "reason": "FieldValueInvalid",
             }
         ],
         "properties": {
@@ -144,7 +157,7 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "APIVersion of this object: modelyard.dev/v1alpha1.",
             },
             "kind": {"type": "string", "description": "Kind of this object: LLMModel."},
-            "metadata": {"type": "object"},
+            "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 63}}},
             "spec": spec,
             "status": status,
         },
@@ -284,6 +297,14 @@ init container (`aws s3 sync`, image set by the operator's `MODELYARD_OPERATOR_S
 emptyDir; credentials come from `spec.server.envFrom` (a Secret with `AWS_*` keys) or the pod's cloud
 identity (IRSA, pod identity).
 
+Storage: without `cache`, `hf://` downloads (and `s3://` copies) land in an emptyDir sized by
+`resources.ephemeralStorage` (default 100Gi), which is also the container's `ephemeral-storage` request and
+limit, so the scheduler picks a node with room and an oversized download evicts the pod instead of
+filling the node's disk. `/dev/shm` is limited to `resources.shmSize`. A new cache PVC (`cache.size`) is
+ReadWriteOnce by default: it attaches to one node, so with more than one replica use
+`accessMode: ReadWriteMany` (the operator reports `CacheShared=False` otherwise). `cache.retain: true`
+keeps the PVC (and the downloaded weights) when the LLMModel is deleted.
+
 Scaling: `spec.replicas` is the target of the `scale` subresource (`kubectl scale llm`, an HPA or KEDA
 `ScaledObject` pointing at the LLMModel). The operator copies it to the Deployment, clamped to
 `autoscaling.minReplicas..maxReplicas` when set, and never writes it back. Set `spec.replicas` (within
@@ -326,15 +347,20 @@ def render_docs() -> str:
     table = "| Field | Type | Default | Description |\n|---|---|---|---|\n"
     out = [DOCS_INTRO, "## Spec\n", table + "\n".join(_rows(schema["properties"]["spec"], "spec")), ""]
     rules = [r["message"] for r in schema["properties"]["spec"].get("x-kubernetes-validations", [])]
-    rules += [r["message"] for r in schema.get("x-kubernetes-validations", [])]
+    rules += [
+        f"{r['fieldPath'].lstrip('.')}: {r['message']}" for r in schema.get("x-kubernetes-validations", [])
+    ]
     out += ["Object-level validation (CEL, enforced by the API server at apply time):\n"]
     out += [f"- {m}" for m in rules] + [""]
     out += ["## Status\n", table + "\n".join(_rows(schema["properties"]["status"], "status")), ""]
     out += [
         "Conditions: `Ready` (True once at least one replica serves; reasons `Serving`, `Unschedulable` with "
         "the scheduler's message, `CrashLoopBackOff`/`ImagePullBackOff`/..., `Downloading`, `Loading`, "
-        "`Pending`, `ScaledToZero`), `Progressing` (`RollingOut`, `RolloutComplete`, "
-        "`ProgressDeadlineExceeded`) and `Degraded` (`AsExpected`, or the problem's reason).",
+        "`Pending`, `ScaledToZero`, `ReconcileFailed` with the API server's message when a child could not "
+        "be applied, `NameConflict` naming the older LLMModel that holds this model's served name or an "
+        "alias), `Progressing` (`RollingOut`, `RolloutComplete`, `ProgressDeadlineExceeded`, "
+        "`ReconcileFailed`), `Degraded` (`AsExpected`, or the problem's reason) and, with a new cache PVC, "
+        "`CacheShared` (False when a ReadWriteOnce cache meets more than one replica).",
         "",
         "## kubectl get columns\n",
         "| Column | JSONPath |\n|---|---|",

@@ -51,6 +51,19 @@ URL_CEL_MESSAGE = (
     "(supported schemes: hf, pvc, s3)"
 )
 
+# An extended resource name as the API server accepts it in resources.limits: <DNS subdomain>/<name>.
+# Checked here (CEL on the field) so that a typo is rejected at `kubectl apply` with a message naming
+# the field, not later as a 422 on the Deployment.
+RESOURCE_NAME_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"  # vendor domain
+    r"/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # name
+)
+_RESOURCE_NAME_RE = re.compile(RESOURCE_NAME_PATTERN)
+RESOURCE_NAME_MESSAGE = (
+    "resources.gpuResourceName must be an extended resource name <vendor domain>/<name>, "
+    "e.g. nvidia.com/gpu or amd.com/gpu (lower-case domain, no spaces)"
+)
+
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -160,7 +173,11 @@ class Resources(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self.gpus >= 0", "message": "resources.gpus must be >= 0 (0 runs on CPU)"}
+                {
+                    "rule": "self.gpus >= 0",
+                    "message": "resources.gpus must be >= 0 (0 runs on CPU)",
+                    "fieldPath": ".gpus",
+                }
             ]
         }
     )
@@ -169,11 +186,28 @@ class Resources(_Model):
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
         min_length=1,
+        max_length=317,  # 253 (DNS subdomain) + "/" + 63; CEL cost estimation needs a bound
         description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"self.matches(r'{RESOURCE_NAME_PATTERN}')", "message": RESOURCE_NAME_MESSAGE}
+            ]
+        },
     )
     cpu: Quantity | None = Field(default=None, description="CPU request per replica, e.g. '4' or '500m'.")
     memory: Quantity | None = Field(
         default=None, description="Memory request and limit per replica, e.g. '32Gi'."
+    )
+    ephemeral_storage: Quantity | None = Field(
+        default=None,
+        description="Local disk per replica for weights downloaded without a cache (hf:// without "
+        "spec.cache, and s3://): the size of the emptyDir they land in and the container's "
+        "ephemeral-storage request and limit, so the scheduler picks a node with room and a too-big "
+        "download evicts the pod instead of filling the node. Default 100Gi.",
+    )
+    shm_size: Quantity = Field(
+        default="8Gi",
+        description="Size limit of /dev/shm (a memory-backed emptyDir; counts against the memory limit).",
     )
 
     @field_validator("gpus")
@@ -181,6 +215,13 @@ class Resources(_Model):
     def _non_negative(cls, v: int) -> int:
         if v < 0:
             raise ValueError("resources.gpus must be >= 0 (0 runs on CPU)")
+        return v
+
+    @field_validator("gpu_resource_name")
+    @classmethod
+    def _resource_name(cls, v: str) -> str:
+        if not _RESOURCE_NAME_RE.match(v):
+            raise ValueError(RESOURCE_NAME_MESSAGE)
         return v
 
 
@@ -194,6 +235,7 @@ class Autoscaling(_Model):
                 {
                     "rule": "self.minReplicas <= self.maxReplicas",
                     "message": "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+                    "fieldPath": ".minReplicas",
                 }
             ]
         }
@@ -235,6 +277,12 @@ class Cache(_Model):
     claim_name: str | None = Field(
         default=None, description="Name of an existing PVC (same namespace) to use as the cache."
     )
+    retain: bool = Field(
+        default=False,
+        description="Keep the new cache PVC when the LLMModel is deleted (it then has no owner reference and "
+        "carries the label modelyard.dev/retain=true); a model created again with the same name reuses it. "
+        "Delete it by hand when done. An existing claim (claimName) is never deleted.",
+    )
 
 
 class HubTokenSecret(_Model):
@@ -268,10 +316,12 @@ class LLMModelSpec(_Model):
                     "(self.replicas >= self.autoscaling.minReplicas && "
                     "self.replicas <= self.autoscaling.maxReplicas)",
                     "message": "replicas must be within autoscaling.minReplicas..maxReplicas",
+                    "fieldPath": ".replicas",
                 },
                 {
                     "rule": "!has(self.cache) || !self.url.startsWith('pvc://')",
                     "message": "cache is not used with pvc:// models (weights are read from the claim)",
+                    "fieldPath": ".cache",
                 },
             ]
         }
@@ -300,7 +350,13 @@ class LLMModelSpec(_Model):
         default=Task.GENERATE, description="generate (chat/completions) or embed (embeddings)."
     )
     server: ServerOptions = Field(default_factory=ServerOptions, description=ServerOptions.__doc__)
-    resources: Resources = Field(default_factory=Resources, description=Resources.__doc__)
+    resources: Resources = Field(
+        default_factory=Resources,
+        description=Resources.__doc__,
+        # Defaulted on the API server too (spelled out: CEL rules are checked against the default), so
+        # `kubectl get` shows the GPUS column for models that leave resources out.
+        json_schema_extra={"default": {"gpus": 1, "gpuResourceName": "nvidia.com/gpu", "shmSize": "8Gi"}},
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the model pods must match."
     )
@@ -397,7 +453,8 @@ class LLMModelStatus(_Model):
         "e.g. 'loading weights 50%'); unset when no replica is loading or the server is unreachable.",
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing and Degraded (metav1.Condition)."
+        default_factory=list,
+        description="Ready, Progressing, Degraded and, with a new cache PVC, CacheShared (metav1.Condition).",
     )
 
     def condition(self, ctype: ConditionType) -> Condition | None:

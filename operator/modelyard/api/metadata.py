@@ -36,6 +36,9 @@ LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 ROUTER_PORT_NAME = "http"
 ROUTER_PORT = 8080
 
+# On a cache PVC kept when its LLMModel is deleted (spec.cache.retain): no owner reference, this label.
+LABEL_RETAIN = f"{GROUP}/retain"
+
 # Added by the operator: hash of the last applied child manifest, so an unchanged reconcile writes nothing.
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 # Added by the operator: the LLMModel generation a Deployment was built from (status.observedGeneration).

@@ -1,15 +1,20 @@
 """kopf handlers: parse the body, call reconcile / the status syncer, return or raise. Nothing else.
 
-- LLMModel create/update/resume -> reconcile the children (edge-triggered, kopf retries on
-  TemporaryError with back-off).
+- LLMModel create/update/resume -> reconcile the children (edge-triggered). A failure is recorded on
+  the model (Ready=False/ReconcileFailed with the API server's message, a Warning Event) and retried
+  deliberately: never for a rejected object (PermanentError: only a spec change can fix it), with
+  exponential back-off otherwise.
 - LLMModel, Deployment and Pod watch events -> the observed state, then a debounced status sync
   (level-triggered: status follows what the cluster actually does, including the scheduler).
+- Child (Deployment, Service, PVC, PDB) watch events -> drift check against the LLMModel; a changed or
+  deleted child is re-applied at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -17,16 +22,18 @@ from pydantic import ValidationError
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel
-from modelyard.operator import metrics
-from modelyard.operator.k8s import ApiError, Kube, TransientError
+from modelyard.operator import failures, metrics
+from modelyard.operator.failures import ReconcileFailure
+from modelyard.operator.k8s import Kube
 from modelyard.operator.kopfconfig import configure_kopf
-from modelyard.operator.observed import ObservedState
+from modelyard.operator.observed import ObservedState, model_key, model_key_of
 from modelyard.operator.progress import ProgressProber
-from modelyard.operator.reconcile import reconcile
+from modelyard.operator.reconcile import ReconcileResult, child_drift, reconcile
 from modelyard.operator.settings import OperatorSettings, get_settings
 from modelyard.operator.statussync import StatusSyncer
 
 CHILD_LABELS = {md.LABEL_MANAGED_BY: md.FIELD_MANAGER}
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class Runtime:
@@ -65,6 +72,39 @@ async def llmmodel_operator_cleanup(memo: Any, **_: Any) -> None:
     await runtime.kube.close()
 
 
+class ReconcileFailedError(Exception):
+    def __init__(self, failure: ReconcileFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+async def reconcile_recorded(
+    runtime: Runtime, body: Mapping[str, Any], fresh: bool = False
+) -> ReconcileResult:
+    """Reconcile one model and record the outcome where users look: a failure becomes
+    Ready=False/ReconcileFailed with the API server's message (and a Warning Event), a success clears it."""
+    key = model_key(body)
+    generation = int(body["metadata"].get("generation") or 1)
+    started = time.perf_counter()
+    try:
+        result = await reconcile(LLMModel.from_body(body), runtime.settings, runtime.kube, fresh=fresh)
+    except Exception as exc:
+        failure = failures.classify(exc, generation)
+        outcome = metrics.Result.INVALID if failure.permanent else metrics.Result.RETRY
+        metrics.RECONCILES.labels(result=outcome).inc()
+        metrics.RECONCILE_ERRORS.labels(error=failure.error).inc()
+        runtime.state.failures[key] = failure
+        runtime.syncer.touch(key)
+        raise ReconcileFailedError(failure) from exc
+    finally:
+        metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+    outcome = metrics.Result.APPLIED if result.changed else metrics.Result.UNCHANGED
+    metrics.RECONCILES.labels(result=outcome).inc()
+    runtime.state.failures.pop(key, None)
+    runtime.syncer.touch(key)
+    return result
+
+
 @kopf.on.resume(md.GROUP, md.VERSION, md.PLURAL)
 @kopf.on.create(md.GROUP, md.VERSION, md.PLURAL)
 @kopf.on.update(md.GROUP, md.VERSION, md.PLURAL, field="spec")
@@ -77,30 +117,14 @@ async def llmmodel_reconcile(
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
-    started = time.perf_counter()
     try:
-        model = LLMModel.from_body(body)
-    except ValidationError as exc:
-        metrics.RECONCILES.labels(result=metrics.Result.INVALID).inc()
-        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
-    try:
-        fresh = reason == "create" and retry == 0
-        result = await reconcile(model, runtime.settings, runtime.kube, fresh=fresh)
-    except ApiError as exc:
-        metrics.RECONCILES.labels(result=metrics.Result.RETRY).inc()
-        metrics.RECONCILE_ERRORS.labels(error=f"api_{exc.status.code}").inc()
-        raise kopf.TemporaryError(f"applying children failed: {exc.status.message}", delay=5) from exc
-    except TransientError as exc:
-        metrics.RECONCILES.labels(result=metrics.Result.RETRY).inc()
-        metrics.RECONCILE_ERRORS.labels(error=type(exc).__name__).inc()
-        raise kopf.TemporaryError(f"API server unreachable or slow: {exc!r}", delay=5) from exc
-    finally:
-        metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
-    outcome = metrics.Result.APPLIED if result.changed else metrics.Result.UNCHANGED
-    metrics.RECONCILES.labels(result=outcome).inc()
+        result = await reconcile_recorded(runtime, body, fresh=reason == "create" and retry == 0)
+    except ReconcileFailedError as exc:
+        if exc.failure.permanent:
+            raise kopf.PermanentError(exc.failure.message) from exc
+        raise kopf.TemporaryError(exc.failure.message, delay=failures.retry_delay(retry)) from exc
     if result.changed:
         logger.info("applied %s; deleted %s", result.applied, result.deleted)
-    runtime.syncer.touch((model.namespace, model.name))
 
 
 @kopf.on.event(md.GROUP, md.VERSION, md.PLURAL)
@@ -111,6 +135,61 @@ async def llmmodel_event(body: kopf.Body, type: str | None, memo: Any, **_: Any)
         runtime.syncer.forget(key, str(body["metadata"].get("uid", "")))
     else:
         runtime.syncer.touch(key)
+    # A new name, a renamed or a deleted model can make another model win or lose a served-name clash.
+    for other in runtime.state.refresh_conflicts() - {key}:
+        runtime.syncer.touch(other)
+
+
+async def repair_child(
+    runtime: Runtime,
+    kind: str,
+    body: Mapping[str, Any],
+    deleted: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """A child changed or went away: if it no longer matches its LLMModel, re-apply the model's children.
+
+    The create/update handlers only see LLMModel changes; this catches `kubectl scale deployment`,
+    `kubectl edit`, a deleted Service or PVC. Pure comparison first (no API call for the many
+    Deployment status events), a reconcile only on real drift."""
+    key = model_key_of(body)
+    owner = runtime.state.models.get(key) if key is not None else None
+    if key is None or owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    if not deleted and body["metadata"].get("deletionTimestamp"):
+        return  # being deleted (finalizers): repaired once it is gone
+    failure = runtime.state.failures.get(key)
+    if (
+        failure is not None
+        and failure.permanent
+        and failure.generation == owner["metadata"].get("generation")
+    ):
+        return  # the API server rejects this spec: re-applying it cannot help until the spec changes
+    try:
+        model = LLMModel.from_body(owner)
+    except ValidationError:
+        return  # recorded by the reconcile handler
+    why = child_drift(model, runtime.settings, {**body, "kind": kind}, deleted)
+    if not why:
+        return
+    name = body["metadata"].get("name")
+    try:
+        if deleted:
+            # Garbage collection deletes the children of a deleted LLMModel, and that watch event may
+            # come before the LLMModel's own: only repair a model the API server still has.
+            current = await runtime.kube.get("LLMModel", key[1], key[0])
+            if current is None or current["metadata"].get("deletionTimestamp"):
+                return
+            owner = current
+        logger.info(
+            "%s/%s drifted from LLMModel %s (%s): re-applying", kind, name, key[1], ", ".join(why[:5])
+        )
+        await reconcile_recorded(runtime, owner)
+    except ReconcileFailedError as exc:
+        # Recorded on the model's status; the next change of the child or the LLMModel retries.
+        logger.warning("repairing %s/%s failed: %s", kind, name, exc)
+    except Exception as exc:
+        logger.warning("repairing %s/%s failed: %r", kind, name, exc)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
@@ -125,16 +204,41 @@ async def deployment_event(
     key = runtime.state.set_deployment(body, deleted=type == "DELETED")
     if key is None:
         return
-    owner = runtime.state.models.get(key)
-    if type == "DELETED" and owner is not None and not owner["metadata"].get("deletionTimestamp"):
-        # Someone deleted a Deployment whose LLMModel still exists: put it back now rather than at the
-        # next spec change (the create/update handlers only see LLMModel changes).
-        try:
-            await reconcile(LLMModel.from_body(owner), runtime.settings, runtime.kube)
-        except (ApiError, ValidationError, TransientError) as exc:
-            # Watch-event handlers are not retried; the next LLMModel change or restart repairs it.
-            logger.warning("re-creating the deleted Deployment failed: %s", exc)
+    await repair_child(runtime, "Deployment", body, type == "DELETED", logger)
     runtime.syncer.touch(key)
+
+
+@kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
+async def service_event(
+    body: kopf.Body,
+    type: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    await repair_child(_runtime(memo), "Service", body, type == "DELETED", logger)
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_LABELS)
+async def cache_pvc_event(
+    body: kopf.Body,
+    type: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    await repair_child(_runtime(memo), "PersistentVolumeClaim", body, type == "DELETED", logger)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+async def pdb_event(
+    body: kopf.Body,
+    type: str | None,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    await repair_child(_runtime(memo), "PodDisruptionBudget", body, type == "DELETED", logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)

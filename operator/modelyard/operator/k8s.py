@@ -26,6 +26,7 @@ from modelyard.operator import metrics
 LLMModelResource = create_namespaced_resource(md.GROUP, md.VERSION, md.KIND, md.PLURAL)
 
 KINDS: dict[str, type[NamespacedResource]] = {
+    md.KIND: LLMModelResource,
     "Deployment": Deployment,
     "Service": Service,
     "PersistentVolumeClaim": PersistentVolumeClaim,

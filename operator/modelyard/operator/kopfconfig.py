@@ -27,8 +27,12 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> N
     # 5 s idle = 3 models/s); a short idle time frees slots as soon as an object is handled.
     settings.queueing.worker_limit = ours.worker_limit
     settings.queueing.idle_timeout = ours.worker_idle_seconds
-    # kopf's own "Handler succeeded" events are one API write per reaction; our status syncer posts
-    # the Events users need (ModelReady, Unschedulable, CrashLoopBackOff) and kopf only posts failures.
+    # kopf 1.45 posts log messages (handler successes and failures alike) as Events only with
+    # posting.loggers, and then one per retry. We post the Events users need ourselves, once per
+    # transition and with the API server's own message: ModelReady, Unschedulable, CrashLoopBackOff,
+    # ReconcileFailed (handlers.reconcile_recorded). Explicit, because the default changed across kopf
+    # releases.
+    settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = md.FIELD_MANAGER
     settings.posting.event_name_prefix = "modelyard-"
@@ -39,8 +43,8 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: OperatorSettings) -> N
     )
     # Watch only our own children server-side instead of every Pod and Deployment in the cluster.
     selector = f"{md.LABEL_MANAGED_BY}={md.FIELD_MANAGER}"
-    settings.watching.label_selectors["pods"] = selector
-    settings.watching.label_selectors["deployments"] = selector
+    for plural in ("pods", "deployments", "services", "persistentvolumeclaims", "poddisruptionbudgets"):
+        settings.watching.label_selectors[plural] = selector
     # No dynamic CRD/namespace scanning: it needs cluster-wide list/watch on CRDs and namespaces,
     # which the least-privilege RBAC does not grant. The LLMModel CRD must exist before start-up.
     settings.scanning.disabled = True

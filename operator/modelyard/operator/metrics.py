@@ -14,7 +14,7 @@ class Result(StrEnum):
     APPLIED = "applied"  # at least one child was written
     UNCHANGED = "unchanged"  # everything already matched: no write
     RETRY = "retry"  # transient failure, kopf retries with back-off
-    INVALID = "invalid"  # permanent: the spec cannot be built
+    INVALID = "invalid"  # permanent: the spec cannot be built or the API server rejected a child
 
 
 RECONCILES = Counter("modelyard_operator_reconciles_total", "LLMModel reconciles by result.", ["result"])

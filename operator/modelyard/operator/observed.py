@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelyard.api import metadata as md
+from modelyard.api.names import NameClaim, NameConflict, name_conflicts
+from modelyard.operator.failures import ReconcileFailure
 
 Key = tuple[str, str]  # (namespace, LLMModel name)
 
@@ -34,6 +36,12 @@ def _slim_deployment(dep: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def model_key(body: Mapping[str, Any]) -> Key:
+    """The key of an LLMModel body."""
+    meta = body["metadata"]
+    return (meta.get("namespace") or "default", meta["name"])
+
+
 def model_key_of(obj: Mapping[str, Any]) -> Key | None:
     meta = obj.get("metadata") or {}
     model = (meta.get("labels") or {}).get(md.LABEL_MODEL)
@@ -49,12 +57,27 @@ class ObservedState:
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         # Load progress the model server reported, per loading pod (written by the progress prober).
         self.progress: dict[Key, dict[str, Any]] = {}
+        # The last reconcile of each model, when it failed (cleared by the next success): shown as
+        # Ready=False/ReconcileFailed with the API server's message.
+        self.failures: dict[Key, ReconcileFailure] = {}
+        # Models that lose a served-name clash (api/names.py), and the names every model claims.
+        self.conflicts: dict[Key, NameConflict] = {}
+        self._claims: dict[Key, NameClaim] = {}
+        self._claims_changed = False
 
     def set_model(self, body: Mapping[str, Any], deleted: bool) -> Key:
         meta = body["metadata"]
-        key = (meta.get("namespace") or "default", meta["name"])
+        key = model_key(body)
+        claim = None if deleted else NameClaim.of(body)
+        if self._claims.get(key) != claim:
+            self._claims_changed = True
+            if claim is None:
+                self._claims.pop(key, None)
+            else:
+                self._claims[key] = claim
         if deleted:
             self.models.pop(key, None)
+            self.failures.pop(key, None)
         else:
             self.models[key] = {
                 "metadata": dict(meta),
@@ -62,6 +85,17 @@ class ObservedState:
                 "status": dict(body.get("status") or {}),
             }
         return key
+
+    def refresh_conflicts(self) -> set[Key]:
+        """Recompute served-name clashes if any model's names changed; the models whose verdict changed.
+        Status events (most LLMModel events) change no names and cost nothing here."""
+        if not self._claims_changed:
+            return set()
+        self._claims_changed = False
+        new = name_conflicts(self.models.values())
+        changed = {k for k in new.keys() | self.conflicts.keys() if new.get(k) != self.conflicts.get(k)}
+        self.conflicts = new
+        return changed
 
     def set_deployment(self, body: Mapping[str, Any], deleted: bool) -> Key | None:
         key = model_key_of(body)

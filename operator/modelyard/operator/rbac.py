@@ -7,7 +7,10 @@ Why each rule exists:
 - llmmodels/status: the status syncer's merge patch.
 - deployments, services, persistentvolumeclaims, poddisruptionbudgets: the reconciler GETs each child
   and writes it with server-side apply (PATCH; creating through apply is authorised as patch + create).
-  PDBs are also deleted when a model scales down to one replica. Deployments are watched for status.
+  PDBs are also deleted when a model scales down to one replica; a Service or PDB is deleted and
+  re-created when apply cannot undo a hand edit (a renumbered Service port). All four are watched
+  (list/watch, our label only) so that a hand-edited or deleted child is put back at once; Deployments
+  also for status.
 - pods: watched (list/watch only) for readiness and the scheduler's reason.
 - events: the Events posted on LLMModels (create) and kopf's failure events.
 - kopf.dev peerings: HA peering (keep-alives are patches on the peering object's status).
@@ -36,13 +39,18 @@ RULES: list[dict[str, Any]] = [
     },
     {
         "apiGroups": [""],
-        "resources": ["services", "persistentvolumeclaims"],
-        "verbs": ["get", "create", "patch"],
+        "resources": ["services"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["persistentvolumeclaims"],
+        "verbs": ["get", "list", "watch", "create", "patch"],
     },
     {
         "apiGroups": ["policy"],
         "resources": ["poddisruptionbudgets"],
-        "verbs": ["get", "create", "patch", "delete"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},

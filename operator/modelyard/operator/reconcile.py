@@ -1,12 +1,14 @@
 """Make an LLMModel's children match its spec: build, compare, apply only what changed.
 
-Each child carries a hash of the manifest it was applied from; an unchanged child is not written, so
-a resync, a restart or a second reconcile costs reads, never writes.
+Each child carries a hash of the manifest it was applied from, and is compared field by field with
+what it holds now (`drift.py`); a child that is up to date and untouched is not written, so a resync, a
+restart or a second reconcile costs reads, never writes, while a hand-edited child is put back.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,6 +19,8 @@ from modelyard.operator.builders.deployment import build_deployment
 from modelyard.operator.builders.pdb import build_pdb
 from modelyard.operator.builders.pvc import build_cache_pvc
 from modelyard.operator.builders.service import build_service
+from modelyard.operator.drift import drifted
+from modelyard.operator.k8s import ApiError
 from modelyard.operator.settings import OperatorSettings
 
 
@@ -27,6 +31,9 @@ class KubeWriter(Protocol):
 
     async def delete(self, kind: str, name: str, namespace: str) -> None: ...
 
+
+# Children with no state of their own: re-created when apply alone cannot undo a hand edit.
+RECREATABLE = frozenset({"Service", "PodDisruptionBudget"})
 
 _KINDS = ("PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget")
 
@@ -69,6 +76,22 @@ def desired_children(model: LLMModel, settings: OperatorSettings) -> list[dict[s
     return [stamp(c, model) for c in children if c is not None]
 
 
+def child_drift(
+    model: LLMModel, settings: OperatorSettings, child: Mapping[str, Any], deleted: bool
+) -> list[str]:
+    """Why an observed child must be re-applied ([] if it matches, or is not one the model wants)."""
+    kind, name = child.get("kind"), (child.get("metadata") or {}).get("name")
+    desired = next(
+        (c for c in desired_children(model, settings) if c["kind"] == kind and c["metadata"]["name"] == name),
+        None,
+    )
+    if desired is None:
+        return []
+    if deleted:
+        return ["deleted"]
+    return drifted(desired, dict(child))
+
+
 def _hash_of(obj: dict[str, Any] | None) -> str | None:
     if obj is None:
         return None
@@ -87,10 +110,24 @@ async def _sync_child(
     meta = child["metadata"]
     ref = f"{child['kind']}/{meta['name']}"
     existing = None if fresh else await kube.get(child["kind"], meta["name"], meta["namespace"])
-    if existing is not None and _hash_of(existing) == _hash_of(child) and _owned_by(existing, model):
+    if (
+        existing is not None
+        and _hash_of(existing) == _hash_of(child)
+        and (_owned_by(existing, model) or not meta.get("ownerReferences"))  # a retained cache has none
+        and not drifted(child, existing)
+    ):
         result.unchanged.append(ref)
         return
-    await kube.apply(child)
+    try:
+        await kube.apply(child)
+    except ApiError as exc:
+        # Server-side apply merges list items by key: a Service port someone renumbered stays as theirs
+        # next to ours (duplicate name, 422). A Service or PDB holds no state, so put it back whole.
+        if exc.status.code != 422 or existing is None or child["kind"] not in RECREATABLE:
+            raise
+        await kube.delete(child["kind"], meta["name"], meta["namespace"])
+        await kube.apply(child)
+        result.deleted.append(ref)
     result.applied.append(ref)
 
 

@@ -34,6 +34,17 @@ _PHASE_ORDER = {Phase.PENDING: 0, Phase.DOWNLOADING: 1, Phase.LOADING: 2, Phase.
 
 
 @dataclass(frozen=True)
+class Blocker:
+    """Why the model must not count as Ready whatever its pods do: its children could not be applied
+    (`ReconcileFailed`, the API server's message) or its served name belongs to another LLMModel
+    (`NameConflict`). `stalls_rollout`: the Deployment does not match the spec, so nothing progresses."""
+
+    reason: str
+    message: str
+    stalls_rollout: bool = False
+
+
+@dataclass(frozen=True)
 class PodView:
     """What status needs to know about one model pod."""
 
@@ -140,6 +151,29 @@ def _deadline_exceeded(deployment: Mapping[str, Any]) -> str | None:
     return None
 
 
+def cache_condition(model: LLMModel) -> Condition | None:
+    """CacheShared: can every replica mount the cache PVC the operator creates? A ReadWriteOnce volume
+    attaches to one node, so a second replica elsewhere hangs in ContainerCreating (Multi-Attach error
+    on most clouds); a ReadWriteOncePod volume admits one pod at all. Only for a PVC we create: the
+    access mode of an existing claim (claimName) is not ours to know."""
+    spec = model.spec
+    if spec.cache is None or spec.cache.size is None:
+        return None
+    most = max(spec.desired_replicas, spec.autoscaling.max_replicas if spec.autoscaling is not None else 0)
+    mode = spec.cache.access_mode
+    if mode == "ReadWriteMany" or most <= 1:
+        return Condition(type="CacheShared", status="True", reason="AsExpected", message="")
+    return Condition(
+        type="CacheShared",
+        status="False",
+        reason=mode,
+        message=f"the cache PVC is {mode} but the model may run {most} replicas: a replica on another node "
+        "cannot attach it (Multi-Attach error) and stays ContainerCreating; use cache.accessMode "
+        "ReadWriteMany with a storage class that supports it, one replica, or no cache (each replica then "
+        "downloads into its own emptyDir)",
+    )
+
+
 def build_status(
     model: LLMModel,
     deployment: Mapping[str, Any] | None,
@@ -147,8 +181,10 @@ def build_status(
     settings: OperatorSettings,
     now: str,
     progress: Mapping[str, Any] | None = None,
+    blocker: Blocker | None = None,
 ) -> LLMModelStatus:
-    """`progress`: pod name -> LoadProgress (stage, fraction) reported by loading model servers."""
+    """`progress`: pod name -> LoadProgress (stage, fraction) reported by loading model servers.
+    `blocker`: a reason the model is not Ready even if pods are (reconcile failure, name conflict)."""
     desired = model.spec.desired_replicas
     views = [view_pod(p) for p in pods if _is_live(p)]
     loading = [progress[v.name] for v in views if progress and v.name in progress and not v.ready]
@@ -163,7 +199,9 @@ def build_status(
     deadline = _deadline_exceeded(deployment) if deployment is not None else None
 
     # Ready: can this model answer a request now?
-    if ready > 0:
+    if blocker is not None:
+        ready_cond = Condition(type="Ready", status="False", reason=blocker.reason, message=blocker.message)
+    elif ready > 0:
         ready_cond = Condition(
             type="Ready", status="True", reason="Serving", message=f"{ready}/{desired} replicas ready"
         )
@@ -202,7 +240,11 @@ def build_status(
         ready_cond = Condition(type="Ready", status="False", reason=furthest.value, message=message)
 
     # Progressing: is a rollout or scale still under way?
-    if deadline is not None:
+    if blocker is not None and blocker.stalls_rollout:
+        progressing = Condition(
+            type="Progressing", status="False", reason=blocker.reason, message=blocker.message
+        )
+    elif deadline is not None:
         progressing = Condition(
             type="Progressing", status="False", reason="ProgressDeadlineExceeded", message=deadline
         )
@@ -223,7 +265,9 @@ def build_status(
 
     # Degraded: is something wrong that needs a human (or more capacity)?
     problem = (
-        (unschedulable[0].unschedulable_message, "Unschedulable")
+        (blocker.message, blocker.reason)
+        if blocker is not None
+        else (unschedulable[0].unschedulable_message, "Unschedulable")
         if unschedulable
         else (failing[0].failure_message, failing[0].failure_reason)
         if failing
@@ -238,7 +282,9 @@ def build_status(
     else:
         degraded = Condition(type="Degraded", status="False", reason="AsExpected", message="")
 
-    if desired == 0 and not views:
+    if blocker is not None:
+        phase = Phase.DEGRADED
+    elif desired == 0 and not views:
         phase = Phase.SCALED_TO_ZERO
     elif ready > 0:
         phase = Phase.DEGRADED if problem is not None else Phase.READY
@@ -261,8 +307,28 @@ def build_status(
         endpoint=endpoint_url(model, settings),
         load_progress=furthest_load.render() if furthest_load is not None and ready < desired else None,
         conditions=_merge_conditions(
-            model.status.conditions, [ready_cond, progressing, degraded], now, generation
+            model.status.conditions,
+            [ready_cond, progressing, degraded, *filter(None, [cache_condition(model)])],
+            now,
+            generation,
         ),
+    )
+
+
+def blocked_status(previous: LLMModelStatus, blocker: Blocker, now: str) -> LLMModelStatus:
+    """The status of a model whose spec cannot even be parsed: only the blocker is known."""
+    conditions = [
+        Condition(type="Ready", status="False", reason=blocker.reason, message=blocker.message),
+        Condition(type="Degraded", status="True", reason=blocker.reason, message=blocker.message),
+    ]
+    return previous.model_copy(
+        update={
+            "phase": Phase.DEGRADED,
+            "replica_summary": previous.replica_summary or f"{previous.ready_replicas}/?",
+            "conditions": _merge_conditions(
+                previous.conditions, conditions, now, previous.observed_generation
+            ),
+        }
     )
 
 

@@ -17,17 +17,30 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from modelyard.api.llmmodel import LLMModel, LLMModelStatus
-from modelyard.operator import metrics
+from modelyard.operator import failures, metrics
 from modelyard.operator.observed import Key, ObservedState
 from modelyard.operator.settings import OperatorSettings
-from modelyard.operator.status import build_status, ready_condition
+from modelyard.operator.status import Blocker, blocked_status, build_status, ready_condition
 
 log = logging.getLogger(__name__)
 
+NAME_CONFLICT = "NameConflict"
+
 # Ready-condition reasons worth a Warning event on the LLMModel.
 WARNING_REASONS = frozenset(
-    {"Unschedulable", "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"}
+    {
+        "Unschedulable",
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        failures.REASON,
+        NAME_CONFLICT,
+    }
 )
+# Reasons whose message is the news (a different API server error is a different problem): a new
+# message is announced even when the reason stays the same.
+ANNOUNCE_EVERY_MESSAGE = frozenset({failures.REASON})
 
 
 class StatusWriter(Protocol):
@@ -43,15 +56,26 @@ def _now() -> str:
 def transition_event(old: LLMModelStatus, new: LLMModelStatus) -> tuple[str, str, str] | None:
     """The Event worth posting when the Ready condition changes, if any: (type, reason, message)."""
     before, after = ready_condition(old), ready_condition(new)
-    if after is None or (
-        before is not None and (before.status, before.reason) == (after.status, after.reason)
-    ):
+    if after is None:
         return None
+    if before is not None and (before.status, before.reason) == (after.status, after.reason):
+        news = after.reason in ANNOUNCE_EVERY_MESSAGE and before.message != after.message
+        if not news:
+            return None
     if after.status == "True":
         return ("Normal", "ModelReady", f"serving: {after.message}")
     if after.reason in WARNING_REASONS:
         return ("Warning", after.reason, after.message)
     return None
+
+
+def cache_warning(old: LLMModelStatus, new: LLMModelStatus) -> tuple[str, str, str] | None:
+    """A Warning when the cache PVC stops being mountable by every replica (CacheShared turns False)."""
+    before = next((c for c in old.conditions if c.type == "CacheShared"), None)
+    after = next((c for c in new.conditions if c.type == "CacheShared"), None)
+    if after is None or after.status != "False" or (before is not None and before.status == "False"):
+        return None
+    return ("Warning", "CacheNotShared", after.message)
 
 
 class StatusSyncer:
@@ -104,32 +128,41 @@ class StatusSyncer:
         """Compute and, if it changed, write the status of one model. Returns whether it wrote."""
         body = self._state.models.get(key)
         deployment = self._state.deployments.get(key)
-        if body is None or deployment is None or self._awaiting_controller(key, deployment):
+        blocker = self.blocker(key)
+        if body is None:
+            return False
+        if blocker is None and (deployment is None or self._awaiting_controller(key, deployment)):
             # Nothing to report yet: the reconcile or the Deployment controller is still at work, and a
             # transient "Creating"/"Pending" status would cost one more write per model. The next watch
             # event (Deployment status, first Pod) triggers the sync again.
             return False
+        uid = str(body["metadata"].get("uid", ""))
         try:
             model = LLMModel.from_body(body)
         except ValidationError:
-            return False  # the reconcile handler reports invalid specs
-        previous = self._written.get(model.uid, model.status)
-        new = build_status(
-            model.model_copy(update={"status": previous}),
-            deployment,
-            self._state.pods_of(key),
-            self._settings,
-            self._clock(),
-            self._state.progress.get(key),
-        )
+            if blocker is None:
+                return False  # the reconcile handler records invalid specs as a failure
+            previous = self._written.get(uid) or LLMModelStatus.model_validate(dict(body.get("status") or {}))
+            new = blocked_status(previous, blocker, self._clock())
+        else:
+            previous = self._written.get(uid, model.status)
+            new = build_status(
+                model.model_copy(update={"status": previous}),
+                deployment,
+                self._state.pods_of(key),
+                self._settings,
+                self._clock(),
+                self._state.progress.get(key),
+                blocker,
+            )
         if new == previous:
             return False
         wire = new.to_wire()
-        self._written[model.uid] = new
+        self._written[uid] = new
         try:
             await self._kube.patch_status(key[0], key[1], wire)
         except BaseException:
-            self._written[model.uid] = previous
+            self._written[uid] = previous
             raise
         metrics.STATUS_UPDATES.inc()
         ready = ready_condition(new)
@@ -141,10 +174,20 @@ class StatusSyncer:
             new.replica_summary,
             ready.reason if ready else None,
         )
-        event = transition_event(previous, new)
-        if event is not None and self._settings.post_events:
-            await self._kube.post_event(body, *event)
+        for event in (transition_event(previous, new), cache_warning(previous, new)):
+            if event is not None and self._settings.post_events:
+                await self._kube.post_event(body, *event)
         return True
+
+    def blocker(self, key: Key) -> Blocker | None:
+        """Why this model cannot be Ready whatever its pods say, if anything."""
+        failure = self._state.failures.get(key)
+        if failure is not None:
+            return Blocker(failures.REASON, failure.message, stalls_rollout=True)
+        conflict = self._state.conflicts.get(key)
+        if conflict is not None:
+            return Blocker(NAME_CONFLICT, conflict.message())
+        return None
 
     def forget(self, key: Key, uid: str) -> None:
         """The model is gone: drop what we remember about it."""

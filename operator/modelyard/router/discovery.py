@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelyard.api import metadata
+from modelyard.api.names import NameClaim, name_conflicts
 from modelyard.router.metrics import RouterMetrics
 from modelyard.router.table import ModelSpec, RoutingTable, Strategy
 
@@ -213,7 +214,14 @@ def build_specs(
     ordered = sorted(
         models.items(), key=lambda kv: ((kv[1].get("metadata") or {}).get("creationTimestamp") or "", kv[0])
     )
-    return [model_spec_from_llmmodel(obj, by_model.get(key, ())) for key, obj in ordered]
+    # A model that loses a served-name clash (the operator reports it as NameConflict) is not routed at
+    # all: same rule as the operator's, from modelyard.api.names.
+    losers = name_conflicts(models.values())
+    return [
+        model_spec_from_llmmodel(obj, by_model.get(key, ()))
+        for key, obj in ordered
+        if NameClaim.of(obj).ref not in losers
+    ]
 
 
 class WatchSource(Protocol):

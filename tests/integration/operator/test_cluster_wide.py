@@ -103,3 +103,48 @@ def test_one_operator_reconciles_llmmodels_in_two_namespaces_into_their_own_name
         deployments = private_cluster.get_json(f"/apis/apps/v1/namespaces/{ns}/deployments")
         names = {d["metadata"]["name"] for d in (deployments or {}).get("items", [])}
         assert names == ({f"chat-{ns}"} if ns in NAMESPACES else set())
+
+
+def test_two_llmmodels_with_one_served_name_in_two_namespaces_only_the_older_is_ready(
+    private_cluster: ClusterClient, cluster_wide_operator: OperatorProcess
+) -> None:
+    private_cluster.apply(llmmodel("first", "team-b", servedName="shared-chat"))
+    wait_ready(private_cluster, "team-b", "first")
+    # Created later (a later second: the first model had to become Ready), and in a namespace that sorts
+    # first, so only the creation time can make it lose.
+    private_cluster.apply(llmmodel("second", "team-a", servedName="own-name", aliases=["shared-chat"]))
+
+    def name_conflict() -> dict[str, Any] | None:
+        obj = private_cluster.get_json(llm_path("team-a", "second"))
+        return obj if (condition(obj, "Ready") or {}).get("reason") == "NameConflict" else None
+
+    try:
+        obj = private_cluster.wait_for(
+            "team-a/second: Ready=False/NameConflict", name_conflict, READY_TIMEOUT
+        )
+    except TimeoutError as exc:
+        raise AssertionError(
+            f"{exc}\nlast seen: {dump(private_cluster.get_json(llm_path('team-a', 'second')))}"
+        ) from None
+    ready = condition(obj, "Ready")
+    assert ready is not None
+    assert ready["status"] == "False"
+    assert "LLMModel team-b/first" in ready["message"]
+    assert '"shared-chat"' in ready["message"]
+    assert obj["status"]["phase"] == "Degraded"
+    winner = private_cluster.get_json(llm_path("team-b", "first"))
+    assert (condition(winner, "Ready") or {}).get("status") == "True"
+
+    def warning() -> list[dict[str, Any]] | None:
+        events = private_cluster.get_json(
+            "/api/v1/namespaces/team-a/events?fieldSelector=involvedObject.name=second"
+        )
+        found = [e for e in (events or {}).get("items", []) if e.get("reason") == "NameConflict"]
+        return found or None
+
+    (event, *_) = private_cluster.wait_for("NameConflict event", warning, 30)
+    assert event["type"] == "Warning"
+
+    # Dropping the contested alias ends the conflict.
+    private_cluster.apply(llmmodel("second", "team-a", servedName="own-name"))
+    wait_ready(private_cluster, "team-a", "second")

@@ -105,6 +105,7 @@ def test_cel_rules_carry_clear_messages(schema: dict[str, Any]) -> None:
     assert "resources.gpus must be >= 0 (0 runs on CPU)" in messages
     assert "autoscaling.minReplicas must be <= autoscaling.maxReplicas" in messages
     assert any(m.startswith("cache: set exactly one of") for m in messages)
+    assert any(m.startswith("resources.gpuResourceName must be an extended resource name") for m in messages)
     # CEL cost estimation needs bounded strings for regex rules.
     assert spec["properties"]["url"]["maxLength"] == 1024
 
@@ -156,3 +157,9 @@ def test_reference_doc_lists_every_spec_field() -> None:
     for path, _ in _walk(crdgen.openapi_schema()["properties"]["spec"], "spec"):
         if path != "spec" and not path.endswith(("[]", "{}")):
             assert f"| `{path}`" in doc, path
+
+
+def test_the_resources_default_on_the_api_server_matches_the_operators(schema: dict[str, Any]) -> None:
+    from modelyard.api.llmmodel import Resources
+
+    assert schema["properties"]["spec"]["properties"]["resources"]["default"] == Resources().to_wire()

@@ -111,3 +111,18 @@ def test_served_name_defaults_to_the_object_name() -> None:
 
 def test_unknown_fields_from_newer_schemas_are_ignored() -> None:
     assert spec(somethingNew=1).url == "hf://org/name"
+
+
+@pytest.mark.parametrize(
+    "name", ["nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915", "nvidia.com/mig-1g.10gb"]
+)
+def test_gpu_resource_names_that_the_api_server_accepts(name: str) -> None:
+    assert spec(resources={"gpuResourceName": name}).resources.gpu_resource_name == name
+
+
+@pytest.mark.parametrize(
+    "name", ["nvidia/gpu x", "gpu", "Nvidia.com/gpu", "nvidia.com/", "/gpu", "nvidia.com/gpu/0"]
+)
+def test_gpu_resource_names_that_would_break_the_deployment_are_rejected(name: str) -> None:
+    with pytest.raises(ValidationError, match="gpuResourceName must be an extended resource name"):
+        spec(resources={"gpuResourceName": name})

@@ -43,3 +43,12 @@ def test_examples_cover_cpu_single_gpu_and_multi_gpu() -> None:
     assert gpus[0] == 0
     assert 1 in gpus
     assert gpus[-1] > 1
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_no_example_runs_several_replicas_on_a_read_write_once_cache(example: Path) -> None:
+    from modelyard.api.llmmodel import LLMModel
+    from modelyard.operator.status import cache_condition
+
+    cond = cache_condition(LLMModel.from_body(load(example)))
+    assert cond is None or cond.status == "True", cond

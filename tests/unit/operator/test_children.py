@@ -58,3 +58,15 @@ def test_pdb_only_with_more_than_one_replica() -> None:
 def test_pdb_follows_autoscaling_min_replicas() -> None:
     assert build_pdb(model(autoscaling={"minReplicas": 2, "maxReplicas": 4}), SETTINGS) is not None
     assert build_pdb(model(autoscaling={"minReplicas": 1, "maxReplicas": 4}), SETTINGS) is None
+
+
+def test_a_cache_pvc_is_owned_by_the_model_unless_retained() -> None:
+    owned = build_cache_pvc(model(cache={"size": "10Gi"}), SETTINGS)
+    assert owned is not None
+    assert owned["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert md.LABEL_RETAIN not in owned["metadata"]["labels"]
+    kept = build_cache_pvc(model(cache={"size": "10Gi", "retain": True}), SETTINGS)
+    assert kept is not None
+    assert "ownerReferences" not in kept["metadata"]
+    assert kept["metadata"]["labels"][md.LABEL_RETAIN] == "true"
+    assert kept["metadata"]["labels"][md.LABEL_MODEL] == "llama"

@@ -57,6 +57,7 @@ def test_server_command_for_a_hub_model() -> None:
         "--served-model-name", "llama",
         "--task", "generate",
         "--dtype", "auto",
+        "--device", "cuda",
         "--host", "0.0.0.0",
         "--port", "8000",
     ]  # fmt: skip
@@ -116,7 +117,7 @@ def test_s3_model_is_fetched_by_an_init_container() -> None:
     assert init["securityContext"]["runAsNonRoot"] is True
     c = container(d)
     assert c["args"][c["args"].index("--model") + 1] == "/models/s3"
-    assert {"name": "model", "emptyDir": {}} in pod(d)["volumes"]
+    assert {"name": "model", "emptyDir": {"sizeLimit": "100Gi"}} in pod(d)["volumes"]
 
 
 def test_revision_is_passed_to_the_server_settings() -> None:
@@ -149,13 +150,14 @@ def test_gpu_requests_equal_limits_with_custom_resource_name_cpu_and_memory() ->
         deploy(resources={"gpus": 2, "gpuResourceName": "amd.com/gpu", "cpu": "8", "memory": "64Gi"})
     )
     assert c["resources"] == {
-        "requests": {"cpu": "8", "memory": "64Gi", "amd.com/gpu": "2"},
-        "limits": {"memory": "64Gi", "amd.com/gpu": "2"},
+        "requests": {"cpu": "8", "memory": "64Gi", "amd.com/gpu": "2", "ephemeral-storage": "100Gi"},
+        "limits": {"memory": "64Gi", "amd.com/gpu": "2", "ephemeral-storage": "100Gi"},
     }
 
 
 def test_zero_gpus_requests_no_gpu() -> None:
-    assert container(deploy(resources={"gpus": 0}))["resources"] == {}
+    res = container(deploy(resources={"gpus": 0}, cache={"size": "10Gi"}))["resources"]
+    assert res == {}
 
 
 def test_default_gpu_is_one_nvidia_gpu() -> None:
@@ -189,7 +191,7 @@ def test_non_root_hardened_security_context_and_shm() -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod(d)["securityContext"]["runAsNonRoot"] is True
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod(d)["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod(d)["volumes"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container(d)["volumeMounts"]
 
 
@@ -244,3 +246,41 @@ def test_rollouts_surge_instead_of_dropping_capacity() -> None:
 def test_load_balancing_does_not_touch_the_deployment() -> None:
     # Read by the router from the LLMModel; changing it must not restart GPU pods.
     assert deploy(loadBalancing={"strategy": "PrefixHash"}) == deploy()
+
+
+def test_the_device_is_explicit_cuda_with_gpus_and_cpu_without() -> None:
+    for spec, expected in (
+        ({}, "cuda"),
+        ({"resources": {"gpus": 4}}, "cuda"),
+        ({"resources": {"gpus": 0}}, "cpu"),
+    ):
+        args = container(deploy(**spec))["args"]
+        assert args[args.index("--device") + 1] == expected, spec
+        assert args.count("--device") == 1
+
+
+def test_without_a_cache_hub_downloads_go_to_a_sized_emptydir_with_matching_ephemeral_storage() -> None:
+    d = deploy(resources={"ephemeralStorage": "200Gi"})
+    c = container(d)
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "200Gi"}} in pod(d)["volumes"]
+    assert {"name": "cache", "mountPath": "/cache"} in c["volumeMounts"]
+    assert {"name": "HF_HOME", "value": "/cache/huggingface"} in c["env"]
+    assert (
+        c["resources"]["requests"]["ephemeral-storage"]
+        == c["resources"]["limits"]["ephemeral-storage"]
+        == "200Gi"
+    )
+    default = deploy()
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "100Gi"}} in pod(default)["volumes"]
+
+
+def test_a_cache_pvc_or_pvc_weights_need_no_local_download_space() -> None:
+    for spec in ({"cache": {"size": "50Gi"}}, {"url": "pvc://weights/llama"}):
+        d = deploy(**spec)
+        assert "ephemeral-storage" not in container(d)["resources"].get("requests", {}), spec
+        assert not any(v.get("emptyDir") and v["name"] != "dshm" for v in pod(d)["volumes"]), spec
+
+
+def test_shm_size_is_configurable() -> None:
+    d = deploy(resources={"shmSize": "32Gi"})
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}} in pod(d)["volumes"]

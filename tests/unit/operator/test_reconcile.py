@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
+
 from modelyard.api import metadata as md
 from modelyard.operator.reconcile import desired_children, reconcile
 from tests.unit.operator.factories import SETTINGS, model
@@ -106,3 +109,49 @@ def test_every_child_carries_a_spec_hash_that_changes_with_the_spec() -> None:
     }
     assert before["Service"] == after["Service"]
     assert before["Deployment"] != after["Deployment"]
+
+
+async def test_a_hand_scaled_deployment_is_scaled_back_to_the_llmmodels_replicas() -> None:
+    kube = FakeKube()
+    await reconcile(model(replicas=2), SETTINGS, kube)
+    kube.objects[("Deployment", "team-a", "llama")]["spec"]["replicas"] = 4  # kubectl scale deployment
+    result = await reconcile(model(replicas=2), SETTINGS, kube)
+    assert result.applied == ["Deployment/llama"]
+    assert kube.objects[("Deployment", "team-a", "llama")]["spec"]["replicas"] == 2
+
+
+async def test_a_deleted_service_is_recreated() -> None:
+    kube = FakeKube()
+    await reconcile(model(), SETTINGS, kube)
+    del kube.objects[("Service", "team-a", "llama")]
+    result = await reconcile(model(), SETTINGS, kube)
+    assert result.applied == ["Service/llama"]
+
+
+async def test_a_service_apply_cannot_repair_is_recreated() -> None:
+    kube = FakeKube()
+    await reconcile(model(), SETTINGS, kube)
+    kube.objects[("Service", "team-a", "llama")]["spec"]["ports"][0]["port"] = 9999
+    original = kube.apply
+    rejected: list[str] = []
+
+    async def apply_rejecting_duplicates(obj: dict[str, Any]) -> dict[str, Any]:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if obj["kind"] == "Service" and key in kube.objects:
+            rejected.append(obj["kind"])
+            raise ApiError(status=Status(code=422, message='spec.ports[1].name: Duplicate value: "http"'))
+        return await original(obj)
+
+    kube.apply = apply_rejecting_duplicates  # type: ignore[method-assign]
+    result = await reconcile(model(), SETTINGS, kube)
+    assert rejected == ["Service"]
+    assert result.deleted == ["Service/llama"]
+    assert kube.objects[("Service", "team-a", "llama")]["spec"]["ports"][0]["port"] == 8000
+
+
+async def test_a_retained_cache_without_an_owner_is_not_rewritten() -> None:
+    kube = FakeKube()
+    spec = {"cache": {"size": "10Gi", "retain": True}}
+    await reconcile(model(**spec), SETTINGS, kube)
+    result = await reconcile(model(**spec), SETTINGS, kube)
+    assert "PersistentVolumeClaim/llama-cache" in result.unchanged

@@ -194,3 +194,30 @@ def test_ready_waits_for_the_deployment_to_count_the_pod() -> None:
 
 def test_view_pod_of_an_empty_pod_is_pending() -> None:
     assert view_pod({"metadata": {"name": "x"}}).phase is Phase.PENDING
+
+
+def cache_shared(m: LLMModel) -> tuple[str, str] | None:
+    st = build_status(m, deployment(ready=1), [], SETTINGS, NOW)
+    cond = next((c for c in st.conditions if c.type == "CacheShared"), None)
+    return None if cond is None else (cond.status, cond.reason)
+
+
+def test_a_read_write_once_cache_with_several_replicas_is_flagged() -> None:
+    assert cache_shared(model(replicas=2, cache={"size": "40Gi"})) == ("False", "ReadWriteOnce")
+    flagged = build_status(model(replicas=2, cache={"size": "40Gi"}), deployment(ready=1), [], SETTINGS, NOW)
+    message = next(c.message for c in flagged.conditions if c.type == "CacheShared")
+    assert "Multi-Attach" in message
+    assert "ReadWriteMany" in message
+    # An autoscaler may add replicas later: the upper bound counts.
+    auto = model(autoscaling={"minReplicas": 1, "maxReplicas": 3}, cache={"size": "40Gi"})
+    assert cache_shared(auto) == ("False", "ReadWriteOnce")
+
+
+def test_one_replica_or_read_write_many_or_no_new_pvc_is_fine() -> None:
+    assert cache_shared(model(cache={"size": "40Gi"})) == ("True", "AsExpected")
+    assert cache_shared(model(replicas=3, cache={"size": "40Gi", "accessMode": "ReadWriteMany"})) == (
+        "True",
+        "AsExpected",
+    )
+    assert cache_shared(model(replicas=3)) is None
+    assert cache_shared(model(replicas=3, cache={"claimName": "shared"})) is None

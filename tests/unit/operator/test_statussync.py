@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from modelyard.operator.failures import ReconcileFailure
 from modelyard.operator.observed import ObservedState
 from modelyard.operator.statussync import StatusSyncer
 from tests.unit.operator.factories import SETTINGS, body
@@ -120,3 +121,117 @@ def test_models_by_phase_counts() -> None:
     state.set_model(b, deleted=False)
     state.set_model(body(name="other"), deleted=False)
     assert state.phases() == {"Ready": 1, "Unknown": 1}
+
+
+def failed(message: str, generation: int = 1) -> ReconcileFailure:
+    return ReconcileFailure(message=message, permanent=True, generation=generation, error="api_422")
+
+
+REJECTED = 'Deployment.apps "llama" is invalid: spec.template.spec.nodeSelector: Invalid value: "bad key"'
+
+
+async def test_a_failed_reconcile_is_reported_even_before_any_child_exists() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.failures[key] = failed(REJECTED)
+    assert await syncer.sync(key) is True
+    status = writer.statuses[-1]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False",
+        "ReconcileFailed",
+        f"{REJECTED}",
+    )
+    # kubectl get llm shows READY, REPLICAS and REASON: none of them blank.
+    assert status["replicaSummary"] == "0/1"
+    assert status["phase"] == "Degraded"
+    assert status["endpoint"].startswith("http://llama.team-a.svc")
+    assert writer.events == [("Warning", "ReconcileFailed", REJECTED)]
+
+
+async def test_each_new_failure_message_is_announced_once() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.failures[key] = failed(REJECTED)
+    await syncer.sync(key)
+    await syncer.sync(key)  # the same failure again (a retry): no second Event
+    state.failures[key] = failed("another problem", generation=2)
+    await syncer.sync(key)
+    assert [e[2] for e in writer.events] == [REJECTED, "another problem"]
+
+
+async def test_a_serving_model_whose_new_spec_is_rejected_is_not_ready_until_fixed() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.set_deployment(labelled(deployment(ready=1)), deleted=False)
+    state.set_pod(labelled(pod(scheduled=True, ready=True)), deleted=False)
+    await syncer.sync(key)
+    state.failures[key] = failed(REJECTED)
+    await syncer.sync(key)
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "ReconcileFailed"
+    state.failures.pop(key)
+    await syncer.sync(key)
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "Serving"
+    assert [e[1] for e in writer.events] == ["ModelReady", "ReconcileFailed", "ModelReady"]
+
+
+async def test_an_unparsable_spec_with_a_recorded_failure_still_gets_a_status() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    broken = body()
+    broken["spec"]["url"] = "ftp://not-a-scheme"
+    state.set_model(broken, deleted=False)
+    state.failures[key] = failed("invalid spec: url must be hf://...")
+    assert await syncer.sync(key) is True
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "ReconcileFailed"
+    assert writer.statuses[-1]["phase"] == "Degraded"
+
+
+def created(b: dict[str, Any], when: str, **spec: Any) -> dict[str, Any]:
+    b["metadata"]["creationTimestamp"] = when
+    b["spec"].update(spec)
+    return b
+
+
+async def test_the_newer_of_two_models_with_one_served_name_is_not_ready_and_names_the_other() -> None:
+    state, writer, syncer = setup()
+    state.set_model(created(body(), "2026-01-02T00:00:00Z", servedName="chat"), deleted=False)
+    older = created(body(name="first", namespace="team-b"), "2026-01-01T00:00:00Z", servedName="chat")
+    older["metadata"]["uid"] = "uid-first"
+    state.set_model(older, deleted=False)
+    assert state.refresh_conflicts() == {("team-a", "llama")}
+    state.set_deployment(labelled(deployment(ready=1)), deleted=False)
+    state.set_pod(labelled(pod(scheduled=True, ready=True)), deleted=False)
+    assert await syncer.sync(("team-a", "llama")) is True
+    ready = writer.statuses[-1]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+    assert "LLMModel team-b/first" in ready["message"]
+    assert writer.events[-1][:2] == ("Warning", "NameConflict")
+
+    # The older one goes away: the name is free, the survivor becomes Ready.
+    state.set_model(older, deleted=True)
+    assert state.refresh_conflicts() == {("team-a", "llama")}
+    await syncer.sync(("team-a", "llama"))
+    assert writer.statuses[-1]["conditions"][0]["reason"] == "Serving"
+
+
+def test_status_only_events_do_not_recompute_conflicts() -> None:
+    state, _, _ = setup()
+    state.refresh_conflicts()
+    b = body()
+    b["status"] = {"phase": "Ready"}
+    state.set_model(b, deleted=False)
+    assert state.refresh_conflicts() == set()
+
+
+async def test_a_cache_replicas_cannot_share_posts_one_warning() -> None:
+    state, writer, syncer = setup()
+    key = ("team-a", "llama")
+    state.set_model(body(replicas=2, cache={"size": "40Gi"}), deleted=False)
+    state.set_deployment(labelled(deployment(replicas=2)), deleted=False)
+    await syncer.sync(key)
+    state.set_pod(labelled(pod(scheduled=True, ready=False, server={"running": {}})), deleted=False)
+    await syncer.sync(key)
+    warnings = [e for e in writer.events if e[1] == "CacheNotShared"]
+    assert len(warnings) == 1
+    assert warnings[0][0] == "Warning"

@@ -112,3 +112,11 @@ def test_a_model_without_slices_is_known_but_has_no_endpoints() -> None:
     specs = build_specs({("a", "m"): llmmodel("m", "a")}, {})
     assert specs[0].name == "m"
     assert specs[0].endpoints == ()
+
+
+def test_the_loser_of_a_served_name_clash_is_not_routed_under_any_name() -> None:
+    older = llmmodel("first", "b", servedName="chat")
+    newer = llmmodel("second", "a", servedName="own-name", aliases=["chat"])
+    newer["metadata"] = {"name": "second", "namespace": "a", "creationTimestamp": "2026-01-02T00:00:00Z"}
+    specs = build_specs({("a", "second"): newer, ("b", "first"): older}, {})
+    assert [(s.name, s.source) for s in specs] == [("chat", "b/first")]

@@ -21,6 +21,7 @@ CACHE_MOUNT = "/cache"
 MODELS_MOUNT = "/models"
 RUN_AS_USER = 1000
 PROBE_PERIOD_SECONDS = 10
+DEFAULT_DOWNLOAD_SIZE = "100Gi"
 
 SCRAPE_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
@@ -40,12 +41,21 @@ def model_argument(model: LLMModel) -> str:
     return f"{MODELS_MOUNT}/s3"
 
 
+def device(model: LLMModel) -> str:
+    """The server's --device: cuda when the replica requests GPUs (any vendor: ROCm torch also calls
+    its devices cuda), cpu otherwise."""
+    return "cuda" if model.spec.resources.gpus > 0 else "cpu"
+
+
 def server_args(model: LLMModel) -> list[str]:
     spec = model.spec
     args = ["--model", model_argument(model), "--served-model-name", model.served_name]
     for alias in spec.aliases:
         args += ["--alias", alias]
     args += ["--task", spec.task.value, "--dtype", spec.server.dtype.value]
+    # Explicit, never "auto": a replica that asked for GPUs but cannot use them (driver too old, device
+    # plugin misconfigured) must fail readiness, not quietly serve on CPU at a hundredth of the speed.
+    args += ["--device", device(model)]
     if spec.server.max_model_len is not None:
         args += ["--max-model-len", str(spec.server.max_model_len)]
     if spec.server.max_num_seqs is not None:
@@ -54,10 +64,19 @@ def server_args(model: LLMModel) -> list[str]:
     return args + list(spec.server.extra_args)
 
 
+def download_size(model: LLMModel) -> str | None:
+    """The size of the emptyDir that weights are downloaded into, when they are: hf:// without a cache
+    PVC, and s3:// (fetched by the init container). None when nothing is downloaded to local disk."""
+    spec = model.spec
+    if spec.source is ModelSource.PVC or (spec.source is ModelSource.HF and spec.cache is not None):
+        return None
+    return str(spec.resources.ephemeral_storage or DEFAULT_DOWNLOAD_SIZE)
+
+
 def _env(model: LLMModel) -> list[dict[str, Any]]:
     spec = model.spec
     env: dict[str, dict[str, Any]] = {}
-    if spec.cache is not None:
+    if spec.cache is not None or spec.source is ModelSource.HF:
         env["HF_HOME"] = {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"}
     if spec.revision is not None:
         env["MODELYARD_SERVER_REVISION"] = {"name": "MODELYARD_SERVER_REVISION", "value": spec.revision}
@@ -87,6 +106,10 @@ def _resources(model: LLMModel) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = str(res.memory)
     if res.gpus > 0:
         requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = str(res.gpus)
+    scratch = download_size(model)
+    if scratch is not None:
+        # Downloads count against the pod's ephemeral storage: schedule where they fit, evict past it.
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = scratch
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -142,18 +165,23 @@ POD_SECURITY_CONTEXT: dict[str, Any] = {
 
 def _volumes_and_mounts(model: LLMModel) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = model.spec
-    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    shm = {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": shm}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if spec.cache is not None:
         claim = spec.cache.claim_name or cache_pvc_name(model)
         volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+    elif spec.source is ModelSource.HF:
+        # No cache PVC: the hub download goes to a sized emptyDir, not the container's writable layer.
+        volumes.append({"name": "cache", "emptyDir": {"sizeLimit": download_size(model)}})
         mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
     if spec.source is ModelSource.PVC:
         claim = spec.source_path.partition("/")[0]
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "model", "mountPath": f"{MODELS_MOUNT}/{claim}", "readOnly": True})
     elif spec.source is ModelSource.S3:
-        volumes.append({"name": "model", "emptyDir": {}})
+        volumes.append({"name": "model", "emptyDir": {"sizeLimit": download_size(model)}})
         mounts.append({"name": "model", "mountPath": f"{MODELS_MOUNT}/s3", "readOnly": True})
     return volumes, mounts
 

@@ -16,11 +16,14 @@ from modelyard.server.engine.types import (
     FinishReason,
     GenerationOutput,
     GenerationRequest,
+    GuidedDecoding,
+    GuidedKind,
     PromptTooLongError,
     QueueFullError,
     SamplingParams,
     Task,
     TokenLogprob,
+    UnsupportedGrammarError,
 )
 
 __all__ = [
@@ -34,6 +37,8 @@ __all__ = [
     "FinishReason",
     "GenerationOutput",
     "GenerationRequest",
+    "GuidedDecoding",
+    "GuidedKind",
     "LoadedModel",
     "PromptTooLongError",
     "QueueFullError",
@@ -41,5 +46,6 @@ __all__ = [
     "Task",
     "TokenLogprob",
     "TorchEngine",
+    "UnsupportedGrammarError",
     "load_model",
 ]

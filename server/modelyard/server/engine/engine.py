@@ -22,6 +22,7 @@ import torch
 from modelyard.server.engine import memory
 from modelyard.server.engine.blocks import BlockManager
 from modelyard.server.engine.embedder import EmbedJob, run_embeds
+from modelyard.server.engine.guided import GrammarCompiler
 from modelyard.server.engine.loader import LoadedModel
 from modelyard.server.engine.runner import ModelRunner
 from modelyard.server.engine.sampler import Sampled, SamplingRow, prompt_logprobs, sample
@@ -88,6 +89,9 @@ class TorchEngine:
         self._stats = self._snapshot()
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(config.seed)
+        self.grammar = (
+            GrammarCompiler(loaded.tokenizer, self._vocab) if loaded.tokenizer is not None else None
+        )
 
     # ----- the Engine protocol (event-loop side) -----
 
@@ -167,6 +171,11 @@ class TorchEngine:
             sink=sink,
             row=SamplingRow(params=params, prompt_token_ids=prompt, stop_token_ids=frozenset(stop_ids)),
         )
+        if params.guided is not None:
+            if self.grammar is None:
+                raise EngineError("this model has no tokenizer for constrained decoding")
+            # The matcher lives on the row, so it survives preemption with the rest of the sampling state.
+            seq.row.matcher = await self.grammar.matcher(params.guided)  # UnsupportedGrammarError: a 400
         self._scheduler.add(seq)
         self._wakeup.set()
         finished = False
@@ -425,7 +434,8 @@ class TorchEngine:
         stop_token: int | None = None
         new_tokens: tuple[int, ...] = ()
         logprobs = None
-        if token in seq.row.stop_token_ids and seq.row.num_generated >= params.min_tokens:
+        grammar_done = seq.row.matcher is not None and seq.row.matcher.is_terminated()
+        if token in seq.row.stop_token_ids and (seq.row.num_generated >= params.min_tokens or grammar_done):
             reason, stop_token = "stop", token
         else:
             seq.row.record(token)

@@ -2,7 +2,8 @@
 
 Order of logit processing (per row, all rows in one pass where possible):
 logit_bias -> repetition_penalty (multiplicative, prompt + output) -> presence/frequency penalties
-(OpenAI's additive definition, output tokens only) -> min_tokens (stop ids banned) -> greedy argmax
+(OpenAI's additive definition, output tokens only) -> min_tokens (stop ids banned) -> grammar masks
+(constrained rows only; see ``guided``) -> greedy argmax
 at temperature 0, else temperature -> top_k -> top_p -> min_p -> draw.
 
 Draws use the exponential race (``argmax(p / q)``, ``q ~ Exp(1)``), which samples exactly from ``p``.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modelyard.server.engine.guided import GrammarMatcherRow, MaskApplier
 from modelyard.server.engine.types import SamplingParams, TokenLogprob
 
 
@@ -37,6 +39,8 @@ class SamplingRow:
     bias_ids: torch.Tensor | None = None
     bias_values: torch.Tensor | None = None
     stop_ids_tensor: torch.Tensor | None = None
+    # Constrained decoding state; on the row so it survives anything that rebuilds the batch.
+    matcher: GrammarMatcherRow | None = None
     _prepared: bool = field(default=False)
 
     def prepare(self, vocab_size: int, device: torch.device) -> None:
@@ -64,10 +68,15 @@ class SamplingRow:
 
     def record(self, token_id: int) -> None:
         self.num_generated += 1
+        if self.matcher is not None:
+            self.matcher.accept(token_id)
         if self.output_counts is not None:
             self.output_counts[token_id] += 1
         if self.seen_mask is not None:
             self.seen_mask[token_id] = True
+
+
+_MASKS = MaskApplier()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +126,8 @@ def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.
         if r.bias_ids is not None and r.bias_values is not None:
             writable()[i].index_add_(0, r.bias_ids, r.bias_values)
         if r.stop_ids_tensor is not None and r.num_generated < r.params.min_tokens:
+            if r.matcher is not None and r.matcher.is_terminated():
+                continue  # a complete grammar can only stop: the grammar wins over min_tokens
             writable()[i, r.stop_ids_tensor] = float("-inf")
     return out
 
@@ -153,6 +164,11 @@ def sample(
     logits = logits.float()
     device = logits.device
     processed = apply_penalties(logits, rows)
+    constrained = [(i, r.matcher, r.stop_token_ids) for i, r in enumerate(rows) if r.matcher is not None]
+    if constrained:
+        if processed is logits and any(r.params.logprobs is not None for r in rows):
+            processed = logits.clone()  # reported logprobs stay the model's own
+        processed = _MASKS.apply(processed, constrained)
     temps = [r.params.temperature for r in rows]
     greedy_tokens = processed.argmax(dim=-1)
     if all(t <= 0 for t in temps):

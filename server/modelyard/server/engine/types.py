@@ -12,6 +12,19 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
+GuidedKind = Literal["json_schema", "json_object", "regex"]
+
+
+@dataclass(frozen=True, slots=True)
+class GuidedDecoding:
+    """A grammar the output must follow, enforced by a token mask at every step of the request.
+
+    ``spec`` is the JSON schema text for ``json_schema``, the pattern for ``regex`` (matched against
+    the whole output), and empty for ``json_object`` (any JSON object).
+    """
+
+    kind: GuidedKind
+    spec: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +56,8 @@ class SamplingParams:
     min_tokens: int = 0
     # Token ids that end generation (the model's EOS ids are added by the engine unless ignore_eos).
     stop_token_ids: frozenset[int] = frozenset()
+    # Constrained decoding; the serving layer checks it with ``GrammarCompiler.check`` first (400 on error).
+    guided: GuidedDecoding | None = None
 
 
 @dataclass(slots=True)
@@ -110,6 +125,12 @@ class QueueFullError(EngineError):
 
 class PromptTooLongError(EngineError):
     """The prompt plus max_tokens does not fit the model's context (serving checks first)."""
+
+
+class UnsupportedGrammarError(EngineError):
+    """A ``GuidedDecoding`` the engine cannot enforce (unsupported JSON-schema keyword, invalid schema or
+    regex); the message names the problem, e.g. "JSON schema keyword 'uniqueItems' is not supported".
+    Raised before any output, so the serving layer answers 400."""
 
 
 class EngineDeadError(EngineError):

@@ -1,0 +1,114 @@
+"""Has a child drifted from what the operator applied? Pure: desired manifest vs live object.
+
+The spec-hash annotation says which manifest was applied last, but not whether someone changed the
+object since (`kubectl scale deployment`, `kubectl edit`). This compares the fields the operator sets
+with what the object holds now, the way server-side apply sees ownership:
+
+- only fields in the desired manifest count; what the API server defaults or others add is not drift;
+- an empty value the API server omits ("", [], {}, null) matches an absent field;
+- lists of named items (containers, env, ports, volumes) match by name, other lists by position;
+- quantities compare by value ("1024Mi" is "1Gi", "0.5" is "500m"), as the API server canonicalises them.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
+_SUFFIX = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+# Children whose spec is (mostly) immutable once created: only their metadata and existence count.
+METADATA_ONLY = frozenset({"PersistentVolumeClaim"})
+
+
+def _quantity(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    match = _QUANTITY.match(str(value))
+    if match is None:
+        return None
+    number, suffix = match.groups()
+    try:
+        if suffix and suffix[0] in "eE":
+            return Decimal(number + suffix)
+        return Decimal(number) * _SUFFIX[suffix or ""]
+    except InvalidOperation:
+        return None
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _same_scalar(desired: Any, live: Any) -> bool:
+    if desired == live:
+        return True
+    if isinstance(desired, str) and isinstance(live, str | int) and not isinstance(live, bool):
+        a, b = _quantity(desired), _quantity(live)
+        return a is not None and a == b
+    return False
+
+
+def _diff(desired: Any, live: Any, path: str, out: list[str]) -> None:
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            out.append(path or ".")
+            return
+        for key, value in desired.items():
+            if key not in live or live[key] is None:
+                if not _empty(value):
+                    out.append(f"{path}.{key}")
+                continue
+            _diff(value, live[key], f"{path}.{key}", out)
+    elif isinstance(desired, list):
+        if not isinstance(live, list):
+            if not (_empty(desired) and live is None):
+                out.append(path)
+            return
+        if not desired:
+            return  # we own no items of it: whatever others put there is theirs
+        if all(isinstance(d, dict) and "name" in d for d in desired):
+            by_name = {item.get("name"): item for item in live if isinstance(item, dict)}
+            for item in desired:
+                if item["name"] not in by_name:
+                    out.append(f"{path}[{item['name']}]")
+                else:
+                    _diff(item, by_name[item["name"]], f"{path}[{item['name']}]", out)
+            return
+        if len(desired) != len(live):
+            out.append(path)
+            return
+        for i, (d, v) in enumerate(zip(desired, live, strict=True)):
+            _diff(d, v, f"{path}[{i}]", out)
+    elif not _same_scalar(desired, live):
+        out.append(path)
+
+
+def drifted(desired: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    """The paths (e.g. `.spec.replicas`) where `live` no longer holds what `desired` sets."""
+    out: list[str] = []
+    meta = desired.get("metadata") or {}
+    live_meta = live.get("metadata") or {}
+    for key in ("labels", "annotations"):
+        _diff(meta.get(key) or {}, live_meta.get(key) or {}, f".metadata.{key}", out)
+    owners = {(o.get("uid"), bool(o.get("controller"))) for o in live_meta.get("ownerReferences") or []}
+    for ref in meta.get("ownerReferences") or []:
+        if (ref.get("uid"), bool(ref.get("controller"))) not in owners:
+            out.append(".metadata.ownerReferences")
+    if desired.get("kind") not in METADATA_ONLY:
+        _diff(desired.get("spec") or {}, live.get("spec") or {}, ".spec", out)
+    return out
