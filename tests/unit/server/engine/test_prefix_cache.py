@@ -38,20 +38,26 @@ async def _workload(engine: TorchEngine, **params: Any) -> list[list[GenerationO
     return [first, *rest]
 
 
-@pytest.mark.parametrize(
-    "params",
-    [
-        {"max_tokens": 12, "ignore_eos": True, "logprobs": 2},
-        # A stop token the tiny model emits mid-way (forced by a small bias), as a stop string would end it.
-        {"max_tokens": 20, "logit_bias": {77: 3.0}, "stop_token_ids": frozenset({77}), "ignore_eos": True},
-    ],
-    ids=["logprobs", "stop"],
-)
-async def test_cached_and_uncached_runs_give_identical_tokens(make_engine, params: dict[str, Any]) -> None:
+async def test_cached_and_uncached_runs_give_identical_tokens_and_logprobs(make_engine) -> None:
+    params = {"max_tokens": 12, "ignore_eos": True, "logprobs": 2}
     cached = await _workload(await make_engine(), **params)
     uncached = await _workload(await make_engine(enable_prefix_caching=False), **params)
     for a, b in zip(cached, uncached, strict=True):
         _same(a, b)
+
+
+async def test_cached_and_uncached_runs_stop_alike(make_engine) -> None:
+    uncached_engine = await make_engine(enable_prefix_caching=False)
+    # A stop token the model emits mid-way through the first answer (as a stop string would end it).
+    free = tokens(await run(uncached_engine, SYSTEM + QUESTIONS[0], max_tokens=12, ignore_eos=True))
+    stop = free[4]
+    params = {"max_tokens": 12, "ignore_eos": True, "stop_token_ids": frozenset({stop})}
+    cached = await _workload(await make_engine(), **params)
+    uncached = await _workload(uncached_engine, **params)
+    for a, b in zip(cached, uncached, strict=True):
+        _same(a, b)
+    assert cached[1][-1].finish_reason == "stop"
+    assert 0 < len(tokens(cached[1])) < 12
 
 
 async def test_the_second_request_reuses_the_shared_prefix_and_reports_it(make_engine) -> None:
