@@ -42,6 +42,11 @@ from modelyard.server.engine.types import (
 
 log = logging.getLogger("modelyard.server.engine")
 
+# A decode forward gathers every row to the longest row's length. When the columns the shorter rows
+# would waste exceed this many, they decode in a forward of their own: on the SmolLM-135M shape a
+# padded column costs ~138 KB of KV traffic per step against ~540 MB of weights for an extra forward.
+DECODE_SPLIT_TOKENS = 4096
+
 
 class _Sink(Protocol):
     def put_nowait(self, item: object) -> None: ...
@@ -408,13 +413,13 @@ class TorchEngine:
         seq.prompt_logprobs.extend(prompt_logprobs(logits[:count], targets, top_n))
 
     def _decode_step(self, step: Step) -> None:
-        seqs = step.decode
-        logits = self._runner.decode(
-            [s.block_ids for s in seqs], [s.num_computed for s in seqs], [s.tokens[-1] for s in seqs]
-        )
-        for seq in seqs:
-            self._scheduler.computed(seq, 1)
-        self._sample_and_advance(logits, seqs)
+        for seqs in decode_groups(step.decode, DECODE_SPLIT_TOKENS):
+            logits = self._runner.decode(
+                [s.block_ids for s in seqs], [s.num_computed for s in seqs], [s.tokens[-1] for s in seqs]
+            )
+            for seq in seqs:
+                self._scheduler.computed(seq, 1)
+            self._sample_and_advance(logits, seqs)
 
     def _sample_and_advance(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         sampled = sample(logits, [s.row for s in seqs], self._generator)
@@ -489,6 +494,22 @@ class TorchEngine:
             else:
                 self._outbox.append((sink, result))
         self._flush()
+
+
+def decode_groups(seqs: list[Sequence], split_tokens: int) -> list[list[Sequence]]:
+    """Rows by length, longest first, cut where keeping the shorter rest in the group would pad it by
+    more than ``split_tokens`` columns in all (one long conversation among many short requests)."""
+    ordered = sorted(seqs, key=lambda s: s.num_computed, reverse=True)
+    groups: list[list[Sequence]] = []
+    for index, seq in enumerate(ordered):
+        if groups:
+            longest = groups[-1][0].num_computed
+            waste = (len(ordered) - index) * (longest - seq.num_computed)
+            if waste <= split_tokens:
+                groups[-1].append(seq)
+                continue
+        groups.append([seq])
+    return groups
 
 
 class _FutureSink:

@@ -62,3 +62,14 @@ async def test_a_request_larger_than_the_whole_cache_is_refused(make_engine) -> 
     engine = await make_engine(kv_budget_tokens=64)
     with pytest.raises(PromptTooLongError, match="KV cache"):
         await run(engine, prompt_of(40), max_tokens=30)
+
+
+def test_a_long_row_decodes_apart_from_many_short_ones() -> None:
+    from types import SimpleNamespace
+
+    from modelyard.server.engine.engine import decode_groups
+
+    rows: list = [SimpleNamespace(num_computed=n) for n in [20, 1000, 25, 30, 990]]
+    groups = decode_groups(rows, split_tokens=100)
+    assert [[r.num_computed for r in g] for g in groups] == [[1000, 990], [30, 25, 20]]
+    assert len(decode_groups(rows, split_tokens=10_000)) == 1
