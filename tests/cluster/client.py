@@ -275,6 +275,26 @@ class ClusterClient:
         capacity = {"cpu": cpu, "memory": memory, "pods": str(pods), "ephemeral-storage": ephemeral_storage}
         return self._add_nodes(prefix, count, labels, capacity, wait, timeout)
 
+    def add_runner_nodes(
+        self, count: int = 1, *, prefix: str = "kwok-run-", wait: bool = True, timeout: float = 120
+    ) -> list[str]:
+        """CPU nodes whose pods really run (tests/cluster/podrunner.py), each with its own pod CIDR.
+
+        Only pods that select them (``nodeSelector: {modelyard.test/runner: "true"}``) are run; any
+        other pod scheduled here gets KWOK's fast path like everywhere else.
+        """
+        from tests.cluster import podnet, stages
+
+        labels = {
+            POOL_LABEL: "runner",
+            stages.RUNNER_LABEL: "true",
+            "node.kubernetes.io/instance-type": "kwok-runner",
+        }
+        capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "1Ti"}
+        return self._add_nodes(
+            prefix, count, labels, capacity, wait, timeout, pod_cidr=podnet.random_node_cidr
+        )
+
     def _add_nodes(
         self,
         prefix: str,
@@ -283,6 +303,7 @@ class ClusterClient:
         capacity: dict[str, str],
         wait: bool,
         timeout: float,
+        pod_cidr: Callable[[], str] | None = None,
     ) -> list[str]:
         existing = {n["metadata"]["name"] for n in self.request("GET", "/api/v1/nodes")["items"]}
         manifests: list[dict[str, Any]] = []
@@ -291,7 +312,10 @@ class ClusterClient:
             name = f"{prefix}{seq}"
             seq += 1
             if name not in existing:
-                manifests.append(node_manifest(name, labels, capacity, len(existing) + len(manifests)))
+                node = node_manifest(name, labels, capacity, len(existing) + len(manifests))
+                if pod_cidr is not None:
+                    node["spec"] = {"podCIDR": (cidr := pod_cidr()), "podCIDRs": [cidr]}
+                manifests.append(node)
         # One TLS connection per request (urllib), so a few in flight keep hundreds of nodes quick.
         with ThreadPoolExecutor(max_workers=min(8, max(1, count))) as pool:
             list(pool.map(lambda m: self.request("POST", "/api/v1/nodes", m), manifests))

@@ -28,7 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.cluster import podnet, stages
 from tests.cluster.client import ClusterClient, poll
+from tests.cluster.localroutes import keep_local
 from tests.cluster.pki import Pki, make_pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -232,6 +234,7 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         began = time.monotonic()
+        keep_local([SERVICE_CIDR, POD_CIDR, str(podnet.POD_NETWORK), f"{ADVERTISE_ADDRESS}/32"])
         attempts = 3
         for attempt in range(1, attempts + 1):
             self._prepare_work_dir()
@@ -402,7 +405,7 @@ class ControlPlane:
             [
                 str(b / "kwok"),
                 f"--kubeconfig={kwok_kc}",
-                f"--config={b / 'kwok-stages.yaml'}",
+                f"--config={stages.compose(b / 'kwok-stages.yaml', w / 'kwok-stages.yaml')}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector={}={}".format(*KWOK_NODE_ANNOTATION),
                 f"--cidr={POD_CIDR}",

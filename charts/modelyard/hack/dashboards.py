@@ -7,6 +7,11 @@ this script's output, so edit here, not in the JSON. Metric names are those of t
 (modelyard.router.metrics), the model server (modelyard.server.metrics, vLLM's names labelled model_name)
 and the operator (modelyard.operator.metrics). The router's ``model`` label and the server's ``model_name``
 label both carry the canonical served name, which is what the ``model`` variable selects.
+
+Model-server panels serve every engine: each query names vLLM's metric (which vLLM exports and the
+built-in server copies) ``or`` the same quantity under another engine's name (``ENGINE_NAMES``:
+SGLang's ``sglang:*``, and vLLM's renamed per-request TPOT). A pod exports only its own engine's names,
+so the alternatives never overlap. docs/observability.md lists which panels each engine fills.
 """
 
 from __future__ import annotations
@@ -43,13 +48,42 @@ class Panel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# vLLM's name -> the same quantity in other engines' exports (same label `model_name` = served name).
+ENGINE_NAMES: dict[str, list[str]] = {
+    "vllm:num_requests_running": ["sglang:num_running_reqs"],
+    "vllm:num_requests_waiting": ["sglang:num_queue_reqs"],
+    "vllm:kv_cache_usage_perc": ["sglang:token_usage"],
+    "vllm:time_to_first_token_seconds": ["sglang:time_to_first_token_seconds"],
+    # vLLM >= 0.11 exports the per-request mean as request_time_per_output_token_seconds.
+    "vllm:time_per_output_token_seconds": [
+        "vllm:request_time_per_output_token_seconds",
+        "sglang:time_per_output_token_seconds",
+    ],
+    "vllm:inter_token_latency_seconds": ["sglang:inter_token_latency_seconds"],
+    "vllm:e2e_request_latency_seconds": ["sglang:e2e_request_latency_seconds"],
+    "vllm:prompt_tokens_total": ["sglang:prompt_tokens_total"],
+    "vllm:generation_tokens_total": ["sglang:generation_tokens_total"],
+}
+
+
+def names(metric: str) -> list[str]:
+    return [metric, *ENGINE_NAMES.get(metric, [])]
+
+
+def any_engine(metric: str, sel: str, rate: bool = False) -> str:
+    """``metric{sel}`` (or its rate) under every engine's name, joined with ``or``."""
+    selector = f"{{{sel}}}" if sel else ""
+    parts = [f"rate({n}{selector}[{RATE}])" if rate else f"{n}{selector}" for n in names(metric)]
+    return " or ".join(parts)
+
+
 def quantiles(metric: str, by: str, sel: str) -> list[Target]:
     """p50/p95/p99 of a histogram, per ``by`` label (empty: one series)."""
     group = f"le, {by}" if by else "le"
-    selector = f"{{{sel}}}" if sel else ""
+    buckets = " or ".join(any_engine(f"{n}_bucket", sel, rate=True) for n in names(metric))
     return [
         Target(
-            f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{selector}[{RATE}])))",
+            f"histogram_quantile({q}, sum by ({group}) ({buckets}))",
             f"p{int(q * 100)}" + (f" {{{{{by}}}}}" if by else ""),
         )
         for q in (0.5, 0.95, 0.99)
@@ -210,6 +244,7 @@ def _dashboard(
 # ---- Fleet overview -----------------------------------------------------------------------------------
 M = 'model=~"$model"'  # fleet: multi-select model filter
 R = f'{M}, model!="__unknown__"'
+FN = 'model_name=~"$model"'
 
 
 def fleet() -> dict[str, Any]:
@@ -353,7 +388,7 @@ def fleet() -> dict[str, Any]:
                 w=8,
                 targets=[
                     Target(
-                        'sum by (model_name) (vllm:num_requests_running{model_name=~"$model"})',
+                        f"sum by (model_name) ({any_engine('vllm:num_requests_running', FN)})",
                         "{{model_name}}",
                     )
                 ],
@@ -364,7 +399,7 @@ def fleet() -> dict[str, Any]:
                 w=8,
                 targets=[
                     Target(
-                        'sum by (model_name) (vllm:num_requests_waiting{model_name=~"$model"})',
+                        f"sum by (model_name) ({any_engine('vllm:num_requests_waiting', FN)})",
                         "{{model_name}}",
                     )
                 ],
@@ -377,7 +412,7 @@ def fleet() -> dict[str, Any]:
                 w=8,
                 targets=[
                     Target(
-                        'max by (model_name) (vllm:kv_cache_usage_perc{model_name=~"$model"})',
+                        f"max by (model_name) ({any_engine('vllm:kv_cache_usage_perc', FN)})",
                         "{{model_name}}",
                     )
                 ],
@@ -453,8 +488,8 @@ def per_model() -> dict[str, Any]:
                 "Running: sequences in the batch. Waiting: queued requests. Summed over pods.",
                 w=col,
                 targets=[
-                    Target(f"sum(vllm:num_requests_running{{{SN}}})", "running"),
-                    Target(f"sum(vllm:num_requests_waiting{{{SN}}})", "waiting"),
+                    Target(f"sum({any_engine('vllm:num_requests_running', SN)})", "running"),
+                    Target(f"sum({any_engine('vllm:num_requests_waiting', SN)})", "waiting"),
                     Target(f"sum(modelyard_max_num_seqs{{{SN}}})", "batch limit"),
                 ],
             ),
@@ -485,7 +520,8 @@ def per_model() -> dict[str, Any]:
                 w=col,
                 targets=[
                     Target(
-                        f"max by (pod, instance) (vllm:kv_cache_usage_perc{{{SN}}})", "{{pod}} {{instance}}"
+                        f"max by (pod, instance) ({any_engine('vllm:kv_cache_usage_perc', SN)})",
+                        "{{pod}} {{instance}}",
                     )
                 ],
             ),
@@ -573,8 +609,8 @@ def per_model() -> dict[str, Any]:
                 "Prefill and generated tokens.",
                 w=col,
                 targets=[
-                    Target(f"sum(rate(vllm:prompt_tokens_total{{{SN}}}[{RATE}]))", "prompt"),
-                    Target(f"sum(rate(vllm:generation_tokens_total{{{SN}}}[{RATE}]))", "generation"),
+                    Target(f"sum({any_engine('vllm:prompt_tokens_total', SN, rate=True)})", "prompt"),
+                    Target(f"sum({any_engine('vllm:generation_tokens_total', SN, rate=True)})", "generation"),
                 ],
             ),
             Panel(
@@ -659,6 +695,48 @@ def per_model() -> dict[str, Any]:
                 unit="s",
                 w=col,
                 targets=quantiles("modelyard_router_hold_duration_seconds", "", S),
+            ),
+        ],
+        "Autoscaler (operator, built-in mode)",
+        [
+            Panel(
+                "Autoscaler: load signal vs target",
+                "Requests in flight for this model in every router (held ones included), their average over "
+                "the model's window, and what the desired replicas can take at targetRequests each.",
+                w=col,
+                targets=[
+                    Target(f"max(modelyard_operator_autoscaler_requests{{{S}}})", "in flight"),
+                    Target(f"max(modelyard_operator_autoscaler_requests_average{{{S}}})", "window average"),
+                    Target(
+                        f"max(modelyard_operator_autoscaler_target_requests{{{S}}} "
+                        f"* modelyard_operator_autoscaler_desired_replicas{{{S}}})",
+                        "capacity at target",
+                    ),
+                    Target(f"max(modelyard_operator_autoscaler_held_requests{{{S}}})", "held (no pod ready)"),
+                ],
+            ),
+            Panel(
+                "Autoscaler: desired vs ready replicas",
+                "Replicas the autoscaler wants, and pods the routers can send to. The gap is a cold start.",
+                w=col,
+                targets=[
+                    Target(f"max(modelyard_operator_autoscaler_desired_replicas{{{S}}})", "desired"),
+                    Target(f'max(modelyard_router_endpoints{{{S}, state="ready"}})', "ready"),
+                ],
+            ),
+            Panel(
+                "Autoscaler: decisions",
+                "Replica changes written through the scale subresource, by reason; each is also an Event on "
+                "the LLMModel with the numbers behind it (`kubectl describe llm`).",
+                w=col,
+                stack=True,
+                targets=[
+                    Target(
+                        f"sum by (reason) (increase(modelyard_operator_autoscaler_decisions_total{{{S}}}"
+                        f"[{RATE}]))",
+                        "{{reason}}",
+                    )
+                ],
             ),
         ],
     ]

@@ -12,7 +12,15 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from modelyard.api.metadata import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
@@ -25,11 +33,14 @@ __all__ = [
     "SHORT_NAMES",
     "SINGULAR",
     "VERSION",
+    "AutoscalerStatus",
     "Autoscaling",
+    "AutoscalingMode",
     "Cache",
     "Condition",
     "ConditionType",
     "Dtype",
+    "Engine",
     "HubTokenSecret",
     "LLMModel",
     "LLMModelSpec",
@@ -117,6 +128,14 @@ class Task(StrEnum):
     EMBED = "embed"
 
 
+class Engine(StrEnum):
+    """Which inference engine serves the model: the built-in server or a peer engine's own image."""
+
+    MODELYARD = "modelyard"
+    VLLM = "vllm"
+    SGLANG = "sglang"
+
+
 class Dtype(StrEnum):
     AUTO = "auto"
     FLOAT16 = "float16"
@@ -140,7 +159,7 @@ class ServerOptions(_Model):
 
     image: str | None = Field(
         default=None,
-        description="Model server image. Defaults to the operator's configured server image.",
+        description="Model server image. Defaults to the operator's configured image for spec.engine.",
     )
     dtype: Dtype = Field(default=Dtype.AUTO, description="Weight dtype passed as --dtype.")
     max_model_len: int | None = Field(
@@ -152,6 +171,12 @@ class ServerOptions(_Model):
         default=None,
         ge=1,
         description="Maximum number of sequences batched concurrently per replica (--max-num-seqs).",
+    )
+    prefix_caching: bool | None = Field(
+        default=None,
+        description="Reuse the KV cache of shared prompt prefixes (vllm: --enable-prefix-caching / "
+        "--no-enable-prefix-caching; sglang: radix cache, off with --disable-radix-cache). Unset keeps the "
+        "engine's default. The modelyard engine has no prefix cache.",
     )
     extra_args: list[str] = Field(
         default_factory=list,
@@ -225,9 +250,16 @@ class Resources(_Model):
         return v
 
 
+class AutoscalingMode(StrEnum):
+    BUILTIN = "Builtin"
+    EXTERNAL = "External"
+
+
 class Autoscaling(_Model):
-    """Bounds for an external scaler (HPA, KEDA, the router's autoscaler) that writes spec.replicas
-    through the scale subresource. The operator never writes spec.replicas itself."""
+    """Replica bounds, and the operator's built-in autoscaler. Builtin: the operator sets spec.replicas
+    (through the scale subresource) from the requests in flight and waiting in the routers, and scales
+    from zero on the first held request. External: an HPA, KEDA or a person owns spec.replicas through
+    the scale subresource and the operator never writes it."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -243,6 +275,27 @@ class Autoscaling(_Model):
 
     min_replicas: int = Field(default=1, ge=0, description="Lowest replica count a scaler may set.")
     max_replicas: int = Field(ge=1, description="Highest replica count a scaler may set.")
+    mode: AutoscalingMode = Field(
+        default=AutoscalingMode.BUILTIN,
+        description="Builtin: the operator's autoscaler writes spec.replicas. External: it never does "
+        "(an HPA, KEDA or kubectl scale owns it).",
+    )
+    target_requests: int = Field(
+        default=16,
+        ge=1,
+        description="Builtin: requests in flight plus waiting per replica that the autoscaler aims for "
+        "(averaged over windowSeconds).",
+    )
+    window_seconds: int = Field(
+        default=30, ge=1, le=3600, description="Builtin: the averaging window of the load signal."
+    )
+    scale_down_delay_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=3600,
+        description="Builtin: the load must stay low this long before replicas are removed (the "
+        "stabilisation window: the highest need seen in it wins, so the count does not flap).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscaling:
@@ -305,6 +358,38 @@ class LoadBalancing(_Model):
     )
 
 
+_PREFIX_CACHING_ON = "has(self.server) && has(self.server.prefixCaching) && self.server.prefixCaching"
+
+# Field combinations an engine cannot honour, rejected at `kubectl apply` (CEL) and again by the operator
+# when it parses a spec (`LLMModelSpec._engine_can_honour`), with the same messages.
+MODELYARD_PREFIX_CACHING_MESSAGE = (
+    "engine modelyard has no prefix cache: server.prefixCaching: true needs engine vllm or sglang"
+)
+ENGINE_ON_CPU_MESSAGE = (
+    "engine vllm or sglang with resources.gpus: 0 needs server.image: the default vllm and sglang "
+    "images are CUDA builds (set a CPU build of the engine)"
+)
+VLLM_EMBED_PREFIX_CACHING_MESSAGE = (
+    "engine vllm does not support prefix caching for task: embed (pooling models); "
+    "leave server.prefixCaching unset or false"
+)
+ENGINE_RULES: list[JsonValue] = [
+    {
+        "rule": f"self.engine != 'modelyard' || !({_PREFIX_CACHING_ON})",
+        "message": MODELYARD_PREFIX_CACHING_MESSAGE,
+    },
+    {
+        "rule": "self.engine == 'modelyard' || !has(self.resources) || self.resources.gpus > 0 || "
+        "(has(self.server) && has(self.server.image))",
+        "message": ENGINE_ON_CPU_MESSAGE,
+    },
+    {
+        "rule": f"self.engine != 'vllm' || self.task != 'embed' || !({_PREFIX_CACHING_ON})",
+        "message": VLLM_EMBED_PREFIX_CACHING_MESSAGE,
+    },
+]
+
+
 class LLMModelSpec(_Model):
     """Desired state of one served model."""
 
@@ -323,6 +408,7 @@ class LLMModelSpec(_Model):
                     "message": "cache is not used with pvc:// models (weights are read from the claim)",
                     "fieldPath": ".cache",
                 },
+                *ENGINE_RULES,
             ]
         }
     )
@@ -349,6 +435,12 @@ class LLMModelSpec(_Model):
     task: Task = Field(
         default=Task.GENERATE, description="generate (chat/completions) or embed (embeddings)."
     )
+    engine: Engine = Field(
+        default=Engine.MODELYARD,
+        description="Inference engine: modelyard (the built-in server), vllm or sglang (their own "
+        "OpenAI servers, images from the operator's settings unless server.image is set). The same "
+        "fields map onto each engine's flags; resources.gpus is the tensor-parallel size.",
+    )
     server: ServerOptions = Field(default_factory=ServerOptions, description=ServerOptions.__doc__)
     resources: Resources = Field(
         default_factory=Resources,
@@ -371,7 +463,8 @@ class LLMModelSpec(_Model):
         default=None,
         ge=0,
         description="Number of server replicas (default 1, or autoscaling.minReplicas). Also the target of "
-        "the scale subresource, so `kubectl scale`, an HPA or KEDA may own it; the operator never writes it.",
+        "the scale subresource: the operator's autoscaler writes it there (autoscaling.mode Builtin); with "
+        "mode External `kubectl scale`, an HPA or KEDA own it and the operator never writes it.",
     )
     autoscaling: Autoscaling | None = Field(default=None, description=Autoscaling.__doc__)
     cache: Cache | None = Field(default=None, description=Cache.__doc__)
@@ -384,6 +477,18 @@ class LLMModelSpec(_Model):
         if not _URL_RE.match(v):
             raise ValueError(URL_CEL_MESSAGE)
         return v
+
+    @model_validator(mode="after")
+    def _engine_can_honour(self) -> LLMModelSpec:
+        # Mirrors ENGINE_RULES for objects that reached the operator without CEL (older CRD).
+        prefix_caching = self.server.prefix_caching is True
+        if self.engine is Engine.MODELYARD and prefix_caching:
+            raise ValueError(MODELYARD_PREFIX_CACHING_MESSAGE)
+        if self.engine is not Engine.MODELYARD and self.resources.gpus == 0 and self.server.image is None:
+            raise ValueError(ENGINE_ON_CPU_MESSAGE)
+        if self.engine is Engine.VLLM and self.task is Task.EMBED and prefix_caching:
+            raise ValueError(VLLM_EMBED_PREFIX_CACHING_MESSAGE)
+        return self
 
     @property
     def source(self) -> ModelSource:
@@ -429,6 +534,19 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+class AutoscalerStatus(_Model):
+    """What the built-in autoscaler last decided (written only when it changes spec.replicas)."""
+
+    desired_replicas: int | None = Field(default=None, description="Replicas the autoscaler last set.")
+    last_scale_time: str | None = Field(default=None, description="When it last changed spec.replicas.")
+    reason: str | None = Field(
+        default=None, description="ScaleFromZero, ScaleUp, ScaleDown or ScaleToZero (numbers in message)."
+    )
+    message: str | None = Field(
+        default=None, description="The signal, target and counts behind the decision."
+    )
+
+
 class LLMModelStatus(_Model):
     """Observed state, written only by the operator."""
 
@@ -456,6 +574,7 @@ class LLMModelStatus(_Model):
         default_factory=list,
         description="Ready, Progressing, Degraded and, with a new cache PVC, CacheShared (metav1.Condition).",
     )
+    autoscaler: AutoscalerStatus | None = Field(default=None, description=AutoscalerStatus.__doc__)
 
     def condition(self, ctype: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == ctype.value), None)

@@ -1,59 +1,18 @@
-"""`modelyard-operator`: the composition root. Settings, metrics server, handlers, then kopf."""
+"""`modelyard-operator`: the composition root. Settings (flags over `MODELYARD_OPERATOR_*`, read once
+here), metrics server, handlers, then kopf."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
+import sys
 from collections.abc import Sequence
 
 import kopf
 from prometheus_client import start_http_server
 
-from modelyard.operator.settings import OperatorSettings, use_settings
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="modelyard-operator",
-        description="Reconcile LLMModel resources into model server Deployments. Flags override the "
-        "MODELYARD_OPERATOR_* environment.",
-    )
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then in-cluster)")
-    scope = parser.add_mutually_exclusive_group()
-    scope.add_argument(
-        "-n", "--namespace", action="append", default=None, help="watch this namespace (repeatable)"
-    )
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
-    parser.add_argument("--peering", default=None, help="kopf peering name for HA (default: standalone)")
-    parser.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
-    parser.add_argument("--health-port", type=int, default=None)
-    parser.add_argument("--metrics-port", type=int, default=None)
-    parser.add_argument("--bind-address", default=None)
-    parser.add_argument("--server-image", default=None, help="default model server image")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
-
-
-def build_settings(args: argparse.Namespace) -> OperatorSettings:
-    overrides: dict[str, object] = {
-        key: value
-        for key, value in {
-            "peering_name": args.peering,
-            "priority": args.priority,
-            "health_port": args.health_port,
-            "metrics_port": args.metrics_port,
-            "bind_address": args.bind_address,
-            "server_image": args.server_image,
-        }.items()
-        if value is not None
-    }
-    if args.namespace:
-        overrides["namespaces"] = list(args.namespace)
-    elif args.all_namespaces:
-        overrides["namespaces"] = []
-    return OperatorSettings(**overrides)  # type: ignore[arg-type]
+from modelyard.operator.settings import OperatorSettings, parse_settings
 
 
 class _DropRoutine(logging.Filter):
@@ -73,18 +32,16 @@ def quiet_routine_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.kubeconfig:
+    settings: OperatorSettings = parse_settings(sys.argv[1:] if argv is None else argv)
+    if settings.kubeconfig is not None:
         # Both kopf's login and lightkube read $KUBECONFIG: one source for both clients.
-        os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
-    settings = build_settings(args)
-    use_settings(settings)
+        os.environ["KUBECONFIG"] = os.path.abspath(settings.kubeconfig)
 
     import modelyard.operator.handlers  # noqa: F401  (registers the handlers with kopf)
 
     start_http_server(settings.metrics_port, addr=settings.bind_address)
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
-    if not args.verbose:
+    kopf.configure(verbose=settings.verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
+    if not settings.verbose:
         quiet_routine_logs()
     standalone = settings.peering_name is None
     kopf.run(
@@ -96,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if standalone
         else (settings.priority if settings.priority is not None else random.randint(1, 1_000_000)),
         liveness_endpoint=f"http://{settings.bind_address}:{settings.health_port}/healthz",
+        # The handlers' one way to the settings (read once, above): kopf hands this memo to every handler.
+        memo=kopf.Memo(settings=settings),
     )
 
 

@@ -8,10 +8,13 @@
   (level-triggered: status follows what the cluster actually does, including the scheduler).
 - Child (Deployment, Service, PVC, PDB) watch events -> drift check against the LLMModel; a changed or
   deleted child is re-applied at once.
+- One daemon per LLMModel -> the built-in autoscaler (autoscaler/loop.py), woken after each poll of the
+  routers; kopf stops daemons on a peering-paused operator, so only the active one writes replicas.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -23,16 +26,19 @@ from pydantic import ValidationError
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel
 from modelyard.operator import failures, metrics
+from modelyard.operator.autoscaler.loop import LoopState, autoscale_once
+from modelyard.operator.autoscaler.signal import LoadSignal
 from modelyard.operator.failures import ReconcileFailure
-from modelyard.operator.k8s import Kube
+from modelyard.operator.k8s import ApiError, Kube, TransientError
 from modelyard.operator.kopfconfig import configure_kopf
 from modelyard.operator.observed import ObservedState, model_key, model_key_of
 from modelyard.operator.progress import ProgressProber
 from modelyard.operator.reconcile import ReconcileResult, child_drift, reconcile
-from modelyard.operator.settings import OperatorSettings, get_settings
+from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.statussync import StatusSyncer
 
 CHILD_LABELS = {md.LABEL_MANAGED_BY: md.FIELD_MANAGER}
+ROUTER_SERVICE_REFRESH_S = 10.0
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -47,7 +53,26 @@ class Runtime:
         self.state = ObservedState()
         self.syncer = StatusSyncer(self.state, self.kube, settings)
         self.prober = ProgressProber(self.state, self.syncer.touch, settings)
+        self.signal = LoadSignal(self._router_urls, settings.autoscaler_poll_seconds)
         metrics.register_models_by_phase(self.state.phases)
+        self._service_urls: list[str] = []
+        self._service_read_at = -ROUTER_SERVICE_REFRESH_S
+
+    async def _router_urls(self) -> list[str]:
+        """The routers to poll: the configured URLs plus the router Service's ready pods (cached)."""
+        target = self.settings.autoscaler_router_service
+        if target and time.monotonic() - self._service_read_at >= ROUTER_SERVICE_REFRESH_S:
+            namespace, _, name = target.partition("/")
+            try:
+                self._service_urls = await self.kube.service_endpoints(namespace, name, md.ROUTER_PORT_NAME)
+                self._service_read_at = time.monotonic()
+            except (ApiError, TransientError) as exc:
+                logging.getLogger(__name__).warning("cannot list the routers of %s: %s", target, exc)
+        return [*self.settings.autoscaler_router_urls, *self._service_urls]
+
+    @property
+    def autoscaling_enabled(self) -> bool:
+        return bool(self.settings.autoscaler_router_urls or self.settings.autoscaler_router_service)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -57,10 +82,12 @@ def _runtime(memo: Any) -> Runtime:
 
 @kopf.on.startup()
 async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    ours = get_settings()
+    ours: OperatorSettings = memo["settings"]
     configure_kopf(settings, ours)
     runtime = Runtime(ours)
     runtime.prober.start()
+    if runtime.autoscaling_enabled:
+        runtime.signal.start()
     memo["runtime"] = runtime
 
 
@@ -68,6 +95,7 @@ async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, 
 async def llmmodel_operator_cleanup(memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     await runtime.prober.close()
+    await runtime.signal.close()
     await runtime.syncer.close()
     await runtime.kube.close()
 
@@ -247,3 +275,43 @@ async def pod_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> N
     key = runtime.state.set_pod(body, deleted=type == "DELETED")
     if key is not None:
         runtime.syncer.touch(key)
+
+
+@kopf.daemon(md.GROUP, md.VERSION, md.PLURAL, cancellation_timeout=2.0)
+async def llmmodel_autoscaler(
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """One per LLMModel; kopf stops it when peering pauses this operator, so one replica writes."""
+    runtime = _runtime(memo)
+    state = LoopState()
+    while not stopped:
+        # Wake right after each signal round: a held request at zero replicas acts within one poll.
+        await runtime.signal.wait_for_round(max(1.0, 2 * runtime.settings.autoscaler_poll_seconds))
+        if stopped:
+            break
+        try:
+            await autoscale_once(body, runtime.signal, runtime.kube, time.monotonic(), state)
+        except ValidationError:
+            await stopped.wait(5.0)  # the reconcile handler reports invalid specs
+        except (ApiError, TransientError) as exc:
+            logger.warning("autoscaler could not scale: %s", exc)
+            await stopped.wait(1.0)
+
+
+def _spawn_without_finalizer(fn: Any) -> None:
+    """kopf puts a finalizer on every object that has a daemon, so that it can stop the daemon before
+    the object goes. Ours only reads and PATCHes the scale subresource (a 404 after deletion is
+    harmless), and a finalizer would make LLMModels undeletable while the operator is down. kopf offers
+    no switch for it, so the registered handler is swapped for a copy without the flag
+    (tests/unit/operator/test_autoscaler_wiring.py fails if a kopf upgrade changes this)."""
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if h.fn is fn else h for h in spawning._handlers
+    ]
+
+
+_spawn_without_finalizer(llmmodel_autoscaler)

@@ -113,6 +113,37 @@ class Kube:
             )
         metrics.API_WRITES.labels(verb="patch", resource="LLMModel/status").inc()
 
+    async def service_endpoints(self, namespace: str, service: str, port_name: str) -> list[str]:
+        """Base URLs (http://ip:port) of a Service's ready endpoints, from its EndpointSlices."""
+        from lightkube.resources.discovery_v1 import EndpointSlice
+
+        urls: list[str] = []
+        async with self._inflight:
+            async for sl in self.client.list(
+                EndpointSlice, namespace=namespace, labels={"kubernetes.io/service-name": service}
+            ):
+                ports = sl.ports or []
+                port = next((p.port for p in ports if p.name == port_name), ports[0].port if ports else None)
+                for ep in sl.endpoints or []:
+                    conditions = ep.conditions
+                    if port is None or (conditions is not None and conditions.ready is False):
+                        continue
+                    host = f"[{ep.addresses[0]}]" if sl.addressType == "IPv6" else ep.addresses[0]
+                    urls.append(f"http://{host}:{port}")
+        return sorted(urls)
+
+    async def patch_scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set spec.replicas through the LLMModel's scale subresource: the autoscaler's only write."""
+        async with self._inflight:
+            await self.client.patch(
+                LLMModelResource.Scale,
+                name,
+                {"spec": {"replicas": replicas}},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+        metrics.API_WRITES.labels(verb="patch", resource="LLMModel/scale").inc()
+
     async def post_event(self, model: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on the LLMModel, shown by `kubectl describe llm`."""
         now = dt.datetime.now(dt.UTC)

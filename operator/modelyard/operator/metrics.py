@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -33,6 +33,38 @@ API_WRITES = Counter(
 )
 STATUS_UPDATES = Counter(
     "modelyard_operator_status_updates_total", "LLMModel status writes (only when the status changed)."
+)
+
+
+# `model` is the served name, as on the router's and the server's metrics (the dashboards select on it).
+_MODEL = ["namespace", "llmmodel", "model"]
+AUTOSCALER_REQUESTS = Gauge(
+    "modelyard_operator_autoscaler_requests",
+    "Autoscaler signal: requests in flight for the model in every router (held ones included).",
+    _MODEL,
+)
+AUTOSCALER_HELD = Gauge(
+    "modelyard_operator_autoscaler_held_requests",
+    "Requests the routers hold for the model because no pod is ready.",
+    _MODEL,
+)
+AUTOSCALER_AVERAGE = Gauge(
+    "modelyard_operator_autoscaler_requests_average",
+    "Requests in flight averaged over the model's autoscaling window.",
+    _MODEL,
+)
+AUTOSCALER_TARGET = Gauge(
+    "modelyard_operator_autoscaler_target_requests",
+    "spec.autoscaling.targetRequests: requests per replica the autoscaler aims for.",
+    _MODEL,
+)
+AUTOSCALER_DESIRED = Gauge(
+    "modelyard_operator_autoscaler_desired_replicas", "Replicas the autoscaler wants now.", _MODEL
+)
+AUTOSCALER_DECISIONS = Counter(
+    "modelyard_operator_autoscaler_decisions_total",
+    "Replica changes the autoscaler wrote, by reason (ScaleFromZero, ScaleUp, ScaleDown, ScaleToZero).",
+    [*_MODEL, "reason"],
 )
 
 

@@ -18,8 +18,14 @@ Key = tuple[str, str]  # (namespace, LLMModel name)
 
 def _slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     meta = pod.get("metadata") or {}
+    engine = (meta.get("annotations") or {}).get(f"{md.GROUP}/engine")
     return {
-        "metadata": {"name": meta.get("name"), "deletionTimestamp": meta.get("deletionTimestamp")},
+        "metadata": {
+            "name": meta.get("name"),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+            # Which endpoint the progress prober asks (builders/engines ENGINE_ANNOTATION).
+            **({"annotations": {f"{md.GROUP}/engine": engine}} if engine else {}),
+        },
         "status": dict(pod.get("status") or {}),  # includes podIP, used by the progress prober
     }
 

@@ -4,7 +4,8 @@ Helm chart, which copies RULES; a unit test fails when the rendered file drifts.
 
 Why each rule exists:
 - llmmodels: kopf lists/watches them and patches its bookkeeping annotations on the object.
-- llmmodels/status: the status syncer's merge patch.
+- llmmodels/status: the status syncer's merge patch (and the autoscaler's status.autoscaler).
+- llmmodels/scale: the built-in autoscaler's only write (PATCH spec.replicas through the subresource).
 - deployments, services, persistentvolumeclaims, poddisruptionbudgets: the reconciler GETs each child
   and writes it with server-side apply (PATCH; creating through apply is authorised as patch + create).
   PDBs are also deleted when a model scales down to one replica; a Service or PDB is deleted and
@@ -13,6 +14,7 @@ Why each rule exists:
   also for status.
 - pods: watched (list/watch only) for readiness and the scheduler's reason.
 - events: the Events posted on LLMModels (create) and kopf's failure events.
+- endpointslices list: the autoscaler finds the router pods to poll behind the routers' Service.
 - kopf.dev peerings: HA peering (keep-alives are patches on the peering object's status).
 """
 
@@ -32,6 +34,7 @@ RBAC_PATH = "deploy/rbac/operator.yaml"
 RULES: list[dict[str, Any]] = [
     {"apiGroups": [md.GROUP], "resources": [md.PLURAL], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [md.GROUP], "resources": [f"{md.PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [md.GROUP], "resources": [f"{md.PLURAL}/scale"], "verbs": ["patch"]},
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
@@ -54,6 +57,7 @@ RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
     {
         "apiGroups": ["kopf.dev"],
         "resources": ["clusterkopfpeerings", "kopfpeerings"],

@@ -1,18 +1,51 @@
-"""Operator configuration: one typed place, read once at start-up (env MODELYARD_OPERATOR_*)."""
+"""Operator configuration: one typed place, read once at start-up by `__main__` and passed down.
+
+Env `MODELYARD_OPERATOR_<NAME>` or CLI `--<name>` (flags win), like the router and the server.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, CliImplicitFlag, SettingsConfigDict
+
+from modelyard.api.llmmodel import Engine
 
 
 class OperatorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MODELYARD_OPERATOR_", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="MODELYARD_OPERATOR_",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        cli_prog_name="modelyard-operator",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_exit_on_error=True,
+        # The flags the operator always had (and the chart and docs use); keys are the kebab-case names.
+        cli_shortcuts={
+            "namespaces": ["n", "namespace"],
+            "all-namespaces": "A",
+            "peering-name": "peering",
+            "verbose": "v",
+        },
+    )
 
     # What the operator builds.
     server_image: str = Field(
         default="ghcr.io/modelyard/modelyard-server:0.1.0",
-        description="Default model server image (spec.server.image overrides it per model).",
+        description="Default image of the modelyard engine (spec.server.image overrides it per model).",
+    )
+    vllm_image: str = Field(
+        default="vllm/vllm-openai:v0.32.0",
+        description="Default image of the vllm engine (runs `vllm serve`; spec.server.image overrides it).",
+    )
+    sglang_image: str = Field(
+        default="lmsysorg/sglang:v0.5.6",
+        description="Default image of the sglang engine (runs `python3 -m sglang.launch_server`; "
+        "spec.server.image overrides it).",
     )
     image_pull_policy: str = "IfNotPresent"
     s3_init_image: str = Field(
@@ -26,9 +59,17 @@ class OperatorSettings(BaseSettings):
     )
 
     # Where and how it runs.
-    namespaces: list[str] = Field(
-        default_factory=list, description="Namespaces to watch; empty means cluster-wide."
+    kubeconfig: Path | None = Field(
+        default=None, description="kubeconfig file (default: $KUBECONFIG, then in-cluster)."
     )
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces to watch (-n/--namespace, repeatable); empty means cluster-wide.",
+    )
+    all_namespaces: CliImplicitFlag[bool] = Field(
+        default=False, description="Watch every namespace (-A); exclusive with -n."
+    )
+    verbose: CliImplicitFlag[bool] = Field(default=False, description="Debug logging (-v).")
     peering_name: str | None = Field(
         default=None,
         description="kopf peering object for HA (only one operator replica acts at a time); "
@@ -75,6 +116,22 @@ class OperatorSettings(BaseSettings):
         default=10.0,
         description="How often loading pods are asked for their load progress (GET /ready); 0 disables.",
     )
+    autoscaler_router_urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of every router (e.g. http://10.0.0.5:8080), whose GET /autoscaler/load "
+        "the built-in autoscaler sums. Empty: the autoscaler has no signal and never writes.",
+    )
+    autoscaler_router_service: str | None = Field(
+        default=None,
+        description="The routers' Service as namespace/name: every ready router pod behind it (from its "
+        "EndpointSlices, re-read every 10 s) is polled. Added to autoscaler_router_urls.",
+    )
+    autoscaler_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often the routers are asked for their load. Bounds the delay from the first "
+        "request held for a model at zero replicas to the scale-up (one interval plus one PATCH).",
+    )
     progress_step: float = Field(
         default=0.25,
         gt=0,
@@ -82,18 +139,21 @@ class OperatorSettings(BaseSettings):
         description="Reported progress is rounded down to this step (bounds writes).",
     )
 
+    @model_validator(mode="after")
+    def _one_scope(self) -> OperatorSettings:
+        if self.all_namespaces and self.namespaces:
+            raise ValueError("-A/--all-namespaces and -n/--namespace are exclusive")
+        return self
 
-_current: OperatorSettings | None = None
+    def engine_image(self, engine: Engine) -> str:
+        """The default image of an engine (spec.server.image overrides it)."""
+        return {
+            Engine.MODELYARD: self.server_image,
+            Engine.VLLM: self.vllm_image,
+            Engine.SGLANG: self.sglang_image,
+        }[engine]
 
 
-def get_settings() -> OperatorSettings:
-    """The process's settings: from the environment, unless the CLI installed its own."""
-    global _current
-    if _current is None:
-        _current = OperatorSettings()
-    return _current
-
-
-def use_settings(settings: OperatorSettings) -> None:
-    global _current
-    _current = settings
+def parse_settings(argv: Sequence[str] | None = None) -> OperatorSettings:
+    """Flags from `argv` (None: none, only env) layered over the environment."""
+    return OperatorSettings(_cli_parse_args=list(argv or []))  # type: ignore[call-arg]

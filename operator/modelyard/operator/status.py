@@ -312,6 +312,8 @@ def build_status(
             now,
             generation,
         ),
+        # The autoscaler writes this part itself; carried through so that comparisons ignore it.
+        autoscaler=model.status.autoscaler,
     )
 
 

@@ -145,7 +145,10 @@ class StatusSyncer:
             previous = self._written.get(uid) or LLMModelStatus.model_validate(dict(body.get("status") or {}))
             new = blocked_status(previous, blocker, self._clock())
         else:
-            previous = self._written.get(uid, model.status)
+            # status.autoscaler belongs to the autoscaler: take it from the object, never write it here.
+            previous = self._written.get(uid, model.status).model_copy(
+                update={"autoscaler": model.status.autoscaler}
+            )
             new = build_status(
                 model.model_copy(update={"status": previous}),
                 deployment,
@@ -158,6 +161,7 @@ class StatusSyncer:
         if new == previous:
             return False
         wire = new.to_wire()
+        wire.pop("autoscaler", None)
         self._written[uid] = new
         try:
             await self._kube.patch_status(key[0], key[1], wire)

@@ -5,6 +5,7 @@ Routes:
   GET  /v1/models, /v1/models/{id}                         the union of routable names and aliases
   GET  /healthz   process is up          GET /readyz   discovery has delivered a table, not draining
   GET  /metrics   Prometheus text format (own registry)
+  GET  /autoscaler/load   requests in flight and held per model, for the operator's autoscaler
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/autoscaler/load", _autoscaler_load)
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_post("/v1/{tail:.+}", proxy.handle)
@@ -257,6 +259,11 @@ async def _readyz(request: web.Request) -> web.Response:
     if not table.loaded:
         return web.json_response({"status": "discovering"}, status=503)
     return web.json_response({"status": "ready", "models": len(table.snapshot.models)})
+
+
+async def _autoscaler_load(request: web.Request) -> web.Response:
+    # Model names and counts only; read by the operator's autoscaler (operator/autoscaler/signal.py).
+    return web.json_response({"models": request.app[PROXY].load()})
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -91,8 +91,9 @@ def _to_usage(raw: bytes) -> Usage | None:
         obj = json.loads(raw)
     except ValueError:
         return None
-    prompt = obj.get("prompt_tokens")
-    completion = obj.get("completion_tokens", 0)
+    # Chat/completions name them prompt/completion tokens; the Responses API input/output tokens.
+    prompt = obj.get("prompt_tokens", obj.get("input_tokens"))
+    completion = obj.get("completion_tokens", obj.get("output_tokens", 0))
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return Usage(prompt, completion)

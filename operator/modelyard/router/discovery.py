@@ -1,10 +1,11 @@
 """Where the routing table comes from.
 
-* :class:`KubernetesDiscovery`: list-then-watch LLMModels (served name, aliases, load balancing) and the
-  EndpointSlices labelled ``metadata.LABEL_MODEL`` (EndpointSlices inherit their Service's labels), in
-  one namespace or all. Each watch resumes from its last resourceVersion and relists after errors
-  (410 Gone included), with capped back-off; only endpoints whose ``ready`` condition is not false are
-  routable. Every change rebuilds the snapshot from the two caches and swaps it in.
+* :class:`KubernetesDiscovery`: list-then-watch LLMModels (served name, aliases, load balancing; parsed
+  with the ``modelyard.api`` types) and the EndpointSlices labelled ``metadata.LABEL_MODEL``
+  (EndpointSlices inherit their Service's labels), in one namespace or all. Each watch resumes from its
+  last resourceVersion and relists after errors (410 Gone included), with capped back-off; only
+  endpoints whose ``ready`` condition is not false, and that are not terminating, are routable. Every
+  change rebuilds the snapshot from the two caches and swaps it in.
 * :class:`StaticDiscovery`: a YAML/JSON file (re-read when it changes)::
 
       models:
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelyard.api import metadata
+from modelyard.api.llmmodel import LLMModel
 from modelyard.api.names import NameClaim, name_conflicts
 from modelyard.router.metrics import RouterMetrics
 from modelyard.router.table import ModelSpec, RoutingTable, Strategy
@@ -145,16 +147,12 @@ class StaticDiscovery:
 
 
 def model_spec_from_llmmodel(obj: Mapping[str, Any], endpoints: Iterable[str]) -> ModelSpec:
-    """Pure: an LLMModel body (dict) + its ready endpoint URLs -> ModelSpec. Lenient about the spec."""
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    lb = spec.get("loadBalancing") or {}
-    try:
-        strategy = Strategy(lb.get("strategy") or Strategy.LEAST_LOAD.value)
-    except ValueError:
-        strategy = Strategy.LEAST_LOAD
-    aliases = spec.get("aliases") or []
-    created = meta.get("creationTimestamp")
+    """Pure: an LLMModel body + its ready endpoint URLs -> ModelSpec, read through the API's own types
+    (``modelyard.api.llmmodel``), so the router sees exactly the fields the CRD defines. Raises
+    ``pydantic.ValidationError`` for a body the CRD would not have admitted."""
+    model = LLMModel.from_body(obj)
+    lb = model.spec.load_balancing
+    created = (obj.get("metadata") or {}).get("creationTimestamp")
     created_s = 0
     if isinstance(created, str):
         try:
@@ -162,16 +160,13 @@ def model_spec_from_llmmodel(obj: Mapping[str, Any], endpoints: Iterable[str]) -
         except ValueError:
             created_s = 0
     return ModelSpec(
-        name=str(spec.get("servedName") or meta.get("name")),
+        name=model.served_name,
         endpoints=tuple(endpoints),
-        aliases=tuple(str(a) for a in aliases if isinstance(a, str)),
-        strategy=strategy,
-        prefix_char_length=lb.get("prefixCharLength")
-        if isinstance(lb.get("prefixCharLength"), int)
-        else None,
-        load_factor=lb.get("meanLoadFactor") if isinstance(lb.get("meanLoadFactor"), int | float) else None,
-        replication=lb.get("replication") if isinstance(lb.get("replication"), int) else None,
-        source=f"{meta.get('namespace', '')}/{meta.get('name', '')}",
+        aliases=tuple(model.spec.aliases),
+        strategy=Strategy(lb.strategy.value),
+        # Unset on the object: the router's own default (prefix_char_length) applies.
+        prefix_char_length=lb.prefix_char_length if "prefix_char_length" in lb.model_fields_set else None,
+        source=f"{model.namespace}/{model.name}",
         created=created_s,
     )
 
@@ -189,8 +184,10 @@ def ready_urls(slice_obj: Mapping[str, Any]) -> list[str]:
     urls = []
     for ep in slice_obj.get("endpoints") or []:
         conditions = ep.get("conditions") or {}
-        # Per the EndpointSlice API, a nil `ready` means unknown and is to be treated as ready.
-        if conditions.get("ready") is False:
+        # Per the EndpointSlice API, a nil `ready` means unknown and is to be treated as ready. A
+        # terminating pod gets no new request even where `ready` stays true (publishNotReadyAddresses):
+        # it is draining its in-flight streams (preStop, then the server's graceful shutdown).
+        if conditions.get("ready") is False or conditions.get("terminating") is True:
             continue
         addresses = ep.get("addresses") or []
         if not addresses:
@@ -217,11 +214,15 @@ def build_specs(
     # A model that loses a served-name clash (the operator reports it as NameConflict) is not routed at
     # all: same rule as the operator's, from modelyard.api.names.
     losers = name_conflicts(models.values())
-    return [
-        model_spec_from_llmmodel(obj, by_model.get(key, ()))
-        for key, obj in ordered
-        if NameClaim.of(obj).ref not in losers
-    ]
+    specs = []
+    for key, obj in ordered:
+        if NameClaim.of(obj).ref in losers:
+            continue
+        try:
+            specs.append(model_spec_from_llmmodel(obj, by_model.get(key, ())))
+        except ValidationError as exc:  # the API server validates first; this is a stale or foreign object
+            log.warning("LLMModel %s/%s not routable: %s", key[0], key[1], exc.errors()[:3])
+    return specs
 
 
 class WatchSource(Protocol):

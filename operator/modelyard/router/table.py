@@ -49,6 +49,7 @@ class ModelRoute:
     ring: HashRing | None
     aliases: tuple[str, ...] = ()
     created: int = 0
+    source: str = ""  # "namespace/name" of the LLMModel: the key the autoscaler reads the load by
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ def build_snapshot(specs: Iterable[ModelSpec], defaults: RouteDefaults) -> Snaps
             replication=replication,
             ring=HashRing(endpoints, replication) if spec.strategy is Strategy.PREFIX_HASH else None,
             created=spec.created,
+            source=spec.source,
         )
         routes[spec.name] = route
         canonical.append(route)

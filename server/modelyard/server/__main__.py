@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_config=None,  # keep our structured handlers
         access_log=False,  # RequestContextMiddleware writes the access log, with the request id
+        # On SIGTERM (after the pod's preStop sleep) uvicorn stops accepting and lets in-flight requests and
+        # streams finish for this long; the operator's terminationGracePeriodSeconds leaves room for it.
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)

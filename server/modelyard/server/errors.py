@@ -24,6 +24,7 @@ from modelyard.server.engine.types import (
     EngineError,
     PromptTooLongError,
     QueueFullError,
+    UnsupportedGrammarError,
 )
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,9 @@ class ClientDisconnectedError(Exception):
 def from_engine_error(exc: EngineError) -> APIError:
     if isinstance(exc, QueueFullError):
         return RateLimitError(str(exc), exc.retry_after_s)
+    if isinstance(exc, UnsupportedGrammarError):
+        # Serving checks grammars first; this is the net for one the engine refused anyway.
+        return InvalidRequestError(str(exc), code="unsupported_schema")
     if isinstance(exc, PromptTooLongError):
         return ContextLengthExceededError(str(exc), param="prompt")
     if isinstance(exc, EngineDeadError):

@@ -1,308 +1,50 @@
-"""Request preparation and generation plumbing shared by completions and chat.
+"""``BaseServing``: what every endpoint does before and after the engine.
 
-One ``ModelRuntime`` holds what a loaded model offers (engine, tokenizer, names, limits, metrics).
-``BaseServing`` turns validated protocol objects into engine requests: model check, tokenization,
-context-length checks and sampling parameters. ``GenerationRun`` drives one or more engine streams
-(``n`` > 1, several prompts) concurrently and turns their outputs into per-choice text deltas through
-``ChoiceState`` (detokenizer, stop strings, logprobs, metrics). Endpoint modules only shape responses.
+Model check, tokenization, context-length checks and sampling parameters turn a validated protocol
+object into engine requests (``launch``); ``respond`` starts the run and streams it or collects it.
+The pieces live in their own modules: ``runtime`` (the loaded model), ``choice`` (per-choice text),
+``generation_run`` (driving streams, deltas), ``disconnect``, ``streaming`` (stream endings).
+Endpoint modules (``serving_chat``, ``serving_completions``, ...) only map protocols.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
+import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelyard.server import sse
-from modelyard.server.detokenizer import IncrementalDetokenizer, StopMatcher
+from modelyard.server.choice import ChoiceState
+from modelyard.server.disconnect import cancel_on_disconnect
 from modelyard.server.engine.types import (
-    Engine,
     EngineError,
-    GenerationOutput,
     GenerationRequest,
+    GuidedDecoding,
     SamplingParams,
     Task,
-    TokenLogprob,
 )
 from modelyard.server.errors import (
-    APIError,
-    ClientDisconnectedError,
     ContextLengthExceededError,
     InvalidRequestError,
     ModelNotFoundError,
     UnsupportedParameterError,
-    from_engine_error,
 )
-from modelyard.server.metrics import RequestTracker, ServerMetrics
+from modelyard.server.generation_run import GenerationRun, choice_deltas, finish_run
 from modelyard.server.protocol import SamplingFields
-from modelyard.server.streaming import EngineStreamResponse
+from modelyard.server.runtime import ModelRuntime
+from modelyard.server.streaming import EngineStreamResponse, StreamCloser
+from modelyard.server.token_text import TokenText
+from modelyard.server.tool_plan import GuidedSpec
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from modelyard.server.engine.guided import GrammarCompiler
+
+__all__ = ["BaseServing", "ModelRuntime", "ResponseBuilder", "new_id", "unsupported"]
 
 _SEED_SPACE = 2**63
-# What a choice reports; an engine "abort" only happens when we closed the stream ourselves.
-ChoiceFinish = Literal["stop", "length"]
-
-
-@dataclass
-class ModelRuntime:
-    engine: Engine
-    tokenizer: Any
-    task: Task
-    max_model_len: int
-    served_names: list[str]
-    root: str
-    metrics: ServerMetrics
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    @property
-    def primary_name(self) -> str:
-        return self.served_names[0]
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map used by every byte-level BPE vocabulary."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
-class TokenText:
-    """Display text and raw bytes of single tokens, cached (logprobs name every token)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tok = tokenizer
-        self._cache: dict[int, tuple[str, list[int]]] = {}
-        self._byte_decoder: dict[str, int] | None = {c: b for b, c in _bytes_to_unicode().items()}
-
-    def get(self, token_id: int) -> tuple[str, list[int]]:
-        hit = self._cache.get(token_id)
-        if hit is not None:
-            return hit
-        text = str(self._tok.decode([token_id], skip_special_tokens=False))
-        raw = text.encode("utf-8")
-        piece = self._tok.convert_ids_to_tokens(token_id)
-        # Byte-level BPE pieces spell raw bytes in GPT-2's printable alphabet; undo it so a token that
-        # holds half a multi-byte character reports its real bytes, not U+FFFD's.
-        if (
-            "\ufffd" in text
-            and self._byte_decoder
-            and isinstance(piece, str)
-            and piece
-            and all(c in self._byte_decoder for c in piece)
-        ):
-            raw = bytes(self._byte_decoder[c] for c in piece)
-        value = (text, list(raw))
-        self._cache[token_id] = value
-        return value
-
-
-@dataclass
-class ChoiceDelta:
-    text: str
-    logprobs: list[TokenLogprob]
-    finish_reason: ChoiceFinish | None
-
-
-class ChoiceState:
-    """One engine stream seen as one OpenAI choice."""
-
-    def __init__(
-        self,
-        index: int,
-        tokenizer: Any,
-        prompt_ids: Sequence[int],
-        stops: Sequence[str],
-        tracker: RequestTracker,
-        *,
-        skip_special_tokens: bool = True,
-    ) -> None:
-        self.index = index
-        self.prompt_ids = prompt_ids
-        self.detok = IncrementalDetokenizer(tokenizer, prompt_ids, skip_special_tokens=skip_special_tokens)
-        self.stops = StopMatcher(stops)
-        self.tracker = tracker
-        self.text = ""
-        self.num_generated = 0
-        self.finish_reason: ChoiceFinish | None = None
-        self.logprobs: list[TokenLogprob] = []
-        self.prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
-        self._pending: list[TokenLogprob] = []
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def on_output(self, out: GenerationOutput) -> ChoiceDelta | None:
-        if self.finished:
-            return None
-        self.num_generated = max(out.num_generated_tokens, self.num_generated + len(out.token_ids))
-        self.tracker.on_tokens(len(out.token_ids))
-        if out.prompt_logprobs is not None:
-            self.prompt_logprobs = out.prompt_logprobs
-        if out.logprobs:
-            self._pending.extend(out.logprobs)
-        text = self.detok.push(out.token_ids)
-        if out.finish_reason is not None:
-            text += self.detok.flush()
-        emitted = self.stops.feed(text)
-        finish: ChoiceFinish | None = None
-        if self.stops.stopped:
-            finish = "stop"
-        elif out.finish_reason is not None:
-            emitted += self.stops.flush()
-            finish = "length" if out.finish_reason == "length" else "stop"
-        self.text += emitted
-        logprobs: list[TokenLogprob] = []
-        if emitted or finish:
-            logprobs, self._pending = self._pending, []
-            self.logprobs.extend(logprobs)
-        if finish is not None:
-            self.finish_reason = finish
-            self.tracker.finish(finish, self.num_generated)
-        if not emitted and not logprobs and finish is None:
-            return None
-        return ChoiceDelta(emitted, logprobs, finish)
-
-    def abandon(self) -> None:
-        """The stream ended without a finish (client gone, error): count it as aborted."""
-        if not self.finished:
-            self.tracker.finish("abort", self.num_generated)
-
-
-_END = object()
-
-
-class GenerationRun:
-    """Drives several engine streams at once; outputs come out interleaved as they are produced.
-
-    Each stream is consumed by its own task feeding one queue, so a slow choice never delays the
-    others. ``start`` waits until every stream produced its first output (or failed), so queue-full
-    and length errors surface before any response byte is sent. ``close`` cancels the consumers,
-    which closes the engine iterators and thereby aborts the requests in the engine.
-    """
-
-    def __init__(self, streams: Sequence[AsyncIterator[GenerationOutput]]) -> None:
-        self._streams = list(streams)
-        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._buffered: list[tuple[int, Any]] = []
-        self._active = set(range(len(self._streams)))
-        self._closed = False
-
-    async def _consume(self, index: int, stream: AsyncIterator[GenerationOutput]) -> None:
-        try:
-            async for out in stream:
-                self._queue.put_nowait((index, out))
-            self._queue.put_nowait((index, _END))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._queue.put_nowait((index, exc))
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
-
-    async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._consume(i, s)) for i, s in enumerate(self._streams)]
-        started: set[int] = set()
-        try:
-            while len(started) < len(self._streams):
-                index, item = await self._queue.get()
-                if isinstance(item, BaseException):
-                    raise _as_api_error(item)
-                started.add(index)
-                self._buffered.append((index, item))
-        except BaseException:
-            await self.close()
-            raise
-
-    async def __aiter__(self) -> AsyncIterator[tuple[int, GenerationOutput]]:
-        while self._active:
-            if self._buffered:
-                index, item = self._buffered.pop(0)
-            else:
-                index, item = await self._queue.get()
-            if index not in self._active:
-                continue  # output that raced with mark_done
-            if item is _END:
-                self._active.discard(index)
-                continue
-            if isinstance(item, BaseException):
-                raise _as_api_error(item)
-            if item.finish_reason is not None:
-                self._active.discard(index)
-            yield index, item
-
-    def mark_done(self, index: int) -> None:
-        """Abort one stream (its choice hit a stop string); the others go on."""
-        self._active.discard(index)
-        self._tasks[index].cancel()
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _as_api_error(exc: BaseException) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, EngineError):
-        return from_engine_error(exc)
-    log.error("engine stream failed", exc_info=exc)
-    from modelyard.server.errors import InternalServerError
-
-    return InternalServerError(f"generation failed: {type(exc).__name__}: {exc}")
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work`` unless the client goes away first, in which case ``work`` is cancelled."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientDisconnectedError
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
 
 
 def new_id(prefix: str) -> str:
@@ -310,6 +52,7 @@ def new_id(prefix: str) -> str:
 
 
 R = TypeVar("R", covariant=True)
+T = TypeVar("T")
 
 
 class ResponseBuilder(Protocol[R]):
@@ -320,6 +63,14 @@ class ResponseBuilder(Protocol[R]):
     def full(self, states: Sequence[ChoiceState]) -> R: ...
 
 
+@functools.cache
+def max_token_chars(tokenizer: Any) -> int:
+    """Most characters any single token can stand for (its vocabulary piece bounds its text)."""
+    longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1)
+    added = max((len(str(t)) for t in getattr(tokenizer, "all_special_tokens", [])), default=1)
+    return max(longest, added, 1)
+
+
 class BaseServing:
     endpoint = ""
 
@@ -328,6 +79,8 @@ class BaseServing:
         self.tokenizer = runtime.tokenizer
         self.token_text = TokenText(runtime.tokenizer)
         self.vocab_size = len(runtime.tokenizer)
+        self._own_grammar: GrammarCompiler | None = None
+        self.max_token_chars = max_token_chars(runtime.tokenizer)
 
     # ---- checks
 
@@ -344,7 +97,51 @@ class BaseServing:
             )
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        """Blocking: endpoint code calls it through ``offload``."""
+        try:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        except UnicodeEncodeError as exc:
+            # A lone surrogate (JSON "\\ud800") is a valid Python str but no UTF-8: the client's bad input.
+            raise InvalidRequestError(
+                f"The input holds text that is not valid Unicode ({exc.reason} at position {exc.start}).",
+                code="invalid_unicode",
+            ) from exc
+
+    def check_chars(self, chars: int, param: str) -> None:
+        """Refuse text that cannot fit the context before spending time tokenizing it: no token of
+        this vocabulary spells more than ``max_token_chars`` characters."""
+        limit = self.runtime.max_model_len
+        if chars > limit * self.max_token_chars:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {limit} tokens. However, your {param} holds "
+                f"{chars} characters, which is at least {chars // self.max_token_chars} tokens. Please "
+                f"reduce the length of the {param}.",
+                param=param,
+            )
+
+    async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU-heavy work (tokenize, render, decode) in the runtime's worker pool, off the loop."""
+        return await self.runtime.workers.run(fn, *args, **kwargs)
+
+    def check_work(self, prompt_lengths: Sequence[int], max_tokens: int | Sequence[int]) -> None:
+        """Refuse requests over the per-request caps before anything is admitted."""
+        limits = self.runtime.limits
+        if len(prompt_lengths) > limits.max_sequences:
+            raise InvalidRequestError(
+                f"This request asks for {len(prompt_lengths)} sequences (prompts x n); the server allows "
+                f"at most {limits.max_sequences} per request.",
+                param="n",
+                code="too_many_sequences",
+            )
+        budgets = [max_tokens] * len(prompt_lengths) if isinstance(max_tokens, int) else list(max_tokens)
+        total = sum(prompt_lengths) + sum(budgets)
+        if total > limits.max_tokens:
+            raise InvalidRequestError(
+                f"This request needs up to {total} tokens (prompt tokens plus completion budget, over all "
+                f"sequences); the server allows at most {limits.max_tokens} per request. Lower n, the "
+                "number of prompts or max_tokens.",
+                code="too_many_tokens",
+            )
 
     def check_token_ids(self, ids: Sequence[int], param: str) -> list[int]:
         for token in ids:
@@ -378,6 +175,34 @@ class BaseServing:
             )
         return requested
 
+    def _grammar(self) -> GrammarCompiler:
+        # The engine's own compiler shares its cache; an engine without one (another process, a test
+        # double) still gets every grammar checked here before it is admitted.
+        compiler: GrammarCompiler | None = getattr(self.runtime.engine, "grammar", None)
+        if compiler is None:
+            if self._own_grammar is None:
+                from modelyard.server.engine.guided import GrammarCompiler
+
+                self._own_grammar = GrammarCompiler(self.tokenizer, self.vocab_size)
+            compiler = self._own_grammar
+        return compiler
+
+    async def guided_decoding(self, spec: GuidedSpec | None) -> GuidedDecoding | None:
+        """The engine's grammar for ``spec``, compiled (off the loop, cached) so a schema the grammar
+        engine cannot handle is a 400 naming the keyword, never an unconstrained answer."""
+        if spec is None:
+            return None
+        guided = GuidedDecoding(kind=spec.kind, spec=spec.spec)
+        try:
+            await self._grammar().check(guided)
+        except EngineError as exc:
+            raise InvalidRequestError(
+                f"The {spec.param} grammar is not supported: {exc}",
+                param=spec.param,
+                code="unsupported_schema",
+            ) from exc
+        return guided
+
     def sampling_params(
         self,
         req: SamplingFields,
@@ -386,6 +211,7 @@ class BaseServing:
         logprobs: int | None,
         prompt_logprobs: int | None = None,
         seed_offset: int = 0,
+        guided: GuidedDecoding | None = None,
     ) -> SamplingParams:
         temperature = 1.0 if req.temperature is None else req.temperature
         top_p = 1.0 if req.top_p is None else req.top_p
@@ -426,6 +252,7 @@ class BaseServing:
             ignore_eos=bool(req.ignore_eos),
             min_tokens=min_tokens,
             stop_token_ids=stop_ids,
+            guided=guided,
         )
 
     @staticmethod
@@ -456,39 +283,6 @@ class BaseServing:
             )
         return GenerationRun(streams), states
 
-    @staticmethod
-    async def deltas(
-        run: GenerationRun, states: Sequence[ChoiceState]
-    ) -> AsyncIterator[tuple[ChoiceState, ChoiceDelta]]:
-        """Per-choice deltas; a choice that hit a stop string has its engine request aborted."""
-        async for index, out in run:
-            state = states[index]
-            delta = state.on_output(out)
-            if state.finished and out.finish_reason is None:
-                run.mark_done(index)
-            if delta is not None:
-                yield state, delta
-
-    async def stream_tail(
-        self,
-        run: GenerationRun,
-        states: Sequence[ChoiceState],
-        chunk_of: Callable[[ChoiceState, ChoiceDelta], bytes],
-        usage_chunk: Callable[[], bytes] | None,
-    ) -> AsyncIterator[bytes]:
-        """The SSE body after any opening chunks: one chunk per delta, then the usage chunk if asked,
-        then ``[DONE]``; an error once streaming has begun becomes an ``error`` event and ``[DONE]``."""
-        try:
-            async for state, delta in self.deltas(run, states):
-                yield chunk_of(state, delta)
-        except APIError as exc:
-            yield sse.error_event(exc)
-            yield sse.DONE
-            return
-        if usage_chunk is not None:
-            yield usage_chunk()
-        yield sse.DONE
-
     async def respond(
         self,
         request: Request,
@@ -518,35 +312,13 @@ class BaseServing:
 
         async def collect() -> R:
             try:
-                async for _ in self.deltas(run, states):
+                async for _ in choice_deltas(run, states):
                     pass
             finally:
                 await finish_run(run, states)
             return builder.full(states)
 
         return await cancel_on_disconnect(request, collect())
-
-
-async def finish_run(run: GenerationRun, states: Sequence[ChoiceState]) -> None:
-    for state in states:
-        state.abandon()
-    await run.close()
-
-
-class StreamCloser:
-    """Cleanup that must run however a streamed response ends (done, error, disconnect, never started)."""
-
-    def __init__(self, fn: Callable[[], Awaitable[None]]) -> None:
-        self._fn = fn
-        self._done = False
-
-    async def __call__(self) -> None:
-        if not self._done:
-            self._done = True
-            # Starlette runs the body in an anyio scope that is cancelled on disconnect; unshielded,
-            # every await here would be cancelled again before the engine requests were released.
-            with anyio.CancelScope(shield=True):
-                await self._fn()
 
 
 def unsupported(param: str, message: str) -> UnsupportedParameterError:

@@ -10,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelyard.server import sse
+from modelyard.server.choice import ChoiceDelta, ChoiceState
 from modelyard.server.engine.types import SamplingParams, TokenLogprob
 from modelyard.server.errors import InvalidRequestError
+from modelyard.server.generation_run import GenerationRun
 from modelyard.server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -19,14 +21,8 @@ from modelyard.server.protocol import (
     CompletionResponse,
     Usage,
 )
-from modelyard.server.serving import (
-    BaseServing,
-    ChoiceDelta,
-    ChoiceState,
-    GenerationRun,
-    new_id,
-    unsupported,
-)
+from modelyard.server.serving import BaseServing, new_id, unsupported
+from modelyard.server.streaming import stream_tail
 
 
 @dataclass
@@ -38,7 +34,19 @@ class _Prompt:
 class CompletionServing(BaseServing):
     endpoint = "/v1/completions"
 
-    def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
+    def _encode(self, raw_list: Sequence[str | list[int]]) -> list[tuple[list[int], str]]:
+        """Blocking: token ids and text of every prompt (run in the worker pool)."""
+        out = []
+        for i, item in enumerate(raw_list):
+            param = "prompt" if len(raw_list) == 1 else f"prompt[{i}]"
+            if isinstance(item, str):
+                out.append((self.tokenize(item), item))
+            else:
+                ids = self.check_token_ids(item, param)
+                out.append((ids, str(self.tokenizer.decode(ids, skip_special_tokens=False))))
+        return out
+
+    async def _prompts(self, req: CompletionRequest) -> list[_Prompt]:
         raw = req.prompt
         prompts: list[_Prompt] = []
         if isinstance(raw, str):
@@ -47,14 +55,14 @@ class CompletionServing(BaseServing):
             raw_list = [list(raw)]
         else:
             raw_list = raw  # type: ignore[assignment]
+        n = req.n or 1
+        if len(raw_list) * n > self.runtime.limits.max_sequences:
+            self.check_work([0] * (len(raw_list) * n), 0)  # the 400, before any tokenizing
         for i, item in enumerate(raw_list):
-            param = "prompt" if len(raw_list) == 1 else f"prompt[{i}]"
             if isinstance(item, str):
-                ids = self.tokenize(item)
-                text = item
-            else:
-                ids = self.check_token_ids(item, param)
-                text = str(self.tokenizer.decode(ids, skip_special_tokens=False))
+                self.check_chars(len(item), "prompt" if len(raw_list) == 1 else f"prompt[{i}]")
+        for i, (ids, text) in enumerate(await self.offload(self._encode, raw_list)):
+            param = "prompt" if len(raw_list) == 1 else f"prompt[{i}]"
             if not ids:
                 raise InvalidRequestError("The prompt must not be empty.", param=param, code="empty_prompt")
             prompts.append(_Prompt(ids, text))
@@ -70,7 +78,7 @@ class CompletionServing(BaseServing):
     async def create(self, req: CompletionRequest, request: Request) -> Response | CompletionResponse:
         self.check_model(req.model, "generate")
         self._check_unsupported(req)
-        prompts = self._prompts(req)
+        prompts = await self._prompts(req)
         n = req.n or 1
         stops = self.stop_strings(req)
         jobs: list[tuple[list[int], SamplingParams]] = []
@@ -91,6 +99,7 @@ class CompletionServing(BaseServing):
                     seed_offset=i,
                 )
                 jobs.append((prompt.ids, params))
+        self.check_work([len(p.ids) for p in prompts for _ in range(n)], [j[1].max_tokens for j in jobs])
         response_id = new_id("cmpl")
         run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens))
         builder = _CompletionBuilder(self, req, response_id, prompts, n)
@@ -200,5 +209,5 @@ class _CompletionBuilder:
             return self._chunk([choice], self._usage(states) if continuous else None)
 
         usage_chunk = (lambda: self._chunk([], self._usage(states))) if include_usage else None
-        async for chunk in self.serving.stream_tail(run, states, chunk_of, usage_chunk):
+        async for chunk in stream_tail(run, states, chunk_of, usage_chunk):
             yield chunk

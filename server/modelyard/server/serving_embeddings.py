@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from starlette.requests import Request
 
+from modelyard.server.disconnect import cancel_on_disconnect
 from modelyard.server.engine.types import EngineError
 from modelyard.server.errors import (
     ContextLengthExceededError,
@@ -16,7 +17,7 @@ from modelyard.server.errors import (
     from_engine_error,
 )
 from modelyard.server.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from modelyard.server.serving import BaseServing, cancel_on_disconnect
+from modelyard.server.serving import BaseServing
 
 
 def encode_base64(vector: Sequence[float]) -> str:
@@ -28,6 +29,7 @@ class EmbeddingServing(BaseServing):
     endpoint = "/v1/embeddings"
 
     def _inputs(self, req: EmbeddingRequest) -> list[list[int]]:
+        """Blocking: runs in the worker pool."""
         raw = req.input
         if isinstance(raw, str):
             items: Sequence[str | list[int]] = [raw]
@@ -58,7 +60,11 @@ class EmbeddingServing(BaseServing):
 
     async def create(self, req: EmbeddingRequest, request: Request) -> EmbeddingResponse:
         self.check_model(req.model, "embed")
-        batch = self._inputs(req)
+        items = [req.input] if isinstance(req.input, str) else req.input
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                self.check_chars(len(item), "input" if isinstance(req.input, str) else f"input[{i}]")
+        batch = await self.offload(self._inputs, req)
         tracker = self.runtime.metrics.track(sum(len(ids) for ids in batch))
         try:
             vectors = await cancel_on_disconnect(request, self.runtime.engine.embed(batch))

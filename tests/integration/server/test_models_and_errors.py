@@ -176,11 +176,6 @@ def test_embeddings_on_a_generation_model_is_400(llama_server: ServerProcess) ->
 def test_unsupported_features_are_refused_not_ignored(llama_server: ServerProcess) -> None:
     chat = {"model": LLAMA_NAME, "messages": [{"role": "user", "content": "x"}]}
     cases: list[tuple[dict[str, Any], str | None]] = [
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        (
-            {"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
-            "tool_choice",
-        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
             None,

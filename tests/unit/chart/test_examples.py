@@ -45,6 +45,31 @@ def test_examples_cover_cpu_single_gpu_and_multi_gpu() -> None:
     assert gpus[-1] > 1
 
 
+def test_each_engine_has_a_multi_gpu_example_whose_pod_gets_the_matching_flag() -> None:
+    from modelyard.api.llmmodel import LLMModel
+    from modelyard.operator.builders.deployment import build_deployment
+    from modelyard.operator.settings import OperatorSettings
+
+    tp_flag = {"modelyard": "--tensor-parallel-size", "vllm": "--tensor-parallel-size", "sglang": "--tp-size"}
+    seen = set()
+    for path in EXAMPLES:
+        doc = load(path)
+        gpus = doc["spec"]["resources"]["gpus"]
+        if gpus < 2:
+            continue
+        body = {
+            "metadata": {"name": doc["metadata"]["name"], "namespace": "x", "uid": "u"},
+            "spec": doc["spec"],
+        }
+        model = LLMModel.from_body(body)  # the pydantic model mirrors the CEL rules
+        (c,) = build_deployment(model, OperatorSettings())["spec"]["template"]["spec"]["containers"]
+        flag = tp_flag[model.spec.engine.value]
+        assert c["args"][c["args"].index(flag) + 1] == str(gpus), path.name
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+        seen.add(model.spec.engine.value)
+    assert seen == set(tp_flag)
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_no_example_runs_several_replicas_on_a_read_write_once_cache(example: Path) -> None:
     from modelyard.api.llmmodel import LLMModel

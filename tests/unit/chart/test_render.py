@@ -131,6 +131,14 @@ def test_images_default_to_app_version_and_digest_wins() -> None:
     assert env_of(one(pinned, "Deployment", "-operator"))["MODELYARD_OPERATOR_SERVER_IMAGE"].endswith(":9.9")
 
 
+def test_engine_images_reach_the_operator_settings() -> None:
+    env = env_of(one(render(), "Deployment", "-operator"))
+    assert env["MODELYARD_OPERATOR_VLLM_IMAGE"] == "vllm/vllm-openai:v0.32.0"
+    assert env["MODELYARD_OPERATOR_SGLANG_IMAGE"] == "lmsysorg/sglang:v0.5.6"
+    env = env_of(one(render("engineImages.vllm=mirror/vllm:1"), "Deployment", "-operator"))
+    assert env["MODELYARD_OPERATOR_VLLM_IMAGE"] == "mirror/vllm:1"
+
+
 def test_operator_and_router_run_the_console_scripts_with_their_settings() -> None:
     docs = render()
     operator = one(docs, "Deployment", "-operator")

@@ -179,6 +179,7 @@ def test_probes_port_and_scrape_annotations() -> None:
         "prometheus.io/scrape": "true",
         "prometheus.io/port": "8000",
         "prometheus.io/path": "/metrics",
+        "modelyard.dev/engine": "modelyard",
     }
 
 
@@ -246,6 +247,18 @@ def test_rollouts_surge_instead_of_dropping_capacity() -> None:
 def test_load_balancing_does_not_touch_the_deployment() -> None:
     # Read by the router from the LLMModel; changing it must not restart GPU pods.
     assert deploy(loadBalancing={"strategy": "PrefixHash"}) == deploy()
+
+
+def test_pods_drain_gracefully_within_their_grace_period() -> None:
+    """preStop sleep (routers drop the pod meanwhile), then the server's 30 s drain, before SIGKILL."""
+    from modelyard.operator.builders import deployment as d
+
+    dep = d.build_deployment(model(), SETTINGS)
+    pod = dep["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": d.PRE_STOP_SLEEP_SECONDS}}
+    assert pod["terminationGracePeriodSeconds"] > d.PRE_STOP_SLEEP_SECONDS + d.SERVER_DRAIN_SECONDS
+    assert c["readinessProbe"]["periodSeconds"] <= 2
 
 
 def test_the_device_is_explicit_cuda_with_gpus_and_cpu_without() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelyard.operator.observed import ObservedState
-from modelyard.operator.progress import LoadProgress, ProgressProber, parse_ready
+from modelyard.operator.progress import LoadProgress, ProgressProber, parse_health, parse_ready
 from modelyard.operator.status import build_status
 from tests.unit.operator.factories import SETTINGS, model
 from tests.unit.operator.test_status import NOW, deployment, pod
@@ -69,9 +69,11 @@ async def test_prober_asks_only_loading_pods_and_reports_changes() -> None:
     asked: list[str] = []
     answers = {"10.0.0.1": {"status": "loading", "stage": "loading weights", "progress": 0.3}}
 
-    async def fetch(ip: str) -> Mapping[str, Any] | None:
+    async def fetch(ip: str, path: str) -> tuple[int, Mapping[str, Any] | None] | None:
         asked.append(ip)
-        return answers.get(ip)
+        assert path == "/ready"
+        body = answers.get(ip)
+        return None if body is None else (503, body)
 
     touched: list[tuple[str, str]] = []
     prober = ProgressProber(state, touched.append, SETTINGS, fetch=fetch)
@@ -88,3 +90,39 @@ async def test_prober_asks_only_loading_pods_and_reports_changes() -> None:
     await prober.probe_once()
     assert ("team-a", "llama") not in state.progress
     assert len(touched) == 2
+
+
+def engine_pod(name: str, ip: str, engine: str) -> dict[str, Any]:
+    p = loading_pod(name, ip=ip)
+    p["metadata"]["annotations"] = {"modelyard.dev/engine": engine}
+    return p
+
+
+def test_parse_health_is_the_fallback_for_engines_without_progress() -> None:
+    assert parse_health(503) == LoadProgress("engine starting (health 503)", 0.0)
+    assert parse_health(200).render() == "engine healthy, awaiting readiness 100%"
+
+
+async def test_engines_without_a_progress_endpoint_are_asked_their_health() -> None:
+    state = ObservedState()
+    state.set_pod(engine_pod("v", "10.0.0.1", "vllm"), deleted=False)
+    state.set_pod(engine_pod("s", "10.0.0.2", "sglang"), deleted=False)
+    state.set_pod(engine_pod("m", "10.0.0.3", "modelyard"), deleted=False)
+    asked: dict[str, str] = {}
+    answers: dict[str, tuple[int, Mapping[str, Any] | None] | None] = {
+        "10.0.0.1": None,  # vLLM opens its port only once loaded: no report
+        "10.0.0.2": (503, None),  # SGLang up, warming up
+        "10.0.0.3": (503, {"status": "loading", "stage": "loading weights", "progress": 0.5}),
+    }
+
+    async def fetch(ip: str, path: str) -> tuple[int, Mapping[str, Any] | None] | None:
+        asked[ip] = path
+        return answers[ip]
+
+    prober = ProgressProber(state, lambda _: None, SETTINGS, fetch=fetch)
+    await prober.probe_once()
+    assert asked == {"10.0.0.1": "/health", "10.0.0.2": "/health", "10.0.0.3": "/ready"}
+    assert state.progress[("team-a", "llama")] == {
+        "s": LoadProgress("engine starting (health 503)", 0.0),
+        "m": LoadProgress("loading weights", 0.5),
+    }

@@ -83,11 +83,32 @@ def test_llmmodel_fields_map_to_the_route() -> None:
     assert spec.prefix_char_length == 64
     assert spec.created == 1767225600
     assert model_spec_from_llmmodel(llmmodel("plain"), []).name == "plain"
+    assert spec.source == "default/llama"
+
+
+def test_an_llmmodel_is_read_through_the_api_types_and_unset_tunables_keep_the_router_defaults() -> None:
+    spec = model_spec_from_llmmodel(llmmodel("m", loadBalancing={"strategy": "PrefixHash"}), [])
+    assert spec.prefix_char_length is None  # -> the router's prefix_char_length
+    # Fields the CRD does not define (the API server would have pruned them) are not read.
+    odd = llmmodel("m", loadBalancing={"strategy": "PrefixHash", "meanLoadFactor": 9, "replication": 3})
+    spec = model_spec_from_llmmodel(odd, [])
+    assert (spec.load_factor, spec.replication) == (None, None)
+
+
+def test_an_llmmodel_the_crd_would_refuse_is_left_out_not_fatal() -> None:
+    models = {("default", "bad"): llmmodel("bad", url="ftp://nope"), ("default", "ok"): llmmodel("ok")}
+    assert [s.name for s in build_specs(models, {})] == ["ok"]
 
 
 def test_only_ready_endpoints_are_routable_and_nil_ready_counts_as_ready() -> None:
     sl = endpoint_slice("s", "m", [("10.0.0.1", True), ("10.0.0.2", False), ("10.0.0.3", None)])
     assert ready_urls(sl) == ["http://10.0.0.1:8000", "http://10.0.0.3:8000"]
+
+
+def test_a_terminating_pod_gets_no_new_requests_even_when_still_marked_ready() -> None:
+    sl = endpoint_slice("s", "m", [("10.0.0.1", True), ("10.0.0.2", True)])
+    sl["endpoints"][1]["conditions"] = {"ready": True, "serving": True, "terminating": True}
+    assert ready_urls(sl) == ["http://10.0.0.1:8000"]
 
 
 def test_ipv6_addresses_are_bracketed() -> None:

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from modelyard.server.app import LoadedRuntime, ProgressFn, create_app
 from modelyard.server.engine.types import QueueFullError
-from modelyard.server.serving import _bytes_to_unicode
 from modelyard.server.settings import ServerSettings
 from modelyard.server.tinymodel import build_tokenizer
+from modelyard.server.token_text import bytes_to_unicode
 from tests.unit.server.fakes import FakeEngine
 
 MODEL = "fake-model"
@@ -127,7 +127,7 @@ def test_stop_string_split_across_engine_outputs_is_cut_and_aborts(
 def test_multibyte_characters_split_over_outputs_stream_whole(
     engine: FakeEngine, client: TestClient, tokenizer: Any
 ) -> None:
-    byte_char = _bytes_to_unicode()
+    byte_char = bytes_to_unicode()
     engine.script = [[tokenizer.convert_tokens_to_ids(byte_char[b])] for b in "a😀b".encode()]
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 6}
     chunks = _sse(client.post("/v1/chat/completions", json=body).text)

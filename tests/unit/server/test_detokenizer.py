@@ -35,9 +35,9 @@ def test_pieces_concatenate_to_the_full_decode_and_never_show_partial_characters
 
 
 def test_single_bytes_of_an_emoji_are_held_until_the_character_completes(tokenizer: Any) -> None:
-    from modelyard.server.serving import _bytes_to_unicode
+    from modelyard.server.token_text import bytes_to_unicode
 
-    byte_char = _bytes_to_unicode()
+    byte_char = bytes_to_unicode()
     ids = [tokenizer.convert_tokens_to_ids(byte_char[b]) for b in "a😀b".encode()]
     detok = IncrementalDetokenizer(tokenizer)
     pieces = [detok.push([t]) for t in ids]

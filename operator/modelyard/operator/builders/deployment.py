@@ -1,4 +1,9 @@
-"""The model server Deployment: one pod per replica, running `modelyard-server` on the model's GPUs."""
+"""The model server Deployment: one pod per replica on the model's GPUs, engine-agnostic.
+
+The server container's image, command, flags, probe paths and /dev/shm size come from the engine's
+builder (`builders/engines/`, chosen by spec.engine); everything else (resources, volumes, hub and cache
+environment, security, scheduling, rollout) is the same for every engine and lives here.
+"""
 
 from __future__ import annotations
 
@@ -13,55 +18,30 @@ from modelyard.operator.builders.common import (
     object_meta,
     selector_labels,
 )
+from modelyard.operator.builders.engines import ENGINE_ANNOTATION, EngineContainer, engine_builder
+from modelyard.operator.builders.engines.base import CACHE_MOUNT, MODELS_MOUNT
 from modelyard.operator.settings import OperatorSettings
 
 CONTAINER_NAME = "server"
 S3_INIT_CONTAINER_NAME = "fetch-weights"
-CACHE_MOUNT = "/cache"
-MODELS_MOUNT = "/models"
 RUN_AS_USER = 1000
 PROBE_PERIOD_SECONDS = 10
 DEFAULT_DOWNLOAD_SIZE = "100Gi"
-
-SCRAPE_ANNOTATIONS = {
-    "prometheus.io/scrape": "true",
-    "prometheus.io/port": str(md.SERVER_PORT),
-    "prometheus.io/path": "/metrics",
-}
-
-
-def model_argument(model: LLMModel) -> str:
-    """What `--model` receives: a hub id for hf://, a local path for pvc:// and s3://."""
-    source, path = model.spec.source, model.spec.source_path
-    if source is ModelSource.HF:
-        return path
-    if source is ModelSource.PVC:
-        claim, _, sub = path.partition("/")
-        return f"{MODELS_MOUNT}/{claim}/{sub}".rstrip("/")
-    return f"{MODELS_MOUNT}/s3"
+# Graceful stop (scale-down, rollout): the pod leaves its EndpointSlice the moment it is deleted, but the
+# routers see that a little later; the preStop sleep keeps the server answering meanwhile. Then SIGTERM:
+# uvicorn stops accepting and lets in-flight streams finish (server __main__: timeout_graceful_shutdown,
+# SERVER_DRAIN_SECONDS). The grace period covers both with room to spare before SIGKILL.
+PRE_STOP_SLEEP_SECONDS = 5
+SERVER_DRAIN_SECONDS = 30
+TERMINATION_GRACE_SECONDS = PRE_STOP_SLEEP_SECONDS + SERVER_DRAIN_SECONDS + 10
 
 
-def device(model: LLMModel) -> str:
-    """The server's --device: cuda when the replica requests GPUs (any vendor: ROCm torch also calls
-    its devices cuda), cpu otherwise."""
-    return "cuda" if model.spec.resources.gpus > 0 else "cpu"
-
-
-def server_args(model: LLMModel) -> list[str]:
-    spec = model.spec
-    args = ["--model", model_argument(model), "--served-model-name", model.served_name]
-    for alias in spec.aliases:
-        args += ["--alias", alias]
-    args += ["--task", spec.task.value, "--dtype", spec.server.dtype.value]
-    # Explicit, never "auto": a replica that asked for GPUs but cannot use them (driver too old, device
-    # plugin misconfigured) must fail readiness, not quietly serve on CPU at a hundredth of the speed.
-    args += ["--device", device(model)]
-    if spec.server.max_model_len is not None:
-        args += ["--max-model-len", str(spec.server.max_model_len)]
-    if spec.server.max_num_seqs is not None:
-        args += ["--max-num-seqs", str(spec.server.max_num_seqs)]
-    args += ["--host", "0.0.0.0", "--port", str(md.SERVER_PORT)]
-    return args + list(spec.server.extra_args)
+def scrape_annotations(metrics_path: str) -> dict[str, str]:
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(md.SERVER_PORT),
+        "prometheus.io/path": metrics_path,
+    }
 
 
 def download_size(model: LLMModel) -> str | None:
@@ -73,13 +53,13 @@ def download_size(model: LLMModel) -> str | None:
     return str(spec.resources.ephemeral_storage or DEFAULT_DOWNLOAD_SIZE)
 
 
-def _env(model: LLMModel) -> list[dict[str, Any]]:
+def _env(model: LLMModel, engine: EngineContainer) -> list[dict[str, Any]]:
     spec = model.spec
     env: dict[str, dict[str, Any]] = {}
     if spec.cache is not None or spec.source is ModelSource.HF:
         env["HF_HOME"] = {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"}
-    if spec.revision is not None:
-        env["MODELYARD_SERVER_REVISION"] = {"name": "MODELYARD_SERVER_REVISION", "value": spec.revision}
+    for item in engine.env:
+        env[str(item["name"])] = dict(item)
     if spec.hub_token_secret is not None:
         env["HF_TOKEN"] = {
             "name": "HF_TOKEN",
@@ -118,27 +98,29 @@ def _resources(model: LLMModel) -> dict[str, Any]:
     return out
 
 
-def _probes(settings: OperatorSettings) -> dict[str, Any]:
+def _probes(engine: EngineContainer, settings: OperatorSettings) -> dict[str, Any]:
     def get(path: str) -> dict[str, Any]:
         return {"path": path, "port": md.SERVER_PORT_NAME}
 
     return {
         # Big weights take long to download and load; the startup probe holds liveness off until then.
         "startupProbe": {
-            "httpGet": get("/health"),
+            "httpGet": get(engine.probes.startup),
             "periodSeconds": PROBE_PERIOD_SECONDS,
             "failureThreshold": max(1, settings.startup_timeout_seconds // PROBE_PERIOD_SECONDS),
             "timeoutSeconds": 5,
         },
         "livenessProbe": {
-            "httpGet": get("/health"),
+            "httpGet": get(engine.probes.liveness),
             "periodSeconds": PROBE_PERIOD_SECONDS,
             "failureThreshold": 3,
             "timeoutSeconds": 5,
         },
+        # Probed often: every second a loaded replica waits to be marked ready adds to a cold start
+        # from zero, while held requests wait (the probe is a cheap in-process check).
         "readinessProbe": {
-            "httpGet": get("/ready"),
-            "periodSeconds": 5,
+            "httpGet": get(engine.probes.readiness),
+            "periodSeconds": 2,
             "failureThreshold": 3,
             "timeoutSeconds": 5,
         },
@@ -163,8 +145,11 @@ POD_SECURITY_CONTEXT: dict[str, Any] = {
 }
 
 
-def _volumes_and_mounts(model: LLMModel) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes_and_mounts(
+    model: LLMModel, engine: EngineContainer
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     spec = model.spec
+    # A memory emptyDir counts against the pod's memory; the limit keeps a runaway writer bounded.
     shm = {"medium": "Memory", "sizeLimit": str(spec.resources.shm_size)}
     volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": shm}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
@@ -203,19 +188,22 @@ def _s3_init_container(model: LLMModel, settings: OperatorSettings) -> dict[str,
 
 def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, Any]:
     spec = model.spec
-    volumes, mounts = _volumes_and_mounts(model)
+    engine = engine_builder(spec.engine).container(model, settings)
+    volumes, mounts = _volumes_and_mounts(model, engine)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": spec.server.image or settings.server_image,
+        "image": engine.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["modelyard-server"],
-        "args": server_args(model),
+        "command": list(engine.command),
+        "args": list(engine.args),
         "ports": [{"name": md.SERVER_PORT_NAME, "containerPort": md.SERVER_PORT, "protocol": "TCP"}],
-        "env": _env(model),
+        "env": _env(model, engine),
         "resources": _resources(model),
         "volumeMounts": mounts,
         "securityContext": CONTAINER_SECURITY_CONTEXT,
-        **_probes(settings),
+        # The sleep action needs no binary in the image (Kubernetes >= 1.30).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}},
+        **_probes(engine, settings),
     }
     if spec.server.env_from:
         container["envFrom"] = list(spec.server.env_from)
@@ -225,7 +213,7 @@ def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, A
         "securityContext": POD_SECURITY_CONTEXT,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
     }
     if spec.source is ModelSource.S3:
         pod_spec["initContainers"] = [_s3_init_container(model, settings)]
@@ -250,7 +238,13 @@ def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, A
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": settings.startup_timeout_seconds + 600,
             "template": {
-                "metadata": {"labels": labels(model), "annotations": dict(SCRAPE_ANNOTATIONS)},
+                "metadata": {
+                    "labels": labels(model),
+                    "annotations": {
+                        **scrape_annotations(engine.metrics_path),
+                        ENGINE_ANNOTATION: spec.engine.value,
+                    },
+                },
                 "spec": pod_spec,
             },
         },

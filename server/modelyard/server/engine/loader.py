@@ -1,4 +1,11 @@
-"""Load a Hugging Face model + tokenizer with ``from_pretrained`` and resolve device, dtype and limits."""
+"""Load a Hugging Face model + tokenizer with ``from_pretrained`` and resolve device, dtype and limits.
+
+On several devices (``tensor_parallel_size`` > 1, by default every visible GPU) the decoder layers are
+split into contiguous runs, one per device (``placement.py`` plans it from the layer sizes and each
+device's free memory); weights load straight onto their device through a transformers ``device_map``,
+and accelerate's hooks move activations across each boundary. Inputs go to the first device, logits come
+from the last; each layer's KV cache lives on its layer's device.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from modelyard.server.engine.placement import Placement, plan_layers
 from modelyard.server.engine.types import EngineConfig, Task
 
 log = logging.getLogger("modelyard.server.engine.loader")
@@ -35,6 +43,9 @@ class LoadedModel:
     is_causal_lm: bool
     num_layers: int
     name: str
+    # How the weights were placed, e.g. "cuda:0" or "layers 0-15 on cuda:0, layers 16-31 on cuda:1 (...)".
+    placement: str = ""
+    devices: tuple[str, ...] = ()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -43,6 +54,24 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was requested but torch sees no CUDA device")
     return torch.device(device)
+
+
+def resolve_devices(device: torch.device, tensor_parallel_size: int | None) -> list[str]:
+    """The devices the layers are split over: every visible GPU by default, as vLLM does. On CPU there is
+    one device; asking for more repeats it (the split then only exercises the placement, for tests)."""
+    if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if device.index is not None:
+            return [str(device)] if (tensor_parallel_size or 1) == 1 else _too_many(1, tensor_parallel_size)
+        n = tensor_parallel_size or visible
+        if n > visible:
+            return _too_many(visible, n)
+        return [f"cuda:{i}" for i in range(n)]
+    return [str(device)] * (tensor_parallel_size or 1)
+
+
+def _too_many(visible: int, asked: int | None = None) -> list[str]:
+    raise ValueError(f"--tensor-parallel-size {asked} needs {asked} GPUs but {visible} are visible")
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -86,6 +115,85 @@ def _vocab_size(model: Any) -> int:
     return int(weight.shape[0])
 
 
+@dataclass(frozen=True)
+class _ModuleGroups:
+    layers_prefix: str  # e.g. "model.layers"
+    before: list[str]  # run before the layers: embeddings (first device)
+    after: list[str]  # run after: final norm, LM head (last device)
+    layer_bytes: list[int]
+    before_bytes: int
+    after_bytes: int
+
+
+def _bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers()
+    )
+
+
+def module_groups(model: torch.nn.Module, num_layers: int) -> _ModuleGroups:
+    """Split a (meta-device) model into before / decoder layers / after, in forward order."""
+    path = next(
+        (
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.ModuleList) and len(m) == num_layers and num_layers > 0
+        ),
+        None,
+    )
+    if path is None:
+        raise ValueError(f"cannot find the {num_layers} decoder layers of {type(model).__name__} to split")
+    before: list[str] = []
+    after: list[str] = []
+    parent: torch.nn.Module = model
+    prefix = ""
+    for part in path.split("."):
+        seen_path = False
+        for child_name, _ in parent.named_children():
+            if child_name == part:
+                seen_path = True
+            else:
+                (after if seen_path else before).append(f"{prefix}{child_name}")
+        parent = getattr(parent, part)
+        prefix = f"{prefix}{part}."
+    # The LM head is declared after the base model but tied heads share the embedding's weight, which
+    # must then stay on the embedding's device.
+    hf: Any = model
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    embed = hf.get_input_embeddings() if hasattr(hf, "get_input_embeddings") else None
+    if head is not None and embed is not None and head.weight is embed.weight:
+        names = {m: n for n, m in model.named_modules()}
+        head_name = names.get(head)
+        if head_name in after:
+            after.remove(head_name)
+            before.append(head_name)
+    modules = dict(model.named_modules())
+    layers = modules[path]
+    assert isinstance(layers, torch.nn.ModuleList)
+    return _ModuleGroups(
+        layers_prefix=path,
+        before=before,
+        after=after,
+        layer_bytes=[_bytes(layer) for layer in layers],
+        before_bytes=sum(_bytes(modules[n]) for n in before),
+        after_bytes=sum(_bytes(modules[n]) for n in after),
+    )
+
+
+def plan_placement(
+    auto_cls: Any, hf_config: Any, dtype: torch.dtype, devices: list[str], num_layers: int
+) -> tuple[Placement, dict[str, str]]:
+    """Plan the split from a weightless (meta) copy of the model: sizes, not weights."""
+    with torch.device("meta"):
+        skeleton = auto_cls.from_config(hf_config, dtype=dtype)
+    groups = module_groups(skeleton, num_layers)
+    free: list[int] | None = None
+    if all(d.startswith("cuda") for d in devices):
+        free = [int(torch.cuda.mem_get_info(torch.device(d))[0]) for d in devices]
+    placement = plan_layers(devices, groups.layer_bytes, free, groups.before_bytes, groups.after_bytes)
+    return placement, placement.device_map(groups.layers_prefix, groups.before, groups.after)
+
+
 def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -> LoadedModel:
     """Load ``config.model`` (local dir or hub id) ready for the engine; blocking, call it in a thread."""
 
@@ -108,10 +216,24 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
     hf_config = AutoConfig.from_pretrained(config.model, **common)
     step("loading tokenizer", 0.1)
     tokenizer = AutoTokenizer.from_pretrained(config.model, **common)
-    step("loading weights", 0.2)
     auto_cls = AutoModelForCausalLM if config.task == "generate" else AutoModel
+    text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    num_layers = int(getattr(text_config, "num_hidden_layers", 0) or getattr(text_config, "n_layer", 0))
+    devices = resolve_devices(device, config.tensor_parallel_size)
+    device_map: dict[str, str] | None = None
+    placement = str(device)
+    if len(devices) > 1:
+        split, device_map = plan_placement(auto_cls, hf_config, dtype, devices, num_layers)
+        placement = split.describe()
+        step(f"placing layers: {placement}", 0.15, devices=devices)
+    # While the (long) weight load runs, /ready and the LLMModel's loadProgress say where layers go.
+    step(
+        "loading weights" if device_map is None else f"loading weights: {placement}", 0.2, placement=placement
+    )
     try:
-        model = auto_cls.from_pretrained(config.model, config=hf_config, dtype=dtype, **common)
+        model = auto_cls.from_pretrained(
+            config.model, config=hf_config, dtype=dtype, device_map=device_map, **common
+        )
     except ValueError as exc:
         if config.task == "generate":
             raise ValueError(
@@ -119,8 +241,15 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
                 "serve it with task 'embed' if it is an encoder"
             ) from exc
         raise
-    step("moving to device", 0.8)
-    model.to(device)  # type: ignore[arg-type]
+    if device_map is None:
+        step("moving to device", 0.8)
+        model.to(device)  # type: ignore[arg-type]
+    elif len(set(devices)) == 1:
+        # Every part on one device (CPU): transformers skips the hooks; force them, so the split runs
+        # the same code path as on several GPUs.
+        from accelerate import dispatch_model
+
+        model = dispatch_model(model, device_map=device_map, force_hooks=True)
     model.eval()
     model.requires_grad_(False)
 
@@ -134,20 +263,28 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
     if limit is None:
         limit = 2048
         log.warning("model config names no context length; assuming %d", limit)
-    text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,
         task=config.task,
         max_model_len=limit,
-        device=str(device),
+        device=devices[0],
         dtype=str(dtype).removeprefix("torch."),
         eos_token_ids=_eos_ids(model, tokenizer),
         vocab_size=_vocab_size(model),
         is_causal_lm=config.task == "generate",
-        num_layers=int(getattr(text_config, "num_hidden_layers", 0) or getattr(text_config, "n_layer", 0)),
+        num_layers=num_layers,
         name=config.model,
+        placement=placement,
+        devices=tuple(devices),
     )
     params = sum(p.numel() for p in model.parameters())
-    step("ready", 1.0, params=params, max_model_len=limit, seconds=round(time.monotonic() - started, 2))
+    step(
+        "ready",
+        1.0,
+        params=params,
+        max_model_len=limit,
+        placement=placement,
+        seconds=round(time.monotonic() - started, 2),
+    )
     return loaded

@@ -92,7 +92,8 @@ class GenerationOutput:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0  # cumulative, including this output's tokens
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
-    # Prompt tokens whose KV came from the prefix cache (usage.prompt_tokens_details.cached_tokens).
+    # Prompt tokens whose KV came from the prefix cache instead of being computed (0 without one);
+    # the serving layer reports them as usage.prompt_tokens_details.cached_tokens.
     num_cached_tokens: int = 0
 
 
@@ -187,6 +188,8 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9  # CUDA: share of device memory for weights+activations+KV
     kv_cache_tokens: int | None = None  # KV pool size in tokens; None: planned (see engine/memory.py)
     block_size: int = 16  # tokens per KV block
+    # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
+    tensor_parallel_size: int | None = None
 
 
 # The engine package exposes, in ``modelyard.server.engine``:

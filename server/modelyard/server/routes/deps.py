@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from modelyard.server.errors import ServiceUnavailableError
-from modelyard.server.serving import ModelRuntime
+from modelyard.server.runtime import ModelRuntime
 from modelyard.server.serving_chat import ChatServing
 from modelyard.server.serving_completions import CompletionServing
 from modelyard.server.serving_embeddings import EmbeddingServing
+from modelyard.server.serving_responses import ResponsesServing
 from modelyard.server.state import AppState
 
 
@@ -44,6 +45,12 @@ def chat(request: Request) -> ChatServing:
     return serving
 
 
+def responses(request: Request) -> ResponsesServing:
+    serving = _loaded(request).responses
+    assert serving is not None
+    return serving
+
+
 def embeddings(request: Request) -> EmbeddingServing:
     serving = _loaded(request).embeddings
     assert serving is not None
@@ -54,4 +61,5 @@ StateDep = Annotated[AppState, Depends(app_state)]
 RuntimeDep = Annotated[ModelRuntime, Depends(runtime)]
 CompletionsDep = Annotated[CompletionServing, Depends(completions)]
 ChatDep = Annotated[ChatServing, Depends(chat)]
+ResponsesDep = Annotated[ResponsesServing, Depends(responses)]
 EmbeddingsDep = Annotated[EmbeddingServing, Depends(embeddings)]

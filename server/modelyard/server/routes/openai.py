@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from modelyard.server.body_guard import GuardedBodyRoute
 from modelyard.server.errors import ModelNotFoundError
 from modelyard.server.protocol import (
     ChatCompletionRequest,
@@ -14,10 +15,12 @@ from modelyard.server.protocol import (
     ModelCard,
     ModelList,
 )
-from modelyard.server.routes.deps import ChatDep, CompletionsDep, EmbeddingsDep, RuntimeDep
-from modelyard.server.serving import ModelRuntime
+from modelyard.server.protocol_responses import ResponsesRequest
+from modelyard.server.routes.deps import ChatDep, CompletionsDep, EmbeddingsDep, ResponsesDep, RuntimeDep
+from modelyard.server.runtime import ModelRuntime
+from modelyard.server.serving_responses import STORE_NOTE
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=GuardedBodyRoute)
 
 
 def _json(result: Response | BaseModel) -> Response:
@@ -54,6 +57,14 @@ async def create_completion(body: CompletionRequest, request: Request, serving: 
 @router.post("/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, serving: ChatDep) -> Response:
     return _json(await serving.create(body, request))
+
+
+@router.post("/responses")
+async def create_response(body: ResponsesRequest, request: Request, serving: ResponsesDep) -> Response:
+    response = _json(await serving.create_response(body, request))
+    if body.store:
+        response.headers["x-modelyard-note"] = STORE_NOTE
+    return response
 
 
 @router.post("/embeddings")

@@ -1,0 +1,157 @@
+"""The load signal: requests in flight (and held) per LLMModel, summed over every router.
+
+Each router answers ``GET /autoscaler/load`` with its own counts (router/app.py). One task polls every
+router each ``autoscaler_poll_seconds`` and keeps, per model, the samples of the last
+``HISTORY_S`` seconds; after each round it wakes the per-model loops, so a request held for a model at
+zero replicas reaches a decision within one poll interval. A round in which any router did not answer
+records nothing: a partial sum would look like a drop in load and scale down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from modelyard.operator.autoscaler.decision import Sample
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # namespace, LLMModel name
+HISTORY_S = 3600.0  # >= the longest windowSeconds and scaleDownDelaySeconds the CRD allows (1 h)
+Fetch = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+Clock = Callable[[], float]
+
+
+def parse_load(body: Mapping[str, Any]) -> dict[Key, tuple[int, int]]:
+    """A router's answer -> {(namespace, name): (in flight, held)}; entries without a source are skipped."""
+    out: dict[Key, tuple[int, int]] = {}
+    for entry in body.get("models") or []:
+        source = str(entry.get("source") or "")
+        ns, sep, name = source.partition("/")
+        if not sep or not name:
+            continue
+        try:
+            in_flight, held = int(entry.get("inFlight", 0)), int(entry.get("held", 0))
+        except (TypeError, ValueError):
+            continue
+        prev = out.get((ns, name), (0, 0))
+        out[(ns, name)] = (prev[0] + in_flight, prev[1] + held)
+    return out
+
+
+class LoadSignal:
+    """Sample history per model, fed by polling the routers."""
+
+    def __init__(
+        self,
+        routers: Callable[[], Awaitable[Sequence[str]]],
+        poll_s: float,
+        fetch: Fetch | None = None,
+        clock: Clock = time.monotonic,
+        history_s: float = HISTORY_S,
+    ) -> None:
+        self._routers = routers
+        self.poll_s = poll_s
+        self._fetch = fetch
+        self._clock = clock
+        self._history_s = history_s
+        self._samples: dict[Key, deque[Sample]] = {}
+        self._updated = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.last_round_ok: float | None = None
+
+    # ---- reading -----------------------------------------------------------------------------------
+
+    def samples(self, key: Key, horizon_s: float) -> list[Sample]:
+        """Samples of the last ``horizon_s`` seconds, oldest first; empty when the signal is stale."""
+        now = self._clock()
+        if self.last_round_ok is None or now - self.last_round_ok > max(3 * self.poll_s, 2.0):
+            return []
+        history = self._samples.get(key)
+        if history is None:
+            return []
+        return [s for s in history if s.at >= now - horizon_s]
+
+    async def wait_for_round(self, limit_s: float) -> None:
+        """Until the next complete round, or ``limit_s``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._updated.wait(), limit_s)
+
+    # ---- polling -----------------------------------------------------------------------------------
+
+    def record(self, loads: Mapping[Key, tuple[int, int]], known: Sequence[Key] = ()) -> None:
+        """One complete round: every model the routers know gets a sample (0 when absent)."""
+        now = self._clock()
+        for key in set(loads) | set(known) | set(self._samples):
+            in_flight, held = loads.get(key, (0, 0))
+            history = self._samples.setdefault(key, deque())
+            history.append(Sample(now, in_flight, held))
+            while history and history[0].at < now - self._history_s:
+                history.popleft()
+        self.last_round_ok = now
+        event, self._updated = self._updated, asyncio.Event()
+        event.set()
+
+    def forget(self, key: Key) -> None:
+        self._samples.pop(key, None)
+
+    async def _http_fetch(self, url: str) -> Mapping[str, Any] | None:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=max(0.5, self.poll_s * 2))
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        try:
+            async with self._session.get(url.rstrip("/") + "/autoscaler/load") as resp:
+                if resp.status != 200:
+                    return None
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def poll_once(self) -> bool:
+        urls = list(await self._routers())
+        if not urls:
+            return False
+        fetch = self._fetch or self._http_fetch
+        bodies = await asyncio.gather(*(fetch(u) for u in urls))
+        if any(b is None for b in bodies):
+            log.debug("a router did not answer; this round is skipped")
+            return False
+        total: dict[Key, tuple[int, int]] = {}
+        for body in bodies:
+            assert body is not None
+            for key, (in_flight, held) in parse_load(body).items():
+                prev = total.get(key, (0, 0))
+                total[key] = (prev[0] + in_flight, prev[1] + held)
+        self.record(total)
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception as exc:
+                log.warning("autoscaler signal round failed: %s", exc)
+            await asyncio.sleep(self.poll_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,60 @@
+"""The built-in server: `modelyard-server`, with a load-progress endpoint (`/ready`)."""
+
+from __future__ import annotations
+
+from modelyard.api.llmmodel import Engine, LLMModel
+from modelyard.operator.builders.engines.base import (
+    EngineContainer,
+    Probes,
+    image,
+    listen_args,
+    model_argument,
+)
+from modelyard.operator.settings import OperatorSettings
+
+
+def device(model: LLMModel) -> str:
+    """The server's --device: cuda when the replica requests GPUs (any vendor: ROCm torch also calls
+    its devices cuda), cpu otherwise."""
+    return "cuda" if model.spec.resources.gpus > 0 else "cpu"
+
+
+def server_args(model: LLMModel) -> list[str]:
+    spec = model.spec
+    args = ["--model", model_argument(model), "--served-model-name", model.served_name]
+    for alias in spec.aliases:
+        args += ["--alias", alias]
+    args += ["--task", spec.task.value, "--dtype", spec.server.dtype.value]
+    # Explicit, never "auto": a replica that asked for GPUs but cannot use them (driver too old, device
+    # plugin misconfigured) must fail readiness, not quietly serve on CPU at a hundredth of the speed.
+    args += ["--device", device(model)]
+    if spec.server.max_model_len is not None:
+        args += ["--max-model-len", str(spec.server.max_model_len)]
+    if spec.server.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(spec.server.max_num_seqs)]
+    if spec.resources.gpus > 1:
+        # The server's default is every visible GPU; said explicitly so the pod spec shows the split.
+        args += ["--tensor-parallel-size", str(spec.resources.gpus)]
+    args += listen_args()
+    return args + list(spec.server.extra_args)
+
+
+class ModelyardEngine:
+    engine = Engine.MODELYARD
+    health_path = "/health"
+    progress_path: str | None = "/ready"
+
+    def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer:
+        env = []
+        if model.spec.revision is not None:
+            env.append({"name": "MODELYARD_SERVER_REVISION", "value": model.spec.revision})
+        return EngineContainer(
+            image=image(model, settings),
+            command=["modelyard-server"],
+            args=server_args(model),
+            env=env,
+            probes=Probes(startup=self.health_path, liveness=self.health_path, readiness="/ready"),
+        )
+
+
+BUILDER = ModelyardEngine()

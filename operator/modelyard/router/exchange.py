@@ -1,0 +1,71 @@
+"""What one proxied request did (:class:`Exchange`), and its record: metrics and one access-log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from modelyard.router.body import Usage
+from modelyard.router.metrics import KEY_NONE, MODEL_UNKNOWN, RouterMetrics
+
+access_log = logging.getLogger("modelyard.router.access")
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did, for metrics and the access log."""
+
+    request_id: str
+    method: str
+    path: str
+    model: str = MODEL_UNKNOWN
+    key: str = KEY_NONE
+    status: int = 0
+    stream: bool = False
+    attempts: int = 0
+    endpoint: str = ""
+    held_s: float = 0.0
+    ttft_s: float | None = None
+    start: float = 0.0
+    usage: Usage | None = None
+    error: str = ""
+    # The client has received `data: [DONE]`: hanging up after that is a normal end, not a 499.
+    stream_complete: bool = False
+
+
+def record(ex: Exchange, elapsed: float, metrics: RouterMetrics, access_log_on: bool) -> None:
+    m = metrics
+    m.requests.labels(ex.model, str(ex.status), ex.key).inc()
+    if ex.model != MODEL_UNKNOWN:
+        m.request_duration.labels(ex.model).observe(elapsed)
+        if ex.ttft_s is not None:
+            m.ttft.labels(ex.model).observe(ex.ttft_s)
+        if ex.held_s > 0:
+            m.hold_duration.labels(ex.model).observe(ex.held_s)
+        if ex.usage is not None:
+            m.prompt_tokens.labels(ex.model, ex.key).inc(ex.usage.prompt_tokens)
+            m.completion_tokens.labels(ex.model, ex.key).inc(ex.usage.completion_tokens)
+    if access_log_on and access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            json.dumps(
+                {
+                    "request_id": ex.request_id,
+                    "method": ex.method,
+                    "path": ex.path,
+                    "model": ex.model,
+                    "key": ex.key,
+                    "status": ex.status,
+                    "stream": ex.stream,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "attempts": ex.attempts,
+                    "endpoint": ex.endpoint,
+                    "held_ms": round(ex.held_s * 1000, 1),
+                    "ttft_ms": None if ex.ttft_s is None else round(ex.ttft_s * 1000, 3),
+                    "prompt_tokens": ex.usage.prompt_tokens if ex.usage else None,
+                    "completion_tokens": ex.usage.completion_tokens if ex.usage else None,
+                    "error": ex.error or None,
+                },
+                separators=(",", ":"),
+            )
+        )

@@ -1,0 +1,90 @@
+"""``ChoiceState``: one engine stream seen as one OpenAI choice (detokenizer, stop strings, logprobs,
+metrics), turning engine outputs into ``ChoiceDelta`` text increments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from modelyard.server.detokenizer import IncrementalDetokenizer, StopMatcher
+from modelyard.server.engine.types import GenerationOutput, TokenLogprob
+from modelyard.server.metrics import RequestTracker
+
+# What a choice reports; an engine "abort" only happens when we closed the stream ourselves.
+ChoiceFinish = Literal["stop", "length"]
+
+
+@dataclass
+class ChoiceDelta:
+    text: str
+    logprobs: list[TokenLogprob]
+    finish_reason: ChoiceFinish | None
+
+
+class ChoiceState:
+    """One engine stream seen as one OpenAI choice."""
+
+    def __init__(
+        self,
+        index: int,
+        tokenizer: Any,
+        prompt_ids: Sequence[int],
+        stops: Sequence[str],
+        tracker: RequestTracker,
+        *,
+        skip_special_tokens: bool = True,
+    ) -> None:
+        self.index = index
+        self.prompt_ids = prompt_ids
+        self.detok = IncrementalDetokenizer(tokenizer, prompt_ids, skip_special_tokens=skip_special_tokens)
+        self.stops = StopMatcher(stops)
+        self.tracker = tracker
+        self.text = ""
+        self.num_generated = 0
+        self.num_cached = 0
+        self.finish_reason: ChoiceFinish | None = None
+        self.logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+        self._pending: list[TokenLogprob] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def on_output(self, out: GenerationOutput) -> ChoiceDelta | None:
+        if self.finished:
+            return None
+        self.num_generated = max(out.num_generated_tokens, self.num_generated + len(out.token_ids))
+        self.tracker.on_tokens(len(out.token_ids))
+        self.num_cached = max(self.num_cached, out.num_cached_tokens)
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
+        if out.logprobs:
+            self._pending.extend(out.logprobs)
+        text = self.detok.push(out.token_ids)
+        if out.finish_reason is not None:
+            text += self.detok.flush()
+        emitted = self.stops.feed(text)
+        finish: ChoiceFinish | None = None
+        if self.stops.stopped:
+            finish = "stop"
+        elif out.finish_reason is not None:
+            emitted += self.stops.flush()
+            finish = "length" if out.finish_reason == "length" else "stop"
+        self.text += emitted
+        logprobs: list[TokenLogprob] = []
+        if emitted or finish:
+            logprobs, self._pending = self._pending, []
+            self.logprobs.extend(logprobs)
+        if finish is not None:
+            self.finish_reason = finish
+            self.tracker.finish(finish, self.num_generated)
+        if not emitted and not logprobs and finish is None:
+            return None
+        return ChoiceDelta(emitted, logprobs, finish)
+
+    def abandon(self) -> None:
+        """The stream ended without a finish (client gone, error): count it as aborted."""
+        if not self.finished:
+            self.tracker.finish("abort", self.num_generated)

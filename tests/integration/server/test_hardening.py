@@ -1,0 +1,114 @@
+"""One request must never stall the server (issue 9), on a real server process.
+
+Heavy requests run in a thread while ``/health`` is polled: every poll must answer within 200 ms.
+Client-supplied templates are never rendered, work per request is capped with a clear 400, and strings
+that are not Unicode text are a 400 envelope, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.models import LLAMA_NAME, ServerProcess
+from tests.fixtures.openai_spec import assert_matches
+from tests.integration.server.helpers import auth
+
+pytestmark = pytest.mark.model
+
+HEALTH_BUDGET_S = 0.2
+
+
+def _post_raw(server: ServerProcess, path: str, raw: bytes) -> httpx.Response:
+    headers = {**auth(server), "content-type": "application/json"}
+    return httpx.post(server.v1 + path, content=raw, headers=headers, timeout=120)
+
+
+def _while_health_polled(
+    server: ServerProcess, path: str, body: dict[str, Any]
+) -> tuple[httpx.Response, float]:
+    """Send ``body`` while polling /health; the response and the slowest health answer."""
+    raw = json.dumps(body).encode()
+    result: list[httpx.Response] = []
+    worker = threading.Thread(target=lambda: result.append(_post_raw(server, path, raw)))
+    slowest = 0.0
+    polls = 0
+    with httpx.Client(timeout=30) as http:
+        worker.start()
+        while worker.is_alive() or polls < 5:
+            start = time.perf_counter()
+            assert http.get(server.base_url + "/health").status_code == 200
+            slowest = max(slowest, time.perf_counter() - start)
+            polls += 1
+            time.sleep(0.02)
+    worker.join()
+    return result[0], slowest
+
+
+def _assert_error(resp: httpx.Response, code: str | None, param: str | None = None) -> dict[str, Any]:
+    assert resp.status_code == 400, resp.text
+    assert_matches("ErrorResponse", resp.json())
+    error: dict[str, Any] = resp.json()["error"]
+    if code is not None:
+        assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+def test_a_4mb_prompt_does_not_stall_health(llama_server: ServerProcess) -> None:
+    body = {"model": LLAMA_NAME, "prompt": "The quick brown fox. " * 200_000, "max_tokens": 1}
+    resp, slowest = _while_health_polled(llama_server, "/completions", body)
+    _assert_error(resp, "context_length_exceeded", "prompt")
+    assert slowest < HEALTH_BUDGET_S
+
+
+def test_100k_messages_do_not_stall_health(llama_server: ServerProcess) -> None:
+    body = {"model": LLAMA_NAME, "messages": [{"role": "user", "content": "hi there"}] * 100_000}
+    resp, slowest = _while_health_polled(llama_server, "/chat/completions", body)
+    _assert_error(resp, "context_length_exceeded", "messages")
+    assert slowest < HEALTH_BUDGET_S
+
+
+def test_a_client_supplied_template_is_never_rendered(llama_server: ServerProcess) -> None:
+    bomb = "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}"
+    body = {"model": LLAMA_NAME, "messages": [{"role": "user", "content": "hi"}],
+            "chat_template_kwargs": {"chat_template": bomb}}  # fmt: skip
+    resp, slowest = _while_health_polled(llama_server, "/chat/completions", body)
+    _assert_error(resp, "unsupported_parameter", "chat_template_kwargs.chat_template")
+    assert slowest < HEALTH_BUDGET_S
+
+
+def test_sequences_per_request_are_capped(llama_server: ServerProcess) -> None:
+    body = {"model": LLAMA_NAME, "prompt": ["hi"] * 8, "n": 128, "max_tokens": 1}
+    resp, slowest = _while_health_polled(llama_server, "/completions", body)
+    error = _assert_error(resp, "too_many_sequences")
+    assert "1024 sequences" in error["message"]
+    assert slowest < HEALTH_BUDGET_S
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "param"),
+    [
+        ("/chat/completions", b'{"model":"tiny-llama","messages":[{"role":"user","content":"a\\ud800b"}]}',
+         "messages[0].content"),
+        ("/completions", b'{"model":"tiny-llama","prompt":"\\udc00"}', "prompt"),
+        ("/embeddings", b'{"model":"tiny-llama","input":["ok","\\ud83d"]}', "input[1]"),
+        ("/responses", b'{"model":"tiny-llama","input":"x\\ud800"}', "input"),
+        ("/chat/completions", b'{"model":"\\ud800","messages":[{"role":"user","content":"x"}]}', "model"),
+    ],
+)  # fmt: skip
+def test_lone_surrogates_are_a_400_naming_the_field(
+    llama_server: ServerProcess, path: str, raw: bytes, param: str
+) -> None:
+    _assert_error(_post_raw(llama_server, path, raw), "invalid_unicode", param)
+
+
+def test_a_valid_surrogate_pair_is_fine(llama_server: ServerProcess) -> None:
+    raw = b'{"model":"tiny-llama","prompt":"smile \\ud83d\\ude00","max_tokens":2}'
+    assert _post_raw(llama_server, "/completions", raw).status_code == 200
