@@ -19,6 +19,7 @@ from modelyard.server.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    PromptTokensDetails,
     Usage,
 )
 from modelyard.server.serving import BaseServing, new_id, unsupported
@@ -125,8 +126,16 @@ class _CompletionBuilder:
     def _usage(self, states: Sequence[ChoiceState]) -> Usage:
         prompt_tokens = sum(len(p.ids) for p in self.prompts)
         completion = sum(s.num_generated for s in states)
+        # Each prompt is counted once, however many choices (n) reused its cached prefix.
+        cached_by_prompt: dict[int, int] = {}
+        for s in states:
+            prompt = s.index // self.n
+            cached_by_prompt[prompt] = max(cached_by_prompt.get(prompt, 0), s.num_cached)
         return Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=prompt_tokens + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(cached_by_prompt.values())),
         )
 
     def _logprobs(

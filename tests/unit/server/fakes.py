@@ -21,6 +21,7 @@ class FakeEngine:
 
     ``fail_at``: raise ``EngineError`` instead of that output (0 = before any output).
     ``queue_full``: refuse every request like a full waiting queue.
+    ``cached``: prompt tokens every request reports as served from the prefix cache.
     """
 
     script: Sequence[Sequence[int]] = ((5,), (6,), (7,))
@@ -28,6 +29,7 @@ class FakeEngine:
     fail_at: int | None = None
     queue_full: bool = False
     delay_s: float = 0.0
+    cached: int = 0  # prompt tokens every request finds in the prefix cache
     requests: list[GenerationRequest] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
@@ -59,6 +61,7 @@ class FakeEngine:
                     finish_reason=self.finish if last else None,  # type: ignore[arg-type]
                     num_prompt_tokens=len(request.prompt_token_ids),
                     num_generated_tokens=total,
+                    num_cached_tokens=self.cached,
                 )
                 if last:
                     done = True

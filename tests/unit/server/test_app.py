@@ -179,6 +179,15 @@ def test_n_requests_use_consecutive_seeds(engine: FakeEngine, client: TestClient
     assert out.json()["usage"]["completion_tokens"] == 9
 
 
+def test_usage_reports_cached_prompt_tokens_once_per_prompt(engine: FakeEngine, client: TestClient) -> None:
+    engine.cached = 3
+    body = {"model": MODEL, "max_tokens": 2}
+    completion = client.post("/v1/completions", json={**body, "prompt": ["a b c d", "e f g h"], "n": 2})
+    chat = client.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "hi"}]})
+    assert completion.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 6}
+    assert chat.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 3}
+
+
 def test_sampling_parameters_reach_the_engine(engine: FakeEngine, client: TestClient) -> None:
     body = {
         "model": MODEL,
