@@ -117,13 +117,23 @@ def start_vllm(spec: dict[str, Any], vllm_venv: Path, log: Path) -> Proc:
     return proc
 
 
+def stop_vllm(proc: Proc) -> None:
+    """SIGTERM first: vLLM then stops its engine-core process too, which a SIGKILL would orphan."""
+    if proc.popen is None or proc.popen.poll() is not None:
+        return
+    try:
+        proc.terminate()
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="module")
 def vllm_server(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     proc = start_vllm(SPEC, vllm_venv, tmp_path_factory.mktemp("vllm") / "vllm.log")
     try:
         yield proc
     finally:
-        proc.kill()
+        stop_vllm(proc)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +217,7 @@ async def test_task_embed_on_vllm_through_the_router(
         assert via.usage.prompt_tokens == direct.usage.prompt_tokens > 0
     finally:
         routed.kill()
-        embed.kill()
+        stop_vllm(embed)
 
 
 def _contains(haystack: list[str], needle: list[str]) -> bool:
@@ -251,7 +261,9 @@ def prometheus(vllm_server: Proc, router: Proc, tmp_path_factory: pytest.TempPat
     if binary is None or promtool is None:
         pytest.fail("prometheus/promtool not installed: run tests/integration/observability/install.sh")
     tmp = tmp_path_factory.mktemp("prometheus")
-    jobs = {"modelyard-model-server": vllm_server.port, "modelyard-router": router.port}
+    # The router serves /metrics on its own port, apart from the API.
+    assert router.metrics_port is not None
+    jobs = {"modelyard-model-server": vllm_server.port, "modelyard-router": router.metrics_port}
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
