@@ -368,12 +368,18 @@ def _panel_queries() -> list[tuple[str, str, str]]:
 # Panels whose data depends on a fix outside the chart. Strict: once the fix lands, the xfail turns into
 # a failure that asks for this entry to go.
 KNOWN_GAPS: dict[str, str] = {}
+# The autoscaler's series exist only where the operator polls routers behind the router Service; here the
+# router is a static-mode process the operator does not know, so these queries must come back empty
+# (strict: data here would mean the setup changed). tests/integration/e2e/ runs the autoscaler for real.
+AUTOSCALER_SERIES = "modelyard_operator_autoscaler_"
 
 
 def _query_params() -> list[Any]:
     params = []
     for uid, title, expr in _panel_queries():
         marks = [pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[title])] if title in KNOWN_GAPS else []
+        if AUTOSCALER_SERIES in expr:
+            marks = [pytest.mark.xfail(strict=True, reason="no router Service for the autoscaler to poll")]
         params.append(pytest.param(uid, expr, id=f"{uid}:{title}:{expr[:60]}", marks=marks))
     return params
 
