@@ -76,8 +76,16 @@ class TorchEngine:
         # prefill group with differing chunk lengths does not guarantee; the sliding-window mask would
         # notice the gap, so those models compute every prompt in full.
         self._caching = config.enable_prefix_caching and not self._sliding
+        decode_slab = config.decode_kv == "slab" or (
+            config.decode_kv == "auto" and self._device.type == "cpu"
+        )
         self._runner = ModelRunner(
-            self._model, self._device, loaded.num_layers, config.block_size, sliding=self._sliding
+            self._model,
+            self._device,
+            loaded.num_layers,
+            config.block_size,
+            sliding=self._sliding,
+            decode_slab=decode_slab,
         )
         # Replaced at start by the planned pool; a placeholder keeps stats() and generate() valid.
         self._blocks = BlockManager(1, config.block_size, self._caching)
@@ -418,9 +426,13 @@ class TorchEngine:
         seq.prompt_logprobs.extend(prompt_logprobs(logits[:count], targets, top_n))
 
     def _decode_step(self, step: Step) -> None:
+        self._runner.begin_decode()
         for seqs in decode_groups(step.decode, DECODE_SPLIT_TOKENS):
             logits = self._runner.decode(
-                [s.block_ids for s in seqs], [s.num_computed for s in seqs], [s.tokens[-1] for s in seqs]
+                [s.block_ids for s in seqs],
+                [s.num_computed for s in seqs],
+                [s.tokens[-1] for s in seqs],
+                keys=tuple(s.key for s in seqs),
             )
             for seq in seqs:
                 self._scheduler.computed(seq, 1)

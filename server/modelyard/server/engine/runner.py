@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from modelyard.server.engine.decode_slab import GroupSlab, SlabCache
 from modelyard.server.engine.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
 
 PAD_TOKEN_ID = 0  # any valid id: padded columns are masked out
@@ -15,16 +16,28 @@ PAD_TOKEN_ID = 0  # any valid id: padded columns are masked out
 
 class ModelRunner:
     def __init__(
-        self, model: torch.nn.Module, device: torch.device, num_layers: int, block_size: int, sliding: bool
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        num_layers: int,
+        block_size: int,
+        sliding: bool,
+        decode_slab: bool = False,
     ) -> None:
+        """``decode_slab``: decode over a per-group working copy appended a column per step
+        (``decode_slab.py``) instead of gathering the history from the pool every step."""
         self.model = model
         self.device = device
         self.num_layers = num_layers
         self.block_size = block_size
+        self.decode_slab = decode_slab
         # Block-granular gathers put a row's last token before the last column; only a sliding
         # window's mask minds, so those models gather token by token.
-        self.gather_blocks = not sliding
+        self.gather_blocks = not sliding and not decode_slab
         self.pool: KVPool | None = None
+        # Working copies of the decode groups of the previous step and of this one.
+        self._slabs: dict[tuple[int, ...], GroupSlab] = {}
+        self._next_slabs: dict[tuple[int, ...], GroupSlab] = {}
         self._to_clear: list[int] = []
         self._logits_kw = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -79,11 +92,22 @@ class ModelRunner:
             past_key_values=PagedCache(self.pool, layout),
         )
 
+    def begin_decode(self) -> None:
+        """Start an engine step's decode: working copies of groups that do not decode again are dropped."""
+        self._slabs, self._next_slabs = self._next_slabs, {}
+
     def decode(
-        self, block_tables: list[list[int]], num_cached: list[int], last_tokens: list[int]
+        self,
+        block_tables: list[list[int]],
+        num_cached: list[int],
+        last_tokens: list[int],
+        keys: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
-        """One token per row; logits ``[B, vocab]``."""
+        """One token per row; logits ``[B, vocab]``. ``keys`` name the rows (request keys) so that
+        the same group can reuse its working copy on the next step."""
         assert self.pool is not None
+        if self.decode_slab and keys is not None:
+            return self._decode_on_slab(block_tables, num_cached, last_tokens, keys)
         if not self.gather_blocks:
             return self.prefill(block_tables, num_cached, [[t] for t in last_tokens])[:, -1]
         layout, mask, positions = build_decode_layout(
@@ -100,6 +124,33 @@ class ModelRunner:
         )
         return logits[:, -1]
 
+    def _decode_on_slab(
+        self,
+        block_tables: list[list[int]],
+        num_cached: list[int],
+        last_tokens: list[int],
+        keys: tuple[int, ...],
+    ) -> torch.Tensor:
+        assert self.pool is not None
+        slab = self._slabs.pop(keys, None)
+        if slab is None or not slab.matches(keys, num_cached):
+            slab = GroupSlab.gather_plan(keys, block_tables, num_cached, self.num_layers, self.device)
+        size = self.block_size
+        write = [t[n // size] * size + n % size for t, n in zip(block_tables, num_cached, strict=True)]
+        ones = torch.ones((len(keys), 1), dtype=slab.mask.dtype, device=self.device)
+        mask = torch.cat([slab.mask, ones], dim=1)
+        logits = self._forward(
+            1,
+            input_ids=torch.tensor(last_tokens, dtype=torch.long, device=self.device)[:, None],
+            attention_mask=mask,
+            position_ids=torch.tensor(num_cached, dtype=torch.long, device=self.device)[:, None],
+            past_key_values=SlabCache(self.pool, slab, write),
+        )
+        slab.mask = mask
+        slab.advanced(block_tables)
+        self._next_slabs[keys] = slab
+        return logits[:, -1]
+
     def warmup(self) -> None:
         """One tiny prefill + decode (on blocks 1-2 of the pool) so the first real request doesn't pay
         for kernel selection/JIT."""
@@ -108,7 +159,9 @@ class ModelRunner:
         table = [[1, 2]] if self.pool.num_slots >= 3 * size else [[1]]
         first = min(4, size * len(table[0]) - 1)
         self.prefill(table, [0], [[0] * first])
-        self.decode(table, [first], [0])
+        self.decode(table, [first], [0], keys=(-1,))
+        self._slabs.clear()
+        self._next_slabs.clear()
 
     def profile(self, tokens: int, rows: int) -> None:
         """A forward as large as a step may be, without KV, so its activations show in the peak."""

@@ -165,6 +165,7 @@ class Engine(Protocol):
 
 Task = Literal["generate", "embed"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+DecodeKV = Literal["auto", "slab", "paged"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -188,6 +189,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9  # CUDA: share of device memory for weights+activations+KV
     kv_cache_tokens: int | None = None  # KV pool size in tokens; None: planned (see engine/memory.py)
     block_size: int = 16  # tokens per KV block
+    # Decode attention reads: "slab" a per-group working copy appended a column per step, "paged" the
+    # history gathered from the block pool every step; "auto": slab on CPU, paged elsewhere.
+    decode_kv: DecodeKV = "auto"
     # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
     tensor_parallel_size: int | None = None
 
