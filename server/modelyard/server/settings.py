@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelyard.server.engine.types import Device, DType, EngineConfig, Task
+from modelyard.server.engine.types import DecodeKV, Device, DType, EngineConfig, Task
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -60,6 +60,11 @@ class ServerSettings(BaseSettings):
         ge=16,
         description="KV cache size in tokens (default: planned from GPU memory; on CPU "
         "max_num_seqs x max_model_len, at most 40% of available memory).",
+    )
+    decode_kv: DecodeKV = Field(
+        "auto",
+        description="What decode attention reads: slab (a per-group working copy of the KV, appended a "
+        "column per step), paged (the history gathered from the block pool each step); auto: slab on CPU.",
     )
     tensor_parallel_size: int | None = Field(
         None,
@@ -163,6 +168,7 @@ class ServerSettings(BaseSettings):
             enable_prefix_caching=self.enable_prefix_caching,
             gpu_memory_utilization=self.gpu_memory_utilization,
             kv_cache_tokens=self.kv_cache_tokens,
+            decode_kv=self.decode_kv,
             revision=self.revision,
             trust_remote_code=self.trust_remote_code,
             hf_token=self.hf_token.get_secret_value() if self.hf_token else None,
