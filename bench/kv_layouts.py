@@ -3,6 +3,8 @@
 - ``shared-prefix``: N requests sharing a long system prompt (default 1,000 tokens) + a short distinct
   question, 32 new tokens each, all submitted at once: TTFT p50/p99 and output tok/s with prefix
   caching on vs off (one run, same process, same model).
+  Then the same requests over HTTP (streamed ``/v1/completions`` with token-id prompts) to our server
+  and to vLLM's CPU build with prefix caching on (``--peers``), each started on the same model.
 - ``mixed``: one long conversation (default 4,000 tokens) + 63 short requests under a fixed KV budget
   sized for the sum of their real lengths: most rows running at once and tok/s, new paged layout vs
   the old left-padded slab (the engine as on ``--old-ref``, default ``main``, extracted with
@@ -95,6 +97,73 @@ def prompts_shared(args: argparse.Namespace) -> tuple[list[list[int]], list[int]
     return prompts, [args.new_tokens] * args.requests
 
 
+async def drive_http(base: str, prompts: list[list[int]], new_tokens: list[int]) -> dict[str, Any]:
+    import aiohttp
+
+    from server_throughput import _stream_completion
+
+    url = f"{base}/v1/completions"
+
+    def body(ids: list[int], n: int) -> dict[str, Any]:
+        return {"model": "bench", "prompt": ids, "max_tokens": n, "temperature": 0.0, "stream": True,
+                "ignore_eos": True, "stream_options": {"include_usage": True}}  # fmt: skip
+
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=1800)
+    ) as session:
+        # Warm-up on an unrelated prompt: kernels are ready, the prefix cache is still cold.
+        await _stream_completion(session, url, body(list(range(200, 216)), 2), time.perf_counter())
+        t0 = time.perf_counter()
+        results = await asyncio.gather(
+            *(
+                _stream_completion(session, url, body(p, n), t0)
+                for p, n in zip(prompts, new_tokens, strict=True)
+            )
+        )
+        wall = time.perf_counter() - t0
+    ttft = [f for f, _, _ in results if f is not None]
+    return {
+        "wall_s": wall,
+        "tok_s": sum(n for _, n, _ in results) / wall,
+        "ttft_p50_s": statistics.median(ttft),
+        "ttft_p99_s": pct(ttft, 0.99),
+    }
+
+
+def http_peer(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Start ``name`` (``server``: ours; ``vllm``: vLLM's CPU build, prefix caching on) on the 8k model and
+    drive the shared-prefix requests through it."""
+    from engine_v2_throughput import VLLM_VENV, server_process, vllm_env
+    from server_throughput import _free_port, _wait_ready
+
+    path = model_dir()
+    port = _free_port()
+    common = ["--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
+              "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", "64"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if name == "vllm":
+        argv = [str(VLLM_VENV / "bin" / "vllm"), "serve", str(path), *common, "--enable-prefix-caching"]
+        env, ready = vllm_env(env, None), "/health"
+    else:
+        env["PYTHONPATH"] = f"{HERE.parent / 'server'}:{HERE.parent / 'operator'}"
+        argv = [
+            sys.executable,
+            "-m",
+            "modelyard.server",
+            "--model",
+            str(path),
+            *common,
+            "--log-level",
+            "warning",
+        ]
+        ready = "/ready"
+    with server_process(name, argv, env, WORK) as proc:
+        base = f"http://127.0.0.1:{port}"
+        asyncio.run(_wait_ready(base + ready, proc, 900))
+        prompts, new = prompts_shared(args)
+        return asyncio.run(drive_http(base, prompts, new))
+
+
 def prompts_mixed(args: argparse.Namespace) -> tuple[list[list[int]], list[int]]:
     long = [100 + (i * 17) % 1800 for i in range(args.long)]
     shorts = [[100 + (i * 11 + j) % 1800 for j in range(args.short)] for i in range(63)]
@@ -160,12 +229,15 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--old-ref", default="main")
+    parser.add_argument(
+        "--peers", default="server,vllm", help="shared-prefix over HTTP: server and/or vllm (empty: none)"
+    )
     args = parser.parse_args()
     if args.scenario == "_child":
         print(json.dumps(asyncio.run(run_one(args.child_kind, {}, args.budget or None, args))))
         return
     model_dir()
-    print("NOTE: shared machine (other jobs running): compare ratios within this run only.", flush=True)
+    print(f"NOTE: load average {os.getloadavg()}: compare ratios within this run only.", flush=True)
     report: dict[str, Any] = {}
     if args.scenario in ("shared-prefix", "all"):
         on = asyncio.run(run_one("shared-prefix", {"enable_prefix_caching": True}, None, args))
@@ -175,6 +247,14 @@ def main() -> None:
             "ttft_p50_ratio_on_off": on["ttft_p50_s"] / off["ttft_p50_s"],
             "throughput_ratio_on_off": on["tok_s"] / off["tok_s"],
         }  # fmt: skip
+        http = {peer: http_peer(peer, args) for peer in args.peers.split(",") if peer}
+        if http:
+            report["shared_prefix"]["http"] = http
+            if "server" in http and "vllm" in http:
+                report["shared_prefix"]["http_ratios_server_vllm"] = {
+                    "ttft_p50": http["server"]["ttft_p50_s"] / http["vllm"]["ttft_p50_s"],
+                    "tok_s": http["server"]["tok_s"] / http["vllm"]["tok_s"],
+                }
         print(json.dumps(report["shared_prefix"], indent=1), flush=True)
     if args.scenario in ("mixed", "all"):
         # Budget = the sum of the 64 rows' final lengths: every row fits if memory follows real lengths.
