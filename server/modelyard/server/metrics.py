@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from modelyard.server.engine.types import EngineStats
@@ -130,6 +130,27 @@ class _EngineGauges(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
             gauge.add_metric([self._model_name], float(value))
             yield gauge
+        # vLLM v1's prefix-cache counters, in prompt tokens (exposed with the _total suffix).
+        for name, doc, count in (
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                stats.prefix_cache_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                stats.prefix_cache_hits,
+            ),
+            (
+                "vllm:num_preemptions",
+                "Cumulative number of preemptions from the engine.",
+                stats.num_preemptions,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=["model_name"])
+            counter.add_metric([self._model_name], float(count))
+            yield counter
 
 
 class ServerMetrics:

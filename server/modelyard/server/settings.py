@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelyard.server.engine.types import Device, DType, EngineConfig, Task
+from modelyard.server.engine.types import DecodeKV, Device, DType, EngineConfig, Task
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -49,6 +49,23 @@ class ServerSettings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1, description="Most sequences in the running batch.")
     max_queue: int = Field(1024, ge=0, description="Most waiting requests; beyond it requests get 429.")
     max_prefill_tokens: int = Field(512, ge=16, description="Prefill chunk per engine step.")
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of shared prompt prefixes (--no-enable-prefix-caching: off)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="CUDA: share of GPU memory for weights, activations and KV cache."
+    )
+    kv_cache_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="KV cache size in tokens (default: planned from GPU memory; on CPU "
+        "max_num_seqs x max_model_len, at most 40% of available memory).",
+    )
+    decode_kv: DecodeKV = Field(
+        "auto",
+        description="What decode attention reads: slab (a per-group working copy of the KV, appended a "
+        "column per step), paged (the history gathered from the block pool each step); auto: slab on CPU.",
+    )
     tensor_parallel_size: int | None = Field(
         None,
         ge=1,
@@ -148,6 +165,10 @@ class ServerSettings(BaseSettings):
             max_num_seqs=self.max_num_seqs,
             max_queue=self.max_queue,
             max_prefill_tokens=self.max_prefill_tokens,
+            enable_prefix_caching=self.enable_prefix_caching,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            kv_cache_tokens=self.kv_cache_tokens,
+            decode_kv=self.decode_kv,
             revision=self.revision,
             trust_remote_code=self.trust_remote_code,
             hf_token=self.hf_token.get_secret_value() if self.hf_token else None,

@@ -88,7 +88,15 @@ async def test_chat_completion_and_embedding_match_the_direct_answers(
     d = await direct.chat.completions.create(**kwargs)  # type: ignore[call-overload]
     r = await routed.chat.completions.create(**kwargs)  # type: ignore[call-overload]
     assert r.choices[0].message.content == d.choices[0].message.content
-    assert r.usage == d.usage
+    assert r.usage is not None and d.usage is not None
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (
+        d.usage.prompt_tokens,
+        d.usage.completion_tokens,
+    )
+    # The same pod answered both: the routed request found the direct one's prompt in the prefix cache,
+    # and the router passed the usage details through.
+    assert r.usage.prompt_tokens_details is not None
+    assert r.usage.prompt_tokens_details.cached_tokens
     via_alias = await routed.chat.completions.create(**kwargs | {"model": CHAT_ALIAS})  # type: ignore[call-overload]
     assert via_alias.choices[0].message.content == d.choices[0].message.content
 

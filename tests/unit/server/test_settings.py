@@ -77,3 +77,12 @@ def test_defaults_serve_a_local_tiny_model_on_loopback(monkeypatch: pytest.Monke
 def test_invalid_settings_are_refused(args: list[str]) -> None:
     with pytest.raises((SystemExit, ValueError)):
         parse_settings(args)
+
+
+def test_kv_flags_reach_the_engine() -> None:
+    s = parse_settings(["--model", "m", "--decode-kv", "paged", "--no-enable-prefix-caching"])
+    config = s.engine_config("m")
+    assert (config.decode_kv, config.enable_prefix_caching) == ("paged", False)
+    assert parse_settings(["--model", "m"]).engine_config("m").decode_kv == "auto"
+    with pytest.raises(ValueError, match="'auto', 'slab' or 'paged'"):
+        parse_settings(["--model", "m", "--decode-kv", "dense"])

@@ -1,10 +1,9 @@
-"""The continuous-batching engine: one thread runs the step loop, asyncio consumers get per-request queues.
+"""The continuous-batching engine facade: the ``Engine`` protocol on the event loop, one compute thread.
 
-Each loop iteration: take aborts, run pending embedding micro-batches, admit waiting requests into a
-prefill group (up to ``max_num_seqs`` running), run one prefill chunk of at most
-``max_prefill_tokens`` tokens, then one decode step for every running request. New requests join
-the running batch as soon as their prefill ends; finished or aborted ones leave it at once. All
-outputs of an iteration reach the event loop in a single ``call_soon_threadsafe``.
+Each loop iteration on the engine thread: drop aborted requests, run pending embedding micro-batches,
+ask the scheduler for a step (admission, prefix reuse, block growth, preemption), run its prefill
+chunk and its decode step through the model runner, sample, and emit outputs. All outputs of an
+iteration reach the event loop in a single ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -12,21 +11,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import torch
 
-from modelyard.server.engine.batch import PrefillGroup, RunningBatch, Sequence
+from modelyard.server.engine import memory
+from modelyard.server.engine.blocks import BlockManager
+from modelyard.server.engine.embedder import EmbedJob, run_embeds
 from modelyard.server.engine.guided import GrammarCompiler
 from modelyard.server.engine.loader import LoadedModel
-from modelyard.server.engine.pooling import embed_batch
+from modelyard.server.engine.runner import ModelRunner
 from modelyard.server.engine.sampler import Sampled, SamplingRow, prompt_logprobs, sample
+from modelyard.server.engine.scheduler import Scheduler, Step
+from modelyard.server.engine.sequence import Sequence
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,
@@ -41,22 +42,14 @@ from modelyard.server.engine.types import (
 
 log = logging.getLogger("modelyard.server.engine")
 
-# Embedding micro-batches: at most this many padded tokens / rows per forward.
-EMBED_BATCH_TOKENS = 16384
-EMBED_BATCH_ROWS = 256
-# Share of free GPU memory (measured after load and warm-up) the KV cache may plan for. Well under 1:
-# rebuilding a batch (join/leave/grow) briefly holds the old and new buffers, and activations need room.
-KV_MEMORY_FRACTION = 0.35
+# A decode forward gathers every row to the longest row's length. When the columns the shorter rows
+# would waste exceed this many, they decode in a forward of their own: on the SmolLM-135M shape a
+# padded column costs ~138 KB of KV traffic per step against ~540 MB of weights for an extra forward.
+DECODE_SPLIT_TOKENS = 4096
 
 
 class _Sink(Protocol):
     def put_nowait(self, item: object) -> None: ...
-
-
-@dataclass(eq=False, slots=True)
-class _EmbedJob:
-    inputs: list[list[int]]
-    future: asyncio.Future[list[list[float]]]
 
 
 class TorchEngine:
@@ -65,8 +58,9 @@ class TorchEngine:
     def __init__(
         self, loaded: LoadedModel, config: EngineConfig, kv_budget_tokens: int | None = None
     ) -> None:
-        """``kv_budget_tokens`` caps the KV cache (in padded token slots); by default it is
-        ``max_num_seqs * max_model_len``, further limited on CUDA by free memory at ``start``."""
+        """``kv_budget_tokens`` (or ``config.kv_cache_tokens``) sizes the KV pool in tokens; by default
+        it is planned at ``start``: from ``gpu_memory_utilization`` on CUDA, on CPU
+        ``max_num_seqs * max_model_len`` capped by a share of available memory."""
         self._loaded = loaded
         self._config = config
         self._model = loaded.model
@@ -76,24 +70,38 @@ class TorchEngine:
         pad = loaded.tokenizer.pad_token_id if loaded.tokenizer is not None else None
         self._pad_id = pad if isinstance(pad, int) else 0
         self._keys = itertools.count()
-        self._waiting: collections.deque[Sequence] = collections.deque()
-        self._embed_jobs: collections.deque[_EmbedJob] = collections.deque()
+        self._kv_tokens_requested = kv_budget_tokens or config.kv_cache_tokens
+        self._sliding = memory.has_sliding_window(self._model)
+        # Prefix caching relies on a row's cached and fed tokens being laid out without a gap, which a
+        # prefill group with differing chunk lengths does not guarantee; the sliding-window mask would
+        # notice the gap, so those models compute every prompt in full.
+        self._caching = config.enable_prefix_caching and not self._sliding
+        decode_slab = config.decode_kv == "slab" or (
+            config.decode_kv == "auto" and self._device.type == "cpu"
+        )
+        self._runner = ModelRunner(
+            self._model,
+            self._device,
+            loaded.num_layers,
+            config.block_size,
+            sliding=self._sliding,
+            decode_slab=decode_slab,
+        )
+        # Replaced at start by the planned pool; a placeholder keeps stats() and generate() valid.
+        self._blocks = BlockManager(1, config.block_size, self._caching)
+        self._scheduler = Scheduler(
+            self._blocks, max_num_seqs=config.max_num_seqs, max_prefill_tokens=config.max_prefill_tokens
+        )
+        self._embed_jobs: collections.deque[EmbedJob] = collections.deque()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._dead: BaseException | None = None
-        self._prefill: PrefillGroup | None = None
-        self._running: RunningBatch | None = None
         self._outbox: list[tuple[_Sink, object]] = []
-        self._num_running = 0
-        self._tokens_in_use = 0
-        self._kv_budget = max(1, kv_budget_tokens or config.max_num_seqs * self._max_model_len)
-        self._kv_budget_fixed = kv_budget_tokens is not None
+        self._stats = self._snapshot()
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(config.seed)
-        forward = inspect.signature(self._model.forward).parameters
-        self._logits_kw = "logits_to_keep" in forward
         self.grammar = (
             GrammarCompiler(loaded.tokenizer, self._vocab) if loaded.tokenizer is not None else None
         )
@@ -109,16 +117,14 @@ class TorchEngine:
     def max_model_len(self) -> int:
         return self._max_model_len
 
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self._blocks.num_blocks * self._blocks.block_size
+
     def stats(self) -> EngineStats:
-        """``kv_cache_usage``: tokens held (prompt + generated, running and prefilling requests) over the
-        budget ``max_num_seqs * max_model_len`` the engine is configured for."""
-        return EngineStats(
-            num_running=self._num_running,
-            num_waiting=len(self._waiting),
-            kv_cache_usage=min(1.0, self._tokens_in_use / self._kv_budget),
-            max_num_seqs=self._config.max_num_seqs,
-            max_queue=self._config.max_queue,
-        )
+        """``kv_cache_usage``: share of KV blocks held by requests (cached blocks nobody holds count
+        as free, as in vLLM); prefix counters in prompt tokens."""
+        return self._stats
 
     async def start(self) -> None:
         if self._thread is not None:
@@ -137,6 +143,8 @@ class TorchEngine:
                 "max_queue": self._config.max_queue,
                 "max_prefill_tokens": self._config.max_prefill_tokens,
                 "max_model_len": self._max_model_len,
+                "kv_cache_tokens": self.kv_capacity_tokens,
+                "prefix_caching": self._caching,
             },
         )
 
@@ -160,10 +168,16 @@ class TorchEngine:
                 f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the model's "
                 f"context length ({self._max_model_len})"
             )
+        if len(prompt) + params.max_tokens > self.kv_capacity_tokens:
+            raise PromptTooLongError(
+                f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the KV cache "
+                f"({self.kv_capacity_tokens} tokens)"
+            )
         # Requests that free slots will take at once do not count as queued, so max_queue=0 means
         # "never wait" rather than "refuse everything".
-        free_slots = max(0, self._config.max_num_seqs - self._num_running)
-        if len(self._waiting) >= self._config.max_queue + free_slots:
+        waiting = self._scheduler.waiting
+        free_slots = max(0, self._config.max_num_seqs - self._scheduler.num_running)
+        if len(waiting) >= self._config.max_queue + free_slots:
             raise QueueFullError()
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
@@ -178,8 +192,9 @@ class TorchEngine:
         if params.guided is not None:
             if self.grammar is None:
                 raise EngineError("this model has no tokenizer for constrained decoding")
+            # The matcher lives on the row, so it survives preemption with the rest of the sampling state.
             seq.row.matcher = await self.grammar.matcher(params.guided)  # UnsupportedGrammarError: a 400
-        self._waiting.append(seq)
+        self._scheduler.add(seq)
         self._wakeup.set()
         finished = False
         try:
@@ -215,7 +230,7 @@ class TorchEngine:
         if len(self._embed_jobs) >= self._config.max_queue:
             raise QueueFullError()
         future: asyncio.Future[list[list[float]]] = asyncio.get_running_loop().create_future()
-        self._embed_jobs.append(_EmbedJob(batch, future))
+        self._embed_jobs.append(EmbedJob(batch, future))
         self._wakeup.set()
         return await future
 
@@ -225,58 +240,57 @@ class TorchEngine:
         if self._thread is None or self._stopping:
             raise EngineDeadError("the engine is not running")
 
-    # ----- the step loop (engine thread) -----
+    # ----- start-up (engine thread) -----
 
-    def _forward(self, **kwargs: Any) -> Any:
-        logits_to_keep = kwargs.pop("logits_to_keep", 1)
-        if self._logits_kw:
-            kwargs["logits_to_keep"] = logits_to_keep
-        return self._model(use_cache=True, **kwargs)
-
-    def _size_kv_budget(self) -> None:
-        """On CUDA, fit the KV budget into free memory so load waits in the queue instead of OOMing."""
-        per_token = kv_bytes_per_token(self._model, self._loaded.num_layers)
-        if self._device.type != "cuda" or self._kv_budget_fixed or per_token <= 0:
-            return
-        free, _total = torch.cuda.mem_get_info(self._device)
-        fits = int(free * KV_MEMORY_FRACTION / per_token)
-        if fits < self._kv_budget:
-            self._kv_budget = max(1, fits)
-        if fits < self._max_model_len:
-            log.warning(
-                "free GPU memory holds the KV cache of fewer tokens than max_model_len",
-                extra={"kv_budget_tokens": fits, "max_model_len": self._max_model_len},
+    def _plan_kv(self) -> None:
+        """Size the block pool, then allocate it (lazily per layer, on that layer's device)."""
+        num_layers = self._loaded.num_layers
+        per_token = memory.kv_bytes_per_token(self._model, num_layers)
+        default = self._config.max_num_seqs * self._max_model_len
+        if self._kv_tokens_requested:
+            tokens = self._kv_tokens_requested
+        elif self._device.type == "cuda":
+            devices = memory.layer_devices(self._model, num_layers)
+            per_layer = [per_token // max(1, num_layers)] * num_layers
+            tokens = memory.cuda_kv_tokens(
+                devices,
+                per_layer,
+                self._config.gpu_memory_utilization,
+                lambda: self._runner.profile(self._config.max_prefill_tokens, 1),
             )
+            if tokens < self._max_model_len:
+                log.warning(
+                    "GPU memory holds the KV cache of fewer tokens than max_model_len",
+                    extra={"kv_cache_tokens": tokens, "max_model_len": self._max_model_len},
+                )
+        else:
+            tokens = memory.cpu_kv_tokens(None, default, per_token)
+        size = self._config.block_size
+        num_blocks = max(1, tokens // size)
+        self._blocks = BlockManager(num_blocks, size, self._caching)
+        self._scheduler = Scheduler(
+            self._blocks,
+            max_num_seqs=self._config.max_num_seqs,
+            max_prefill_tokens=self._config.max_prefill_tokens,
+        )
+        self._runner.allocate(num_blocks)
         log.info(
-            "kv budget",
-            extra={"kv_budget_tokens": self._kv_budget, "bytes_per_token": per_token, "free_bytes": free},
+            "kv cache planned",
+            extra={"kv_cache_tokens": num_blocks * size, "block_size": size, "bytes_per_token": per_token},
         )
 
-    def _warmup(self) -> None:
-        # One tiny prefill + decode so the first real request doesn't pay for kernel selection/JIT.
-        with torch.inference_mode():
-            from modelyard.server.engine.kv_cache import BatchKVCache
-
-            cache = BatchKVCache(self._loaded.num_layers)
-            ids = torch.zeros((1, 4), dtype=torch.long, device=self._device)
-            mask = torch.ones_like(ids)
-            pos = torch.arange(4, device=self._device)[None, :]
-            self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
-            self._forward(
-                input_ids=ids[:, :1],
-                attention_mask=torch.ones((1, 5), dtype=torch.long, device=self._device),
-                position_ids=pos[:, :1] + 4,
-                past_key_values=cache,
-            )
+    # ----- the step loop (engine thread) -----
 
     def _run(self, started: asyncio.Future[None]) -> None:
         # All compute, the warm-up included, stays on this one thread: a second thread that runs torch
         # ops keeps its own OpenMP pool alive, and more pooled threads than cores makes libgomp stop
         # spinning between parallel regions, which cost a quarter of decode speed on 2 CPU cores.
         try:
-            if self._loaded.task == "generate":
-                self._warmup()
-                self._size_kv_budget()
+            with torch.inference_mode():
+                if self._loaded.task == "generate":
+                    self._plan_kv()
+                    self._runner.warmup()
+                    self._stats = self._snapshot()
         except BaseException as exc:
             self._dead = exc
             self._announce(started, exc)
@@ -286,20 +300,25 @@ class TorchEngine:
             with torch.inference_mode():
                 while not self._stopping:
                     self._wakeup.clear()
-                    self._take_aborts()
-                    if not (self._waiting or self._prefill or self._running or self._embed_jobs):
-                        self._update_stats()
+                    self._scheduler.drop_aborted()
+                    if not (self._scheduler.has_work() or self._embed_jobs):
+                        self._stats = self._snapshot()
                         self._wakeup.wait()
                         continue
                     if self._embed_jobs:
                         self._run_embeds()
-                    if self._prefill is None:
-                        self._admit()
-                    if self._prefill is not None:
-                        self._guarded(self._prefill_step, self._prefill.seqs, self._drop_prefill)
-                    if self._running is not None:
-                        self._guarded(self._decode_step, self._running.seqs, self._drop_running)
-                    self._update_stats()
+                    step = self._scheduler.schedule()
+                    self._runner.fresh_blocks(self._blocks.take_fresh())
+                    if step.preempted and log.isEnabledFor(logging.INFO):
+                        log.info(
+                            "KV cache full: requests preempted, to be recomputed",
+                            extra={"request_ids": [s.request.request_id for s in step.preempted]},
+                        )
+                    if step.prefill:
+                        self._guarded(self._prefill_step, step, [s for s, _ in step.prefill])
+                    if step.decode:
+                        self._guarded(self._decode_step, step, step.decode)
+                    self._stats = self._snapshot()
                     self._flush()
             self._fail_everything(EngineDeadError("the engine was stopped"))
         except BaseException as exc:
@@ -312,10 +331,10 @@ class TorchEngine:
         batch: list[tuple[_Sink, object]] = [(_FutureSink(started), outcome)]
         self._loop.call_soon_threadsafe(_deliver, batch)
 
-    def _guarded(self, step: Callable[[], None], affected: list[Sequence], reset: Callable[[], None]) -> None:
+    def _guarded(self, run: Callable[[Step], None], step: Step, affected: list[Sequence]) -> None:
         """Run a step; if it raises, fail only the requests it was working on and keep the loop alive."""
         try:
-            step()
+            run(step)
         except Exception as exc:
             log.exception("engine step failed", extra={"requests": [s.request.request_id for s in affected]})
             error = EngineError(f"generation failed: {exc}")
@@ -323,13 +342,7 @@ class TorchEngine:
                 if not seq.finished:
                     seq.finished = True
                     self._emit(seq, error)
-            reset()
-
-    def _drop_prefill(self) -> None:
-        self._prefill = None
-
-    def _drop_running(self) -> None:
-        self._running = None
+                self._scheduler.finish(seq)
 
     def _emit(self, seq: Sequence, item: object) -> None:
         if not seq.aborted:
@@ -343,23 +356,26 @@ class TorchEngine:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_deliver, batch)
 
-    def _update_stats(self) -> None:
-        seqs: list[Sequence] = []
-        if self._prefill is not None:
-            seqs += self._prefill.seqs
-        if self._running is not None:
-            seqs += self._running.seqs
-        self._num_running = len(seqs)
-        self._tokens_in_use = sum(s.num_tokens for s in seqs)
+    def _snapshot(self) -> EngineStats:
+        blocks, scheduler = self._blocks, self._scheduler
+        return EngineStats(
+            num_running=scheduler.num_running,
+            num_waiting=len(scheduler.waiting),
+            kv_cache_usage=blocks.usage(),
+            max_num_seqs=self._config.max_num_seqs,
+            max_queue=self._config.max_queue,
+            prefix_cache_queries=scheduler.prefix_queries,
+            prefix_cache_hits=scheduler.prefix_hits,
+            kv_blocks_used=blocks.num_used,
+            kv_blocks_total=blocks.num_blocks,
+            num_preemptions=scheduler.num_preemptions,
+        )
 
     def _fail_everything(self, error: EngineError) -> None:
-        seqs = list(self._waiting)
-        self._waiting.clear()
-        for group in (self._prefill, self._running):
-            if group is not None:
-                seqs += group.seqs
-        self._prefill = self._running = None
+        seqs = list(self._scheduler.waiting) + list(self._scheduler.running)
+        self._scheduler.waiting.clear()
         for seq in seqs:
+            self._scheduler.finish(seq)
             if not seq.finished:
                 seq.finished = True
                 self._emit(seq, error)
@@ -367,142 +383,66 @@ class TorchEngine:
             job = self._embed_jobs.popleft()
             if self._loop is not None:
                 self._outbox.append((_FutureSink(job.future), error))
-        self._num_running = 0
-        self._tokens_in_use = 0
+        self._stats = self._snapshot()
         self._flush()
 
-    def _take_aborts(self) -> None:
-        if self._waiting and any(s.aborted for s in self._waiting):
-            kept = [s for s in self._waiting if not s.aborted]
-            # Rebuild in place: generate() only appends, and appends during this are kept by re-checking.
-            for _ in range(len(self._waiting)):
-                self._waiting.popleft()
-            self._waiting.extendleft(reversed(kept))
-        if self._running is not None:
-            keep = [i for i, s in enumerate(self._running.seqs) if not s.aborted and not s.finished]
-            if len(keep) < len(self._running.seqs):
-                if keep:
-                    self._running.keep_rows(keep)
-                else:
-                    self._running = None
-        if self._prefill is not None and all(s.aborted for s in self._prefill.seqs):
-            self._prefill = None
-
-    def _admit(self) -> None:
-        running_seqs = self._running.seqs if self._running is not None else []
-        room = self._config.max_num_seqs - len(running_seqs)
-        budget = self._config.max_prefill_tokens
-        # The padded cache holds rows x longest row; bound it by what every row may grow to.
-        longest = max((_final_length(s) for s in running_seqs), default=0)
-        chosen: list[Sequence] = []
-        width = 0
-        while self._waiting and len(chosen) < room:
-            seq = self._waiting[0]
-            if seq.aborted:
-                self._waiting.popleft()
-                continue
-            new_width = max(width, seq.num_prompt_tokens)
-            # Prefill rows together while the padded group fits one chunk; a long prompt goes alone.
-            if chosen and new_width * (len(chosen) + 1) > budget:
-                break
-            new_longest = max(longest, _final_length(seq))
-            rows = len(running_seqs) + len(chosen) + 1
-            if rows * new_longest > self._kv_budget and (running_seqs or chosen):
-                break  # waits for memory; a lone request always runs so nothing deadlocks
-            longest = new_longest
-            self._waiting.popleft()
-            chosen.append(seq)
-            width = new_width
-        if not chosen:
-            return
-        for seq in chosen:
-            seq.row.prepare(self._vocab, self._device)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "prefill group admitted",
-                extra={
-                    "request_ids": [s.request.request_id for s in chosen],
-                    "running": len(running_seqs),
-                    "waiting": len(self._waiting),
-                    "prompt_tokens": [s.num_prompt_tokens for s in chosen],
-                },
-            )
-        self._prefill = PrefillGroup.build(chosen, self._loaded.num_layers, budget, self._device)
-
-    def _prefill_step(self) -> None:
-        group = self._prefill
-        assert group is not None
-        start, end = group.next_span()
-        want_prompt_lp = [s.request.params.prompt_logprobs for s in group.seqs]
-        any_prompt_lp = any(w is not None for w in want_prompt_lp)
-        out = self._forward(
-            input_ids=group.input_ids[:, start:end],
-            attention_mask=group.mask[:, :end],
-            position_ids=group.positions[:, start:end],
-            past_key_values=group.cache,
-            logits_to_keep=0 if any_prompt_lp else 1,
-        )
-        group.done = end
-        logits = out.logits
+    def _prefill_step(self, step: Step) -> None:
+        rows = step.prefill
+        seqs = [s for s, _ in rows]
+        for seq in seqs:
+            seq.row.prepare(self._vocab, self._device)  # once per request; kept across preemption
+        want_prompt_lp = [s.wants_prompt_logprobs for s in seqs]
+        any_prompt_lp = any(want_prompt_lp)
+        fed = [s.tokens[s.num_computed : s.num_computed + n] for s, n in rows]
+        starts = [s.num_computed for s in seqs]
+        logits = self._runner.prefill([s.block_ids for s in seqs], starts, fed, all_logits=any_prompt_lp)
         if any_prompt_lp:
-            self._collect_prompt_logprobs(group, logits, start, end)
-        if end < group.width:
+            for i, (seq, n) in enumerate(rows):
+                if want_prompt_lp[i]:
+                    self._collect_prompt_logprobs(seq, logits[i, logits.shape[1] - n :], starts[i])
+        done: list[int] = []
+        for i, (seq, n) in enumerate(rows):
+            self._scheduler.computed(seq, n)
+            if seq.num_pending == 0:
+                done.append(i)
+        if not done:
             return
-        self._prefill = None
-        last = logits[:, -1]
-        rows = [s.row for s in group.seqs]
-        sampled = sample(last, rows, self._generator)
-        first_tokens = torch.tensor([s.token_id for s in sampled], device=self._device)
-        keep = [i for i, seq in enumerate(group.seqs) if self._advance(seq, sampled[i])]
-        if not keep:
-            return
-        joined = RunningBatch.from_group(group, keep, first_tokens)
-        if self._running is None:
-            self._running = joined
-        else:
-            self._running.extend(joined)
+        index = torch.tensor(done, device=logits.device)
+        last = logits[:, -1].index_select(0, index)
+        finished = [seqs[i] for i in done]
+        self._sample_and_advance(last, finished)
 
-    def _collect_prompt_logprobs(
-        self, group: PrefillGroup, logits: torch.Tensor, start: int, end: int
-    ) -> None:
-        for i, seq in enumerate(group.seqs):
-            top_n = seq.request.params.prompt_logprobs
-            if top_n is None:
-                continue
-            if seq.prompt_logprobs is None:
-                seq.prompt_logprobs = [None]  # the first prompt token has no logprob
-            prompt = seq.request.prompt_token_ids
-            pad = group.pads[i]
-            # Column j predicts prompt token (j - pad + 1); keep columns whose target is in the prompt.
-            cols = [j for j in range(max(start, pad), end) if j - pad + 1 < len(prompt)]
-            if not cols:
-                continue
-            targets = [prompt[j - pad + 1] for j in cols]
-            index = torch.tensor([j - start for j in cols], device=logits.device)
-            seq.prompt_logprobs.extend(prompt_logprobs(logits[i].index_select(0, index), targets, top_n))
-
-    def _decode_step(self) -> None:
-        batch = self._running
-        assert batch is not None
-        ones = torch.ones((len(batch.seqs), 1), dtype=batch.mask.dtype, device=self._device)
-        mask = torch.cat([batch.mask, ones], dim=1)
-        out = self._forward(
-            input_ids=batch.last_tokens[:, None],
-            attention_mask=mask,
-            position_ids=batch.next_positions[:, None],
-            past_key_values=batch.cache,
-        )
-        batch.mask = mask
-        batch.next_positions = batch.next_positions + 1
-        sampled = sample(out.logits[:, -1], [s.row for s in batch.seqs], self._generator)
-        batch.last_tokens = torch.tensor([s.token_id for s in sampled], device=self._device)
-        keep = [i for i, seq in enumerate(batch.seqs) if self._advance(seq, sampled[i])]
-        if len(keep) == len(batch.seqs):
+    def _collect_prompt_logprobs(self, seq: Sequence, logits: torch.Tensor, start: int) -> None:
+        """``logits[k]`` follows prompt token ``start + k``, so it predicts token ``start + k + 1``."""
+        top_n = seq.request.params.prompt_logprobs
+        assert top_n is not None
+        if seq.prompt_logprobs is None:
+            seq.prompt_logprobs = [None]  # the first prompt token has no logprob
+        prompt = seq.request.prompt_token_ids
+        count = min(logits.shape[0], len(prompt) - 1 - start)
+        if count <= 0:
             return
-        if keep:
-            batch.keep_rows(keep)
-        else:
-            self._running = None
+        targets = prompt[start + 1 : start + 1 + count]
+        seq.prompt_logprobs.extend(prompt_logprobs(logits[:count], targets, top_n))
+
+    def _decode_step(self, step: Step) -> None:
+        self._runner.begin_decode()
+        for seqs in decode_groups(step.decode, DECODE_SPLIT_TOKENS):
+            logits = self._runner.decode(
+                [s.block_ids for s in seqs],
+                [s.num_computed for s in seqs],
+                [s.tokens[-1] for s in seqs],
+                keys=tuple(s.key for s in seqs),
+            )
+            for seq in seqs:
+                self._scheduler.computed(seq, 1)
+            self._sample_and_advance(logits, seqs)
+
+    def _sample_and_advance(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        sampled = sample(logits, [s.row for s in seqs], self._generator)
+        for seq, token in zip(seqs, sampled, strict=True):
+            if not self._advance(seq, token):
+                self._scheduler.finish(seq)
 
     def _advance(self, seq: Sequence, sampled: Sampled) -> bool:
         """Record one sampled token for ``seq``, emit its output; True while the request goes on."""
@@ -522,6 +462,7 @@ class TorchEngine:
         else:
             seq.row.record(token)
             seq.output_token_ids.append(token)
+            seq.tokens.append(token)
             new_tokens = (token,)
             if sampled.logprob is not None:
                 logprobs = (sampled.logprob,)
@@ -539,6 +480,7 @@ class TorchEngine:
                 prompt_logprobs=tuple(seq.prompt_logprobs)
                 if first and seq.prompt_logprobs is not None
                 else None,
+                num_cached_tokens=seq.num_cached_tokens,
             ),
         )
         if reason is not None:
@@ -550,7 +492,9 @@ class TorchEngine:
                         "request_id": seq.request.request_id,
                         "finish_reason": reason,
                         "prompt_tokens": seq.num_prompt_tokens,
+                        "cached_tokens": seq.num_cached_tokens,
                         "generated_tokens": len(seq.output_token_ids),
+                        "preemptions": seq.num_preemptions,
                     },
                 )
             return False
@@ -560,56 +504,29 @@ class TorchEngine:
         jobs = list(self._embed_jobs)
         for _ in jobs:
             self._embed_jobs.popleft()
-        flat = [(j, k, ids) for j, job in enumerate(jobs) for k, ids in enumerate(job.inputs)]
-        flat.sort(key=lambda item: len(item[2]))  # similar lengths together: less padding
-        results: list[list[list[float] | None]] = [[None] * len(job.inputs) for job in jobs]
-        failed: dict[int, Exception] = {}
-        for chunk in _micro_batches(flat):
-            try:
-                vectors = embed_batch(self._model, [ids for _, _, ids in chunk], self._pad_id, self._device)
-                for (j, k, _), vec in zip(chunk, vectors.tolist(), strict=True):
-                    results[j][k] = vec
-            except Exception as exc:
-                log.exception("embedding batch failed")
-                for j, _, _ in chunk:
-                    failed[j] = exc
-        for j, job in enumerate(jobs):
+        for job, result in zip(jobs, run_embeds(self._model, jobs, self._pad_id, self._device), strict=True):
             sink = _FutureSink(job.future)
-            if j in failed:
-                self._outbox.append((sink, EngineError(f"embedding failed: {failed[j]}")))
+            if isinstance(result, Exception):
+                self._outbox.append((sink, EngineError(f"embedding failed: {result}")))
             else:
-                self._outbox.append((sink, [v for v in results[j] if v is not None]))
+                self._outbox.append((sink, result))
         self._flush()
 
 
-def _final_length(seq: Sequence) -> int:
-    return seq.num_prompt_tokens + seq.request.params.max_tokens
-
-
-def kv_bytes_per_token(model: torch.nn.Module, num_layers: int) -> int:
-    """KV bytes one token costs across all layers (standard multi-head / grouped-query attention)."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None)
-    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
-    if not heads or not hidden or not num_layers:
-        return 0
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or hidden // heads
-    element = next(model.parameters()).element_size()
-    return int(2 * num_layers * kv_heads * head_dim * element)
-
-
-def _micro_batches(items: list[tuple[int, int, list[int]]]) -> Iterable[list[tuple[int, int, list[int]]]]:
-    chunk: list[tuple[int, int, list[int]]] = []
-    for item in items:
-        width = max(len(item[2]), max((len(c[2]) for c in chunk), default=0))
-        if chunk and (width * (len(chunk) + 1) > EMBED_BATCH_TOKENS or len(chunk) >= EMBED_BATCH_ROWS):
-            yield chunk
-            chunk = []
-        chunk.append(item)
-    if chunk:
-        yield chunk
+def decode_groups(seqs: list[Sequence], split_tokens: int) -> list[list[Sequence]]:
+    """Rows by length, longest first, cut where keeping the shorter rest in the group would pad it by
+    more than ``split_tokens`` columns in all (one long conversation among many short requests)."""
+    ordered = sorted(seqs, key=lambda s: s.num_computed, reverse=True)
+    groups: list[list[Sequence]] = []
+    for index, seq in enumerate(ordered):
+        if groups:
+            longest = groups[-1][0].num_computed
+            waste = (len(ordered) - index) * (longest - seq.num_computed)
+            if waste <= split_tokens:
+                groups[-1].append(seq)
+                continue
+        groups.append([seq])
+    return groups
 
 
 class _FutureSink:

@@ -92,7 +92,8 @@ class GenerationOutput:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0  # cumulative, including this output's tokens
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
-    # Prompt tokens whose KV came from the prefix cache instead of being computed (0 without one).
+    # Prompt tokens whose KV came from the prefix cache instead of being computed (0 without one);
+    # the serving layer reports them as usage.prompt_tokens_details.cached_tokens.
     num_cached_tokens: int = 0
 
 
@@ -100,9 +101,15 @@ class GenerationOutput:
 class EngineStats:
     num_running: int
     num_waiting: int
-    kv_cache_usage: float  # 0..1, share of the KV budget in use
+    kv_cache_usage: float  # 0..1, share of KV blocks held by requests
     max_num_seqs: int
     max_queue: int
+    # Cumulative, in prompt tokens, as vLLM v1 counts them: looked up / found in the prefix cache.
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    num_preemptions: int = 0  # cumulative
 
 
 class EngineError(Exception):
@@ -158,6 +165,7 @@ class Engine(Protocol):
 
 Task = Literal["generate", "embed"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+DecodeKV = Literal["auto", "slab", "paged"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -177,6 +185,13 @@ class EngineConfig:
     trust_remote_code: bool = False
     hf_token: str | None = None
     seed: int = 0
+    enable_prefix_caching: bool = True  # reuse the KV of shared prompt prefixes (off for sliding windows)
+    gpu_memory_utilization: float = 0.9  # CUDA: share of device memory for weights+activations+KV
+    kv_cache_tokens: int | None = None  # KV pool size in tokens; None: planned (see engine/memory.py)
+    block_size: int = 16  # tokens per KV block
+    # Decode attention reads: "slab" a per-group working copy appended a column per step, "paged" the
+    # history gathered from the block pool every step; "auto": slab on CPU, paged elsewhere.
+    decode_kv: DecodeKV = "auto"
     # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
     tensor_parallel_size: int | None = None
 

@@ -137,20 +137,6 @@ async def test_a_zero_queue_serves_while_slots_are_free_and_refuses_when_full(ma
     await second.aclose()  # type: ignore[attr-defined]
 
 
-async def test_requests_wait_for_kv_budget_instead_of_overcommitting_it(make_engine) -> None:
-    # Each request may grow to 10 + 40 = 50 tokens; a 100-token budget runs two at a time.
-    engine = await make_engine(kv_budget_tokens=100)
-    streams = [engine.generate(request(prompt_of(10, i), max_tokens=40, ignore_eos=True)) for i in range(3)]
-    first_outputs = [asyncio.create_task(s.__anext__()) for s in streams]
-    await wait_until(lambda: sum(t.done() for t in first_outputs) == 2)
-    assert (engine.stats().num_running, engine.stats().num_waiting) == (2, 1)
-    done = next(i for i, t in enumerate(first_outputs) if t.done())
-    await streams[done].aclose()  # type: ignore[attr-defined]
-    await wait_until(lambda: all(t.done() for t in first_outputs))
-    for s in streams:
-        await s.aclose()  # type: ignore[attr-defined]
-
-
 async def test_prompt_plus_max_tokens_over_the_context_is_rejected(make_engine) -> None:
     engine = await make_engine(max_model_len=64)
     with pytest.raises(PromptTooLongError):

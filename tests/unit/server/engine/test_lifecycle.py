@@ -20,13 +20,13 @@ async def test_warm_up_and_generation_run_on_the_engine_thread_only(
     loaded = loaded_models["llama"]
     engine = TorchEngine(loaded, EngineConfig(model=loaded.name, device="cpu"))
     threads: set[str] = set()
-    forward = engine._forward
+    forward = engine._runner._forward
 
-    def recording_forward(**kwargs: Any) -> Any:
+    def recording_forward(*args: Any, **kwargs: Any) -> Any:
         threads.add(threading.current_thread().name)
-        return forward(**kwargs)
+        return forward(*args, **kwargs)
 
-    engine._forward = recording_forward  # type: ignore[method-assign]
+    engine._runner._forward = recording_forward  # type: ignore[method-assign]
     await engine.start()
     try:
         assert threads == {"modelyard-engine"}, "warm-up ran elsewhere"
@@ -40,10 +40,10 @@ async def test_a_failed_warm_up_fails_start_and_later_requests(loaded_models: di
     loaded = loaded_models["llama"]
     engine = TorchEngine(loaded, EngineConfig(model=loaded.name, device="cpu"))
 
-    def broken_forward(**kwargs: Any) -> Any:
+    def broken_forward(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
-    engine._forward = broken_forward  # type: ignore[method-assign]
+    engine._runner._forward = broken_forward  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="device-side assert"):
         await engine.start()
     with pytest.raises(EngineDeadError):

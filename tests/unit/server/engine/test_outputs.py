@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelyard.server.engine import EngineDeadError, EngineError, LoadedModel
-from modelyard.server.engine.engine import kv_bytes_per_token
+from modelyard.server.engine.memory import kv_bytes_per_token
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 pytestmark = pytest.mark.model
@@ -72,16 +72,16 @@ async def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(
     make_engine, monkeypatch
 ) -> None:
     engine = await make_engine()
-    real_forward = engine._forward
+    real_forward = engine._runner._forward
     calls = {"n": 0}
 
-    def flaky(**kwargs: object) -> object:
+    def flaky(*args: object, **kwargs: object) -> object:
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return real_forward(**kwargs)
+        return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_forward", flaky)
+    monkeypatch.setattr(engine._runner, "_forward", flaky)
     with pytest.raises(EngineError, match="boom"):
         await run(engine, prompt_of(5), max_tokens=10, ignore_eos=True)
     assert len(tokens(await run(engine, prompt_of(5), max_tokens=4, ignore_eos=True))) == 4
@@ -94,7 +94,7 @@ async def test_a_dead_loop_answers_engine_dead(make_engine, monkeypatch) -> None
     def die() -> None:
         raise SystemError("loop broke")
 
-    monkeypatch.setattr(engine, "_admit", die)
+    monkeypatch.setattr(engine._scheduler, "schedule", die)
     with pytest.raises(EngineDeadError):
         await run(engine, prompt_of(5), max_tokens=3)
     with pytest.raises(EngineDeadError):

@@ -1,0 +1,172 @@
+"""The model runner: turns a step's rows (block tables, cached counts, tokens to feed) into one forward
+over the paged KV pool and returns the logits the sampler needs. Runs on the engine thread only."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from modelyard.server.engine.decode_slab import GroupSlab, SlabCache
+from modelyard.server.engine.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
+
+PAD_TOKEN_ID = 0  # any valid id: padded columns are masked out
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        num_layers: int,
+        block_size: int,
+        sliding: bool,
+        decode_slab: bool = False,
+    ) -> None:
+        """``decode_slab``: decode over a per-group working copy appended a column per step
+        (``decode_slab.py``) instead of gathering the history from the pool every step."""
+        self.model = model
+        self.device = device
+        self.num_layers = num_layers
+        self.block_size = block_size
+        self.decode_slab = decode_slab
+        # Block-granular gathers put a row's last token before the last column; only a sliding
+        # window's mask minds, so those models gather token by token.
+        self.gather_blocks = not sliding and not decode_slab
+        self.pool: KVPool | None = None
+        # Working copies of the decode groups of the previous step and of this one.
+        self._slabs: dict[tuple[int, ...], GroupSlab] = {}
+        self._next_slabs: dict[tuple[int, ...], GroupSlab] = {}
+        self._to_clear: list[int] = []
+        self._logits_kw = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def allocate(self, num_blocks: int) -> None:
+        self.pool = KVPool(self.num_layers, num_blocks, self.block_size)
+
+    def fresh_blocks(self, blocks: list[int]) -> None:
+        """Blocks newly handed out: cleared on the next forward if this runner gathers whole blocks
+        (their unwritten tail is read, masked, and must not hold NaN)."""
+        if self.gather_blocks:
+            self._to_clear.extend(blocks)
+
+    def _take_clear(self) -> torch.Tensor | None:
+        if not self._to_clear:
+            return None
+        size = self.block_size
+        blocks = torch.tensor(sorted(set(self._to_clear)), dtype=torch.long, device=self.device)
+        self._to_clear = []
+        return (blocks[:, None] * size + torch.arange(size, device=self.device)[None, :]).reshape(-1)
+
+    def _forward(self, logits_to_keep: int, **kwargs: Any) -> torch.Tensor:
+        if self._logits_kw:
+            kwargs["logits_to_keep"] = logits_to_keep
+        logits: torch.Tensor = self.model(use_cache=True, **kwargs).logits
+        return logits
+
+    def prefill(
+        self,
+        block_tables: list[list[int]],
+        num_cached: list[int],
+        new_tokens: list[list[int]],
+        all_logits: bool = False,
+    ) -> torch.Tensor:
+        """Feed each row its ``new_tokens`` after its ``num_cached`` cached ones; logits ``[B, K, vocab]``
+        for the last ``K`` columns (K = 1, or every fed column when ``all_logits``). A row's fed tokens
+        are its last columns."""
+        assert self.pool is not None
+        num_new = [len(t) for t in new_tokens]
+        width = max(num_new)
+        ids = torch.tensor(
+            [[PAD_TOKEN_ID] * (width - len(t)) + t for t in new_tokens], dtype=torch.long, device=self.device
+        )
+        layout, mask, positions = build_layout(
+            block_tables, num_cached, num_new, self.block_size, self.pool.num_slots, self.device
+        )
+        layout.clear = self._take_clear()
+        return self._forward(
+            0 if all_logits else 1,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=PagedCache(self.pool, layout),
+        )
+
+    def begin_decode(self) -> None:
+        """Start an engine step's decode: working copies of groups that do not decode again are dropped."""
+        self._slabs, self._next_slabs = self._next_slabs, {}
+
+    def decode(
+        self,
+        block_tables: list[list[int]],
+        num_cached: list[int],
+        last_tokens: list[int],
+        keys: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
+        """One token per row; logits ``[B, vocab]``. ``keys`` name the rows (request keys) so that
+        the same group can reuse its working copy on the next step."""
+        assert self.pool is not None
+        if self.decode_slab and keys is not None:
+            return self._decode_on_slab(block_tables, num_cached, last_tokens, keys)
+        if not self.gather_blocks:
+            return self.prefill(block_tables, num_cached, [[t] for t in last_tokens])[:, -1]
+        layout, mask, positions = build_decode_layout(
+            block_tables, num_cached, self.block_size, self.pool.num_slots, self.device
+        )
+        layout.clear = self._take_clear()
+        ids = torch.tensor(last_tokens, dtype=torch.long, device=self.device)[:, None]
+        logits = self._forward(
+            1,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=PagedCache(self.pool, layout),
+        )
+        return logits[:, -1]
+
+    def _decode_on_slab(
+        self,
+        block_tables: list[list[int]],
+        num_cached: list[int],
+        last_tokens: list[int],
+        keys: tuple[int, ...],
+    ) -> torch.Tensor:
+        assert self.pool is not None
+        slab = self._slabs.pop(keys, None)
+        if slab is None or not slab.matches(keys, num_cached):
+            slab = GroupSlab.gather_plan(keys, block_tables, num_cached, self.num_layers, self.device)
+        size = self.block_size
+        write = [t[n // size] * size + n % size for t, n in zip(block_tables, num_cached, strict=True)]
+        ones = torch.ones((len(keys), 1), dtype=slab.mask.dtype, device=self.device)
+        mask = torch.cat([slab.mask, ones], dim=1)
+        logits = self._forward(
+            1,
+            input_ids=torch.tensor(last_tokens, dtype=torch.long, device=self.device)[:, None],
+            attention_mask=mask,
+            position_ids=torch.tensor(num_cached, dtype=torch.long, device=self.device)[:, None],
+            past_key_values=SlabCache(self.pool, slab, write),
+        )
+        slab.mask = mask
+        slab.advanced(block_tables)
+        self._next_slabs[keys] = slab
+        return logits[:, -1]
+
+    def warmup(self) -> None:
+        """One tiny prefill + decode (on blocks 1-2 of the pool) so the first real request doesn't pay
+        for kernel selection/JIT."""
+        assert self.pool is not None
+        size = self.block_size
+        table = [[1, 2]] if self.pool.num_slots >= 3 * size else [[1]]
+        first = min(4, size * len(table[0]) - 1)
+        self.prefill(table, [0], [[0] * first])
+        self.decode(table, [first], [0], keys=(-1,))
+        self._slabs.clear()
+        self._next_slabs.clear()
+
+    def profile(self, tokens: int, rows: int) -> None:
+        """A forward as large as a step may be, without KV, so its activations show in the peak."""
+        width = max(1, tokens // max(1, rows))
+        ids = torch.zeros((max(1, rows), width), dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = {"logits_to_keep": 1} if self._logits_kw else {}
+        out = self.model(input_ids=ids, use_cache=False, **kwargs)
+        del out

@@ -1,0 +1,72 @@
+"""One generation request as the scheduler and the model runner see it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from modelyard.server.engine.blocks import BlockHash
+from modelyard.server.engine.sampler import SamplingRow
+from modelyard.server.engine.types import GenerationRequest, TokenLogprob
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """A request's tokens, its KV blocks and how many of its tokens those blocks hold.
+
+    ``tokens`` is prompt + generated. ``num_computed`` tokens have keys/values in ``block_ids``; the
+    rest are fed to the next forward. A decoding request has exactly one token not computed (the last
+    sampled one). Preemption drops the blocks and sets ``num_computed`` to 0: the request is prefilled
+    again later over prompt + generated tokens, while ``row`` (penalties, seeded generator, grammar
+    state) and the outputs already sent stay as they are.
+    """
+
+    key: int
+    request: GenerationRequest
+    sink: asyncio.Queue[object]
+    row: SamplingRow
+    tokens: list[int] = field(default_factory=list)
+    output_token_ids: list[int] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    aborted: bool = False
+    finished: bool = False
+    block_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    # Chained names of the full blocks of ``tokens`` (computed lazily, kept across preemption).
+    block_hashes: list[BlockHash] = field(default_factory=list)
+    # How many of ``block_ids`` are registered in the prefix index (or were found there).
+    num_registered: int = 0
+    # Prompt tokens whose KV came from the prefix cache at first admission (reported in usage).
+    num_cached_tokens: int = 0
+    running: bool = False  # admitted: holds blocks (or is about to)
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            self.tokens = list(self.request.prompt_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens not yet in the KV cache: 1 while decoding, more while (re)prefilling."""
+        return len(self.tokens) - self.num_computed
+
+    @property
+    def prefilling(self) -> bool:
+        return self.num_pending > 1 or self.num_computed == 0
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Prompt logprobs still to compute: asked for, and the first output not sent yet."""
+        return (
+            self.request.params.prompt_logprobs is not None
+            and not self.output_token_ids
+            and not (self.row.num_generated)
+        )
