@@ -129,9 +129,10 @@ def open_stack(
         },
     )
     port = free_port()
-    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_URLS"] = f'["http://127.0.0.1:{port}"]'
+    # /metrics and /autoscaler/load have their own port; never the shared default 9090 in tests.
+    metrics_port = free_port()
+    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_URLS"] = f'["http://127.0.0.1:{metrics_port}"]'
     operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_POLL_SECONDS"] = "0.25"
-    metrics_port = free_port()  # /metrics has its own port; never the shared default 9090 in tests
     router = Proc(
         [sys.executable, "-m", "modelyard.router"],
         port,

@@ -1,10 +1,11 @@
 """The load signal: requests in flight (and held) per LLMModel, summed over every router.
 
-Each router answers ``GET /autoscaler/load`` with its own counts (router/app.py). One task polls every
-router each ``autoscaler_poll_seconds`` and keeps, per model, the samples of the last
-``HISTORY_S`` seconds; after each round it wakes the per-model loops, so a request held for a model at
-zero replicas reaches a decision within one poll interval. A round in which any router did not answer
-records nothing: a partial sum would look like a drop in load and scale down.
+Each router answers ``GET /autoscaler/load`` on its metrics port (not its API port: an internal signal)
+with its own counts (router/app.py). One task polls every router each ``autoscaler_poll_seconds`` and
+keeps, per model, the samples of the last ``HISTORY_S`` seconds; after each round it wakes the
+per-model loops, so a request held for a model at zero replicas reaches a decision within one poll
+interval. A round in which any router did not answer records nothing: a partial sum would look like a
+drop in load and scale down.
 """
 
 from __future__ import annotations
