@@ -32,9 +32,12 @@ SERVER_PORT = 8000
 # the LLMModel's name (see operator builders); the router joins slices to models by this label.
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 
-# The router's one port (OpenAI API, /metrics, /healthz, /readyz) and the Service port the chart exposes.
+# The router's API port (OpenAI API, /healthz, /readyz) and the Service port the chart exposes.
 ROUTER_PORT_NAME = "http"
 ROUTER_PORT = 8080
+# The router's internal port (/metrics, /autoscaler/load): the name of its Service port, by which the
+# operator's autoscaler finds it on the router pods' EndpointSlices.
+ROUTER_METRICS_PORT_NAME = "metrics"
 
 # On a cache PVC kept when its LLMModel is deleted (spec.cache.retain): no owner reference, this label.
 LABEL_RETAIN = f"{GROUP}/retain"

@@ -64,7 +64,9 @@ class Runtime:
         if target and time.monotonic() - self._service_read_at >= ROUTER_SERVICE_REFRESH_S:
             namespace, _, name = target.partition("/")
             try:
-                self._service_urls = await self.kube.service_endpoints(namespace, name, md.ROUTER_PORT_NAME)
+                self._service_urls = await self.kube.service_endpoints(
+                    namespace, name, md.ROUTER_METRICS_PORT_NAME
+                )
                 self._service_read_at = time.monotonic()
             except (ApiError, TransientError) as exc:
                 logging.getLogger(__name__).warning("cannot list the routers of %s: %s", target, exc)

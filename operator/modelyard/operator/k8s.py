@@ -114,7 +114,8 @@ class Kube:
         metrics.API_WRITES.labels(verb="patch", resource="LLMModel/status").inc()
 
     async def service_endpoints(self, namespace: str, service: str, port_name: str) -> list[str]:
-        """Base URLs (http://ip:port) of a Service's ready endpoints, from its EndpointSlices."""
+        """Base URLs (http://ip:port) of a Service's ready endpoints on its port ``port_name``, from its
+        EndpointSlices. None where no port has that name: another port serves other paths."""
         from lightkube.resources.discovery_v1 import EndpointSlice
 
         urls: list[str] = []
@@ -122,8 +123,7 @@ class Kube:
             async for sl in self.client.list(
                 EndpointSlice, namespace=namespace, labels={"kubernetes.io/service-name": service}
             ):
-                ports = sl.ports or []
-                port = next((p.port for p in ports if p.name == port_name), ports[0].port if ports else None)
+                port = next((p.port for p in sl.ports or [] if p.name == port_name), None)
                 for ep in sl.endpoints or []:
                     conditions = ep.conditions
                     if port is None or (conditions is not None and conditions.ready is False):

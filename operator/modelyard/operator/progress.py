@@ -16,7 +16,6 @@ it reports nothing, like an unreachable pod.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +28,7 @@ from modelyard.api import metadata as md
 from modelyard.api.llmmodel import Phase
 from modelyard.operator.builders.engines import ENGINE_ANNOTATION, engine_builder
 from modelyard.operator.observed import Key, ObservedState
+from modelyard.operator.poller import Poller
 from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.status import view_pod
 
@@ -85,7 +85,7 @@ def _probe_path(pod: Mapping[str, Any]) -> tuple[str, bool]:
     return builder.health_path, False
 
 
-class ProgressProber:
+class ProgressProber(Poller):
     def __init__(
         self,
         state: ObservedState,
@@ -93,19 +93,16 @@ class ProgressProber:
         settings: OperatorSettings,
         fetch: Fetch | None = None,
     ) -> None:
+        super().__init__(settings.progress_interval_seconds, timeout_s=2, what="load progress probe")
         self._state = state
         self._on_change = on_change
         self._settings = settings
         self._fetch = fetch
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def _http_fetch(self, ip: str, path: str) -> tuple[int, Mapping[str, Any] | None] | None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         url = f"http://{ip}:{md.SERVER_PORT}{path}"
         try:
-            async with self._session.get(url) as resp:
+            async with self._client().get(url) as resp:
                 status = resp.status
                 try:
                     body = await resp.json(content_type=None)
@@ -149,25 +146,5 @@ class ProgressProber:
                     self._state.progress.pop(key, None)
                 self._on_change(key)
 
-    async def _run(self) -> None:
-        interval = self._settings.progress_interval_seconds
-        while True:
-            try:
-                await self.probe_once()
-            except Exception as exc:
-                log.warning("load progress probe failed: %s", exc)
-            await asyncio.sleep(interval)
-
-    def start(self) -> None:
-        if self._settings.progress_interval_seconds > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    async def _round(self) -> None:
+        await self.probe_once()

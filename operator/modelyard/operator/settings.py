@@ -118,13 +118,15 @@ class OperatorSettings(BaseSettings):
     )
     autoscaler_router_urls: list[str] = Field(
         default_factory=list,
-        description="Base URLs of every router (e.g. http://10.0.0.5:8080), whose GET /autoscaler/load "
-        "the built-in autoscaler sums. Empty: the autoscaler has no signal and never writes.",
+        description="Base URLs of every router's metrics port (e.g. http://10.0.0.5:9090), whose GET "
+        "/autoscaler/load the built-in autoscaler sums. Empty: the autoscaler has no signal and never "
+        "writes.",
     )
     autoscaler_router_service: str | None = Field(
         default=None,
         description="The routers' Service as namespace/name: every ready router pod behind it (from its "
-        "EndpointSlices, re-read every 10 s) is polled. Added to autoscaler_router_urls.",
+        "EndpointSlices, re-read every 10 s) is polled on the Service port named metrics. Added to "
+        "autoscaler_router_urls.",
     )
     autoscaler_poll_seconds: float = Field(
         default=0.5,

@@ -4,10 +4,11 @@ Routes:
   POST /v1/{chat/completions,completions,embeddings,...}  proxied by model (proxy.py)
   GET  /v1/models, /v1/models/{id}                         the union of routable names and aliases
   GET  /healthz   process is up          GET /readyz   discovery has delivered a table, not draining
-  GET  /autoscaler/load   requests in flight and held per model, for the operator's autoscaler
 
-``create_metrics_app(app)``: ``GET /metrics`` (Prometheus text, own registry) on its own port
-(``metrics_port``): the series name every API key and model, which API clients must not read.
+``create_metrics_app(app)``, on its own port (``metrics_port``), for the cluster's internals, never API
+clients:
+  GET  /metrics           Prometheus text (own registry); the series name every API key and model
+  GET  /autoscaler/load   requests in flight and held per model, for the operator's autoscaler
 """
 
 from __future__ import annotations
@@ -128,7 +129,6 @@ def create_app(
 
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/autoscaler/load", _autoscaler_load)
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_post("/v1/{tail:.+}", proxy.handle)
@@ -137,7 +137,7 @@ def create_app(
 
 
 def create_metrics_app(api: web.Application) -> web.Application:
-    """The metrics listener's app, reading the API app's registry and routing table."""
+    """The metrics listener's app, reading the API app's registry, routing table and proxy."""
     app = web.Application(middlewares=[_error_envelope])
 
     async def metrics(_: web.Request) -> web.Response:
@@ -146,10 +146,15 @@ def create_metrics_app(api: web.Application) -> web.Application:
         body = generate_latest(registry.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def autoscaler_load(_: web.Request) -> web.Response:
+        # Model names and counts only; read by the operator's autoscaler (operator/autoscaler/signal.py).
+        return web.json_response({"models": api[PROXY].load()})
+
     async def not_found(request: web.Request) -> web.Response:
         return errors.not_found(request.path).response()
 
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/autoscaler/load", autoscaler_load)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 
@@ -284,11 +289,6 @@ async def _readyz(request: web.Request) -> web.Response:
     if not table.loaded:
         return web.json_response({"status": "discovering"}, status=503)
     return web.json_response({"status": "ready", "models": len(table.snapshot.models)})
-
-
-async def _autoscaler_load(request: web.Request) -> web.Response:
-    # Model names and counts only; read by the operator's autoscaler (operator/autoscaler/signal.py).
-    return web.json_response({"models": request.app[PROXY].load()})
 
 
 def _visible_models(request: web.Request) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ A held request waits for the routing table to change or an ejected pod's re-admi
 ``hold_max_wait_s`` (then 503 ``model_unavailable``) and ``hold_max_per_model`` waiters. A held stream
 commits to 200 after ``hold_heartbeat_s`` and then gets ``: keepalive`` comments (through its
 :class:`ClientReply`). The per-model count of waiters is what the operator's autoscaler reads to scale a
-model from zero (GET /autoscaler/load).
+model from zero (GET /autoscaler/load, on the metrics port).
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ class Proxy:
             record(ex, time.perf_counter() - start, self.metrics, self.settings.access_log)
 
     def load(self) -> list[dict[str, object]]:
-        """Requests in flight and held per model, for the operator's autoscaler (GET /autoscaler/load)."""
+        """Requests in flight and held per model, for the operator's autoscaler (GET /autoscaler/load
+        on the metrics port)."""
         return [
             {
                 "name": route.name,

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import yaml
 
 from modelyard.api import metadata as md
-from modelyard.router import rbac as router_rbac
 from tests.cluster import podnet, stages
 from tests.cluster.client import ClusterClient
 from tests.cluster.podrunner import PodRunner
+from tests.cluster.router_account import router_kubeconfig, router_rbac_manifests
 from tests.integration.operator.harness import (
     OperatorProcess,
     install_crds,
@@ -60,19 +59,6 @@ def tiny_llm(name: str, ns: str, tiny_root: Path, **spec: Any) -> dict[str, Any]
             **spec,
         },
     }
-
-
-def router_kubeconfig(cluster: ClusterClient, ns: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", router_rbac.NAME, "-n", ns, "--duration", "2h").stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "router",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.server,
-                                               "certificate-authority": str(cluster.ca_file)}}],
-        "users": [{"name": "router", "user": {"token": token}}],
-        "contexts": [{"name": "router", "context": {"cluster": "c", "user": "router", "namespace": ns}}],
-    }))  # fmt: skip
-    path.chmod(0o600)
-    return path
 
 
 @dataclass
@@ -126,13 +112,7 @@ def open_stack(
     ns = kube_cluster.create_namespace(f"e2e-{uuid.uuid4().hex[:8]}")
     install_crds(kube_cluster)
     op_docs = rbac_manifests(ns)
-    router_docs = router_rbac.manifests(ns, name=router_rbac.NAME)
-    unique = f"{router_rbac.NAME}-{ns}"
-    for doc in router_docs:
-        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-            doc["metadata"]["name"] = unique
-        if doc["kind"] == "ClusterRoleBinding":
-            doc["roleRef"]["name"] = unique
+    router_docs = router_rbac_manifests(ns)
     kube_cluster.apply(*op_docs, *router_docs)
     nodes = kube_cluster.add_runner_nodes(1)
     runner = PodRunner(kube_cluster, nodes, work / "pods")
@@ -149,9 +129,10 @@ def open_stack(
         },
     )
     port = free_port()
-    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_URLS"] = f'["http://127.0.0.1:{port}"]'
+    # /metrics and /autoscaler/load have their own port; never the shared default 9090 in tests.
+    metrics_port = free_port()
+    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_URLS"] = f'["http://127.0.0.1:{metrics_port}"]'
     operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_POLL_SECONDS"] = "0.25"
-    metrics_port = free_port()  # /metrics has its own port; never the shared default 9090 in tests
     router = Proc(
         [sys.executable, "-m", "modelyard.router"],
         port,

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(300)
 def router_load(stack: Stack, model: str) -> dict[str, int]:
     import urllib.request
 
-    with urllib.request.urlopen(stack.router.url + "/autoscaler/load", timeout=5) as resp:
+    with urllib.request.urlopen(stack.router.metrics_base + "/autoscaler/load", timeout=5) as resp:
         entries = json.loads(resp.read())["models"]
     return next(e for e in entries if e["name"] == model)
 

@@ -79,10 +79,14 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def metrics_url(self) -> str:
-        """A router's ``/metrics``, on its own port."""
+    def metrics_base(self) -> str:
+        """A router's metrics listener (``/metrics``, ``/autoscaler/load``), on its own port."""
         assert self.metrics_port is not None, "started without MODELYARD_ROUTER_METRICS_PORT"
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return self.metrics_base + "/metrics"
 
     def start(self, ready_path: str, timeout_s: float = 30.0) -> Proc:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115

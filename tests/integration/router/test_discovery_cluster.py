@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from modelyard.api import metadata as md
 from modelyard.router import rbac
 from tests.cluster.client import ClusterClient
+from tests.cluster.router_account import cluster_scoped_name, router_kubeconfig, router_rbac_manifests
 from tests.integration.router.conftest import Stack
 from tests.integration.router.procs import Proc, free_port, http_get, wait_until
 
@@ -83,18 +83,6 @@ def apply(cluster: ClusterClient, *docs: dict[str, Any]) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def router_kubeconfig(cluster: ClusterClient, ns: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", rbac.NAME, "-n", ns, "--duration", "1h").stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "router",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.server,
-                                               "certificate-authority": str(cluster.ca_file)}}],
-        "users": [{"name": "router", "user": {"token": token}}],
-        "contexts": [{"name": "router", "context": {"cluster": "c", "user": "router", "namespace": ns}}],
-    }))  # fmt: skip
-    return path
-
-
 def chat(router: Proc, model: str, key: str | None = None) -> tuple[int, str]:
     req = urllib.request.Request(
         router.url + "/v1/chat/completions",
@@ -120,21 +108,17 @@ def namespace(kube_cluster: ClusterClient) -> Iterator[str]:
     kube_cluster.kubectl(
         "wait", "--for=condition=Established", f"crd/{md.PLURAL}.{md.GROUP}", "--timeout=60s"
     )
-    docs = rbac.manifests(ns, keys_secret=SECRET, name=rbac.NAME)
-    # Cluster-scoped objects get a per-test name so they never clash with a chart install in the session.
-    cluster_scoped = f"{rbac.NAME}-{ns}"
-    for doc in docs:
-        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-            doc["metadata"]["name"] = cluster_scoped
-        if doc["kind"] == "ClusterRoleBinding":
-            doc["roleRef"]["name"] = cluster_scoped
-    apply(kube_cluster, *docs)
+    apply(kube_cluster, *router_rbac_manifests(ns, keys_secret=SECRET))
     try:
         yield ns
     finally:
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         kube_cluster.kubectl(
-            "delete", "clusterrolebinding,clusterrole", cluster_scoped, "--ignore-not-found", check=False
+            "delete",
+            "clusterrolebinding,clusterrole",
+            cluster_scoped_name(ns),
+            "--ignore-not-found",
+            check=False,
         )
 
 

@@ -164,6 +164,28 @@ async def test_a_held_request_completes_when_a_replica_appears(stack: Stack) -> 
     assert (status, backend) == (200, "a")
 
 
+async def test_the_autoscaler_load_counts_held_requests_on_the_metrics_port_only(stack: Stack) -> None:
+    router = stack.router({"m": []}, hold_max_wait_s=20)
+
+    def load() -> dict[str, object]:
+        status, body = http_get(router.metrics_base + "/autoscaler/load")
+        assert status == 200, body
+        (entry,) = json.loads(body)["models"]
+        return dict(entry)
+
+    assert load() | {"source": None} == {"name": "m", "source": None, "inFlight": 0, "held": 0}
+    async with aiohttp.ClientSession() as s:
+        pending = asyncio.ensure_future(post(s, router.url, CHAT))
+        # A held request is in flight too: the autoscaler reads both.
+        await eventually(lambda: load()["held"] == 1, 10, "request held")
+        assert load()["inFlight"] == 1
+        # An internal signal, not client API: the API port does not serve it.
+        status, body = http_get(router.url + "/autoscaler/load")
+        assert status == 404
+        assert json.loads(body)["error"]["code"] == "not_found"
+        pending.cancel()
+
+
 async def test_held_requests_beyond_the_per_model_bound_get_503_at_once(stack: Stack) -> None:
     router = stack.router({"m": []}, hold_max_wait_s=20, hold_max_per_model=2)
     async with aiohttp.ClientSession() as s:

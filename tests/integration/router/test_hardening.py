@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import time
 
 import pytest
 
 from tests.fixtures.openai_spec import assert_matches
+from tests.fixtures.raw_http import closed_by_peer, connect, exchange, read_response
 from tests.integration.router.conftest import Stack
 from tests.integration.router.procs import Proc, http_get
 from tests.integration.router.test_routing import stats
@@ -31,30 +31,6 @@ def _router(stack: Stack, *backends: Proc, limit: int = LIMIT) -> Proc:
     )
 
 
-def _exchange(router: Proc, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
-        sock.sendall(raw)
-        return _read_response(sock)
-
-
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before a response: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers.get("content-length", "0")):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
-
-
 def _post(body: bytes) -> bytes:
     return (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -73,7 +49,7 @@ def _assert_envelope(status: int, headers: dict[str, str], body: bytes, expected
 def test_a_chunked_body_over_the_limit_is_413_before_a_pod_sees_it(stack: Stack) -> None:
     a = stack.backend("a")
     router = _router(stack, a)
-    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+    with connect(router.port) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
@@ -82,7 +58,7 @@ def test_a_chunked_body_over_the_limit_is_413_before_a_pod_sees_it(stack: Stack)
         with contextlib.suppress(OSError):  # the router may stop reading once it has seen enough
             for _ in range(LIMIT // len(piece) + 4):
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
-        status, headers, body = _read_response(sock)
+        status, headers, body = read_response(sock)
     assert _assert_envelope(status, headers, body, 413)["code"] == "request_too_large"
     assert stats(a.url)["requests"] == 0
 
@@ -103,7 +79,7 @@ def test_a_chunked_body_over_the_limit_is_413_before_a_pod_sees_it(stack: Stack)
 def test_a_body_the_router_cannot_parse_is_400_and_reaches_no_pod(stack: Stack, body: bytes) -> None:
     a, b = stack.backend("a"), stack.backend("b")
     router = _router(stack, a, b, limit=64 * 1024)
-    status, headers, raw = _exchange(router, _post(body))
+    status, headers, raw = exchange(router.port, _post(body))
     assert _assert_envelope(status, headers, raw, 400)["type"] == "invalid_request_error"
     assert stats(a.url)["requests"] == stats(b.url)["requests"] == 0
     assert 'code="500"' not in http_get(router.metrics_url)[1].decode()
@@ -113,14 +89,14 @@ def test_a_valid_surrogate_pair_is_routed(stack: Stack) -> None:
     a = stack.backend("a")
     router = _router(stack, a)
     body = b'{"model": "m", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
-    status, _, raw = _exchange(router, _post(body))
+    status, _, raw = exchange(router.port, _post(body))
     assert status == 200, raw
 
 
 def test_a_pods_4xx_is_relayed_once_never_retried_on_other_pods(stack: Stack) -> None:
     a, b = stack.backend("a", "--fail-status", "400"), stack.backend("b", "--fail-status", "400")
     router = _router(stack, a, b)
-    status, _, raw = _exchange(router, _post(b'{"model": "m", "messages": []}'))
+    status, _, raw = exchange(router.port, _post(b'{"model": "m", "messages": []}'))
     assert status == 400, raw
     assert stats(a.url)["requests"] + stats(b.url)["requests"] == 1
 
@@ -128,7 +104,7 @@ def test_a_pods_4xx_is_relayed_once_never_retried_on_other_pods(stack: Stack) ->
 def test_slow_headers_are_cut_off_while_the_router_keeps_answering(stack: Stack) -> None:
     a = stack.backend("a")
     router = _router(stack, a)
-    socks = [socket.create_connection(("127.0.0.1", router.port), timeout=10) for _ in range(50)]
+    socks = [connect(router.port) for _ in range(50)]
     try:
         started = time.monotonic()
         for sock in socks:
@@ -139,7 +115,7 @@ def test_slow_headers_are_cut_off_while_the_router_keeps_answering(stack: Stack)
                 with contextlib.suppress(OSError):
                     sock.sendall(b"X-Slow: 1\r\n")
         assert http_get(router.url + "/healthz")[0] == 200
-        closed = sum(_closed_by_peer(sock, HEADER_TIMEOUT_S + 4) for sock in socks)
+        closed = sum(closed_by_peer(sock, HEADER_TIMEOUT_S + 4) for sock in socks)
         assert closed == len(socks)
         assert time.monotonic() - started < HEADER_TIMEOUT_S + 8
     finally:
@@ -147,28 +123,16 @@ def test_slow_headers_are_cut_off_while_the_router_keeps_answering(stack: Stack)
             sock.close()
 
 
-def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
-    sock.settimeout(within_s)
-    try:
-        while sock.recv(4096):
-            pass
-        return True
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
-
-
 def test_a_body_that_stops_arriving_gets_408(stack: Stack) -> None:
     a = stack.backend("a")
     router = _router(stack, a)
-    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+    with connect(router.port) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b'Content-Length: 200\r\n\r\n{"model": "m", '
         )
         started = time.monotonic()
-        status, headers, body = _read_response(sock)
+        status, headers, body = read_response(sock)
     assert _assert_envelope(status, headers, body, 408)["code"] == "request_timeout"
     assert time.monotonic() - started < BODY_TIMEOUT_S + 4
     assert stats(a.url)["requests"] == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from tests.fixtures.models import REPO_ROOT, ServerProcess, _server_env, free_port, running_server
 from tests.fixtures.openai_spec import assert_matches
+from tests.fixtures.raw_http import closed_by_peer, connect, read_response
 
 pytestmark = pytest.mark.model
 
@@ -36,42 +36,6 @@ def strict_server(tiny_llama_path: Path, server_logs_dir: Path) -> Iterator[Serv
         yield server
 
 
-def _connect(server: ServerProcess) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
-
-
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before a response: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return status, headers, body
-
-
-def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
-    sock.settimeout(within_s)
-    try:
-        while True:
-            if not sock.recv(4096):
-                return True
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
-
-
 def _assert_envelope(status: int, body: bytes, expected: int, code: str) -> None:
     assert status == expected, body
     payload = json.loads(body)
@@ -85,7 +49,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_reading(strict_server: S
         "Transfer-Encoding: chunked\r\n\r\n"
     )
     piece = b"x" * 1024
-    with _connect(strict_server) as sock:
+    with connect(strict_server.port) as sock:
         sock.sendall(head.encode())
         start = b'{"model":"strict","prompt":"'
         sock.sendall(b"%x\r\n%s\r\n" % (len(start), start))
@@ -96,7 +60,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_reading(strict_server: S
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
             except (BrokenPipeError, ConnectionResetError):
                 break  # refused while we were still writing: the answer is already on its way
-        status, headers, body = _read_response(sock)
+        status, headers, body = read_response(sock)
     _assert_envelope(status, body, 413, "request_too_large")
     assert headers["connection"] == "close"
     assert strict_server.get("/health")[0] == 200
@@ -108,20 +72,20 @@ def test_a_chunked_body_within_the_limit_is_served(strict_server: ServerProcess)
         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     )
-    with _connect(strict_server) as sock:
+    with connect(strict_server.port) as sock:
         sock.sendall(head.encode())
         for i in range(0, len(payload), 16):
             part = payload[i : i + 16]
             sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
         sock.sendall(b"0\r\n\r\n")
-        status, _, body = _read_response(sock)
+        status, _, body = read_response(sock)
     assert status == 200, body
     assert json.loads(body)["object"] == "text_completion"
 
 
 def test_slow_headers_are_cut_off_while_the_server_keeps_answering(strict_server: ServerProcess) -> None:
     """Slow-loris, bounded: 50 connections trickling header bytes are all closed after the deadline."""
-    socks = [_connect(strict_server) for _ in range(50)]
+    socks = [connect(strict_server.port) for _ in range(50)]
     try:
         started = time.monotonic()
         for sock in socks:
@@ -133,7 +97,7 @@ def test_slow_headers_are_cut_off_while_the_server_keeps_answering(strict_server
                     sock.sendall(b"X-Slow: 1\r\n")
         status, _ = strict_server.get("/health", timeout=2)
         assert status == 200
-        closed = sum(_closed_by_peer(sock, within_s=HEADER_TIMEOUT_S + 4) for sock in socks)
+        closed = sum(closed_by_peer(sock, within_s=HEADER_TIMEOUT_S + 4) for sock in socks)
         assert closed == len(socks)
         assert time.monotonic() - started < HEADER_TIMEOUT_S + 8
     finally:
@@ -142,8 +106,8 @@ def test_slow_headers_are_cut_off_while_the_server_keeps_answering(strict_server
 
 
 def test_an_idle_connection_that_never_sends_is_closed(strict_server: ServerProcess) -> None:
-    with _connect(strict_server) as sock:
-        assert _closed_by_peer(sock, within_s=HEADER_TIMEOUT_S + 4)
+    with connect(strict_server.port) as sock:
+        assert closed_by_peer(sock, within_s=HEADER_TIMEOUT_S + 4)
 
 
 def test_a_body_that_stops_arriving_gets_408(strict_server: ServerProcess) -> None:
@@ -151,20 +115,20 @@ def test_a_body_that_stops_arriving_gets_408(strict_server: ServerProcess) -> No
         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         "Content-Length: 200\r\n\r\n"
     )
-    with _connect(strict_server) as sock:
+    with connect(strict_server.port) as sock:
         sock.sendall(head.encode() + b'{"model": "strict", ')
         started = time.monotonic()
-        status, headers, body = _read_response(sock)
+        status, headers, body = read_response(sock)
     _assert_envelope(status, body, 408, "request_timeout")
     assert time.monotonic() - started < BODY_TIMEOUT_S + 4
     assert headers["connection"] == "close"
 
 
 def test_keep_alive_still_serves_several_requests(strict_server: ServerProcess) -> None:
-    with _connect(strict_server) as sock:
+    with connect(strict_server.port) as sock:
         for _ in range(2):
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, _, _ = _read_response(sock)
+            status, _, _ = read_response(sock)
             assert status == 200
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tests.unit.chart.render import find, one, render
+from tests.unit.chart.render import env_of, find, one, render
 from tests.unit.chart.tools import CHART_DIR, REPO_ROOT
 
 REPO_CRDS = REPO_ROOT / "crds"
@@ -137,4 +137,20 @@ def test_router_port_matches_the_contract() -> None:
         "containerPort": md.ROUTER_PORT,
         "protocol": "TCP",
     }
-    assert [p["name"] for p in router["ports"][1:]] == ["metrics"]  # /metrics only, off the API port
+    # /metrics and /autoscaler/load, off the API port
+    assert [p["name"] for p in router["ports"][1:]] == [md.ROUTER_METRICS_PORT_NAME]
+
+
+def test_the_operator_polls_the_router_services_metrics_port_by_its_contract_name() -> None:
+    from modelyard.api import metadata as md
+
+    docs = render("router.metricsPort=9191")
+    service = one(docs, "Service", "-router")
+    target = env_of(one(docs, "Deployment", "-operator"))["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_SERVICE"]
+    assert target == f"{service['metadata']['namespace']}/{service['metadata']['name']}"
+    # The operator finds the port on the router pods' EndpointSlices by this name (handlers.py).
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == md.ROUTER_METRICS_PORT_NAME]
+    router = one(docs, "Deployment", "-router")
+    container = router["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]] == 9191
+    assert env_of(router)["MODELYARD_ROUTER_METRICS_PORT"] == "9191"

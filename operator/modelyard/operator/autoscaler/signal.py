@@ -1,10 +1,11 @@
 """The load signal: requests in flight (and held) per LLMModel, summed over every router.
 
-Each router answers ``GET /autoscaler/load`` with its own counts (router/app.py). One task polls every
-router each ``autoscaler_poll_seconds`` and keeps, per model, the samples of the last
-``HISTORY_S`` seconds; after each round it wakes the per-model loops, so a request held for a model at
-zero replicas reaches a decision within one poll interval. A round in which any router did not answer
-records nothing: a partial sum would look like a drop in load and scale down.
+Each router answers ``GET /autoscaler/load`` on its metrics port (not its API port: an internal signal)
+with its own counts (router/app.py). One task polls every router each ``autoscaler_poll_seconds`` and
+keeps, per model, the samples of the last ``HISTORY_S`` seconds; after each round it wakes the
+per-model loops, so a request held for a model at zero replicas reaches a decision within one poll
+interval. A round in which any router did not answer records nothing: a partial sum would look like a
+drop in load and scale down.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from modelyard.operator.autoscaler.decision import Sample
+from modelyard.operator.poller import Poller
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def parse_load(body: Mapping[str, Any]) -> dict[Key, tuple[int, int]]:
     return out
 
 
-class LoadSignal:
+class LoadSignal(Poller):
     """Sample history per model, fed by polling the routers."""
 
     def __init__(
@@ -57,16 +59,18 @@ class LoadSignal:
         clock: Clock = time.monotonic,
         history_s: float = HISTORY_S,
     ) -> None:
+        super().__init__(poll_s, timeout_s=max(0.5, poll_s * 2), what="autoscaler signal round")
         self._routers = routers
-        self.poll_s = poll_s
         self._fetch = fetch
         self._clock = clock
         self._history_s = history_s
         self._samples: dict[Key, deque[Sample]] = {}
         self._updated = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
         self.last_round_ok: float | None = None
+
+    @property
+    def poll_s(self) -> float:
+        return self.interval_s
 
     # ---- reading -----------------------------------------------------------------------------------
 
@@ -104,11 +108,8 @@ class LoadSignal:
         self._samples.pop(key, None)
 
     async def _http_fetch(self, url: str) -> Mapping[str, Any] | None:
-        if self._session is None:
-            timeout = aiohttp.ClientTimeout(total=max(0.5, self.poll_s * 2))
-            self._session = aiohttp.ClientSession(timeout=timeout)
         try:
-            async with self._session.get(url.rstrip("/") + "/autoscaler/load") as resp:
+            async with self._client().get(url.rstrip("/") + "/autoscaler/load") as resp:
                 if resp.status != 200:
                     return None
                 body = await resp.json(content_type=None)
@@ -134,24 +135,5 @@ class LoadSignal:
         self.record(total)
         return True
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except Exception as exc:
-                log.warning("autoscaler signal round failed: %s", exc)
-            await asyncio.sleep(self.poll_s)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    async def _round(self) -> None:
+        await self.poll_once()

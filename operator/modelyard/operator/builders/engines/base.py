@@ -39,11 +39,16 @@ class EngineContainer:
 
 
 class EngineBuilder(Protocol):
-    engine: Engine
-    # GET path answering {"status": "loading", "stage", "progress"} while loading; None: the operator
-    # falls back to `health_path`.
-    progress_path: str | None
-    health_path: str
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def progress_path(self) -> str | None:
+        """GET path answering {"status": "loading", "stage", "progress"} while loading; None: the
+        operator falls back to `health_path`."""
+
+    @property
+    def health_path(self) -> str: ...
 
     def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer: ...
 

@@ -12,52 +12,19 @@
 
 from __future__ import annotations
 
-from modelyard.api.llmmodel import Engine, LLMModel, ModelSource, Task
-from modelyard.operator.builders.engines.base import (
-    EngineContainer,
-    Probes,
-    image,
-    listen_args,
-    model_argument,
-    tensor_parallel_size,
+from modelyard.api.llmmodel import Engine
+from modelyard.operator.builders.engines.peer import PeerEngine, PeerFlags
+
+FLAGS = PeerFlags(
+    model="--model-path",
+    aliases_served=False,
+    embed=("--is-embedding",),
+    max_model_len="--context-length",
+    max_num_seqs="--max-running-requests",
+    tensor_parallel_size="--tp-size",
+    prefix_caching_on=None,
+    prefix_caching_off="--disable-radix-cache",
+    always=("--enable-metrics",),
 )
-from modelyard.operator.settings import OperatorSettings
 
-
-def sglang_args(model: LLMModel) -> list[str]:
-    spec = model.spec
-    args = ["--model-path", model_argument(model), "--served-model-name", model.served_name]
-    args += listen_args()
-    args += ["--dtype", spec.server.dtype.value]
-    if spec.task is Task.EMBED:
-        args.append("--is-embedding")
-    if spec.server.max_model_len is not None:
-        args += ["--context-length", str(spec.server.max_model_len)]
-    if spec.server.max_num_seqs is not None:
-        args += ["--max-running-requests", str(spec.server.max_num_seqs)]
-    if (tp := tensor_parallel_size(model)) is not None:
-        args += ["--tp-size", str(tp)]
-    if spec.server.prefix_caching is False:
-        args.append("--disable-radix-cache")
-    if spec.revision is not None and spec.source is ModelSource.HF:
-        args += ["--revision", spec.revision]
-    args.append("--enable-metrics")
-    return args + list(spec.server.extra_args)
-
-
-class SglangEngine:
-    engine = Engine.SGLANG
-    health_path = "/health"
-    progress_path: str | None = None
-
-    def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer:
-        return EngineContainer(
-            image=image(model, settings),
-            command=["python3", "-m", "sglang.launch_server"],
-            args=sglang_args(model),
-            env=[{"name": "HOME", "value": "/tmp"}],
-            probes=Probes(startup=self.health_path, liveness=self.health_path, readiness=self.health_path),
-        )
-
-
-BUILDER = SglangEngine()
+BUILDER = PeerEngine(Engine.SGLANG, command=("python3", "-m", "sglang.launch_server"), flags=FLAGS)

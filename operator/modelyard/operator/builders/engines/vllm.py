@@ -9,52 +9,18 @@
 
 from __future__ import annotations
 
-from modelyard.api.llmmodel import Engine, LLMModel, ModelSource, Task
-from modelyard.operator.builders.engines.base import (
-    EngineContainer,
-    Probes,
-    image,
-    listen_args,
-    model_argument,
-    tensor_parallel_size,
+from modelyard.api.llmmodel import Engine
+from modelyard.operator.builders.engines.peer import PeerEngine, PeerFlags
+
+FLAGS = PeerFlags(
+    model=None,
+    aliases_served=True,
+    embed=("--runner", "pooling", "--convert", "embed"),
+    max_model_len="--max-model-len",
+    max_num_seqs="--max-num-seqs",
+    tensor_parallel_size="--tensor-parallel-size",
+    prefix_caching_on="--enable-prefix-caching",
+    prefix_caching_off="--no-enable-prefix-caching",
 )
-from modelyard.operator.settings import OperatorSettings
 
-
-def vllm_args(model: LLMModel) -> list[str]:
-    spec = model.spec
-    args = [model_argument(model), "--served-model-name", model.served_name, *spec.aliases]
-    args += listen_args()
-    args += ["--dtype", spec.server.dtype.value]
-    if spec.task is Task.EMBED:
-        args += ["--runner", "pooling", "--convert", "embed"]
-    if spec.server.max_model_len is not None:
-        args += ["--max-model-len", str(spec.server.max_model_len)]
-    if spec.server.max_num_seqs is not None:
-        args += ["--max-num-seqs", str(spec.server.max_num_seqs)]
-    if (tp := tensor_parallel_size(model)) is not None:
-        args += ["--tensor-parallel-size", str(tp)]
-    if spec.server.prefix_caching is not None:
-        args.append("--enable-prefix-caching" if spec.server.prefix_caching else "--no-enable-prefix-caching")
-    if spec.revision is not None and spec.source is ModelSource.HF:
-        args += ["--revision", spec.revision]
-    return args + list(spec.server.extra_args)
-
-
-class VllmEngine:
-    engine = Engine.VLLM
-    health_path = "/health"
-    progress_path: str | None = None
-
-    def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer:
-        return EngineContainer(
-            image=image(model, settings),
-            command=["vllm", "serve"],
-            args=vllm_args(model),
-            # The image expects root's home; as uid 1000, caches (compile, hub) go under /tmp.
-            env=[{"name": "HOME", "value": "/tmp"}],
-            probes=Probes(startup=self.health_path, liveness=self.health_path, readiness=self.health_path),
-        )
-
-
-BUILDER = VllmEngine()
+BUILDER = PeerEngine(Engine.VLLM, command=("vllm", "serve"), flags=FLAGS)
