@@ -32,9 +32,8 @@ def child(option: str, streams: int, prompt_tokens: int, new_tokens: int) -> dic
 
     sys.path.insert(0, str(HERE))
     from engine_v2_throughput import MODEL_DIR
-    from server_throughput import build_model_dir, make_prompts, run_engine
-
     from modelyard.server.engine import EngineConfig, TorchEngine, load_model
+    from server_throughput import build_model_dir, make_prompts, run_engine
 
     torch.set_num_threads(1)
     if not (MODEL_DIR / "config.json").exists():
@@ -90,9 +89,11 @@ def main() -> None:
             print(f"{option}: {tok_s} tok/s", flush=True)
     best = {k: max(v) for k, v in runs.items() if v}
     report = {
-        "note": f"load average at end {os.getloadavg()}; c={args.streams}, 32+32, 1 engine thread, in-process",
+        "note": f"load average at end {os.getloadavg()}; c={args.streams}, 32+32, 1 thread, in-process",
         "tok_s": runs,
-        "best_over_float32": {k: round(v / best["float32"], 2) for k, v in best.items()} if "float32" in best else {},
+        "best_over_float32": {k: round(v / best["float32"], 2) for k, v in best.items()}
+        if "float32" in best
+        else {},
     }
     print(json.dumps(report, indent=1))
     args.out.parent.mkdir(exist_ok=True)

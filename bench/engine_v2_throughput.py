@@ -392,76 +392,45 @@ def main() -> None:
 
             results["engine"] = asyncio.run(engine_runs())
         del loaded
-        if "server" not in args.skip:
-            results["server"] = run_peer(
-                "server",
-                ours_argv(None),
-                "/ready",
-                "bench",
-                prompts_text,
-                workloads,
-                ours_extra,
-                env,
-                log_dir,
-            )
+        peers: list[tuple[str, Any, str, str, dict[str, Any], dict[str, str], float]] = [
+            # (name, argv builder, readiness path, served model name, request extras, env, run timeout)
+            ("server", ours_argv(None), "/ready", "bench", ours_extra, env, 600),
+        ]
         if args.baseline is not None:
-            baseline_env = dict(env)
-            baseline_env["PYTHONPATH"] = os.pathsep.join(
-                [str(args.baseline / "server"), str(args.baseline / "operator")]
-            )
+            baseline_env = {
+                **env,
+                "PYTHONPATH": os.pathsep.join(
+                    [str(args.baseline / "server"), str(args.baseline / "operator")]
+                ),
+            }
             report["baseline"] = subprocess.run(
                 ["git", "-C", str(args.baseline), "log", "-1", "--format=%h %s"],
                 capture_output=True,
                 text=True,
             ).stdout.strip()
-            results["server-baseline"] = run_peer(
-                "server-baseline",
-                ours_argv(None),
-                "/ready",
-                "bench",
-                prompts_text,
-                workloads,
-                ours_extra,
-                baseline_env,
-                log_dir,
+            peers.append(
+                ("server-baseline", ours_argv(None), "/ready", "bench", ours_extra, baseline_env, 600)
             )
-        if "vllm" not in args.skip and (VLLM_VENV / ".complete").exists():
-            results["vllm"] = run_peer(
-                "vllm",
-                vllm_argv,
-                "/health",
-                "bench",
-                prompts_text,
-                workloads,
-                vllm_extra,
-                vllm_env(env, None),
-                log_dir,
-            )
-        if "hf-cb" not in args.skip:
-            results["hf-cb"] = run_peer(
-                "hf-cb",
-                hf_cb_argv,
-                "/health",
-                str(MODEL_DIR),
-                prompts_text,
-                workloads,
-                {},
-                env,
-                log_dir,
-                run_timeout_s=180,
-            )
-        if "vllm-both" not in args.skip and (VLLM_VENV / ".complete").exists():
-            results["vllm-both"] = run_peer(
-                "vllm-both",
-                vllm_argv,
-                "/health",
-                "bench",
-                prompts_text,
-                workloads,
-                vllm_extra,
-                vllm_env(env, "0-1"),
-                log_dir,
-            )
+        if (VLLM_VENV / ".complete").exists():
+            peers.append(("vllm", vllm_argv, "/health", "bench", vllm_extra, vllm_env(env, None), 600))
+        # transformers serve is far slower: a shorter cap keeps its long workloads from eating the run.
+        peers.append(("hf-cb", hf_cb_argv, "/health", str(MODEL_DIR), {}, env, 150))
+        if (VLLM_VENV / ".complete").exists():
+            peers.append(("vllm-both", vllm_argv, "/health", "bench", vllm_extra, vllm_env(env, "0-1"), 600))
+        for name, argv_of, ready, served, extra, peer_env, run_timeout_s in peers:
+            if name not in args.skip:
+                results[name] = run_peer(
+                    name,
+                    argv_of,
+                    ready,
+                    served,
+                    prompts_text,
+                    workloads,
+                    extra,
+                    peer_env,
+                    log_dir,
+                    run_timeout_s=run_timeout_s,
+                )
     else:
         # (name, engine threads, extra environment): 2 = all cores (the old default), 1 = cores - 1, and
         # 2 with OpenMP's passive wait policy (threads sleep at barriers instead of spinning).

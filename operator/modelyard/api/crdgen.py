@@ -359,7 +359,7 @@ unless `server.image` sets one, and every engine listens on port 8000 with its m
 | `server.maxModelLen` | `--max-model-len` | `--max-model-len` | `--context-length` |
 | `server.maxNumSeqs` | `--max-num-seqs` | `--max-num-seqs` | `--max-running-requests` |
 | `resources.gpus` (> 0) | `--tensor-parallel-size` when > 1 (layers split across the GPUs) | `--tensor-parallel-size` | `--tp-size` |
-| `server.prefixCaching` | rejected when `true` (no prefix cache) | `--enable-prefix-caching` / `--no-enable-prefix-caching` | `false`: `--disable-radix-cache` (on by default) |
+| `server.prefixCaching` | `--enable-prefix-caching` / `--no-enable-prefix-caching` (on by default) | `--enable-prefix-caching` / `--no-enable-prefix-caching` | `false`: `--disable-radix-cache` (on by default) |
 | `revision` | env `MODELYARD_SERVER_REVISION` | `--revision` | `--revision` |
 | probes (startup / liveness / readiness) | `/health` / `/health` / `/ready` | `/health` | `/health` |
 | load progress (`status.loadProgress`) | `/ready` stage and percent | health answer only | health answer only |

@@ -174,9 +174,9 @@ class ServerOptions(_Model):
     )
     prefix_caching: bool | None = Field(
         default=None,
-        description="Reuse the KV cache of shared prompt prefixes (vllm: --enable-prefix-caching / "
-        "--no-enable-prefix-caching; sglang: radix cache, off with --disable-radix-cache). Unset keeps the "
-        "engine's default. The modelyard engine has no prefix cache.",
+        description="Reuse the KV cache of shared prompt prefixes (modelyard and vllm: "
+        "--enable-prefix-caching / --no-enable-prefix-caching, on by default; sglang: radix cache, off with "
+        "--disable-radix-cache). Unset keeps the engine's default.",
     )
     extra_args: list[str] = Field(
         default_factory=list,
@@ -362,30 +362,23 @@ _PREFIX_CACHING_ON = "has(self.server) && has(self.server.prefixCaching) && self
 
 # Field combinations an engine cannot honour, rejected at `kubectl apply` (CEL) and again by the operator
 # when it parses a spec (`LLMModelSpec._engine_can_honour`), with the same messages.
-MODELYARD_PREFIX_CACHING_MESSAGE = (
-    "engine modelyard has no prefix cache: server.prefixCaching: true needs engine vllm or sglang"
-)
 ENGINE_ON_CPU_MESSAGE = (
     "engine vllm or sglang with resources.gpus: 0 needs server.image: the default vllm and sglang "
     "images are CUDA builds (set a CPU build of the engine)"
 )
-VLLM_EMBED_PREFIX_CACHING_MESSAGE = (
-    "engine vllm does not support prefix caching for task: embed (pooling models); "
-    "leave server.prefixCaching unset or false"
+EMBED_PREFIX_CACHING_MESSAGE = (
+    "engines modelyard and vllm have no prefix cache for task: embed (an embedding is one forward, "
+    "nothing is reused); leave server.prefixCaching unset or false"
 )
 ENGINE_RULES: list[JsonValue] = [
-    {
-        "rule": f"self.engine != 'modelyard' || !({_PREFIX_CACHING_ON})",
-        "message": MODELYARD_PREFIX_CACHING_MESSAGE,
-    },
     {
         "rule": "self.engine == 'modelyard' || !has(self.resources) || self.resources.gpus > 0 || "
         "(has(self.server) && has(self.server.image))",
         "message": ENGINE_ON_CPU_MESSAGE,
     },
     {
-        "rule": f"self.engine != 'vllm' || self.task != 'embed' || !({_PREFIX_CACHING_ON})",
-        "message": VLLM_EMBED_PREFIX_CACHING_MESSAGE,
+        "rule": f"self.engine == 'sglang' || self.task != 'embed' || !({_PREFIX_CACHING_ON})",
+        "message": EMBED_PREFIX_CACHING_MESSAGE,
     },
 ]
 
@@ -482,12 +475,10 @@ class LLMModelSpec(_Model):
     def _engine_can_honour(self) -> LLMModelSpec:
         # Mirrors ENGINE_RULES for objects that reached the operator without CEL (older CRD).
         prefix_caching = self.server.prefix_caching is True
-        if self.engine is Engine.MODELYARD and prefix_caching:
-            raise ValueError(MODELYARD_PREFIX_CACHING_MESSAGE)
         if self.engine is not Engine.MODELYARD and self.resources.gpus == 0 and self.server.image is None:
             raise ValueError(ENGINE_ON_CPU_MESSAGE)
-        if self.engine is Engine.VLLM and self.task is Task.EMBED and prefix_caching:
-            raise ValueError(VLLM_EMBED_PREFIX_CACHING_MESSAGE)
+        if self.engine is not Engine.SGLANG and self.task is Task.EMBED and prefix_caching:
+            raise ValueError(EMBED_PREFIX_CACHING_MESSAGE)
         return self
 
     @property

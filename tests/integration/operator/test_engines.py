@@ -11,9 +11,8 @@ import pytest
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import (
+    EMBED_PREFIX_CACHING_MESSAGE,
     ENGINE_ON_CPU_MESSAGE,
-    MODELYARD_PREFIX_CACHING_MESSAGE,
-    VLLM_EMBED_PREFIX_CACHING_MESSAGE,
 )
 from tests.cluster.client import ClusterClient
 from tests.integration.operator.harness import OperatorProcess, llm_path, llmmodel
@@ -83,12 +82,15 @@ def test_engine_combinations_that_cannot_be_honoured_are_rejected_at_apply(
 ) -> None:
     cases: dict[str, tuple[dict[str, Any], str]] = {
         "bad-engine": ({"engine": "tgi"}, "Unsupported value"),
-        "my-prefix": ({"server": {"prefixCaching": True}}, MODELYARD_PREFIX_CACHING_MESSAGE),
+        "my-embed-prefix": (
+            {"task": "embed", "server": {"prefixCaching": True}},
+            EMBED_PREFIX_CACHING_MESSAGE,
+        ),
         "vllm-cpu": ({"engine": "vllm", "resources": {"gpus": 0}}, ENGINE_ON_CPU_MESSAGE),
         "sgl-cpu": ({"engine": "sglang", "resources": {"gpus": 0}}, ENGINE_ON_CPU_MESSAGE),
         "vllm-embed": (
             {"engine": "vllm", "task": "embed", "server": {"prefixCaching": True}},
-            VLLM_EMBED_PREFIX_CACHING_MESSAGE,
+            EMBED_PREFIX_CACHING_MESSAGE,
         ),
     }
     for name, (spec, message) in cases.items():
@@ -103,5 +105,7 @@ def test_engine_combinations_that_cannot_be_honoured_are_rejected_at_apply(
             "vllm-cpu-ok", namespace, engine="vllm", resources={"gpus": 0}, server={"image": "my/vllm-cpu:1"}
         ),
         llmmodel("sgl-embed-ok", namespace, engine="sglang", task="embed", server={"prefixCaching": True}),
+        llmmodel("my-prefix-ok", namespace, server={"prefixCaching": True}),
     )
+    assert kube_cluster.get_json(llm_path(namespace, "my-prefix-ok")) is not None
     assert kube_cluster.get_json(llm_path(namespace, "vllm-cpu-ok")) is not None

@@ -88,7 +88,8 @@ async def test_chat_completion_and_embedding_match_the_direct_answers(
     d = await direct.chat.completions.create(**kwargs)  # type: ignore[call-overload]
     r = await routed.chat.completions.create(**kwargs)  # type: ignore[call-overload]
     assert r.choices[0].message.content == d.choices[0].message.content
-    assert r.usage is not None and d.usage is not None
+    assert r.usage is not None
+    assert d.usage is not None
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (
         d.usage.prompt_tokens,
         d.usage.completion_tokens,

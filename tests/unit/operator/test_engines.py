@@ -12,9 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from modelyard.api.llmmodel import (
+    EMBED_PREFIX_CACHING_MESSAGE,
     ENGINE_ON_CPU_MESSAGE,
-    MODELYARD_PREFIX_CACHING_MESSAGE,
-    VLLM_EMBED_PREFIX_CACHING_MESSAGE,
     Engine,
 )
 from modelyard.operator.builders.deployment import build_deployment
@@ -157,9 +156,11 @@ FIELD_FLAGS: dict[str, dict[str, tuple[dict[str, Any], list[str]]]] = {
         "sglang": ({"revision": "abc123"}, ["--revision", "abc123"]),
     },
     "prefix caching on": {
+        "modelyard": ({"server": {"prefixCaching": True}}, ["--enable-prefix-caching"]),
         "vllm": ({"server": {"prefixCaching": True}}, ["--enable-prefix-caching"]),
     },
     "prefix caching off": {
+        "modelyard": ({"server": {"prefixCaching": False}}, ["--no-enable-prefix-caching"]),
         "vllm": ({"server": {"prefixCaching": False}}, ["--no-enable-prefix-caching"]),
         "sglang": ({"server": {"prefixCaching": False}}, ["--disable-radix-cache"]),
     },
@@ -263,14 +264,14 @@ def test_only_the_builtin_server_has_a_progress_endpoint() -> None:
 # --- combinations an engine cannot honour -----------------------------------------------------------
 
 REJECTED = [
-    pytest.param({"engine": "modelyard", "server": {"prefixCaching": True}},
-                 MODELYARD_PREFIX_CACHING_MESSAGE, id="modelyard-prefix-caching"),
     pytest.param({"engine": "vllm", "resources": {"gpus": 0}}, ENGINE_ON_CPU_MESSAGE,
                  id="vllm-cpu-default-image"),
     pytest.param({"engine": "sglang", "resources": {"gpus": 0}}, ENGINE_ON_CPU_MESSAGE,
                  id="sglang-cpu-default-image"),
     pytest.param({"engine": "vllm", "task": "embed", "server": {"prefixCaching": True}},
-                 VLLM_EMBED_PREFIX_CACHING_MESSAGE, id="vllm-embed-prefix-caching"),
+                 EMBED_PREFIX_CACHING_MESSAGE, id="vllm-embed-prefix-caching"),
+    pytest.param({"engine": "modelyard", "task": "embed", "server": {"prefixCaching": True}},
+                 EMBED_PREFIX_CACHING_MESSAGE, id="modelyard-embed-prefix-caching"),
 ]  # fmt: skip
 
 
@@ -287,6 +288,7 @@ def test_unknown_engine_is_rejected() -> None:
 
 ACCEPTED = [
     pytest.param({"engine": "modelyard", "server": {"prefixCaching": False}}, id="modelyard-prefix-off"),
+    pytest.param({"engine": "modelyard", "server": {"prefixCaching": True}}, id="modelyard-prefix-on"),
     pytest.param({"engine": "vllm", "resources": {"gpus": 0}, "server": {"image": "cpu/vllm:1"}},
                  id="vllm-cpu-image"),
     pytest.param({"engine": "sglang", "task": "embed", "server": {"prefixCaching": True}}, id="sglang-embed"),
