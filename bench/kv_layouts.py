@@ -92,8 +92,9 @@ async def drive(engine: Any, prompts: list[list[int]], new_tokens: list[int]) ->
 
 
 def prompts_shared(args: argparse.Namespace) -> tuple[list[list[int]], list[int]]:
-    system = [100 + (i * 13) % 1800 for i in range(args.prefix)]
-    prompts = [system + [100 + (i * 7 + j) % 1800 for j in range(8)] for i in range(args.requests)]
+    # Ids below 460: the bench model's tokenizer has 466 tokens, and servers check prompt ids against it.
+    system = [100 + (i * 13) % 360 for i in range(args.prefix)]
+    prompts = [system + [100 + (i * 7 + j) % 360 for j in range(8)] for i in range(args.requests)]
     return prompts, [args.new_tokens] * args.requests
 
 
@@ -165,8 +166,8 @@ def http_peer(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def prompts_mixed(args: argparse.Namespace) -> tuple[list[list[int]], list[int]]:
-    long = [100 + (i * 17) % 1800 for i in range(args.long)]
-    shorts = [[100 + (i * 11 + j) % 1800 for j in range(args.short)] for i in range(63)]
+    long = [100 + (i * 17) % 360 for i in range(args.long)]
+    shorts = [[100 + (i * 11 + j) % 360 for j in range(args.short)] for i in range(63)]
     return [long, *shorts], [args.new_tokens] * 64
 
 
@@ -247,10 +248,17 @@ def main() -> None:
             "ttft_p50_ratio_on_off": on["ttft_p50_s"] / off["ttft_p50_s"],
             "throughput_ratio_on_off": on["tok_s"] / off["tok_s"],
         }  # fmt: skip
-        http = {peer: http_peer(peer, args) for peer in args.peers.split(",") if peer}
+        print(json.dumps(report["shared_prefix"], indent=1), flush=True)
+        http: dict[str, Any] = {}
+        for peer in (p for p in args.peers.split(",") if p):
+            try:
+                http[peer] = http_peer(peer, args)
+            except Exception as exc:  # a peer that fails must not lose the other figures
+                http[peer] = {"error": repr(exc)[:500]}
+            print(peer, json.dumps(http[peer]), flush=True)
         if http:
             report["shared_prefix"]["http"] = http
-            if "server" in http and "vllm" in http:
+            if "ttft_p50_s" in http.get("server", {}) and "ttft_p50_s" in http.get("vllm", {}):
                 report["shared_prefix"]["http_ratios_server_vllm"] = {
                     "ttft_p50": http["server"]["ttft_p50_s"] / http["vllm"]["ttft_p50_s"],
                     "tok_s": http["server"]["tok_s"] / http["vllm"]["tok_s"],
