@@ -434,7 +434,9 @@ def main() -> None:
     else:
         # (name, engine threads, extra environment): 2 = all cores (the old default), 1 = cores - 1, and
         # 2 with OpenMP's passive wait policy (threads sleep at barriers instead of spinning).
-        quiet_runs: list[tuple[str, int, dict[str, str]]] = [
+        # "auto": no --engine-threads, so the engine picks 2 or 1 by measured speed (thread_tuner.py).
+        quiet_runs: list[tuple[str, int | None, dict[str, str]]] = [
+            ("server-auto", None, {}),
             ("server-2t", 2, {}),
             ("server-1t", 1, {}),
             ("server-2t-passive", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
@@ -507,6 +509,8 @@ def ratios(results: dict[str, dict[str, Any]], bounds: dict[str, float]) -> dict
         ("server-1t-busy", "server-2t-busy"), ("server-1t-quiet", "server-2t-quiet"),
         ("server-2t-passive-busy", "server-2t-busy"), ("server-2t-passive-quiet", "server-2t-quiet"),
         ("server-1t-busy", "vllm-busy"), ("server-2t-busy", "vllm-busy"),
+        ("server-auto-quiet", "server-2t-quiet"), ("server-auto-busy", "server-1t-busy"),
+        ("server-auto-busy", "vllm-busy"),
     ]  # fmt: skip
     for key in keys:
         row: dict[str, float] = {}

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from modelyard.server.engine.runner import ModelRunner
 from modelyard.server.engine.sampler import Sampled, SamplingRow, prompt_logprobs, sample
 from modelyard.server.engine.scheduler import Scheduler, Step
 from modelyard.server.engine.sequence import Sequence
+from modelyard.server.engine.thread_tuner import ThreadTuner
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,
@@ -100,6 +102,9 @@ class TorchEngine:
         self._dead: BaseException | None = None
         self._outbox: list[tuple[_Sink, object]] = []
         self._stats = self._snapshot()
+        choices = config.thread_choices if self._device.type == "cpu" else ()
+        self._tuner = ThreadTuner(choices) if len(choices) > 1 else None
+        self._logged_trial = 0
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(config.seed)
         self.grammar = (
@@ -286,6 +291,8 @@ class TorchEngine:
         # ops keeps its own OpenMP pool alive, and more pooled threads than cores makes libgomp stop
         # spinning between parallel regions, which cost a quarter of decode speed on 2 CPU cores.
         try:
+            if self._tuner is not None:
+                torch.set_num_threads(self._tuner.current)
             with torch.inference_mode():
                 if self._loaded.task == "generate":
                     self._plan_kv()
@@ -317,7 +324,10 @@ class TorchEngine:
                     if step.prefill:
                         self._guarded(self._prefill_step, step, [s for s, _ in step.prefill])
                     if step.decode:
+                        step_start = time.perf_counter()
                         self._guarded(self._decode_step, step, step.decode)
+                        if self._tuner is not None and not step.prefill:
+                            self._tune_threads(len(step.decode), time.perf_counter() - step_start)
                     self._stats = self._snapshot()
                     self._flush()
             self._fail_everything(EngineDeadError("the engine was stopped"))
@@ -325,6 +335,18 @@ class TorchEngine:
             log.exception("engine loop died")
             self._dead = exc
             self._fail_everything(EngineDeadError(f"the engine loop stopped: {exc!r}"))
+
+    def _tune_threads(self, rows: int, seconds: float) -> None:
+        assert self._tuner is not None
+        before = self._tuner.current
+        threads = self._tuner.observe(rows, seconds)
+        if threads != before:
+            # OpenMP's thread count is per calling thread: set here, on the engine thread, it sizes
+            # every parallel region of the forwards.
+            torch.set_num_threads(threads)
+        if not self._tuner.tuning and self._tuner.trials != self._logged_trial:
+            self._logged_trial = self._tuner.trials
+            log.info("engine threads chosen", extra={"threads": threads, "trial": self._tuner.trials})
 
     def _announce(self, started: asyncio.Future[Any], outcome: BaseException | None) -> None:
         assert self._loop is not None

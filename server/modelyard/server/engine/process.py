@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -34,7 +35,7 @@ import zmq
 import zmq.asyncio
 
 from modelyard.server.engine import ipc
-from modelyard.server.engine.threads import apply_torch_threads, engine_threads, thread_env
+from modelyard.server.engine.threads import apply_torch_threads, thread_choices, thread_env
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,
@@ -123,11 +124,19 @@ class EngineClient:
         # One core stays with the HTTP process (parsing, detokenizing, streaming), as vLLM's CPU build
         # does: OpenMP threads that must share their cores with it stall at every barrier (measured on
         # 2 cores: 1 engine thread gave 4-8x the tok/s of 2; bench/README.md).
-        n_threads = engine_threads(threads, reserve=RESERVED_CORES)
-        env = {**os.environ, **thread_env(n_threads)}
+        # Unless a count was asked for, the engine measures which of (all cores, all less the reserved
+        # one) decodes faster and keeps checking (thread_tuner.py): free cores make more threads 1.6x
+        # faster, a busy neighbour makes them 10x slower. The pool is sized for the most.
+        choices = thread_choices(threads, reserve=RESERVED_CORES)
+        config = dataclasses.replace(config, thread_choices=choices)
+        n_threads = choices[-1]
+        env = {**os.environ, **thread_env(max(choices))}
         process = _spawn(env)
         client = cls(process, context, requests, outputs, socket_dir)
-        log.info("engine process started", extra={"engine_pid": process.pid, "threads": n_threads})
+        log.info(
+            "engine process started",
+            extra={"engine_pid": process.pid, "threads": n_threads, "thread_choices": list(choices)},
+        )
         spec = ipc.LaunchSpec(config, requests_addr, outputs_addr, n_threads, log_level, log_format)
         try:
             assert process.stdin is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def engine_threads(
     *,
     budget: CpuBudget | None = None,
     reserve: int = 0,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
     """Compute threads for the engine, never more than the usable cores.
 
@@ -152,6 +153,27 @@ def engine_threads(
     if requested is None:
         requested = cores - reserve
     return max(1, min(cores, requested))
+
+
+def thread_choices(
+    requested: int | None = None,
+    *,
+    budget: CpuBudget | None = None,
+    reserve: int = 0,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[int, ...]:
+    """Thread counts the engine may pick between by measured speed (``thread_tuner.py``), most first.
+
+    A count asked for (``--engine-threads`` or ``OMP_NUM_THREADS``) is the only choice. Otherwise: every
+    usable core, and that less ``reserve`` (the cores left to other work), since which is faster depends
+    on what else runs on the cores.
+    """
+    env = os.environ if environ is None else environ
+    fixed = requested is not None or bool(env.get("OMP_NUM_THREADS"))
+    chosen = engine_threads(requested, budget=budget, environ=env)
+    if fixed:
+        return (chosen,)
+    return tuple(sorted({chosen, max(1, chosen - reserve)}, reverse=True))
 
 
 def thread_env(threads: int) -> dict[str, str]:

@@ -192,6 +192,9 @@ class EngineConfig:
     # Decode attention reads: "slab" a per-group working copy appended a column per step, "paged" the
     # history gathered from the block pool every step; "auto": slab on CPU, paged elsewhere.
     decode_kv: DecodeKV = "auto"
+    # Compute thread counts the engine picks between by measured decode speed (thread_tuner.py); empty
+    # or one count: the threads stay as the process set them.
+    thread_choices: tuple[int, ...] = ()
     # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
     tensor_parallel_size: int | None = None
 

@@ -104,3 +104,14 @@ def test_this_process_budget_respects_its_affinity() -> None:
 
 def test_child_environment_sets_every_runtime() -> None:
     assert thread_env(3) == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3"}
+
+
+def test_without_a_request_the_engine_may_pick_all_cores_or_all_but_the_reserved_one() -> None:
+    from modelyard.server.engine.threads import thread_choices
+
+    assert thread_choices(budget=CpuBudget(2, None), reserve=1, environ={}) == (2, 1)
+    assert thread_choices(budget=CpuBudget(16, 4.0), reserve=1, environ={}) == (4, 3)
+    assert thread_choices(budget=CpuBudget(1, None), reserve=1, environ={}) == (1,)
+    # Asked for: exactly that, no tuning.
+    assert thread_choices(2, budget=CpuBudget(4, None), reserve=1, environ={}) == (2,)
+    assert thread_choices(budget=CpuBudget(4, None), reserve=1, environ={"OMP_NUM_THREADS": "3"}) == (3,)
