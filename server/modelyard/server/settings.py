@@ -122,8 +122,9 @@ class ServerSettings(BaseSettings):
     engine_threads: int | None = Field(
         None,
         ge=1,
-        description="Compute threads of the engine (default: OMP_NUM_THREADS if set, else the CPUs "
-        "the process may use by affinity and cgroup quota); never more than those CPUs.",
+        description="Compute threads of the engine (default: OMP_NUM_THREADS if set, else picked by "
+        "measured speed between the CPUs the process may use by affinity and cgroup quota and one less); "
+        "never more than those CPUs.",
     )
 
     @field_validator("log_level", mode="before")
