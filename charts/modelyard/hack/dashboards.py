@@ -697,6 +697,40 @@ def per_model() -> dict[str, Any]:
                 targets=quantiles("modelyard_router_hold_duration_seconds", "", S),
             ),
         ],
+        [
+            Panel(
+                "Server: prefix cache hit rate",
+                "Share of prompt tokens whose KV came from the prefix cache (vLLM's and the built-in "
+                "engine's token counters; SGLang's own gauge).",
+                unit="percentunit",
+                max=1,
+                w=col,
+                targets=[
+                    Target(
+                        f"(sum(rate(vllm:prefix_cache_hits_total{{{SN}}}[{RATE}])) "
+                        f"/ sum(rate(vllm:prefix_cache_queries_total{{{SN}}}[{RATE}]))) "
+                        f"or avg(sglang:cache_hit_rate{{{SN}}})",
+                        "hit rate",
+                    )
+                ],
+            ),
+            Panel(
+                "Server: prefix cache tokens/s",
+                "Prompt tokens looked up in the prefix cache, and those found there.",
+                w=col,
+                targets=[
+                    Target(f"sum(rate(vllm:prefix_cache_queries_total{{{SN}}}[{RATE}]))", "looked up"),
+                    Target(f"sum(rate(vllm:prefix_cache_hits_total{{{SN}}}[{RATE}]))", "found"),
+                ],
+            ),
+            Panel(
+                "Server: preemptions/s",
+                "Requests whose KV was dropped because the cache was full; they are recomputed later. "
+                "Sustained preemptions mean the KV cache is too small for the load.",
+                w=col,
+                targets=[Target(f"sum(rate(vllm:num_preemptions_total{{{SN}}}[{RATE}]))", "preempted")],
+            ),
+        ],
         "Autoscaler (operator, built-in mode)",
         [
             Panel(
