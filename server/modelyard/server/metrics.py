@@ -130,6 +130,13 @@ class _EngineGauges(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
             gauge.add_metric([self._model_name], float(value))
             yield gauge
+        if stats.engine_threads:
+            # Changes when the engine re-picks its CPU thread count (a neighbour arrived or left).
+            gauge = GaugeMetricFamily(
+                "modelyard_engine_threads", "CPU compute threads the engine uses now.", labels=["model_name"]
+            )
+            gauge.add_metric([self._model_name], float(stats.engine_threads))
+            yield gauge
         # vLLM v1's prefix-cache counters, in prompt tokens (exposed with the _total suffix).
         for name, doc, count in (
             (

@@ -178,3 +178,18 @@ def test_in_process_mode_serves_without_a_child(tiny_llama_path: Path, server_lo
         out = client.completions.create(model="tiny-llama", prompt="hello there", max_tokens=4)
         assert out.usage is not None
         assert out.usage.completion_tokens == 4
+
+
+def test_the_engine_thread_count_in_use_is_a_metric(server: ServerProcess, tiny_llama_path: Path) -> None:
+    # Picked by measured speed between the usable cores and one less (never more than the usable cores).
+    usable = len(os.sched_getaffinity(0))
+    assert max(1, usable - 1) <= metric(server, "modelyard_engine_threads", model_name="tiny-llama") <= usable
+
+
+def test_an_engine_thread_count_asked_for_is_kept(tiny_llama_path: Path, server_logs_dir: Path) -> None:
+    with running_server(_args(tiny_llama_path, "--engine-threads", "1"), log_dir=server_logs_dir) as proc:
+        client = openai.OpenAI(base_url=proc.v1, api_key="unused", max_retries=0)
+        client.completions.create(
+            model="tiny-llama", prompt="hello", max_tokens=40, extra_body={"ignore_eos": True}
+        )
+        assert metric(proc, "modelyard_engine_threads", model_name="tiny-llama") == 1

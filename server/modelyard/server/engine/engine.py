@@ -101,10 +101,10 @@ class TorchEngine:
         self._stopping = False
         self._dead: BaseException | None = None
         self._outbox: list[tuple[_Sink, object]] = []
-        self._stats = self._snapshot()
         choices = config.thread_choices if self._device.type == "cpu" else ()
         self._tuner = ThreadTuner(choices) if len(choices) > 1 else None
         self._logged_trial = 0
+        self._stats = self._snapshot()
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(config.seed)
         self.grammar = (
@@ -391,6 +391,9 @@ class TorchEngine:
             kv_blocks_used=blocks.num_used,
             kv_blocks_total=blocks.num_blocks,
             num_preemptions=scheduler.num_preemptions,
+            engine_threads=self._tuner.current
+            if self._tuner is not None
+            else (self._config.thread_choices[0] if len(self._config.thread_choices) == 1 else 0),
         )
 
     def _fail_everything(self, error: EngineError) -> None:

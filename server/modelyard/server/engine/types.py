@@ -110,6 +110,7 @@ class EngineStats:
     kv_blocks_used: int = 0
     kv_blocks_total: int = 0
     num_preemptions: int = 0  # cumulative
+    engine_threads: int = 0  # CPU compute threads in use (0: not known here)
 
 
 class EngineError(Exception):
