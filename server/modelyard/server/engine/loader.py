@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from modelyard.server.engine.lm_head import slice_output_projection
 from modelyard.server.engine.placement import Placement, plan_layers
 from modelyard.server.engine.types import EngineConfig, Task
 
@@ -261,6 +262,8 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         model = dispatch_model(model, device_map=device_map, force_hooks=True)
     model.eval()
     model.requires_grad_(False)
+    if device_map is None and device.type == "cpu" and config.task == "generate":
+        slice_output_projection(model)
 
     limit = _context_length(hf_config)
     if config.max_model_len is not None:

@@ -1,0 +1,77 @@
+"""On CPU a large output projection is computed in vocabulary slices: same weight (tied embeddings stay
+tied), same logits, same greedy tokens as the model's own ``Linear``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from modelyard.server.engine import EngineConfig, load_model
+from modelyard.server.engine.lm_head import MIN_VOCAB, SlicedLMHead, slice_output_projection
+from tests.unit.server.engine.conftest import save_tokenizer
+
+pytestmark = pytest.mark.model
+
+BIG_VOCAB = MIN_VOCAB + 700  # not a multiple of the slice: the last slice is short
+
+
+def _build(kind: str, path: Path, vocab: int) -> Path:
+    torch.manual_seed(7)
+    model: torch.nn.Module
+    if kind == "llama":
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                vocab_size=vocab,
+                max_position_embeddings=128,
+                tie_word_embeddings=True,
+            )
+        )
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=vocab, n_positions=128))
+    model.save_pretrained(path)
+    save_tokenizer(path)
+    return path
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_sliced_projection_gives_the_linear_layers_logits(bias: bool) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 2500, bias=bias)
+    sliced = SlicedLMHead(linear, slice_rows=512)
+    for shape in [(5, 48), (3, 7, 48), (1, 1, 48)]:
+        hidden = torch.randn(*shape)
+        with torch.inference_mode():
+            torch.testing.assert_close(sliced(hidden), linear(hidden), rtol=1e-5, atol=1e-5)
+    assert sliced.weight is linear.weight
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_cpu_load_slices_a_large_tied_head_and_greedy_tokens_do_not_change(tmp_path: Path, kind: str) -> None:
+    path = _build(kind, tmp_path / kind, BIG_VOCAB)
+    loaded = load_model(EngineConfig(model=str(path), device="cpu", dtype="float32"))
+    model = loaded.model
+    head = model.get_output_embeddings()
+    assert isinstance(head, SlicedLMHead)
+    assert head.weight is model.get_input_embeddings().weight  # still tied, no copy
+
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert type(plain.get_output_embeddings()) is torch.nn.Linear
+    prompt = torch.tensor([[5, 17, 300, 4000, 9]])
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        assert model.generate(prompt, **kwargs).tolist() == plain.generate(prompt, **kwargs).tolist()
+
+
+def test_small_vocabularies_keep_their_linear_head(tmp_path: Path) -> None:
+    path = _build("llama", tmp_path / "small", MIN_VOCAB - 1)
+    loaded = load_model(EngineConfig(model=str(path), device="cpu", dtype="float32"))
+    assert type(loaded.model.get_output_embeddings()) is torch.nn.Linear
+    assert slice_output_projection(loaded.model) is False
