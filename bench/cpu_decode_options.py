@@ -80,6 +80,22 @@ def head_part(threads: int, repeats: int) -> dict[str, Any]:
     return report
 
 
+def _load_bench_model(threads: int, dtype: str) -> tuple[Any, Any]:
+    """The SmolLM-135M-shaped bench model (built on first use) loaded for the engine on ``threads``
+    CPU threads: ``(LoadedModel, EngineConfig)``."""
+    import torch
+
+    from engine_v2_throughput import MODEL_DIR
+    from modelyard.server.engine import EngineConfig, load_model
+    from server_throughput import build_model_dir
+
+    torch.set_num_threads(threads)
+    if not (MODEL_DIR / "config.json").exists():
+        build_model_dir(MODEL_DIR)
+    config = EngineConfig(model=str(MODEL_DIR), device="cpu", dtype=dtype, max_model_len=1024)
+    return load_model(config), config
+
+
 def head_engine_part(threads: int, rounds: int) -> dict[str, Any]:
     """The engine in-process at 16 and 64 streams (32+32), its output projection swapped between the
     sliced one it loads with and a whole ``Linear`` on the same weight, alternating in one process (a
@@ -88,16 +104,11 @@ def head_engine_part(threads: int, rounds: int) -> dict[str, Any]:
 
     import torch
 
-    sys.path.insert(0, str(HERE))
     from engine_v2_throughput import MODEL_DIR
-    from modelyard.server.engine import EngineConfig, TorchEngine, load_model
-    from server_throughput import build_model_dir, make_prompts, run_engine
+    from modelyard.server.engine import TorchEngine
+    from server_throughput import make_prompts, run_engine
 
-    torch.set_num_threads(threads)
-    if not (MODEL_DIR / "config.json").exists():
-        build_model_dir(MODEL_DIR)
-    config = EngineConfig(model=str(MODEL_DIR), device="cpu", dtype="float32", max_model_len=1024)
-    loaded = load_model(config)
+    loaded, config = _load_bench_model(threads, "float32")
     sliced = loaded.model.get_output_embeddings()
     whole = torch.nn.Linear(sliced.in_features, sliced.out_features, bias=False)
     whole.weight = sliced.weight
@@ -136,17 +147,12 @@ def head_engine_part(threads: int, rounds: int) -> dict[str, Any]:
 def child(option: str, streams: int, prompt_tokens: int, new_tokens: int, threads: int) -> dict[str, Any]:
     import torch
 
-    sys.path.insert(0, str(HERE))
     from engine_v2_throughput import MODEL_DIR
-    from modelyard.server.engine import EngineConfig, TorchEngine, load_model
-    from server_throughput import build_model_dir, make_prompts, run_engine
+    from modelyard.server.engine import TorchEngine
+    from server_throughput import make_prompts, run_engine
 
-    torch.set_num_threads(threads)
-    if not (MODEL_DIR / "config.json").exists():
-        build_model_dir(MODEL_DIR)
     spec = OPTIONS[option]
-    config = EngineConfig(model=str(MODEL_DIR), device="cpu", dtype=spec["dtype"], max_model_len=1024)
-    loaded = load_model(config)
+    loaded, config = _load_bench_model(threads, spec["dtype"])
     if spec.get("compile"):
         # dynamic: batch rows and KV length change every step; one graph family instead of one per shape.
         loaded.model.forward = torch.compile(loaded.model.forward, dynamic=True)  # type: ignore[method-assign]

@@ -262,8 +262,7 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         model = dispatch_model(model, device_map=device_map, force_hooks=True)
     model.eval()
     model.requires_grad_(False)
-    if device_map is None and device.type == "cpu" and config.task == "generate":
-        slice_output_projection(model)
+    slice_output_projection(model)  # CPU heads of causal LMs only; see lm_head.py
 
     limit = _context_length(hf_config)
     if config.max_model_len is not None:

@@ -27,7 +27,9 @@ def save_tokenizer(path: Path) -> None:
     fast.save_pretrained(path)
 
 
-def build(kind: str, path: Path) -> Path:
+def build(kind: str, path: Path, vocab: int = VOCAB, tied: bool = False) -> Path:
+    """A tiny random ``kind`` saved with its tokenizer; ``tied``: Llama's head shares the embeddings
+    (GPT-2's always does)."""
     torch.manual_seed(1234)
     if kind == "llama":
         model: torch.nn.Module = LlamaForCausalLM(
@@ -37,11 +39,12 @@ def build(kind: str, path: Path) -> Path:
                 num_hidden_layers=2,
                 num_attention_heads=4,
                 num_key_value_heads=2,
-                vocab_size=VOCAB,
+                vocab_size=vocab,
                 max_position_embeddings=256,
                 eos_token_id=EOS,
                 bos_token_id=1,
                 pad_token_id=0,
+                tie_word_embeddings=tied,
             )
         )
     else:
@@ -50,7 +53,7 @@ def build(kind: str, path: Path) -> Path:
                 n_embd=64,
                 n_layer=2,
                 n_head=4,
-                vocab_size=VOCAB,
+                vocab_size=vocab,
                 n_positions=256,
                 eos_token_id=EOS,
                 bos_token_id=1,

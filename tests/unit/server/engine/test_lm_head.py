@@ -7,38 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from modelyard.server.engine import EngineConfig, load_model
 from modelyard.server.engine.lm_head import MIN_VOCAB, SlicedLMHead, slice_output_projection
-from tests.unit.server.engine.conftest import save_tokenizer
+from tests.unit.server.engine.conftest import build
 
 pytestmark = pytest.mark.model
 
 BIG_VOCAB = MIN_VOCAB + 700  # not a multiple of the slice: the last slice is short
-
-
-def _build(kind: str, path: Path, vocab: int) -> Path:
-    torch.manual_seed(7)
-    model: torch.nn.Module
-    if kind == "llama":
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                vocab_size=vocab,
-                max_position_embeddings=128,
-                tie_word_embeddings=True,
-            )
-        )
-    else:
-        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=vocab, n_positions=128))
-    model.save_pretrained(path)
-    save_tokenizer(path)
-    return path
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -55,7 +32,7 @@ def test_sliced_projection_gives_the_linear_layers_logits(bias: bool) -> None:
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_cpu_load_slices_a_large_tied_head_and_greedy_tokens_do_not_change(tmp_path: Path, kind: str) -> None:
-    path = _build(kind, tmp_path / kind, BIG_VOCAB)
+    path = build(kind, tmp_path / kind, vocab=BIG_VOCAB, tied=True)
     loaded = load_model(EngineConfig(model=str(path), device="cpu", dtype="float32"))
     model = loaded.model
     head = model.get_output_embeddings()
@@ -71,7 +48,7 @@ def test_cpu_load_slices_a_large_tied_head_and_greedy_tokens_do_not_change(tmp_p
 
 
 def test_small_vocabularies_keep_their_linear_head(tmp_path: Path) -> None:
-    path = _build("llama", tmp_path / "small", MIN_VOCAB - 1)
+    path = build("llama", tmp_path / "small", vocab=MIN_VOCAB - 1)
     loaded = load_model(EngineConfig(model=str(path), device="cpu", dtype="float32"))
     assert type(loaded.model.get_output_embeddings()) is torch.nn.Linear
     assert slice_output_projection(loaded.model) is False
