@@ -429,7 +429,9 @@ def render_docs() -> str:
     out += [f"- {m}" for m in rules] + [""]
     out += ["## Status\n", table + "\n".join(_rows(schema["properties"]["status"], "status")), ""]
     out += [
-        "Conditions: `Ready` (True once at least one replica serves; reasons `Serving`, `Unschedulable` with "
+        "Conditions: `Ready` (True once at least one replica is ready and reachable through the model's Service "
+        "(a ready endpoint in its EndpointSlices); reasons `Serving`, `NoEndpoints` when ready pods are not "
+        "behind the Service, `Unschedulable` with "
         "the scheduler's message, `CrashLoopBackOff`/`ImagePullBackOff`/..., `Downloading`, `Loading`, "
         "`Pending`, `ScaledToZero`, `ReconcileFailed` with the API server's message when a child could not "
         "be applied, `NameConflict` naming the older LLMModel that holds this model's served name or an "

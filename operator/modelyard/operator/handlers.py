@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +33,7 @@ from modelyard.operator.autoscaler.signal import LoadSignal
 from modelyard.operator.failures import ReconcileFailure
 from modelyard.operator.k8s import ApiError, Kube, TransientError
 from modelyard.operator.kopfconfig import configure_kopf
-from modelyard.operator.observed import ObservedState, model_key, model_key_of
+from modelyard.operator.observed import Key, ObservedState, model_key, model_key_of
 from modelyard.operator.progress import ProgressProber
 from modelyard.operator.reconcile import ReconcileResult, child_drift, reconcile
 from modelyard.operator.settings import OperatorSettings
@@ -55,6 +57,9 @@ class Runtime:
         self.prober = ProgressProber(self.state, self.syncer.touch, settings)
         self.signal = LoadSignal(self._router_urls, settings.autoscaler_poll_seconds)
         metrics.register_models_by_phase(self.state.phases)
+        # One reconcile per model at a time: a hand edit arrives as several watch events (spec, then
+        # status), and concurrent repairs would each see the edit and each write and announce it.
+        self.reconcile_locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._service_urls: list[str] = []
         self._service_read_at = -ROUTER_SERVICE_REFRESH_S
 
@@ -117,7 +122,8 @@ async def reconcile_recorded(
     generation = int(body["metadata"].get("generation") or 1)
     started = time.perf_counter()
     try:
-        result = await reconcile(LLMModel.from_body(body), runtime.settings, runtime.kube, fresh=fresh)
+        async with runtime.reconcile_locks[key]:
+            result = await reconcile(LLMModel.from_body(body), runtime.settings, runtime.kube, fresh=fresh)
     except Exception as exc:
         failure = failures.classify(exc, generation)
         outcome = metrics.Result.INVALID if failure.permanent else metrics.Result.RETRY
@@ -132,7 +138,18 @@ async def reconcile_recorded(
     metrics.RECONCILES.labels(result=outcome).inc()
     runtime.state.failures.pop(key, None)
     runtime.syncer.touch(key)
+    if result.repaired and runtime.settings.post_events:
+        await runtime.kube.post_event(dict(body), "Normal", DRIFT_REPAIRED, repair_message(result.repaired))
     return result
+
+
+DRIFT_REPAIRED = "DriftRepaired"
+
+
+def repair_message(repaired: Mapping[str, list[str]]) -> str:
+    """`Service/x: .spec.selector changed by hand, put back to what the LLMModel sets`."""
+    parts = [f"{ref}: {', '.join(paths[:5])}" for ref, paths in sorted(repaired.items())]
+    return "; ".join(parts) + " changed outside the LLMModel, put back to what its spec sets"
 
 
 @kopf.on.resume(md.GROUP, md.VERSION, md.PLURAL)
@@ -163,6 +180,9 @@ async def llmmodel_event(body: kopf.Body, type: str | None, memo: Any, **_: Any)
     key = runtime.state.set_model(body, deleted=type == "DELETED")
     if type == "DELETED":
         runtime.syncer.forget(key, str(body["metadata"].get("uid", "")))
+        lock = runtime.reconcile_locks.get(key)
+        if lock is not None and not lock.locked():
+            del runtime.reconcile_locks[key]
     else:
         runtime.syncer.touch(key)
     # A new name, a renamed or a deleted model can make another model win or lose a served-name clash.
@@ -211,10 +231,14 @@ async def repair_child(
             if current is None or current["metadata"].get("deletionTimestamp"):
                 return
             owner = current
-        logger.info(
-            "%s/%s drifted from LLMModel %s (%s): re-applying", kind, name, key[1], ", ".join(why[:5])
-        )
-        await reconcile_recorded(runtime, owner)
+        result = await reconcile_recorded(runtime, owner)
+        if result.repaired:
+            logger.info("LLMModel %s: %s", key[1], repair_message(result.repaired))
+        elif deleted and f"{kind}/{name}" in result.applied:
+            message = f"{kind}/{name} was deleted outside the LLMModel, re-created"
+            logger.info("LLMModel %s: %s", key[1], message)
+            if runtime.settings.post_events:
+                await runtime.kube.post_event(dict(owner), "Normal", DRIFT_REPAIRED, message)
     except ReconcileFailedError as exc:
         # Recorded on the model's status; the next change of the child or the LLMModel retries.
         logger.warning("repairing %s/%s failed: %s", kind, name, exc)
@@ -275,6 +299,15 @@ async def pdb_event(
 async def pod_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     key = runtime.state.set_pod(body, deleted=type == "DELETED")
+    if key is not None:
+        runtime.syncer.touch(key)
+
+
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels=CHILD_LABELS)
+async def endpointslice_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """Readiness follows what the router can reach: the ready endpoints behind the model's Service."""
+    runtime = _runtime(memo)
+    key = runtime.state.set_endpoint_slice(body, deleted=type == "DELETED")
     if key is not None:
         runtime.syncer.touch(key)
 

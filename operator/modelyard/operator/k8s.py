@@ -92,6 +92,16 @@ class Kube:
         metrics.API_WRITES.labels(verb="apply", resource=obj["kind"]).inc()
         return _as_dict(result)
 
+    async def json_patch(self, kind: str, name: str, namespace: str, ops: list[dict[str, Any]]) -> None:
+        """An RFC 6902 patch: replaces or removes a field as a whole, which apply cannot do to the keys
+        another field manager added."""
+        async with self._inflight:
+            await self.client.patch(
+                KINDS[kind], name, ops, namespace=namespace, patch_type=PatchType.JSON,
+                field_manager=md.FIELD_MANAGER,
+            )  # fmt: skip
+        metrics.API_WRITES.labels(verb="patch", resource=kind).inc()
+
     async def delete(self, kind: str, name: str, namespace: str) -> None:
         try:
             async with self._inflight:

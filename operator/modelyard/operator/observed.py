@@ -42,6 +42,15 @@ def _slim_deployment(dep: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def ready_endpoints(endpoint_slice: Mapping[str, Any]) -> int:
+    """Endpoints the slice marks ready (an absent `ready` means ready, per the API)."""
+    return sum(
+        1
+        for ep in endpoint_slice.get("endpoints") or []
+        if (ep.get("conditions") or {}).get("ready") is not False
+    )
+
+
 def model_key(body: Mapping[str, Any]) -> Key:
     """The key of an LLMModel body."""
     meta = body["metadata"]
@@ -61,6 +70,8 @@ class ObservedState:
         self.models: dict[Key, dict[str, Any]] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        # Ready endpoints per EndpointSlice of each model's Service: what the router can reach.
+        self.endpoints: dict[Key, dict[str, int]] = defaultdict(dict)
         # Load progress the model server reported, per loading pod (written by the progress prober).
         self.progress: dict[Key, dict[str, Any]] = {}
         # The last reconcile of each model, when it failed (cleared by the next success): shown as
@@ -125,6 +136,26 @@ class ObservedState:
         else:
             self.pods[key][name] = _slim_pod(body)
         return key
+
+    def set_endpoint_slice(self, body: Mapping[str, Any], deleted: bool) -> Key | None:
+        """EndpointSlices carry their Service's labels, so a model's slices have its model label."""
+        key = model_key_of(body)
+        if key is None:
+            return None
+        name = str(body["metadata"]["name"])
+        if deleted:
+            self.endpoints[key].pop(name, None)
+            if not self.endpoints[key]:
+                del self.endpoints[key]
+        else:
+            self.endpoints[key][name] = ready_endpoints(body)
+        return key
+
+    def ready_endpoints_of(self, key: Key) -> int | None:
+        """Ready endpoints behind the model's Service; None before any slice was seen (no Service yet,
+        or an operator without the watch), so that status then follows the pods alone."""
+        slices = self.endpoints.get(key)
+        return sum(slices.values()) if slices else None
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
         return list(self.pods.get(key, {}).values())

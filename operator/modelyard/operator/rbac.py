@@ -14,7 +14,9 @@ Why each rule exists:
   also for status.
 - pods: watched (list/watch only) for readiness and the scheduler's reason.
 - events: the Events posted on LLMModels (create) and kopf's failure events.
-- endpointslices list: the autoscaler finds the router pods to poll behind the routers' Service.
+- endpointslices list/watch: the autoscaler finds the router pods to poll behind the routers' Service,
+  and a model is Ready only while its own Service has ready endpoints (watched, our label only: the
+  slices carry their Service's labels).
 - kopf.dev peerings: HA peering (keep-alives are patches on the peering object's status).
 """
 
@@ -57,7 +59,7 @@ RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     {
         "apiGroups": ["kopf.dev"],
         "resources": ["clusterkopfpeerings", "kopfpeerings"],

@@ -19,7 +19,7 @@ from modelyard.operator.builders.deployment import build_deployment
 from modelyard.operator.builders.pdb import build_pdb
 from modelyard.operator.builders.pvc import build_cache_pvc
 from modelyard.operator.builders.service import build_service
-from modelyard.operator.drift import drifted
+from modelyard.operator.drift import drifted, whole_field_patch
 from modelyard.operator.k8s import ApiError
 from modelyard.operator.settings import OperatorSettings
 
@@ -30,6 +30,8 @@ class KubeWriter(Protocol):
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
 
     async def delete(self, kind: str, name: str, namespace: str) -> None: ...
+
+    async def json_patch(self, kind: str, name: str, namespace: str, ops: list[dict[str, Any]]) -> None: ...
 
 
 # Children with no state of their own: re-created when apply alone cannot undo a hand edit.
@@ -48,6 +50,8 @@ class ReconcileResult:
     applied: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # Children changed by hand (the spec hash still matches) and put back: ref -> the fields.
+    repaired: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -110,24 +114,26 @@ async def _sync_child(
     meta = child["metadata"]
     ref = f"{child['kind']}/{meta['name']}"
     existing = None if fresh else await kube.get(child["kind"], meta["name"], meta["namespace"])
-    if (
-        existing is not None
-        and _hash_of(existing) == _hash_of(child)
-        and (_owned_by(existing, model) or not meta.get("ownerReferences"))  # a retained cache has none
-        and not drifted(child, existing)
-    ):
+    same_spec = existing is not None and _hash_of(existing) == _hash_of(child)
+    drift = drifted(child, existing) if existing is not None else []
+    if same_spec and not drift and (_owned_by(existing or {}, model) or not meta.get("ownerReferences")):
+        # (a retained cache has no owner)
         result.unchanged.append(ref)
         return
+    if same_spec and drift:
+        result.repaired[ref] = drift
     try:
-        await kube.apply(child)
+        live = await kube.apply(child)
     except ApiError as exc:
         # Server-side apply merges list items by key: a Service port someone renumbered stays as theirs
         # next to ours (duplicate name, 422). A Service or PDB holds no state, so put it back whole.
         if exc.status.code != 422 or existing is None or child["kind"] not in RECREATABLE:
             raise
         await kube.delete(child["kind"], meta["name"], meta["namespace"])
-        await kube.apply(child)
+        live = await kube.apply(child)
         result.deleted.append(ref)
+    if ops := whole_field_patch(child, live):
+        await kube.json_patch(child["kind"], meta["name"], meta["namespace"], ops)
     result.applied.append(ref)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import Condition, ConditionType, LLMModel, LLMModelStatus, Phase
-from modelyard.operator.builders.common import selector_string
+from modelyard.operator.builders.common import selector_string, service_name
 from modelyard.operator.builders.deployment import CONTAINER_NAME, S3_INIT_CONTAINER_NAME
 from modelyard.operator.builders.service import endpoint_url
 from modelyard.operator.settings import OperatorSettings
@@ -29,6 +29,8 @@ FAILURE_REASONS = frozenset(
         "RunContainerError",
     }
 )
+
+NO_ENDPOINTS = "NoEndpoints"
 
 _PHASE_ORDER = {Phase.PENDING: 0, Phase.DOWNLOADING: 1, Phase.LOADING: 2, Phase.READY: 3}
 
@@ -182,9 +184,12 @@ def build_status(
     now: str,
     progress: Mapping[str, Any] | None = None,
     blocker: Blocker | None = None,
+    ready_endpoints: int | None = None,
 ) -> LLMModelStatus:
     """`progress`: pod name -> LoadProgress (stage, fraction) reported by loading model servers.
-    `blocker`: a reason the model is not Ready even if pods are (reconcile failure, name conflict)."""
+    `blocker`: a reason the model is not Ready even if pods are (reconcile failure, name conflict).
+    `ready_endpoints`: ready endpoints behind the model's Service (None: not known), so that a Service
+    that selects none of the ready pods (a hand-edited selector) does not count as serving."""
     desired = model.spec.desired_replicas
     views = [view_pod(p) for p in pods if _is_live(p)]
     loading = [progress[v.name] for v in views if progress and v.name in progress and not v.ready]
@@ -192,7 +197,14 @@ def build_status(
     dep_status = (deployment or {}).get("status") or {}
     # Ready only once the Deployment controller agrees: a pod turns ready a moment before the Deployment
     # status does, and waiting for both makes "Ready" and "RolloutComplete" land in one status write.
-    ready = min(sum(v.ready for v in views), int(dep_status.get("readyReplicas", 0)))
+    pods_ready = min(sum(v.ready for v in views), int(dep_status.get("readyReplicas", 0)))
+    ready = pods_ready if ready_endpoints is None else min(pods_ready, ready_endpoints)
+    unreachable = (
+        f"{pods_ready}/{desired} replicas ready but the Service {service_name(model)} has no ready "
+        f"endpoint: the router cannot reach them (the Service must select {selector_string(model)})"
+        if ready == 0 and pods_ready > 0
+        else None
+    )
     replicas = int(dep_status.get("replicas", len(views)))
     unschedulable = [v for v in views if v.unschedulable_message]
     failing = [v for v in views if v.failure_reason]
@@ -205,6 +217,8 @@ def build_status(
         ready_cond = Condition(
             type="Ready", status="True", reason="Serving", message=f"{ready}/{desired} replicas ready"
         )
+    elif unreachable is not None:
+        ready_cond = Condition(type="Ready", status="False", reason=NO_ENDPOINTS, message=unreachable)
     elif desired == 0:
         ready_cond = Condition(type="Ready", status="False", reason="ScaledToZero", message="replicas is 0")
     elif unschedulable:
@@ -273,6 +287,8 @@ def build_status(
         if failing
         else (deadline, "ProgressDeadlineExceeded")
         if deadline
+        else (unreachable, NO_ENDPOINTS)
+        if unreachable
         else None
     )
     if problem is not None:
@@ -288,7 +304,7 @@ def build_status(
         phase = Phase.SCALED_TO_ZERO
     elif ready > 0:
         phase = Phase.DEGRADED if problem is not None else Phase.READY
-    elif failing or deadline:
+    elif failing or deadline or unreachable:
         phase = Phase.DEGRADED
     elif views and not unschedulable:
         furthest = max((v.phase for v in views), key=lambda p: _PHASE_ORDER.get(p, 0))

@@ -157,6 +157,7 @@ class StatusSyncer:
                 self._clock(),
                 self._state.progress.get(key),
                 blocker,
+                self._state.ready_endpoints_of(key),
             )
         if new == previous:
             return False

@@ -8,7 +8,8 @@ import pytest
 
 from modelyard.api import metadata as md
 from tests.cluster.client import ClusterClient
-from tests.integration.operator.harness import OperatorProcess, llm_path, llmmodel
+from tests.integration.operator.harness import OperatorProcess, condition, llm_path, llmmodel
+from tests.integration.operator.test_failures import events_of
 from tests.integration.operator.test_operator import deployment, is_ready, wait_llm
 
 REPAIR_TIMEOUT = 30
@@ -129,3 +130,72 @@ def test_a_deleted_llmmodels_children_are_not_resurrected(
     with pytest.raises(TimeoutError):
         kube_cluster.wait_for("an apply after the deletion", lambda: applies() > before, 5)
     assert deployment(kube_cluster, namespace, "gone") is None
+
+
+def test_a_key_added_to_the_service_selector_is_removed_with_one_event(
+    kube_cluster: ClusterClient, namespace: str, operator: OperatorProcess
+) -> None:
+    kube_cluster.apply(llmmodel("selector", namespace))
+    wait_llm(kube_cluster, namespace, "selector", "Ready=True", is_ready)
+    svc_path = f"/api/v1/namespaces/{namespace}/services/selector"
+    owned = (kube_cluster.get_json(svc_path) or {})["spec"]["selector"]
+    kube_cluster.kubectl(
+        "patch", "service", "selector", "-n", namespace, "-p", '{"spec": {"selector": {"extra": "x"}}}'
+    )
+    kube_cluster.wait_for(
+        "the Service selector back to the operator's, exactly",
+        lambda: (kube_cluster.get_json(svc_path) or {}).get("spec", {}).get("selector") == owned,
+        REPAIR_TIMEOUT,
+    )
+    repaired = kube_cluster.wait_for(
+        "a DriftRepaired event",
+        lambda: events_of(kube_cluster, namespace, "selector", "DriftRepaired"),
+        REPAIR_TIMEOUT,
+    )
+    assert ".spec.selector" in repaired[0]["message"]
+    assert "Service/selector" in repaired[0]["message"]
+    # The edit reaches the operator as several watch events: still one repair, one event.
+    with pytest.raises(TimeoutError):
+        kube_cluster.wait_for(
+            "a second DriftRepaired event",
+            lambda: len(events_of(kube_cluster, namespace, "selector", "DriftRepaired")) > 1,
+            3,
+        )
+    wait_llm(kube_cluster, namespace, "selector", "Ready=True", is_ready)
+
+
+def test_a_node_selector_and_env_var_added_to_the_deployment_are_removed(
+    kube_cluster: ClusterClient, namespace: str, operator: OperatorProcess
+) -> None:
+    kube_cluster.apply(llmmodel("pinned", namespace))
+    wait_llm(kube_cluster, namespace, "pinned", "Ready=True", is_ready)
+    kube_cluster.kubectl(
+        "patch", "deployment", "pinned", "-n", namespace, "--type=strategic", "-p",
+        '{"spec": {"template": {"spec": {"nodeSelector": {"nowhere": "true"}, "containers": '
+        '[{"name": "server", "env": [{"name": "ADDED_BY_HAND", "value": "1"}]}]}}}}',
+    )  # fmt: skip
+
+    def put_back() -> dict[str, Any] | None:
+        dep = deployment(kube_cluster, namespace, "pinned")
+        if dep is None:
+            return None
+        pod = dep["spec"]["template"]["spec"]
+        names = {e["name"] for e in pod["containers"][0].get("env") or []}
+        return dep if "nodeSelector" not in pod and "ADDED_BY_HAND" not in names else None
+
+    kube_cluster.wait_for("the nodeSelector and env var removed", put_back, REPAIR_TIMEOUT)
+    repaired = kube_cluster.wait_for(
+        "a DriftRepaired event",
+        lambda: events_of(kube_cluster, namespace, "pinned", "DriftRepaired"),
+        REPAIR_TIMEOUT,
+    )
+    assert ".spec.template.spec.nodeSelector" in repaired[0]["message"]
+    assert ".spec.template.spec.containers[server].env" in repaired[0]["message"]
+    # The rollout the edit started does not stick: the model is served by a pod of the right template.
+    wait_llm(
+        kube_cluster,
+        namespace,
+        "pinned",
+        "rollout complete",
+        lambda o: is_ready(o) and (condition(o, "Progressing") or {}).get("reason") == "RolloutComplete",
+    )

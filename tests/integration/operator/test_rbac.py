@@ -29,6 +29,7 @@ NEEDED = [
     ("create", "events"),
     ("patch", "llmmodels.modelyard.dev/scale"),
     ("list", "endpointslices.discovery.k8s.io"),
+    ("watch", "endpointslices.discovery.k8s.io"),
     ("patch", "kopfpeerings.kopf.dev"),
 ]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from modelyard.operator.drift import drifted
+from modelyard.operator.drift import drifted, whole_field_patch
 from modelyard.operator.reconcile import child_drift, desired_children
 from tests.unit.operator.factories import SETTINGS, model
 
@@ -56,9 +56,8 @@ def test_a_hand_edited_container_has_drifted() -> None:
 def test_extra_items_others_added_are_not_drift_but_a_removed_one_is() -> None:
     want = desired("Deployment")
     live = as_stored(want)
-    container = live["spec"]["template"]["spec"]["containers"][0]
-    container["env"].append({"name": "ADDED_BY_SOMEONE", "value": "1"})
     live["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "x"})
+    live["metadata"]["annotations"]["someone/else"] = "1"
     assert drifted(want, live) == []
     live["spec"]["template"]["spec"]["volumes"] = []
     assert ".spec.template.spec.volumes[dshm]" in drifted(want, live)
@@ -93,3 +92,44 @@ def test_child_drift_names_deletions_and_ignores_children_the_model_does_not_wan
     assert child_drift(m, SETTINGS, svc, deleted=False) == []
     stale_pdb = {"kind": "PodDisruptionBudget", "metadata": {"name": "llama"}}
     assert child_drift(m, SETTINGS, stale_pdb, deleted=True) == []
+
+
+def test_an_extra_service_selector_key_is_drift_and_the_patch_puts_the_selector_back_whole() -> None:
+    want = desired("Service")
+    live = as_stored(want)
+    live["spec"]["selector"]["extra"] = "x"
+    assert drifted(want, live) == [".spec.selector"]
+    assert whole_field_patch(want, live) == [
+        {"op": "replace", "path": "/spec/selector", "value": want["spec"]["selector"]}
+    ]
+    assert whole_field_patch(want, as_stored(want)) == []
+
+
+def test_a_hand_added_node_selector_or_env_var_is_drift_and_removed_by_the_patch() -> None:
+    want = desired("Deployment")
+    live = as_stored(want)
+    pod = live["spec"]["template"]["spec"]
+    pod["nodeSelector"] = {"disk": "ssd"}
+    pod["containers"].insert(0, {"name": "sidecar", "image": "x", "env": [{"name": "A", "value": "1"}]})
+    pod["containers"][1]["env"].append({"name": "ADDED_BY_SOMEONE", "value": "1"})
+    assert drifted(want, live) == [
+        ".spec.template.spec.nodeSelector",
+        ".spec.template.spec.containers[server].env",
+    ]
+    env = want["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert whole_field_patch(want, live) == [
+        {"op": "remove", "path": "/spec/template/spec/nodeSelector"},
+        {"op": "test", "path": "/spec/template/spec/containers/1/name", "value": "server"},
+        {"op": "replace", "path": "/spec/template/spec/containers/1/env", "value": env},
+    ]
+
+
+def test_a_node_selector_the_model_sets_owns_its_keys_but_defaults_are_not_extras() -> None:
+    want = desired("Deployment", nodeSelector={"pool": "gpu"})
+    live = as_stored(want)
+    assert drifted(want, live) == []
+    live["spec"]["template"]["spec"]["nodeSelector"]["zone"] = "a"
+    assert drifted(want, live) == [".spec.template.spec.nodeSelector"]
+    assert whole_field_patch(want, live) == [
+        {"op": "replace", "path": "/spec/template/spec/nodeSelector", "value": {"pool": "gpu"}}
+    ]

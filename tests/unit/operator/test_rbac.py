@@ -29,9 +29,9 @@ def test_least_privilege() -> None:
     assert "delete" not in verbs[("apps", "deployments")]
     assert verbs[("", "pods")] == {"list", "watch"}
     assert verbs[("", "events")] == {"create"}
-    # The autoscaler writes replicas through the scale subresource only, and only reads router endpoints.
+    # The autoscaler writes replicas through the scale subresource only; endpoints are only read.
     assert verbs[("modelyard.dev", "llmmodels/scale")] == {"patch"}
-    assert verbs[("discovery.k8s.io", "endpointslices")] == {"list"}
+    assert verbs[("discovery.k8s.io", "endpointslices")] == {"list", "watch"}
 
 
 def test_binding_points_at_the_service_account() -> None:

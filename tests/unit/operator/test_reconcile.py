@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from lightkube import ApiError
@@ -31,6 +32,38 @@ class FakeKube:
     async def delete(self, kind: str, name: str, namespace: str) -> None:
         self.objects.pop((kind, namespace, name), None)
         self.writes.append(f"delete {kind}/{name}")
+
+    async def json_patch(self, kind: str, name: str, namespace: str, ops: list[dict[str, Any]]) -> None:
+        obj = self.objects[(kind, namespace, name)]
+        for op in ops:
+            *parents, last = [int(p) if p.isdigit() else p for p in op["path"].strip("/").split("/")]
+            target = obj
+            for part in parents:
+                target = target[part]
+            if op["op"] == "test":
+                assert target[last] == op["value"]
+            elif op["op"] == "remove":
+                del target[last]
+            else:
+                target[last] = op["value"]
+        self.writes.append(f"patch {kind}/{name}")
+
+
+def _merge(live: Any, applied: Any) -> Any:
+    """Server-side apply of one manager as far as these tests need: maps merge, so keys that another
+    manager added stay; everything else is replaced."""
+    if isinstance(live, dict) and isinstance(applied, dict):
+        return {**live, **{k: _merge(live.get(k), v) for k, v in applied.items()}}
+    return copy.deepcopy(applied)
+
+
+class MergingKube(FakeKube):
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        self.objects[key] = _merge(self.objects.get(key), obj)
+        self.writes.append(f"apply {obj['kind']}/{meta['name']}")
+        return self.objects[key]
 
 
 async def test_first_reconcile_applies_deployment_and_service() -> None:
@@ -155,3 +188,27 @@ async def test_a_retained_cache_without_an_owner_is_not_rewritten() -> None:
     await reconcile(model(**spec), SETTINGS, kube)
     result = await reconcile(model(**spec), SETTINGS, kube)
     assert "PersistentVolumeClaim/llama-cache" in result.unchanged
+
+
+async def test_a_key_added_to_the_service_selector_is_removed_and_reported_as_repaired() -> None:
+    kube = MergingKube()
+    first = await reconcile(model(), SETTINGS, kube)
+    assert first.repaired == {}
+    service = kube.objects[("Service", "team-a", "llama")]
+    service["spec"]["selector"] = {**service["spec"]["selector"], "extra": "x"}  # kubectl patch svc
+    kube.writes.clear()
+    result = await reconcile(model(), SETTINGS, kube)
+    assert result.repaired == {"Service/llama": [".spec.selector"]}
+    assert kube.writes == ["apply Service/llama", "patch Service/llama"]
+    assert "extra" not in kube.objects[("Service", "team-a", "llama")]["spec"]["selector"]
+    kube.writes.clear()
+    assert (await reconcile(model(), SETTINGS, kube)).repaired == {}
+    assert kube.writes == []
+
+
+async def test_a_spec_change_is_not_a_repair() -> None:
+    kube = MergingKube()
+    await reconcile(model(replicas=1), SETTINGS, kube)
+    result = await reconcile(model(replicas=1, nodeSelector={"pool": "gpu"}), SETTINGS, kube)
+    assert result.applied == ["Deployment/llama"]
+    assert result.repaired == {}

@@ -6,6 +6,7 @@ from typing import Any
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel, Phase
+from modelyard.operator.observed import ObservedState
 from modelyard.operator.status import build_status, view_pod
 from tests.unit.operator.factories import SETTINGS, model
 
@@ -221,3 +222,48 @@ def test_one_replica_or_read_write_many_or_no_new_pvc_is_fine() -> None:
     )
     assert cache_shared(model(replicas=3)) is None
     assert cache_shared(model(replicas=3, cache={"claimName": "shared"})) is None
+
+
+def test_ready_pods_the_service_does_not_reach_are_not_serving() -> None:
+    ready_pod = pod(scheduled=True, ready=True, phase="Running")
+    st = build_status(model(), deployment(ready=1), [ready_pod], SETTINGS, NOW, ready_endpoints=0)
+    conds = {c.type: c for c in st.conditions}
+    assert (conds["Ready"].status, conds["Ready"].reason) == ("False", "NoEndpoints")
+    assert "Service llama has no ready endpoint" in conds["Ready"].message
+    assert (conds["Degraded"].status, conds["Degraded"].reason) == ("True", "NoEndpoints")
+    assert st.phase is Phase.DEGRADED
+    assert st.replica_summary == "0/1"
+
+
+def test_readiness_counts_the_fewer_of_ready_pods_and_ready_endpoints() -> None:
+    pods = [pod(f"p{i}", scheduled=True, ready=True, phase="Running") for i in range(2)]
+    m = model(replicas=2)
+    assert (
+        build_status(m, deployment(2, ready=2), pods, SETTINGS, NOW, ready_endpoints=1).replica_summary
+        == "1/2"
+    )
+    assert (
+        build_status(m, deployment(2, ready=2), pods, SETTINGS, NOW, ready_endpoints=3).replica_summary
+        == "2/2"
+    )
+    # No slice seen yet: the pods alone decide.
+    assert build_status(m, deployment(2, ready=2), pods, SETTINGS, NOW).phase is Phase.READY
+
+
+def test_observed_endpoints_sum_the_ready_ones_of_every_slice_of_the_model() -> None:
+    state = ObservedState()
+    labels = {md.LABEL_MODEL: "llama"}
+
+    def slice_(name: str, *ready: bool | None) -> dict[str, Any]:
+        endpoints = [{"conditions": {} if r is None else {"ready": r}} for r in ready]
+        return {"metadata": {"name": name, "namespace": "team-a", "labels": labels}, "endpoints": endpoints}
+
+    assert state.ready_endpoints_of(("team-a", "llama")) is None
+    state.set_endpoint_slice(slice_("a", True, False, None), deleted=False)
+    state.set_endpoint_slice(slice_("b", True), deleted=False)
+    assert state.ready_endpoints_of(("team-a", "llama")) == 3
+    state.set_endpoint_slice(slice_("b"), deleted=True)
+    state.set_endpoint_slice(slice_("a", False), deleted=False)
+    assert state.ready_endpoints_of(("team-a", "llama")) == 0
+    state.set_endpoint_slice(slice_("a"), deleted=True)
+    assert state.ready_endpoints_of(("team-a", "llama")) is None
