@@ -292,7 +292,8 @@ spec:
   loadBalancing: {strategy: PrefixHash}
 ```
 
-Model sources: `hf://<org>/<name>` is downloaded by the server (into `HF_HOME` on the cache volume when
+Model sources: `hf://[<org>/]<name>` (the hub's root-level repos such as `hf://gpt2` have no org) is
+downloaded by the server (into `HF_HOME` on the cache volume when
 `cache` is set; `revision` selects a branch, tag or commit); `pvc://<claim>/<path>` mounts the claim
 read-only at `/models/<claim>` and serves `/models/<claim>/<path>`; `s3://<bucket>/<path>` is copied by an
 init container (`aws s3 sync`, image set by the operator's `MODELYARD_OPERATOR_S3_INIT_IMAGE`) into an
@@ -429,9 +430,9 @@ def render_docs() -> str:
     out += [f"- {m}" for m in rules] + [""]
     out += ["## Status\n", table + "\n".join(_rows(schema["properties"]["status"], "status")), ""]
     out += [
-        "Conditions: `Ready` (True once at least one replica is ready and reachable through the model's Service "
-        "(a ready endpoint in its EndpointSlices); reasons `Serving`, `NoEndpoints` when ready pods are not "
-        "behind the Service, `Unschedulable` with "
+        "Conditions: `Ready` (True once at least one replica is ready and reachable through the model's "
+        "Service (a ready endpoint in its EndpointSlices); reasons `Serving`, `NoEndpoints` when ready "
+        "pods are not behind the Service, `Unschedulable` with "
         "the scheduler's message, `CrashLoopBackOff`/`ImagePullBackOff`/..., `Downloading`, `Loading`, "
         "`Pending`, `ScaledToZero`, `ReconcileFailed` with the API server's message when a child could not "
         "be applied, `NameConflict` naming the older LLMModel that holds this model's served name or an "

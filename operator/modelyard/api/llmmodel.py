@@ -17,12 +17,14 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StringConstraints,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from modelyard.api import owned_flags
 from modelyard.api.metadata import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
 __all__ = [
@@ -58,7 +60,7 @@ URL_PATTERN = r"^(hf://[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?|pvc://[a-z0-9]([-a-z0-
 _URL_RE = re.compile(URL_PATTERN)
 # Same regex, as a CEL string literal (raw string so backslashes survive).
 URL_CEL_MESSAGE = (
-    "url must be hf://<org>/<name>, pvc://<claim>[/<path>] or s3://<bucket>[/<path>] "
+    "url must be hf://[<org>/]<name>, pvc://<claim>[/<path>] or s3://<bucket>[/<path>] "
     "(supported schemes: hf, pvc, s3)"
 )
 
@@ -178,9 +180,14 @@ class ServerOptions(_Model):
         "--enable-prefix-caching / --no-enable-prefix-caching, on by default; sglang: radix cache, off with "
         "--disable-radix-cache). Unset keeps the engine's default.",
     )
-    extra_args: list[str] = Field(
+    extra_args: list[Annotated[str, StringConstraints(max_length=owned_flags.MAX_EXTRA_ARG_LENGTH)]] = Field(
         default_factory=list,
-        description="Extra command-line arguments appended verbatim to the server command.",
+        max_length=owned_flags.MAX_EXTRA_ARGS,
+        description="Extra command-line arguments appended verbatim to the server command. Flags the "
+        "operator sets from a field (--port, --tensor-parallel-size, ...) are refused.",
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": owned_flags.CEL_RULE, "message": owned_flags.CEL_MESSAGE}]
+        },
     )
     env: Annotated[
         list[dict[str, Any]],
@@ -190,6 +197,15 @@ class ServerOptions(_Model):
         list[dict[str, Any]],
         _opaque_list("Extra environment sources (core/v1 EnvFromSource) for the server container."),
     ] = Field(default_factory=list)
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_owned_flags(cls, v: list[str]) -> list[str]:
+        # Mirrors the CEL rule for objects that reached the operator without it, with the exact field.
+        for arg in v:
+            if owned_flags.owned_flag(arg) is not None:
+                raise ValueError(owned_flags.refusal(arg))
+        return v
 
 
 class Resources(_Model):
@@ -408,7 +424,8 @@ class LLMModelSpec(_Model):
 
     url: str = Field(
         max_length=1024,
-        description="Where the weights come from: hf://<org>/<name> (model hub), "
+        description="Where the weights come from: hf://[<org>/]<name> (model hub; root-level repos "
+        "such as hf://gpt2 have no org), "
         "pvc://<claim>[/<path>] (mounted read-only), or s3://<bucket>[/<path>] (fetched by an init "
         "container).",
         json_schema_extra={

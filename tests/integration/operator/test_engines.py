@@ -109,3 +109,16 @@ def test_engine_combinations_that_cannot_be_honoured_are_rejected_at_apply(
     )
     assert kube_cluster.get_json(llm_path(namespace, "my-prefix-ok")) is not None
     assert kube_cluster.get_json(llm_path(namespace, "vllm-cpu-ok")) is not None
+
+
+def test_extra_args_that_set_an_operator_owned_flag_are_rejected_at_apply(
+    kube_cluster: ClusterClient, namespace: str, operator: OperatorProcess
+) -> None:
+    for name, args in {"own-port": ["--port", "9000"], "own-tp": ["--tensor-parallel-size=2"]}.items():
+        with pytest.raises(subprocess.CalledProcessError) as info:
+            kube_cluster.apply(llmmodel(name, namespace, server={"extraArgs": args}))
+        stderr = " ".join(str(info.value.stderr).split())
+        assert "server.extraArgs must not set a flag the operator sets from a field" in stderr, stderr
+        assert kube_cluster.get_json(llm_path(namespace, name)) is None
+    # Flags the operator does not own pass, including ones that merely start like an owned one.
+    kube_cluster.apply(llmmodel("own-ok", namespace, server={"extraArgs": ["--portal", "--seed=1"]}))

@@ -126,3 +126,29 @@ def test_gpu_resource_names_that_the_api_server_accepts(name: str) -> None:
 def test_gpu_resource_names_that_would_break_the_deployment_are_rejected(name: str) -> None:
     with pytest.raises(ValidationError, match="gpuResourceName must be an extended resource name"):
         spec(resources={"gpuResourceName": name})
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--port", "9000"], "listens on 0.0.0.0:8000"),
+        (["--host=::"], "listens on 0.0.0.0:8000"),
+        (["--tensor-parallel-size", "2"], "from spec.resources.gpus"),
+        (["--tp-size=2"], "from spec.resources.gpus"),
+        (["--max-model-len", "9"], "from spec.server.maxModelLen"),
+        (["--served-model-name", "x"], "from spec.servedName and spec.aliases"),
+    ],
+)
+def test_extra_args_that_set_an_operator_owned_flag_are_refused_naming_the_field(
+    args: list[str], field: str
+) -> None:
+    flag = args[0].split("=")[0]
+    with pytest.raises(ValidationError, match=f"extraArgs: {flag} is set by the operator") as info:
+        spec(server={"extraArgs": args})
+    assert field in str(info.value)
+
+
+def test_extra_args_the_operator_does_not_own_pass() -> None:
+    assert (
+        spec(server={"extraArgs": ["--seed", "1", "--portal", "x=--port"]}).server.extra_args[0] == "--seed"
+    )
