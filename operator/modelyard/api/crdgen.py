@@ -371,7 +371,7 @@ What each engine supports:
 | | modelyard | vllm | sglang |
 |---|---|---|---|
 | several GPUs per replica | layer split (contiguous runs of decoder layers per GPU, one GPU busy at a time) | tensor parallel | tensor parallel |
-| prefix caching | no | yes | yes (radix cache) |
+| prefix caching | yes (on by default: full KV blocks named by a hash of their tokens; docs/server.md) | yes | yes (radix cache) |
 | LoRA adapters | no | yes (`--enable-lora --lora-modules ...` in `extraArgs`) | yes (`--lora-paths ...` in `extraArgs`) |
 | structured output (`response_format`) | yes (`json_schema`, `json_object`; docs/server.md) | yes | yes |
 | embeddings (`task: embed`) | yes | yes | yes |

@@ -51,15 +51,18 @@ class NameClaim:
 
 @dataclass(frozen=True)
 class NameConflict:
-    """Why a model lost: `name` is already served by `holder`, which was created first."""
+    """Why a model lost: `name` is already served by `holder`, created first or, in the same second
+    (`tie`), first by namespace and name."""
 
     name: str
     holder: ModelRef
+    tie: bool = False
 
     def message(self) -> str:
         namespace, name = self.holder
+        why = "created in the same second, first by namespace/name" if self.tie else "created earlier"
         return (
-            f'name "{self.name}" is already served by LLMModel {namespace}/{name} (created earlier): '
+            f'name "{self.name}" is already served by LLMModel {namespace}/{name} ({why}): '
             "this model is not routed; change spec.servedName or spec.aliases"
         )
 
@@ -75,7 +78,8 @@ def name_conflicts(bodies: Iterable[Mapping[str, Any]]) -> dict[ModelRef, NameCo
     for claim in sorted((NameClaim.of(b) for b in bodies), key=_precedence):
         taken = next((n for n in claim.names if n in holders), None)
         if taken is not None:
-            losers[claim.ref] = NameConflict(taken, holders[taken].ref)
+            holder = holders[taken]
+            losers[claim.ref] = NameConflict(taken, holder.ref, tie=holder.created == claim.created)
             continue
         for name in claim.names:
             holders[name] = claim

@@ -32,6 +32,10 @@ def test_the_older_model_keeps_a_served_name_whatever_the_namespace() -> None:
 def test_a_tie_is_broken_by_namespace_then_name() -> None:
     losers = name_conflicts([llm("b", "ns", T1, servedName="chat"), llm("a", "ns", T1, servedName="chat")])
     assert list(losers) == [("ns", "b")]
+    # The message says so, rather than "created earlier".
+    assert losers[("ns", "b")].tie
+    assert "created in the same second, first by namespace/name" in losers[("ns", "b")].message()
+    assert "created earlier" not in losers[("ns", "b")].message()
     losers = name_conflicts([llm("m", "ns2", T1, servedName="chat"), llm("m", "ns1", T1, servedName="chat")])
     assert list(losers) == [("ns2", "m")]
 
@@ -64,6 +68,7 @@ def test_a_model_not_yet_stored_counts_as_the_newest() -> None:
 
 def test_the_message_names_the_holder_and_what_to_change() -> None:
     message = NameConflict("chat", ("team-b", "first")).message()
+    assert "(created earlier)" in message
     assert 'name "chat"' in message
     assert "LLMModel team-b/first" in message
     assert "spec.servedName" in message

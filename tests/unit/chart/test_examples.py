@@ -77,3 +77,33 @@ def test_no_example_runs_several_replicas_on_a_read_write_once_cache(example: Pa
 
     cond = cache_condition(LLMModel.from_body(load(example)))
     assert cond is None or cond.status == "True", cond
+
+
+def test_all_examples_applied_together_have_no_served_name_conflict() -> None:
+    from modelyard.api.names import name_conflicts
+
+    bodies = [{**load(p), "metadata": {**load(p)["metadata"], "namespace": "default"}} for p in EXAMPLES]
+    assert name_conflicts(bodies) == {}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_an_example_that_promises_a_shm_size_gets_it(example: Path) -> None:
+    import re
+
+    from modelyard.api.llmmodel import LLMModel
+    from modelyard.operator.builders.deployment import build_deployment
+    from modelyard.operator.settings import OperatorSettings
+
+    comments = " ".join(
+        line.lstrip("# ") for line in example.read_text().splitlines() if line.startswith("#")
+    )
+    promised = re.search(r"(\d+Gi) `/dev/shm`", comments)
+    body = {**load(example), "metadata": {**load(example)["metadata"], "namespace": "x", "uid": "u"}}
+    volumes = build_deployment(LLMModel.from_body(body), OperatorSettings())["spec"]["template"]["spec"][
+        "volumes"
+    ]
+    shm = next(v for v in volumes if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
+    if promised is not None:
+        assert shm == promised.group(1)
+    else:
+        assert example.name not in ("multi-gpu-vllm.yaml", "multi-gpu-sglang.yaml")
