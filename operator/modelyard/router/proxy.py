@@ -68,6 +68,8 @@ class Proxy:
         self.rng = rng or random.Random()
         self.holds = Holds(settings, table, metrics)
         self.in_flight: dict[str, int] = {}  # per model: every request past lookup, held ones included
+        # Per model, ever: lets the autoscaler see a request that began and ended between two polls.
+        self.started: dict[str, int] = {}
         self.draining = False  # set on SIGTERM: /readyz fails so the pod leaves its Service; still serving
         key = settings.upstream_api_key
         self.upstream_auth = f"Bearer {key.get_secret_value()}" if key is not None else None
@@ -108,6 +110,7 @@ class Proxy:
                 "name": route.name,
                 "source": route.source,
                 "inFlight": self.in_flight.get(route.name, 0),
+                "started": self.started.get(route.name, 0),
                 "held": self.holds.held.get(route.name, 0),
             }
             for route in self.table.snapshot.models
@@ -133,6 +136,7 @@ class Proxy:
         gauge = self.metrics.in_flight.labels(route.name)
         gauge.inc()
         self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
+        self.started[route.name] = self.started.get(route.name, 0) + 1
         try:
             response = await self._route(request, ex, route, routed, body)
             tokens_used = ex.usage.total if ex.usage else 0

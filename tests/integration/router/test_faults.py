@@ -173,12 +173,13 @@ async def test_the_autoscaler_load_counts_held_requests_on_the_metrics_port_only
         (entry,) = json.loads(body)["models"]
         return dict(entry)
 
-    assert load() | {"source": None} == {"name": "m", "source": None, "inFlight": 0, "held": 0}
+    assert load() | {"source": None} == {"name": "m", "source": None, "inFlight": 0, "held": 0, "started": 0}
     async with aiohttp.ClientSession() as s:
         pending = asyncio.ensure_future(post(s, router.url, CHAT))
         # A held request is in flight too: the autoscaler reads both.
         await eventually(lambda: load()["held"] == 1, 10, "request held")
         assert load()["inFlight"] == 1
+        assert load()["started"] == 1  # what lets the autoscaler see requests shorter than its poll
         # An internal signal, not client API: the API port does not serve it.
         status, body = http_get(router.url + "/autoscaler/load")
         assert status == 404

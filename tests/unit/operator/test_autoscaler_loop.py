@@ -129,3 +129,32 @@ def test_the_autoscaler_daemon_puts_no_finalizer_on_llmmodels() -> None:
     spawning = kopf.get_default_registry()._spawning.get_all_handlers()
     [daemon] = [h for h in spawning if h.fn is handlers.llmmodel_autoscaler]
     assert daemon.requires_finalizer is False
+
+
+def test_a_request_shorter_than_a_poll_still_holds_off_scale_to_zero_for_the_whole_delay() -> None:
+    """The routers report requests in flight at each poll; one that began and ended between two polls
+    is seen through their `started` counter, so the model stays up scaleDownDelaySeconds after it."""
+    clock = Clock()
+    answer = {"models": [{"source": "team-a/llama", "inFlight": 0, "held": 0, "started": 7}]}
+
+    async def routers() -> list[str]:
+        return ["http://router-0"]
+
+    async def fetch(url: str) -> Mapping[str, Any] | None:
+        return answer
+
+    signal = LoadSignal(routers, poll_s=1.0, fetch=fetch, clock=clock)
+    writer, state = FakeWriter(), LoopState()
+    obj = body(replicas=1, autoscaling=AUTO)  # scaleDownDelaySeconds: 10
+    scaled_at = None
+    for second in range(30):
+        if second == 5:
+            answer["models"][0]["started"] = 8  # one request, begun and ended since the last poll
+        asyncio.run(signal.poll_once())
+        if asyncio.run(autoscale_once(obj, signal, writer, clock.now, state)) is not None:
+            scaled_at = second
+            break
+        clock.now += 1.0
+    assert writer.scales == [("team-a", "llama", 0)]
+    assert scaled_at is not None
+    assert scaled_at >= 5 + 10

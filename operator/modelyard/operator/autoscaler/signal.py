@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from typing import Any
 
 import aiohttp
@@ -48,6 +48,17 @@ def parse_load(body: Mapping[str, Any]) -> dict[Key, tuple[int, int]]:
     return out
 
 
+def parse_started(body: Mapping[str, Any]) -> dict[Key, int]:
+    """A router's answer -> {(namespace, name): requests started, ever} (routers before this field: none)."""
+    out: dict[Key, int] = {}
+    for entry in body.get("models") or []:
+        ns, sep, name = str(entry.get("source") or "").partition("/")
+        started = entry.get("started")
+        if sep and name and isinstance(started, int):
+            out[(ns, name)] = out.get((ns, name), 0) + started
+    return out
+
+
 class LoadSignal(Poller):
     """Sample history per model, fed by polling the routers."""
 
@@ -65,6 +76,8 @@ class LoadSignal(Poller):
         self._clock = clock
         self._history_s = history_s
         self._samples: dict[Key, deque[Sample]] = {}
+        # Per (router URL, model): requests started, as of the last round.
+        self._started: dict[tuple[str, Key], int] = {}
         self._updated = asyncio.Event()
         self.last_round_ok: float | None = None
 
@@ -91,11 +104,17 @@ class LoadSignal(Poller):
 
     # ---- polling -----------------------------------------------------------------------------------
 
-    def record(self, loads: Mapping[Key, tuple[int, int]], known: Sequence[Key] = ()) -> None:
-        """One complete round: every model the routers know gets a sample (0 when absent)."""
+    def record(
+        self, loads: Mapping[Key, tuple[int, int]], known: Sequence[Key] = (), busy: Set[Key] = frozenset()
+    ) -> None:
+        """One complete round: every model the routers know gets a sample (0 when absent). A model in
+        `busy` started a request since the last round: it counts at least one in flight, so a request
+        that began and ended between two polls still holds off a scale-down for the whole delay."""
         now = self._clock()
         for key in set(loads) | set(known) | set(self._samples):
             in_flight, held = loads.get(key, (0, 0))
+            if key in busy:
+                in_flight = max(in_flight, 1)
             history = self._samples.setdefault(key, deque())
             history.append(Sample(now, in_flight, held))
             while history and history[0].at < now - self._history_s:
@@ -127,12 +146,19 @@ class LoadSignal(Poller):
             log.debug("a router did not answer; this round is skipped")
             return False
         total: dict[Key, tuple[int, int]] = {}
-        for body in bodies:
+        busy: set[Key] = set()
+        for url, body in zip(urls, bodies, strict=True):
             assert body is not None
             for key, (in_flight, held) in parse_load(body).items():
                 prev = total.get(key, (0, 0))
                 total[key] = (prev[0] + in_flight, prev[1] + held)
-        self.record(total)
+            for key, started in parse_started(body).items():
+                # The first answer of a router is the baseline; one that restarted counts from 0 again.
+                before = self._started.get((url, key))
+                if before is not None and (started > before or 0 < started < before):
+                    busy.add(key)
+                self._started[(url, key)] = started
+        self.record(total, busy=busy)
         return True
 
     async def _round(self) -> None:
