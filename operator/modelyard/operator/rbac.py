@@ -67,6 +67,22 @@ RULES: list[dict[str, Any]] = [
     },
 ]
 
+# Why each rule exists, by its first resource: the generated RBAC tables in docs/operator.md and
+# docs/helm.md (`python -m modelyard.operator.rbacdocs`) show it next to the verbs.
+REASONS: dict[str, str] = {
+    md.PLURAL: "kopf lists and watches them and patches its bookkeeping annotations",
+    f"{md.PLURAL}/status": "the status syncer's merge patch (and the autoscaler's `status.autoscaler`)",
+    f"{md.PLURAL}/scale": "the built-in autoscaler's only write (`spec.replicas`)",
+    "deployments": "children: read, written with server-side apply, watched for drift and status",
+    "services": "children: as Deployments, deleted and re-created when apply cannot undo a hand edit",
+    "persistentvolumeclaims": "the cache PVC: read, applied, watched (never deleted)",
+    "poddisruptionbudgets": "read, applied, watched; deleted when a model scales down to one replica",
+    "pods": "readiness and the scheduler's reason, for status",
+    "events": "Events on LLMModels",
+    "endpointslices": "ready endpoints behind each model's Service (status), router pods to poll",
+    "clusterkopfpeerings": "HA peering keep-alives",
+}
+
 
 def manifests(namespace: str = NAMESPACE) -> list[dict[str, Any]]:
     labels = {md.LABEL_NAME: "modelyard", md.LABEL_COMPONENT: "operator"}

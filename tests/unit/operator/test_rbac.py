@@ -41,3 +41,13 @@ def test_binding_points_at_the_service_account() -> None:
         {"kind": "ServiceAccount", "name": "modelyard-operator", "namespace": "ops"}
     ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_the_rbac_tables_in_the_docs_are_generated_from_the_rules() -> None:
+    from modelyard.operator import rbacdocs
+
+    assert rbacdocs.main(["--check"]) == 0, "run python -m modelyard.operator.rbacdocs"
+    assert all(rule["resources"][0] in rbac.REASONS for rule in rbac.RULES)
+    text = (ROOT / "docs" / "operator.md").read_text()
+    assert "| modelyard.dev | llmmodels/scale | patch |" in text
+    assert "| discovery.k8s.io | endpointslices | list, watch |" in text
