@@ -10,6 +10,11 @@
   tokens can never fit: 400 ``context_length_exceeded`` before parsing (a byte count of ``"role"``
   keys) and again, exactly, before validation. Prompt lists are capped by the per-request
   sequence limit the same way.
+* Deep nesting: 5,000 nested ``[`` exhaust the parser's recursion (a ``RecursionError``, once a 500),
+  and bodies nested a few hundred levels deep overflow what walks them later (validation, the error
+  echo). No OpenAI request nests anywhere near ``MAX_NESTING`` (a JSON schema in ``tools`` or
+  ``response_format`` included): deeper is 400 ``nesting_too_deep``. The depth is only walked when the
+  body holds more brackets than that at all.
 
 The body is parsed once here and handed to FastAPI (``request._json``), never parsed twice.
 """
@@ -27,6 +32,29 @@ from fastapi.routing import APIRoute
 from modelyard.server.errors import ContextLengthExceededError, InvalidRequestError
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+MAX_NESTING = 128
+
+
+def _too_deep() -> InvalidRequestError:
+    return InvalidRequestError(
+        f"The request body is nested more than {MAX_NESTING} levels deep.", code="nesting_too_deep"
+    )
+
+
+def check_nesting(raw: bytes, parsed: Any) -> None:
+    """Iterative (a recursive walk would fail the same way), and skipped for the many bodies whose
+    bracket count alone shows they cannot be that deep."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
+        return
+    stack: list[tuple[Any, int]] = [(parsed, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_NESTING:
+                raise _too_deep()
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
 
 
 def _is_text(value: str) -> bool:
@@ -124,8 +152,11 @@ class GuardedBodyRoute(APIRoute):
                     parsed = json.loads(raw) if raw else None
                 except ValueError:
                     parsed = None  # FastAPI reports the invalid JSON
+                except RecursionError:
+                    raise _too_deep() from None
                 else:
                     request._json = parsed  # FastAPI reuses it instead of parsing again
+                check_nesting(raw, parsed)
                 check_text(raw, parsed)
                 if runtime is not None:
                     check_counts(

@@ -145,3 +145,101 @@ def test_spec_generated_requests_get_no_5xx_and_only_envelopes(
             check(response, body)
 
         one_case()
+
+
+# ---- hostile shapes the spec's schemas never generate ------------------------------------------------
+
+
+def _deep(depth: int, kind: str) -> bytes:
+    if kind == "list":
+        return b"[" * depth + b"]" * depth
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+def _with_key(raw: bytes, key: str, value: bytes) -> bytes:
+    """``raw`` (a JSON object) with one more member, written as bytes: the value need not be JSON."""
+    head = raw.rstrip()[:-1].rstrip()
+    sep = b"" if head.endswith(b"{") else b","
+    return head + sep + json.dumps(key).encode() + b":" + value + b"}"
+
+
+HOSTILE = st.one_of(
+    # deep nesting, around and far beyond any parser's recursion
+    st.builds(
+        lambda d, kind, key: ("deep", key, _deep(d, kind)),
+        st.sampled_from([64, 129, 500, 999, 1001, 3000, 5000]),
+        st.sampled_from(["list", "object"]),
+        st.sampled_from(["messages", "input", "prompt", "x", "tools", "response_format"]),
+    ),
+    # numbers no int64 or double holds, on fields that take numbers and on others
+    st.builds(
+        lambda n, key: ("huge number", key, n),
+        st.sampled_from(
+            [
+                b"9" * 5000,
+                b"-" + b"9" * 400,
+                b"1e999999",
+                b"-1e400",
+                b"1" + b"0" * 30,
+                b"0.0000000e-99999",
+                b"NaN",
+                b"Infinity",
+                b"-Infinity",
+            ]
+        ),
+        st.sampled_from(["max_tokens", "temperature", "seed", "n", "top_p", "logit_bias", "dimensions"]),
+    ),
+    # a key given twice: both values must be checked the same way (the last one wins everywhere)
+    st.builds(
+        lambda key, value: ("duplicate key", key, value),
+        st.sampled_from(["model", "stream", "max_tokens", "messages", "n"]),
+        st.sampled_from([b'"other-model"', b"true", b"-1", b"[]", b"null", b'{"a": 1}']),
+    ),
+    # bytes that are not UTF-8, inside a string
+    st.builds(
+        lambda bad, key: ("invalid utf-8", key, b'"a' + bad + b'b"'),
+        st.sampled_from(
+            [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80", b"\xe2\x82"]
+        ),
+        st.sampled_from(["model", "prompt", "input", "user", "x"]),
+    ),
+)
+
+
+@pytest.mark.parametrize("target", ["server", "router"])
+@pytest.mark.parametrize("path", list(OPERATIONS))
+def test_hostile_bodies_get_no_5xx_and_only_envelopes(
+    spec: Any,
+    path: str,
+    target: str,
+    chat_server: ServerProcess,
+    embed_server: ServerProcess,
+    router: Proc,
+) -> None:
+    """A spec-generated body plus one hostile member, sent as raw bytes."""
+    model = OPERATIONS[path]
+    base = _targets(chat_server, embed_server, router)[target][model]
+    with httpx.Client(timeout=120) as http:
+        served = {CHAT_MODEL: chat_server.v1, EMBED_MODEL: embed_server.v1}[model]
+        probe = http.post(served + path, json={})
+        if probe.status_code == 404 and probe.json()["error"]["code"] == "not_found":
+            pytest.skip(f"{path} is not served")
+        strategy = st.tuples(spec[path]["POST"].as_strategy(), HOSTILE)
+
+        @settings(
+            max_examples=CASES,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(strategy)
+        def one_case(drawn: tuple[Any, tuple[str, str, bytes]]) -> None:
+            case, (shape, key, value) = drawn
+            body = case.body if isinstance(case.body, dict) else {}
+            raw = _with_key(json.dumps({**body, "model": model}).encode(), key, value)
+            response = http.post(base + path, content=raw, headers={"content-type": "application/json"})
+            STATUSES[(target, f"{path} {shape}", response.status_code)] += 1
+            check(response, {"hostile": shape, "key": key, "value": value[:80].decode("latin-1")})
+
+        one_case()

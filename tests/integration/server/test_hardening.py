@@ -112,3 +112,36 @@ def test_lone_surrogates_are_a_400_naming_the_field(
 def test_a_valid_surrogate_pair_is_fine(llama_server: ServerProcess) -> None:
     raw = b'{"model":"tiny-llama","prompt":"smile \\ud83d\\ude00","max_tokens":2}'
     assert _post_raw(llama_server, "/completions", raw).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("shape", "value"),
+    [
+        ("5,000 nested lists", b"[" * 5000 + b"]" * 5000),
+        ("3,000 nested objects", b'{"a":' * 3000 + b"1" + b"}" * 3000),
+        ("200 nested lists", b"[" * 200 + b"]" * 200),
+    ],
+)
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions", "/embeddings"])
+def test_deep_nesting_is_a_400_envelope_and_the_server_stays_up(
+    llama_server: ServerProcess, shape: str, value: bytes, path: str
+) -> None:
+    raw = b'{"model": "' + LLAMA_NAME.encode() + b'", "prompt": "x", "messages": [], "x": ' + value + b"}"
+    _assert_error(_post_raw(llama_server, path, raw), "nesting_too_deep")
+    # Unclosed, so the parser gives up on it: the same answer.
+    _assert_error(_post_raw(llama_server, path, b"[" * 5000), "nesting_too_deep")
+    assert httpx.get(llama_server.base_url + "/health", timeout=10).status_code == 200
+
+
+def test_nesting_a_json_schema_needs_is_fine(llama_server: ServerProcess) -> None:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(20):
+        schema = {"type": "object", "properties": {"a": schema}}
+    body = {
+        "model": LLAMA_NAME,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+    }
+    resp = _post_raw(llama_server, "/chat/completions", json.dumps(body).encode())
+    assert resp.status_code == 200, resp.text
