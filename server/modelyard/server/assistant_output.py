@@ -6,7 +6,7 @@ Which shaper a choice gets follows from ``tool_choice`` (see ``tool_plan``):
 - ``ParsedOutputStream``: ``auto``, the model's own markup read by a ``toolcalls`` parser;
 - ``NamedCallOutput``: a forced function; the grammar made the text that function's arguments;
 - ``RequiredCallsOutput``: ``required``; the grammar made the text a JSON array of
-  ``{"name", "parameters"}`` objects, read once complete.
+  ``{"name", "parameters"}`` objects, each streamed as a call once its object is complete.
 
 Every shaper turns text deltas into ``StreamEvent``s; ``AssistantTurn`` folds the same events into the
 whole message, so a streamed and a collected answer never disagree.
@@ -81,23 +81,73 @@ class NamedCallOutput:
 
 
 class RequiredCallsOutput:
-    """``required``: a JSON array of calls, read when the model is done (a cut-off array is content)."""
+    """``required``: a JSON array of calls, each streamed (name and arguments) the moment its object
+    closes. A model that never closes the array (it may repeat calls until ``max_tokens``) still yields
+    the calls it completed, and the cut-off tail is dropped: the raw array is never content. A streamed
+    and a collected answer hold the same calls, because no part of an unfinished call is sent."""
 
     def __init__(self) -> None:
         self._text = ""
+        self._scanned = 0
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._item_start: int | None = None
+        self._calls = 0
+        self._broken = False  # not an array of call objects (cannot happen under the grammar)
 
     def feed(self, text: str) -> list[StreamEvent]:
         self._text += text
-        return []
+        events: list[StreamEvent] = []
+        for i in range(self._scanned, len(self._text)):
+            event = self._step(i, self._text[i])
+            if event is not None:
+                events.append(event)
+        self._scanned = len(self._text)
+        return events
 
-    def finish(self) -> list[StreamEvent]:
+    def _step(self, i: int, c: str) -> StreamEvent | None:
+        if self._broken:
+            return None
+        if self._in_string:
+            if self._escaped:
+                self._escaped = False
+            elif c == "\\":
+                self._escaped = True
+            elif c == '"':
+                self._in_string = False
+            return None
+        if c == '"':
+            self._in_string = True
+        elif c in "[{":
+            self._depth += 1
+            if self._depth == 2:
+                self._item_start = i
+            elif self._depth == 1 and c != "[":
+                self._broken = True
+        elif c in "]}":
+            self._depth -= 1
+            if self._depth == 1 and self._item_start is not None:
+                return self._complete(self._text[self._item_start : i + 1])
+        return None
+
+    def _complete(self, item: str) -> StreamEvent | None:
+        self._item_start = None
         try:
-            calls = calls_from(json.loads(self._text))
+            calls = calls_from(json.loads(item))
         except json.JSONDecodeError:
             calls = None
         if not calls:
-            return [ContentDelta(self._text)] if self._text else []
-        return [ToolCallDelta(index=i, name=c.name, arguments=c.arguments) for i, c in enumerate(calls)]
+            self._broken = True
+            return None
+        call = calls[0]
+        self._calls += 1
+        return ToolCallDelta(index=self._calls - 1, name=call.name, arguments=call.arguments)
+
+    def finish(self) -> list[StreamEvent]:
+        if self._calls == 0 and self._broken and self._text:
+            return [ContentDelta(self._text)]  # not calls at all: show what the model wrote
+        return []
 
 
 @dataclass

@@ -255,3 +255,45 @@ def test_a_constrained_row_leaves_the_free_rows_of_its_batch_unchanged(llama_ser
     alone = batch(frees)
     together = batch([constrained, *frees])[1:]
     assert together == alone
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_required_parallel_calls_cut_off_by_max_tokens_are_still_tool_calls(
+    client: openai.OpenAI, seed: int
+) -> None:
+    """The grammar allows an array of any length; a random model may never close it. The calls it
+    completed are tool calls, never the raw array as content, whole and streamed alike."""
+    request: Any = {
+        "model": LLAMA_NAME,
+        "messages": USER,
+        "tools": [TIME_TOOL],
+        "tool_choice": "required",
+        "max_tokens": 64,
+        "seed": seed,
+        "temperature": 1.0,
+    }
+    # ignore_eos: the cut-off by max_tokens is what is tested.
+    completion = client.chat.completions.create(**{**request, "extra_body": {"ignore_eos": True}})
+    (choice,) = completion.choices
+    whole = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]  # type: ignore[union-attr]
+    assert whole, choice
+    assert not (choice.message.content or "").strip().startswith("[")
+    for _, arguments in whole:
+        jsonschema.validate(json.loads(arguments), PARAMS["get_time"])
+
+    streamed_calls: dict[int, list[str]] = {}
+    content = ""
+    with client.chat.completions.create(
+        **{**request, "stream": True, "extra_body": {"ignore_eos": True}}
+    ) as stream:
+        for chunk in stream:
+            for ch in chunk.choices:
+                content += ch.delta.content or ""
+                for call in ch.delta.tool_calls or []:
+                    parts = streamed_calls.setdefault(call.index, ["", ""])
+                    if call.function is not None:
+                        parts[0] += call.function.name or ""
+                        parts[1] += call.function.arguments or ""
+    assert streamed_calls, "no delta.tool_calls chunk"
+    assert not content.strip().startswith("[")
+    assert [tuple(streamed_calls[i]) for i in sorted(streamed_calls)] == whole
