@@ -112,3 +112,23 @@ app.kubernetes.io/component: {{ .component }}
   emptyDir:
     sizeLimit: 256Mi
 {{- end }}
+
+{{/* NetworkPolicy peers allowed to reach the pods that serve models: router, operator, Prometheus. */}}
+{{- define "modelyard.networkPolicy.from" -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Release.Namespace }}
+  podSelector:
+    matchLabels:
+      {{- include "modelyard.componentSelectorLabels" (dict "root" . "component" "router") | nindent 6 }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Release.Namespace }}
+  podSelector:
+    matchLabels:
+      {{- include "modelyard.componentSelectorLabels" (dict "root" . "component" "operator") | nindent 6 }}
+- namespaceSelector:
+    {{- toYaml .Values.networkPolicy.prometheus.namespaceSelector | nindent 4 }}
+  podSelector:
+    {{- toYaml .Values.networkPolicy.prometheus.podSelector | nindent 4 }}
+{{- end }}

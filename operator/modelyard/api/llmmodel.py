@@ -355,7 +355,7 @@ class Cache(_Model):
 
 
 class HubTokenSecret(_Model):
-    """Secret holding a model hub token; exposed to the server as HF_TOKEN."""
+    """Secret holding a model hub token; exposed to the server as HF_TOKEN, for hf:// models only."""
 
     name: str = Field(min_length=1, description="Secret name (same namespace).")
     key: str = Field(default="token", min_length=1, description="Key in the Secret.")

@@ -145,6 +145,14 @@ def test_hub_token_secret_becomes_hf_token() -> None:
     assert e["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-secret", "key": "token"}}
 
 
+def test_the_hub_token_is_mounted_only_where_the_hub_is_reached() -> None:
+    for url in ("pvc://weights/llama", "s3://bucket/llama"):
+        d = deploy(url=url, hubTokenSecret={"name": "hf-secret"})
+        pod = d["spec"]["template"]["spec"]
+        for c in [*pod["containers"], *pod.get("initContainers", [])]:
+            assert "HF_TOKEN" not in {e["name"] for e in c.get("env", [])}, (url, c["name"])
+
+
 def test_gpu_requests_equal_limits_with_custom_resource_name_cpu_and_memory() -> None:
     c = container(
         deploy(resources={"gpus": 2, "gpuResourceName": "amd.com/gpu", "cpu": "8", "memory": "64Gi"})

@@ -60,7 +60,8 @@ def _env(model: LLMModel, engine: EngineContainer) -> list[dict[str, Any]]:
         env["HF_HOME"] = {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"}
     for item in engine.env:
         env[str(item["name"])] = dict(item)
-    if spec.hub_token_secret is not None:
+    if spec.hub_token_secret is not None and spec.source is ModelSource.HF:
+        # Only where the hub is reached: a pvc:// or s3:// model's pods never see the token.
         env["HF_TOKEN"] = {
             "name": "HF_TOKEN",
             "valueFrom": {
