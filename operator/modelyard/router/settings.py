@@ -19,6 +19,11 @@ class DiscoveryMode(StrEnum):
     STATIC = "static"
 
 
+class StoreFailureMode(StrEnum):
+    OPEN = "open"  # fall back to per-replica limits
+    CLOSED = "closed"  # refuse with 503
+
+
 class RouterSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MODELYARD_ROUTER_", env_ignore_empty=True, extra="ignore", cli_kebab_case=True
@@ -58,6 +63,38 @@ class RouterSettings(BaseSettings):
 
     upstream_api_key: SecretStr | None = Field(
         None, description="Bearer key the router sends to backends (when model servers require one)."
+    )
+
+    store_url: SecretStr | None = Field(
+        None,
+        description="Redis-protocol store (`redis://host:6379/0`, `rediss://` for TLS) holding every "
+        "key's limits and budgets, shared by all replicas; none = per-replica limits.",
+    )
+    store_password: SecretStr | None = Field(
+        None, description="Store password, when it is not in `store_url` (the chart reads it from a Secret)."
+    )
+    store_failure_mode: StoreFailureMode = Field(
+        StoreFailureMode.OPEN,
+        description="Store unreachable: `open` = per-replica limits until it is back; `closed` = 503.",
+    )
+    store_timeout_s: float = Field(
+        0.5, gt=0, description="Connect and reply timeout for one store call (then the store counts as down)."
+    )
+    store_retry_s: float = Field(1.0, gt=0, description="While the store is down, how often it is pinged.")
+    store_lease_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="Concurrency leases expire this long after their last renewal (renewed every third of "
+        "it while the request runs), so a router that dies leaks nothing.",
+    )
+    store_key_prefix: str = Field(
+        "modelyard:", description="Prefix of every key the router writes in the store."
+    )
+    estimate_max_tokens: int = Field(
+        256,
+        ge=0,
+        description="Completion tokens reserved for a request that sets no `max_tokens` "
+        "(the reservation is settled with the real usage when the answer ends).",
     )
 
     max_body_bytes: int = Field(
