@@ -18,7 +18,7 @@ the time taken does not depend on how much of a key matched.
 
 :class:`KeyStore` also enforces the limits *per router replica*, the fallback when no shared store is
 configured or it is down (store.py holds the shared version of the same rules): token buckets refilled
-continuously (requests, tokens), a request admitted while its key's token bucket is positive and
+continuously (requests, tokens), a request admitted while its key's token bucket holds at least one token and
 charged an estimate up front (a reservation), settled with the ``usage`` the backend returns.
 """
 
@@ -193,7 +193,7 @@ class KeyStore:
             raise errors.rate_limited(f"{spec.max_concurrent} concurrent requests", 1)
         if state.tokens is not None:
             state.tokens.refill(now)
-            if state.tokens.tokens <= 0:
+            if state.tokens.tokens < 1:
                 wait = state.tokens.seconds_until(1)
                 raise errors.rate_limited(f"{spec.tokens_per_minute} tokens per minute", _ceil(wait))
         if state.requests is not None:

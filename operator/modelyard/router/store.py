@@ -79,7 +79,7 @@ end
 local r = rpm > 0 and level(KEYS[1], rpm) or 0
 if rpm > 0 and r < 1 then return {2, math.ceil((1 - r) * 60000 / rpm)} end
 local k = tpm > 0 and level(KEYS[2], tpm) or 0
-if tpm > 0 and k <= 0 then return {3, math.ceil((1 - k) * 60000 / tpm)} end
+if tpm > 0 and k < 1 then return {3, math.ceil((1 - k) * 60000 / tpm)} end
 local rd = tonumber(redis.call('GET', KEYS[6]) or '0')
 if tonumber(ARGV[9]) > 0 and rd >= tonumber(ARGV[9]) then return {4, 0} end
 if tonumber(ARGV[7]) > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[7]) then

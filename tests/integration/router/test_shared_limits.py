@@ -200,3 +200,25 @@ async def _until_async(call: Any, ok: Any, timeout_s: float = 15.0) -> None:
     while not ok(await call()):
         assert loop.time() < deadline, "timed out"
         await asyncio.sleep(0.1)
+
+
+async def test_a_spent_daily_budget_is_a_429_with_the_budget_reason_on_every_router(
+    stack: Stack, store: RedisServer
+) -> None:
+    stack.backend("a")
+    a, b = routers(stack, store, 2, keys(requestsPerDay=2, tokensPerDay=10_000))
+    async with aiohttp.ClientSession() as s:
+        assert [(await chat(s, r))[0] for r in (a, b)] == [200, 200]
+        for router in (a, b):
+            status, headers, body = await chat(s, router)
+            assert status == 429
+            assert headers["x-modelyard-reject-reason"] == "budget"
+            assert json.loads(body)["error"]["code"] == "insufficient_quota"
+            assert 1 <= int(headers["retry-after"]) <= 86_400
+        doc = await usage(s, a)
+        assert doc["requests"] == {"today": 2, "per_day": 2, "remaining_today": 0}
+        assert doc["tokens"]["remaining_today"] == 10_000 - 16  # 5 + 3 tokens, twice
+        assert (await usage(s, a, key="sk-free-0001"))["key"] == "free"  # each key sees only its own
+    text = http_get(a.metrics_url)[1].decode()
+    assert 'modelyard_router_rejections_total{key="team-a",model="m",reason="budget"} 1.0' in text
+    assert 'modelyard_router_budget_remaining{budget="requests_per_day",key="team-a"} 1.0' in text
