@@ -128,6 +128,7 @@ def create_app(
         background.append(asyncio.create_task(_supervise(discovery.run, table), name="discovery"))
         if store is not None:
             background.append(asyncio.create_task(store.run(), name="store"))
+        background.append(asyncio.create_task(proxy.queues.run(), name="fair-queue"))
         background.append(
             asyncio.create_task(_probe_ejected(settings, health, lambda: session_holder["s"]), name="prober")
         )

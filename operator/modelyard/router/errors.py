@@ -126,6 +126,18 @@ def budget_exhausted(budget: str, retry_after_s: int) -> RouterError:
     )
 
 
+def queue_full(model: str, why: str, retry_after_s: int) -> RouterError:
+    return RouterError(
+        429,
+        f"Model `{model}` is at capacity and its queue is full ({why}); retry after {retry_after_s}s.",
+        "rate_limit_error",
+        "queue_full",
+        None,
+        retry_after_s,
+        "queue-full",
+    )
+
+
 def store_unavailable(retry_after_s: int) -> RouterError:
     return RouterError(
         503,

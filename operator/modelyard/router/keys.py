@@ -12,6 +12,8 @@ Keys come from a YAML/JSON document (a Kubernetes Secret's data entry, or a file
         tokensPerDay: 5000000        # optional budgets on the UTC calendar; omitted or 0 = none
         tokensPerMonth: 100000000
         requestsPerDay: 50000
+        priority: 10                 # optional; higher goes first when a model's queue is served
+        weight: 2                    # optional share among keys of one priority (default 1)
 
 Presented keys are hashed and looked up by digest, then compared with ``hmac.compare_digest``, so
 the time taken does not depend on how much of a key matched.
@@ -52,6 +54,9 @@ class ApiKeySpec(BaseModel):
     tokens_per_day: int = Field(0, ge=0, alias="tokensPerDay")
     tokens_per_month: int = Field(0, ge=0, alias="tokensPerMonth")
     requests_per_day: int = Field(0, ge=0, alias="requestsPerDay")
+    # Fair queueing when a model's pods are all busy: higher priority first, then shares by weight.
+    priority: int = Field(0, ge=-1000, le=1000)
+    weight: float = Field(1.0, gt=0, le=1000)
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKeySpec:

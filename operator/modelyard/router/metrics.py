@@ -142,6 +142,19 @@ class RouterMetrics:
             ["model", "key", "reason"],
             registry=r,
         )
+        self.queued = Gauge(
+            "modelyard_router_requests_queued",
+            "Requests waiting for a slot of a model whose pods are all at their concurrency, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "modelyard_router_queue_wait_seconds",
+            "Time requests waited in the fair queue (queued requests only), by model.",
+            ["model"],
+            buckets=HOLD_BUCKETS,
+            registry=r,
+        )
         self.budget_remaining = Gauge(
             "modelyard_router_budget_remaining",
             "What is left of a key's budget in the current UTC period, as last seen by this replica "

@@ -29,6 +29,7 @@ from modelyard.router.balancer import chwbl, least_load, prefix_key
 from modelyard.router.body import RoutedBody, parse_body, read_body
 from modelyard.router.errors import RouterError
 from modelyard.router.exchange import Exchange, record
+from modelyard.router.fairqueue import FairQueues
 from modelyard.router.health import Health
 from modelyard.router.hold import Holds
 from modelyard.router.keys import KeyState, KeyStore
@@ -71,6 +72,7 @@ class Proxy:
         self.session = session
         self.rng = rng or random.Random()
         self.holds = Holds(settings, table, metrics)
+        self.queues = FairQueues(settings, table, metrics)
         self.in_flight: dict[str, int] = {}  # per model: every request past lookup, held ones included
         self.draining = False  # set on SIGTERM: /readyz fails so the pod leaves its Service; still serving
         key = settings.upstream_api_key
@@ -141,9 +143,14 @@ class Proxy:
         gauge = self.metrics.in_flight.labels(route.name)
         gauge.inc()
         self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
+        priority, weight = (key.spec.priority, key.spec.weight) if key is not None else (0, 1.0)
+        release_slot = None
         try:
+            release_slot = await self.queues.acquire(route, ex.key, priority, weight)  # may wait, or 429
             return await self._route(request, ex, route, routed, body)
         finally:
+            if release_slot is not None:
+                release_slot()
             gauge.dec()
             self.in_flight[route.name] -= 1
             if grant is not None:

@@ -130,6 +130,20 @@ class RouterSettings(BaseSettings):
     hold_heartbeat_s: float = Field(
         5.0, gt=0, description="Held streaming requests get a `: keepalive` SSE comment this often."
     )
+    queue_pod_extra: int = Field(
+        2,
+        ge=0,
+        description="Requests a pod may hold beyond its LLMModel's maxNumSeqs (in its own queue) before the "
+        "router queues the rest itself.",
+    )
+    queue_max_per_model: int = Field(
+        256,
+        ge=0,
+        description="Requests queued per model at most; beyond it the lowest priority is shed (429).",
+    )
+    queue_max_wait_s: float = Field(
+        60.0, gt=0, description="Longest wait in the queue for a slot; then 429 `queue-full`."
+    )
     retry_after_s: int = Field(5, ge=1, description="Retry-After on 503 when no replica is ready.")
 
     eject_after_failures: int = Field(3, ge=1, description="Consecutive failures that eject a pod.")
