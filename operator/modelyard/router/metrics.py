@@ -181,6 +181,9 @@ class RouterMetrics:
         """Create a model's series at zero so dashboards and alerts see it before its first event."""
         self.in_flight.labels(model)
         self.held.labels(model)
+        self.queued.labels(model)
+        self.queue_wait.labels(model)
+        self.rejections.labels(model, KEY_NONE, "queue-full")  # keyless requests can be shed too
         self.request_duration.labels(model)
         for reason in UpstreamError:
             self.upstream_errors.labels(model, reason.value)
