@@ -453,9 +453,7 @@ def fleet() -> dict[str, Any]:
                 "router replica last saw.",
                 w=6,
                 targets=[
-                    Target(
-                        "min by (key, budget) (modelyard_router_budget_remaining)", "{{key}} {{budget}}"
-                    )
+                    Target("min by (key, budget) (modelyard_router_budget_remaining)", "{{key}} {{budget}}")
                 ],
             ),
             Panel(
