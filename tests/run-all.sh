@@ -7,6 +7,9 @@ stage() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 stage "system packages (prometheus, promtool)"
 tests/integration/observability/install.sh
 
+stage "system packages (redis-server: the router's shared-limits store)"
+tests/integration/router/install-redis.sh
+
 stage "lint"
 ruff check .
 ruff format --check .

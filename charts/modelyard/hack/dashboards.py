@@ -418,6 +418,61 @@ def fleet() -> dict[str, Any]:
                 ],
             ),
         ],
+        "Tenants",
+        [
+            Panel(
+                "Tokens/s by key",
+                "Prompt + completion tokens per second, per API-key name (from backends' `usage`).",
+                stack=True,
+                w=6,
+                targets=[
+                    Target(
+                        f"sum by (key) (rate(modelyard_router_prompt_tokens_total{{{M}}}[{RATE}]))"
+                        f" + sum by (key) (rate(modelyard_router_completion_tokens_total{{{M}}}[{RATE}]))",
+                        "{{key}}",
+                    )
+                ],
+            ),
+            Panel(
+                "429s/s by key and reason",
+                "Requests the router refused: rate-limit (per-minute or concurrency limit), budget (daily "
+                "or monthly budget spent), queue-full (shed from a model's full queue).",
+                unit="reqps",
+                stack=True,
+                w=6,
+                targets=[
+                    Target(
+                        f"sum by (key, reason) (rate(modelyard_router_rejections_total{{{M}}}[{RATE}]))",
+                        "{{key}} {{reason}}",
+                    )
+                ],
+            ),
+            Panel(
+                "Budget left by key",
+                "What is left of each key's daily and monthly budgets (UTC calendar), the lowest any "
+                "router replica last saw.",
+                w=6,
+                targets=[
+                    Target("min by (key, budget) (modelyard_router_budget_remaining)", "{{key}} {{budget}}")
+                ],
+            ),
+            Panel(
+                "Queued by model",
+                "Requests waiting in the router's fair queue because every ready pod of the model is at "
+                "its concurrency.",
+                w=4,
+                targets=[Target(f"sum by (model) (modelyard_router_requests_queued{{{M}}})", "{{model}}")],
+            ),
+            Panel(
+                "Limits store up",
+                "Router replicas that reach the shared limits store (only routers configured with one); "
+                "replicas that do not fall back to per-replica limits or refuse (store_failure_mode).",
+                kind="stat",
+                w=2,
+                h=8,
+                targets=[Target("sum(modelyard_router_store_up)", "up")],
+            ),
+        ],
         "Control plane",
         [
             Panel(

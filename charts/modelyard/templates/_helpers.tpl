@@ -132,3 +132,12 @@ app.kubernetes.io/component: {{ .component }}
   podSelector:
     {{- toYaml .Values.networkPolicy.prometheus.podSelector | nindent 4 }}
 {{- end }}
+
+{{/* The router's limits store URL: the external one, or the Service of the store the chart deploys. */}}
+{{- define "modelyard.router.storeURL" -}}
+{{- if eq .Values.router.store.mode "external" -}}
+{{- .Values.router.store.url -}}
+{{- else -}}
+{{- printf "redis://%s.%s.svc:6379/0" (include "modelyard.componentName" (dict "root" . "component" "router-store")) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}

@@ -3,6 +3,7 @@
 Routes:
   POST /v1/{chat/completions,completions,embeddings,...}  proxied by model (proxy.py)
   GET  /v1/models, /v1/models/{id}                         the union of routable names and aliases
+  GET  /v1/usage                                          the calling key's usage and budgets (usage.py)
   GET  /healthz   process is up          GET /readyz   discovery has delivered a table, not draining
 
 ``create_metrics_app(app)``, on its own port (``metrics_port``), for the cluster's internals, never API
@@ -25,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelyard.router import errors
+from modelyard.router.admission import RATE_HEADERS, Admission
 from modelyard.router.discovery import (
     Discovery,
     FileWatcher,
@@ -37,7 +39,9 @@ from modelyard.router.keys import KeyStore, parse_keys
 from modelyard.router.metrics import MODEL_UNKNOWN, EndpointState, RouterMetrics
 from modelyard.router.proxy import Proxy
 from modelyard.router.settings import DiscoveryMode, RouterSettings
+from modelyard.router.store import SharedStore, connect
 from modelyard.router.table import RouteDefaults, RoutingTable
+from modelyard.router.usage import usage_handler
 
 log = logging.getLogger("modelyard.router")
 
@@ -53,7 +57,9 @@ def create_app(
     settings: RouterSettings,
     discovery: Discovery | None = None,
     rng: random.Random | None = None,
+    wall: Callable[[], float] | None = None,
 ) -> web.Application:
+    """``wall``: the clock naming budget periods (UTC day and month); tests inject one."""
     # client_max_size gives aiohttp's own 413 for chunked bodies; proxy.py turns it into the envelope.
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_envelope])
     metrics = RouterMetrics()
@@ -65,9 +71,17 @@ def create_app(
         )
     )
     health = Health(table, settings.eject_after_failures, settings.eject_base_s, settings.eject_max_s)
-    keys = KeyStore()
+    keys = KeyStore(wall=wall) if wall is not None else KeyStore()
+    store = (
+        SharedStore(connect(settings), settings, metrics, **({"wall": wall} if wall else {}))
+        if settings.store_url is not None
+        else None
+    )
+    admission = Admission(keys, metrics, store, settings.store_failure_mode, settings.retry_after_s)
     session_holder: dict[str, aiohttp.ClientSession] = {}
-    proxy = Proxy(settings, table, health, keys, metrics, lambda: session_holder["s"], rng)
+    proxy = Proxy(
+        settings, table, health, keys, metrics, lambda: session_holder["s"], rng, admission=admission
+    )
     app[SETTINGS] = settings
     app[TABLE] = table
     app[PROXY] = proxy
@@ -112,6 +126,9 @@ def create_app(
             # Fail start-up on a broken file; afterwards bad edits are logged and the last good table stays.
             await discovery.run_once(table)
         background.append(asyncio.create_task(_supervise(discovery.run, table), name="discovery"))
+        if store is not None:
+            background.append(asyncio.create_task(store.run(), name="store"))
+        background.append(asyncio.create_task(proxy.queues.run(), name="fair-queue"))
         background.append(
             asyncio.create_task(_probe_ejected(settings, health, lambda: session_holder["s"]), name="prober")
         )
@@ -123,12 +140,17 @@ def create_app(
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await admission.drain()
+            if store is not None:
+                await store.close()
             await session_holder["s"].close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(_rate_headers)
 
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/v1/usage", usage_handler(admission))
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
     app.router.add_post("/v1/{tail:.+}", proxy.handle)
@@ -270,6 +292,13 @@ async def _error_envelope(
         # Never aiohttp's text/plain 500: whatever escaped still answers with the envelope.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return errors.internal_error().response(request.headers.get("x-request-id"))
+
+
+async def _rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """OpenAI's x-ratelimit-* headers on every answer to an admitted request, relayed or streamed."""
+    headers = request.get(RATE_HEADERS)
+    if headers:
+        response.headers.update(headers)
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:

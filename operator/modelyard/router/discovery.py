@@ -30,12 +30,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelyard.api import metadata
-from modelyard.api.llmmodel import LLMModel
+from modelyard.api.llmmodel import Engine, LLMModel
 from modelyard.api.names import NameClaim, name_conflicts
 from modelyard.router.metrics import RouterMetrics
 from modelyard.router.table import ModelSpec, RoutingTable, Strategy
 
 log = logging.getLogger(__name__)
+
+# The model server's --max-num-seqs default (server/modelyard/server/settings.py): what a modelyard pod
+# batches when its LLMModel leaves maxNumSeqs unset. Peer engines size theirs at run time, so without
+# maxNumSeqs the router does not queue in front of them.
+MODELYARD_DEFAULT_MAX_NUM_SEQS = 64
 
 
 class Discovery(Protocol):
@@ -55,6 +60,7 @@ class StaticModel(BaseModel):
     prefix_char_length: int | None = Field(None, ge=1, alias="prefixCharLength")
     load_factor: float | None = Field(None, ge=1.0, alias="meanLoadFactor")
     replication: int | None = Field(None, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1, alias="maxNumSeqs")  # per pod; enables the fair queue
 
     @field_validator("urls")
     @classmethod
@@ -90,6 +96,7 @@ def parse_static(text: str | bytes) -> list[ModelSpec]:
                 load_factor=entry.load_factor,
                 replication=entry.replication,
                 source=f"static:{name}",
+                max_num_seqs=entry.max_num_seqs,
             )
         )
     return specs
@@ -168,6 +175,8 @@ def model_spec_from_llmmodel(obj: Mapping[str, Any], endpoints: Iterable[str]) -
         prefix_char_length=lb.prefix_char_length if "prefix_char_length" in lb.model_fields_set else None,
         source=f"{model.namespace}/{model.name}",
         created=created_s,
+        max_num_seqs=model.spec.server.max_num_seqs
+        or (MODELYARD_DEFAULT_MAX_NUM_SEQS if model.spec.engine is Engine.MODELYARD else None),
     )
 
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+# On every 429 the router decides: `rate-limit` (a per-minute or concurrency limit), `budget` (a daily or
+# monthly budget is spent), `queue-full` (the model's queue is full and this request was shed).
+REJECT_REASON = "x-modelyard-reject-reason"
+
 
 @dataclass(frozen=True, slots=True)
 class RouterError(Exception):
@@ -20,6 +24,7 @@ class RouterError(Exception):
     code: str | None = None
     param: str | None = None
     retry_after_s: int | None = None
+    reason: str | None = None  # why a request was refused: the REJECT_REASON header (429s)
 
     def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -37,6 +42,8 @@ class RouterError(Exception):
             headers["x-request-id"] = request_id
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(self.retry_after_s)
+        if self.reason is not None:
+            headers[REJECT_REASON] = self.reason
         return web.Response(
             status=self.status, body=self.json_bytes(), content_type="application/json", headers=headers
         )
@@ -101,6 +108,42 @@ def rate_limited(limit: str, retry_after_s: int) -> RouterError:
         f"Rate limit reached ({limit}); retry after {retry_after_s}s.",
         "rate_limit_error",
         "rate_limit_exceeded",
+        None,
+        retry_after_s,
+        "rate-limit",
+    )
+
+
+def budget_exhausted(budget: str, retry_after_s: int) -> RouterError:
+    return RouterError(
+        429,
+        f"Budget spent ({budget}); it renews in {retry_after_s}s (UTC calendar).",
+        "insufficient_quota",
+        "insufficient_quota",
+        None,
+        retry_after_s,
+        "budget",
+    )
+
+
+def queue_full(model: str, why: str, retry_after_s: int) -> RouterError:
+    return RouterError(
+        429,
+        f"Model `{model}` is at capacity and its queue is full ({why}); retry after {retry_after_s}s.",
+        "rate_limit_error",
+        "queue_full",
+        None,
+        retry_after_s,
+        "queue-full",
+    )
+
+
+def store_unavailable(retry_after_s: int) -> RouterError:
+    return RouterError(
+        503,
+        "The router cannot reach its limits store and is configured to refuse requests until it can.",
+        "service_unavailable",
+        "store_unavailable",
         None,
         retry_after_s,
     )

@@ -38,6 +38,7 @@ class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.known_models: set[str] = set()  # models whose series exist (init_model ran)
+        self._store_up: Gauge | None = None
         r = self.registry
         self.requests = Counter(
             "modelyard_router_requests",
@@ -135,15 +136,54 @@ class RouterMetrics:
             "Keys documents rejected (the old set stays).",
             registry=r,
         )
+        self.rejections = Counter(
+            "modelyard_router_rejections",
+            "Requests refused with 429, by model, API-key name and reason (rate-limit, budget, queue-full).",
+            ["model", "key", "reason"],
+            registry=r,
+        )
+        self.queued = Gauge(
+            "modelyard_router_requests_queued",
+            "Requests waiting for a slot of a model whose pods are all at their concurrency, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "modelyard_router_queue_wait_seconds",
+            "Time requests waited in the fair queue (queued requests only), by model.",
+            ["model"],
+            buckets=HOLD_BUCKETS,
+            registry=r,
+        )
+        self.budget_remaining = Gauge(
+            "modelyard_router_budget_remaining",
+            "What is left of a key's budget in the current UTC period, as last seen by this replica "
+            "(budget: tokens_per_day, tokens_per_month, requests_per_day; only budgets the key sets).",
+            ["key", "budget"],
+            registry=r,
+        )
 
         for kind in DISCOVERY_KINDS:
             self.discovery_events.labels(kind)
             self.discovery_errors.labels(kind)
 
+    def store_gauge(self) -> Gauge:
+        """``modelyard_router_store_up``, registered only by routers configured with a store."""
+        if self._store_up is None:
+            self._store_up = Gauge(
+                "modelyard_router_store_up",
+                "1 while the limits store answers, 0 while it does not.",
+                registry=self.registry,
+            )
+        return self._store_up
+
     def init_model(self, model: str) -> None:
         """Create a model's series at zero so dashboards and alerts see it before its first event."""
         self.in_flight.labels(model)
         self.held.labels(model)
+        self.queued.labels(model)
+        self.queue_wait.labels(model)
+        self.rejections.labels(model, KEY_NONE, "queue-full")  # keyless requests can be shed too
         self.request_duration.labels(model)
         for reason in UpstreamError:
             self.upstream_errors.labels(model, reason.value)

@@ -24,14 +24,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from modelyard.router import errors
+from modelyard.router.admission import RATE_HEADERS, Admission, Grant
 from modelyard.router.balancer import chwbl, least_load, prefix_key
 from modelyard.router.body import RoutedBody, parse_body, read_body
 from modelyard.router.errors import RouterError
 from modelyard.router.exchange import Exchange, record
+from modelyard.router.fairqueue import FairQueues
 from modelyard.router.health import Health
 from modelyard.router.hold import Holds
 from modelyard.router.keys import KeyState, KeyStore
 from modelyard.router.metrics import RouterMetrics, UpstreamError
+from modelyard.router.quota import estimate_tokens
 from modelyard.router.relay import HOP_BY_HOP, pump, relay_body, relay_stream
 from modelyard.router.reply import ClientReply, is_envelope
 from modelyard.router.settings import RouterSettings
@@ -58,15 +61,18 @@ class Proxy:
         metrics: RouterMetrics,
         session: Callable[[], aiohttp.ClientSession],
         rng: random.Random | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
         self.health = health
         self.keys = keys
+        self.admission = admission or Admission(keys, metrics)
         self.metrics = metrics
         self.session = session
         self.rng = rng or random.Random()
         self.holds = Holds(settings, table, metrics)
+        self.queues = FairQueues(settings, table, metrics)
         self.in_flight: dict[str, int] = {}  # per model: every request past lookup, held ones included
         # Per model, ever: lets the autoscaler see a request that began and ended between two polls.
         self.started: dict[str, int] = {}
@@ -130,22 +136,29 @@ class Proxy:
         if route is None:
             raise errors.model_not_found(routed.model)
         ex.model = route.name
-        tokens_used = 0
+        grant: Grant | None = None
         if key is not None:
-            self.keys.admit(key, route.name, routed.model)  # 403 / 429
+            estimate = estimate_tokens(
+                routed.fields, len(body), request.path, self.settings.estimate_max_tokens
+            )
+            grant = await self.admission.admit(key, route.name, routed.model, estimate)  # 404/429/503
+            request[RATE_HEADERS] = grant.rate.headers()
         gauge = self.metrics.in_flight.labels(route.name)
         gauge.inc()
         self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
         self.started[route.name] = self.started.get(route.name, 0) + 1
+        priority, weight = (key.spec.priority, key.spec.weight) if key is not None else (0, 1.0)
+        release_slot = None
         try:
-            response = await self._route(request, ex, route, routed, body)
-            tokens_used = ex.usage.total if ex.usage else 0
-            return response
+            release_slot = await self.queues.acquire(route, ex.key, priority, weight)  # may wait, or 429
+            return await self._route(request, ex, route, routed, body)
         finally:
+            if release_slot is not None:
+                release_slot()
             gauge.dec()
             self.in_flight[route.name] -= 1
-            if key is not None:
-                self.keys.release(key, tokens_used)
+            if grant is not None:
+                self.admission.settle(grant, _tokens_used(ex, grant.estimate))
 
     async def _read_body(self, request: web.Request) -> bytes:
         return await read_body(request, self.settings.max_body_bytes, self.settings.read_body_timeout_s)
@@ -319,3 +332,11 @@ class Proxy:
                 headers={"x-request-id": ex.request_id},
             )
         raise errors.upstream_failed(route.name)
+
+
+def _tokens_used(ex: Exchange, estimate: int) -> int:
+    """What a finished request is charged: the backend's ``usage``; the reservation when an answer went
+    out without one (a stream without ``include_usage``, a client that hung up); nothing otherwise."""
+    if ex.usage is not None:
+        return ex.usage.total
+    return estimate if ex.status in (200, 499) else 0

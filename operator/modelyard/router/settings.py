@@ -19,6 +19,11 @@ class DiscoveryMode(StrEnum):
     STATIC = "static"
 
 
+class StoreFailureMode(StrEnum):
+    OPEN = "open"  # fall back to per-replica limits
+    CLOSED = "closed"  # refuse with 503
+
+
 class RouterSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MODELYARD_ROUTER_", env_ignore_empty=True, extra="ignore", cli_kebab_case=True
@@ -60,6 +65,38 @@ class RouterSettings(BaseSettings):
         None, description="Bearer key the router sends to backends (when model servers require one)."
     )
 
+    store_url: SecretStr | None = Field(
+        None,
+        description="Redis-protocol store (`redis://host:6379/0`, `rediss://` for TLS) holding every "
+        "key's limits and budgets, shared by all replicas; none = per-replica limits.",
+    )
+    store_password: SecretStr | None = Field(
+        None, description="Store password, when it is not in `store_url` (the chart reads it from a Secret)."
+    )
+    store_failure_mode: StoreFailureMode = Field(
+        StoreFailureMode.OPEN,
+        description="Store unreachable: `open` = per-replica limits until it is back; `closed` = 503.",
+    )
+    store_timeout_s: float = Field(
+        0.5, gt=0, description="Connect and reply timeout for one store call (then the store counts as down)."
+    )
+    store_retry_s: float = Field(1.0, gt=0, description="While the store is down, how often it is pinged.")
+    store_lease_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="Concurrency leases expire this long after their last renewal (renewed every third of "
+        "it while the request runs), so a router that dies leaks nothing.",
+    )
+    store_key_prefix: str = Field(
+        "modelyard:", description="Prefix of every key the router writes in the store."
+    )
+    estimate_max_tokens: int = Field(
+        256,
+        ge=0,
+        description="Completion tokens reserved for a request that sets no `max_tokens` "
+        "(the reservation is settled with the real usage when the answer ends).",
+    )
+
     max_body_bytes: int = Field(
         16 * 1024 * 1024,
         gt=0,
@@ -92,6 +129,20 @@ class RouterSettings(BaseSettings):
     )
     hold_heartbeat_s: float = Field(
         5.0, gt=0, description="Held streaming requests get a `: keepalive` SSE comment this often."
+    )
+    queue_pod_extra: int = Field(
+        2,
+        ge=0,
+        description="Requests a pod may hold beyond its LLMModel's maxNumSeqs (in its own queue) before the "
+        "router queues the rest itself.",
+    )
+    queue_max_per_model: int = Field(
+        256,
+        ge=0,
+        description="Requests queued per model at most; beyond it the lowest priority is shed (429).",
+    )
+    queue_max_wait_s: float = Field(
+        60.0, gt=0, description="Longest wait in the queue for a slot; then 429 `queue-full`."
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After on 503 when no replica is ready.")
 

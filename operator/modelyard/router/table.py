@@ -36,6 +36,7 @@ class ModelSpec:
     replication: int | None = None
     source: str = ""  # e.g. "ns/name" of the LLMModel, for logs
     created: int = 0  # unix seconds, shown in /v1/models
+    max_num_seqs: int | None = None  # sequences one pod batches (LLMModel); None = not queued by the router
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class ModelRoute:
     aliases: tuple[str, ...] = ()
     created: int = 0
     source: str = ""  # "namespace/name" of the LLMModel: the key the autoscaler reads the load by
+    max_num_seqs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ def build_snapshot(specs: Iterable[ModelSpec], defaults: RouteDefaults) -> Snaps
             ring=HashRing(endpoints, replication) if spec.strategy is Strategy.PREFIX_HASH else None,
             created=spec.created,
             source=spec.source,
+            max_num_seqs=spec.max_num_seqs,
         )
         routes[spec.name] = route
         canonical.append(route)

@@ -4,7 +4,10 @@ It stands in for a model-server pod where the test is about the router (faults, 
 tests about OpenAI behaviour use the real model server. Run as its own process so tests can kill it::
 
     python -m tests.integration.router.fake_backend --port 8001 --name a [--delay-s 0.05]
-        [--chunks 8] [--chunk-delay-s 0.01] [--cut-after 3] [--fail-status 503]
+        [--chunks 8] [--chunk-delay-s 0.01] [--cut-after 3] [--fail-status 503] [--max-concurrent 32]
+
+``--max-concurrent N`` serves N requests at a time and queues the rest in arrival order, like a model
+server whose batch is full; ``--chunks-from-max-tokens`` streams ``max_tokens`` chunks, not ``--chunks``.
 
 Every answer names the backend (``x-backend`` header and the completion id), so a test can count
 where requests went. GET /stats returns the counts; POST /admin sets delay/fault knobs at run time.
@@ -40,6 +43,15 @@ def _chunk(name: str, rid: str, obj: str, model: str, delta: dict[str, Any], fin
 
 async def chat(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
+    if st["max_concurrent"]:
+        sem = st.setdefault("semaphore", asyncio.Semaphore(st["max_concurrent"]))
+        async with sem:
+            return await _chat(request)
+    return await _chat(request)
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
     raw = await request.read()
     st["requests"] += 1
     st["last_headers"] = dict(request.headers)
@@ -66,7 +78,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
             await resp.write(
                 _chunk(name, rid, "chat.completion.chunk", model, {"role": "assistant", "content": ""}, None)
             )
-            for i in range(st["chunks"]):
+            chunks = st["chunks"]
+            if st["chunks_from_max_tokens"] and isinstance(body.get("max_tokens"), int):
+                chunks = body["max_tokens"]  # answers of different lengths, as a real server's are
+            for i in range(chunks):
                 if st["cut_after"] is not None and i >= st["cut_after"]:
                     request.transport.close()  # type: ignore[union-attr]
                     return resp
@@ -83,7 +98,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                     "created": 1,
                     "model": model,
                     "choices": [],
-                    "usage": _usage(7, st["chunks"]),
+                    "usage": _usage(7, chunks),
                 }
                 await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
@@ -118,7 +133,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 async def stats(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    return web.json_response({k: v for k, v in st.items() if k != "bodies"} | {"bodies": st["bodies"][-5:]})
+    shown = {k: v for k, v in st.items() if k not in ("bodies", "semaphore")}
+    return web.json_response(shown | {"bodies": st["bodies"][-5:]})
 
 
 async def admin(request: web.Request) -> web.Response:
@@ -147,6 +163,8 @@ def make_app(name: str, **knobs: Any) -> web.Application:
         "cut_after": None,
         "linger_after_done_s": 0.0,
         "fail_status": 0,
+        "max_concurrent": 0,
+        "chunks_from_max_tokens": False,
         "started": time.time(),
     } | knobs
     app.router.add_post("/v1/chat/completions", chat)
@@ -167,6 +185,8 @@ def main() -> None:
     p.add_argument("--cut-after", type=int, default=None)
     p.add_argument("--fail-status", type=int, default=0)
     p.add_argument("--linger-after-done-s", type=float, default=0.0)
+    p.add_argument("--max-concurrent", type=int, default=0)
+    p.add_argument("--chunks-from-max-tokens", action="store_true")
     a = p.parse_args()
     app = make_app(
         a.name,
@@ -176,6 +196,8 @@ def main() -> None:
         cut_after=a.cut_after,
         linger_after_done_s=a.linger_after_done_s,
         fail_status=a.fail_status,
+        max_concurrent=a.max_concurrent,
+        chunks_from_max_tokens=a.chunks_from_max_tokens,
     )
     web.run_app(app, host="127.0.0.1", port=a.port, access_log=None, print=None)
 
