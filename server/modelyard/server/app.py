@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from modelyard.server import __version__
 from modelyard.server.engine.types import Engine, EngineConfig, EngineStats, Task
 from modelyard.server.errors import install_error_handlers
-from modelyard.server.metrics import ServerMetrics
+from modelyard.server.metrics import CacheInfo, ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
 from modelyard.server.retry_after import DrainRate, RetryAfterMiddleware
 from modelyard.server.routes import openai, ops
@@ -146,9 +146,9 @@ def create_app(
         runtime = holder[0].runtime if holder else None
         return runtime.engine.stats() if runtime is not None else None
 
-    metrics = ServerMetrics(
-        settings.primary_name, settings.max_model_len or _DEFAULT_BUCKET_LEN, engine_stats
-    )
+    bucket_len = settings.max_model_len or _DEFAULT_BUCKET_LEN
+    cache = CacheInfo(bucket_len, settings.enable_prefix_caching, settings.gpu_memory_utilization)
+    metrics = ServerMetrics(settings.primary_name, bucket_len, engine_stats, cache)
     state = AppState(settings=settings, metrics=metrics, load=LoadProgress())
     holder.append(state)
 

@@ -33,6 +33,7 @@ from modelyard.server.errors import (
     UnsupportedParameterError,
 )
 from modelyard.server.generation_run import GenerationRun, choice_deltas, finish_run
+from modelyard.server.metrics import metric_groups
 from modelyard.server.protocol import SamplingFields
 from modelyard.server.runtime import ModelRuntime
 from modelyard.server.streaming import EngineStreamResponse, StreamCloser
@@ -272,10 +273,11 @@ class BaseServing:
     ) -> tuple[GenerationRun, list[ChoiceState]]:
         streams = []
         states = []
+        groups = metric_groups(self.runtime.metrics, [prompt_ids for prompt_ids, _ in jobs])
         for index, (prompt_ids, params) in enumerate(jobs):
             request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params)
             streams.append(self.runtime.engine.generate(request))
-            tracker = self.runtime.metrics.track(len(prompt_ids))
+            tracker = self.runtime.metrics.track(len(prompt_ids), params.max_tokens, groups[index])
             states.append(
                 ChoiceState(
                     index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens
