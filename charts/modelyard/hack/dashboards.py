@@ -807,19 +807,16 @@ def per_model() -> dict[str, Any]:
                 ],
             ),
             Panel(
-                "Server: requested max_tokens and n",
-                "Median of the max_tokens and n request parameters, and of the longest choice generated.",
+                "Server: requested max_tokens",
+                "Median and p95 of the max_tokens each request ran with (the default fills the context).",
                 w=col,
                 targets=[
                     Target(
-                        f"histogram_quantile(0.5, sum by (le) (rate(vllm:{name}_bucket{{{SN}}}[{RATE}])))",
-                        legend,
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(vllm:request_params_max_tokens_bucket{{{SN}}}[{RATE}])))",
+                        f"p{int(q * 100)}",
                     )
-                    for name, legend in (
-                        ("request_params_max_tokens", "max_tokens"),
-                        ("request_params_n", "n"),
-                        ("request_max_num_generation_tokens", "longest choice"),
-                    )
+                    for q in (0.5, 0.95)
                 ],
             ),
         ],
