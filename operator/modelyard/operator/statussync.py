@@ -157,7 +157,7 @@ class StatusSyncer:
                 self._clock(),
                 self._state.progress.get(key),
                 blocker,
-            )
+            ).model_copy(update={"inference_pool": self._state.pools.get(key)})
         if new == previous:
             return False
         wire = new.to_wire()

@@ -20,6 +20,7 @@ from modelyard.operator.builders.common import (
 )
 from modelyard.operator.builders.engines import ENGINE_ANNOTATION, EngineContainer, engine_builder
 from modelyard.operator.builders.engines.base import CACHE_MOUNT, MODELS_MOUNT
+from modelyard.operator.builders.inference_pool import pool_labels
 from modelyard.operator.settings import OperatorSettings
 
 CONTAINER_NAME = "server"
@@ -239,7 +240,7 @@ def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, A
             "progressDeadlineSeconds": settings.startup_timeout_seconds + 600,
             "template": {
                 "metadata": {
-                    "labels": labels(model),
+                    "labels": {**labels(model), **pool_labels(model, settings)},
                     "annotations": {
                         **scrape_annotations(engine.metrics_path),
                         ENGINE_ANNOTATION: spec.engine.value,
