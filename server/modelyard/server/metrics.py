@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -22,6 +22,9 @@ from prometheus_client.registry import Collector
 
 from modelyard.server.cache_config_info import cache_config_labels
 from modelyard.server.engine.types import EngineEvent, EngineStats, GenerationOutput
+
+if TYPE_CHECKING:
+    from modelyard.server.tracing import RequestTrace
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FINISHED_REASONS = ("stop", "length", "abort", "error")
@@ -359,10 +362,15 @@ class ServerMetrics:
         self._success.labels(*self._values, finished_reason).inc()
 
     def track(
-        self, num_prompt_tokens: int, max_tokens: int = 0, group: RequestGroup | None = None
+        self,
+        num_prompt_tokens: int,
+        max_tokens: int = 0,
+        group: RequestGroup | None = None,
+        trace: RequestTrace | None = None,
     ) -> RequestTracker:
-        """One engine request; ``group`` joins the choices of one API request (``n``)."""
-        return RequestTracker(self, num_prompt_tokens, max_tokens=max_tokens, group=group)
+        """One engine request; ``group`` joins the choices of one API request (``n``); ``trace`` is that
+        request's span when tracing is on."""
+        return RequestTracker(self, num_prompt_tokens, max_tokens=max_tokens, group=group, trace=trace)
 
     def group(self, n: int) -> RequestGroup:
         """The ``n`` engine requests that answer one prompt (observed as vLLM's ``request_params_n``)."""
@@ -415,6 +423,7 @@ class RequestTracker:
     num_prompt_tokens: int
     max_tokens: int = 0
     group: RequestGroup | None = None
+    trace: RequestTrace | None = None
     start: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     last_token: float | None = None
@@ -429,6 +438,8 @@ class RequestTracker:
     def on_output(self, out: GenerationOutput) -> None:
         if out.events:
             self.on_events(out.events)
+            if self.trace is not None:
+                self.trace.on_events(out.events)
         self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
         self.on_tokens(len(out.token_ids))
         self.last_output = time.monotonic()
@@ -449,6 +460,8 @@ class RequestTracker:
         if self.first_token is None:
             self.first_token = now
             self.metrics.ttft.observe(now - self.start)
+            if self.trace is not None:
+                self.trace.on_first_token(now)
             count -= 1
         elif self.last_token is not None and count > 0:
             # An output carrying several tokens spreads its gap evenly over them.
@@ -482,6 +495,8 @@ class RequestTracker:
             self._observe_phases()
         if self.group is not None:
             self.group.finished(num_generated)
+        if self.trace is not None:
+            self.trace.finished(finished_reason, num_generated)
 
     def _observe_phases(self) -> None:
         m = self.metrics
