@@ -38,6 +38,7 @@ from modelyard.router.metrics import MODEL_UNKNOWN, EndpointState, RouterMetrics
 from modelyard.router.proxy import Proxy
 from modelyard.router.settings import DiscoveryMode, RouterSettings
 from modelyard.router.table import RouteDefaults, RoutingTable
+from modelyard.router.tracing import setup as setup_tracing
 
 log = logging.getLogger("modelyard.router")
 
@@ -67,7 +68,8 @@ def create_app(
     health = Health(table, settings.eject_after_failures, settings.eject_base_s, settings.eject_max_s)
     keys = KeyStore()
     session_holder: dict[str, aiohttp.ClientSession] = {}
-    proxy = Proxy(settings, table, health, keys, metrics, lambda: session_holder["s"], rng)
+    tracing = setup_tracing(settings.otlp_traces_endpoint)
+    proxy = Proxy(settings, table, health, keys, metrics, lambda: session_holder["s"], rng, tracing)
     app[SETTINGS] = settings
     app[TABLE] = table
     app[PROXY] = proxy
@@ -124,6 +126,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await session_holder["s"].close()
+            if tracing is not None:
+                tracing.shutdown()  # flushes the spans still batched
 
     app.cleanup_ctx.append(lifecycle)
 
