@@ -48,6 +48,14 @@ class OperatorSettings(BaseSettings):
         "spec.server.image overrides it).",
     )
     image_pull_policy: str = "IfNotPresent"
+    otlp_traces_endpoint: str | None = Field(
+        default=None,
+        description="OTLP endpoint the model pods send traces to (Helm tracing.endpoint); unset: no tracing.",
+    )
+    traces_sampler: str = Field(
+        default="parentbased_traceidratio", description="OTEL_TRACES_SAMPLER of the model pods."
+    )
+    traces_sampler_arg: str = Field(default="1.0", description="OTEL_TRACES_SAMPLER_ARG of the model pods.")
     inference_pool_default: bool = Field(
         default=False,
         description="Emit a Gateway API InferencePool and endpoint picker for every model that does not set "
