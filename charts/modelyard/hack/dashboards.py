@@ -418,6 +418,26 @@ def fleet() -> dict[str, Any]:
                 ],
             ),
         ],
+        [
+            Panel(
+                f"Server {title} p95 by model",
+                f"{doc} (vLLM v1's request-phase histogram; built-in and vLLM engines).",
+                unit="s",
+                w=8,
+                targets=[
+                    Target(
+                        "histogram_quantile(0.95, sum by (le, model_name) "
+                        f"(rate(vllm:request_{phase}_time_seconds_bucket{{{FN}}}[{RATE}])))",
+                        "{{model_name}}",
+                    )
+                ],
+            )
+            for phase, title, doc in (
+                ("queue", "time in queue", "Waiting in the engine's queue before admission"),
+                ("prefill", "prefill time", "Admission to first token"),
+                ("decode", "decode time", "First to last token"),
+            )
+        ],
         "Tenants",
         [
             Panel(
@@ -784,6 +804,75 @@ def per_model() -> dict[str, Any]:
                 "Sustained preemptions mean the KV cache is too small for the load.",
                 w=col,
                 targets=[Target(f"sum(rate(vllm:num_preemptions_total{{{SN}}}[{RATE}]))", "preempted")],
+            ),
+        ],
+        "Request phases (model server)",
+        [
+            Panel(
+                "Server: where a request's time goes",
+                "Mean seconds per finished request in each phase, as vLLM v1 splits it: queue (waiting for "
+                "the batch), prefill (admitted to first token), decode (first to last token). Preemptions "
+                "count in the phase they interrupted.",
+                unit="s",
+                w=col,
+                stack=True,
+                targets=[
+                    Target(
+                        f"sum(rate(vllm:request_{phase}_time_seconds_sum{{{SN}}}[{RATE}])) "
+                        f"/ sum(rate(vllm:request_{phase}_time_seconds_count{{{SN}}}[{RATE}]))",
+                        phase,
+                    )
+                    for phase in ("queue", "prefill", "decode")
+                ],
+            ),
+            Panel(
+                "Server: time in queue",
+                "From arrival in the engine's queue to first admission into the running batch.",
+                unit="s",
+                w=col,
+                targets=quantiles("vllm:request_queue_time_seconds", "", SN),
+            ),
+            Panel(
+                "Server: prefill time",
+                "From admission to the first generated token (the prompt's forward passes).",
+                unit="s",
+                w=col,
+                targets=quantiles("vllm:request_prefill_time_seconds", "", SN),
+            ),
+        ],
+        [
+            Panel(
+                "Server: decode time",
+                "From the first to the last generated token of a request.",
+                unit="s",
+                w=col,
+                targets=quantiles("vllm:request_decode_time_seconds", "", SN),
+            ),
+            Panel(
+                "Server: tokens per engine step",
+                "Prompt tokens computed plus tokens sampled in one engine step (batch size in tokens).",
+                w=col,
+                targets=[
+                    Target(
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(vllm:iteration_tokens_total_bucket{{{SN}}}[{RATE}])))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+            ),
+            Panel(
+                "Server: requested max_tokens",
+                "Median and p95 of the max_tokens each request ran with (the default fills the context).",
+                w=col,
+                targets=[
+                    Target(
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(vllm:request_params_max_tokens_bucket{{{SN}}}[{RATE}])))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
             ),
         ],
         "Autoscaler (operator, built-in mode)",

@@ -374,6 +374,41 @@ class LoadBalancing(_Model):
     )
 
 
+class GatewayRef(_Model):
+    """A Gateway (gateway.networking.k8s.io) that gets an HTTPRoute sending this model's requests to its
+    InferencePool."""
+
+    name: str = Field(min_length=1, description="Gateway name.")
+    namespace: str | None = Field(default=None, description="Gateway namespace (default: the model's).")
+    section_name: str | None = Field(default=None, description="Listener of the Gateway to attach to.")
+    match_model_header: bool = Field(
+        default=False,
+        description="Match only requests whose X-Gateway-Model-Name header names this model (set by GIE's "
+        "body-based routing), so several models can share one listener; false: every path of the listener.",
+    )
+
+
+class InferencePoolOptions(_Model):
+    """Gateway API inference extension: an InferencePool over this model's pods, its endpoint picker
+    (Deployment, Service, ServiceAccount, RBAC, config) and, with a gateway, an HTTPRoute
+    (docs/gateway.md)."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Emit the pool for this model (unset: the chart-wide inferencePool.enabled).",
+    )
+    picker_image: str | None = Field(
+        default=None,
+        description="Endpoint picker image (default: the operator's, llm-d's inference scheduler).",
+    )
+    failure_mode: Literal["FailOpen", "FailClose"] = Field(
+        default="FailClose",
+        description="What the Gateway does when the picker does not answer: FailClose refuses the request, "
+        "FailOpen sends it to any pod of the pool.",
+    )
+    gateway: GatewayRef | None = Field(default=None, description=GatewayRef.__doc__)
+
+
 _PREFIX_CACHING_ON = "has(self.server) && has(self.server.prefixCaching) && self.server.prefixCaching"
 
 # Field combinations an engine cannot honour, rejected at `kubectl apply` (CEL) and again by the operator
@@ -480,6 +515,9 @@ class LLMModelSpec(_Model):
     cache: Cache | None = Field(default=None, description=Cache.__doc__)
     hub_token_secret: HubTokenSecret | None = Field(default=None, description=HubTokenSecret.__doc__)
     load_balancing: LoadBalancing = Field(default_factory=LoadBalancing, description=LoadBalancing.__doc__)
+    inference_pool: InferencePoolOptions | None = Field(
+        default=None, description=InferencePoolOptions.__doc__
+    )
 
     @field_validator("url")
     @classmethod
@@ -583,6 +621,10 @@ class LLMModelStatus(_Model):
         description="Ready, Progressing, Degraded and, with a new cache PVC, CacheShared (metav1.Condition).",
     )
     autoscaler: AutoscalerStatus | None = Field(default=None, description=AutoscalerStatus.__doc__)
+    inference_pool: str | None = Field(
+        default=None,
+        description="Name of the InferencePool the operator keeps for this model; unset when it has none.",
+    )
 
     def condition(self, ctype: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == ctype.value), None)

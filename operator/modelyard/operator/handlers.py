@@ -35,7 +35,7 @@ from modelyard.operator.k8s import ApiError, Kube, TransientError
 from modelyard.operator.kopfconfig import configure_kopf
 from modelyard.operator.observed import Key, ObservedState, model_key, model_key_of
 from modelyard.operator.progress import ProgressProber
-from modelyard.operator.reconcile import ReconcileResult, child_drift, reconcile
+from modelyard.operator.reconcile import ReconcileResult, child_drift, reconcile, record_pool
 from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.statussync import StatusSyncer
 
@@ -137,6 +137,7 @@ async def reconcile_recorded(
     outcome = metrics.Result.APPLIED if result.changed else metrics.Result.UNCHANGED
     metrics.RECONCILES.labels(result=outcome).inc()
     runtime.state.failures.pop(key, None)
+    record_pool(runtime.state, key, result)
     runtime.syncer.touch(key)
     if result.repaired and runtime.settings.post_events:
         await runtime.kube.post_event(dict(body), "Normal", DRIFT_REPAIRED, repair_message(result.repaired))

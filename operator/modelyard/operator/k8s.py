@@ -16,8 +16,9 @@ from lightkube import ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Service
+from lightkube.resources.core_v1 import ConfigMap, Event, PersistentVolumeClaim, Service, ServiceAccount
 from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from lightkube.types import PatchType
 
 from modelyard.api import metadata as md
@@ -25,12 +26,24 @@ from modelyard.operator import metrics
 
 LLMModelResource = create_namespaced_resource(md.GROUP, md.VERSION, md.KIND, md.PLURAL)
 
+# Gateway API (inference extension) kinds: their CRDs may be absent; only models with a pool touch them.
+InferencePoolResource = create_namespaced_resource(
+    "inference.networking.k8s.io", "v1", "InferencePool", "inferencepools"
+)
+HTTPRouteResource = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+
 KINDS: dict[str, type[NamespacedResource]] = {
     md.KIND: LLMModelResource,
     "Deployment": Deployment,
     "Service": Service,
     "PersistentVolumeClaim": PersistentVolumeClaim,
     "PodDisruptionBudget": PodDisruptionBudget,
+    "ServiceAccount": ServiceAccount,
+    "Role": Role,
+    "RoleBinding": RoleBinding,
+    "ConfigMap": ConfigMap,
+    "InferencePool": InferencePoolResource,
+    "HTTPRoute": HTTPRouteResource,
 }
 
 __all__ = ["ApiError", "Kube", "TransientError"]

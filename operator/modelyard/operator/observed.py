@@ -77,6 +77,8 @@ class ObservedState:
         # The last reconcile of each model, when it failed (cleared by the next success): shown as
         # Ready=False/ReconcileFailed with the API server's message.
         self.failures: dict[Key, ReconcileFailure] = {}
+        # The InferencePool each model's last successful reconcile applied or found (status.inferencePool).
+        self.pools: dict[Key, str] = {}
         # Models that lose a served-name clash (api/names.py), and the names every model claims.
         self.conflicts: dict[Key, NameConflict] = {}
         self._claims: dict[Key, NameClaim] = {}

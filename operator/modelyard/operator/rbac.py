@@ -18,6 +18,11 @@ Why each rule exists:
   and a model is Ready only while its own Service has ready endpoints (watched, our label only: the
   slices carry their Service's labels).
 - kopf.dev peerings: HA peering (keep-alives are patches on the peering object's status).
+- inferencepools, httproutes, serviceaccounts, roles, rolebindings, configmaps (and deleting deployments):
+  a model's Gateway API InferencePool, its HTTPRoute and its endpoint picker (docs/gateway.md), written with
+  server-side apply and deleted when the pool is turned off. The picker's Role grants reading pods,
+  inferencepools, inferenceobjectives and inferencemodelrewrites, which the API server only lets the
+  operator grant if it holds them itself (RBAC escalation check): hence pods get and those reads.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
-        "verbs": ["get", "list", "watch", "create", "patch"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {
         "apiGroups": [""],
@@ -57,9 +62,34 @@ RULES: list[dict[str, Any]] = [
         "resources": ["poddisruptionbudgets"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+    {
+        "apiGroups": [""],
+        "resources": ["serviceaccounts", "configmaps"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["roles", "rolebindings"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["inference.networking.k8s.io"],
+        "resources": ["inferencepools"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["inference.networking.x-k8s.io"],
+        "resources": ["inferenceobjectives", "inferencemodelrewrites"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["httproutes"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
     {
         "apiGroups": ["kopf.dev"],
         "resources": ["clusterkopfpeerings", "kopfpeerings"],

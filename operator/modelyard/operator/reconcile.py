@@ -16,6 +16,8 @@ from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel
 from modelyard.operator.builders.common import content_hash, pdb_name
 from modelyard.operator.builders.deployment import build_deployment
+from modelyard.operator.builders.endpoint_picker import build_endpoint_picker
+from modelyard.operator.builders.inference_pool import build_http_route, build_inference_pool, pool_enabled
 from modelyard.operator.builders.pdb import build_pdb
 from modelyard.operator.builders.pvc import build_cache_pvc
 from modelyard.operator.builders.service import build_service
@@ -34,10 +36,33 @@ class KubeWriter(Protocol):
     async def json_patch(self, kind: str, name: str, namespace: str, ops: list[dict[str, Any]]) -> None: ...
 
 
+class PoolState(Protocol):
+    pools: dict[tuple[str, str], str]
+
+
+# The Gateway API inference extension children (kind, name suffix), in the order they are reported; the
+# picker's Deployment and Service share the kinds above and are told apart by name.
+POOL_CHILDREN = (
+    ("InferencePool", ""),
+    ("HTTPRoute", ""),
+    ("ServiceAccount", "-epp"),
+    ("Role", "-epp"),
+    ("RoleBinding", "-epp"),
+    ("ConfigMap", "-epp"),
+    ("Deployment", "-epp"),
+    ("Service", "-epp"),
+)
+
 # Children with no state of their own: re-created when apply alone cannot undo a hand edit.
 RECREATABLE = frozenset({"Service", "PodDisruptionBudget"})
 
-_KINDS = ("PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget")
+_KINDS = (
+    "PersistentVolumeClaim",
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+    *(kind for kind, _ in POOL_CHILDREN),
+)
 
 
 def _kind_order(ref: str) -> int:
@@ -77,6 +102,8 @@ def desired_children(model: LLMModel, settings: OperatorSettings) -> list[dict[s
         build_service(model, settings),
     ]
     children.append(build_pdb(model, settings))
+    children += [build_inference_pool(model, settings), build_http_route(model, settings)]
+    children += build_endpoint_picker(model, settings)
     return [stamp(c, model) for c in children if c is not None]
 
 
@@ -145,6 +172,39 @@ async def _drop_stale_pdb(model: LLMModel, kube: KubeWriter, result: ReconcileRe
         result.deleted.append(f"PodDisruptionBudget/{pdb_name(model)}")
 
 
+async def _drop_pool(model: LLMModel, kube: KubeWriter, result: ReconcileResult) -> None:
+    """The pool was turned off (status still names it): delete what the operator made for it."""
+    for kind, suffix in POOL_CHILDREN:
+        name = f"{model.name}{suffix}"
+        existing = await kube.get(kind, name, model.namespace)
+        if existing is not None and _owned_by(existing, model):
+            await kube.delete(kind, name, model.namespace)
+            result.deleted.append(f"{kind}/{name}")
+
+
+def record_pool(state: PoolState, key: tuple[str, str], result: ReconcileResult) -> None:
+    """After a successful reconcile: the pool exists if it was applied or found up to date."""
+    pool = next(
+        (
+            ref.split("/", 1)[1]
+            for ref in result.applied + result.unchanged
+            if ref.startswith("InferencePool/")
+        ),
+        None,
+    )
+    if pool is None:
+        state.pools.pop(key, None)
+    else:
+        state.pools[key] = pool
+
+
+async def _drop_route(model: LLMModel, kube: KubeWriter, result: ReconcileResult) -> None:
+    existing = await kube.get("HTTPRoute", model.name, model.namespace)
+    if existing is not None and _owned_by(existing, model):
+        await kube.delete("HTTPRoute", model.name, model.namespace)
+        result.deleted.append(f"HTTPRoute/{model.name}")
+
+
 async def reconcile(
     model: LLMModel, settings: OperatorSettings, kube: KubeWriter, fresh: bool = False
 ) -> ReconcileResult:
@@ -158,6 +218,10 @@ async def reconcile(
     steps = [_sync_child(child, model, kube, result, fresh) for child in desired_children(model, settings)]
     if build_pdb(model, settings) is None and not fresh:
         steps.append(_drop_stale_pdb(model, kube, result))
+    if not pool_enabled(model, settings) and model.status.inference_pool and not fresh:
+        steps.append(_drop_pool(model, kube, result))
+    elif build_http_route(model, settings) is None and model.status.inference_pool and not fresh:
+        steps.append(_drop_route(model, kube, result))
     await asyncio.gather(*steps)
     result.applied.sort(key=_kind_order)
     result.unchanged.sort(key=_kind_order)

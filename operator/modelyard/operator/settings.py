@@ -48,6 +48,24 @@ class OperatorSettings(BaseSettings):
         "spec.server.image overrides it).",
     )
     image_pull_policy: str = "IfNotPresent"
+    otlp_traces_endpoint: str | None = Field(
+        default=None,
+        description="OTLP endpoint the model pods send traces to (Helm tracing.endpoint); unset: no tracing.",
+    )
+    traces_sampler: str = Field(
+        default="parentbased_traceidratio", description="OTEL_TRACES_SAMPLER of the model pods."
+    )
+    traces_sampler_arg: str = Field(default="1.0", description="OTEL_TRACES_SAMPLER_ARG of the model pods.")
+    inference_pool_default: bool = Field(
+        default=False,
+        description="Emit a Gateway API InferencePool and endpoint picker for every model that does not set "
+        "spec.inferencePool.enabled (docs/gateway.md).",
+    )
+    endpoint_picker_image: str = Field(
+        default="ghcr.io/llm-d/llm-d-inference-scheduler:v0.7.1",
+        description="Default endpoint picker image of the InferencePools (spec.inferencePool.pickerImage "
+        "overrides it).",
+    )
     s3_init_image: str = Field(
         default="amazon/aws-cli:2.22.0",
         description="Image of the init container that copies s3:// weights; it must provide `aws s3 sync` "

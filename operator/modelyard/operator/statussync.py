@@ -158,7 +158,7 @@ class StatusSyncer:
                 self._state.progress.get(key),
                 blocker,
                 self._state.ready_endpoints_of(key),
-            )
+            ).model_copy(update={"inference_pool": self._state.pools.get(key)})
         if new == previous:
             return False
         wire = new.to_wire()

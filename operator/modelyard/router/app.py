@@ -42,6 +42,7 @@ from modelyard.router.settings import DiscoveryMode, RouterSettings
 from modelyard.router.store import SharedStore, connect
 from modelyard.router.table import RouteDefaults, RoutingTable
 from modelyard.router.usage import usage_handler
+from modelyard.router.tracing import setup as setup_tracing
 
 log = logging.getLogger("modelyard.router")
 
@@ -79,8 +80,17 @@ def create_app(
     )
     admission = Admission(keys, metrics, store, settings.store_failure_mode, settings.retry_after_s)
     session_holder: dict[str, aiohttp.ClientSession] = {}
+    tracing = setup_tracing(settings.otlp_traces_endpoint)
     proxy = Proxy(
-        settings, table, health, keys, metrics, lambda: session_holder["s"], rng, admission=admission
+        settings,
+        table,
+        health,
+        keys,
+        metrics,
+        lambda: session_holder["s"],
+        rng,
+        admission=admission,
+        tracing=tracing,
     )
     app[SETTINGS] = settings
     app[TABLE] = table
@@ -144,6 +154,8 @@ def create_app(
             if store is not None:
                 await store.close()
             await session_holder["s"].close()
+            if tracing is not None:
+                tracing.shutdown()  # flushes the spans still batched
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(_rate_headers)

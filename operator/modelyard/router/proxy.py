@@ -39,6 +39,7 @@ from modelyard.router.relay import HOP_BY_HOP, pump, relay_body, relay_stream
 from modelyard.router.reply import ClientReply, is_envelope
 from modelyard.router.settings import RouterSettings
 from modelyard.router.table import ModelRoute, RoutingTable, Strategy
+from modelyard.router.tracing import RouterTracing, span
 
 log = logging.getLogger("modelyard.router.proxy")
 
@@ -62,6 +63,7 @@ class Proxy:
         session: Callable[[], aiohttp.ClientSession],
         rng: random.Random | None = None,
         admission: Admission | None = None,
+        tracing: RouterTracing | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
@@ -71,6 +73,7 @@ class Proxy:
         self.metrics = metrics
         self.session = session
         self.rng = rng or random.Random()
+        self.tracing = tracing
         self.holds = Holds(settings, table, metrics)
         self.queues = FairQueues(settings, table, metrics)
         self.in_flight: dict[str, int] = {}  # per model: every request past lookup, held ones included
@@ -94,6 +97,11 @@ class Proxy:
             start=start,
         )
         try:
+            if self.tracing is not None:
+                with self.tracing.request(request.method, request.path, request.headers) as server_span:
+                    response = await self._handle(request, ex)
+                    server_span.set_attribute("http.response.status_code", ex.status or response.status)
+                    return response
             return await self._handle(request, ex)
         except RouterError as err:
             ex.status = err.status
@@ -184,7 +192,8 @@ class Proxy:
                     entering = hold_started is None
                     if hold_started is None:
                         hold_started = time.monotonic()
-                    await self.holds.wait(route, routed.stream, hold_started, entering, reply)
+                    with span(self.tracing, "router.hold", **{"gen_ai.request.model": route.name}):
+                        await self.holds.wait(route, routed.stream, hold_started, entering, reply)
                     continue
                 if ex.attempts > self.settings.max_retries:
                     return await self._give_up(reply, route, last_failure)
@@ -194,7 +203,15 @@ class Proxy:
                 ex.attempts += 1
                 ex.endpoint = url
                 try:
-                    return await self._attempt(reply, route, url, path, headers, body)
+                    with span(
+                        self.tracing,
+                        "router.upstream_attempt",
+                        attempt=ex.attempts,
+                        **{"server.address": url},
+                    ):
+                        if self.tracing is not None:
+                            self.tracing.inject(headers)  # this attempt's span is the pod's parent
+                        return await self._attempt(reply, route, url, path, headers, body)
                 except _Retry as retry:
                     tried.add(url)
                     if retry.args:
@@ -243,7 +260,6 @@ class Proxy:
         headers: CIMultiDict[str],
         body: bytes,
     ) -> web.StreamResponse:
-        ex = reply.ex
         state = self.table.state(url)
         state.in_flight += 1
         upstream: aiohttp.ClientResponse | None = None
@@ -274,15 +290,8 @@ class Proxy:
                     self._ejected(route, url)
                 raise _Retry(failure)
             self.health.success(url)
-            is_stream = upstream.content_type == "text/event-stream"
-            if reply.stream is not None:  # a held stream already answered 200
-                if is_stream and upstream.status == 200:
-                    await pump(ex, route.name, upstream, reply.stream, on_cut)
-                    return reply.stream
-                return await reply.upstream_not_streaming(upstream)
-            if is_stream:
-                return await relay_stream(reply.request, ex, route.name, upstream, on_cut)
-            return await relay_body(ex, route.name, upstream, on_cut)
+            with span(self.tracing, "router.relay", **{"http.response.status_code": upstream.status}):
+                return await self._relay(reply, route, upstream, on_cut)
         finally:
             state.in_flight -= 1
             if upstream is not None:
@@ -291,6 +300,24 @@ class Proxy:
                     upstream.release()
                 else:
                     upstream.close()
+
+    async def _relay(
+        self,
+        reply: ClientReply,
+        route: ModelRoute,
+        upstream: aiohttp.ClientResponse,
+        on_cut: Callable[[BaseException], None],
+    ) -> web.StreamResponse:
+        ex = reply.ex
+        is_stream = upstream.content_type == "text/event-stream"
+        if reply.stream is not None:  # a held stream already answered 200
+            if is_stream and upstream.status == 200:
+                await pump(ex, route.name, upstream, reply.stream, on_cut)
+                return reply.stream
+            return await reply.upstream_not_streaming(upstream)
+        if is_stream:
+            return await relay_stream(reply.request, ex, route.name, upstream, on_cut)
+        return await relay_body(ex, route.name, upstream, on_cut)
 
     def _upstream_failed(self, route: ModelRoute, url: str, exc: BaseException) -> None:
         reason = (

@@ -31,6 +31,12 @@ class RouterSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(metadata.ROUTER_PORT, description="Port for the API and health endpoints.")
+    otlp_traces_endpoint: str | None = Field(
+        None,
+        description="OTLP endpoint for OpenTelemetry traces (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / "
+        "OTEL_EXPORTER_OTLP_ENDPOINT). Unset: no tracing. Protocol, headers, sampler and service name "
+        "follow the OTEL_* variables.",
+    )
     metrics_port: int = Field(
         9090,
         ge=0,

@@ -23,13 +23,14 @@ from fastapi import FastAPI
 from modelyard.server import __version__
 from modelyard.server.engine.types import Engine, EngineConfig, EngineStats, Task
 from modelyard.server.errors import install_error_handlers
-from modelyard.server.metrics import ServerMetrics
+from modelyard.server.metrics import CacheInfo, ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
 from modelyard.server.retry_after import DrainRate, RetryAfterMiddleware
 from modelyard.server.routes import openai, ops
 from modelyard.server.runtime import ModelRuntime, RequestLimits, WorkerPool
 from modelyard.server.settings import ServerSettings
 from modelyard.server.state import AppState, LoadProgress
+from modelyard.server.tracing import setup as setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,10 @@ def create_app(
         runtime = holder[0].runtime if holder else None
         return runtime.engine.stats() if runtime is not None else None
 
-    metrics = ServerMetrics(
-        settings.primary_name, settings.max_model_len or _DEFAULT_BUCKET_LEN, engine_stats
-    )
+    bucket_len = settings.max_model_len or _DEFAULT_BUCKET_LEN
+    cache = CacheInfo(bucket_len, settings.enable_prefix_caching, settings.gpu_memory_utilization)
+    metrics = ServerMetrics(settings.primary_name, bucket_len, engine_stats, cache)
+    tracing = setup_tracing(settings.otlp_traces_endpoint)
     state = AppState(settings=settings, metrics=metrics, load=LoadProgress())
     holder.append(state)
 
@@ -181,6 +183,7 @@ def create_app(
             tool_call_parser=settings.tool_call_parser,
             limits=RequestLimits(settings.max_request_sequences, settings.max_request_tokens),
             workers=WorkerPool(settings.cpu_workers),
+            tracing=tracing,
         )
         state.attach(runtime)
         started.append(loaded.engine)  # stopped at shutdown even if it failed and was detached
@@ -204,9 +207,12 @@ def create_app(
                 await engine.stop()
             if state.runtime is not None:
                 state.runtime.workers.shutdown()
+            if tracing is not None:
+                tracing.shutdown()  # flushes the spans still batched
 
     app = FastAPI(title="Modelyard model server", version=__version__, lifespan=lifespan)
     app.state.modelyard = state
+    app.state.tracing = tracing
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai.router)

@@ -56,7 +56,7 @@ class ChoiceState:
         if self.finished:
             return None
         self.num_generated = max(out.num_generated_tokens, self.num_generated + len(out.token_ids))
-        self.tracker.on_tokens(len(out.token_ids))
+        self.tracker.on_output(out)
         self.num_cached = max(self.num_cached, out.num_cached_tokens)
         if out.prompt_logprobs is not None:
             self.prompt_logprobs = out.prompt_logprobs

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("modelyard_request_id", default=None)
+# The OpenTelemetry trace id of the request being served (tracing.py sets it; None when tracing is off).
+trace_id_var: ContextVar[str | None] = ContextVar("modelyard_trace_id", default=None)
 
 # uvicorn adds an ANSI-coloured copy of every message; it is noise in structured logs.
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -28,6 +30,8 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
+        if not hasattr(record, "trace_id"):
+            record.trace_id = trace_id_var.get()
         return True
 
 

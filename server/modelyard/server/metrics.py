@@ -1,8 +1,9 @@
-"""Prometheus metrics under vLLM's names, labelled ``model_name``.
+"""Prometheus metrics under vLLM's names, labelled ``model_name`` and ``engine`` as vLLM v1 labels them.
 
 Dashboards, KEDA triggers and inference gateways written for vLLM read these unchanged, so names,
-label keys and bucket layouts follow vLLM (``vllm/v1/metrics/loggers.py``); only our additions use
-the ``modelyard_`` prefix. Everything lives in a registry owned by the app (no global default
+label keys and bucket layouts follow vLLM (``vllm/v1/metrics/loggers.py``; ``engine`` is the engine
+index, always "0": one engine per server); only our additions use the ``modelyard_`` prefix (labelled
+``model_name`` alone). Everything lives in a registry owned by the app (no global default
 registry, so tests can build many apps). Engine gauges are read from ``engine.stats()`` at scrape
 time rather than updated on every step. ``finished_reason`` values are created up front so the
 series exist at 0 before the first request finishes that way.
@@ -11,17 +12,24 @@ series exist at 0 before the first request finishes that way.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelyard.server.engine.types import EngineStats
+from modelyard.server.cache_config_info import cache_config_labels
+from modelyard.server.engine.types import EngineEvent, EngineStats, GenerationOutput
+
+if TYPE_CHECKING:
+    from modelyard.server.tracing import RequestTrace
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FINISHED_REASONS = ("stop", "length", "abort", "error")
+ENGINE_INDEX = "0"
+VLLM_LABELS = ["model_name", "engine"]
 
 TTFT_BUCKETS = (
     0.001,
@@ -68,6 +76,7 @@ ITL_BUCKETS = (
     40.0,
     80.0,
 )
+# vLLM's "request_latency" family: end to end and the request phases (queue, prefill, decode, inference).
 E2E_BUCKETS = (
     0.3,
     0.5,
@@ -93,6 +102,11 @@ E2E_BUCKETS = (
 )
 
 
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+REQUEST_PARAMS_N_BUCKETS = (1, 2, 5, 10, 20)
+REQUEST_NUM_PREEMPTIONS_BUCKETS = (1, 2, 3, 4, 5, 10, 20)
+
+
 def _token_buckets(max_model_len: int) -> list[float]:
     # vLLM's 1-2-5 series up to the context length.
     buckets: list[float] = []
@@ -106,10 +120,23 @@ def _token_buckets(max_model_len: int) -> list[float]:
         exponent += 1
 
 
+@dataclass(frozen=True)
+class CacheInfo:
+    """What ``vllm:cache_config_info`` reports besides the engine's block size and count."""
+
+    max_model_len: int
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9
+
+
 class _EngineGauges(Collector):
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None]) -> None:
+    def __init__(
+        self, model_name: str, stats: Callable[[], EngineStats | None], cache: CacheInfo | None = None
+    ) -> None:
         self._model_name = model_name
         self._stats = stats
+        self._cache = cache
+        self._vllm = [model_name, ENGINE_INDEX]
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
@@ -124,6 +151,22 @@ class _EngineGauges(Collector):
             ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", stats.num_waiting),
             ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", stats.kv_cache_usage),
             ("vllm:gpu_cache_usage_perc", "KV-cache usage (pre-v1 name).", stats.kv_cache_usage),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=VLLM_LABELS)
+            gauge.add_metric(self._vllm, float(value))
+            yield gauge
+        # We never defer a waiting request (no LoRA budget, no KV transfer): all wait for capacity.
+        by_reason = GaugeMetricFamily(
+            "vllm:num_requests_waiting_by_reason",
+            "Number of waiting requests by reason.",
+            labels=[*VLLM_LABELS, "reason"],
+        )
+        by_reason.add_metric([*self._vllm, "capacity"], float(stats.num_waiting))
+        by_reason.add_metric([*self._vllm, "deferred"], 0.0)
+        yield by_reason
+        yield from self._cache_config(stats)
+        yield self._iteration_tokens(stats)
+        for name, doc, value in (
             ("modelyard_max_num_seqs", "Configured bound of the running batch.", stats.max_num_seqs),
             ("modelyard_max_queue", "Configured bound of the waiting queue.", stats.max_queue),
         ):
@@ -155,97 +198,260 @@ class _EngineGauges(Collector):
                 stats.num_preemptions,
             ),
         ):
-            counter = CounterMetricFamily(name, doc, labels=["model_name"])
-            counter.add_metric([self._model_name], float(count))
+            counter = CounterMetricFamily(name, doc, labels=VLLM_LABELS)
+            counter.add_metric(self._vllm, float(count))
             yield counter
+
+    def _cache_config(self, stats: EngineStats) -> Iterator[Metric]:
+        if self._cache is None or not stats.block_size:
+            return
+        labels = cache_config_labels(
+            block_size=stats.block_size,
+            num_blocks=stats.kv_blocks_total,
+            max_model_len=self._cache.max_model_len,
+            enable_prefix_caching=self._cache.enable_prefix_caching,
+            gpu_memory_utilization=self._cache.gpu_memory_utilization,
+            engine=ENGINE_INDEX,
+        )
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=list(labels)
+        )
+        info.add_metric(list(labels.values()), 1.0)
+        yield info
+
+    def _iteration_tokens(self, stats: EngineStats) -> Metric:
+        # The engine counts steps in power-of-two classes; every vLLM bucket bound is a power of two.
+        cumulative: list[tuple[str, float]] = []
+        counts = stats.step_tokens_log2
+        for bound in ITERATION_TOKENS_BUCKETS:
+            k = (bound - 1).bit_length()
+            cumulative.append((str(float(bound)), float(sum(counts[: k + 1]))))
+        cumulative.append(("+Inf", float(sum(counts))))
+        family = HistogramMetricFamily(
+            "vllm:iteration_tokens_total",
+            "Histogram of number of tokens per engine_step.",
+            labels=VLLM_LABELS,
+        )
+        family.add_metric(self._vllm, cumulative, float(stats.step_tokens_sum))
+        return family
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, max_model_len: int, stats: Callable[[], EngineStats | None]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        max_model_len: int,
+        stats: Callable[[], EngineStats | None],
+        cache: CacheInfo | None = None,
+    ) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["model_name"]
+        labels = VLLM_LABELS
+        values = (model_name, ENGINE_INDEX)
+        self._values = values
         reg = self.registry
-        self.prompt_tokens = Counter(
-            "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=reg
-        ).labels(model_name)
-        self.generation_tokens = Counter(
-            "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=reg
-        ).labels(model_name)
+
+        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Any:
+            return Histogram(name, doc, labels, buckets=buckets, registry=reg).labels(*values)
+
+        def counter(name: str, doc: str) -> Any:
+            return Counter(name, doc, labels, registry=reg).labels(*values)
+
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
+        self.prompt_tokens_cached = counter(
+            "vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external)."
+        )
+        # vLLM's sources and cache tiers; ours computes locally or hits the local (device) prefix cache.
+        by_source = Counter(
+            "vllm:prompt_tokens_by_source",
+            "Number of prompt tokens by source.",
+            [*labels, "source"],
+            registry=reg,
+        )
+        self.prompt_computed = by_source.labels(*values, "local_compute")
+        self.prompt_local_hit = by_source.labels(*values, "local_cache_hit")
+        by_source.labels(*values, "external_kv_transfer")
+        cached_by_source = Counter(
+            "vllm:prompt_tokens_cached_by_source",
+            "Prefix-cache hit tokens by the cache tier that supplied them.",
+            [*labels, "source"],
+            registry=reg,
+        )
+        self.prompt_cached_device = cached_by_source.labels(*values, "device")
+        for tier in ("host", "p2p", "disk", "external_unspecified"):
+            cached_by_source.labels(*values, tier)
         self._success = Counter(
             "vllm:request_success",
-            "Count of finished requests by finish reason.",
+            "Count of successfully processed requests.",
             [*labels, "finished_reason"],
             registry=reg,
         )
         for reason in FINISHED_REASONS:
-            self._success.labels(model_name, reason)
-        self.ttft = Histogram(
-            "vllm:time_to_first_token_seconds",
-            "Histogram of time to first token in seconds.",
-            labels,
-            buckets=TTFT_BUCKETS,
-            registry=reg,
-        ).labels(model_name)
-        self.itl = Histogram(
-            "vllm:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds.",
-            labels,
-            buckets=ITL_BUCKETS,
-            registry=reg,
-        ).labels(model_name)
-        self.tpot = Histogram(
+            self._success.labels(*values, reason)
+        self.ttft = histogram(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
+        )
+        self.itl = histogram(
+            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS
+        )
+        self.tpot = histogram(
             "vllm:time_per_output_token_seconds",
             "Histogram of time per output token in seconds (same as inter-token latency).",
-            labels,
-            buckets=ITL_BUCKETS,
-            registry=reg,
-        ).labels(model_name)
-        self.e2e = Histogram(
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of end to end request latency.",
-            labels,
-            buckets=E2E_BUCKETS,
-            registry=reg,
-        ).labels(model_name)
+            ITL_BUCKETS,
+        )
+        self.request_tpot = histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            ITL_BUCKETS,
+        )
+        self.e2e = histogram(
+            "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", E2E_BUCKETS
+        )
+        self.queue_time = histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            E2E_BUCKETS,
+        )
+        self.inference_time = histogram(
+            "vllm:request_inference_time_seconds",
+            "Histogram of time spent in RUNNING phase for request.",
+            E2E_BUCKETS,
+        )
+        self.prefill_time = histogram(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            E2E_BUCKETS,
+        )
+        self.decode_time = histogram(
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.",
+            E2E_BUCKETS,
+        )
+        self.request_preemptions = histogram(
+            "vllm:request_num_preemptions",
+            "Histogram of the number of times a request was preempted.",
+            REQUEST_NUM_PREEMPTIONS_BUCKETS,
+        )
         token_buckets = _token_buckets(max_model_len)
-        self.request_prompt_tokens = Histogram(
-            "vllm:request_prompt_tokens",
-            "Number of prefill tokens per request.",
-            labels,
-            buckets=token_buckets,
-            registry=reg,
-        ).labels(model_name)
-        self.request_generation_tokens = Histogram(
-            "vllm:request_generation_tokens",
-            "Number of generation tokens per request.",
-            labels,
-            buckets=token_buckets,
-            registry=reg,
-        ).labels(model_name)
-        reg.register(_EngineGauges(model_name, stats))
+        self.request_prompt_tokens = histogram(
+            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
+        )
+        self.request_generation_tokens = histogram(
+            "vllm:request_generation_tokens", "Number of generation tokens processed.", token_buckets
+        )
+        self.request_prefill_kv_computed = histogram(
+            "vllm:request_prefill_kv_computed_tokens",
+            "Histogram of new KV tokens computed during prefill (excluding cached tokens).",
+            token_buckets,
+        )
+        self.request_max_generation_tokens = histogram(
+            "vllm:request_max_num_generation_tokens",
+            "Histogram of maximum number of requested generation tokens.",
+            token_buckets,
+        )
+        self.request_params_n = histogram(
+            "vllm:request_params_n", "Histogram of the n request parameter.", REQUEST_PARAMS_N_BUCKETS
+        )
+        self.request_params_max_tokens = histogram(
+            "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", token_buckets
+        )
+        reg.register(_EngineGauges(model_name, stats, cache))
 
     def success(self, finished_reason: str) -> None:
-        self._success.labels(self.model_name, finished_reason).inc()
+        self._success.labels(*self._values, finished_reason).inc()
 
-    def track(self, num_prompt_tokens: int) -> RequestTracker:
-        return RequestTracker(self, num_prompt_tokens)
+    def track(
+        self,
+        num_prompt_tokens: int,
+        max_tokens: int = 0,
+        group: RequestGroup | None = None,
+        trace: RequestTrace | None = None,
+    ) -> RequestTracker:
+        """One engine request; ``group`` joins the choices of one API request (``n``); ``trace`` is that
+        request's span when tracing is on."""
+        return RequestTracker(self, num_prompt_tokens, max_tokens=max_tokens, group=group, trace=trace)
+
+    def group(self, n: int) -> RequestGroup:
+        """The ``n`` engine requests that answer one prompt (observed as vLLM's ``request_params_n``)."""
+        self.request_params_n.observe(n)
+        return RequestGroup(self, n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 @dataclass
+class RequestGroup:
+    """The choices of one prompt: the longest of them is vLLM's ``request_max_num_generation_tokens``."""
+
+    metrics: ServerMetrics
+    pending: int
+    longest: int = 0
+
+    def finished(self, num_generated: int) -> None:
+        self.longest = max(self.longest, num_generated)
+        self.pending -= 1
+        if self.pending == 0:
+            self.metrics.request_max_generation_tokens.observe(self.longest)
+
+
+def metric_groups(metrics: ServerMetrics, prompts: Sequence[Sequence[int]]) -> list[RequestGroup]:
+    """One group per distinct prompt object: the ``n`` choices of a prompt share its token list."""
+    by_prompt: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_prompt.setdefault(id(prompt), []).append(index)
+    groups: list[RequestGroup | None] = [None] * len(prompts)
+    for indexes in by_prompt.values():
+        group = metrics.group(len(indexes))
+        for index in indexes:
+            groups[index] = group
+    return [g for g in groups if g is not None]
+
+
+@dataclass
 class RequestTracker:
-    """Timings of one engine request, recorded when it finishes (or is aborted)."""
+    """Timings of one engine request, recorded when it finishes (or is aborted).
+
+    The phases follow vLLM v1 (``IterationStats.update_from_finished_request``): queue from the first
+    ``queued`` to the first ``scheduled`` engine event, prefill from there to the first token, decode
+    from the first token to the last output, inference from scheduled to the last output; preemptions
+    stay inside the phase they interrupted. Engine events use the host's monotonic clock, as we do.
+    """
 
     metrics: ServerMetrics
     num_prompt_tokens: int
+    max_tokens: int = 0
+    group: RequestGroup | None = None
+    trace: RequestTrace | None = None
     start: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     last_token: float | None = None
+    last_output: float | None = None
+    queued: float | None = None
+    scheduled: float | None = None
+    num_preemptions: int = 0
+    num_cached_tokens: int = 0
     num_generated: int = 0
     done: bool = False
+
+    def on_output(self, out: GenerationOutput) -> None:
+        if out.events:
+            self.on_events(out.events)
+            if self.trace is not None:
+                self.trace.on_events(out.events)
+        self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+        self.on_tokens(len(out.token_ids))
+        self.last_output = time.monotonic()
+
+    def on_events(self, events: Sequence[EngineEvent]) -> None:
+        for event in events:
+            if event.kind == "queued" and self.queued is None:
+                self.queued = event.timestamp
+            elif event.kind == "scheduled" and self.scheduled is None:
+                self.scheduled = event.timestamp
+            elif event.kind == "preempted":
+                self.num_preemptions += 1
 
     def on_tokens(self, count: int) -> None:
         if count <= 0:
@@ -254,6 +460,8 @@ class RequestTracker:
         if self.first_token is None:
             self.first_token = now
             self.metrics.ttft.observe(now - self.start)
+            if self.trace is not None:
+                self.trace.on_first_token(now)
             count -= 1
         elif self.last_token is not None and count > 0:
             # An output carrying several tokens spreads its gap evenly over them.
@@ -268,9 +476,38 @@ class RequestTracker:
             return
         self.done = True
         self.num_generated = num_generated
-        self.metrics.e2e.observe(time.monotonic() - self.start)
-        self.metrics.prompt_tokens.inc(self.num_prompt_tokens)
-        self.metrics.generation_tokens.inc(num_generated)
-        self.metrics.request_prompt_tokens.observe(self.num_prompt_tokens)
-        self.metrics.request_generation_tokens.observe(num_generated)
-        self.metrics.success(finished_reason)
+        m = self.metrics
+        m.e2e.observe(time.monotonic() - self.start)
+        m.prompt_tokens.inc(self.num_prompt_tokens)
+        m.generation_tokens.inc(num_generated)
+        m.request_prompt_tokens.observe(self.num_prompt_tokens)
+        m.request_generation_tokens.observe(num_generated)
+        m.success(finished_reason)
+        if self.max_tokens:
+            m.request_params_max_tokens.observe(self.max_tokens)
+        if self.queued is not None:  # an engine request (embeddings have no phases)
+            m.prompt_tokens_cached.inc(self.num_cached_tokens)
+            m.prompt_local_hit.inc(self.num_cached_tokens)
+            m.prompt_cached_device.inc(self.num_cached_tokens)
+            m.prompt_computed.inc(self.num_prompt_tokens - self.num_cached_tokens)
+            m.request_prefill_kv_computed.observe(self.num_prompt_tokens - self.num_cached_tokens)
+            m.request_preemptions.observe(self.num_preemptions)
+            self._observe_phases()
+        if self.group is not None:
+            self.group.finished(num_generated)
+        if self.trace is not None:
+            self.trace.finished(finished_reason, num_generated)
+
+    def _observe_phases(self) -> None:
+        m = self.metrics
+        if self.queued is None or self.scheduled is None:
+            return  # left before the engine admitted it: no phase happened
+        m.queue_time.observe(max(0.0, self.scheduled - self.queued))
+        if self.first_token is None:
+            return
+        end = self.last_output or self.first_token
+        m.prefill_time.observe(max(0.0, self.first_token - self.scheduled))
+        decode = max(0.0, end - self.first_token)
+        m.decode_time.observe(decode)
+        m.inference_time.observe(max(0.0, end - self.scheduled))
+        m.request_tpot.observe(decode / (self.num_generated - 1) if self.num_generated > 1 else 0.0)

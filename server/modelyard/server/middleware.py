@@ -33,6 +33,7 @@ from modelyard.server.errors import (
     error_payload,
 )
 from modelyard.server.logs import request_id_var
+from modelyard.server.tracing import TRACE_HEADERS, trace_headers_var
 
 log = logging.getLogger("modelyard.server.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -61,6 +62,10 @@ class RequestContextMiddleware:
         given = _header(scope, b"x-request-id")
         request_id = given if given and _SANE_ID.match(given) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        trace_headers = {
+            k.decode(): v.decode("latin-1") for k, v in scope.get("headers", ()) if k in TRACE_HEADERS
+        }
+        trace_token = trace_headers_var.set(trace_headers or None)
         started = time.monotonic()
         status: dict[str, Any] = {"code": None}
 
@@ -103,6 +108,7 @@ class RequestContextMiddleware:
                     },
                 )
             request_id_var.reset(token)
+            trace_headers_var.reset(trace_token)
 
     def _reject(self, scope: Scope) -> APIError | None:
         if not scope.get("path", "").startswith("/v1"):

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from modelyard.server.engine.types import Engine, Task
 from modelyard.server.metrics import ServerMetrics
+from modelyard.server.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -55,6 +56,7 @@ class ModelRuntime:
     tool_call_parser: str | None = None
     limits: RequestLimits = field(default_factory=RequestLimits)
     workers: WorkerPool = field(default_factory=WorkerPool)
+    tracing: Tracing | None = None  # OpenTelemetry, when an OTLP endpoint is configured (tracing.py)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property

@@ -33,11 +33,13 @@ from modelyard.server.errors import (
     UnsupportedParameterError,
 )
 from modelyard.server.generation_run import GenerationRun, choice_deltas, finish_run
+from modelyard.server.metrics import metric_groups
 from modelyard.server.protocol import SamplingFields
 from modelyard.server.runtime import ModelRuntime
 from modelyard.server.streaming import EngineStreamResponse, StreamCloser
 from modelyard.server.token_text import TokenText
 from modelyard.server.tool_plan import GuidedSpec
+from modelyard.server.tracing import RequestTrace
 
 if TYPE_CHECKING:
     from modelyard.server.engine.guided import GrammarCompiler
@@ -272,16 +274,28 @@ class BaseServing:
     ) -> tuple[GenerationRun, list[ChoiceState]]:
         streams = []
         states = []
+        groups = metric_groups(self.runtime.metrics, [prompt_ids for prompt_ids, _ in jobs])
+        trace = self._trace(base_id, jobs)
         for index, (prompt_ids, params) in enumerate(jobs):
             request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params)
             streams.append(self.runtime.engine.generate(request))
-            tracker = self.runtime.metrics.track(len(prompt_ids))
+            tracker = self.runtime.metrics.track(len(prompt_ids), params.max_tokens, groups[index], trace)
             states.append(
                 ChoiceState(
                     index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens
                 )
             )
         return GenerationRun(streams), states
+
+    def _trace(self, base_id: str, jobs: Sequence[tuple[list[int], SamplingParams]]) -> RequestTrace | None:
+        tracing = self.runtime.tracing
+        if tracing is None or not jobs:
+            return None
+        operation = "text_completion" if base_id.startswith("cmpl") else "chat"
+        prompts = {id(p): len(p) for p, _ in jobs}
+        return tracing.request(
+            operation, self.runtime.primary_name, jobs[0][1], base_id, len(jobs), sum(prompts.values())
+        )
 
     async def respond(
         self,

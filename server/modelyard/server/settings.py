@@ -119,6 +119,13 @@ class ServerSettings(BaseSettings):
         description="Run the engine (weights, step loop) in its own process, so HTTP work never "
         "shares its GIL; --no-engine-process runs it in a thread of the server process.",
     )
+    otlp_traces_endpoint: str | None = Field(
+        None,
+        description="OTLP endpoint for OpenTelemetry traces (vLLM's flag; also "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT). Unset: no tracing at all. "
+        "Protocol, headers, sampler and service name follow the OTEL_* variables (protocol default grpc, "
+        "as vLLM).",
+    )
     engine_threads: int | None = Field(
         None,
         ge=1,

@@ -299,8 +299,11 @@ def test_metrics_use_vllm_names_and_count_finished_requests(client: TestClient) 
         "vllm:request_generation_tokens",
     ):
         assert f"{name}" in text, name
-    assert 'vllm:request_success_total{finished_reason="length",model_name="fake-model"} 1.0' in text
-    assert 'vllm:generation_tokens_total{model_name="fake-model"} 3.0' in text
+    success = 'vllm:request_success_total{engine="0",finished_reason="length",model_name="fake-model"} 1.0'
+    assert success in text
+    assert 'vllm:generation_tokens_total{engine="0",model_name="fake-model"} 3.0' in text
+    assert 'vllm:request_params_n_count{engine="0",model_name="fake-model"} 1.0' in text
+    assert 'vllm:request_params_max_tokens_sum{engine="0",model_name="fake-model"} 3.0' in text
 
 
 def test_embedding_queue_full_is_429(tokenizer: Any) -> None:

@@ -20,6 +20,8 @@ from modelyard.operator.builders.common import (
 )
 from modelyard.operator.builders.engines import ENGINE_ANNOTATION, EngineContainer, engine_builder
 from modelyard.operator.builders.engines.base import CACHE_MOUNT, MODELS_MOUNT
+from modelyard.operator.builders.inference_pool import pool_labels
+from modelyard.operator.builders.tracing import tracing_args, tracing_env
 from modelyard.operator.settings import OperatorSettings
 
 CONTAINER_NAME = "server"
@@ -196,9 +198,9 @@ def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, A
         "image": engine.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(engine.command),
-        "args": list(engine.args),
+        "args": [*engine.args, *tracing_args(model, settings)],
         "ports": [{"name": md.SERVER_PORT_NAME, "containerPort": md.SERVER_PORT, "protocol": "TCP"}],
-        "env": _env(model, engine),
+        "env": [*_env(model, engine), *tracing_env(model, settings)],
         "resources": _resources(model),
         "volumeMounts": mounts,
         "securityContext": CONTAINER_SECURITY_CONTEXT,
@@ -240,7 +242,7 @@ def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, A
             "progressDeadlineSeconds": settings.startup_timeout_seconds + 600,
             "template": {
                 "metadata": {
-                    "labels": labels(model),
+                    "labels": {**labels(model), **pool_labels(model, settings)},
                     "annotations": {
                         **scrape_annotations(engine.metrics_path),
                         ENGINE_ANNOTATION: spec.engine.value,

@@ -29,11 +29,13 @@ from modelyard.server.engine.runner import ModelRunner
 from modelyard.server.engine.sampler import Sampled, SamplingRow, prompt_logprobs, sample
 from modelyard.server.engine.scheduler import Scheduler, Step
 from modelyard.server.engine.sequence import Sequence
+from modelyard.server.engine.step_tokens import StepTokens
 from modelyard.server.engine.thread_tuner import ThreadTuner
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,
     EngineError,
+    EngineEvent,
     EngineStats,
     FinishReason,
     GenerationOutput,
@@ -104,6 +106,8 @@ class TorchEngine:
         choices = config.thread_choices if self._device.type == "cpu" else ()
         self._tuner = ThreadTuner(choices) if len(choices) > 1 else None
         self._logged_trial = 0
+        self._step_tokens = StepTokens()
+        self._step_sampled = 0
         self._stats = self._snapshot()
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(config.seed)
@@ -328,6 +332,8 @@ class TorchEngine:
                         self._guarded(self._decode_step, step, step.decode)
                         if self._tuner is not None and not step.prefill:
                             self._tune_threads(len(step.decode), time.perf_counter() - step_start)
+                    self._step_tokens.record(sum(n for _, n in step.prefill) + self._step_sampled)
+                    self._step_sampled = 0
                     self._stats = self._snapshot()
                     self._flush()
             self._fail_everything(EngineDeadError("the engine was stopped"))
@@ -394,6 +400,9 @@ class TorchEngine:
             engine_threads=self._tuner.current
             if self._tuner is not None
             else (self._config.thread_choices[0] if len(self._config.thread_choices) == 1 else 0),
+            block_size=blocks.block_size,
+            step_tokens_log2=self._step_tokens.counts(),
+            step_tokens_sum=self._step_tokens.total,
         )
 
     def _fail_everything(self, error: EngineError) -> None:
@@ -465,6 +474,7 @@ class TorchEngine:
 
     def _sample_and_advance(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         sampled = sample(logits, [s.row for s in seqs], self._generator)
+        self._step_sampled += len(seqs)
         for seq, token in zip(seqs, sampled, strict=True):
             if not self._advance(seq, token):
                 self._scheduler.finish(seq)
@@ -506,6 +516,7 @@ class TorchEngine:
                 if first and seq.prompt_logprobs is not None
                 else None,
                 num_cached_tokens=seq.num_cached_tokens,
+                events=_take_events(seq),
             ),
         )
         if reason is not None:
@@ -536,6 +547,14 @@ class TorchEngine:
             else:
                 self._outbox.append((sink, result))
         self._flush()
+
+
+def _take_events(seq: Sequence) -> tuple[EngineEvent, ...]:
+    if not seq.events:
+        return ()
+    events = tuple(seq.events)
+    seq.events.clear()
+    return events
 
 
 def decode_groups(seqs: list[Sequence], split_tokens: int) -> list[list[Sequence]]:

@@ -16,10 +16,12 @@ outputs intact. Memory is thus the sum of the rows' real lengths, never rows x l
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
 
 from modelyard.server.engine.blocks import BlockManager, extend_hashes
 from modelyard.server.engine.sequence import Sequence
+from modelyard.server.engine.types import EngineEvent
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class Scheduler:
         return len(self.running)
 
     def add(self, seq: Sequence) -> None:
+        seq.events.append(EngineEvent("queued", time.monotonic()))
         self.waiting.append(seq)
 
     def has_work(self) -> bool:
@@ -98,6 +101,7 @@ class Scheduler:
             seq.prompt_logprobs = None  # recomputed with the prompt
         seq.num_preemptions += 1
         self.num_preemptions += 1
+        seq.events.append(EngineEvent("preempted", time.monotonic()))
         self.waiting.appendleft(seq)
         step.preempted.append(seq)
 
@@ -181,6 +185,7 @@ class Scheduler:
                     self.prefix_queries += seq.num_prompt_tokens
                     self.prefix_hits += cached
             seq.running = True
+            seq.events.append(EngineEvent("scheduled", time.monotonic()))
             self.running.append(seq)
             step.prefill.append((seq, feed))
             width = max(width, feed)

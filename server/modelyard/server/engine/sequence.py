@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from modelyard.server.engine.blocks import BlockHash
 from modelyard.server.engine.sampler import SamplingRow
-from modelyard.server.engine.types import GenerationRequest, TokenLogprob
+from modelyard.server.engine.types import EngineEvent, GenerationRequest, TokenLogprob
 
 
 @dataclass(eq=False, slots=True)
@@ -40,6 +40,8 @@ class Sequence:
     num_cached_tokens: int = 0
     running: bool = False  # admitted: holds blocks (or is about to)
     num_preemptions: int = 0
+    # Phase changes not yet sent: they leave with the request's next output.
+    events: list[EngineEvent] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.tokens:

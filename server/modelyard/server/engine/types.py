@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 GuidedKind = Literal["json_schema", "json_object", "regex"]
+EngineEventKind = Literal["queued", "scheduled", "preempted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,18 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """A phase change of one request inside the engine, as vLLM v1's ``EngineCoreEvent``.
+
+    ``timestamp`` is ``time.monotonic()`` in the engine's process: Linux's monotonic clock is one for the
+    whole host, so the serving process can subtract its own readings from it.
+    """
+
+    kind: EngineEventKind
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationOutput:
     """One increment of one request, yielded as soon as the engine has it.
 
@@ -95,6 +108,8 @@ class GenerationOutput:
     # Prompt tokens whose KV came from the prefix cache instead of being computed (0 without one);
     # the serving layer reports them as usage.prompt_tokens_details.cached_tokens.
     num_cached_tokens: int = 0
+    # Phase changes since the previous output (queued and scheduled ride on the first one).
+    events: tuple[EngineEvent, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +126,11 @@ class EngineStats:
     kv_blocks_total: int = 0
     num_preemptions: int = 0  # cumulative
     engine_threads: int = 0  # CPU compute threads in use (0: not known here)
+    block_size: int = 0  # tokens per KV block
+    # Engine steps by tokens processed (prompt tokens fed + tokens sampled): entry k counts the steps
+    # with 2**(k-1) < tokens <= 2**k (entry 0: one token), so power-of-two buckets are exact.
+    step_tokens_log2: tuple[int, ...] = ()
+    step_tokens_sum: int = 0
 
 
 class EngineError(Exception):

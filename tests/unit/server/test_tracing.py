@@ -1,0 +1,103 @@
+"""Server tracing: nothing of OpenTelemetry's SDK is loaded when no endpoint is set; when one is, a
+request's span carries the GenAI attributes, vLLM's latencies and the engine phases as events, and is
+parented on the caller's traceparent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from modelyard.server.engine.types import EngineEvent, GenerationOutput, SamplingParams
+from modelyard.server.metrics import ServerMetrics
+from modelyard.server.tracing import Tracing, endpoint_from, setup, trace_headers_var
+from tests.fixtures.models import REPO_ROOT
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def test_off_by_default_creates_no_exporter_and_loads_no_sdk() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from modelyard.server.app import create_app
+        from modelyard.server.settings import ServerSettings
+        app = create_app(ServerSettings())
+        assert app.state.tracing is None
+        prefixes = ("opentelemetry.sdk", "opentelemetry.exporter")
+        loaded = sorted(m for m in sys.modules if m.startswith(prefixes))
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    env = {
+        "PYTHONPATH": f"{REPO_ROOT / 'server'}:{REPO_ROOT / 'operator'}:{REPO_ROOT}",
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_the_endpoint_comes_from_the_flag_or_the_standard_variables() -> None:
+    assert endpoint_from(None, {}) is None
+    assert endpoint_from("http://c:4317", {}) == "http://c:4317"
+    assert endpoint_from(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}) == "http://c:4318"
+    assert endpoint_from(None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1"}) == "http://t:1"
+    assert endpoint_from("http://c:4317", {"OTEL_SDK_DISABLED": "true"}) is None
+    assert setup(None, {}) is None
+
+
+def _tracing() -> tuple[Tracing, InMemorySpanExporter]:
+    tracing = Tracing("http://127.0.0.1:9/v1/traces", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    memory = InMemorySpanExporter()
+    tracing.provider._active_span_processor._span_processors = (SimpleSpanProcessor(memory),)  # no network
+    return tracing, memory
+
+
+def test_a_request_span_has_genai_attributes_engine_events_and_the_callers_parent() -> None:
+    tracing, memory = _tracing()
+    metrics = ServerMetrics("m", 512, lambda: None)
+    token = trace_headers_var.set({"traceparent": PARENT})
+    try:
+        params = SamplingParams(max_tokens=7, temperature=0.5, top_p=0.9)
+        trace = tracing.request("chat", "m", params, "chatcmpl-1", 2, input_tokens=5)
+    finally:
+        trace_headers_var.reset(token)
+    for generated in (3, 4):
+        tracker = metrics.track(5, 7, trace=trace)
+        events = (EngineEvent("queued", tracker.start - 0.02), EngineEvent("scheduled", tracker.start - 0.01))
+        tracker.on_output(GenerationOutput((1,), events=events))
+        tracker.on_output(GenerationOutput((2,), finish_reason="length"))
+        tracker.finish("length", generated)
+    (span,) = memory.get_finished_spans()
+    assert span.name == "chat m"
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.request.model"] == "m"
+    assert attrs["gen_ai.request.max_tokens"] == 7
+    assert attrs["gen_ai.request.temperature"] == 0.5
+    assert attrs["gen_ai.request.top_p"] == 0.9
+    assert attrs["gen_ai.response.id"] == "chatcmpl-1"
+    assert list(attrs["gen_ai.response.finish_reasons"]) == ["length", "length"]  # type: ignore[arg-type]
+    assert attrs["gen_ai.usage.input_tokens"] == 5
+    assert attrs["gen_ai.usage.output_tokens"] == 7
+    for key in (
+        "time_in_queue",
+        "time_to_first_token",
+        "e2e",
+        "time_in_model_prefill",
+        "time_in_model_decode",
+    ):
+        assert float(attrs[f"gen_ai.latency.{key}"]) >= 0.0, key  # type: ignore[arg-type]
+    names = [e.name for e in span.events]
+    assert names[:4] == ["queued", "scheduled", "prefill_done", "first_token"]
+    assert names[-1] == "finished"
+    tracing.shutdown()
