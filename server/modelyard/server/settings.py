@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.server.engine.types import DecodeKV, Device, DType, EngineConfig, Task
@@ -59,7 +59,13 @@ class ServerSettings(BaseSettings):
         None,
         ge=16,
         description="KV cache size in tokens (default: planned from GPU memory; on CPU "
-        "max_num_seqs x max_model_len, at most 40% of available memory).",
+        "max_num_seqs x max_model_len, within --kv-cache-memory).",
+    )
+    kv_cache_memory: ByteSize = Field(
+        ByteSize(4 << 30),
+        gt=0,
+        description="CPU: the KV cache's memory budget (bytes, or e.g. 4GiB, 512MiB); the pool takes less "
+        "when max_num_seqs x max_model_len needs less. Ignored with --kv-cache-tokens and on CUDA.",
     )
     decode_kv: DecodeKV = Field(
         "auto",
@@ -169,6 +175,7 @@ class ServerSettings(BaseSettings):
             enable_prefix_caching=self.enable_prefix_caching,
             gpu_memory_utilization=self.gpu_memory_utilization,
             kv_cache_tokens=self.kv_cache_tokens,
+            kv_cache_memory_bytes=int(self.kv_cache_memory),
             decode_kv=self.decode_kv,
             revision=self.revision,
             trust_remote_code=self.trust_remote_code,

@@ -40,6 +40,7 @@ from modelyard.server.engine.types import (
     GenerationRequest,
     PromptTooLongError,
     QueueFullError,
+    completion_budget,
 )
 
 log = logging.getLogger("modelyard.server.engine")
@@ -62,7 +63,7 @@ class TorchEngine:
     ) -> None:
         """``kv_budget_tokens`` (or ``config.kv_cache_tokens``) sizes the KV pool in tokens; by default
         it is planned at ``start``: from ``gpu_memory_utilization`` on CUDA, on CPU
-        ``max_num_seqs * max_model_len`` capped by a share of available memory."""
+        ``max_num_seqs * max_model_len``, on CPU capped by ``config.kv_cache_memory_bytes``."""
         self._loaded = loaded
         self._config = config
         self._model = loaded.model
@@ -168,11 +169,7 @@ class TorchEngine:
         params = request.params
         if not prompt:
             raise EngineError("the prompt is empty")
-        if len(prompt) + params.max_tokens > self._max_model_len:
-            raise PromptTooLongError(
-                f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the model's "
-                f"context length ({self._max_model_len})"
-            )
+        completion_budget(len(prompt), params.max_tokens, self._max_model_len)
         if len(prompt) + params.max_tokens > self.kv_capacity_tokens:
             raise PromptTooLongError(
                 f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the KV cache "
@@ -269,7 +266,7 @@ class TorchEngine:
                     extra={"kv_cache_tokens": tokens, "max_model_len": self._max_model_len},
                 )
         else:
-            tokens = memory.cpu_kv_tokens(None, default, per_token)
+            tokens = memory.cpu_kv_tokens(default, per_token, self._config.kv_cache_memory_bytes)
         size = self._config.block_size
         num_blocks = max(1, tokens // size)
         self._blocks = BlockManager(num_blocks, size, self._caching)

@@ -126,7 +126,32 @@ class QueueFullError(EngineError):
 
 
 class PromptTooLongError(EngineError):
-    """The prompt plus max_tokens does not fit the model's context (serving checks first)."""
+    """The prompt plus max_tokens does not fit the model's context (``completion_budget``)."""
+
+
+def completion_budget(
+    prompt_tokens: int, max_tokens: int | None, max_model_len: int, what: str = "prompt"
+) -> int:
+    """The context-length rule, in the one place both the serving layer (before anything is queued)
+    and the engine (for every other caller) apply it: the prompt must leave room for a token, and the
+    prompt plus ``max_tokens`` must fit ``max_model_len``. Returns ``max_tokens``, or all the room left
+    when it is None; ``what`` names the prompt's field in the message."""
+    room = max_model_len - prompt_tokens
+    if room <= 0:
+        raise PromptTooLongError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your {what} "
+            f"resulted in {prompt_tokens} tokens, leaving no room for the completion. Please reduce the "
+            f"length of the {what}."
+        )
+    if max_tokens is None:
+        return room
+    if max_tokens > room:
+        raise PromptTooLongError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {what}, {max_tokens} in the "
+            f"completion). Please reduce the length of the {what} or completion."
+        )
+    return max_tokens
 
 
 class UnsupportedGrammarError(EngineError):
@@ -189,6 +214,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # reuse the KV of shared prompt prefixes (off for sliding windows)
     gpu_memory_utilization: float = 0.9  # CUDA: share of device memory for weights+activations+KV
     kv_cache_tokens: int | None = None  # KV pool size in tokens; None: planned (see engine/memory.py)
+    # CPU: the KV pool's byte budget when kv_cache_tokens is None (it takes less if max_num_seqs x
+    # max_model_len needs less). 4 GiB, as memory.DEFAULT_CPU_KV_BYTES.
+    kv_cache_memory_bytes: int = 4 << 30
     block_size: int = 16  # tokens per KV block
     # Decode attention reads: "slab" a per-group working copy appended a column per step, "paged" the
     # history gathered from the block pool every step; "auto": slab on CPU, paged elsewhere.
