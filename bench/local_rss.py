@@ -93,6 +93,18 @@ def _wait_serving(base: str, proc: subprocess.Popen[bytes], timeout_s: float) ->
     raise SystemExit(f"modelyard-local did not serve within {timeout_s:.0f} s")
 
 
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """modelyard-local and everything it started (its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 @contextlib.contextmanager
 def _checkout(rev: str | None) -> Iterator[Path]:
     if rev is None:
@@ -111,6 +123,8 @@ def measure(tree: Path, label: str, timeout_s: float, settle_s: float) -> dict[s
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(str(tree / p) for p in ("server", "operator", ".")),
+        # The router's metrics port defaults to a fixed 9090, which another run on the host may hold.
+        "MODELYARD_ROUTER_METRICS_PORT": str(_free_port()),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelyard.local", "--port", str(port)],
@@ -129,12 +143,7 @@ def measure(tree: Path, label: str, timeout_s: float, settle_s: float) -> dict[s
             pss = _kib(f"/proc/{pid}/smaps_rollup", "Pss")
             rows.append({"pid": pid, "process": _describe(pid), "rss_mib": rss / 1024, "pss_mib": pss / 1024})
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        _stop_group(proc)
     total_rss = sum(r["rss_mib"] for r in rows)
     total_pss = sum(r["pss_mib"] for r in rows)
     print(f"\n{label} ({tree}):")
