@@ -6,12 +6,12 @@ Read once in ``__main__`` and passed down; nothing else reads the environment. F
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelyard.server.engine.types import DecodeKV, Device, DType, EngineConfig, Task
+from modelyard.server.engine.types import DecodeKV, Device, DType, EngineConfig, SpeculativeConfig, Task
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -77,6 +77,12 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="Devices the model's layers are split over, like vLLM's flag (default: every visible "
         "GPU; 1 on CPU). Contiguous runs of decoder layers per device (see engine/placement.py).",
+    )
+    speculative_config: dict[str, Any] | None = Field(
+        None,
+        description="Speculative decoding, as vLLM spells it (JSON): "
+        '{"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": m, "prompt_lookup_max": n}. '
+        "Drafts come from the request's own earlier tokens (prompt lookup); off by default.",
     )
     revision: str | None = None
     trust_remote_code: bool = False
@@ -147,6 +153,13 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"unknown tool-call parser {value!r}; known: {', '.join(parser_names())}")
         return value
 
+    @field_validator("speculative_config")
+    @classmethod
+    def _speculative(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            SpeculativeConfig.parse(value)  # ValueError: a settings error naming the problem
+        return value
+
     @model_validator(mode="after")
     def _names_unique(self) -> ServerSettings:
         names = self.model_names
@@ -182,6 +195,7 @@ class ServerSettings(BaseSettings):
             hf_token=self.hf_token.get_secret_value() if self.hf_token else None,
             seed=self.seed,
             tensor_parallel_size=self.tensor_parallel_size,
+            speculative=SpeculativeConfig.parse(self.speculative_config) if self.speculative_config else None,
         )
 
 

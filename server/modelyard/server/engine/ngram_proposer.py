@@ -7,34 +7,22 @@ continuation: rewriting a JSON document or a code block repeats long runs of the
 source, so the latest match is the one nearest the current position).
 
 Pure numpy on token ids; the verification (one batched forward over the drafts, rejection sampling)
-is the engine's part.
+is the engine's part (``engine.py``, ``_verify_step``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-
-@dataclass(frozen=True, slots=True)
-class NgramConfig:
-    """vLLM's ``--speculative-config`` fields for ``"method": "ngram"``."""
-
-    num_speculative_tokens: int
-    prompt_lookup_min: int = 1
-    prompt_lookup_max: int = 4
-
-    def __post_init__(self) -> None:
-        if self.num_speculative_tokens < 1:
-            raise ValueError("num_speculative_tokens must be at least 1")
-        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
-            raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
+from modelyard.server.engine.types import SpeculativeConfig
 
 
-def propose(tokens: Sequence[int] | np.ndarray, config: NgramConfig, limit: int | None = None) -> list[int]:
+def propose(
+    tokens: Sequence[int] | np.ndarray, config: SpeculativeConfig, limit: int | None = None
+) -> list[int]:
     """Up to ``min(num_speculative_tokens, limit)`` draft tokens to follow ``tokens`` (prompt + output
     so far); empty when no suffix n-gram occurred before."""
     budget = config.num_speculative_tokens if limit is None else min(limit, config.num_speculative_tokens)

@@ -40,6 +40,8 @@ class Sequence:
     num_cached_tokens: int = 0
     running: bool = False  # admitted: holds blocks (or is about to)
     num_preemptions: int = 0
+    # Speculative decoding: this step's draft tokens, fed after tokens[-1] and verified in one forward.
+    draft: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.tokens:

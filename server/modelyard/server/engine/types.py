@@ -111,6 +111,11 @@ class EngineStats:
     kv_blocks_total: int = 0
     num_preemptions: int = 0  # cumulative
     engine_threads: int = 0  # CPU compute threads in use (0: not known here)
+    # Speculative decoding, cumulative as vLLM v1 counts them: verified drafts, their tokens, and
+    # how many of those the target model accepted.
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
 
 
 class EngineError(Exception):
@@ -196,6 +201,42 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True, slots=True)
+class SpeculativeConfig:
+    """``--speculative-config`` as vLLM spells it; only ``"method": "ngram"`` (prompt lookup)."""
+
+    num_speculative_tokens: int
+    prompt_lookup_min: int = 5
+    prompt_lookup_max: int = 5
+    method: Literal["ngram"] = "ngram"
+
+    def __post_init__(self) -> None:
+        if self.num_speculative_tokens < 1:
+            raise ValueError("num_speculative_tokens must be at least 1")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
+
+    @classmethod
+    def parse(cls, spec: dict[str, object]) -> SpeculativeConfig:
+        """vLLM's JSON: ``method`` ngram, ``num_speculative_tokens``; a missing lookup bound takes the
+        other's value (both missing: 5, vLLM's default)."""
+        unknown = set(spec) - {"method", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max"}
+        if unknown:
+            raise ValueError(f"unsupported speculative-config keys: {sorted(unknown)}")
+        if spec.get("method", "ngram") != "ngram":
+            raise ValueError(f"speculative method {spec.get('method')!r} is not supported (only 'ngram')")
+        if "num_speculative_tokens" not in spec:
+            raise ValueError("speculative-config needs num_speculative_tokens")
+        low, high = spec.get("prompt_lookup_min"), spec.get("prompt_lookup_max")
+        low = high if low is None else low
+        high = low if high is None else high
+        return cls(
+            num_speculative_tokens=int(str(spec["num_speculative_tokens"])),
+            prompt_lookup_min=5 if low is None else int(str(low)),
+            prompt_lookup_max=5 if high is None else int(str(high)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything the engine needs, built by the serving layer from ``ServerSettings``."""
 
@@ -226,6 +267,8 @@ class EngineConfig:
     thread_choices: tuple[int, ...] = ()
     # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
     tensor_parallel_size: int | None = None
+    # Prompt-lookup speculative decoding (None: off).
+    speculative: SpeculativeConfig | None = None
 
 
 # The engine package exposes, in ``modelyard.server.engine``:

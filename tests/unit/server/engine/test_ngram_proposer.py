@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.server.engine.ngram_proposer import NgramConfig, propose
+from modelyard.server.engine.ngram_proposer import propose
+from modelyard.server.engine.types import SpeculativeConfig as NgramConfig
 
 
 def test_the_tokens_after_an_earlier_occurrence_of_the_suffix_are_proposed() -> None:
@@ -35,6 +36,16 @@ def test_no_match_no_draft() -> None:
     assert propose([1, 2, 3, 4, 5], config) == []
     assert propose([1, 2, 1, 3], config) == [], "a 1-gram match is below prompt_lookup_min"
     assert propose([7], config) == []
+
+
+def test_vllm_spelling_is_parsed_and_checked() -> None:
+    parsed = NgramConfig.parse({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3})
+    assert parsed == NgramConfig(num_speculative_tokens=4, prompt_lookup_min=3, prompt_lookup_max=3)
+    assert NgramConfig.parse({"num_speculative_tokens": 2}).prompt_lookup_max == 5
+    with pytest.raises(ValueError, match="only 'ngram'"):
+        NgramConfig.parse({"method": "eagle", "num_speculative_tokens": 2})
+    with pytest.raises(ValueError, match="unsupported"):
+        NgramConfig.parse({"num_speculative_tokens": 2, "model": "x"})
 
 
 def test_invalid_configs_are_refused() -> None:
