@@ -43,16 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.server_throughput import build_model_dir
 
-from modelyard.server.engine import (
-    EngineConfig,
-    GenerationRequest,
-    GuidedDecoding,
-    SamplingParams,
-    TorchEngine,
-    load_model,
-    sampler,
-)
+from modelyard.server.engine import EngineConfig, GenerationRequest, GuidedDecoding, SamplingParams, sampler
+from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.guided import GrammarCompiler, MaskApplier
+from modelyard.server.engine.loader import load_model
 
 VOCAB = 49152
 

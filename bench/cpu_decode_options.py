@@ -86,7 +86,8 @@ def _load_bench_model(threads: int, dtype: str) -> tuple[Any, Any]:
     import torch
 
     from engine_v2_throughput import MODEL_DIR
-    from modelyard.server.engine import EngineConfig, load_model
+    from modelyard.server.engine import EngineConfig
+    from modelyard.server.engine.loader import load_model
     from server_throughput import build_model_dir
 
     torch.set_num_threads(threads)
@@ -105,7 +106,7 @@ def head_engine_part(threads: int, rounds: int) -> dict[str, Any]:
     import torch
 
     from engine_v2_throughput import MODEL_DIR
-    from modelyard.server.engine import TorchEngine
+    from modelyard.server.engine.engine import TorchEngine
     from server_throughput import make_prompts, run_engine
 
     loaded, config = _load_bench_model(threads, "float32")
@@ -148,7 +149,7 @@ def child(option: str, streams: int, prompt_tokens: int, new_tokens: int, thread
     import torch
 
     from engine_v2_throughput import MODEL_DIR
-    from modelyard.server.engine import TorchEngine
+    from modelyard.server.engine.engine import TorchEngine
     from server_throughput import make_prompts, run_engine
 
     spec = OPTIONS[option]

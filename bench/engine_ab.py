@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from modelyard.server.engine import EngineConfig, TorchEngine, load_model
+from modelyard.server.engine import EngineConfig
+from modelyard.server.engine.engine import TorchEngine
+from modelyard.server.engine.loader import load_model
 from server_throughput import build_model_dir, make_prompts, run_engine
 
 MODEL_DIR = Path.home() / ".cache" / "modelyard" / "bench" / "smollm-135m-random"

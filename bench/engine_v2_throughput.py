@@ -46,13 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "server"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from modelyard.server.engine import (  # noqa: E402
-    EngineConfig,
-    GenerationOutput,
-    TorchEngine,
-    ipc,
-    load_model,
-)
+from modelyard.server.engine import EngineConfig, GenerationOutput, ipc  # noqa: E402
+from modelyard.server.engine.engine import TorchEngine  # noqa: E402
+from modelyard.server.engine.loader import load_model  # noqa: E402
 from modelyard.server.engine.threads import cpu_budget  # noqa: E402
 from modelyard.server.engine.types import EngineStats  # noqa: E402
 from server_throughput import (  # noqa: E402

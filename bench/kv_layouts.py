@@ -176,7 +176,9 @@ async def run_one(
 ) -> dict[str, Any]:
     import torch
 
-    from modelyard.server.engine import EngineConfig, TorchEngine, load_model
+    from modelyard.server.engine import EngineConfig
+    from modelyard.server.engine.engine import TorchEngine
+    from modelyard.server.engine.loader import load_model
 
     torch.set_num_threads(args.threads)
     path = model_dir()

@@ -47,13 +47,9 @@ import transformers
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "server"))
 
-from modelyard.server.engine import (  # noqa: E402
-    EngineConfig,
-    GenerationRequest,
-    SamplingParams,
-    TorchEngine,
-    load_model,
-)
+from modelyard.server.engine import EngineConfig, GenerationRequest, SamplingParams  # noqa: E402
+from modelyard.server.engine.engine import TorchEngine  # noqa: E402
+from modelyard.server.engine.loader import load_model  # noqa: E402
 
 EOS_ID = 0  # "<|endoftext|>"; its embedding row is zeroed so greedy decoding never picks it
 SMOLLM_SHAPE = {

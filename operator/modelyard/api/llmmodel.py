@@ -8,6 +8,7 @@ Field names are camelCase on the wire (Kubernetes convention) and snake_case in 
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -156,6 +157,25 @@ class ModelSource(StrEnum):
     S3 = "s3"
 
 
+class SpeculativeDecoding(_Model):
+    """Speculative decoding with prompt-lookup (n-gram) drafts: no draft model, the request's own
+    earlier tokens propose the next ones, verified in one forward (same output, faster on repetitive
+    text). Maps onto `--speculative-config` as vLLM spells it (modelyard and vllm)."""
+
+    method: Literal["ngram"] = Field(default="ngram", description="Draft method; only `ngram`.")
+    num_speculative_tokens: int = Field(ge=1, le=16, description="Draft tokens proposed per step.")
+    prompt_lookup_min: int | None = Field(
+        default=None, ge=1, description="Shortest suffix n-gram looked up (default: the maximum, or 5)."
+    )
+    prompt_lookup_max: int | None = Field(
+        default=None, ge=1, description="Longest suffix n-gram looked up (default: the minimum, or 5)."
+    )
+
+    def config_json(self) -> str:
+        """The `--speculative-config` value (vLLM's snake_case keys)."""
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), separators=(",", ":"))
+
+
 class ServerOptions(_Model):
     """How the model server runs: the knobs that map onto its command line and container."""
 
@@ -179,6 +199,11 @@ class ServerOptions(_Model):
         description="Reuse the KV cache of shared prompt prefixes (modelyard and vllm: "
         "--enable-prefix-caching / --no-enable-prefix-caching, on by default; sglang: radix cache, off with "
         "--disable-radix-cache). Unset keeps the engine's default.",
+    )
+    speculative: SpeculativeDecoding | None = Field(
+        default=None,
+        description="Speculative decoding with prompt-lookup drafts (--speculative-config; modelyard and "
+        "vllm). Unset: off.",
     )
     extra_args: list[Annotated[str, StringConstraints(max_length=owned_flags.MAX_EXTRA_ARG_LENGTH)]] = Field(
         default_factory=list,

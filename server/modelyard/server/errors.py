@@ -139,7 +139,7 @@ def from_engine_error(exc: EngineError) -> APIError:
     if isinstance(exc, QueueFullError):
         return RateLimitError(str(exc), exc.retry_after_s)
     if isinstance(exc, UnsupportedGrammarError):
-        # Serving checks grammars first; this is the net for one the engine refused anyway.
+        # The engine compiles grammars; GenerationRun names the request field when it knows it.
         return InvalidRequestError(str(exc), code="unsupported_schema")
     if isinstance(exc, PromptTooLongError):
         return ContextLengthExceededError(str(exc), param="prompt")

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from modelyard.server.choice import ChoiceDelta, ChoiceState
-from modelyard.server.engine.types import EngineError, GenerationOutput
-from modelyard.server.errors import APIError, InternalServerError, from_engine_error
+from modelyard.server.engine.types import EngineError, GenerationOutput, UnsupportedGrammarError
+from modelyard.server.errors import APIError, InternalServerError, InvalidRequestError, from_engine_error
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,11 @@ class GenerationRun:
     which closes the engine iterators and thereby aborts the requests in the engine.
     """
 
-    def __init__(self, streams: Sequence[AsyncIterator[GenerationOutput]]) -> None:
+    def __init__(
+        self, streams: Sequence[AsyncIterator[GenerationOutput]], grammar_param: str | None = None
+    ) -> None:
         self._streams = list(streams)
+        self._grammar_param = grammar_param
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._buffered: list[tuple[int, Any]] = []
@@ -57,6 +60,12 @@ class GenerationRun:
         try:
             while len(started) < len(self._streams):
                 index, item = await self._queue.get()
+                if isinstance(item, UnsupportedGrammarError) and self._grammar_param is not None:
+                    raise InvalidRequestError(
+                        f"The {self._grammar_param} grammar is not supported: {item}",
+                        param=self._grammar_param,
+                        code="unsupported_schema",
+                    )
                 if isinstance(item, BaseException):
                     raise as_api_error(item)
                 started.add(index)

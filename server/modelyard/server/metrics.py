@@ -197,6 +197,17 @@ class _EngineGauges(Collector):
                 "Cumulative number of preemptions from the engine.",
                 stats.num_preemptions,
             ),
+            ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", stats.spec_decode_num_drafts),
+            (
+                "vllm:spec_decode_num_draft_tokens",
+                "Number of draft tokens.",
+                stats.spec_decode_num_draft_tokens,
+            ),
+            (
+                "vllm:spec_decode_num_accepted_tokens",
+                "Number of accepted tokens.",
+                stats.spec_decode_num_accepted_tokens,
+            ),
         ):
             counter = CounterMetricFamily(name, doc, labels=VLLM_LABELS)
             counter.add_metric(self._vllm, float(count))

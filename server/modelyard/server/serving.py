@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,11 +20,12 @@ from starlette.responses import Response
 from modelyard.server.choice import ChoiceState
 from modelyard.server.disconnect import cancel_on_disconnect
 from modelyard.server.engine.types import (
-    EngineError,
     GenerationRequest,
     GuidedDecoding,
+    PromptTooLongError,
     SamplingParams,
     Task,
+    completion_budget,
 )
 from modelyard.server.errors import (
     ContextLengthExceededError,
@@ -40,9 +41,6 @@ from modelyard.server.streaming import EngineStreamResponse, StreamCloser
 from modelyard.server.token_text import TokenText
 from modelyard.server.tool_plan import GuidedSpec
 from modelyard.server.tracing import RequestTrace
-
-if TYPE_CHECKING:
-    from modelyard.server.engine.guided import GrammarCompiler
 
 __all__ = ["BaseServing", "ModelRuntime", "ResponseBuilder", "new_id", "unsupported"]
 
@@ -81,7 +79,6 @@ class BaseServing:
         self.tokenizer = runtime.tokenizer
         self.token_text = TokenText(runtime.tokenizer)
         self.vocab_size = len(runtime.tokenizer)
-        self._own_grammar: GrammarCompiler | None = None
         self.max_token_chars = max_token_chars(runtime.tokenizer)
 
     # ---- checks
@@ -157,53 +154,18 @@ class BaseServing:
     def resolve_max_tokens(
         self, requested: int | None, default: int | None, prompt_len: int, param: str
     ) -> int:
-        limit = self.runtime.max_model_len
-        if prompt_len >= limit:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {limit} tokens. However, your {param} resulted in "
-                f"{prompt_len} tokens, leaving no room for the completion. Please reduce the length of the "
-                f"{param}.",
-                param=param,
-            )
-        room = limit - prompt_len
-        if requested is None:
-            return room if default is None else min(default, room)
-        if requested > room:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_len + requested} tokens ({prompt_len} in the {param}, {requested} in the "
-                f"completion). Please reduce the length of the {param} or completion.",
-                param=param,
-            )
-        return requested
-
-    def _grammar(self) -> GrammarCompiler:
-        # The engine's own compiler shares its cache; an engine without one (another process, a test
-        # double) still gets every grammar checked here before it is admitted.
-        compiler: GrammarCompiler | None = getattr(self.runtime.engine, "grammar", None)
-        if compiler is None:
-            if self._own_grammar is None:
-                from modelyard.server.engine.guided import GrammarCompiler
-
-                self._own_grammar = GrammarCompiler(self.tokenizer, self.vocab_size)
-            compiler = self._own_grammar
-        return compiler
-
-    async def guided_decoding(self, spec: GuidedSpec | None) -> GuidedDecoding | None:
-        """The engine's grammar for ``spec``, compiled (off the loop, cached) so a schema the grammar
-        engine cannot handle is a 400 naming the keyword, never an unconstrained answer."""
-        if spec is None:
-            return None
-        guided = GuidedDecoding(kind=spec.kind, spec=spec.spec)
         try:
-            await self._grammar().check(guided)
-        except EngineError as exc:
-            raise InvalidRequestError(
-                f"The {spec.param} grammar is not supported: {exc}",
-                param=spec.param,
-                code="unsupported_schema",
-            ) from exc
-        return guided
+            room = completion_budget(prompt_len, requested, self.runtime.max_model_len, param)
+        except PromptTooLongError as exc:
+            raise ContextLengthExceededError(str(exc), param=param) from exc
+        return min(default, room) if requested is None and default is not None else room
+
+    @staticmethod
+    def guided_decoding(spec: GuidedSpec | None) -> GuidedDecoding | None:
+        """The engine's grammar request for ``spec``. The engine compiles it (in its own process, cached)
+        before admitting the request, so a schema it cannot handle fails the run's start: a 400 naming
+        the keyword (``GenerationRun``), never an unconstrained answer."""
+        return None if spec is None else GuidedDecoding(kind=spec.kind, spec=spec.spec)
 
     def sampling_params(
         self,
@@ -271,7 +233,9 @@ class BaseServing:
         jobs: Sequence[tuple[list[int], SamplingParams]],
         stops: Sequence[str],
         skip_special_tokens: bool = True,
+        grammar_param: str | None = None,
     ) -> tuple[GenerationRun, list[ChoiceState]]:
+        """``grammar_param``: the request field a grammar the engine refuses is reported against."""
         streams = []
         states = []
         groups = metric_groups(self.runtime.metrics, [prompt_ids for prompt_ids, _ in jobs])
@@ -285,7 +249,7 @@ class BaseServing:
                     index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens
                 )
             )
-        return GenerationRun(streams), states
+        return GenerationRun(streams, grammar_param), states
 
     def _trace(self, base_id: str, jobs: Sequence[tuple[list[int], SamplingParams]]) -> RequestTrace | None:
         tracing = self.runtime.tracing

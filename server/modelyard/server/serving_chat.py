@@ -131,7 +131,7 @@ class ChatServing(BaseServing):
         max_tokens = self.resolve_max_tokens(requested, None, len(prompt_ids), "messages")
         n = req.n or 1
         self.check_work([len(prompt_ids)] * n, max_tokens)
-        guided = await self.guided_decoding(guided_spec)
+        guided = self.guided_decoding(guided_spec)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         jobs = [
             (
@@ -141,7 +141,13 @@ class ChatServing(BaseServing):
             for i in range(n)
         ]
         response_id = new_id("chatcmpl")
-        run, states = self.launch(response_id, jobs, self.stop_strings(req), bool(req.skip_special_tokens))
+        run, states = self.launch(
+            response_id,
+            jobs,
+            self.stop_strings(req),
+            bool(req.skip_special_tokens),
+            grammar_param=guided_spec.param if guided_spec else None,
+        )
         builder = _ChatBuilder(self, req, response_id, len(prompt_ids), plan, n)
         return await self.respond(request, run, states, builder, bool(req.stream))
 

@@ -160,13 +160,18 @@ class ResponsesServing(ChatServing):
         prompt_ids = await self.render(req.model, input_messages(req), plan.template_tools(), param="input")
         max_tokens = self.resolve_max_tokens(req.max_output_tokens, None, len(prompt_ids), "input")
         self.check_work([len(prompt_ids)], max_tokens)
-        guided = await self.guided_decoding(guided_spec)
+        guided = self.guided_decoding(guided_spec)
         sampling = SamplingFields(
             model=req.model, temperature=req.temperature, top_p=req.top_p, seed=req.seed
         )
         params = self.sampling_params(sampling, max_tokens, logprobs=None, guided=guided)
         response_id = _item_id("resp")
-        run, states = self.launch(response_id, [(prompt_ids, params)], [])
+        run, states = self.launch(
+            response_id,
+            [(prompt_ids, params)],
+            [],
+            grammar_param=guided_spec.param if guided_spec else None,
+        )
         builder = _ResponsesBuilder(self, req, response_id, len(prompt_ids), plan)
         if req.store:
             log.info("store ignored", extra={"response_id": response_id})

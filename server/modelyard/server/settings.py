@@ -6,12 +6,12 @@ Read once in ``__main__`` and passed down; nothing else reads the environment. F
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelyard.server.engine.types import DecodeKV, Device, DType, EngineConfig, Task
+from modelyard.server.engine.types import DecodeKV, Device, DType, EngineConfig, SpeculativeConfig, Task
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -59,7 +59,13 @@ class ServerSettings(BaseSettings):
         None,
         ge=16,
         description="KV cache size in tokens (default: planned from GPU memory; on CPU "
-        "max_num_seqs x max_model_len, at most 40% of available memory).",
+        "max_num_seqs x max_model_len, within --kv-cache-memory).",
+    )
+    kv_cache_memory: ByteSize = Field(
+        ByteSize(4 << 30),
+        gt=0,
+        description="CPU: the KV cache's memory budget (bytes, or e.g. 4GiB, 512MiB); the pool takes less "
+        "when max_num_seqs x max_model_len needs less. Ignored with --kv-cache-tokens and on CUDA.",
     )
     decode_kv: DecodeKV = Field(
         "auto",
@@ -71,6 +77,12 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="Devices the model's layers are split over, like vLLM's flag (default: every visible "
         "GPU; 1 on CPU). Contiguous runs of decoder layers per device (see engine/placement.py).",
+    )
+    speculative_config: dict[str, Any] | None = Field(
+        None,
+        description="Speculative decoding, as vLLM spells it (JSON): "
+        '{"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": m, "prompt_lookup_max": n}. '
+        "Drafts come from the request's own earlier tokens (prompt lookup); off by default.",
     )
     revision: str | None = None
     trust_remote_code: bool = False
@@ -148,6 +160,13 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"unknown tool-call parser {value!r}; known: {', '.join(parser_names())}")
         return value
 
+    @field_validator("speculative_config")
+    @classmethod
+    def _speculative(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            SpeculativeConfig.parse(value)  # ValueError: a settings error naming the problem
+        return value
+
     @model_validator(mode="after")
     def _names_unique(self) -> ServerSettings:
         names = self.model_names
@@ -176,12 +195,14 @@ class ServerSettings(BaseSettings):
             enable_prefix_caching=self.enable_prefix_caching,
             gpu_memory_utilization=self.gpu_memory_utilization,
             kv_cache_tokens=self.kv_cache_tokens,
+            kv_cache_memory_bytes=int(self.kv_cache_memory),
             decode_kv=self.decode_kv,
             revision=self.revision,
             trust_remote_code=self.trust_remote_code,
             hf_token=self.hf_token.get_secret_value() if self.hf_token else None,
             seed=self.seed,
             tensor_parallel_size=self.tensor_parallel_size,
+            speculative=SpeculativeConfig.parse(self.speculative_config) if self.speculative_config else None,
         )
 
 

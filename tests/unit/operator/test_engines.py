@@ -23,6 +23,8 @@ from tests.unit.operator.factories import SETTINGS, model
 HUB = "meta-llama/Llama-3.1-8B-Instruct"
 LISTEN = ["--host", "0.0.0.0", "--port", "8000"]
 ENGINES = [e.value for e in Engine]
+SPECULATIVE = {"server": {"speculative": {"numSpeculativeTokens": 4, "promptLookupMax": 3}}}
+SPECULATIVE_JSON = '{"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":3}'
 
 
 def deploy(**spec: Any) -> dict[str, Any]:
@@ -164,6 +166,10 @@ FIELD_FLAGS: dict[str, dict[str, tuple[dict[str, Any], list[str]]]] = {
         "vllm": ({"server": {"prefixCaching": False}}, ["--no-enable-prefix-caching"]),
         "sglang": ({"server": {"prefixCaching": False}}, ["--disable-radix-cache"]),
     },
+    "speculative": {
+        "modelyard": (SPECULATIVE, ["--speculative-config", SPECULATIVE_JSON]),
+        "vllm": (SPECULATIVE, ["--speculative-config", SPECULATIVE_JSON]),
+    },
 }  # fmt: skip
 
 FIELD_CASES = [
@@ -189,6 +195,11 @@ def test_spec_field_maps_onto_the_engine_flag(engine: str, spec: dict[str, Any],
 def test_extra_args_come_last_verbatim(engine: str) -> None:
     got = args(engine, server={"extraArgs": ["--seed", "7", "--enforce-eager"]})
     assert got[-3:] == ["--seed", "7", "--enforce-eager"]
+
+
+def test_speculative_decoding_is_off_unless_asked_and_sglang_has_no_such_flag() -> None:
+    assert not any("speculative" in a for e in ENGINES for a in args(e))
+    assert not any("speculative" in a for a in args("sglang", **SPECULATIVE))
 
 
 def test_prefix_caching_unset_keeps_each_engine_default() -> None:

@@ -1,10 +1,11 @@
 """The model server's engine: loads a transformers model and serves it with continuous batching.
 
-Only this package imports torch; the serving layer speaks the types in ``types``.
+Only this package imports torch, and only in the modules that need it: the package itself exports
+the torch-free contract (``types``) that the HTTP process speaks, so importing it (as any submodule
+import does) never loads torch. ``TorchEngine`` lives in ``engine.engine``, ``load_model`` in
+``engine.loader``.
 """
 
-from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.loader import LoadedModel, load_model
 from modelyard.server.engine.types import (
     Device,
     DType,
@@ -39,13 +40,10 @@ __all__ = [
     "GenerationRequest",
     "GuidedDecoding",
     "GuidedKind",
-    "LoadedModel",
     "PromptTooLongError",
     "QueueFullError",
     "SamplingParams",
     "Task",
     "TokenLogprob",
-    "TorchEngine",
     "UnsupportedGrammarError",
-    "load_model",
 ]

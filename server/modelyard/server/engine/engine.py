@@ -25,6 +25,7 @@ from modelyard.server.engine.blocks import BlockManager
 from modelyard.server.engine.embedder import EmbedJob, run_embeds
 from modelyard.server.engine.guided import GrammarCompiler
 from modelyard.server.engine.loader import LoadedModel
+from modelyard.server.engine.ngram_proposer import propose
 from modelyard.server.engine.runner import ModelRunner
 from modelyard.server.engine.sampler import Sampled, SamplingRow, prompt_logprobs, sample
 from modelyard.server.engine.scheduler import Scheduler, Step
@@ -42,6 +43,7 @@ from modelyard.server.engine.types import (
     GenerationRequest,
     PromptTooLongError,
     QueueFullError,
+    completion_budget,
 )
 
 log = logging.getLogger("modelyard.server.engine")
@@ -64,7 +66,7 @@ class TorchEngine:
     ) -> None:
         """``kv_budget_tokens`` (or ``config.kv_cache_tokens``) sizes the KV pool in tokens; by default
         it is planned at ``start``: from ``gpu_memory_utilization`` on CUDA, on CPU
-        ``max_num_seqs * max_model_len`` capped by a share of available memory."""
+        ``max_num_seqs * max_model_len``, on CPU capped by ``config.kv_cache_memory_bytes``."""
         self._loaded = loaded
         self._config = config
         self._model = loaded.model
@@ -97,6 +99,7 @@ class TorchEngine:
             self._blocks, max_num_seqs=config.max_num_seqs, max_prefill_tokens=config.max_prefill_tokens
         )
         self._embed_jobs: collections.deque[EmbedJob] = collections.deque()
+        self._spec_drafts = self._spec_draft_tokens = self._spec_accepted = 0  # speculative decoding
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,11 +175,7 @@ class TorchEngine:
         params = request.params
         if not prompt:
             raise EngineError("the prompt is empty")
-        if len(prompt) + params.max_tokens > self._max_model_len:
-            raise PromptTooLongError(
-                f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the model's "
-                f"context length ({self._max_model_len})"
-            )
+        completion_budget(len(prompt), params.max_tokens, self._max_model_len)
         if len(prompt) + params.max_tokens > self.kv_capacity_tokens:
             raise PromptTooLongError(
                 f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the KV cache "
@@ -273,7 +272,7 @@ class TorchEngine:
                     extra={"kv_cache_tokens": tokens, "max_model_len": self._max_model_len},
                 )
         else:
-            tokens = memory.cpu_kv_tokens(None, default, per_token)
+            tokens = memory.cpu_kv_tokens(default, per_token, self._config.kv_cache_memory_bytes)
         size = self._config.block_size
         num_blocks = max(1, tokens // size)
         self._blocks = BlockManager(num_blocks, size, self._caching)
@@ -281,6 +280,7 @@ class TorchEngine:
             self._blocks,
             max_num_seqs=self._config.max_num_seqs,
             max_prefill_tokens=self._config.max_prefill_tokens,
+            propose=self._propose if self._config.speculative is not None else None,
         )
         self._runner.allocate(num_blocks)
         log.info(
@@ -397,6 +397,9 @@ class TorchEngine:
             kv_blocks_used=blocks.num_used,
             kv_blocks_total=blocks.num_blocks,
             num_preemptions=scheduler.num_preemptions,
+            spec_decode_num_drafts=self._spec_drafts,
+            spec_decode_num_draft_tokens=self._spec_draft_tokens,
+            spec_decode_num_accepted_tokens=self._spec_accepted,
             engine_threads=self._tuner.current
             if self._tuner is not None
             else (self._config.thread_choices[0] if len(self._config.thread_choices) == 1 else 0),
@@ -459,9 +462,24 @@ class TorchEngine:
         targets = prompt[start + 1 : start + 1 + count]
         seq.prompt_logprobs.extend(prompt_logprobs(logits[:count], targets, top_n))
 
+    def _propose(self, seq: Sequence) -> list[int]:
+        """Prompt-lookup drafts for ``seq``: never more than its remaining budget can emit (a step
+        emits the draft's accepted tokens plus one) nor past the context (each draft token needs a
+        position)."""
+        assert self._config.speculative is not None
+        limit = min(
+            seq.request.params.max_tokens - len(seq.output_token_ids) - 1,
+            self._max_model_len - seq.num_tokens,
+        )
+        return propose(seq.tokens, self._config.speculative, limit) if limit > 0 else []
+
     def _decode_step(self, step: Step) -> None:
         self._runner.begin_decode()
-        for seqs in decode_groups(step.decode, DECODE_SPLIT_TOKENS):
+        drafted = [s for s in step.decode if s.draft]
+        plain = [s for s in step.decode if not s.draft]
+        if drafted:
+            self._verify_step(drafted)
+        for seqs in decode_groups(plain, DECODE_SPLIT_TOKENS):
             logits = self._runner.decode(
                 [s.block_ids for s in seqs],
                 [s.num_computed for s in seqs],
@@ -471,6 +489,42 @@ class TorchEngine:
             for seq in seqs:
                 self._scheduler.computed(seq, 1)
             self._sample_and_advance(logits, seqs)
+
+    def _verify_step(self, seqs: list[Sequence]) -> None:
+        """Speculative decoding: each row's last token and its draft in one forward, then position by
+        position, sample the target model's token as plain decoding would (penalties, grammar and
+        seeded generators advance token by token) and keep going while it equals the draft. A draft
+        token is a point mass, so "sample from the target, accept the draft if they agree, else emit
+        the sample" is exactly rejection sampling for it: the output distribution is the model's own,
+        and at temperature 0 the tokens are those of plain decoding. Keys/values written for rejected
+        draft tokens sit past ``num_computed`` and are overwritten later."""
+        fed = [[s.tokens[-1], *s.draft] for s in seqs]
+        logits = self._runner.prefill(
+            [s.block_ids for s in seqs], [s.num_computed for s in seqs], fed, all_logits=True
+        )
+        width = logits.shape[1]
+        self._spec_drafts += len(seqs)
+        self._spec_draft_tokens += sum(len(s.draft) for s in seqs)
+        active = list(range(len(seqs)))
+        for position in range(width):
+            if not active:
+                break
+            rows = torch.tensor(active, device=logits.device)
+            cols = torch.tensor([width - len(fed[i]) + position for i in active], device=logits.device)
+            sampled = sample(logits[rows, cols], [seqs[i].row for i in active], self._generator)
+            still: list[int] = []
+            for i, token in zip(active, sampled, strict=True):
+                seq = seqs[i]
+                draft = seq.draft
+                self._scheduler.computed(seq, 1)  # the token fed at this position is now part of seq
+                if not self._advance(seq, token):
+                    self._scheduler.finish(seq)
+                elif position < len(draft) and token.token_id == draft[position]:
+                    self._spec_accepted += 1
+                    still.append(i)
+            active = still
+        for seq in seqs:
+            seq.draft = []
 
     def _sample_and_advance(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         sampled = sample(logits, [s.row for s in seqs], self._generator)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 import torch
 
 log = logging.getLogger("modelyard.server.engine.memory")
 
-# On CPU without --kv-cache-tokens: at most this share of the memory available at start-up.
-CPU_MEMORY_FRACTION = 0.4
+# On CPU without --kv-cache-tokens: the pool's byte budget unless --kv-cache-memory says otherwise.
+# A fixed budget, as vLLM's CPU build (VLLM_CPU_KVCACHE_SPACE), not a share of host memory: a small
+# model on a large host must not reserve gigabytes it will never use.
+DEFAULT_CPU_KV_BYTES = 4 << 30
 
 
 def text_config(model: torch.nn.Module) -> object | None:
@@ -57,25 +58,12 @@ def layer_devices(model: torch.nn.Module, num_layers: int) -> list[torch.device]
     return [param.device] * num_layers
 
 
-def available_cpu_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-
-
-def cpu_kv_tokens(requested: int | None, default_tokens: int, per_token: int) -> int:
-    """``requested`` if given; else ``default_tokens`` (max_num_seqs x max_model_len) capped by a share
-    of the memory available now. The pool is allocated lazily page by page, so unused room is free."""
-    if requested:
-        return requested
+def cpu_kv_tokens(default_tokens: int, per_token: int, budget_bytes: int = DEFAULT_CPU_KV_BYTES) -> int:
+    """What ``default_tokens`` (max_num_seqs x max_model_len) needs, or fewer when that would take more
+    than ``budget_bytes`` (--kv-cache-memory)."""
     if per_token <= 0:
         return default_tokens
-    return max(1, min(default_tokens, int(available_cpu_bytes() * CPU_MEMORY_FRACTION / per_token)))
+    return max(1, min(default_tokens, budget_bytes // per_token))
 
 
 def cuda_kv_tokens(

@@ -1,8 +1,9 @@
 """The engine in its own process, so the step loop never shares a GIL with HTTP parsing and streaming.
 
 The HTTP process holds an ``EngineClient`` (it implements ``Engine``); ``python -m
-modelyard.server.engine.process`` is the other side: it loads the weights, runs ``TorchEngine`` and
-serves requests, aborts and embeddings over two ZeroMQ PUSH/PULL sockets (messages in ``ipc``).
+modelyard.server.engine.process_server`` is the other side: it loads the weights, runs ``TorchEngine``
+and serves requests, aborts and embeddings over two ZeroMQ PUSH/PULL sockets (messages in ``ipc``).
+This module imports no torch: it is what the HTTP process runs.
 
 Failure handling, both ways, never a hang:
 - engine process dies: the client notices within ``_WATCH_INTERVAL_S`` (it polls the child), fails
@@ -21,25 +22,21 @@ import itertools
 import logging
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from modelyard.server.engine import ipc
-from modelyard.server.engine.threads import apply_torch_threads, thread_choices, thread_env
+from modelyard.server.engine.threads import thread_choices, thread_env
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,
-    EngineError,
     EngineStats,
     GenerationOutput,
     GenerationRequest,
@@ -50,15 +47,14 @@ log = logging.getLogger("modelyard.server.engine.process")
 ProgressFn = Callable[[str, float], None]
 
 _WATCH_INTERVAL_S = 0.2  # how often the client checks the engine process is alive
-_STATS_INTERVAL_S = 0.25  # how often the engine process pushes changed stats between steps
 _STOP_TIMEOUT_S = 10.0
-_LEN = struct.Struct("!Q")
+LAUNCH_HEADER = struct.Struct("!Q")  # the launch spec's length, before it on the child's stdin
 RESERVED_CORES = 1  # usable cores left to the HTTP process when the engine threads are sized automatically
 
 
 def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "modelyard.server.engine.process"],
+        [sys.executable, "-m", "modelyard.server.engine.process_server"],
         stdin=subprocess.PIPE,
         env=env,
         # Its own session: a terminal's Ctrl-C goes to the HTTP process, which stops it in order.
@@ -141,7 +137,7 @@ class EngineClient:
         try:
             assert process.stdin is not None
             data = ipc.encode(spec)
-            process.stdin.write(_LEN.pack(len(data)) + data)
+            process.stdin.write(LAUNCH_HEADER.pack(len(data)) + data)
             process.stdin.flush()  # and keep it open: its EOF tells the engine process we are gone
             await client._await_ready(progress, load_timeout_s)
         except BaseException:
@@ -300,193 +296,3 @@ class EngineClient:
         for future in self._embeds.values():
             if not future.done():
                 future.set_exception(EngineDeadError(str(error)))
-
-
-# ----------------------------------------------------------------------------------------------
-# The engine process
-# ----------------------------------------------------------------------------------------------
-
-
-class _EngineServer:
-    """Runs ``TorchEngine`` and answers the client's messages; one Outputs message per engine step."""
-
-    def __init__(self, engine: Any, outputs: zmq.asyncio.Socket) -> None:
-        self._engine = engine
-        self._outputs = outputs
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._outbox: list[tuple[int, GenerationOutput | ipc.WireError]] = []
-        self._flush_scheduled = False
-        self._last_stats: EngineStats | None = None
-
-    def send(self, message: ipc.FromEngine) -> None:
-        self._outputs.send(ipc.encode(message), flags=zmq.NOBLOCK)
-
-    def handle(self, message: ipc.ToEngine) -> bool:
-        """Act on one message; False on Shutdown."""
-        if isinstance(message, ipc.Generate):
-            self._tasks[message.key] = asyncio.create_task(self._generate(message.key, message.request))
-        elif isinstance(message, ipc.Abort):
-            task = self._tasks.get(message.key)
-            if task is not None:
-                task.cancel()  # closes the engine's iterator: the request is aborted next step
-        elif isinstance(message, ipc.Embed):
-            self._tasks[message.key] = asyncio.create_task(self._embed(message.key, message.batch))
-        elif isinstance(message, ipc.Shutdown):
-            return False
-        return True
-
-    async def _generate(self, key: int, request: GenerationRequest) -> None:
-        from modelyard.server.logs import request_id_var
-
-        request_id_var.set(request.request_id)
-        try:
-            async for output in self._engine.generate(request):
-                self._queue(key, output)
-        except asyncio.CancelledError:
-            pass  # aborted by the client: it no longer listens
-        except Exception as exc:
-            if not isinstance(exc, EngineError):
-                log.exception("generation failed in the engine process")
-            self._queue(key, ipc.WireError.of(exc))
-        finally:
-            self._tasks.pop(key, None)
-
-    async def _embed(self, key: int, batch: list[list[int]]) -> None:
-        try:
-            result: list[list[float]] | ipc.WireError = await self._engine.embed(batch)
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:
-            if not isinstance(exc, EngineError):
-                log.exception("embedding failed in the engine process")
-            result = ipc.WireError.of(exc)
-        finally:
-            self._tasks.pop(key, None)
-        self.send(ipc.EmbedResult(key, result))
-
-    def _queue(self, key: int, item: GenerationOutput | ipc.WireError) -> None:
-        self._outbox.append((key, item))
-        if not self._flush_scheduled:
-            # The engine wakes every stream of a step in one callback; their tasks all run before this
-            # callback does, so one step's outputs leave in one message.
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        items, self._outbox = self._outbox, []
-        self._last_stats = self._engine.stats()
-        self.send(ipc.Outputs.of(items, self._last_stats))
-
-    async def push_stats(self) -> None:
-        """Stats change between outputs too (an abort frees a slot): push them when they do."""
-        while True:
-            await asyncio.sleep(_STATS_INTERVAL_S)
-            stats = self._engine.stats()
-            if stats != self._last_stats:
-                self._last_stats = stats
-                self.send(ipc.Outputs([], stats))
-
-    async def stop(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await self._engine.stop()
-
-
-def _exit_when_parent_dies(fd: int) -> None:
-    """Block on the pipe from the HTTP process; its EOF means the parent is gone: exit now."""
-
-    def wait() -> None:
-        # os.read, not sys.stdin: a thread blocked inside a buffered reader aborts interpreter shutdown.
-        with contextlib.suppress(OSError):
-            while os.read(fd, 65536):
-                pass
-        os._exit(0)  # no clean-up worth waiting for: the weights and KV cache die with us
-
-    threading.Thread(target=wait, name="parent-watch", daemon=True).start()
-
-
-async def _serve(spec: ipc.LaunchSpec) -> int:
-    context = zmq.asyncio.Context()
-    requests = context.socket(zmq.PULL)
-    outputs = context.socket(zmq.PUSH)
-    for sock in (requests, outputs):
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-    requests.connect(spec.requests_addr)
-    outputs.connect(spec.outputs_addr)
-    loop = asyncio.get_running_loop()
-
-    def progress(stage: str, fraction: float) -> None:
-        # Called from the loading thread; ZeroMQ sockets belong to the loop's thread.
-        loop.call_soon_threadsafe(
-            lambda: outputs.send(ipc.encode(ipc.Progress(stage, fraction)), flags=zmq.NOBLOCK)
-        )
-
-    try:
-        from modelyard.server.engine import TorchEngine, load_model
-
-        loaded = await asyncio.to_thread(load_model, spec.config, progress)
-        progress("starting engine", 0.95)
-        engine = TorchEngine(loaded, spec.config)
-        await engine.start()
-    except Exception as exc:
-        log.exception("engine process: model load failed")
-        await outputs.send(ipc.encode(ipc.LoadFailed(f"{type(exc).__name__}: {exc}")))
-        outputs.close(linger=2000)
-        requests.close(linger=0)
-        context.term()
-        return 1
-    server = _EngineServer(engine, outputs)
-    server.send(ipc.Ready(engine.max_model_len, os.getpid(), spec.threads, engine.stats()))
-    stats_task = asyncio.create_task(server.push_stats())
-    try:
-        while server.handle(ipc.decode_to_engine(await requests.recv())):
-            pass
-    finally:
-        stats_task.cancel()
-        await server.stop()
-        outputs.close(linger=1000)
-        requests.close(linger=0)
-        context.term()
-    return 0
-
-
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the HTTP process decides when we stop
-    fd = sys.stdin.fileno()
-    header = _read_exactly(fd, _LEN.size)
-    if header is None:
-        sys.exit(2)  # the HTTP process died before sending the launch spec
-    data = _read_exactly(fd, _LEN.unpack(header)[0])
-    if data is None:
-        sys.exit(2)
-    spec = ipc.decode_launch(data)
-    from modelyard.server.logs import configure_logging
-
-    configure_logging(spec.log_level, spec.log_format)
-    _exit_when_parent_dies(fd)
-    apply_torch_threads(spec.threads)
-    code = asyncio.run(_serve(spec))
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Not sys.exit: the engine's and the parent watch's daemon threads must not delay or abort exit.
-    os._exit(code)
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        chunk = os.read(fd, remaining)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from modelyard.server.engine.blocks import BlockManager, extend_hashes
@@ -42,7 +43,9 @@ class Scheduler:
         max_num_seqs: int,
         max_prefill_tokens: int,
         watermark: float = 0.01,
+        propose: Callable[[Sequence], list[int]] | None = None,
     ) -> None:
+        """``propose``: speculative decoding's drafts for a decoding request (None: off)."""
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_prefill_tokens = max_prefill_tokens
@@ -54,6 +57,7 @@ class Scheduler:
         self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0  # of which found there
         self.num_preemptions = 0
+        self.propose = propose
 
     @property
     def num_running(self) -> int:
@@ -121,7 +125,9 @@ class Scheduler:
                 if step.prefill and max(width, feed) * (len(step.prefill) + 1) > budget:
                     continue  # next step
             else:
-                feed = 1
+                # A draft is fed after the last token; its blocks are taken like any other token's.
+                seq.draft = self.propose(seq) if self.propose is not None else []
+                feed = 1 + len(seq.draft)
             if not self._grow_or_preempt(seq, seq.num_computed + feed, step):
                 break  # seq itself was preempted: it was the newest, nothing follows it
             if seq.prefilling:

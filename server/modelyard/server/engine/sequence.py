@@ -42,6 +42,8 @@ class Sequence:
     num_preemptions: int = 0
     # Phase changes not yet sent: they leave with the request's next output.
     events: list[EngineEvent] = field(default_factory=list)
+    # Speculative decoding: this step's draft tokens, fed after tokens[-1] and verified in one forward.
+    draft: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.tokens:

@@ -131,6 +131,11 @@ class EngineStats:
     # with 2**(k-1) < tokens <= 2**k (entry 0: one token), so power-of-two buckets are exact.
     step_tokens_log2: tuple[int, ...] = ()
     step_tokens_sum: int = 0
+    # Speculative decoding, cumulative as vLLM v1 counts them: verified drafts, their tokens, and
+    # how many of those the target model accepted.
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
 
 
 class EngineError(Exception):
@@ -146,7 +151,32 @@ class QueueFullError(EngineError):
 
 
 class PromptTooLongError(EngineError):
-    """The prompt plus max_tokens does not fit the model's context (serving checks first)."""
+    """The prompt plus max_tokens does not fit the model's context (``completion_budget``)."""
+
+
+def completion_budget(
+    prompt_tokens: int, max_tokens: int | None, max_model_len: int, what: str = "prompt"
+) -> int:
+    """The context-length rule, in the one place both the serving layer (before anything is queued)
+    and the engine (for every other caller) apply it: the prompt must leave room for a token, and the
+    prompt plus ``max_tokens`` must fit ``max_model_len``. Returns ``max_tokens``, or all the room left
+    when it is None; ``what`` names the prompt's field in the message."""
+    room = max_model_len - prompt_tokens
+    if room <= 0:
+        raise PromptTooLongError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your {what} "
+            f"resulted in {prompt_tokens} tokens, leaving no room for the completion. Please reduce the "
+            f"length of the {what}."
+        )
+    if max_tokens is None:
+        return room
+    if max_tokens > room:
+        raise PromptTooLongError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {what}, {max_tokens} in the "
+            f"completion). Please reduce the length of the {what} or completion."
+        )
+    return max_tokens
 
 
 class UnsupportedGrammarError(EngineError):
@@ -191,6 +221,42 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True, slots=True)
+class SpeculativeConfig:
+    """``--speculative-config`` as vLLM spells it; only ``"method": "ngram"`` (prompt lookup)."""
+
+    num_speculative_tokens: int
+    prompt_lookup_min: int = 5
+    prompt_lookup_max: int = 5
+    method: Literal["ngram"] = "ngram"
+
+    def __post_init__(self) -> None:
+        if self.num_speculative_tokens < 1:
+            raise ValueError("num_speculative_tokens must be at least 1")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
+
+    @classmethod
+    def parse(cls, spec: dict[str, object]) -> SpeculativeConfig:
+        """vLLM's JSON: ``method`` ngram, ``num_speculative_tokens``; a missing lookup bound takes the
+        other's value (both missing: 5, vLLM's default)."""
+        unknown = set(spec) - {"method", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max"}
+        if unknown:
+            raise ValueError(f"unsupported speculative-config keys: {sorted(unknown)}")
+        if spec.get("method", "ngram") != "ngram":
+            raise ValueError(f"speculative method {spec.get('method')!r} is not supported (only 'ngram')")
+        if "num_speculative_tokens" not in spec:
+            raise ValueError("speculative-config needs num_speculative_tokens")
+        low, high = spec.get("prompt_lookup_min"), spec.get("prompt_lookup_max")
+        low = high if low is None else low
+        high = low if high is None else high
+        return cls(
+            num_speculative_tokens=int(str(spec["num_speculative_tokens"])),
+            prompt_lookup_min=5 if low is None else int(str(low)),
+            prompt_lookup_max=5 if high is None else int(str(high)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything the engine needs, built by the serving layer from ``ServerSettings``."""
 
@@ -209,6 +275,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # reuse the KV of shared prompt prefixes (off for sliding windows)
     gpu_memory_utilization: float = 0.9  # CUDA: share of device memory for weights+activations+KV
     kv_cache_tokens: int | None = None  # KV pool size in tokens; None: planned (see engine/memory.py)
+    # CPU: the KV pool's byte budget when kv_cache_tokens is None (it takes less if max_num_seqs x
+    # max_model_len needs less). 4 GiB, as memory.DEFAULT_CPU_KV_BYTES.
+    kv_cache_memory_bytes: int = 4 << 30
     block_size: int = 16  # tokens per KV block
     # Decode attention reads: "slab" a per-group working copy appended a column per step, "paged" the
     # history gathered from the block pool every step; "auto": slab on CPU, paged elsewhere.
@@ -218,6 +287,8 @@ class EngineConfig:
     thread_choices: tuple[int, ...] = ()
     # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
     tensor_parallel_size: int | None = None
+    # Prompt-lookup speculative decoding (None: off).
+    speculative: SpeculativeConfig | None = None
 
 
 # The engine package exposes, in ``modelyard.server.engine``:

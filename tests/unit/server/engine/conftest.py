@@ -10,7 +10,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from modelyard.server.engine import EngineConfig, LoadedModel, TorchEngine, load_model
+from modelyard.server.engine import EngineConfig
+from modelyard.server.engine.engine import TorchEngine
+from modelyard.server.engine.loader import LoadedModel, load_model
 
 VOCAB = 512
 EOS = 2

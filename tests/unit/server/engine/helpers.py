@@ -6,7 +6,8 @@ import asyncio
 import itertools
 from typing import Any
 
-from modelyard.server.engine import GenerationOutput, GenerationRequest, SamplingParams, TorchEngine
+from modelyard.server.engine import GenerationOutput, GenerationRequest, SamplingParams
+from modelyard.server.engine.engine import TorchEngine
 
 _ids = itertools.count()
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 import transformers
 
-from modelyard.server.engine import EngineConfig, LoadedModel, TorchEngine, load_model
+from modelyard.server.engine import EngineConfig
+from modelyard.server.engine.engine import TorchEngine
+from modelyard.server.engine.loader import LoadedModel, load_model
 from tests.unit.server.engine.conftest import save_tokenizer
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 

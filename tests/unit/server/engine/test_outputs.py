@@ -7,7 +7,8 @@ import asyncio
 import pytest
 import torch
 
-from modelyard.server.engine import EngineDeadError, EngineError, LoadedModel
+from modelyard.server.engine import EngineDeadError, EngineError
+from modelyard.server.engine.loader import LoadedModel
 from modelyard.server.engine.memory import kv_bytes_per_token
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from modelyard.server.engine import GenerationOutput, TorchEngine
+from modelyard.server.engine import GenerationOutput
+from modelyard.server.engine.engine import TorchEngine
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 pytestmark = pytest.mark.model

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelyard.server.engine import EngineConfig, LoadedModel, TorchEngine, load_model
-from modelyard.server.engine.loader import module_groups, resolve_devices
+from modelyard.server.engine import EngineConfig
+from modelyard.server.engine.engine import TorchEngine
+from modelyard.server.engine.loader import LoadedModel, load_model, module_groups, resolve_devices
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 

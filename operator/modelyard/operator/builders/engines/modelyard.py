@@ -34,6 +34,8 @@ def server_args(model: LLMModel) -> list[str]:
         args += ["--max-num-seqs", str(spec.server.max_num_seqs)]
     if spec.server.prefix_caching is not None:
         args.append("--enable-prefix-caching" if spec.server.prefix_caching else "--no-enable-prefix-caching")
+    if spec.server.speculative is not None:
+        args += ["--speculative-config", spec.server.speculative.config_json()]
     if spec.resources.gpus > 1:
         # The server's default is every visible GPU; said explicitly so the pod spec shows the split.
         args += ["--tensor-parallel-size", str(spec.resources.gpus)]

@@ -33,6 +33,7 @@ class PeerFlags:
     prefix_caching_on: str | None  # None: on is the engine's default and has no flag
     prefix_caching_off: str
     always: tuple[str, ...] = ()  # passed on every replica, before spec.server.extraArgs
+    speculative_config: str | None = None  # takes vLLM's JSON; None: the engine has no such flag
 
 
 def peer_args(model: LLMModel, flags: PeerFlags) -> list[str]:
@@ -55,6 +56,8 @@ def peer_args(model: LLMModel, flags: PeerFlags) -> list[str]:
         args.append(flags.prefix_caching_off)
     elif spec.server.prefix_caching and flags.prefix_caching_on is not None:
         args.append(flags.prefix_caching_on)
+    if spec.server.speculative is not None and flags.speculative_config is not None:
+        args += [flags.speculative_config, spec.server.speculative.config_json()]
     if spec.revision is not None and spec.source is ModelSource.HF:
         args += ["--revision", spec.revision]
     return args + list(flags.always) + list(spec.server.extra_args)

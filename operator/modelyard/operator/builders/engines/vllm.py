@@ -4,6 +4,7 @@
 - `task: embed`: `--runner pooling --convert embed`;
 - GPUs per replica: `--tensor-parallel-size`;
 - prefix caching: `--enable-prefix-caching` / `--no-enable-prefix-caching` (unset: vLLM's default, on);
+- speculative decoding: `--speculative-config` with the same JSON;
 - health `/health` (the HTTP server comes up only once the model is loaded), metrics `/metrics`.
 """
 
@@ -21,6 +22,7 @@ FLAGS = PeerFlags(
     tensor_parallel_size="--tensor-parallel-size",
     prefix_caching_on="--enable-prefix-caching",
     prefix_caching_off="--no-enable-prefix-caching",
+    speculative_config="--speculative-config",
 )
 
 BUILDER = PeerEngine(Engine.VLLM, command=("vllm", "serve"), flags=FLAGS)
