@@ -37,7 +37,7 @@ log = logging.getLogger("modelyard.server.engine.fast_llama")
 
 SUPPORTED_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 # Token rows from which the prepacked oneDNN product beats the plain BLAS call (bench/fast_decode_levers.py).
-PACKED_MIN_ROWS = 4
+PACKED_MIN_ROWS = 2
 # Batch size the packed weights are laid out for (any row count works; this is the decode sweet spot).
 PACK_ROWS_HINT = 16
 
