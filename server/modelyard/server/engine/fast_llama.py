@@ -114,6 +114,17 @@ class _Linear:
             return out
         return F.linear(x, self.weight, self.bias)
 
+    def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)`` in one kernel (the residual connection)."""
+        if self.packed is not None and x.shape[0] >= PACKED_MIN_ROWS:
+            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise.binary(
+                x, residual, self.packed, self.bias, "add"
+            )
+            return out
+        if self.bias is not None:
+            return residual + F.linear(x, self.weight, self.bias)
+        return torch.addmm(residual, x, self.weight.t())
+
 
 def _merge(modules: list[torch.nn.Linear], merged: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The modules' (weight, bias), concatenated into one when ``merged``; the modules then hold views
@@ -176,9 +187,12 @@ def _norm_of(module: Any) -> tuple[torch.Tensor, float] | None:
 
 
 def _rms_norm(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
-    # transformers' LlamaRMSNorm, op for op (in float32, then back), so results match its path.
     weight, eps = norm
     dtype = x.dtype
+    if dtype == torch.float32:
+        # One kernel; bitwise what transformers' LlamaRMSNorm computes in float32.
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    # transformers' LlamaRMSNorm, op for op (in float32, then back), so results match its path.
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(dtype)
@@ -269,21 +283,28 @@ class FastLlama:
         h = _rms_norm(x, layer.in_norm)
         if len(layer.qkv) == 1:
             qkv = layer.qkv[0](h).view(rows, query, heads + 2 * kv_heads, dim)
-            q, k, v = torch.split(qkv, [heads, kv_heads, kv_heads], dim=2)
+            if layer.q_norm is None:
+                # Q and K rotate as one tensor: half the rotary ops.
+                qk = _rope(qkv[:, :, : heads + kv_heads], cos, sin)
+                q, k = torch.split(qk, [heads, kv_heads], dim=2)
+                v = qkv[:, :, heads + kv_heads :]
+            else:
+                q, k, v = torch.split(qkv, [heads, kv_heads, kv_heads], dim=2)
         else:
             q, k, v = (lin(h).view(rows, query, -1, dim) for lin in layer.qkv)
         if layer.q_norm is not None and layer.k_norm is not None:
             q, k = _rms_norm(q, layer.q_norm), _rms_norm(k, layer.k_norm)
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        if len(layer.qkv) != 1 or layer.q_norm is not None:
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         keys, values = cache_layer.update(k.transpose(1, 2), v.transpose(1, 2))
         attn = self._attention(layer, q, keys, values, rows, query, mask2d, masks)
-        x = x + layer.o(attn)
+        x = layer.o.add_to(attn, x)
         h = _rms_norm(x, layer.post_norm)
         if len(layer.gate_up) == 1:
             gate, up = layer.gate_up[0](h).chunk(2, dim=-1)
         else:
             gate, up = (lin(h) for lin in layer.gate_up)
-        return x + layer.down(F.silu(gate) * up)
+        return layer.down.add_to(F.silu(gate) * up, x)
 
     def _attention(
         self,
