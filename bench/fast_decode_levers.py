@@ -6,7 +6,9 @@ product over a weight prepacked once (``torch.ops.mkldnn._linear_pointwise``), a
 against the separate ones, at 1 to 64 token rows; medians of interleaved repeats.
 
 ``--part engine``: ``TorchEngine`` in-process on the SmolLM-135M-shaped random Llama, greedy, EOS
-ignored, the runner's forward swapped between rounds in one engine: transformers' modules (today's
+ignored, the runner's forward swapped between rounds in one engine (reported per wall second and per
+CPU second of the process: with one compute thread the latter barely moves when neighbours take the
+cores): transformers' modules (today's
 path), the lean forward with no lever, with each lever alone, and with all of them (what
 ``--fast-decode auto`` runs). Also checks that every variant generated exactly the same tokens.
 
@@ -94,7 +96,8 @@ def linear_part(threads: int, repeats: int) -> dict[str, Any]:
 
 async def _drive(
     engine: Any, prompts: list[list[int]], new_tokens: int, tag: str
-) -> tuple[float, list[list[int]]]:
+) -> tuple[float, float, list[list[int]]]:
+    """(tokens per wall second, tokens per CPU second of this process, each stream's tokens)."""
     from modelyard.server.engine import GenerationRequest, SamplingParams
 
     async def one(i: int, ids: list[int]) -> list[int]:
@@ -105,12 +108,15 @@ async def _drive(
             for t in out.token_ids
         ]
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     outs = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
-    return sum(len(o) for o in outs) / (time.perf_counter() - start), outs
+    count = sum(len(o) for o in outs)
+    return count / (time.perf_counter() - start), count / (time.process_time() - cpu), outs
 
 
-def engine_part(threads: int, rounds: int, workloads: list[str]) -> dict[str, Any]:
+def engine_part(
+    threads: int, rounds: int, workloads: list[str], new_tokens_override: int = 0
+) -> dict[str, Any]:
     import torch
 
     from cpu_decode_options import _load_bench_model
@@ -142,25 +148,31 @@ def engine_part(threads: int, rounds: int, workloads: list[str]) -> dict[str, An
                 streams, prompt_tokens, new_tokens = WORKLOADS[name]
                 _, ids = make_prompts(MODEL_DIR, streams, prompt_tokens)
                 tok_s: dict[str, list[float]] = {v: [] for v in variants}
+                cpu_tok_s: dict[str, list[float]] = {v: [] for v in variants}
                 tokens: dict[str, list[list[int]]] = {}
                 for model in variants.values():
                     runner.model = model
                     await _drive(engine, ids, 4, "warm")
+                new_tokens = new_tokens_override or new_tokens
                 for r in range(rounds):
                     order = list(variants) if r % 2 == 0 else list(reversed(variants))
                     for variant in order:
                         runner.model = variants[variant]
-                        rate, outs = await _drive(engine, ids, new_tokens, variant)
+                        rate, cpu_rate, outs = await _drive(engine, ids, new_tokens, variant)
                         tok_s[variant].append(round(rate, 1))
+                        cpu_tok_s[variant].append(round(cpu_rate, 1))
                         tokens.setdefault(variant, outs)
                 medians = {k: statistics.median(v) for k, v in tok_s.items()}
-                base = medians["transformers"]
+                cpu = {k: statistics.median(v) for k, v in cpu_tok_s.items()}
                 report[name] = {
                     "tok_s": tok_s,
-                    "median": medians,
-                    "over_transformers": {k: round(v / base, 3) for k, v in medians.items()},
-                    "over_lean_no_lever": {
-                        k: round(v / medians["lean, no lever"], 3) for k, v in medians.items()
+                    "tok_per_cpu_s": cpu_tok_s,
+                    "over_transformers": {
+                        k: round(v / medians["transformers"], 3) for k, v in medians.items()
+                    },
+                    "cpu_over_transformers": {k: round(v / cpu["transformers"], 3) for k, v in cpu.items()},
+                    "cpu_over_lean_no_lever": {
+                        k: round(v / cpu["lean, no lever"], 3) for k, v in cpu.items()
                     },
                     "same_tokens_as_transformers": {
                         k: v == tokens["transformers"] for k, v in tokens.items()
@@ -182,12 +194,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
+    parser.add_argument("--new-tokens", type=int, default=0, help="override the workloads' new tokens")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.part == "linear":
         report = {"linear": linear_part(args.threads, 5 * args.rounds)}
     else:
-        report = {"engine": engine_part(args.threads, args.rounds, args.workload or list(WORKLOADS))}
+        report = {
+            "engine": engine_part(
+                args.threads, args.rounds, args.workload or list(WORKLOADS), args.new_tokens
+            )
+        }
     report["note"] = f"{args.threads} threads; load average at end {os.getloadavg()}"
     print(json.dumps(report, indent=1))
     out = args.out or HERE / "results" / f"fast_decode_{args.part}.json"
