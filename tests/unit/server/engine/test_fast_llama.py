@@ -176,3 +176,10 @@ def test_other_architectures_keep_transformers_modules(loaded_models: dict[str, 
         loaded_models["gpt2"].model, torch.device("cpu"), 2, 8, sliding=False, fast_decode="on"
     )
     assert not isinstance(runner.model, FastLlama)
+
+
+def test_the_server_flag_reaches_the_engine_config() -> None:
+    from modelyard.server.settings import parse_settings
+
+    assert parse_settings(["--model", "m"]).engine_config("m").fast_decode == "auto"
+    assert parse_settings(["--model", "m", "--fast-decode", "off"]).engine_config("m").fast_decode == "off"
