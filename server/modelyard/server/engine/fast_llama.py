@@ -232,7 +232,6 @@ class FastLlama:
     def __call__(self, **kwargs: Any) -> Any:
         return self.forward(**kwargs)
 
-    @torch.inference_mode()
     def forward(
         self,
         input_ids: torch.Tensor,
