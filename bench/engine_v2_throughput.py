@@ -234,7 +234,7 @@ def run_peer(
 # ---------------------------------------------------------------- peers
 
 
-def ours_argv(threads: int | None, engine_process: bool = True) -> Any:
+def ours_argv(threads: int | None, engine_process: bool = True, extra: tuple[str, ...] = ()) -> Any:
     def argv(port: int) -> list[str]:
         args = [
             sys.executable, "-m", "modelyard.server", "--model", str(MODEL_DIR),
@@ -246,7 +246,7 @@ def ours_argv(threads: int | None, engine_process: bool = True) -> Any:
             args += ["--engine-threads", str(threads)]
         if not engine_process:
             args.append("--no-engine-process")
-        return args
+        return [*args, *extra]
 
     return argv
 
@@ -297,7 +297,10 @@ def main() -> None:
     )
     parser.add_argument("--part", choices=["main", "busy"], default="main")
     parser.add_argument(
-        "--skip", action="append", default=[], help="peer to skip: engine, server, hf-cb, vllm, vllm-both"
+        "--skip",
+        action="append",
+        default=[],
+        help="peer to skip: engine, server, server-fast-off, hf-cb, vllm, vllm-both",
     )
     parser.add_argument("--workload", action="append", default=[], help="only these keys, e.g. c16-32+32")
     parser.add_argument("--out", type=Path)
@@ -391,6 +394,16 @@ def main() -> None:
         peers: list[tuple[str, Any, str, str, dict[str, Any], dict[str, str], float]] = [
             # (name, argv builder, readiness path, served model name, request extras, env, run timeout)
             ("server", ours_argv(None), "/ready", "bench", ours_extra, env, 600),
+            # The same server on transformers' modules (the fast Llama path off): issue 20's A/B.
+            (
+                "server-fast-off",
+                ours_argv(None, extra=("--fast-decode", "off")),
+                "/ready",
+                "bench",
+                ours_extra,
+                env,
+                600,
+            ),
         ]
         if args.baseline is not None:
             baseline_env = {
@@ -501,7 +514,8 @@ def ratios(results: dict[str, dict[str, Any]], bounds: dict[str, float]) -> dict
     keys = sorted({k for _, k in rate})
     pairs = [
         ("server", "vllm"), ("server", "vllm-both"), ("server", "hf-cb"), ("server", "engine"),
-        ("server", "server-baseline"), ("server-baseline", "vllm"),
+        ("server", "server-baseline"), ("server-baseline", "vllm"), ("server", "server-fast-off"),
+        ("server-fast-off", "vllm"), ("server-fast-off", "vllm-both"),
         ("server-1t-busy", "server-2t-busy"), ("server-1t-quiet", "server-2t-quiet"),
         ("server-2t-passive-busy", "server-2t-busy"), ("server-2t-passive-quiet", "server-2t-quiet"),
         ("server-1t-busy", "vllm-busy"), ("server-2t-busy", "vllm-busy"),
@@ -514,7 +528,15 @@ def ratios(results: dict[str, dict[str, Any]], bounds: dict[str, float]) -> dict
             if (ours, key) in rate and (peer, key) in rate:
                 row[f"{ours}/{peer}"] = round(rate[(ours, key)] / rate[(peer, key)], 2)
         if key in bounds:
-            for peer in ("server", "server-baseline", "engine", "vllm", "vllm-both", "hf-cb"):
+            for peer in (
+                "server",
+                "server-fast-off",
+                "server-baseline",
+                "engine",
+                "vllm",
+                "vllm-both",
+                "hf-cb",
+            ):
                 if (peer, key) in rate:
                     row[f"{peer} share of bound"] = round(rate[(peer, key)] / bounds[key], 3)
         out[key] = row

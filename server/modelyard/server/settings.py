@@ -11,7 +11,15 @@ from typing import Any, Literal
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelyard.server.engine.types import DecodeKV, Device, DType, EngineConfig, SpeculativeConfig, Task
+from modelyard.server.engine.types import (
+    DecodeKV,
+    Device,
+    DType,
+    EngineConfig,
+    FastDecode,
+    SpeculativeConfig,
+    Task,
+)
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -71,6 +79,12 @@ class ServerSettings(BaseSettings):
         "auto",
         description="What decode attention reads: slab (a per-group working copy of the KV, appended a "
         "column per step), paged (the history gathered from the block pool each step); auto: slab on CPU.",
+    )
+    fast_decode: FastDecode = Field(
+        "auto",
+        description="The lean forward for the Llama family (Llama, Qwen2/3, Mistral, SmolLM): merged "
+        "projections, prepacked oneDNN linear, grouped attention. auto: on CPU; on: on any device; off: "
+        "transformers' modules (other architectures always use them).",
     )
     tensor_parallel_size: int | None = Field(
         None,
@@ -197,6 +211,7 @@ class ServerSettings(BaseSettings):
             kv_cache_tokens=self.kv_cache_tokens,
             kv_cache_memory_bytes=int(self.kv_cache_memory),
             decode_kv=self.decode_kv,
+            fast_decode=self.fast_decode,
             revision=self.revision,
             trust_remote_code=self.trust_remote_code,
             hf_token=self.hf_token.get_secret_value() if self.hf_token else None,

@@ -92,6 +92,7 @@ class TorchEngine:
             config.block_size,
             sliding=self._sliding,
             decode_slab=decode_slab,
+            fast_decode=config.fast_decode,
         )
         # Replaced at start by the planned pool; a placeholder keeps stats() and generate() valid.
         self._blocks = BlockManager(1, config.block_size, self._caching)

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 from modelyard.server.engine.decode_slab import GroupSlab, SlabCache
+from modelyard.server.engine.fast_llama import FastLlama, use_fast_forward
 from modelyard.server.engine.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
+from modelyard.server.engine.types import FastDecode
 
 PAD_TOKEN_ID = 0  # any valid id: padded columns are masked out
 
@@ -23,10 +25,12 @@ class ModelRunner:
         block_size: int,
         sliding: bool,
         decode_slab: bool = False,
+        fast_decode: FastDecode = "off",
     ) -> None:
         """``decode_slab``: decode over a per-group working copy appended a column per step
-        (``decode_slab.py``) instead of gathering the history from the pool every step."""
-        self.model = model
+        (``decode_slab.py``) instead of gathering the history from the pool every step.
+        ``fast_decode``: run Llama-family models through ``fast_llama.FastLlama`` (same contract)."""
+        self.model: Any = FastLlama(model) if use_fast_forward(model, device, fast_decode) else model
         self.device = device
         self.num_layers = num_layers
         self.block_size = block_size
@@ -39,7 +43,7 @@ class ModelRunner:
         self._slabs: dict[tuple[int, ...], GroupSlab] = {}
         self._next_slabs: dict[tuple[int, ...], GroupSlab] = {}
         self._to_clear: list[int] = []
-        self._logits_kw = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._logits_kw = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def allocate(self, num_blocks: int) -> None:
         self.pool = KVPool(self.num_layers, num_blocks, self.block_size)

@@ -217,6 +217,7 @@ class Engine(Protocol):
 Task = Literal["generate", "embed"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 DecodeKV = Literal["auto", "slab", "paged"]
+FastDecode = Literal["auto", "on", "off"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -282,6 +283,8 @@ class EngineConfig:
     # Decode attention reads: "slab" a per-group working copy appended a column per step, "paged" the
     # history gathered from the block pool every step; "auto": slab on CPU, paged elsewhere.
     decode_kv: DecodeKV = "auto"
+    # The lean Llama-family forward (fast_llama.py): auto = on CPU for supported architectures.
+    fast_decode: FastDecode = "auto"
     # Compute thread counts the engine picks between by measured decode speed (thread_tuner.py); empty
     # or one count: the threads stay as the process set them.
     thread_choices: tuple[int, ...] = ()

@@ -1,0 +1,349 @@
+"""A lean forward for the Llama family (Llama, Qwen2/3, Mistral, SmolLM) on CPU: the fast decode path.
+
+It reads the Hugging Face module's own weights and computes what transformers' eager modules compute,
+with fewer copies and fewer Python-level ops per layer (levers measured one by one in
+``docs/server.md``, *Fast CPU decode path*):
+
+- **merged projections**: Q, K and V are one matrix, gate and up another; the HF modules' weights become
+  views into them, so nothing is duplicated;
+- **prepacked oneDNN linear** (``torch.ops.mkldnn._linear_pointwise`` with a weight reordered once by
+  ``_reorder_linear_weight``) for steps of at least ``PACKED_MIN_ROWS`` token rows; a one-row step keeps
+  the plain BLAS call, which is faster for a matrix-vector product. The packed copies cost the decoder's
+  weight bytes once more;
+- **attention without repeated keys**: a single query per row attends as ``[rows, kv_heads, group, dim]``
+  against the ``[rows, kv_heads, columns, dim]`` history, one SDPA call, where transformers' SDPA path
+  (which passes a mask) first copies every kv head ``group`` times.
+
+The contract is the model's: ``forward(input_ids, attention_mask, position_ids, past_key_values,
+logits_to_keep)`` with the runner's caches (``paged_cache.PagedCache``, ``decode_slab.SlabCache``),
+whose layers' ``update`` writes the new keys/values and returns the ``[rows, kv_heads, columns, dim]``
+history; rows are right-aligned, so query ``j`` of ``Q`` new columns sits at column ``L - Q + j``. Any
+number of new tokens per row works (prefill chunks, or several draft tokens to verify). A call without
+a cache (the runner's memory profile) runs the model itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from modelyard.server.engine.types import FastDecode
+
+log = logging.getLogger("modelyard.server.engine.fast_llama")
+
+SUPPORTED_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+# Token rows from which the prepacked oneDNN product beats the plain BLAS call (bench/fast_decode_levers.py).
+PACKED_MIN_ROWS = 2
+# Batch size the packed weights are laid out for (any row count works; this is the decode sweet spot).
+PACK_ROWS_HINT = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Levers:
+    """Which optimisations the fast forward uses; the engine uses them all, benches turn them off one
+    at a time."""
+
+    merged: bool = True
+    packed: bool = True
+    grouped_attention: bool = True
+
+
+def unsupported_reason(model: torch.nn.Module) -> str | None:
+    """Why ``model`` cannot run the fast forward (None: it can)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_TYPES:
+        return f"architecture {model_type!r} is not one of {sorted(SUPPORTED_TYPES)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} (only silu)"  # type: ignore[union-attr]
+    if any(getattr(m, "_hf_hook", None) is not None for m in model.modules()):
+        return "the layers are split over devices (accelerate hooks)"
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if inner is None or layers is None or getattr(inner, "rotary_emb", None) is None:
+        return "unexpected module layout"
+    for layer in layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        names = ("q_proj", "k_proj", "v_proj", "o_proj")
+        if (
+            attn is None
+            or mlp is None
+            or not all(type(getattr(attn, n, None)) is torch.nn.Linear for n in names)
+        ):
+            return "unexpected attention layout"
+        if not all(
+            type(getattr(mlp, n, None)) is torch.nn.Linear for n in ("gate_proj", "up_proj", "down_proj")
+        ):
+            return "unexpected MLP layout"
+    return None
+
+
+def use_fast_forward(model: torch.nn.Module, device: torch.device, setting: FastDecode) -> bool:
+    """``auto``: supported architectures on CPU; ``on``: supported architectures on any device."""
+    if setting == "off" or (setting == "auto" and device.type != "cpu"):
+        return False
+    reason = unsupported_reason(model)
+    if reason is not None:
+        log.info("fast decode path not used: %s", reason)
+        return False
+    return True
+
+
+class _Linear:
+    """``x @ weight.T + bias`` for 2-D ``x``, through a prepacked oneDNN weight when there are enough rows."""
+
+    __slots__ = ("bias", "packed", "weight")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool) -> None:
+        self.weight = weight
+        self.bias = bias
+        self.packed: torch.Tensor | None = None
+        if pack and weight.device.type == "cpu":
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
+            except (RuntimeError, AttributeError) as exc:  # a torch build without oneDNN
+                log.info("prepacked linear unavailable: %s", exc)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and x.shape[0] >= PACKED_MIN_ROWS:
+            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return out
+        return F.linear(x, self.weight, self.bias)
+
+    def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)`` in one kernel (the residual connection)."""
+        if self.packed is not None and x.shape[0] >= PACKED_MIN_ROWS:
+            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise.binary(
+                x, residual, self.packed, self.bias, "add"
+            )
+            return out
+        if self.bias is not None:
+            return residual + F.linear(x, self.weight, self.bias)
+        return torch.addmm(residual, x, self.weight.t())
+
+
+def _merge(modules: list[torch.nn.Linear], merged: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The modules' (weight, bias), concatenated into one when ``merged``; the modules then hold views
+    into the merged tensors, so the model keeps working and no weight exists twice."""
+    if not merged:
+        return [(m.weight, m.bias) for m in modules]
+    weight = torch.cat([m.weight.detach() for m in modules])
+    biases = [m.bias for m in modules]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat(
+            [
+                b.detach() if b is not None else m.weight.new_zeros(m.out_features)
+                for m, b in zip(modules, biases, strict=True)
+            ]
+        )
+    start = 0
+    for m in modules:
+        rows = m.out_features
+        m.weight = torch.nn.Parameter(weight[start : start + rows], requires_grad=False)
+        if m.bias is not None and bias is not None:
+            m.bias = torch.nn.Parameter(bias[start : start + rows], requires_grad=False)
+        start += rows
+    return [(weight, bias)]
+
+
+class _Layer:
+    """One decoder layer's weights, read from the HF layer."""
+
+    def __init__(self, layer: Any, config: Any, levers: Levers) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        self.in_norm = (layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon))
+        self.post_norm = (
+            layer.post_attention_layernorm.weight,
+            float(layer.post_attention_layernorm.variance_epsilon),
+        )
+        self.q_norm = _norm_of(getattr(attn, "q_norm", None))
+        self.k_norm = _norm_of(getattr(attn, "k_norm", None))
+        self.head_dim = int(attn.head_dim)
+        self.heads = attn.q_proj.out_features // self.head_dim
+        self.kv_heads = attn.k_proj.out_features // self.head_dim
+        self.scaling = float(attn.scaling)
+        window = (
+            attn.sliding_window
+            if hasattr(attn, "sliding_window")
+            else getattr(config, "sliding_window", None)
+        )
+        self.window: int | None = int(window) if window else None
+        pack = levers.packed
+        self.qkv = [
+            _Linear(w, b, pack) for w, b in _merge([attn.q_proj, attn.k_proj, attn.v_proj], levers.merged)
+        ]
+        self.o = _Linear(attn.o_proj.weight, attn.o_proj.bias, pack)
+        self.gate_up = [_Linear(w, b, pack) for w, b in _merge([mlp.gate_proj, mlp.up_proj], levers.merged)]
+        self.down = _Linear(mlp.down_proj.weight, mlp.down_proj.bias, pack)
+
+
+def _norm_of(module: Any) -> tuple[torch.Tensor, float] | None:
+    return None if module is None else (module.weight, float(module.variance_epsilon))
+
+
+def _rms_norm(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
+    weight, eps = norm
+    dtype = x.dtype
+    if dtype == torch.float32:
+        # One kernel; bitwise what transformers' LlamaRMSNorm computes in float32.
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    # transformers' LlamaRMSNorm, op for op (in float32, then back), so results match its path.
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x``: ``[rows, Q, heads, dim]``; cos/sin ``[rows, Q, 1, dim]``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass(slots=True)
+class FastOutput:
+    logits: torch.Tensor
+
+
+class FastLlama:
+    """The fast forward over an HF Llama-family causal LM (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, levers: Levers = Levers()) -> None:
+        hf: Any = model
+        self.model = model
+        self.config = hf.config
+        self.levers = levers
+        inner = hf.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.norm = (inner.norm.weight, float(inner.norm.variance_epsilon))
+        self.layers = [_Layer(layer, self.config, levers) for layer in inner.layers]
+
+    @property
+    def head(self) -> Any:
+        # Read at each call: the loader (or a bench) may swap the output projection after wrapping.
+        return self.model.get_output_embeddings()  # type: ignore[operator]
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.forward(**kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = True,
+        logits_to_keep: int = 0,
+        **kwargs: Any,
+    ) -> Any:
+        if past_key_values is None or attention_mask is None or position_ids is None:
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+        rows, query = input_ids.shape
+        hidden = self.embed(input_ids).reshape(rows * query, -1)
+        cos, sin = self.rotary(hidden, position_ids)
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+        masks: dict[int | None, torch.Tensor] = {}
+        for index, layer in enumerate(self.layers):
+            cache_layer = past_key_values.layers[index]
+            hidden = self._layer(layer, hidden, rows, query, cos, sin, cache_layer, attention_mask, masks)
+        hidden = hidden.view(rows, query, -1)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.head(_rms_norm(hidden, self.norm))
+        return FastOutput(logits)
+
+    def _layer(
+        self,
+        layer: _Layer,
+        x: torch.Tensor,
+        rows: int,
+        query: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache_layer: Any,
+        mask2d: torch.Tensor,
+        masks: dict[int | None, torch.Tensor],
+    ) -> torch.Tensor:
+        heads, kv_heads, dim = layer.heads, layer.kv_heads, layer.head_dim
+        h = _rms_norm(x, layer.in_norm)
+        if len(layer.qkv) == 1:
+            qkv = layer.qkv[0](h).view(rows, query, heads + 2 * kv_heads, dim)
+            if layer.q_norm is None:
+                # Q and K rotate as one tensor: half the rotary ops.
+                qk = _rope(qkv[:, :, : heads + kv_heads], cos, sin)
+                q, k = torch.split(qk, [heads, kv_heads], dim=2)
+                v = qkv[:, :, heads + kv_heads :]
+            else:
+                q, k, v = torch.split(qkv, [heads, kv_heads, kv_heads], dim=2)
+        else:
+            q, k, v = (lin(h).view(rows, query, -1, dim) for lin in layer.qkv)
+        if layer.q_norm is not None and layer.k_norm is not None:
+            q, k = _rms_norm(q, layer.q_norm), _rms_norm(k, layer.k_norm)
+        if len(layer.qkv) != 1 or layer.q_norm is not None:
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        keys, values = cache_layer.update(k.transpose(1, 2), v.transpose(1, 2))
+        attn = self._attention(layer, q, keys, values, rows, query, mask2d, masks)
+        x = layer.o.add_to(attn, x)
+        h = _rms_norm(x, layer.post_norm)
+        if len(layer.gate_up) == 1:
+            gate, up = layer.gate_up[0](h).chunk(2, dim=-1)
+        else:
+            gate, up = (lin(h) for lin in layer.gate_up)
+        return layer.down.add_to(F.silu(gate) * up, x)
+
+    def _attention(
+        self,
+        layer: _Layer,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        rows: int,
+        query: int,
+        mask2d: torch.Tensor,
+        masks: dict[int | None, torch.Tensor],
+    ) -> torch.Tensor:
+        """``q`` ``[rows, Q, heads, dim]`` over ``[rows, kv_heads, L, dim]``: ``[rows * Q, heads * dim]``"""
+        heads, kv_heads, dim = layer.heads, layer.kv_heads, layer.head_dim
+        group = heads // kv_heads
+        mask = masks.get(layer.window)
+        if mask is None:
+            mask = masks[layer.window] = _mask(mask2d, query, layer.window)
+        if query == 1 and self.levers.grouped_attention:
+            # One query per row: head h reads kv head h // group, so the heads of a group are the query
+            # rows of one attention over that kv head; the mask broadcasts over them.
+            grouped = q.reshape(rows, kv_heads, group, dim)
+            out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=layer.scaling)
+            return out.reshape(rows, heads * dim)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys, values, attn_mask=mask, scale=layer.scaling, enable_gqa=group > 1
+        )
+        return out.transpose(1, 2).reshape(rows * query, heads * dim)
+
+
+def _mask(mask2d: torch.Tensor, query: int, window: int | None) -> torch.Tensor:
+    """``[rows, 1, Q, L]`` booleans: real columns, causal (query ``j`` sits at column ``L - Q + j``) and
+    within the sliding window (``column > position - window``, as transformers masks it)."""
+    width = mask2d.shape[1]
+    real = mask2d.bool()[:, None, None, :]
+    if query == 1 and window is None:
+        return real
+    cols = torch.arange(width, device=mask2d.device)
+    at = torch.arange(width - query, width, device=mask2d.device)[:, None]
+    allowed = cols[None, :] <= at
+    if window is not None:
+        allowed = allowed & (cols[None, :] > at - window)
+    return real & allowed[None, None]
