@@ -35,6 +35,8 @@ class GenerationRun:
         self._buffered: list[tuple[int, Any]] = []
         self._active = set(range(len(self._streams)))
         self._closed = False
+        # Stream events carry the token note the router's failover reads (``continuation``).
+        self.report_tokens = False
 
     async def _consume(self, index: int, stream: AsyncIterator[GenerationOutput]) -> None:
         try:

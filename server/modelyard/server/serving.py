@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelyard.server.choice import ChoiceState
+from modelyard.server.continuation import PARAM as CONT_PARAM
+from modelyard.server.continuation import STREAM_TOKENS_HEADER
 from modelyard.server.disconnect import cancel_on_disconnect
 from modelyard.server.engine.types import (
     EngineError,
@@ -33,7 +35,7 @@ from modelyard.server.errors import (
     UnsupportedParameterError,
 )
 from modelyard.server.generation_run import GenerationRun, choice_deltas, finish_run
-from modelyard.server.protocol import SamplingFields
+from modelyard.server.protocol import Continuation, SamplingFields
 from modelyard.server.runtime import ModelRuntime
 from modelyard.server.streaming import EngineStreamResponse, StreamCloser
 from modelyard.server.token_text import TokenText
@@ -269,18 +271,27 @@ class BaseServing:
         jobs: Sequence[tuple[list[int], SamplingParams]],
         stops: Sequence[str],
         skip_special_tokens: bool = True,
+        continuation: Continuation | None = None,
     ) -> tuple[GenerationRun, list[ChoiceState]]:
+        """Engine requests and choice states for ``jobs``; a ``continuation`` (one job, checked by
+        ``check_continuation``) resumes a cut stream from its tokens."""
+        carried = [] if continuation is None else self.check_token_ids(continuation.token_ids, CONT_PARAM)
         streams = []
         states = []
         for index, (prompt_ids, params) in enumerate(jobs):
-            request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params)
-            streams.append(self.runtime.engine.generate(request))
             tracker = self.runtime.metrics.track(len(prompt_ids))
-            states.append(
-                ChoiceState(
-                    index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens
-                )
+            state = ChoiceState(
+                index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens
             )
+            if continuation is not None:
+                try:
+                    state.resume(carried, continuation.text_chars)
+                except BaseException:
+                    state.abandon()
+                    raise
+            request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params, list(carried))
+            streams.append(self.runtime.engine.generate(request))
+            states.append(state)
         return GenerationRun(streams), states
 
     async def respond(
@@ -292,6 +303,7 @@ class BaseServing:
         stream: bool,
     ) -> Response | R:
         """Start the run, then stream it as SSE or collect it into one body; always release it."""
+        run.report_tokens = request.headers.get(STREAM_TOKENS_HEADER) == "1"
         try:
             # A client that leaves while its request is still queued releases it at once.
             await cancel_on_disconnect(request, run.start())

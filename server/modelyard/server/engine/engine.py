@@ -168,6 +168,12 @@ class TorchEngine:
         params = request.params
         if not prompt:
             raise EngineError("the prompt is empty")
+        carried = tuple(request.output_token_ids)
+        if len(carried) >= params.max_tokens:
+            raise EngineError(
+                f"the continuation carries {len(carried)} tokens, "
+                f"no fewer than max_tokens ({params.max_tokens})"
+            )
         if len(prompt) + params.max_tokens > self._max_model_len:
             raise PromptTooLongError(
                 f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the model's "
@@ -192,13 +198,21 @@ class TorchEngine:
             key=next(self._keys),
             request=request,
             sink=sink,
-            row=SamplingRow(params=params, prompt_token_ids=prompt, stop_token_ids=frozenset(stop_ids)),
+            row=SamplingRow(
+                params=params,
+                prompt_token_ids=prompt,
+                stop_token_ids=frozenset(stop_ids),
+                num_generated=len(carried),
+                carried_token_ids=carried,
+            ),
         )
         if params.guided is not None:
             if self.grammar is None:
                 raise EngineError("this model has no tokenizer for constrained decoding")
             # The matcher lives on the row, so it survives preemption with the rest of the sampling state.
             seq.row.matcher = await self.grammar.matcher(params.guided)  # UnsupportedGrammarError: a 400
+            for token in carried:
+                seq.row.matcher.accept(token)
         self._scheduler.add(seq)
         self._wakeup.set()
         finished = False

@@ -65,6 +65,9 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    # A continuation of a request cut elsewhere: the tokens it had generated, which count as output
+    # (penalties, min/max_tokens, grammar state, the seeded generator's draws), not as prompt.
+    output_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
