@@ -126,10 +126,12 @@ def upstream_failed(model: str) -> RouterError:
     )
 
 
-def upstream_cut(model: str) -> RouterError:
+def upstream_cut(model: str, reason: str = "") -> RouterError:
+    """``reason``: why the stream could not go on from another pod (mid-stream failover)."""
+    why = f" It could not be continued on another pod: {reason}." if reason else ""
     return RouterError(
         502,
-        f"The stream from model `{model}` was cut before it finished.",
+        f"The stream from model `{model}` was cut before it finished.{why}",
         "server_error",
         "upstream_disconnected",
     )

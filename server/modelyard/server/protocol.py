@@ -53,7 +53,7 @@ class Continuation(RequestModel):
     are the cut response's, so the client sees one stream.
     """
 
-    token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    token_ids: list[Annotated[int, Field(ge=0)]]
     text_chars: Annotated[int, Field(ge=0)]
     id: Annotated[str, Field(max_length=128)] | None = None
     created: Annotated[int, Field(ge=0)] | None = None

@@ -320,7 +320,10 @@ class BaseServing:
                 finally:
                     await closer()
 
-            return EngineStreamResponse(body(), on_close=closer)
+            response = EngineStreamResponse(body(), on_close=closer)
+            if run.report_tokens:
+                response.headers[STREAM_TOKENS_HEADER] = "1"  # tells the router this stream can resume
+            return response
 
         async def collect() -> R:
             try:
