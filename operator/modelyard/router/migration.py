@@ -60,6 +60,20 @@ def not_resumable(path: str, fields: dict[str, Any]) -> str | None:
     return None
 
 
+GENERATION_PATHS = RESUMABLE_PATHS | {"/v1/responses"}
+
+
+def not_replayable(path: str, fields: dict[str, Any]) -> str | None:
+    """Why a non-streamed request that a pod may have started must not be sent again whole (a second
+    run could answer differently), or None: it is deterministic (temperature 0 or a seed), or no
+    generation at all."""
+    if path not in GENERATION_PATHS:
+        return None
+    if fields.get("temperature") == 0 or fields.get("seed") is not None:
+        return None
+    return "it is not deterministic (neither temperature 0 nor a seed), so it was not run again"
+
+
 @dataclass(slots=True)
 class StreamTracker:
     """What the client has of one stream, read from the events relayed to it."""

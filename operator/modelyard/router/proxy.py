@@ -33,7 +33,14 @@ from modelyard.router.health import Health
 from modelyard.router.hold import Holds
 from modelyard.router.keys import KeyState, KeyStore
 from modelyard.router.metrics import RouterMetrics, UpstreamError
-from modelyard.router.migration import STREAM_TOKENS_HEADER, Migrate, Migration, Outcome, not_resumable
+from modelyard.router.migration import (
+    STREAM_TOKENS_HEADER,
+    Migrate,
+    Migration,
+    Outcome,
+    not_replayable,
+    not_resumable,
+)
 from modelyard.router.relay import HOP_BY_HOP, open_stream, pump, relay_body, relay_stream
 from modelyard.router.reply import ClientReply, is_envelope
 from modelyard.router.settings import RouterSettings
@@ -152,6 +159,7 @@ class Proxy:
         self, request: web.Request, ex: Exchange, route: ModelRoute, routed: RoutedBody, body: bytes
     ) -> web.StreamResponse:
         reply = ClientReply(request, ex)
+        reply.fields = routed.fields
         tried: set[str] = set()
         hold_started: float | None = None
         last_failure: Failure | None = None
@@ -274,6 +282,7 @@ class Proxy:
                 )
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 self._upstream_failed(route, url, exc)
+                self._check_replay(reply, route, exc)
                 raise _Retry() from None
             if upstream.status in RETRYABLE_STATUS:
                 try:
@@ -303,7 +312,13 @@ class Proxy:
                     await pump(ex, route.name, upstream, reply.stream, on_cut, resumable)
                     return reply.stream
                 return await relay_stream(reply.request, ex, route.name, upstream, on_cut)
-            return await relay_body(ex, route.name, upstream, on_cut)
+            try:
+                return await relay_body(ex, route.name, upstream, on_cut)
+            except RouterError as err:
+                if err.code != errors.UPSTREAM_CUT:
+                    raise
+                self._check_replay(reply, route, None)
+                raise _Retry() from None
         finally:
             state.in_flight -= 1
             if upstream is not None:
@@ -312,6 +327,18 @@ class Proxy:
                     upstream.release()
                 else:
                     upstream.close()
+
+    def _check_replay(self, reply: ClientReply, route: ModelRoute, exc: BaseException | None) -> None:
+        """A non-streamed request the pod may have started (``exc`` None: its answer was cut) is sent
+        again whole only when deterministic; else the client gets the 502 envelope."""
+        started = exc is None or not isinstance(
+            exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+        )
+        if reply.ex.stream or not started:
+            return
+        why = not_replayable(reply.request.path, reply.fields)
+        if why is not None:
+            raise errors.upstream_cut(route.name, why, stream=False)
 
     def _upstream_failed(self, route: ModelRoute, url: str, exc: BaseException) -> None:
         reason = (

@@ -1,19 +1,23 @@
-"""Mid-stream failover on real processes: two model servers behind the router, one SIGKILLed while 30
-SDK streams run. Every stream completes, and its text, logprobs and usage equal an uncut run's."""
+"""Failover on real processes. Two model servers behind the router, one SIGKILLed while 30 SDK streams
+run: every stream completes, and its text, logprobs and usage equal an uncut run's. A non-streamed
+answer lost with its pod is run again only when the request is deterministic."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
 from tests.fixtures.models import ServerProcess, start_server
-from tests.integration.router.procs import Proc, http_get, start_router, write_config
+from tests.integration.router.conftest import Stack
+from tests.integration.router.procs import Proc, eventually, http_get, start_router, write_config
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(420)]
 
@@ -140,3 +144,35 @@ async def test_streams_survive_a_killed_server(pair: Pair, sampling: dict[str, A
     cut = await _run(pair.router, bodies, kill=pair.servers[0])
     _assert_same(cut, uncut)
     assert _migrated(pair.router) >= 1
+
+
+@pytest.mark.parametrize(
+    ("sampling", "status"), [({"temperature": 0}, 200), ({"seed": 5}, 200), ({"temperature": 0.7}, 502)]
+)
+async def test_an_answer_lost_with_its_pod_is_run_again_only_when_deterministic(
+    stack: Stack, sampling: dict[str, Any], status: int
+) -> None:
+    backends = [stack.backend(name, "--delay-s", "3") for name in ("a", "b")]
+    router = stack.router({"m": [b.url for b in backends]})
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **sampling}
+    async with aiohttp.ClientSession() as session:
+        answer = asyncio.ensure_future(session.post(router.url + "/v1/chat/completions", json=body))
+        holder = await eventually(
+            lambda: next((b for b in backends if _stats(b)["in_flight"] == 1), None),
+            10,
+            "the request on a pod",
+        )
+        holder.kill()
+        async with await answer as resp:
+            got = await resp.json()
+    assert resp.status == status, got
+    if status == 502:
+        assert got["error"]["code"] == "upstream_disconnected"
+        assert "not deterministic" in got["error"]["message"]
+    else:
+        assert got["choices"][0]["message"]["content"]
+
+
+def _stats(proc: Proc) -> dict[str, Any]:
+    stats: dict[str, Any] = json.loads(http_get(proc.url + "/stats")[1])
+    return stats
