@@ -11,6 +11,7 @@ from typing import Any
 
 from modelyard.server.choice import ChoiceDelta, ChoiceState
 from modelyard.server.engine.types import EngineError, GenerationOutput
+from modelyard.server.engine_watch import OpenStreams
 from modelyard.server.errors import APIError, InternalServerError, from_engine_error
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,11 @@ class GenerationRun:
     which closes the engine iterators and thereby aborts the requests in the engine.
     """
 
-    def __init__(self, streams: Sequence[AsyncIterator[GenerationOutput]]) -> None:
+    def __init__(
+        self, streams: Sequence[AsyncIterator[GenerationOutput]], watched: OpenStreams | None = None
+    ) -> None:
         self._streams = list(streams)
+        self._watched = watched or OpenStreams()
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._buffered: list[tuple[int, Any]] = []
@@ -39,8 +43,11 @@ class GenerationRun:
         self.report_tokens = False
 
     async def _consume(self, index: int, stream: AsyncIterator[GenerationOutput]) -> None:
+        watched = self._watched
+        watched.open += 1
         try:
             async for out in stream:
+                watched.outputs += 1
                 self._queue.put_nowait((index, out))
             self._queue.put_nowait((index, _END))
         except asyncio.CancelledError:
@@ -48,6 +55,7 @@ class GenerationRun:
         except Exception as exc:
             self._queue.put_nowait((index, exc))
         finally:
+            watched.open -= 1
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):

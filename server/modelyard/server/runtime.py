@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from modelyard.server.engine.types import Engine, Task
+from modelyard.server.engine_watch import OpenStreams
 from modelyard.server.metrics import ServerMetrics
 
 T = TypeVar("T")
@@ -56,6 +57,7 @@ class ModelRuntime:
     limits: RequestLimits = field(default_factory=RequestLimits)
     workers: WorkerPool = field(default_factory=WorkerPool)
     created: int = field(default_factory=lambda: int(time.time()))
+    open_streams: OpenStreams = field(default_factory=OpenStreams)  # what engine_watch reads
 
     @property
     def primary_name(self) -> str:

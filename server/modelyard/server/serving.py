@@ -292,7 +292,7 @@ class BaseServing:
             request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params, list(carried))
             streams.append(self.runtime.engine.generate(request))
             states.append(state)
-        return GenerationRun(streams), states
+        return GenerationRun(streams, self.runtime.open_streams), states
 
     async def respond(
         self,

@@ -119,6 +119,12 @@ class ServerSettings(BaseSettings):
         description="Run the engine (weights, step loop) in its own process, so HTTP work never "
         "shares its GIL; --no-engine-process runs it in a thread of the server process.",
     )
+    engine_stall_timeout: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds the engine's step loop may make no progress while requests are queued: "
+        "after half of it /ready says 503, after all of it /health does (the pod restarts); 0 = off.",
+    )
     engine_threads: int | None = Field(
         None,
         ge=1,

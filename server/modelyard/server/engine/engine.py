@@ -104,6 +104,7 @@ class TorchEngine:
         choices = config.thread_choices if self._device.type == "cpu" else ()
         self._tuner = ThreadTuner(choices) if len(choices) > 1 else None
         self._logged_trial = 0
+        self._steps = 0
         self._stats = self._snapshot()
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(config.seed)
@@ -326,6 +327,7 @@ class TorchEngine:
                         self._stats = self._snapshot()
                         self._wakeup.wait()
                         continue
+                    self._steps += 1
                     if self._embed_jobs:
                         self._run_embeds()
                     step = self._scheduler.schedule()
@@ -405,6 +407,7 @@ class TorchEngine:
             kv_blocks_used=blocks.num_used,
             kv_blocks_total=blocks.num_blocks,
             num_preemptions=scheduler.num_preemptions,
+            num_steps=self._steps,
             engine_threads=self._tuner.current
             if self._tuner is not None
             else (self._config.thread_choices[0] if len(self._config.thread_choices) == 1 else 0),

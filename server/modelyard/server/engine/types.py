@@ -114,6 +114,8 @@ class EngineStats:
     kv_blocks_total: int = 0
     num_preemptions: int = 0  # cumulative
     engine_threads: int = 0  # CPU compute threads in use (0: not known here)
+    # Step-loop iterations that had work, cumulative: the liveness check's sign of progress.
+    num_steps: int = 0
 
 
 class EngineError(Exception):
