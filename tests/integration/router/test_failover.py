@@ -176,3 +176,28 @@ async def test_an_answer_lost_with_its_pod_is_run_again_only_when_deterministic(
 def _stats(proc: Proc) -> dict[str, Any]:
     stats: dict[str, Any] = json.loads(http_get(proc.url + "/stats")[1])
     return stats
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [({"n": 2}, "n > 1 does not resume"), ({}, "does not report tokens")],
+    ids=["n>1", "not-a-modelyard-server"],
+)
+async def test_a_stream_that_cannot_move_ends_with_the_reason(
+    stack: Stack, extra: dict[str, Any], reason: str
+) -> None:
+    backends = [stack.backend(name, "--cut-after", "3") for name in ("a", "b")]
+    router = stack.router({"m": [b.url for b in backends]})
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, **extra}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(router.url + "/v1/chat/completions", json=body) as resp,
+    ):
+        raw = await resp.read()
+    events = [e for e in raw.decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "upstream_disconnected"
+    assert reason in error["message"]
+    metrics = http_get(router.metrics_url)[1].decode()
+    assert 'modelyard_router_migrations_total{model="m",outcome="refused"} 1.0' in metrics
