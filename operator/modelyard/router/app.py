@@ -41,8 +41,8 @@ from modelyard.router.proxy import Proxy
 from modelyard.router.settings import DiscoveryMode, RouterSettings
 from modelyard.router.store import SharedStore, connect
 from modelyard.router.table import RouteDefaults, RoutingTable
-from modelyard.router.usage import usage_handler
 from modelyard.router.tracing import setup as setup_tracing
+from modelyard.router.usage import usage_handler
 
 log = logging.getLogger("modelyard.router")
 

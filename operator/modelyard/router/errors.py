@@ -169,10 +169,13 @@ def upstream_failed(model: str) -> RouterError:
     )
 
 
-def upstream_cut(model: str) -> RouterError:
+UPSTREAM_CUT = "upstream_disconnected"
+
+
+def upstream_cut(model: str, reason: str = "", *, stream: bool = True) -> RouterError:
+    """``reason``: why the answer could not go on from another pod (failover)."""
+    what = "stream" if stream else "answer"
+    why = f" It could not be continued on another pod: {reason}." if reason else ""
     return RouterError(
-        502,
-        f"The stream from model `{model}` was cut before it finished.",
-        "server_error",
-        "upstream_disconnected",
+        502, f"The {what} from model `{model}` was cut before it finished.{why}", "server_error", UPSTREAM_CUT
     )

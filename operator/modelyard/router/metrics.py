@@ -103,6 +103,12 @@ class RouterMetrics:
             ["model"],
             registry=r,
         )
+        self.migrations = Counter(
+            "modelyard_router_migrations",
+            "Streams cut mid-way by their pod, by model and outcome (migrated, failed, refused).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.ejections = Counter(
             "modelyard_router_endpoint_ejections",
             "Pods ejected after repeated failures, by model.",

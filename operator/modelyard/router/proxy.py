@@ -1,8 +1,9 @@
 """The request path: authenticate, read the body once, pick a pod, forward the original bytes, relay.
 
 * Retries go to another pod only before the first response byte: on connection failures and on
-  500/502/503/504 answers. After the first byte a failure ends the stream with an SSE error event and
-  ``data: [DONE]`` (non-streaming requests get a 502 envelope).
+  500/502/503/504 answers. After the first byte a stream from a Modelyard model server goes on from
+  another pod (migration.py, up to ``max_migrations``); any other cut stream ends with an SSE error
+  event and ``data: [DONE]`` (non-streaming requests get a 502 envelope).
 * A model with no ready pod holds its requests (hold.py); a held stream may commit to 200 before any pod
   answers, which the request's :class:`~modelyard.router.reply.ClientReply` remembers for every later step.
 * Relaying bodies and streams is relay.py; the record of each request (metrics, access log) exchange.py.
@@ -34,8 +35,16 @@ from modelyard.router.health import Health
 from modelyard.router.hold import Holds
 from modelyard.router.keys import KeyState, KeyStore
 from modelyard.router.metrics import RouterMetrics, UpstreamError
+from modelyard.router.migration import (
+    STREAM_TOKENS_HEADER,
+    Migrate,
+    Migration,
+    Outcome,
+    not_replayable,
+    not_resumable,
+)
 from modelyard.router.quota import estimate_tokens
-from modelyard.router.relay import HOP_BY_HOP, pump, relay_body, relay_stream
+from modelyard.router.relay import HOP_BY_HOP, open_stream, pump, relay_body, relay_stream
 from modelyard.router.reply import ClientReply, is_envelope
 from modelyard.router.settings import RouterSettings
 from modelyard.router.table import ModelRoute, RoutingTable, Strategy
@@ -175,11 +184,16 @@ class Proxy:
         self, request: web.Request, ex: Exchange, route: ModelRoute, routed: RoutedBody, body: bytes
     ) -> web.StreamResponse:
         reply = ClientReply(request, ex)
+        reply.fields = routed.fields
         tried: set[str] = set()
         hold_started: float | None = None
         last_failure: Failure | None = None
         headers = self._upstream_headers(request, ex.request_id)
         path = request.raw_path
+        migration = self._migration(request.path, routed)
+        if migration is not None and migration.blocked is None:
+            headers[STREAM_TOKENS_HEADER] = "1"
+        first_attempt = 0  # attempts before the current placement (a migration starts afresh)
         try:
             while True:
                 route = self.table.lookup(route.name) or route
@@ -188,15 +202,15 @@ class Proxy:
                     untried = [u for u in route.endpoints if u not in tried]
                     if route.endpoints and not untried:
                         # Every pod failed this request: answer now rather than wait on them.
-                        return await self._give_up(reply, route, last_failure)
+                        return await self._give_up(reply, route, last_failure, migration)
                     entering = hold_started is None
                     if hold_started is None:
                         hold_started = time.monotonic()
                     with span(self.tracing, "router.hold", **{"gen_ai.request.model": route.name}):
                         await self.holds.wait(route, routed.stream, hold_started, entering, reply)
                     continue
-                if ex.attempts > self.settings.max_retries:
-                    return await self._give_up(reply, route, last_failure)
+                if ex.attempts - first_attempt > self.settings.max_retries:
+                    return await self._give_up(reply, route, last_failure, migration)
                 url = self._pick(route, candidates, routed)
                 if ex.attempts:
                     self.metrics.retries.labels(route.name).inc()
@@ -211,18 +225,39 @@ class Proxy:
                     ):
                         if self.tracing is not None:
                             self.tracing.inject(headers)  # this attempt's span is the pod's parent
-                        return await self._attempt(reply, route, url, path, headers, body)
+                        return await self._attempt(reply, route, url, path, headers, body, migration)
                 except _Retry as retry:
                     tried.add(url)
                     if retry.args:
                         last_failure = retry.args[0]
+                except Migrate:
+                    # The stream broke mid-way: go on from another pod, as a continuation.
+                    assert migration is not None
+                    tried, last_failure, first_attempt = {url}, None, ex.attempts
+                    body = migration.continuation_body()
         except RouterError as err:
             # Uncommitted: re-raised as the envelope. Committed (200 and heartbeats are out): an error
             # event ends the stream, and metrics count its status.
+            if migration is not None and migration.pending:
+                err = errors.upstream_cut(route.name, f"no other pod took it ({err.message})")
             return await reply.fail(err)
         finally:
             if hold_started is not None:
                 ex.held_s = time.monotonic() - hold_started
+            if migration is not None and (migration.pending or ex.error == "upstream_cut"):
+                outcome = Outcome.FAILED if migration.pending else Outcome.REFUSED
+                self.metrics.migrations.labels(route.name, outcome).inc()
+
+    def _migration(self, path: str, routed: RoutedBody) -> Migration | None:
+        """Failover state for a streamed request (blocked when it cannot resume); None otherwise."""
+        if not routed.stream:
+            return None
+        blocked = not_resumable(path, routed.fields)
+        if blocked is None and self.settings.max_migrations == 0:
+            blocked = "mid-stream failover is off (the router's --max-migrations is 0)"
+        return Migration(
+            routed.fields, self.settings.max_migrations, self.settings.max_migration_tokens, blocked
+        )
 
     def _pick(self, route: ModelRoute, candidates: list[str], routed: RoutedBody) -> str:
         if len(candidates) == 1:
@@ -259,6 +294,7 @@ class Proxy:
         path: str,
         headers: CIMultiDict[str],
         body: bytes,
+        migration: Migration | None = None,
     ) -> web.StreamResponse:
         state = self.table.state(url)
         state.in_flight += 1
@@ -279,6 +315,7 @@ class Proxy:
                 )
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 self._upstream_failed(route, url, exc)
+                self._check_replay(reply, route, exc)
                 raise _Retry() from None
             if upstream.status in RETRYABLE_STATUS:
                 try:
@@ -291,7 +328,7 @@ class Proxy:
                 raise _Retry(failure)
             self.health.success(url)
             with span(self.tracing, "router.relay", **{"http.response.status_code": upstream.status}):
-                return await self._relay(reply, route, upstream, on_cut)
+                return await self._relay(reply, route, url, upstream, on_cut, migration)
         finally:
             state.in_flight -= 1
             if upstream is not None:
@@ -305,19 +342,49 @@ class Proxy:
         self,
         reply: ClientReply,
         route: ModelRoute,
+        url: str,
         upstream: aiohttp.ClientResponse,
         on_cut: Callable[[BaseException], None],
+        migration: Migration | None,
     ) -> web.StreamResponse:
         ex = reply.ex
         is_stream = upstream.content_type == "text/event-stream"
-        if reply.stream is not None:  # a held stream already answered 200
+        resumable = migration.resumable(upstream.headers) if migration is not None and is_stream else None
+        if reply.stream is not None:  # a held stream already answered 200, or one being migrated
             if is_stream and upstream.status == 200:
-                await pump(ex, route.name, upstream, reply.stream, on_cut)
+                if migration is not None and migration.pending:
+                    migration.pending = False
+                    self.metrics.migrations.labels(route.name, Outcome.MIGRATED).inc()
+                    log.info("stream %s continues on %s", ex.request_id, url)
+                await pump(ex, route.name, upstream, reply.stream, on_cut, resumable)
                 return reply.stream
             return await reply.upstream_not_streaming(upstream)
         if is_stream:
+            if resumable is not None and upstream.status == 200:
+                # Committed from here: a migration relays into this same client stream.
+                reply.stream = await open_stream(reply.request, ex, upstream)
+                await pump(ex, route.name, upstream, reply.stream, on_cut, resumable)
+                return reply.stream
             return await relay_stream(reply.request, ex, route.name, upstream, on_cut)
-        return await relay_body(ex, route.name, upstream, on_cut)
+        try:
+            return await relay_body(ex, route.name, upstream, on_cut)
+        except RouterError as err:
+            if err.code != errors.UPSTREAM_CUT:
+                raise
+            self._check_replay(reply, route, None)
+            raise _Retry() from None
+
+    def _check_replay(self, reply: ClientReply, route: ModelRoute, exc: BaseException | None) -> None:
+        """A non-streamed request the pod may have started (``exc`` None: its answer was cut) is sent
+        again whole only when deterministic; else the client gets the 502 envelope."""
+        started = exc is None or not isinstance(
+            exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+        )
+        if reply.ex.stream or not started:
+            return
+        why = not_replayable(reply.request.path, reply.fields)
+        if why is not None:
+            raise errors.upstream_cut(route.name, why, stream=False)
 
     def _upstream_failed(self, route: ModelRoute, url: str, exc: BaseException) -> None:
         reason = (
@@ -337,10 +404,17 @@ class Proxy:
         log.warning("ejected %s (model %s) after repeated failures", url, route.name)
 
     async def _give_up(
-        self, reply: ClientReply, route: ModelRoute, last_failure: Failure | None
+        self,
+        reply: ClientReply,
+        route: ModelRoute,
+        last_failure: Failure | None,
+        migration: Migration | None = None,
     ) -> web.StreamResponse:
         """Every allowed attempt failed before the first byte."""
         ex = reply.ex
+        if migration is not None and migration.pending:
+            ex.error = "upstream_cut"
+            return await reply.fail(errors.upstream_cut(route.name, "no other ready pod took it"))
         if last_failure is None:
             err = errors.no_capacity(
                 route.name, self.settings.retry_after_s, "every replica failed to connect"

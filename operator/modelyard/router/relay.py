@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from modelyard.router import errors
 from modelyard.router.body import SseUsageScanner, scan_usage
 from modelyard.router.exchange import Exchange
+from modelyard.router.migration import STREAM_TOKENS_HEADER, Migration
 
 HOP_BY_HOP = frozenset(
     {
@@ -60,13 +61,22 @@ async def relay_body(
     return web.Response(body=data, status=upstream.status, headers=response_headers(upstream, ex.request_id))
 
 
-async def relay_stream(
-    request: web.Request, ex: Exchange, model: str, upstream: aiohttp.ClientResponse, on_cut: OnCut
+async def open_stream(
+    request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, headers=response_headers(upstream, ex.request_id))
+    headers = response_headers(upstream, ex.request_id)
+    headers.popall(STREAM_TOKENS_HEADER, None)
+    response = web.StreamResponse(status=upstream.status, headers=headers)
     response.enable_chunked_encoding()
     await response.prepare(request)
     ex.status = upstream.status
+    return response
+
+
+async def relay_stream(
+    request: web.Request, ex: Exchange, model: str, upstream: aiohttp.ClientResponse, on_cut: OnCut
+) -> web.StreamResponse:
+    response = await open_stream(request, ex, upstream)
     await pump(ex, model, upstream, response, on_cut)
     return response
 
@@ -77,8 +87,17 @@ async def pump(
     upstream: aiohttp.ClientResponse,
     response: web.StreamResponse,
     on_cut: OnCut,
+    migration: Migration | None = None,
 ) -> None:
-    """Relay chunks as they arrive; a cut upstream ends the stream with an error event and [DONE]."""
+    """Relay chunks as they arrive; a cut upstream ends the stream with an error event and [DONE].
+
+    With a ``migration``, whole events are relayed (token notes stripped), and a cut raises
+    :class:`Migrate` when the stream can go on from another pod.
+    """
+    if migration is not None and migration.blocked is None:
+        await _pump_resumable(ex, model, upstream, response, on_cut, migration)
+        return
+    why_not = (migration.blocked or "") if migration is not None else ""
     scanner = SseUsageScanner()
     tail = b""
     content = upstream.content
@@ -92,7 +111,7 @@ async def pump(
                 on_cut(exc)
                 ex.error = "upstream_cut"
                 closer = b"" if not tail or tail.endswith(b"\n\n") else b"\n\n"
-                await response.write(closer + errors.upstream_cut(model).sse_event())
+                await response.write(closer + errors.upstream_cut(model, why_not).sse_event())
                 break
             if not chunk:
                 break
@@ -111,3 +130,57 @@ async def pump(
             ex.error = "client_disconnected"
     finally:
         ex.usage = scanner.usage
+
+
+async def _pump_resumable(
+    ex: Exchange,
+    model: str,
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    on_cut: OnCut,
+    migration: Migration,
+) -> None:
+    tracker = migration.tracker
+    scanner = SseUsageScanner()
+    content = upstream.content
+    cut: BaseException | None = None
+    try:
+        while not tracker.done:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                cut = exc
+                break
+            if not chunk:
+                cut = aiohttp.ServerDisconnectedError("the stream ended before [DONE]")
+                break
+            if ex.ttft_s is None:
+                ex.ttft_s = time.perf_counter() - ex.start
+            out = tracker.feed(chunk)
+            if out:
+                await response.write(out)
+                scanner.feed(out)
+            if tracker.error is not None and not tracker.done:
+                cut = aiohttp.ServerDisconnectedError("the pod ended the stream with an error event")
+                break
+        if cut is not None:
+            on_cut(cut)
+            if tracker.finished:
+                # Every token went out; only the usage chunk, if asked, was lost with the pod.
+                await response.write(SSE_DONE + b"\n\n")
+                tracker.done = True
+            else:
+                reason = migration.cut()  # raises Migrate when the stream goes on elsewhere
+                ex.error = "upstream_cut"
+                await response.write(tracker.error or errors.upstream_cut(model, reason).sse_event())
+                if tracker.error is not None:
+                    await response.write(SSE_DONE + b"\n\n")
+        ex.stream_complete = ex.stream_complete or tracker.done
+        await response.write_eof()
+    except ConnectionResetError:
+        if not ex.stream_complete:
+            ex.status = 499
+            ex.error = "client_disconnected"
+    finally:
+        if scanner.usage is not None:
+            ex.usage = scanner.usage

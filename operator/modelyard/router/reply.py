@@ -9,6 +9,7 @@ that one fact, so the hold, the relay and the give-up paths ask it instead of pa
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -54,6 +55,7 @@ class ClientReply:
         self.request = request
         self.ex = ex
         self.stream: web.StreamResponse | None = None  # set once 200 + headers went out during a hold
+        self.fields: dict[str, Any] = {}  # the parsed request body
 
     @property
     def committed(self) -> bool:

@@ -122,6 +122,14 @@ class RouterSettings(BaseSettings):
         300.0, gt=0, description="Longest silence allowed from a backend (headers or between stream chunks)."
     )
     max_retries: int = Field(2, ge=0, description="Extra attempts on other pods before the first byte.")
+    max_migrations: int = Field(
+        2,
+        ge=0,
+        description="Times one stream may move to another pod when its pod fails mid-stream (0 = off).",
+    )
+    max_migration_tokens: int = Field(
+        8192, ge=0, description="A cut stream that had generated more tokens than this is not migrated."
+    )
     upstream_max_connections: int = Field(
         0, ge=0, description="Cap on pooled upstream connections (0 = unlimited)."
     )

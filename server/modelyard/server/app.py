@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from modelyard.server import __version__
 from modelyard.server.engine.types import Engine, EngineConfig, EngineStats, Task
+from modelyard.server.engine_watch import EngineWatch
 from modelyard.server.errors import install_error_handlers
 from modelyard.server.metrics import CacheInfo, ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
@@ -179,6 +180,7 @@ def create_app(
         log.info("loading model", extra={"stage": stage, "progress": round(fraction, 3)})
 
     started: list[Engine] = []
+    watching: list[asyncio.Task[None]] = []
 
     async def load_in_background() -> None:
         try:
@@ -207,6 +209,9 @@ def create_app(
         )
         state.attach(runtime)
         started.append(loaded.engine)  # stopped at shutdown even if it failed and was detached
+        if settings.engine_stall_timeout > 0:
+            state.watch = EngineWatch(engine_stats, runtime.open_streams, settings.engine_stall_timeout)
+            watching.append(asyncio.create_task(state.watch.run()))
         state.load.finished = time.monotonic()
         progress("ready", 1.0)
         if loaded.engine_died is not None:
@@ -220,9 +225,10 @@ def create_app(
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for running in (task, *watching):
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
             for engine in started:
                 await engine.stop()
             if state.runtime is not None:

@@ -4,11 +4,12 @@ metrics), turning engine outputs into ``ChoiceDelta`` text increments."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modelyard.server.detokenizer import IncrementalDetokenizer, StopMatcher
 from modelyard.server.engine.types import GenerationOutput, TokenLogprob
+from modelyard.server.errors import InvalidRequestError
 from modelyard.server.metrics import RequestTracker
 
 # What a choice reports; an engine "abort" only happens when we closed the stream ourselves.
@@ -20,6 +21,8 @@ class ChoiceDelta:
     text: str
     logprobs: list[TokenLogprob]
     finish_reason: ChoiceFinish | None
+    # Tokens consumed since the previous delta (the router's failover carries them over).
+    token_ids: list[int] = field(default_factory=list)
 
 
 class ChoiceState:
@@ -47,6 +50,9 @@ class ChoiceState:
         self.logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
         self._pending: list[TokenLogprob] = []
+        self._unreported: list[int] = []
+        # Characters of ``text`` the client has; ahead of ``text`` while a continuation replays.
+        self.delivered = 0
 
     @property
     def finished(self) -> bool:
@@ -73,6 +79,9 @@ class ChoiceState:
             emitted += self.stops.flush()
             finish = "length" if out.finish_reason == "length" else "stop"
         self.text += emitted
+        self._unreported.extend(out.token_ids)
+        fresh = self.text[self.delivered :]
+        self.delivered = max(self.delivered, len(self.text))
         logprobs: list[TokenLogprob] = []
         if emitted or finish:
             logprobs, self._pending = self._pending, []
@@ -80,9 +89,23 @@ class ChoiceState:
         if finish is not None:
             self.finish_reason = finish
             self.tracker.finish(finish, self.num_generated)
-        if not emitted and not logprobs and finish is None:
+        if not fresh and not logprobs and finish is None:
             return None
-        return ChoiceDelta(emitted, logprobs, finish)
+        token_ids, self._unreported = self._unreported, []
+        return ChoiceDelta(fresh, logprobs, finish, token_ids)
+
+    def resume(self, token_ids: Sequence[int], delivered: int) -> None:
+        """Replay a cut stream's tokens, of whose text the client has ``delivered`` characters: the
+        detokenizer and the stop strings continue from them, and only text past those is sent."""
+        self.num_generated = len(token_ids)
+        self.text = self.stops.feed(self.detok.push(token_ids))
+        if self.stops.stopped:
+            raise InvalidRequestError(
+                "The continuation's tokens already hold a stop string.",
+                param="modelyard_continuation",
+                code="invalid_continuation",
+            )
+        self.delivered = delivered
 
     def abandon(self) -> None:
         """The stream ended without a finish (client gone, error): count it as aborted."""

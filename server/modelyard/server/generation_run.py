@@ -11,6 +11,7 @@ from typing import Any
 
 from modelyard.server.choice import ChoiceDelta, ChoiceState
 from modelyard.server.engine.types import EngineError, GenerationOutput, UnsupportedGrammarError
+from modelyard.server.engine_watch import OpenStreams
 from modelyard.server.errors import APIError, InternalServerError, InvalidRequestError, from_engine_error
 
 log = logging.getLogger(__name__)
@@ -29,19 +30,28 @@ class GenerationRun:
     """
 
     def __init__(
-        self, streams: Sequence[AsyncIterator[GenerationOutput]], grammar_param: str | None = None
+        self,
+        streams: Sequence[AsyncIterator[GenerationOutput]],
+        grammar_param: str | None = None,
+        watched: OpenStreams | None = None,
     ) -> None:
         self._streams = list(streams)
         self._grammar_param = grammar_param
+        self._watched = watched or OpenStreams()
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._buffered: list[tuple[int, Any]] = []
         self._active = set(range(len(self._streams)))
         self._closed = False
+        # Stream events carry the token note the router's failover reads (``continuation``).
+        self.report_tokens = False
 
     async def _consume(self, index: int, stream: AsyncIterator[GenerationOutput]) -> None:
+        watched = self._watched
+        watched.open += 1
         try:
             async for out in stream:
+                watched.outputs += 1
                 self._queue.put_nowait((index, out))
             self._queue.put_nowait((index, _END))
         except asyncio.CancelledError:
@@ -49,6 +59,7 @@ class GenerationRun:
         except Exception as exc:
             self._queue.put_nowait((index, exc))
         finally:
+            watched.open -= 1
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):

@@ -45,6 +45,20 @@ class StreamOptions(RequestModel):
     continuous_usage_stats: bool | None = False
 
 
+class Continuation(RequestModel):
+    """Modelyard extension: resume a stream that was cut on another server (the router's failover).
+
+    ``token_ids`` are the tokens the cut stream had reported; they count as output, not prompt.
+    ``text_chars`` is how much of the choice's text the client already has; ``id`` and ``created``
+    are the cut response's, so the client sees one stream.
+    """
+
+    token_ids: list[Annotated[int, Field(ge=0)]]
+    text_chars: Annotated[int, Field(ge=0)]
+    id: Annotated[str, Field(max_length=128)] | None = None
+    created: Annotated[int, Field(ge=0)] | None = None
+
+
 class SamplingFields(RequestModel):
     """Fields shared by completions and chat, in the spec's ranges plus vLLM's common extras."""
 
@@ -68,6 +82,7 @@ class SamplingFields(RequestModel):
     min_tokens: Annotated[int, Field(ge=0)] | None = 0
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     skip_special_tokens: bool | None = True
+    modelyard_continuation: Continuation | None = None
 
     @field_validator("logit_bias")
     @classmethod

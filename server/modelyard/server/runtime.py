@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from modelyard.server.engine.types import Engine, Task
+from modelyard.server.engine_watch import OpenStreams
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.tracing import Tracing
 
@@ -58,6 +59,7 @@ class ModelRuntime:
     workers: WorkerPool = field(default_factory=WorkerPool)
     tracing: Tracing | None = None  # OpenTelemetry, when an OTLP endpoint is configured (tracing.py)
     created: int = field(default_factory=lambda: int(time.time()))
+    open_streams: OpenStreams = field(default_factory=OpenStreams)  # what engine_watch reads
 
     @property
     def primary_name(self) -> str:

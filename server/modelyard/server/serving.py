@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelyard.server.choice import ChoiceState
+from modelyard.server.continuation import PARAM as CONT_PARAM
+from modelyard.server.continuation import STREAM_TOKENS_HEADER
 from modelyard.server.disconnect import cancel_on_disconnect
 from modelyard.server.engine.types import (
     GenerationRequest,
@@ -35,7 +37,7 @@ from modelyard.server.errors import (
 )
 from modelyard.server.generation_run import GenerationRun, choice_deltas, finish_run
 from modelyard.server.metrics import metric_groups
-from modelyard.server.protocol import SamplingFields
+from modelyard.server.protocol import Continuation, SamplingFields
 from modelyard.server.runtime import ModelRuntime
 from modelyard.server.streaming import EngineStreamResponse, StreamCloser
 from modelyard.server.token_text import TokenText
@@ -234,22 +236,30 @@ class BaseServing:
         stops: Sequence[str],
         skip_special_tokens: bool = True,
         grammar_param: str | None = None,
+        continuation: Continuation | None = None,
     ) -> tuple[GenerationRun, list[ChoiceState]]:
-        """``grammar_param``: the request field a grammar the engine refuses is reported against."""
+        """``grammar_param``: the request field a grammar the engine refuses is reported against; a
+        ``continuation`` (one job, checked by ``check_continuation``) resumes a cut stream from its tokens."""
+        carried = [] if continuation is None else self.check_token_ids(continuation.token_ids, CONT_PARAM)
         streams = []
         states = []
         groups = metric_groups(self.runtime.metrics, [prompt_ids for prompt_ids, _ in jobs])
         trace = self._trace(base_id, jobs)
         for index, (prompt_ids, params) in enumerate(jobs):
-            request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params)
-            streams.append(self.runtime.engine.generate(request))
             tracker = self.runtime.metrics.track(len(prompt_ids), params.max_tokens, groups[index], trace)
-            states.append(
-                ChoiceState(
-                    index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens
-                )
+            state = ChoiceState(
+                index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens
             )
-        return GenerationRun(streams, grammar_param), states
+            if continuation is not None:
+                try:
+                    state.resume(carried, continuation.text_chars)
+                except BaseException:
+                    state.abandon()
+                    raise
+            request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params, list(carried))
+            streams.append(self.runtime.engine.generate(request))
+            states.append(state)
+        return GenerationRun(streams, grammar_param, self.runtime.open_streams), states
 
     def _trace(self, base_id: str, jobs: Sequence[tuple[list[int], SamplingParams]]) -> RequestTrace | None:
         tracing = self.runtime.tracing
@@ -270,6 +280,7 @@ class BaseServing:
         stream: bool,
     ) -> Response | R:
         """Start the run, then stream it as SSE or collect it into one body; always release it."""
+        run.report_tokens = request.headers.get(STREAM_TOKENS_HEADER) == "1"
         try:
             # A client that leaves while its request is still queued releases it at once.
             await cancel_on_disconnect(request, run.start())
@@ -286,7 +297,10 @@ class BaseServing:
                 finally:
                     await closer()
 
-            return EngineStreamResponse(body(), on_close=closer)
+            response = EngineStreamResponse(body(), on_close=closer)
+            if run.report_tokens:
+                response.headers[STREAM_TOKENS_HEADER] = "1"  # tells the router this stream can resume
+            return response
 
         async def collect() -> R:
             try:

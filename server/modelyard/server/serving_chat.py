@@ -13,9 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelyard.server import sse
-from modelyard.server.assistant_output import AssistantTurn, OutputShaper, ToolCallOut
+from modelyard.server.assistant_output import AssistantTurn, OutputShaper, PlainOutput, ToolCallOut
 from modelyard.server.chat_template import ChatTemplate
 from modelyard.server.choice import ChoiceDelta, ChoiceState
+from modelyard.server.continuation import PARAM as CONT_PARAM
+from modelyard.server.continuation import check_continuation
 from modelyard.server.engine.types import TokenLogprob
 from modelyard.server.generation_run import GenerationRun
 from modelyard.server.protocol import (
@@ -140,15 +142,25 @@ class ChatServing(BaseServing):
             )
             for i in range(n)
         ]
-        response_id = new_id("chatcmpl")
+        cont = req.modelyard_continuation
+        if cont is not None:
+            check_continuation(cont, stream=bool(req.stream), sequences=n, max_tokens=max_tokens)
+            if not isinstance(plan.shaper(self.template.tool_parser), PlainOutput):
+                raise unsupported(
+                    CONT_PARAM, "A continuation cannot resume tool calls; only plain content streams resume."
+                )
+        response_id = (cont.id if cont is not None else None) or new_id("chatcmpl")
         run, states = self.launch(
             response_id,
             jobs,
             self.stop_strings(req),
             bool(req.skip_special_tokens),
             grammar_param=guided_spec.param if guided_spec else None,
+            continuation=cont,
         )
         builder = _ChatBuilder(self, req, response_id, len(prompt_ids), plan, n)
+        if cont is not None and cont.created is not None:
+            builder.created = cont.created
         return await self.respond(request, run, states, builder, bool(req.stream))
 
 
@@ -258,7 +270,8 @@ class _ChatBuilder:
         opts = self.req.stream_options
         include_usage = bool(opts and opts.include_usage)
         continuous = bool(opts and opts.continuous_usage_stats) and include_usage
-        for state in states:
+        # A continuation goes on with a stream whose opening chunk the client already has.
+        for state in states if self.req.modelyard_continuation is None else ():
             first = ChatStreamChoice(index=state.index, delta=ChatDelta(role="assistant", content=""))
             yield self._chunk([first], self._usage(states) if continuous else None)
 

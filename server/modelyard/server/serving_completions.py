@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from modelyard.server import sse
 from modelyard.server.choice import ChoiceDelta, ChoiceState
+from modelyard.server.continuation import check_continuation
 from modelyard.server.engine.types import SamplingParams, TokenLogprob
 from modelyard.server.errors import InvalidRequestError
 from modelyard.server.generation_run import GenerationRun
@@ -101,9 +102,16 @@ class CompletionServing(BaseServing):
                 )
                 jobs.append((prompt.ids, params))
         self.check_work([len(p.ids) for p in prompts for _ in range(n)], [j[1].max_tokens for j in jobs])
-        response_id = new_id("cmpl")
-        run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens))
+        cont = req.modelyard_continuation
+        if cont is not None:
+            check_continuation(
+                cont, stream=bool(req.stream), sequences=len(jobs), max_tokens=jobs[0][1].max_tokens
+            )
+        response_id = (cont.id if cont is not None else None) or new_id("cmpl")
+        run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens), cont)
         builder = _CompletionBuilder(self, req, response_id, prompts, n)
+        if cont is not None:
+            builder.resume(cont.token_ids, cont.created)
         return await self.respond(request, run, states, builder, bool(req.stream))
 
 
@@ -119,6 +127,16 @@ class _CompletionBuilder:
         self.prompts = prompts
         self.n = n
         self.offsets: dict[int, int] = {}
+
+    def resume(self, carried: Sequence[int], created: int | None) -> None:
+        """Go on with a cut stream: its ``created``, and logprob offsets past the text sent already."""
+        if created is not None:
+            self.created = created
+        token_text = self.serving.token_text
+        offset = sum(len(token_text.get(t)[0]) for t in carried)
+        if self.req.echo:
+            offset += sum(len(token_text.get(t)[0]) for t in self.prompts[0].ids)
+        self.offsets[0] = offset
 
     def _prompt_of(self, state: ChoiceState) -> _Prompt:
         return self.prompts[state.index // self.n]
@@ -204,7 +222,7 @@ class _CompletionBuilder:
         include_usage = bool(opts and opts.include_usage)
         continuous = bool(opts and opts.continuous_usage_stats) and include_usage
         want_lp = self.req.logprobs is not None
-        if self.req.echo:
+        if self.req.echo and self.req.modelyard_continuation is None:
             for state in states:
                 prompt = self._prompt_of(state)
                 lp = self._logprobs(state, [], prompt=True) if want_lp else None

@@ -152,6 +152,12 @@ class ServerSettings(BaseSettings):
         "Protocol, headers, sampler and service name follow the OTEL_* variables (protocol default grpc, "
         "as vLLM).",
     )
+    engine_stall_timeout: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds the engine's step loop may make no progress while requests are queued: "
+        "after half of it /ready says 503, after all of it /health does (the pod restarts); 0 = off.",
+    )
     engine_threads: int | None = Field(
         None,
         ge=1,

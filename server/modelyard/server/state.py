@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from modelyard.server.engine_watch import EngineWatch
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.runtime import ModelRuntime
 from modelyard.server.serving_chat import ChatServing
@@ -36,6 +37,7 @@ class AppState:
     chat: ChatServing | None = None
     embeddings: EmbeddingServing | None = None
     responses: ResponsesServing | None = None
+    watch: EngineWatch | None = None  # set once the engine runs (engine_watch)
 
     def attach(self, runtime: ModelRuntime) -> None:
         self.completions = CompletionServing(runtime)

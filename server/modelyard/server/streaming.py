@@ -2,6 +2,7 @@
 
 ``stream_tail`` is the shared end of every stream: one event per choice delta, then the usage event
 if asked, then ``[DONE]``; an error once streaming began becomes an ``error`` event and ``[DONE]``.
+When the run reports tokens (``continuation``), each delta's event starts with the token note.
 
 Starlette cancels a streaming body when the client disconnects, but if that happens before the body
 iterator first runs, the iterator's ``finally`` never executes. ``EngineStreamResponse`` runs the
@@ -19,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelyard.server import sse
 from modelyard.server.choice import ChoiceDelta, ChoiceState
+from modelyard.server.continuation import token_note
 from modelyard.server.errors import APIError
 from modelyard.server.generation_run import GenerationRun, choice_deltas
 
@@ -34,9 +36,16 @@ async def stream_tail(
 ) -> AsyncIterator[bytes]:
     """The SSE body after any opening chunks: one chunk per delta, then the usage chunk if asked,
     then ``done``; an error once streaming has begun becomes an ``error`` event and ``done``."""
+    unreported: dict[int, list[int]] = {}
     try:
         async for state, delta in choice_deltas(run, states):
             chunk = chunk_of(state, delta)
+            if run.report_tokens:
+                pending = unreported.setdefault(state.index, [])
+                pending.extend(delta.token_ids)
+                if chunk:
+                    chunk = token_note(state.index, pending, state.delivered) + chunk
+                    pending.clear()
             if chunk:
                 yield chunk
     except APIError as exc:

@@ -112,6 +112,7 @@ class TorchEngine:
         self._logged_trial = 0
         self._step_tokens = StepTokens()
         self._step_sampled = 0
+        self._steps = 0
         self._stats = self._snapshot()
         self._generator = torch.Generator(device=self._device)
         self._generator.manual_seed(config.seed)
@@ -176,6 +177,12 @@ class TorchEngine:
         params = request.params
         if not prompt:
             raise EngineError("the prompt is empty")
+        carried = tuple(request.output_token_ids)
+        if len(carried) >= params.max_tokens:
+            raise EngineError(
+                f"the continuation carries {len(carried)} tokens, "
+                f"no fewer than max_tokens ({params.max_tokens})"
+            )
         completion_budget(len(prompt), params.max_tokens, self._max_model_len)
         if len(prompt) + params.max_tokens > self.kv_capacity_tokens:
             raise PromptTooLongError(
@@ -196,13 +203,21 @@ class TorchEngine:
             key=next(self._keys),
             request=request,
             sink=sink,
-            row=SamplingRow(params=params, prompt_token_ids=prompt, stop_token_ids=frozenset(stop_ids)),
+            row=SamplingRow(
+                params=params,
+                prompt_token_ids=prompt,
+                stop_token_ids=frozenset(stop_ids),
+                num_generated=len(carried),
+                carried_token_ids=carried,
+            ),
         )
         if params.guided is not None:
             if self.grammar is None:
                 raise EngineError("this model has no tokenizer for constrained decoding")
             # The matcher lives on the row, so it survives preemption with the rest of the sampling state.
             seq.row.matcher = await self.grammar.matcher(params.guided)  # UnsupportedGrammarError: a 400
+            for token in carried:
+                seq.row.matcher.accept(token)
         self._scheduler.add(seq)
         self._wakeup.set()
         finished = False
@@ -317,6 +332,7 @@ class TorchEngine:
                         self._stats = self._snapshot()
                         self._wakeup.wait()
                         continue
+                    self._steps += 1
                     if self._embed_jobs:
                         self._run_embeds()
                     step = self._scheduler.schedule()
@@ -401,6 +417,7 @@ class TorchEngine:
             spec_decode_num_drafts=self._spec_drafts,
             spec_decode_num_draft_tokens=self._spec_draft_tokens,
             spec_decode_num_accepted_tokens=self._spec_accepted,
+            num_steps=self._steps,
             engine_threads=self._tuner.current
             if self._tuner is not None
             else (self._config.thread_choices[0] if len(self._config.thread_choices) == 1 else 0),

@@ -41,6 +41,8 @@ class SamplingRow:
     stop_ids_tensor: torch.Tensor | None = None
     # Constrained decoding state; on the row so it survives anything that rebuilds the batch.
     matcher: GrammarMatcherRow | None = None
+    # Tokens a continuation carries over (see ``GenerationRequest.output_token_ids``).
+    carried_token_ids: Sequence[int] = ()
     _prepared: bool = field(default=False)
 
     def prepare(self, vocab_size: int, device: torch.device) -> None:
@@ -50,11 +52,21 @@ class SamplingRow:
         if p.seed is not None and p.temperature > 0:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(p.seed)
+            # Replay the draws the cut run made, one per carried token, so the next draw is the one
+            # the uncut run would have made (``sample`` draws a float32 [vocab] row per step).
+            for _ in self.carried_token_ids:
+                torch.empty(vocab_size, dtype=torch.float32, device=device).exponential_(
+                    generator=self.generator
+                )
+        carried = [t for t in self.carried_token_ids if 0 <= t < vocab_size]
         if p.presence_penalty or p.frequency_penalty:
             self.output_counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
+            if carried:
+                ones = torch.ones(len(carried), dtype=torch.float32, device=device)
+                self.output_counts.index_add_(0, torch.tensor(carried, device=device), ones)
         if p.repetition_penalty != 1.0:
             self.seen_mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-            ids = [t for t in self.prompt_token_ids if 0 <= t < vocab_size]
+            ids = [t for t in self.prompt_token_ids if 0 <= t < vocab_size] + carried
             if ids:
                 self.seen_mask[torch.tensor(ids, device=device)] = True
         bias = {t: b for t, b in p.logit_bias.items() if 0 <= t < vocab_size}

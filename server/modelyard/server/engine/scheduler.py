@@ -186,10 +186,11 @@ class Scheduler:
             seq.num_computed = cached
             seq.num_registered = len(hits)
             if seq.num_preemptions == 0:
-                seq.num_cached_tokens = cached
+                # A continuation's carried output may be cached too; usage counts prompt tokens only.
+                seq.num_cached_tokens = min(cached, seq.num_prompt_tokens)
                 if self.blocks.enable_caching:
                     self.prefix_queries += seq.num_prompt_tokens
-                    self.prefix_hits += cached
+                    self.prefix_hits += seq.num_cached_tokens
             seq.running = True
             seq.events.append(EngineEvent("scheduled", time.monotonic()))
             self.running.append(seq)

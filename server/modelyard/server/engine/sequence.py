@@ -47,7 +47,8 @@ class Sequence:
 
     def __post_init__(self) -> None:
         if not self.tokens:
-            self.tokens = list(self.request.prompt_token_ids)
+            self.tokens = list(self.request.prompt_token_ids) + list(self.request.output_token_ids)
+            self.output_token_ids = list(self.request.output_token_ids)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -66,6 +66,9 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    # A continuation of a request cut elsewhere: the tokens it had generated, which count as output
+    # (penalties, min/max_tokens, grammar state, the seeded generator's draws), not as prompt.
+    output_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,8 @@ class EngineStats:
     spec_decode_num_drafts: int = 0
     spec_decode_num_draft_tokens: int = 0
     spec_decode_num_accepted_tokens: int = 0
+    # Step-loop iterations that had work, cumulative: the liveness check's sign of progress.
+    num_steps: int = 0
 
 
 class EngineError(Exception):

@@ -26,7 +26,8 @@ async def health(state: StateDep) -> JSONResponse:
 
     503 while loading keeps the startup probe (and its failure budget) in charge of a slow load, and
     keeps anything probing ``/health`` (the router re-admitting an ejected pod) from taking a pod that
-    cannot answer. Once loaded, 503 means the engine loop died: restarting the pod is the cure.
+    cannot answer. Once loaded, 503 means the engine loop died, or made no progress with requests
+    queued for ``--engine-stall-timeout`` (``engine_watch``): restarting the pod is the cure.
     """
     if state.load.error is not None:
         return JSONResponse({"status": "failed", "error": state.load.error}, status_code=503)
@@ -35,6 +36,9 @@ async def health(state: StateDep) -> JSONResponse:
     dead = engine_failure(state.runtime.engine)
     if dead is not None:
         return JSONResponse({"status": "failed", "error": dead}, status_code=503)
+    hung = state.watch.hung() if state.watch is not None else None
+    if hung is not None:
+        return JSONResponse({"status": "hung", "error": hung}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -52,6 +56,10 @@ async def ready(state: StateDep) -> JSONResponse:
         dead = engine_failure(state.runtime.engine)
         if dead is not None:
             return JSONResponse({"status": "failed", "error": dead, **body}, status_code=503)
+        # Unready before /health fails: the Service and the router stop sending before the restart.
+        stalled = state.watch.unready() if state.watch is not None else None
+        if stalled is not None:
+            return JSONResponse({"status": "stalled", "error": stalled, **body}, status_code=503)
         return JSONResponse({"status": "ready", **body})
     if load.error is not None:
         return JSONResponse({"status": "failed", "error": load.error, **body}, status_code=503)
