@@ -40,6 +40,9 @@ class Sequence:
     num_cached_tokens: int = 0
     running: bool = False  # admitted: holds blocks (or is about to)
     num_preemptions: int = 0
+    lora_id: int = 0  # the LoRA adapter the request runs under (0: the base model)
+    # Seeds the prefix hash chain, so blocks computed under one adapter never serve another.
+    cache_salt: bytes | None = None
 
     def __post_init__(self) -> None:
         if not self.tokens:

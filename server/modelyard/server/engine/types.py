@@ -65,6 +65,8 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    # The LoRA adapter the request runs under (its served name); None: the base model.
+    lora_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,11 @@ class EngineStats:
     kv_blocks_total: int = 0
     num_preemptions: int = 0  # cumulative
     engine_threads: int = 0  # CPU compute threads in use (0: not known here)
+    # LoRA (vLLM's vllm:lora_requests_info): the batch's adapter bound and the adapters of the running
+    # and waiting requests, by name.
+    max_lora: int = 0
+    running_lora_adapters: tuple[str, ...] = ()
+    waiting_lora_adapters: tuple[str, ...] = ()
 
 
 class EngineError(Exception):
@@ -198,6 +205,11 @@ class EngineConfig:
     thread_choices: tuple[int, ...] = ()
     # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
     tensor_parallel_size: int | None = None
+    # LoRA adapters (engine/lora/): the projections are wrapped only when enabled.
+    enable_lora: bool = False
+    max_loras: int = 1  # distinct adapters one batch may mix
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # adapters kept on the host; None: max_loras
 
 
 # The engine package exposes, in ``modelyard.server.engine``:
