@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -130,6 +131,23 @@ class _EngineGauges(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
             gauge.add_metric([self._model_name], float(value))
             yield gauge
+        if stats.max_lora:
+            # vLLM's LoRA info gauge (read by the inference gateway's LoRA-affinity scorer): its value is
+            # the time of the reading, its labels the adapters of the running and waiting requests.
+            info = GaugeMetricFamily(
+                "vllm:lora_requests_info",
+                "Running stats on lora requests.",
+                labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+            )
+            info.add_metric(
+                [
+                    str(stats.max_lora),
+                    ",".join(stats.waiting_lora_adapters),
+                    ",".join(stats.running_lora_adapters),
+                ],
+                time.time(),
+            )
+            yield info
         if stats.engine_threads:
             # Changes when the engine re-picks its CPU thread count (a neighbour arrived or left).
             gauge = GaugeMetricFamily(
@@ -166,12 +184,12 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
         reg = self.registry
-        self.prompt_tokens = Counter(
+        self._prompt_tokens = Counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=reg
-        ).labels(model_name)
-        self.generation_tokens = Counter(
+        )
+        self._generation_tokens = Counter(
             "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=reg
-        ).labels(model_name)
+        )
         self._success = Counter(
             "vllm:request_success",
             "Count of finished requests by finish reason.",
@@ -180,66 +198,112 @@ class ServerMetrics:
         )
         for reason in FINISHED_REASONS:
             self._success.labels(model_name, reason)
-        self.ttft = Histogram(
+        self._ttft = Histogram(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
             labels,
             buckets=TTFT_BUCKETS,
             registry=reg,
-        ).labels(model_name)
-        self.itl = Histogram(
+        )
+        self._itl = Histogram(
             "vllm:inter_token_latency_seconds",
             "Histogram of inter-token latency in seconds.",
             labels,
             buckets=ITL_BUCKETS,
             registry=reg,
-        ).labels(model_name)
-        self.tpot = Histogram(
+        )
+        self._tpot = Histogram(
             "vllm:time_per_output_token_seconds",
             "Histogram of time per output token in seconds (same as inter-token latency).",
             labels,
             buckets=ITL_BUCKETS,
             registry=reg,
-        ).labels(model_name)
-        self.e2e = Histogram(
+        )
+        self._e2e = Histogram(
             "vllm:e2e_request_latency_seconds",
             "Histogram of end to end request latency.",
             labels,
             buckets=E2E_BUCKETS,
             registry=reg,
-        ).labels(model_name)
+        )
         token_buckets = _token_buckets(max_model_len)
-        self.request_prompt_tokens = Histogram(
+        self._request_prompt_tokens = Histogram(
             "vllm:request_prompt_tokens",
             "Number of prefill tokens per request.",
             labels,
             buckets=token_buckets,
             registry=reg,
-        ).labels(model_name)
-        self.request_generation_tokens = Histogram(
+        )
+        self._request_generation_tokens = Histogram(
             "vllm:request_generation_tokens",
             "Number of generation tokens per request.",
             labels,
             buckets=token_buckets,
             registry=reg,
-        ).labels(model_name)
+        )
+        self._series: dict[str, RequestSeries] = {}
+        base = self.series(model_name)
+        # The base model's series, by their old names.
+        self.prompt_tokens, self.generation_tokens = base.prompt_tokens, base.generation_tokens
+        self.ttft, self.itl, self.tpot, self.e2e = base.ttft, base.itl, base.tpot, base.e2e
+        self.request_prompt_tokens = base.request_prompt_tokens
+        self.request_generation_tokens = base.request_generation_tokens
         reg.register(_EngineGauges(model_name, stats))
+
+    def series(self, model_name: str) -> RequestSeries:
+        """The per-request series labelled ``model_name`` (the base model's, or a LoRA adapter's)."""
+        found = self._series.get(model_name)
+        if found is None:
+            found = RequestSeries(
+                model_name=model_name,
+                success_counter=self._success,
+                prompt_tokens=self._prompt_tokens.labels(model_name),
+                generation_tokens=self._generation_tokens.labels(model_name),
+                ttft=self._ttft.labels(model_name),
+                itl=self._itl.labels(model_name),
+                tpot=self._tpot.labels(model_name),
+                e2e=self._e2e.labels(model_name),
+                request_prompt_tokens=self._request_prompt_tokens.labels(model_name),
+                request_generation_tokens=self._request_generation_tokens.labels(model_name),
+            )
+            self._series[model_name] = found
+        return found
 
     def success(self, finished_reason: str) -> None:
         self._success.labels(self.model_name, finished_reason).inc()
 
-    def track(self, num_prompt_tokens: int) -> RequestTracker:
-        return RequestTracker(self, num_prompt_tokens)
+    def track(self, num_prompt_tokens: int, model_name: str | None = None) -> RequestTracker:
+        """``model_name``: a LoRA adapter's name labels the request's series (default: the base's)."""
+        return RequestTracker(self.series(model_name or self.model_name), num_prompt_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 @dataclass
+class RequestSeries:
+    """The per-request series of one model name (children of the app's metric families)."""
+
+    model_name: str
+    success_counter: Counter
+    prompt_tokens: Any
+    generation_tokens: Any
+    ttft: Any
+    itl: Any
+    tpot: Any
+    e2e: Any
+    request_prompt_tokens: Any
+    request_generation_tokens: Any
+
+    def success(self, finished_reason: str) -> None:
+        self.success_counter.labels(self.model_name, finished_reason).inc()
+
+
+@dataclass
 class RequestTracker:
     """Timings of one engine request, recorded when it finishes (or is aborted)."""
 
-    metrics: ServerMetrics
+    metrics: RequestSeries
     num_prompt_tokens: int
     start: float = field(default_factory=time.monotonic)
     first_token: float | None = None

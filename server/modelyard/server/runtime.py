@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from modelyard.server.adapters import LoraAdapters
 from modelyard.server.engine.types import Engine, Task
 from modelyard.server.metrics import ServerMetrics
 
@@ -56,6 +57,8 @@ class ModelRuntime:
     limits: RequestLimits = field(default_factory=RequestLimits)
     workers: WorkerPool = field(default_factory=WorkerPool)
     created: int = field(default_factory=lambda: int(time.time()))
+    # LoRA adapters served beside the base model (None: --enable-lora is off).
+    adapters: LoraAdapters | None = None
 
     @property
     def primary_name(self) -> str:

@@ -84,9 +84,13 @@ class BaseServing:
 
     # ---- checks
 
-    def check_model(self, name: str, task: Task) -> None:
-        if name not in self.runtime.served_names:
-            raise ModelNotFoundError(name, self.runtime.served_names)
+    def check_model(self, name: str, task: Task) -> str | None:
+        """The LoRA adapter ``name`` selects (None: the base model); 404 for a name not served."""
+        adapters = self.runtime.adapters
+        lora = name if adapters is not None and name in adapters else None
+        if name not in self.runtime.served_names and lora is None:
+            listed = [*self.runtime.served_names, *(adapters.names() if adapters is not None else [])]
+            raise ModelNotFoundError(name, listed)
         if task != self.runtime.task:
             hint = "--task embed" if task == "embed" else "--task generate"
             raise InvalidRequestError(
@@ -95,6 +99,7 @@ class BaseServing:
                 param="model",
                 code="model_not_supported",
             )
+        return lora
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Blocking: endpoint code calls it through ``offload``."""
@@ -269,13 +274,15 @@ class BaseServing:
         jobs: Sequence[tuple[list[int], SamplingParams]],
         stops: Sequence[str],
         skip_special_tokens: bool = True,
+        lora: str | None = None,
     ) -> tuple[GenerationRun, list[ChoiceState]]:
+        """``lora``: the adapter the request runs under (its per-request metrics carry its name)."""
         streams = []
         states = []
         for index, (prompt_ids, params) in enumerate(jobs):
-            request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params)
+            request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params, lora_name=lora)
             streams.append(self.runtime.engine.generate(request))
-            tracker = self.runtime.metrics.track(len(prompt_ids))
+            tracker = self.runtime.metrics.track(len(prompt_ids), model_name=lora)
             states.append(
                 ChoiceState(
                     index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens

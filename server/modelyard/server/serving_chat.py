@@ -112,7 +112,7 @@ class ChatServing(BaseServing):
         return ids
 
     async def create(self, req: ChatCompletionRequest, request: Request) -> Response | ChatCompletionResponse:
-        self.check_model(req.model, "generate")
+        lora = self.check_model(req.model, "generate")
         plan = build_tool_plan(
             [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
             req.tool_choice,
@@ -141,7 +141,9 @@ class ChatServing(BaseServing):
             for i in range(n)
         ]
         response_id = new_id("chatcmpl")
-        run, states = self.launch(response_id, jobs, self.stop_strings(req), bool(req.skip_special_tokens))
+        run, states = self.launch(
+            response_id, jobs, self.stop_strings(req), bool(req.skip_special_tokens), lora=lora
+        )
         builder = _ChatBuilder(self, req, response_id, len(prompt_ids), plan, n)
         return await self.respond(request, run, states, builder, bool(req.stream))
 

@@ -77,7 +77,7 @@ class CompletionServing(BaseServing):
             raise unsupported("suffix", "suffix (insertion) is not supported by this server.")
 
     async def create(self, req: CompletionRequest, request: Request) -> Response | CompletionResponse:
-        self.check_model(req.model, "generate")
+        lora = self.check_model(req.model, "generate")
         self._check_unsupported(req)
         prompts = await self._prompts(req)
         n = req.n or 1
@@ -102,7 +102,7 @@ class CompletionServing(BaseServing):
                 jobs.append((prompt.ids, params))
         self.check_work([len(p.ids) for p in prompts for _ in range(n)], [j[1].max_tokens for j in jobs])
         response_id = new_id("cmpl")
-        run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens))
+        run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens), lora=lora)
         builder = _CompletionBuilder(self, req, response_id, prompts, n)
         return await self.respond(request, run, states, builder, bool(req.stream))
 

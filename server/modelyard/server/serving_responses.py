@@ -152,7 +152,7 @@ class ResponsesServing(ChatServing):
             raise UnsupportedParameterError("background responses are not supported.", param="background")
 
     async def create_response(self, req: ResponsesRequest, request: Request) -> Response | ResponseObject:
-        self.check_model(req.model, "generate")
+        lora = self.check_model(req.model, "generate")
         self._refuse_state(req)
         plan = build_tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls, responses=True)
         fmt = req.text.format if req.text is not None else None
@@ -166,7 +166,7 @@ class ResponsesServing(ChatServing):
         )
         params = self.sampling_params(sampling, max_tokens, logprobs=None, guided=guided)
         response_id = _item_id("resp")
-        run, states = self.launch(response_id, [(prompt_ids, params)], [])
+        run, states = self.launch(response_id, [(prompt_ids, params)], [], lora=lora)
         builder = _ResponsesBuilder(self, req, response_id, len(prompt_ids), plan)
         if req.store:
             log.info("store ignored", extra={"response_id": response_id})

@@ -85,6 +85,7 @@ class EngineClient:
         self._keys = itertools.count()
         self._streams: dict[int, asyncio.Queue[GenerationOutput | BaseException]] = {}
         self._embeds: dict[int, asyncio.Future[list[list[float]]]] = {}
+        self._lora_calls: dict[int, asyncio.Future[None]] = {}
         self._stats = EngineStats(0, 0, 0.0, 0, 0)
         self._max_model_len = 0
         self._dead: EngineDeadError | None = None
@@ -247,6 +248,22 @@ class EngineClient:
         finally:
             self._embeds.pop(key, None)
 
+    async def add_lora(self, name: str, path: str) -> None:
+        await self._lora_call(ipc.LoraCall(next(self._keys), "load", name, path))
+
+    async def remove_lora(self, name: str) -> None:
+        await self._lora_call(ipc.LoraCall(next(self._keys), "unload", name))
+
+    async def _lora_call(self, call: ipc.LoraCall) -> None:
+        self._check_alive()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lora_calls[call.key] = future
+        self._send(call)
+        try:
+            await future
+        finally:
+            self._lora_calls.pop(call.key, None)
+
     # ----- internals -----
 
     def _check_alive(self) -> None:
@@ -276,6 +293,13 @@ class EngineClient:
                         future.set_exception(message.result.to_exception())
                     else:
                         future.set_result(message.result)
+            elif isinstance(message, ipc.LoraReply):
+                done = self._lora_calls.get(message.key)
+                if done is not None and not done.done():
+                    if message.error is not None:
+                        done.set_exception(message.error.to_exception())
+                    else:
+                        done.set_result(None)
 
     async def _watch(self) -> None:
         while True:
@@ -300,6 +324,9 @@ class EngineClient:
         for future in self._embeds.values():
             if not future.done():
                 future.set_exception(EngineDeadError(str(error)))
+        for done in self._lora_calls.values():
+            if not done.done():
+                done.set_exception(EngineDeadError(str(error)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,9 +358,28 @@ class _EngineServer:
                 task.cancel()  # closes the engine's iterator: the request is aborted next step
         elif isinstance(message, ipc.Embed):
             self._tasks[message.key] = asyncio.create_task(self._embed(message.key, message.batch))
+        elif isinstance(message, ipc.LoraCall):
+            self._tasks[message.key] = asyncio.create_task(self._lora(message))
         elif isinstance(message, ipc.Shutdown):
             return False
         return True
+
+    async def _lora(self, call: ipc.LoraCall) -> None:
+        error: ipc.WireError | None = None
+        try:
+            if call.op == "load":
+                await self._engine.add_lora(call.name, call.path)
+            else:
+                await self._engine.remove_lora(call.name)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("LoRA adapter call failed in the engine process")
+            error = ipc.WireError.of(exc)
+        finally:
+            self._tasks.pop(call.key, None)
+        self.send(ipc.LoraReply(call.key, error))
 
     async def _generate(self, key: int, request: GenerationRequest) -> None:
         from modelyard.server.logs import request_id_var
