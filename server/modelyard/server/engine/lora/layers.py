@@ -26,10 +26,27 @@ class Segment:
 
 
 class LoraBatch:
-    """The adapter segments of the forward about to run; empty means every row is a base row."""
+    """The adapter segments of the forward about to run; empty means every row is a base row.
+
+    Projections that read the same input (q/k/v, gate/up) share one gather of an adapter's rows: the
+    last gathered input is kept per slot, keyed by the input tensor itself.
+    """
 
     def __init__(self) -> None:
         self.segments: tuple[Segment, ...] = ()
+        self._gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def set(self, segments: tuple[Segment, ...]) -> None:
+        self.segments = segments
+        self._gathered = {}
+
+    def rows_of(self, x: torch.Tensor, seg: Segment) -> torch.Tensor:
+        hit = self._gathered.get(seg.slot)
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        rows = x.index_select(0, seg.rows)
+        self._gathered[seg.slot] = (x, rows)
+        return rows
 
 
 class LoraLinear(nn.Module):
@@ -55,9 +72,10 @@ class LoraLinear(nn.Module):
             if pair is None:
                 continue  # this adapter does not target this projection
             a, b = pair
+            # (x A^T) B^T * scale, added to the base output: the order of PEFT's own sum.
             if seg.whole:
-                out = out + F.linear(F.linear(x, a), b) * seg.scale
+                out += F.linear(F.linear(x, a), b) * seg.scale
             else:
-                delta = F.linear(F.linear(x.index_select(0, seg.rows), a), b) * seg.scale
-                out = out.index_add(0, seg.rows, delta)
+                delta = F.linear(F.linear(self._batch.rows_of(x, seg), a), b) * seg.scale
+                out.index_add_(0, seg.rows, delta)
         return out

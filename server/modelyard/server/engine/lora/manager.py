@@ -148,10 +148,10 @@ class LoraManager:
             slot, adapter = self._slot_for(lora_id, set(rows))
             where = torch.tensor(indices, dtype=torch.long, device=self._device)
             segments.append(Segment(slot, where, adapter.scale, whole=len(indices) == len(seqs)))
-        self._batch.segments = tuple(segments)
+        self._batch.set(tuple(segments))
 
     def clear(self) -> None:
-        self._batch.segments = ()
+        self._batch.set(())
 
     def forget_unused(self, in_use: Iterable[int]) -> None:
         """Drop unloaded adapters no queued or running request uses any more."""
