@@ -42,10 +42,10 @@ def server(smollm2_path: Path, adapters: dict[str, Path], server_logs_dir: Path)
 
 
 def _prompt(tokenizer: Any, question: str) -> list[int]:
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
     )
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def test_adapter_and_base_rows_give_pefts_tokens(
