@@ -22,13 +22,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from modelyard.server import __version__
+from modelyard.server.adapters import LoraAdapters, LoraEngine
 from modelyard.server.engine.types import Engine, EngineConfig, EngineStats, Task
 from modelyard.server.engine_watch import EngineWatch
 from modelyard.server.errors import install_error_handlers
 from modelyard.server.metrics import CacheInfo, ServerMetrics
 from modelyard.server.middleware import RequestContextMiddleware
 from modelyard.server.retry_after import DrainRate, RetryAfterMiddleware
-from modelyard.server.routes import openai, ops
+from modelyard.server.routes import lora, openai, ops
 from modelyard.server.runtime import ModelRuntime, RequestLimits, WorkerPool
 from modelyard.server.settings import ServerSettings
 from modelyard.server.state import AppState, LoadProgress
@@ -154,6 +155,25 @@ async def _launch_engine_process(
     )
 
 
+def _adapters(settings: ServerSettings, engine: Engine) -> LoraAdapters | None:
+    if not settings.enable_lora:
+        return None
+    if not hasattr(engine, "add_lora"):
+        raise RuntimeError("--enable-lora: this engine cannot serve LoRA adapters")
+    lora_engine: LoraEngine = engine  # type: ignore[assignment]
+    return LoraAdapters(lora_engine, settings.model_names, settings.lora_roots)
+
+
+async def _load_startup_adapters(settings: ServerSettings, adapters: LoraAdapters | None) -> None:
+    """``--lora-modules``: from the command line, so not confined to the runtime endpoint's roots."""
+    if adapters is None:
+        return
+    for module in settings.lora_modules:
+        if module.base_model_name and module.base_model_name not in settings.model_names:
+            raise ValueError(f"adapter {module.name}: base_model_name {module.base_model_name} is not served")
+        await adapters.load(module.name, module.path, confine=False)
+
+
 def create_app(
     settings: ServerSettings,
     loader: Loader | None = None,
@@ -206,7 +226,17 @@ def create_app(
             limits=RequestLimits(settings.max_request_sequences, settings.max_request_tokens),
             workers=WorkerPool(settings.cpu_workers),
             tracing=tracing,
+            adapters=_adapters(settings, loaded.engine),
         )
+        try:
+            await _load_startup_adapters(settings, runtime.adapters)
+        except Exception as exc:
+            state.load.error = f"a --lora-modules adapter cannot be served: {exc}"
+            log.error("model load failed", extra={"model": settings.model, "error": state.load.error})
+            started.append(loaded.engine)
+            if on_load_failure is not None:
+                on_load_failure()
+            return
         state.attach(runtime)
         started.append(loaded.engine)  # stopped at shutdown even if it failed and was detached
         if settings.engine_stall_timeout > 0:
@@ -242,6 +272,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(openai.router)
+    if settings.enable_lora and settings.allow_runtime_lora_updating:
+        app.include_router(lora.router)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
 
     def queued() -> int:

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelyard.server.engine.lora.errors import LoraError, LoraNotFoundError
 from modelyard.server.engine.types import (
     EngineDeadError,
     EngineError,
@@ -85,6 +86,19 @@ class ModelNotFoundError(NotFoundError):
         )
 
 
+class LoraAdapterError(InvalidRequestError):
+    """A LoRA adapter load refused: missing path, rank too high, wrong shape or target, name taken."""
+
+    default_code = "invalid_lora_adapter"
+
+
+class LoraAdapterNotFoundError(NotFoundError):
+    default_code = "lora_adapter_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The LoRA adapter `{name}` is not loaded.", param="lora_name")
+
+
 class MethodNotAllowedError(APIError):
     status_code = 405
     error_type = "invalid_request_error"
@@ -145,6 +159,11 @@ def from_engine_error(exc: EngineError) -> APIError:
         return ContextLengthExceededError(str(exc), param="prompt")
     if isinstance(exc, EngineDeadError):
         return ServiceUnavailableError(f"the inference engine stopped: {exc}")
+    if isinstance(exc, LoraNotFoundError):
+        # Unloaded between the model check and the engine: the same answer as an unknown model.
+        return NotFoundError(str(exc), param="model", code="model_not_found")
+    if isinstance(exc, LoraError):
+        return LoraAdapterError(str(exc), param="lora_path")
     return InternalServerError(f"inference failed: {exc}")
 
 

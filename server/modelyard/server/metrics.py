@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -164,6 +164,23 @@ class _EngineGauges(Collector):
         by_reason.add_metric([*self._vllm, "capacity"], float(stats.num_waiting))
         by_reason.add_metric([*self._vllm, "deferred"], 0.0)
         yield by_reason
+        if stats.max_lora:
+            # vLLM's LoRA info gauge (read by the inference gateway's LoRA-affinity scorer): its value is
+            # the time of the reading, its labels the adapters of the running and waiting requests.
+            info = GaugeMetricFamily(
+                "vllm:lora_requests_info",
+                "Running stats on lora requests.",
+                labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+            )
+            info.add_metric(
+                [
+                    str(stats.max_lora),
+                    ",".join(stats.waiting_lora_adapters),
+                    ",".join(stats.running_lora_adapters),
+                ],
+                time.time(),
+            )
+            yield info
         yield from self._cache_config(stats)
         yield self._iteration_tokens(stats)
         for name, doc, value in (
@@ -258,15 +275,13 @@ class ServerMetrics:
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         labels = VLLM_LABELS
-        values = (model_name, ENGINE_INDEX)
-        self._values = values
         reg = self.registry
 
-        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Any:
-            return Histogram(name, doc, labels, buckets=buckets, registry=reg).labels(*values)
+        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=reg)
 
-        def counter(name: str, doc: str) -> Any:
-            return Counter(name, doc, labels, registry=reg).labels(*values)
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, labels, registry=reg)
 
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
@@ -280,26 +295,20 @@ class ServerMetrics:
             [*labels, "source"],
             registry=reg,
         )
-        self.prompt_computed = by_source.labels(*values, "local_compute")
-        self.prompt_local_hit = by_source.labels(*values, "local_cache_hit")
-        by_source.labels(*values, "external_kv_transfer")
+        self.prompt_by_source = by_source
         cached_by_source = Counter(
             "vllm:prompt_tokens_cached_by_source",
             "Prefix-cache hit tokens by the cache tier that supplied them.",
             [*labels, "source"],
             registry=reg,
         )
-        self.prompt_cached_device = cached_by_source.labels(*values, "device")
-        for tier in ("host", "p2p", "disk", "external_unspecified"):
-            cached_by_source.labels(*values, tier)
+        self.prompt_cached_by_source = cached_by_source
         self._success = Counter(
             "vllm:request_success",
             "Count of successfully processed requests.",
             [*labels, "finished_reason"],
             registry=reg,
         )
-        for reason in FINISHED_REASONS:
-            self._success.labels(*values, reason)
         self.ttft = histogram(
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
         )
@@ -368,9 +377,18 @@ class ServerMetrics:
             "vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.", token_buckets
         )
         reg.register(_EngineGauges(model_name, stats, cache))
+        self._series: dict[str, RequestSeries] = {}
+        self.base = self.series(model_name)
+
+    def series(self, model_name: str) -> RequestSeries:
+        """The per-request series labelled ``model_name``: the base model's, or a LoRA adapter's."""
+        found = self._series.get(model_name)
+        if found is None:
+            found = self._series[model_name] = RequestSeries(self, model_name)
+        return found
 
     def success(self, finished_reason: str) -> None:
-        self._success.labels(*self._values, finished_reason).inc()
+        self.base.success(finished_reason)
 
     def track(
         self,
@@ -378,25 +396,66 @@ class ServerMetrics:
         max_tokens: int = 0,
         group: RequestGroup | None = None,
         trace: RequestTrace | None = None,
+        model_name: str | None = None,
     ) -> RequestTracker:
         """One engine request; ``group`` joins the choices of one API request (``n``); ``trace`` is that
-        request's span when tracing is on."""
-        return RequestTracker(self, num_prompt_tokens, max_tokens=max_tokens, group=group, trace=trace)
+        request's span when tracing is on; ``model_name`` (a LoRA adapter's) labels its series."""
+        series = self.series(model_name or self.model_name)
+        return RequestTracker(series, num_prompt_tokens, max_tokens=max_tokens, group=group, trace=trace)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestSeries:
+    """One served name's children of the per-request metric families (labels ``model_name``, ``engine``)."""
+
+    def __init__(self, m: ServerMetrics, model_name: str) -> None:
+        values = (model_name, ENGINE_INDEX)
+        self._values = values
+        self._success = m._success
+        for reason in FINISHED_REASONS:
+            m._success.labels(*values, reason)
+        self.prompt_tokens = m.prompt_tokens.labels(*values)
+        self.generation_tokens = m.generation_tokens.labels(*values)
+        self.prompt_tokens_cached = m.prompt_tokens_cached.labels(*values)
+        self.prompt_computed = m.prompt_by_source.labels(*values, "local_compute")
+        self.prompt_local_hit = m.prompt_by_source.labels(*values, "local_cache_hit")
+        m.prompt_by_source.labels(*values, "external_kv_transfer")
+        self.prompt_cached_device = m.prompt_cached_by_source.labels(*values, "device")
+        for tier in ("host", "p2p", "disk", "external_unspecified"):
+            m.prompt_cached_by_source.labels(*values, tier)
+        self.ttft = m.ttft.labels(*values)
+        self.itl = m.itl.labels(*values)
+        self.tpot = m.tpot.labels(*values)
+        self.request_tpot = m.request_tpot.labels(*values)
+        self.e2e = m.e2e.labels(*values)
+        self.queue_time = m.queue_time.labels(*values)
+        self.inference_time = m.inference_time.labels(*values)
+        self.prefill_time = m.prefill_time.labels(*values)
+        self.decode_time = m.decode_time.labels(*values)
+        self.request_preemptions = m.request_preemptions.labels(*values)
+        self.request_prompt_tokens = m.request_prompt_tokens.labels(*values)
+        self.request_generation_tokens = m.request_generation_tokens.labels(*values)
+        self.request_prefill_kv_computed = m.request_prefill_kv_computed.labels(*values)
+        self.request_max_generation_tokens = m.request_max_generation_tokens.labels(*values)
+        self.request_params_n = m.request_params_n.labels(*values)
+        self.request_params_max_tokens = m.request_params_max_tokens.labels(*values)
+
+    def success(self, finished_reason: str) -> None:
+        self._success.labels(*self._values, finished_reason).inc()
 
     def group(self, n: int) -> RequestGroup:
         """The ``n`` engine requests that answer one prompt (observed as vLLM's ``request_params_n``)."""
         self.request_params_n.observe(n)
         return RequestGroup(self, n)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
 
 @dataclass
 class RequestGroup:
     """The choices of one prompt: the longest of them is vLLM's ``request_max_num_generation_tokens``."""
 
-    metrics: ServerMetrics
+    metrics: RequestSeries
     pending: int
     longest: int = 0
 
@@ -407,14 +466,17 @@ class RequestGroup:
             self.metrics.request_max_generation_tokens.observe(self.longest)
 
 
-def metric_groups(metrics: ServerMetrics, prompts: Sequence[Sequence[int]]) -> list[RequestGroup]:
+def metric_groups(
+    metrics: ServerMetrics, prompts: Sequence[Sequence[int]], model_name: str | None = None
+) -> list[RequestGroup]:
     """One group per distinct prompt object: the ``n`` choices of a prompt share its token list."""
+    series = metrics.series(model_name or metrics.model_name)
     by_prompt: dict[int, list[int]] = {}
     for index, prompt in enumerate(prompts):
         by_prompt.setdefault(id(prompt), []).append(index)
     groups: list[RequestGroup | None] = [None] * len(prompts)
     for indexes in by_prompt.values():
-        group = metrics.group(len(indexes))
+        group = series.group(len(indexes))
         for index in indexes:
             groups[index] = group
     return [g for g in groups if g is not None]
@@ -430,7 +492,7 @@ class RequestTracker:
     stay inside the phase they interrupted. Engine events use the host's monotonic clock, as we do.
     """
 
-    metrics: ServerMetrics
+    metrics: RequestSeries
     num_prompt_tokens: int
     max_tokens: int = 0
     group: RequestGroup | None = None

@@ -390,7 +390,18 @@ class ModelCard(ResponseModel):
     created: int
     owned_by: str = "modelyard"
     root: str | None = None
+    # LoRA adapters: the base model's served name (as vLLM lists adapters).
+    parent: str | None = None
     max_model_len: int | None = None
+
+
+class LoadLoraAdapterRequest(RequestModel):
+    lora_name: str = Field(min_length=1, max_length=256)
+    lora_path: str = Field(min_length=1, max_length=4096)
+
+
+class UnloadLoraAdapterRequest(RequestModel):
+    lora_name: str = Field(min_length=1, max_length=256)
 
 
 class ModelList(ResponseModel):

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from modelyard.server.adapters import LoraAdapters
 from modelyard.server.engine.types import Engine, Task
 from modelyard.server.engine_watch import OpenStreams
 from modelyard.server.metrics import ServerMetrics
@@ -60,6 +61,8 @@ class ModelRuntime:
     tracing: Tracing | None = None  # OpenTelemetry, when an OTLP endpoint is configured (tracing.py)
     created: int = field(default_factory=lambda: int(time.time()))
     open_streams: OpenStreams = field(default_factory=OpenStreams)  # what engine_watch reads
+    # LoRA adapters served beside the base model (None: --enable-lora is off).
+    adapters: LoraAdapters | None = None
 
     @property
     def primary_name(self) -> str:

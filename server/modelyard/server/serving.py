@@ -85,9 +85,13 @@ class BaseServing:
 
     # ---- checks
 
-    def check_model(self, name: str, task: Task) -> None:
-        if name not in self.runtime.served_names:
-            raise ModelNotFoundError(name, self.runtime.served_names)
+    def check_model(self, name: str, task: Task) -> str | None:
+        """The LoRA adapter ``name`` selects (None: the base model); 404 for a name not served."""
+        adapters = self.runtime.adapters
+        lora = name if adapters is not None and name in adapters else None
+        if name not in self.runtime.served_names and lora is None:
+            listed = [*self.runtime.served_names, *(adapters.names() if adapters is not None else [])]
+            raise ModelNotFoundError(name, listed)
         if task != self.runtime.task:
             hint = "--task embed" if task == "embed" else "--task generate"
             raise InvalidRequestError(
@@ -96,6 +100,7 @@ class BaseServing:
                 param="model",
                 code="model_not_supported",
             )
+        return lora
 
     def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Blocking: endpoint code calls it through ``offload``."""
@@ -237,16 +242,20 @@ class BaseServing:
         skip_special_tokens: bool = True,
         grammar_param: str | None = None,
         continuation: Continuation | None = None,
+        lora: str | None = None,
     ) -> tuple[GenerationRun, list[ChoiceState]]:
         """``grammar_param``: the request field a grammar the engine refuses is reported against; a
-        ``continuation`` (one job, checked by ``check_continuation``) resumes a cut stream from its tokens."""
+        ``continuation`` (one job, checked by ``check_continuation``) resumes a cut stream from its
+        tokens; ``lora``: the adapter the request runs under (its per-request series carry its name)."""
         carried = [] if continuation is None else self.check_token_ids(continuation.token_ids, CONT_PARAM)
         streams = []
         states = []
-        groups = metric_groups(self.runtime.metrics, [prompt_ids for prompt_ids, _ in jobs])
+        groups = metric_groups(self.runtime.metrics, [prompt_ids for prompt_ids, _ in jobs], lora)
         trace = self._trace(base_id, jobs)
         for index, (prompt_ids, params) in enumerate(jobs):
-            tracker = self.runtime.metrics.track(len(prompt_ids), params.max_tokens, groups[index], trace)
+            tracker = self.runtime.metrics.track(
+                len(prompt_ids), params.max_tokens, groups[index], trace, model_name=lora
+            )
             state = ChoiceState(
                 index, self.tokenizer, prompt_ids, stops, tracker, skip_special_tokens=skip_special_tokens
             )
@@ -256,7 +265,9 @@ class BaseServing:
                 except BaseException:
                     state.abandon()
                     raise
-            request = GenerationRequest(f"{base_id}-{index}", prompt_ids, params, list(carried))
+            request = GenerationRequest(
+                f"{base_id}-{index}", prompt_ids, params, list(carried), lora_name=lora
+            )
             streams.append(self.runtime.engine.generate(request))
             states.append(state)
         return GenerationRun(streams, grammar_param, self.runtime.open_streams), states

@@ -114,7 +114,7 @@ class ChatServing(BaseServing):
         return ids
 
     async def create(self, req: ChatCompletionRequest, request: Request) -> Response | ChatCompletionResponse:
-        self.check_model(req.model, "generate")
+        lora = self.check_model(req.model, "generate")
         plan = build_tool_plan(
             [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
             req.tool_choice,
@@ -157,6 +157,7 @@ class ChatServing(BaseServing):
             bool(req.skip_special_tokens),
             grammar_param=guided_spec.param if guided_spec else None,
             continuation=cont,
+            lora=lora,
         )
         builder = _ChatBuilder(self, req, response_id, len(prompt_ids), plan, n)
         if cont is not None and cont.created is not None:

@@ -78,7 +78,7 @@ class CompletionServing(BaseServing):
             raise unsupported("suffix", "suffix (insertion) is not supported by this server.")
 
     async def create(self, req: CompletionRequest, request: Request) -> Response | CompletionResponse:
-        self.check_model(req.model, "generate")
+        lora = self.check_model(req.model, "generate")
         self._check_unsupported(req)
         prompts = await self._prompts(req)
         n = req.n or 1
@@ -108,7 +108,9 @@ class CompletionServing(BaseServing):
                 cont, stream=bool(req.stream), sequences=len(jobs), max_tokens=jobs[0][1].max_tokens
             )
         response_id = (cont.id if cont is not None else None) or new_id("cmpl")
-        run, states = self.launch(response_id, jobs, stops, bool(req.skip_special_tokens), cont)
+        run, states = self.launch(
+            response_id, jobs, stops, bool(req.skip_special_tokens), continuation=cont, lora=lora
+        )
         builder = _CompletionBuilder(self, req, response_id, prompts, n)
         if cont is not None:
             builder.resume(cont.token_ids, cont.created)

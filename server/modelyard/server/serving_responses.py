@@ -152,7 +152,7 @@ class ResponsesServing(ChatServing):
             raise UnsupportedParameterError("background responses are not supported.", param="background")
 
     async def create_response(self, req: ResponsesRequest, request: Request) -> Response | ResponseObject:
-        self.check_model(req.model, "generate")
+        lora = self.check_model(req.model, "generate")
         self._refuse_state(req)
         plan = build_tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls, responses=True)
         fmt = req.text.format if req.text is not None else None
@@ -171,6 +171,7 @@ class ResponsesServing(ChatServing):
             [(prompt_ids, params)],
             [],
             grammar_param=guided_spec.param if guided_spec else None,
+            lora=lora,
         )
         builder = _ResponsesBuilder(self, req, response_id, len(prompt_ids), plan)
         if req.store:

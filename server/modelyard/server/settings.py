@@ -5,10 +5,12 @@ Read once in ``__main__`` and passed down; nothing else reads the environment. F
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.server.engine.types import (
@@ -27,6 +29,31 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 def _hf_token_from_env() -> SecretStr | None:
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     return SecretStr(token) if token else None
+
+
+def _runtime_lora_from_env() -> bool:
+    # The variable vLLM reads, so the operator drives every engine the same way.
+    return os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower() in ("1", "true", "yes")
+
+
+class LoraModule(BaseModel):
+    """One adapter served from the start: ``name=path`` or vLLM's JSON ``{"name", "path"}``."""
+
+    name: str = Field(min_length=1)
+    path: str = Field(min_length=1)
+    base_model_name: str | None = None  # vLLM's optional field; must name this server's model if given
+
+
+def _lora_module(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        name, sep, path = text.partition("=")
+        if not sep:
+            raise ValueError(f"--lora-modules takes name=path or a JSON object, got {value!r}")
+        return {"name": name, "path": path}
+    return value
 
 
 class ServerSettings(BaseSettings):
@@ -165,6 +192,27 @@ class ServerSettings(BaseSettings):
         "measured speed between the CPUs the process may use by affinity and cgroup quota and one less); "
         "never more than those CPUs.",
     )
+    enable_lora: bool = Field(False, description="Serve LoRA adapters beside the base model (vLLM's flag).")
+    lora_modules: list[Annotated[LoraModule, BeforeValidator(_lora_module)]] = Field(
+        default_factory=list,
+        description="Adapters served from the start: name=path, or vLLM's JSON form "
+        '{"name": ..., "path": ...} (repeatable; vLLM\'s space-separated list works too).',
+    )
+    max_loras: int = Field(1, ge=1, description="Most distinct adapters in one batch (device slots).")
+    max_lora_rank: int = Field(16, ge=1, description="Largest adapter rank accepted.")
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="Adapters kept in host memory (default: --max-loras); others are re-read."
+    )
+    allow_runtime_lora_updating: bool = Field(
+        default_factory=_runtime_lora_from_env,
+        description="Enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (also when the "
+        "environment has VLLM_ALLOW_RUNTIME_LORA_UPDATING=true).",
+    )
+    allowed_lora_paths: list[str] = Field(
+        default_factory=list,
+        description="Directories the load endpoint may read adapters from (default: the model cache, "
+        "$MODELYARD_CACHE or ~/.cache/modelyard, and $HF_HOME or ~/.cache/huggingface).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -193,6 +241,30 @@ class ServerSettings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"served model name and aliases must be distinct, got {names}")
         return self
+
+    @model_validator(mode="after")
+    def _lora_consistent(self) -> ServerSettings:
+        adapters = [m.name for m in self.lora_modules]
+        if adapters and not self.enable_lora:
+            raise ValueError("--lora-modules needs --enable-lora")
+        if len(set(adapters)) != len(adapters):
+            raise ValueError(f"--lora-modules names must be distinct, got {adapters}")
+        clash = sorted(set(adapters) & set(self.model_names))
+        if clash:
+            raise ValueError(f"adapter name(s) {clash} clash with the served model's names")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError("--max-cpu-loras must be at least --max-loras")
+        return self
+
+    @property
+    def lora_roots(self) -> list[Path]:
+        """Where runtime loads may read adapters from (resolved, symlinks followed)."""
+        if self.allowed_lora_paths:
+            return [Path(p).resolve() for p in self.allowed_lora_paths]
+        home = Path.home() / ".cache"
+        cache = os.environ.get("MODELYARD_CACHE") or str(home / "modelyard")
+        hf = os.environ.get("HF_HOME") or str(home / "huggingface")
+        return [Path(cache).resolve(), Path(hf).resolve()]
 
     @property
     def primary_name(self) -> str:
@@ -224,9 +296,34 @@ class ServerSettings(BaseSettings):
             seed=self.seed,
             tensor_parallel_size=self.tensor_parallel_size,
             speculative=SpeculativeConfig.parse(self.speculative_config) if self.speculative_config else None,
+            enable_lora=self.enable_lora,
+            max_loras=self.max_loras,
+            max_lora_rank=self.max_lora_rank,
+            max_cpu_loras=self.max_cpu_loras,
         )
 
 
 def parse_settings(argv: list[str] | None = None) -> ServerSettings:
     """Flags from ``argv`` (None: none, only env) layered over the environment."""
-    return ServerSettings(_cli_parse_args=argv if argv is not None else [])  # type: ignore[call-arg]
+    args = _repeat_list_flags(argv) if argv is not None else []
+    return ServerSettings(_cli_parse_args=args)  # type: ignore[call-arg]
+
+
+# vLLM takes these as space-separated lists (``--lora-modules a=/x b=/y``); ours repeat the flag.
+_LIST_FLAGS = ("--lora-modules", "--allowed-lora-paths")
+
+
+def _repeat_list_flags(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    current: str | None = None
+    for arg in argv:
+        if arg in _LIST_FLAGS:
+            current = arg
+            out.append(arg)
+            continue
+        if current is not None and not arg.startswith("-") and out[-1] != current:
+            out.append(current)
+        elif arg.startswith("-"):
+            current = None
+        out.append(arg)
+    return out

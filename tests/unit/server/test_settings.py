@@ -86,3 +86,41 @@ def test_kv_flags_reach_the_engine() -> None:
     assert parse_settings(["--model", "m"]).engine_config("m").decode_kv == "auto"
     with pytest.raises(ValueError, match="'auto', 'slab' or 'paged'"):
         parse_settings(["--model", "m", "--decode-kv", "dense"])
+
+
+def test_lora_flags_take_vllms_forms() -> None:
+    settings = parse_settings(
+        ["--enable-lora", "--lora-modules", "a=/x", "b=/y", "--max-loras", "2",
+         "--lora-modules", '{"name": "c", "path": "/p,q"}', "--max-lora-rank", "64",
+         "--max-cpu-loras", "4", "--allowed-lora-paths", "/srv/a", "/srv/b"]
+    )  # fmt: skip
+    assert [(m.name, m.path) for m in settings.lora_modules] == [("a", "/x"), ("b", "/y"), ("c", "/p,q")]
+    assert (settings.max_loras, settings.max_lora_rank, settings.max_cpu_loras) == (2, 64, 4)
+    assert [str(p) for p in settings.lora_roots] == ["/srv/a", "/srv/b"]
+    config = settings.engine_config("/m")
+    assert (config.enable_lora, config.max_loras, config.max_lora_rank, config.max_cpu_loras) == (
+        True,
+        2,
+        64,
+        4,
+    )
+
+
+def test_runtime_lora_updating_follows_vllms_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_settings(["--enable-lora"]).allow_runtime_lora_updating is False
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    assert parse_settings(["--enable-lora"]).allow_runtime_lora_updating is True
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lora-modules", "a=/x"], "needs --enable-lora"),
+        (["--enable-lora", "--lora-modules", "a=/x", "--lora-modules", "a=/y"], "distinct"),
+        (["--enable-lora", "--served-model-name", "m", "--lora-modules", "m=/x"], "clash"),
+        (["--enable-lora", "--max-loras", "4", "--max-cpu-loras", "2"], "at least --max-loras"),
+    ],
+)
+def test_inconsistent_lora_flags_are_refused(args: list[str], message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        parse_settings(args)

@@ -32,10 +32,14 @@ def hash_block(parent: BlockHash | None, tokens: Sequence[int]) -> BlockHash:
     return digest.digest()
 
 
-def extend_hashes(hashes: list[BlockHash], tokens: Sequence[int], block_size: int) -> None:
-    """Append the names of the full blocks of ``tokens`` that ``hashes`` does not cover yet."""
+def extend_hashes(
+    hashes: list[BlockHash], tokens: Sequence[int], block_size: int, salt: BlockHash | None = None
+) -> None:
+    """Append the names of the full blocks of ``tokens`` that ``hashes`` does not cover yet. ``salt``
+    (e.g. a LoRA adapter's) stands in as the first block's parent, so equal tokens under another salt
+    name other blocks."""
     for index in range(len(hashes), len(tokens) // block_size):
-        parent = hashes[-1] if hashes else None
+        parent = hashes[-1] if hashes else salt
         hashes.append(hash_block(parent, tokens[index * block_size : (index + 1) * block_size]))
 
 

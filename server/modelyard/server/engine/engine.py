@@ -25,6 +25,8 @@ from modelyard.server.engine.blocks import BlockManager
 from modelyard.server.engine.embedder import EmbedJob, run_embeds
 from modelyard.server.engine.guided import GrammarCompiler
 from modelyard.server.engine.loader import LoadedModel
+from modelyard.server.engine.lora.errors import LoraError
+from modelyard.server.engine.lora.manager import LoraLimits, LoraManager
 from modelyard.server.engine.ngram_proposer import propose
 from modelyard.server.engine.runner import ModelRunner
 from modelyard.server.engine.sampler import Sampled, SamplingRow, prompt_logprobs, sample
@@ -94,11 +96,14 @@ class TorchEngine:
             decode_slab=decode_slab,
             fast_decode=config.fast_decode,
         )
+        # LoRA hook: the projections are wrapped (engine/lora/) only when adapters are enabled.
+        self._lora = _lora_manager(loaded, config, self._device)
         # Replaced at start by the planned pool; a placeholder keeps stats() and generate() valid.
         self._blocks = BlockManager(1, config.block_size, self._caching)
         self._scheduler = Scheduler(
             self._blocks, max_num_seqs=config.max_num_seqs, max_prefill_tokens=config.max_prefill_tokens
         )
+        self._scheduler.admit_gate = self._lora.admits if self._lora is not None else None
         self._embed_jobs: collections.deque[EmbedJob] = collections.deque()
         self._spec_drafts = self._spec_draft_tokens = self._spec_accepted = 0  # speculative decoding
         self._wakeup = threading.Event()
@@ -195,6 +200,7 @@ class TorchEngine:
         free_slots = max(0, self._config.max_num_seqs - self._scheduler.num_running)
         if len(waiting) >= self._config.max_queue + free_slots:
             raise QueueFullError()
+        lora_id = self._lora_id(request.lora_name)
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= self._loaded.eos_token_ids
@@ -210,6 +216,8 @@ class TorchEngine:
                 num_generated=len(carried),
                 carried_token_ids=carried,
             ),
+            lora_id=lora_id,
+            cache_salt=LoraManager.salt(lora_id),
         )
         if params.guided is not None:
             if self.grammar is None:
@@ -258,6 +266,35 @@ class TorchEngine:
         self._wakeup.set()
         return await future
 
+    # ----- LoRA adapters (event-loop side) -----
+
+    async def add_lora(self, name: str, path: str) -> None:
+        """Read, check and register the adapter at ``path`` as ``name``; ``LoraError`` says why not."""
+        manager = self._require_lora()
+        if name in manager.names():
+            raise LoraError(f"an adapter named {name!r} is already loaded")
+        adapter = await asyncio.to_thread(manager.read, name, path)
+        manager.register(adapter)
+        self._wakeup.set()
+
+    async def remove_lora(self, name: str) -> None:
+        """New requests for ``name`` fail at once; requests already in the engine finish under it."""
+        self._require_lora().unregister(name)
+        self._wakeup.set()
+
+    def lora_names(self) -> list[str]:
+        return self._lora.names() if self._lora is not None else []
+
+    def _require_lora(self) -> LoraManager:
+        if self._lora is None:
+            raise LoraError("LoRA adapters are not enabled on this server (start it with --enable-lora)")
+        return self._lora
+
+    def _lora_id(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        return self._require_lora().resolve(name)  # LoraNotFoundError: a 404
+
     def _check_alive(self) -> None:
         if self._dead is not None:
             raise EngineDeadError(f"the engine loop stopped: {self._dead!r}")
@@ -298,6 +335,7 @@ class TorchEngine:
             max_prefill_tokens=self._config.max_prefill_tokens,
             propose=self._propose if self._config.speculative is not None else None,
         )
+        self._scheduler.admit_gate = self._lora.admits if self._lora is not None else None
         self._runner.allocate(num_blocks)
         log.info(
             "kv cache planned",
@@ -328,6 +366,9 @@ class TorchEngine:
                 while not self._stopping:
                     self._wakeup.clear()
                     self._scheduler.drop_aborted()
+                    if self._lora is not None:
+                        queued = itertools.chain(self._scheduler.waiting, self._scheduler.running)
+                        self._lora.forget_unused(s.lora_id for s in queued)
                     if not (self._scheduler.has_work() or self._embed_jobs):
                         self._stats = self._snapshot()
                         self._wakeup.wait()
@@ -424,7 +465,23 @@ class TorchEngine:
             block_size=blocks.block_size,
             step_tokens_log2=self._step_tokens.counts(),
             step_tokens_sum=self._step_tokens.total,
+            **self._lora_stats(),
         )
+
+    def _lora_stats(self) -> dict[str, Any]:
+        lora = self._lora
+        if lora is None:
+            return {}
+        scheduler = self._scheduler
+
+        def names(seqs: Any) -> tuple[str, ...]:
+            return tuple(sorted({lora.name_of(s.lora_id) for s in seqs if s.lora_id}))
+
+        return {
+            "max_lora": lora.limits.max_loras,
+            "running_lora_adapters": names(scheduler.running),
+            "waiting_lora_adapters": names(list(scheduler.waiting)),
+        }
 
     def _fail_everything(self, error: EngineError) -> None:
         seqs = list(self._scheduler.waiting) + list(self._scheduler.running)
@@ -450,6 +507,8 @@ class TorchEngine:
         any_prompt_lp = any(want_prompt_lp)
         fed = [s.tokens[s.num_computed : s.num_computed + n] for s, n in rows]
         starts = [s.num_computed for s in seqs]
+        if self._lora is not None:
+            self._lora.prepare(seqs)
         logits = self._runner.prefill([s.block_ids for s in seqs], starts, fed, all_logits=any_prompt_lp)
         if any_prompt_lp:
             for i, (seq, n) in enumerate(rows):
@@ -498,6 +557,8 @@ class TorchEngine:
         if drafted:
             self._verify_step(drafted)
         for seqs in decode_groups(plain, DECODE_SPLIT_TOKENS):
+            if self._lora is not None:
+                self._lora.prepare(seqs)
             logits = self._runner.decode(
                 [s.block_ids for s in seqs],
                 [s.num_computed for s in seqs],
@@ -517,6 +578,8 @@ class TorchEngine:
         and at temperature 0 the tokens are those of plain decoding. Keys/values written for rejected
         draft tokens sit past ``num_computed`` and are overwritten later."""
         fed = [[s.tokens[-1], *s.draft] for s in seqs]
+        if self._lora is not None:
+            self._lora.prepare(seqs)
         logits = self._runner.prefill(
             [s.block_ids for s in seqs], [s.num_computed for s in seqs], fed, all_logits=True
         )
@@ -627,6 +690,16 @@ def _take_events(seq: Sequence) -> tuple[EngineEvent, ...]:
     events = tuple(seq.events)
     seq.events.clear()
     return events
+
+
+def _lora_manager(loaded: LoadedModel, config: EngineConfig, device: torch.device) -> LoraManager | None:
+    if not config.enable_lora:
+        return None
+    if loaded.task != "generate":
+        raise ValueError("--enable-lora needs a generation model (--task generate)")
+    dtype = next(loaded.model.parameters()).dtype
+    limits = LoraLimits(config.max_loras, config.max_lora_rank, config.max_cpu_loras)
+    return LoraManager(loaded.model, limits, device, dtype)
 
 
 def decode_groups(seqs: list[Sequence], split_tokens: int) -> list[list[Sequence]]:

@@ -118,6 +118,16 @@ class Shutdown:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class LoraCall:
+    """Load (read, check, register) or unload a LoRA adapter; answered by ``LoraReply``."""
+
+    key: int
+    op: Literal["load", "unload"]
+    name: str
+    path: str = ""
+
+
 # ----- engine process -> HTTP process -----
 
 
@@ -178,8 +188,14 @@ class EmbedResult:
     result: list[list[float]] | WireError
 
 
-ToEngine = Generate | Abort | Embed | Shutdown
-FromEngine = Progress | Ready | LoadFailed | Outputs | EmbedResult
+@dataclass(frozen=True, slots=True)
+class LoraReply:
+    key: int
+    error: WireError | None = None
+
+
+ToEngine = Generate | Abort | Embed | Shutdown | LoraCall
+FromEngine = Progress | Ready | LoadFailed | Outputs | EmbedResult | LoraReply
 
 
 def encode(message: ToEngine | FromEngine | LaunchSpec) -> bytes:
@@ -188,14 +204,14 @@ def encode(message: ToEngine | FromEngine | LaunchSpec) -> bytes:
 
 def decode_to_engine(data: bytes) -> ToEngine:
     message = pickle.loads(data)
-    if not isinstance(message, Generate | Abort | Embed | Shutdown):
+    if not isinstance(message, Generate | Abort | Embed | Shutdown | LoraCall):
         raise TypeError(f"unexpected message for the engine: {type(message).__name__}")
     return message
 
 
 def decode_from_engine(data: bytes) -> FromEngine:
     message = pickle.loads(data)
-    if not isinstance(message, Progress | Ready | LoadFailed | Outputs | EmbedResult):
+    if not isinstance(message, Progress | Ready | LoadFailed | Outputs | EmbedResult | LoraReply):
         raise TypeError(f"unexpected message from the engine: {type(message).__name__}")
     return message
 

@@ -81,6 +81,7 @@ class EngineClient:
         self._keys = itertools.count()
         self._streams: dict[int, asyncio.Queue[GenerationOutput | BaseException]] = {}
         self._embeds: dict[int, asyncio.Future[list[list[float]]]] = {}
+        self._lora_calls: dict[int, asyncio.Future[None]] = {}
         self._stats = EngineStats(0, 0, 0.0, 0, 0)
         self._max_model_len = 0
         self._dead: EngineDeadError | None = None
@@ -243,6 +244,22 @@ class EngineClient:
         finally:
             self._embeds.pop(key, None)
 
+    async def add_lora(self, name: str, path: str) -> None:
+        await self._lora_call(ipc.LoraCall(next(self._keys), "load", name, path))
+
+    async def remove_lora(self, name: str) -> None:
+        await self._lora_call(ipc.LoraCall(next(self._keys), "unload", name))
+
+    async def _lora_call(self, call: ipc.LoraCall) -> None:
+        self._check_alive()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lora_calls[call.key] = future
+        self._send(call)
+        try:
+            await future
+        finally:
+            self._lora_calls.pop(call.key, None)
+
     # ----- internals -----
 
     def _check_alive(self) -> None:
@@ -272,6 +289,13 @@ class EngineClient:
                         future.set_exception(message.result.to_exception())
                     else:
                         future.set_result(message.result)
+            elif isinstance(message, ipc.LoraReply):
+                done = self._lora_calls.get(message.key)
+                if done is not None and not done.done():
+                    if message.error is not None:
+                        done.set_exception(message.error.to_exception())
+                    else:
+                        done.set_result(None)
 
     async def _watch(self) -> None:
         while True:
@@ -296,3 +320,6 @@ class EngineClient:
         for future in self._embeds.values():
             if not future.done():
                 future.set_exception(EngineDeadError(str(error)))
+        for done in self._lora_calls.values():
+            if not done.done():
+                done.set_exception(EngineDeadError(str(error)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from modelyard.server.engine.blocks import BlockManager, extend_hashes
@@ -58,6 +58,8 @@ class Scheduler:
         self.prefix_hits = 0  # of which found there
         self.num_preemptions = 0
         self.propose = propose
+        # Admission hook (LoRA: at most --max-loras distinct adapters among the running rows).
+        self.admit_gate: Callable[[Sequence, Iterable[Sequence]], bool] | None = None
 
     @property
     def num_running(self) -> int:
@@ -166,6 +168,8 @@ class Scheduler:
             if seq.aborted:
                 self.waiting.popleft()
                 continue
+            if self.admit_gate is not None and not self.admit_gate(seq, self.running):
+                return  # its adapter waits for a slot
             hits = self._lookup(seq)
             cached = len(hits) * self.blocks.block_size
             pending = seq.num_tokens - cached
@@ -203,7 +207,7 @@ class Scheduler:
         position's logits, so they compute everything."""
         if not self.blocks.enable_caching or seq.request.params.prompt_logprobs is not None:
             return []
-        extend_hashes(seq.block_hashes, seq.tokens, self.blocks.block_size)
+        extend_hashes(seq.block_hashes, seq.tokens, self.blocks.block_size, seq.cache_salt)
         hits = self.blocks.lookup(seq.block_hashes)
         if len(hits) * self.blocks.block_size >= seq.num_tokens:
             hits = hits[:-1]
@@ -220,7 +224,7 @@ class Scheduler:
         if full <= seq.num_registered:
             return
         size = self.blocks.block_size
-        extend_hashes(seq.block_hashes, seq.tokens[: full * size], size)
+        extend_hashes(seq.block_hashes, seq.tokens[: full * size], size, seq.cache_salt)
         for index in range(seq.num_registered, full):
             self.blocks.register(seq.block_ids[index], seq.block_hashes[index])
         seq.num_registered = full

@@ -44,6 +44,9 @@ class Sequence:
     events: list[EngineEvent] = field(default_factory=list)
     # Speculative decoding: this step's draft tokens, fed after tokens[-1] and verified in one forward.
     draft: list[int] = field(default_factory=list)
+    lora_id: int = 0  # the LoRA adapter the request runs under (0: the base model)
+    # Seeds the prefix hash chain, so blocks computed under one adapter never serve another.
+    cache_salt: bytes | None = None
 
     def __post_init__(self) -> None:
         if not self.tokens:

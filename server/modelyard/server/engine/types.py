@@ -69,6 +69,8 @@ class GenerationRequest:
     # A continuation of a request cut elsewhere: the tokens it had generated, which count as output
     # (penalties, min/max_tokens, grammar state, the seeded generator's draws), not as prompt.
     output_token_ids: list[int] = field(default_factory=list)
+    # The LoRA adapter the request runs under (its served name); None: the base model.
+    lora_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,11 @@ class EngineStats:
     spec_decode_num_accepted_tokens: int = 0
     # Step-loop iterations that had work, cumulative: the liveness check's sign of progress.
     num_steps: int = 0
+    # LoRA (vLLM's vllm:lora_requests_info): the batch's adapter bound and the adapters of the running
+    # and waiting requests, by name.
+    max_lora: int = 0
+    running_lora_adapters: tuple[str, ...] = ()
+    waiting_lora_adapters: tuple[str, ...] = ()
 
 
 class EngineError(Exception):
@@ -297,6 +304,11 @@ class EngineConfig:
     tensor_parallel_size: int | None = None
     # Prompt-lookup speculative decoding (None: off).
     speculative: SpeculativeConfig | None = None
+    # LoRA adapters (engine/lora/): the projections are wrapped only when enabled.
+    enable_lora: bool = False
+    max_loras: int = 1  # distinct adapters one batch may mix
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # adapters kept on the host; None: max_loras
 
 
 # The engine package exposes, in ``modelyard.server.engine``:

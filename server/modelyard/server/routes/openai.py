@@ -30,13 +30,26 @@ def _json(result: Response | BaseModel) -> Response:
 
 
 def _cards(runtime: ModelRuntime) -> list[ModelCard]:
-    return [
+    cards = [
         # root names the served model, never the weights' filesystem path (which clients must not see).
         ModelCard(
             id=name, created=runtime.created, root=runtime.primary_name, max_model_len=runtime.max_model_len
         )
         for name in runtime.served_names
     ]
+    if runtime.adapters is not None:
+        # As vLLM lists them: each adapter with its base model as parent (never the adapter's path).
+        cards += [
+            ModelCard(
+                id=card.name,
+                created=card.created,
+                root=card.name,
+                parent=runtime.primary_name,
+                max_model_len=runtime.max_model_len,
+            )
+            for card in runtime.adapters.cards()
+        ]
+    return cards
 
 
 @router.get("/models")
@@ -49,7 +62,7 @@ async def retrieve_model(model_id: str, runtime: RuntimeDep) -> Response:
     for card in _cards(runtime):
         if card.id == model_id:
             return _json(card)
-    raise ModelNotFoundError(model_id, runtime.served_names)
+    raise ModelNotFoundError(model_id, [card.id for card in _cards(runtime)])
 
 
 @router.post("/completions")

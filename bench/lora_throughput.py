@@ -1,0 +1,208 @@
+"""LoRA serving throughput (issue 17), side by side in one run; CPU.
+
+Model: the SmolLM-135M-shaped random Llama of ``server_throughput.py``, fp32; adapters made with PEFT
+(all seven projections, random weights) at ranks 8 and 64. Streamed ``/v1/completions``, greedy, EOS
+ignored, 16 and 64 streams of 32+32 tokens, all released at t=0 after a warm-up round. Cases:
+
+- ``base``: our server without ``--enable-lora``;
+- ``ours r8`` / ``ours r64``: our server with eight adapters loaded (``--max-loras 4``), the streams
+  calling four adapters of one rank round-robin;
+- ``vllm r8`` / ``vllm r64``: vLLM's CPU build with the same adapters and flags (if its venv is there).
+
+Then, on each LoRA server: the time from ``POST /v1/load_lora_adapter`` of a fresh rank-16 adapter to
+the first streamed token under it; and the bytes of each adapter. Not a test.
+
+    python bench/lora_throughput.py [--skip-vllm] [--out bench/results/lora_throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "server"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from engine_v2_throughput import (  # noqa: E402
+    CACHE,
+    MODEL_DIR,
+    VLLM_VENV,
+    Workload,
+    load_average,
+    server_process,
+    vllm_env,
+)
+from server_throughput import (  # noqa: E402
+    RunResult,
+    _free_port,
+    _stream_completion,
+    _wait_ready,
+    build_model_dir,
+    make_prompts,
+)
+
+WORKLOADS = [Workload(16, 32, 32), Workload(64, 32, 32)]
+RANKS = (8, 64)
+ADAPTERS = CACHE / "bench" / "lora-adapters"
+
+
+def make_adapters() -> dict[str, Path]:
+    from tests.fixtures.lora import make_adapter
+
+    out: dict[str, Path] = {}
+    for rank in (*RANKS, 16):
+        count = 1 if rank == 16 else 4
+        for i in range(count):
+            name = f"r{rank}-{i}"
+            path = ADAPTERS / name
+            if not (path / "adapter_model.safetensors").exists():
+                make_adapter(MODEL_DIR, path, r=rank, alpha=2 * rank, seed=100 * rank + i)
+            out[name] = path
+    return out
+
+
+def served(adapters: dict[str, Path]) -> list[str]:
+    return [f"{name}={path}" for name, path in adapters.items() if not name.startswith("r16")]
+
+
+async def drive(base: str, models: list[str], texts: list[str], new_tokens: int) -> RunResult:
+    url = f"{base}/v1/completions"
+
+    def body(i: int, text: str, new: int) -> dict[str, Any]:
+        return {"model": models[i % len(models)], "prompt": text, "max_tokens": new, "temperature": 0.0,
+                "stream": True, "ignore_eos": True}  # fmt: skip
+
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=900)
+    ) as session:
+        warm = time.perf_counter()
+        await asyncio.gather(
+            *(_stream_completion(session, url, body(i, t, 4), warm) for i, t in enumerate(texts))
+        )
+        t0 = time.perf_counter()
+        results = await asyncio.gather(
+            *(_stream_completion(session, url, body(i, t, new_tokens), t0) for i, t in enumerate(texts))
+        )
+        wall = time.perf_counter() - t0
+    reasons: dict[str, int] = {}
+    for _, _, reason in results:
+        reasons[str(reason)] = reasons.get(str(reason), 0) + 1
+    return RunResult(
+        ",".join(models), sum(n for _, n, _ in results), wall, [f for f, _, _ in results if f], reasons
+    )
+
+
+async def load_to_first_token(base: str, path: Path) -> float:
+    """Seconds from the load call of a rank-16 adapter to the first streamed token under it."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        t0 = time.perf_counter()
+        async with session.post(
+            f"{base}/v1/load_lora_adapter", json={"lora_name": "fresh", "lora_path": str(path)}
+        ) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"load: HTTP {resp.status}: {await resp.text()}")
+        body = {"model": "fresh", "prompt": "hello", "max_tokens": 2, "stream": True, "temperature": 0.0}
+        first, _, _ = await _stream_completion(session, f"{base}/v1/completions", body, t0)
+    if first is None:
+        raise RuntimeError("no token")
+    return first
+
+
+def run_case(
+    name: str, argv: list[str], env: dict[str, str], prompts: dict[Workload, list[str]], log_dir: Path,
+    models_of: dict[str, list[str]], fresh: Path | None,
+) -> dict[str, Any]:  # fmt: skip
+    port = _free_port()
+    argv = [*argv, "--port", str(port)]
+    out: dict[str, Any] = {}
+    with server_process(name, argv, env, log_dir) as proc:
+        base = f"http://127.0.0.1:{port}"
+        try:
+            asyncio.run(_wait_ready(base + "/health", proc, 900))
+        except Exception as exc:
+            tail = (log_dir / f"{name}.log").read_text(errors="replace")[-1500:]
+            return {"error": f"{exc!r}; log tail: {tail}"}
+        for label, models in models_of.items():
+            for w in WORKLOADS:
+                key = f"{label} {w.key}"
+                try:
+                    out[key] = asyncio.run(drive(base, models, prompts[w], w.new_tokens)).summary()
+                except Exception as exc:
+                    out[key] = {"error": repr(exc)[:500]}
+                print(f"[{name}] {key}: {out[key].get('output_tok_s', out[key].get('error'))}", flush=True)
+        if fresh is not None:
+            try:
+                out["load_to_first_token_s"] = round(asyncio.run(load_to_first_token(base, fresh)), 3)
+            except Exception as exc:
+                out["load_to_first_token_s"] = repr(exc)[:300]
+            print(f"[{name}] load to first token: {out['load_to_first_token_s']}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if not (MODEL_DIR / "config.json").exists():
+        build_model_dir(MODEL_DIR)
+    adapters = make_adapters()
+    log_dir = CACHE / "bench" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    prompts = {w: make_prompts(MODEL_DIR, w.streams, w.prompt_tokens)[0] for w in WORKLOADS}
+    by_rank = {f"r{rank}": [f"r{rank}-{i}" for i in range(4)] for rank in RANKS}
+    report: dict[str, Any] = {"host_load_before": load_average(), "results": {}}
+    report["adapter_bytes"] = {
+        n: (p / "adapter_model.safetensors").stat().st_size for n, p in adapters.items()
+    }
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "server"), str(REPO / "operator"), str(REPO)]),
+    }
+    common = ["--served-model-name", "bench", "--dtype", "float32", "--max-model-len", "1024",
+              "--max-num-seqs", "64", "--host", "127.0.0.1"]  # fmt: skip
+    ours = [
+        sys.executable,
+        "-m",
+        "modelyard.server",
+        "--model",
+        str(MODEL_DIR),
+        *common,
+        "--log-level",
+        "warning",
+    ]
+    lora = ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "64", "--max-cpu-loras", "9",
+            "--lora-modules", *served(adapters)]  # fmt: skip
+    report["results"]["ours"] = run_case("ours-base", ours, env, prompts, log_dir, {"base": ["bench"]}, None)
+    lora_env = {**env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}
+    report["results"]["ours+lora"] = run_case(
+        "ours-lora", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], lora_env, prompts, log_dir,
+        {"base": ["bench"], **by_rank}, adapters["r16-0"],
+    )  # fmt: skip
+    if not args.skip_vllm and (VLLM_VENV / "bin" / "vllm").exists():
+        vllm = [str(VLLM_VENV / "bin" / "vllm"), "serve", str(MODEL_DIR), *common, *lora]
+        vllm_lora_env = {**vllm_env(os.environ.copy(), None), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}
+        report["results"]["vllm+lora"] = run_case(
+            "vllm-lora", vllm, vllm_lora_env,
+            prompts, log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
+        )  # fmt: skip
+    report["host_load_after"] = load_average()
+    print(json.dumps(report, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
