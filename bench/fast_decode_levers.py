@@ -121,7 +121,7 @@ def engine_part(
 
     from cpu_decode_options import _load_bench_model
     from engine_v2_throughput import MODEL_DIR
-    from modelyard.server.engine import TorchEngine
+    from modelyard.server.engine.engine import TorchEngine
     from modelyard.server.engine.fast_llama import FastLlama, Levers
     from server_throughput import make_prompts
 

@@ -15,8 +15,10 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from modelyard.server.engine import EngineConfig, GenerationOutput, LoadedModel, TorchEngine, load_model
+from modelyard.server.engine import EngineConfig, GenerationOutput
+from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.fast_llama import FastLlama, unsupported_reason
+from modelyard.server.engine.loader import LoadedModel, load_model
 from modelyard.server.engine.runner import ModelRunner
 from modelyard.server.engine.types import GuidedDecoding
 from tests.unit.server.engine.helpers import prompt_of, run, tokens

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.server.engine import EngineConfig, TorchEngine, load_model
+from modelyard.server.engine import EngineConfig
+from modelyard.server.engine.engine import TorchEngine
+from modelyard.server.engine.loader import load_model
 from modelyard.server.engine.lora import LoraError, LoraNotFoundError
 from tests.fixtures.lora import make_adapter, peft_greedy
 from tests.unit.server.engine.helpers import prompt_of, request, tokens
