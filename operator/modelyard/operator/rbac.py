@@ -110,6 +110,11 @@ REASONS: dict[str, str] = {
     "pods": "readiness and the scheduler's reason, for status",
     "events": "Events on LLMModels",
     "endpointslices": "ready endpoints behind each model's Service (status), router pods to poll",
+    "serviceaccounts": "a model's endpoint picker: its ServiceAccount and config (docs/gateway.md)",
+    "roles": "the endpoint picker's Role and RoleBinding",
+    "inferencepools": "a model's InferencePool: applied, watched, deleted when turned off",
+    "inferenceobjectives": "held so the picker's Role may grant reading them (RBAC escalation check)",
+    "httproutes": "a model's optional HTTPRoute to a named Gateway",
     "clusterkopfpeerings": "HA peering keep-alives",
 }
 

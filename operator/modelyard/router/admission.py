@@ -13,13 +13,17 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelyard.router import errors
 from modelyard.router.keys import KeyState, KeyStore
 from modelyard.router.metrics import RouterMetrics
 from modelyard.router.quota import RateState, Usage
 from modelyard.router.settings import StoreFailureMode
-from modelyard.router.store import Lease, SharedStore, StoreDown
+from modelyard.router.store_types import Lease, StoreDown
+
+if TYPE_CHECKING:
+    from modelyard.router.store import SharedStore
 
 log = logging.getLogger("modelyard.router.admission")
 

@@ -39,7 +39,6 @@ from modelyard.router.keys import KeyStore, parse_keys
 from modelyard.router.metrics import MODEL_UNKNOWN, EndpointState, RouterMetrics
 from modelyard.router.proxy import Proxy
 from modelyard.router.settings import DiscoveryMode, RouterSettings
-from modelyard.router.store import SharedStore, connect
 from modelyard.router.table import RouteDefaults, RoutingTable
 from modelyard.router.tracing import setup as setup_tracing
 from modelyard.router.usage import usage_handler
@@ -73,11 +72,12 @@ def create_app(
     )
     health = Health(table, settings.eject_after_failures, settings.eject_base_s, settings.eject_max_s)
     keys = KeyStore(wall=wall) if wall is not None else KeyStore()
-    store = (
-        SharedStore(connect(settings), settings, metrics, **({"wall": wall} if wall else {}))
-        if settings.store_url is not None
-        else None
-    )
+    store = None
+    if settings.store_url is not None:
+        # Imported only with a store: the Redis client loads OpenTelemetry's SDK when it is installed.
+        from modelyard.router.store import SharedStore, connect
+
+        store = SharedStore(connect(settings), settings, metrics, **({"wall": wall} if wall else {}))
     admission = Admission(keys, metrics, store, settings.store_failure_mode, settings.retry_after_s)
     session_holder: dict[str, aiohttp.ClientSession] = {}
     tracing = setup_tracing(settings.otlp_traces_endpoint)

@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,6 +39,7 @@ from modelyard.router.keys import ApiKeySpec
 from modelyard.router.metrics import RouterMetrics
 from modelyard.router.quota import Periods, RateState, Usage
 from modelyard.router.settings import RouterSettings
+from modelyard.router.store_types import Lease, StoreDown
 
 log = logging.getLogger("modelyard.router.store")
 
@@ -155,20 +155,6 @@ _REFUSALS: dict[int, Callable[[ApiKeySpec, int, Periods], errors.RouterError]] =
         f"{s.tokens_per_month} tokens per month", _secs(p.month_reset_s * 1000)
     ),
 }
-
-
-class StoreDown(Exception):
-    """The store did not answer; the caller falls back (or refuses)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """What a shared admission holds until it is settled."""
-
-    key: str  # API-key name
-    lease_id: str  # '' when the key has no concurrency limit
-    periods: Periods  # the day and month charged at admission
-    rate: RateState
 
 
 def connect(settings: RouterSettings) -> aioredis.Redis:

@@ -94,7 +94,8 @@ class TorchEngine:
             config.block_size,
             sliding=self._sliding,
             decode_slab=decode_slab,
-            fast_decode=config.fast_decode,
+            # The fast forward reads the projections' weights itself and would skip LoRA's wrappers.
+            fast_decode="off" if config.enable_lora else config.fast_decode,
         )
         # LoRA hook: the projections are wrapped (engine/lora/) only when adapters are enabled.
         self._lora = _lora_manager(loaded, config, self._device)

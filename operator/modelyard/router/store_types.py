@@ -1,0 +1,25 @@
+"""What admission needs to know of the shared store, without importing its client.
+
+The Redis client pulls in OpenTelemetry's SDK when it is installed, so the router imports
+``store.py`` only when a store is configured; admission and its callers use these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelyard.router.quota import Periods, RateState
+
+
+class StoreDown(Exception):
+    """The store did not answer; the caller falls back (or refuses)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a shared admission holds until it is settled."""
+
+    key: str  # API-key name
+    lease_id: str  # '' when the key has no concurrency limit
+    periods: Periods  # the day and month charged at admission
+    rate: RateState
