@@ -361,7 +361,8 @@ def main() -> None:
                 else:
                     argv = [str(venv / "bin" / "vllm-router")]
                 argv += ["--worker-urls", upstream, "--host", "127.0.0.1", "--port", str(pp)]
-                argv += ["--policy", "round_robin"]
+                # Each exports metrics on a port of its own (default 29000 for both: they would clash).
+                argv += ["--policy", "round_robin", "--prometheus-port", str(free_port())]
                 pid = spawn(name, argv, f"http://127.0.0.1:{pp}/health", {"PYTHONPATH": ""}, timeout_s=120)
                 targets.append(Target(name, f"http://127.0.0.1:{pp}/v1", pid))
 
