@@ -1,4 +1,4 @@
-"""Router overhead benchmark (not a test): Modelyard router vs LiteLLM proxy vs direct, one run.
+"""Router overhead benchmark (not a test): Modelyard router vs its peers vs direct, one run.
 
 A fast fake OpenAI upstream (aiohttp, separate process) answers chat completions at once, either as a
 JSON body or as an SSE stream of ``--chunks`` chunks without delay. The same asyncio + aiohttp client
@@ -7,7 +7,13 @@ same upstream, one after the other, and reports:
 
 * added latency: p50/p99 of (via proxy) minus direct at concurrency 1 (sequential requests),
 * max requests/s at ``--concurrency`` in-flight requests for ``--seconds``,
-* for streams: time to first byte and full-stream latency.
+* for streams: time to first byte and full-stream latency,
+* router CPU per request (user + system time of the proxy's process over the throughput run, / requests).
+
+``--store`` adds the Modelyard router once more with an API key whose limits and budgets live in a real
+redis-server (Debian's, tests/integration/router/install-redis.sh): the cost of shared limits.
+``--peers`` adds the Rust routers from PyPI, sglang-router and vllm-router (round-robin), each installed
+into its own venv under ~/.cache/modelyard/bench on first use.
 
 LiteLLM (``litellm[proxy]==1.100.5``) pins dependencies that clash with ours, so it is installed into
 its own venv under ~/.cache/modelyard/litellm-venv on first use (needs PyPI); ``--no-litellm`` skips it.
@@ -37,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 LITELLM_VERSION = "1.100.5"
 LITELLM_VENV = Path.home() / ".cache" / "modelyard" / "litellm-venv"
 MODEL = "bench-model"
+BENCH_CACHE = Path.home() / ".cache" / "modelyard" / "bench"
+PEERS = {"sglang-router": "0.3.2", "vllm-router": "0.1.17"}
 
 # ---- fake upstream (run in a child process: `router_overhead.py --upstream PORT CHUNKS`) -------------
 
@@ -145,6 +153,26 @@ def ensure_litellm() -> Path:
 class Target:
     name: str
     base: str  # base URL up to and including /v1
+    pid: int | None = None  # the proxy's process, whose CPU time is measured
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def ensure_peer(name: str) -> Path:
+    venv = BENCH_CACHE / f"{name}-venv"
+    if (
+        not (venv / "bin" / "python").exists()
+        or subprocess.run([str(venv / "bin" / "pip"), "show", "-q", name], capture_output=True).returncode
+    ):
+        print(f"installing {name}=={PEERS[name]} into {venv} (one time)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{name}=={PEERS[name]}"], check=True)
+    return venv
 
 
 # ---- load generation ----------------------------------------------------------------------------------
@@ -211,11 +239,14 @@ async def throughput(target: Target, stream: bool, concurrency: int, seconds: fl
                 except Exception:
                     errors += 1
 
+        cpu0 = cpu_seconds(target.pid) if target.pid else 0.0
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds(target.pid) - cpu0 if target.pid else float("nan")
     return {
         "rps": done / elapsed,
+        "cpu_us_per_req": cpu / max(1, done) * 1e6,
         "errors": errors,
         "p50_ms": pct(totals, 0.5) * 1e3,
         "p99_ms": pct(totals, 0.99) * 1e3,
@@ -243,6 +274,8 @@ def main() -> None:
     p.add_argument("--sequential", type=int, default=1000, help="requests in each c=1 latency run")
     p.add_argument("--chunks", type=int, default=32, help="content chunks per streamed answer")
     p.add_argument("--no-litellm", action="store_true")
+    p.add_argument("--store", action="store_true", help="also Modelyard with limits in a redis-server")
+    p.add_argument("--peers", action="store_true", help="also sglang-router and vllm-router (PyPI)")
     p.add_argument(
         "--json",
         type=Path,
@@ -261,13 +294,31 @@ def main() -> None:
 
     def spawn(
         name: str, argv: list[str], ready: str, extra_env: dict[str, str], timeout_s: float = 60
-    ) -> None:
+    ) -> int:
         log = tmp / f"{name}.log"
         proc = subprocess.Popen(
             argv, env=env | extra_env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp
         )
         procs.append(proc)
         wait_ready(ready, proc, timeout_s, log)
+        return proc.pid
+
+    def modelyard(name: str, extra_env: dict[str, str]) -> Target:
+        rp = free_port()
+        pid = spawn(
+            name,
+            [sys.executable, "-m", "modelyard.router"],
+            f"http://127.0.0.1:{rp}/readyz",
+            {
+                "MODELYARD_ROUTER_PORT": str(rp),
+                "MODELYARD_ROUTER_METRICS_PORT": str(free_port()),
+                "MODELYARD_ROUTER_HOST": "127.0.0.1",
+                "MODELYARD_ROUTER_STATIC_CONFIG": str(cfg),
+                "MODELYARD_ROUTER_ACCESS_LOG": "false",
+            }
+            | extra_env,
+        )
+        return Target(name, f"http://127.0.0.1:{rp}/v1", pid)
 
     try:
         up = free_port()
@@ -281,20 +332,39 @@ def main() -> None:
 
         cfg = tmp / "router.json"
         cfg.write_text(json.dumps({"models": {MODEL: [f"http://127.0.0.1:{up}"]}}))
-        rp = free_port()
-        spawn(
-            "modelyard-router",
-            [sys.executable, "-m", "modelyard.router"],
-            f"http://127.0.0.1:{rp}/readyz",
-            {
-                "MODELYARD_ROUTER_PORT": str(rp),
-                "MODELYARD_ROUTER_METRICS_PORT": str(free_port()),
-                "MODELYARD_ROUTER_HOST": "127.0.0.1",
-                "MODELYARD_ROUTER_STATIC_CONFIG": str(cfg),
-                "MODELYARD_ROUTER_ACCESS_LOG": "false",
-            },
-        )
-        targets.append(Target("modelyard-router", f"http://127.0.0.1:{rp}/v1"))
+        targets.append(modelyard("modelyard-router", {}))
+
+        if args.store:
+            sp = free_port()
+            redis_argv = ["redis-server", "--port", str(sp), "--bind", "127.0.0.1", "--save", ""]
+            procs.append(subprocess.Popen(redis_argv, stdout=(tmp / "redis.log").open("wb"), cwd=tmp))
+            time.sleep(0.5)
+            keys = tmp / "keys.yaml"
+            # Limits too high to refuse anything: every request pays the full admission and settle.
+            keys.write_text(
+                "keys: [{name: bench, key: sk-bench, requestsPerMinute: 1000000000, "
+                "tokensPerMinute: 1000000000000, maxConcurrent: 100000, tokensPerDay: 1000000000000}]\n"
+            )
+            store_env = {
+                "MODELYARD_ROUTER_STORE_URL": f"redis://127.0.0.1:{sp}/0",
+                "MODELYARD_ROUTER_API_KEYS_FILE": str(keys),
+            }
+            targets.append(modelyard("modelyard+store", store_env))
+
+        if args.peers:
+            upstream = f"http://127.0.0.1:{up}"
+            for name in PEERS:
+                venv = ensure_peer(name)
+                pp = free_port()
+                if name == "sglang-router":
+                    argv = [str(venv / "bin" / "python"), "-m", "sglang_router.launch_router"]
+                else:
+                    argv = [str(venv / "bin" / "vllm-router")]
+                argv += ["--worker-urls", upstream, "--host", "127.0.0.1", "--port", str(pp)]
+                # Each exports metrics on a port of its own (default 29000 for both: they would clash).
+                argv += ["--policy", "round_robin", "--prometheus-port", str(free_port())]
+                pid = spawn(name, argv, f"http://127.0.0.1:{pp}/health", {"PYTHONPATH": ""}, timeout_s=120)
+                targets.append(Target(name, f"http://127.0.0.1:{pp}/v1", pid))
 
         if not args.no_litellm:
             exe = ensure_litellm()
@@ -307,7 +377,7 @@ def main() -> None:
                 "litellm_settings:\n  telemetry: false\n  set_verbose: false\n"
             )
             lp = free_port()
-            spawn(
+            lpid = spawn(
                 "litellm",
                 [
                     str(exe),
@@ -324,7 +394,7 @@ def main() -> None:
                 {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "PYTHONPATH": ""},
                 timeout_s=180,
             )
-            targets.append(Target("litellm-proxy", f"http://127.0.0.1:{lp}/v1"))
+            targets.append(Target("litellm-proxy", f"http://127.0.0.1:{lp}/v1", lpid))
 
         results: dict[str, Any] = {"config": vars(args) | {"json": str(args.json), "cpus": os.cpu_count()}}
         for stream in (False, True):
@@ -360,14 +430,14 @@ def report(results: dict[str, Any], names: list[str]) -> None:
         print(
             f"{'target':18} "
             + " ".join(f"{c:>7}" for c in cols)
-            + f" {'ttfb p50':>9} {'req/s':>8} {'errors':>6}"
+            + f" {'ttfb p50':>9} {'req/s':>8} {'cpu us/req':>10} {'errors':>6}"
         )
         for n in names:
             c1, mx = r[n]["c1"], r[n]["max"]
             print(
                 f"{n:18} {c1['p50_ms']:7.3f} {c1['p99_ms']:7.3f} {c1['p50_ms'] - direct['p50_ms']:7.3f} "
                 f"{c1['p99_ms'] - direct['p99_ms']:7.3f} {c1['ttfb_p50_ms']:9.3f} {mx['rps']:8.0f} "
-                f"{mx['errors']:6d}"
+                f"{mx['cpu_us_per_req']:10.0f} {mx['errors']:6d}"
             )
         if "litellm-proxy" in r:
             ratio = r["modelyard-router"]["max"]["rps"] / max(1e-9, r["litellm-proxy"]["max"]["rps"])

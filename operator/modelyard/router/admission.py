@@ -70,6 +70,8 @@ class Admission:
         if self.store is not None:
             try:
                 lease = await self.store.admit(key.spec, estimate)
+                if _has_budget(key):
+                    self._budget_gauges(key, lease.usage)
                 return Grant(key, estimate, lease.rate, lease)
             except StoreDown:
                 if self.failure_mode is StoreFailureMode.CLOSED:
@@ -92,8 +94,6 @@ class Admission:
         assert grant.lease is not None
         with contextlib.suppress(StoreDown):
             await self.store.settle(grant.key.spec, grant.lease, delta)
-            if _has_budget(grant.key):
-                self._budget_gauges(grant.key, await self.store.usage(grant.key.name))
 
     async def usage(self, key: KeyState) -> tuple[Usage, bool]:
         """The key's usage this UTC day and month, and whether it is the shared count."""

@@ -66,7 +66,8 @@ local function reset_ms(value, cap) return math.ceil((cap - value) * 60000 / cap
 # KEYS: rpm bucket, tpm bucket, leases, tokens today, tokens this month, requests today
 # ARGV: rpm, tpm, max_concurrent, lease id, lease ttl ms, estimate,
 #       tokens/day, tokens/month, requests/day, day ttl s, month ttl s
-# -> {0, 0, rpm left, rpm reset ms, tpm left, tpm reset ms} or {refusal code, retry ms}
+# -> {0, 0, rpm left, rpm reset ms, tpm left, tpm reset ms, tokens today, tokens this month, requests
+#     today} or {refusal code, retry ms}
 ADMIT = (
     _PRELUDE
     + """
@@ -88,7 +89,7 @@ end
 if tonumber(ARGV[8]) > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[8]) then
   return {6, 0}
 end
-local out = {0, 0, 0, 0, 0, 0}
+local out = {0, 0, 0, 0, 0, 0, 0, 0, 0}
 if rpm > 0 then
   r = r - 1
   put(KEYS[1], r, rpm)
@@ -103,11 +104,11 @@ if maxc > 0 then
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
   redis.call('PEXPIRE', KEYS[3], ttl * 2)
 end
-redis.call('INCRBY', KEYS[4], est)
+out[7] = redis.call('INCRBY', KEYS[4], est)
 redis.call('EXPIRE', KEYS[4], ARGV[10])
-redis.call('INCRBY', KEYS[5], est)
+out[8] = redis.call('INCRBY', KEYS[5], est)
 redis.call('EXPIRE', KEYS[5], ARGV[11])
-redis.call('INCR', KEYS[6])
+out[9] = redis.call('INCR', KEYS[6])
 redis.call('EXPIRE', KEYS[6], ARGV[10])
 return out
 """
@@ -242,7 +243,8 @@ class SharedStore:
             remaining_tokens=int(out[4]),
             reset_tokens_s=int(out[5]) / 1000,
         )
-        return Lease(name, lease_id, periods, rate)
+        usage = Usage(periods.day, periods.month, int(out[6]), int(out[7]), int(out[8]))
+        return Lease(name, lease_id, periods, rate, usage)
 
     async def settle(self, spec: ApiKeySpec, lease: Lease, delta: int) -> None:
         """Free the lease and correct the reservation by ``delta`` (real usage minus estimate)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelyard.router.quota import Periods, RateState
+from modelyard.router.quota import Periods, RateState, Usage
 
 
 class StoreDown(Exception):
@@ -23,3 +23,4 @@ class Lease:
     lease_id: str  # '' when the key has no concurrency limit
     periods: Periods  # the day and month charged at admission
     rate: RateState
+    usage: Usage  # the key's usage right after this admission (its reservation included)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +73,20 @@ async def test_a_key_at_12_rpm_gets_12_answers_from_three_routers_not_36(
     stack.backend("a")
     three = routers(stack, store, 3, keys(requestsPerMinute=12))
     async with aiohttp.ClientSession() as s:
+        started = time.monotonic()
         results = await asyncio.gather(*(chat(s, three[i % 3]) for i in range(36)))
+        elapsed = time.monotonic() - started
     codes = [status for status, _, _ in results]
-    # The bucket refills one request every 5 s; the 36 requests take well under that.
-    assert codes.count(200) == 12, codes
-    assert codes.count(429) == 24
+    # The bucket refills one request every 5 s; the 36 requests usually take well under that (a loaded
+    # machine may let the refill add one).
+    assert 12 <= codes.count(200) <= 12 + int(elapsed / 5), (codes, elapsed)
+    assert codes.count(429) == 36 - codes.count(200)
     refused = next(h for st, h, _ in results if st == 429)
     assert refused["x-modelyard-reject-reason"] == "rate-limit"
     assert int(refused["retry-after"]) >= 1
     answered = [h for st, h, _ in results if st == 200]
     assert {h["x-ratelimit-limit-requests"] for h in answered} == {"12"}
-    assert sorted(int(h["x-ratelimit-remaining-requests"]) for h in answered) == list(range(12))
+    assert sorted(int(h["x-ratelimit-remaining-requests"]) for h in answered)[:12] == list(range(12))
     assert all(h["x-ratelimit-reset-requests"].endswith("s") for h in answered)
     for router in three:
         text = http_get(router.metrics_url)[1].decode()
