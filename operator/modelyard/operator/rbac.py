@@ -16,7 +16,7 @@ Why each rule exists:
 - events: the Events posted on LLMModels (create) and kopf's failure events.
 - endpointslices list: the autoscaler finds the router pods to poll behind the routers' Service.
 - kopf.dev peerings: HA peering (keep-alives are patches on the peering object's status).
-- inferencepools, httproutes, serviceaccounts, roles, rolebindings, configmaps (and deleting deployments):
+- inferencepools, httproutes, serviceaccounts, roles, rolebindings (and deleting deployments):
   a model's Gateway API InferencePool, its HTTPRoute and its endpoint picker (docs/gateway.md), written with
   server-side apply and deleted when the pool is turned off. The picker's Role grants reading pods,
   inferencepools, inferenceobjectives and inferencemodelrewrites, which the API server only lets the
@@ -65,7 +65,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
     {
         "apiGroups": [""],
-        "resources": ["serviceaccounts", "configmaps"],
+        "resources": ["serviceaccounts"],
         "verbs": ["get", "create", "patch", "delete"],
     },
     {
