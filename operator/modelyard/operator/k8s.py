@@ -16,7 +16,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import ConfigMap, Event, PersistentVolumeClaim, Service, ServiceAccount
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Service, ServiceAccount
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from lightkube.types import PatchType
@@ -41,7 +41,6 @@ KINDS: dict[str, type[NamespacedResource]] = {
     "ServiceAccount": ServiceAccount,
     "Role": Role,
     "RoleBinding": RoleBinding,
-    "ConfigMap": ConfigMap,
     "InferencePool": InferencePoolResource,
     "HTTPRoute": HTTPRouteResource,
 }

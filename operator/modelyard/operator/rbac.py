@@ -18,7 +18,7 @@ Why each rule exists:
   and a model is Ready only while its own Service has ready endpoints (watched, our label only: the
   slices carry their Service's labels).
 - kopf.dev peerings: HA peering (keep-alives are patches on the peering object's status).
-- inferencepools, httproutes, serviceaccounts, roles, rolebindings, configmaps (and deleting deployments):
+- inferencepools, httproutes, serviceaccounts, roles, rolebindings (and deleting deployments):
   a model's Gateway API InferencePool, its HTTPRoute and its endpoint picker (docs/gateway.md), written with
   server-side apply and deleted when the pool is turned off. The picker's Role grants reading pods,
   inferencepools, inferenceobjectives and inferencemodelrewrites, which the API server only lets the
@@ -67,7 +67,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     {
         "apiGroups": [""],
-        "resources": ["serviceaccounts", "configmaps"],
+        "resources": ["serviceaccounts"],
         "verbs": ["get", "create", "patch", "delete"],
     },
     {

@@ -48,7 +48,6 @@ POOL_CHILDREN = (
     ("ServiceAccount", "-epp"),
     ("Role", "-epp"),
     ("RoleBinding", "-epp"),
-    ("ConfigMap", "-epp"),
     ("Deployment", "-epp"),
     ("Service", "-epp"),
 )

@@ -163,6 +163,8 @@ class StatusSyncer:
             return False
         wire = new.to_wire()
         wire.pop("autoscaler", None)
+        if new.inference_pool is None and previous.inference_pool is not None:
+            wire["inferencePool"] = None  # a merge patch only removes a field given as null
         self._written[uid] = new
         try:
             await self._kube.patch_status(key[0], key[1], wire)

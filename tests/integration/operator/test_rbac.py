@@ -24,6 +24,10 @@ NEEDED = [
     ("patch", "poddisruptionbudgets.policy"),
     ("watch", "poddisruptionbudgets.policy"),
     ("delete", "poddisruptionbudgets.policy"),
+    # An InferencePool's endpoint picker (`<model>-epp`) is deleted when the pool is turned off.
+    ("delete", "deployments.apps"),
+    ("patch", "inferencepools.inference.networking.k8s.io"),
+    ("patch", "roles.rbac.authorization.k8s.io"),
     ("list", "pods"),
     ("watch", "pods"),
     ("create", "events"),
@@ -36,7 +40,6 @@ NEEDED = [
 FORBIDDEN = [
     ("get", "secrets"),
     ("list", "secrets"),
-    ("delete", "deployments.apps"),
     ("update", "deployments.apps"),
     ("create", "pods"),
     ("delete", "pods"),
@@ -52,8 +55,14 @@ FORBIDDEN = [
 
 
 def can_i(cluster: ClusterClient, namespace: str, verb: str, resource: str) -> bool:
+    # `kubectl auth can-i VERB TYPE/NAME` reads `serviceaccounts/token` as the object named "token";
+    # the subresource needs --subresource.
+    resource, _, sub = (
+        resource.partition("/") if resource.startswith("serviceaccounts/") else (resource, "", "")
+    )
+    extra = [f"--subresource={sub}"] if sub else []
     proc = cluster.kubectl(
-        "auth", "can-i", verb, resource, "-n", namespace,
+        "auth", "can-i", verb, resource, *extra, "-n", namespace,
         f"--as=system:serviceaccount:{namespace}:{rbac.NAME}",
         check=False,
     )  # fmt: skip

@@ -44,10 +44,10 @@ def test_the_pool_selects_the_models_pods_on_the_server_port_and_names_the_picke
     assert pool["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
 
 
-def test_the_picker_has_its_account_rbac_config_deployment_and_service() -> None:
+def test_the_picker_has_its_account_rbac_deployment_and_service() -> None:
     m = model(**POOL_ON)
     objs = {o["kind"]: o for o in build_endpoint_picker(m, SETTINGS)}
-    assert set(objs) == {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service"}
+    assert set(objs) == {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"}
     for obj in objs.values():
         assert obj["metadata"]["name"] == "llama-epp"
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
@@ -59,7 +59,7 @@ def test_the_picker_has_its_account_rbac_config_deployment_and_service() -> None
     args = container["args"]
     assert args[args.index("--pool-name") + 1] == "llama"
     assert args[args.index("--pool-namespace") + 1] == "team-a"
-    assert "EndpointPickerConfig" in objs["ConfigMap"]["data"]["plugins.yaml"]
+    assert "EndpointPickerConfig" in args[args.index("--config-text") + 1]
     svc_selector = objs["Service"]["spec"]["selector"]
     assert svc_selector.items() <= objs["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
     rules = objs["Role"]["rules"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -101,3 +103,37 @@ def test_a_request_span_has_genai_attributes_engine_events_and_the_callers_paren
     assert names[:4] == ["queued", "scheduled", "prefill_done", "first_token"]
     assert names[-1] == "finished"
     tracing.shutdown()
+
+
+def test_an_app_with_tracing_on_serves_and_spans_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chat, completions and a stream through the real app with tracing on: one span each, parented on the
+    caller's traceparent (the exporter is swapped for memory: no collector needed here)."""
+    from fastapi.testclient import TestClient
+
+    from modelyard.server.app import LoadedRuntime, create_app
+    from modelyard.server.settings import ServerSettings
+    from modelyard.server.tinymodel import build_tokenizer
+    from tests.unit.server.fakes import FakeEngine
+    from tests.unit.server.test_app import MODEL, _settings
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    tokenizer = build_tokenizer("llama")
+
+    async def loader(settings: ServerSettings, progress: Any) -> LoadedRuntime:
+        return LoadedRuntime(FakeEngine(), tokenizer, "generate", 64, "/nonexistent")
+
+    app = create_app(_settings(otlp_traces_endpoint="http://127.0.0.1:9"), loader)
+    memory = InMemorySpanExporter()
+    app.state.tracing.provider._active_span_processor._span_processors = (SimpleSpanProcessor(memory),)
+    with TestClient(app) as client:
+        for _ in range(200):
+            if client.get("/ready").status_code == 200:
+                break
+        headers = {"traceparent": PARENT}
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        assert client.post("/v1/chat/completions", json=chat, headers=headers).status_code == 200
+        completion = {"model": MODEL, "prompt": "x", "max_tokens": 3, "stream": True}
+        assert client.post("/v1/completions", json=completion, headers=headers).status_code == 200
+    names = sorted(s.name for s in memory.get_finished_spans())
+    assert names == [f"chat {MODEL}", f"text_completion {MODEL}"]
+    assert all(format(s.context.trace_id, "032x") == TRACE_ID for s in memory.get_finished_spans())

@@ -1,6 +1,7 @@
 """The endpoint picker (GIE's EPP; llm-d's inference scheduler by default) of one model's InferencePool:
-its ServiceAccount, Role and RoleBinding (read pods and the pool), plugin config, Deployment and the
-Service the pool's ``endpointPickerRef`` names.
+its ServiceAccount, Role and RoleBinding (read pods and the pool), Deployment (the plugin config inline,
+``--config-text``, so the operator needs no access to ConfigMaps) and the Service the pool's
+``endpointPickerRef`` names.
 
 The picker scrapes each pod's ``/metrics`` for vLLM's ``num_requests_waiting``, ``num_requests_running``,
 ``kv_cache_usage_perc`` and ``cache_config_info``, which the built-in server exports too. Its objects
@@ -28,8 +29,6 @@ COMPONENT_PICKER = "endpoint-picker"
 LABEL_POOL = f"{md.GROUP}/inference-pool"
 HEALTH_PORT = 9003
 METRICS_PORT = 9090
-CONFIG_FILE = "plugins.yaml"
-CONFIG_MOUNT = "/config"
 
 # Load-aware and prefix-aware scoring, GIE's default profile.
 PLUGINS_CONFIG = """\
@@ -78,12 +77,6 @@ def build_endpoint_picker(model: LLMModel, settings: OperatorSettings) -> list[d
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(model, name)},
         _role(model, name),
         _role_binding(model, name),
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _meta(model, name),
-            "data": {CONFIG_FILE: PLUGINS_CONFIG},
-        },
         _deployment(model, settings, name),
         _service(model, name),
     ]
@@ -130,8 +123,8 @@ def _deployment(model: LLMModel, settings: OperatorSettings, name: str) -> dict[
             pool_name(model),
             "--pool-namespace",
             model.namespace,
-            "--config-file",
-            f"{CONFIG_MOUNT}/{CONFIG_FILE}",
+            "--config-text",
+            PLUGINS_CONFIG,
             "--grpc-port",
             str(PICKER_GRPC_PORT),
             "--grpc-health-port",
@@ -152,7 +145,6 @@ def _deployment(model: LLMModel, settings: OperatorSettings, name: str) -> dict[
         ],
         "livenessProbe": {**health, "initialDelaySeconds": 5, "periodSeconds": 10},
         "readinessProbe": {**health, "periodSeconds": 2},
-        "volumeMounts": [{"name": "plugins-config", "mountPath": CONFIG_MOUNT}],
     }
     return {
         "apiVersion": "apps/v1",
@@ -169,7 +161,6 @@ def _deployment(model: LLMModel, settings: OperatorSettings, name: str) -> dict[
                     "serviceAccountName": name,
                     "terminationGracePeriodSeconds": 130,
                     "containers": [container],
-                    "volumes": [{"name": "plugins-config", "configMap": {"name": name}}],
                 },
             },
         },

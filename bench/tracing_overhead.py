@@ -1,0 +1,169 @@
+"""Cost of tracing, on vs off in one run: the router's CPU time per request and the model server's
+tokens/s, with every trace kept (100% sampled) and exported over OTLP to a real Jaeger
+(tests/integration/observability/install_jaeger.sh). Goal (issue 19): <= 5% router CPU, <= 2% server tokens/s.
+
+    python bench/tracing_overhead.py [--requests 400] [--concurrency 8] [--rounds 3]
+
+Router: a fake upstream (tests/integration/router/fake_backend.py) answers at once, so the router's own CPU
+(utime + stime from /proc) per sequential request is what is measured. Server: tiny Llama, streamed
+completions of 32 tokens at the given concurrency, tokens/s over the rounds. Off and on alternate per round
+so drift on a shared machine hits both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "server")]
+
+from tests.fixtures.models import start_server  # noqa: E402
+from tests.integration.router.procs import Proc, free_port, start_router, write_config  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_jaeger(tmp: Path) -> tuple[Proc, int]:
+    binary = subprocess.run(
+        [str(REPO / "tests/integration/observability/install_jaeger.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    grpc, query, query_grpc = free_port(), free_port(), free_port()
+    config = {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query"],
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["batch"],
+                    "exporters": ["jaeger_storage_exporter"],
+                }
+            },
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+        },
+        "extensions": {
+            "jaeger_storage": {"backends": {"mem": {"memory": {"max_traces": 100000}}}},
+            "jaeger_query": {"storage": {"traces": "mem"}, "http": {"endpoint": f"127.0.0.1:{query}"},
+                             "grpc": {"endpoint": f"127.0.0.1:{query_grpc}"}},
+        },
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc}"}}}},
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "mem"}},
+    }  # fmt: skip
+    (tmp / "jaeger.yaml").write_text(yaml.safe_dump(config))
+    proc = Proc([binary, "--config", str(tmp / "jaeger.yaml")], query, log_path=tmp / "jaeger.log")
+    return proc.start("/api/services", timeout_s=60), grpc
+
+
+async def router_cpu_per_request(router: Proc, n: int) -> float:
+    body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 8}).encode()
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):  # warm-up
+            async with session.post(router.url + "/v1/completions", data=body, headers=headers) as r:
+                await r.read()
+        assert router.popen is not None
+        before = cpu_seconds(router.popen.pid)
+        for _ in range(n):
+            async with session.post(router.url + "/v1/completions", data=body, headers=headers) as r:
+                await r.read()
+        return (cpu_seconds(router.popen.pid) - before) / n
+
+
+async def server_tokens_per_s(base: str, model: str, concurrency: int, per_client: int) -> float:
+    body = json.dumps({"model": model, "prompt": "Once upon a time", "max_tokens": 32, "ignore_eos": True,
+                       "stream": True}).encode()  # fmt: skip
+    headers = {"Content-Type": "application/json"}
+    tokens = 0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal tokens
+        for _ in range(per_client):
+            async with session.post(base + "/v1/completions", data=body, headers=headers) as r:
+                async for line in r.content:
+                    if line.startswith(b"data: {"):
+                        tokens += 1
+
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        return tokens / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--per-client", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
+    jaeger, grpc = start_jaeger(tmp)
+    endpoint = f"http://127.0.0.1:{grpc}"
+    upstream_port = free_port()
+    fake = [
+        sys.executable,
+        "-m",
+        "tests.integration.router.fake_backend",
+        "--port",
+        str(upstream_port),
+        "--name",
+        "a",
+    ]
+    upstream = Proc(fake, upstream_port, log_path=tmp / "upstream.log").start("/stats")
+    config = write_config(tmp / "models.json", {"m": [upstream.url]})
+    routers = {
+        "off": start_router(tmp, config),
+        "on": start_router(tmp, config, otlp_traces_endpoint=endpoint),
+    }
+    from modelyard.server.tinymodel import ensure_tiny_model
+
+    model_dir = ensure_tiny_model("llama", tmp / "tiny-llama")
+    common = ["--model", str(model_dir), "--served-model-name", "m"]
+    servers = {
+        "off": start_server(common, log_dir=tmp),
+        "on": start_server([*common, "--otlp-traces-endpoint", endpoint], log_dir=tmp),
+    }
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    tps: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        for _ in range(args.rounds):
+            for mode in ("off", "on"):
+                cpu[mode].append(asyncio.run(router_cpu_per_request(routers[mode], args.requests)))
+                tps[mode].append(
+                    asyncio.run(
+                        server_tokens_per_s(servers[mode].base_url, "m", args.concurrency, args.per_client)
+                    )
+                )
+    finally:
+        for proc in (*routers.values(), upstream, jaeger):
+            proc.kill()
+        for server in servers.values():
+            server.stop()
+    off_cpu, on_cpu = min(cpu["off"]), min(cpu["on"])
+    off_tps, on_tps = max(tps["off"]), max(tps["on"])
+    print(f"router CPU per request: off {off_cpu * 1e3:.3f} ms, on {on_cpu * 1e3:.3f} ms "
+          f"({(on_cpu / off_cpu - 1) * 100:+.1f}%)")  # fmt: skip
+    print(f"server tokens/s (c={args.concurrency}): off {off_tps:.1f}, on {on_tps:.1f} "
+          f"({(on_tps / off_tps - 1) * 100:+.1f}%)")  # fmt: skip
+    print(json.dumps({"router_cpu_s": cpu, "server_tokens_per_s": tps}))
+
+
+if __name__ == "__main__":
+    main()

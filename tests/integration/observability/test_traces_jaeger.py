@@ -1,0 +1,223 @@
+"""Traces end to end, read back from a real Jaeger (built from its Go module by install_jaeger.sh): the
+official SDK sends a request with a W3C traceparent through the real router to a real model server
+(tiny Llama); both export OTLP to Jaeger, and its query API shows one trace with the router's spans and
+the server's span correctly parented, the GenAI attributes and the engine's phases as events. A streamed
+request, a request held until its backend appears and a retried attempt show as spans too."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from modelyard.server.tinymodel import ensure_tiny_model
+from tests.fixtures.models import ServerProcess, start_server
+from tests.integration.router.procs import Proc, free_port, start_router, write_config
+
+pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
+
+INSTALL = Path(__file__).with_name("install_jaeger.sh")
+MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    out = subprocess.run([str(INSTALL)], capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        pytest.fail(f"jaeger could not be built:\n{out.stderr[-3000:]}")
+    binary = out.stdout.strip().splitlines()[-1]
+    tmp = tmp_path_factory.mktemp("jaeger")
+    ports = {name: free_port() for name in ("grpc", "http", "query", "query_grpc")}
+    config = {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query"],
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["batch"],
+                    "exporters": ["jaeger_storage_exporter"],
+                }
+            },
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+        },
+        "extensions": {
+            "jaeger_storage": {"backends": {"mem": {"memory": {"max_traces": 10000}}}},
+            "jaeger_query": {
+                "storage": {"traces": "mem"},
+                "http": {"endpoint": f"127.0.0.1:{ports['query']}"},
+                "grpc": {"endpoint": f"127.0.0.1:{ports['query_grpc']}"},
+            },
+        },
+        "receivers": {
+            "otlp": {
+                "protocols": {
+                    "grpc": {"endpoint": f"127.0.0.1:{ports['grpc']}"},
+                    "http": {"endpoint": f"127.0.0.1:{ports['http']}"},
+                }
+            }
+        },
+        "processors": {"batch": {"timeout": "100ms"}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "mem"}},
+    }
+    (tmp / "jaeger.yaml").write_text(yaml.safe_dump(config))
+    proc = Proc([binary, "--config", str(tmp / "jaeger.yaml")], ports["query"], log_path=tmp / "jaeger.log")
+    proc.start("/api/services", timeout_s=60)
+    try:
+        yield ports
+    finally:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    jaeger: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Proc, ServerProcess, Path]]:
+    model_dir = ensure_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
+    # The server exports over OTLP/HTTP through vLLM's flag; the router over gRPC from the OTEL_* variables.
+    server = start_server(
+        ["--model", str(model_dir), "--served-model-name", MODEL,
+         "--alias", "retried", "--alias", "later",
+         "--otlp-traces-endpoint", f"http://127.0.0.1:{jaeger['http']}"],
+        env={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "modelyard-server",
+             "OTEL_BSP_SCHEDULE_DELAY": "100"},
+        log_dir=tmp_path_factory.mktemp("server"),
+    )  # fmt: skip
+    tmp = tmp_path_factory.mktemp("router")
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens: the first attempt fails, the retry works
+    config = write_config(
+        tmp / "models.json", {MODEL: [server.base_url], "retried": [refused, server.base_url], "later": []}
+    )
+    router = start_router(tmp, config, otlp_traces_endpoint=f"http://127.0.0.1:{jaeger['grpc']}")
+    try:
+        yield router, server, config
+    finally:
+        router.kill()
+        server.stop()
+
+
+def _trace(ports: dict[str, int], trace_id: str, want: int, timeout_s: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    spans: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{ports['query']}/api/traces/{trace_id}", timeout=5
+            ) as r:
+                data = json.loads(r.read())["data"]
+            spans = data[0]["spans"] if data else []
+            processes = data[0]["processes"] if data else {}
+            for s in spans:
+                s["service"] = processes[s["processID"]]["serviceName"]
+            if len(spans) >= want:
+                return spans
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(
+        f"trace {trace_id}: {len(spans)} spans, wanted {want}: {[s['operationName'] for s in spans]}"
+    )
+
+
+def _parent(span: dict[str, Any]) -> str | None:
+    refs = [r for r in span.get("references", []) if r["refType"] == "CHILD_OF"]
+    return refs[0]["spanID"] if refs else None
+
+
+def _tags(span: dict[str, Any]) -> dict[str, Any]:
+    return {t["key"]: t["value"] for t in span.get("tags", [])}
+
+
+def _events(span: dict[str, Any]) -> list[str]:
+    return [f["value"] for log in span.get("logs", []) for f in log["fields"] if f["key"] == "event"]
+
+
+def _client(router: Proc, trace_id: str, parent_id: str) -> openai.OpenAI:
+    header = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    return openai.OpenAI(
+        base_url=router.url + "/v1", api_key="unused", max_retries=0, timeout=120, default_headers=header
+    )
+
+
+def _ids() -> tuple[str, str]:
+    return secrets.token_hex(16), secrets.token_hex(8)
+
+
+def test_one_trace_router_then_server_with_genai_attributes_and_engine_events(
+    jaeger: dict[str, int], stack: tuple[Proc, ServerProcess, Path]
+) -> None:
+    router, _, _ = stack
+    trace_id, parent_id = _ids()
+    _client(router, trace_id, parent_id).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0.5, top_p=0.9
+    )
+    spans = _trace(jaeger, trace_id, want=4)
+    by_name = {s["operationName"]: s for s in spans}
+    root = by_name["POST /v1/chat/completions"]
+    assert root["service"] == "modelyard-router"
+    assert _parent(root) == parent_id  # the client's traceparent is continued
+    attempt = by_name["router.upstream_attempt"]
+    assert _parent(attempt) == root["spanID"]
+    assert _parent(by_name["router.relay"]) == attempt["spanID"]
+    server = by_name[f"chat {MODEL}"]
+    assert server["service"] == "modelyard-server"
+    assert _parent(server) == attempt["spanID"]  # the attempt's context reached the pod
+    tags = _tags(server)
+    assert tags["gen_ai.operation.name"] == "chat"
+    assert tags["gen_ai.request.model"] == MODEL
+    assert tags["gen_ai.request.max_tokens"] == 4
+    assert tags["gen_ai.request.temperature"] == 0.5
+    assert tags["gen_ai.request.top_p"] == 0.9
+    assert tags["gen_ai.response.id"].startswith("chatcmpl")
+    assert tags["gen_ai.usage.input_tokens"] > 0
+    assert 0 < tags["gen_ai.usage.output_tokens"] <= 4
+    assert "gen_ai.response.finish_reasons" in tags
+    for key in ("time_in_queue", "time_to_first_token", "e2e"):
+        assert tags[f"gen_ai.latency.{key}"] >= 0
+    events = _events(server)
+    for name in ("queued", "scheduled", "prefill_done", "first_token", "finished"):
+        assert name in events, events
+
+
+def test_a_stream_a_held_request_and_a_retried_attempt_show_as_spans(
+    jaeger: dict[str, int], stack: tuple[Proc, ServerProcess, Path]
+) -> None:
+    router, server, config = stack
+    trace_id, parent_id = _ids()
+    stream = _client(router, trace_id, parent_id).completions.create(
+        model=MODEL, prompt="Once", max_tokens=4, stream=True
+    )
+    assert list(stream)
+    names = [s["operationName"] for s in _trace(jaeger, trace_id, want=4)]
+    assert "router.relay" in names
+    assert f"text_completion {MODEL}" in names
+
+    trace_id, parent_id = _ids()
+    _client(router, trace_id, parent_id).completions.create(model="retried", prompt="x", max_tokens=2)
+    spans = _trace(jaeger, trace_id, want=5)
+    attempts = [s for s in spans if s["operationName"] == "router.upstream_attempt"]
+    assert len(attempts) >= 2, [s["operationName"] for s in spans]
+
+    trace_id, parent_id = _ids()
+    done: list[Any] = []
+    held = threading.Thread(
+        target=lambda: done.append(
+            _client(router, trace_id, parent_id).completions.create(model="later", prompt="x", max_tokens=2)
+        )
+    )
+    held.start()
+    time.sleep(1.0)  # held: no endpoint yet
+    write_config(config, {MODEL: [server.base_url], "retried": [server.base_url], "later": [server.base_url]})
+    held.join(60)
+    assert done
+    names = [s["operationName"] for s in _trace(jaeger, trace_id, want=4)]
+    assert "router.hold" in names
