@@ -30,6 +30,22 @@ HEALTH_PORT = 9003
 METRICS_PORT = 9090
 CONFIG_FILE = "plugins.yaml"
 CONFIG_MOUNT = "/config"
+# The nonroot user of the picker images; any non-root UID works, the binary reads only its config.
+PICKER_USER = 65532
+
+# The restricted Pod Security Standard, like the model-server pods (builders/deployment.py).
+PICKER_POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": PICKER_USER,
+    "runAsGroup": PICKER_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+PICKER_CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    **PICKER_POD_SECURITY_CONTEXT,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 # Load-aware and prefix-aware scoring, GIE's default profile.
 PLUGINS_CONFIG = """\
@@ -152,7 +168,12 @@ def _deployment(model: LLMModel, settings: OperatorSettings, name: str) -> dict[
         ],
         "livenessProbe": {**health, "initialDelaySeconds": 5, "periodSeconds": 10},
         "readinessProbe": {**health, "periodSeconds": 2},
-        "volumeMounts": [{"name": "plugins-config", "mountPath": CONFIG_MOUNT}],
+        "securityContext": PICKER_CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [
+            {"name": "plugins-config", "mountPath": CONFIG_MOUNT},
+            # Writable scratch space under a read-only root filesystem.
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
     return {
         "apiVersion": "apps/v1",
@@ -168,8 +189,12 @@ def _deployment(model: LLMModel, settings: OperatorSettings, name: str) -> dict[
                 "spec": {
                     "serviceAccountName": name,
                     "terminationGracePeriodSeconds": 130,
+                    "securityContext": PICKER_POD_SECURITY_CONTEXT,
                     "containers": [container],
-                    "volumes": [{"name": "plugins-config", "configMap": {"name": name}}],
+                    "volumes": [
+                        {"name": "plugins-config", "configMap": {"name": name}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
                 },
             },
         },
