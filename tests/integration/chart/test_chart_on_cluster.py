@@ -21,6 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
+from modelyard.api.llmmodel import Engine, LLMModel
+from modelyard.operator.builders.deployment import build_deployment
+from modelyard.operator.builders.endpoint_picker import build_endpoint_picker
+from modelyard.operator.settings import OperatorSettings
 from tests.cluster.client import ClusterClient
 from tests.unit.chart.render import CI_VALUES, EXAMPLES
 from tests.unit.chart.tools import CHART_DIR, REPO_ROOT
@@ -176,21 +180,81 @@ def test_install_creates_every_object_and_the_pods_become_ready(installed: Clust
     assert status["info"]["status"] == "deployed"
 
 
-def test_restricted_pod_security_admission_accepts_the_pods(installed: ClusterClient) -> None:
-    ns = "chart-restricted"
-    if installed.kubectl("get", "namespace", ns, check=False).returncode != 0:
-        installed.create_namespace(ns)
-    installed.kubectl(
-        "label", "--overwrite", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted"
-    )
-    docs = _docs(_template(installed, ns, "--set", "crds.enabled=false", "--set", "rbac.create=false"))
-    deployments = [d for d in docs if d["kind"] == "Deployment"]
-    proc = installed.kubectl(
-        "apply", "--dry-run=server", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-        "items": deployments}), check=False,
+def _restricted_namespace(cluster: ClusterClient, ns: str) -> None:
+    if cluster.kubectl("get", "namespace", ns, check=False).returncode != 0:
+        cluster.create_namespace(ns)
+    cluster.kubectl(
+        "label", "--overwrite", "namespace", ns,
+        "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=restricted",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "would violate PodSecurity" not in proc.stderr, proc.stderr
+
+
+def _assert_pods_admitted(cluster: ClusterClient, ns: str, workloads: list[dict[str, Any]]) -> None:
+    """Server-side dry-run of the Pods these Deployments/StatefulSets would create: `enforce` rejects Pods
+    only (a workload object merely gets a warning), so each pod template goes in as a Pod of its own."""
+    assert workloads
+    for workload in workloads:
+        template = workload["spec"]["template"]
+        # The Pods run as the namespace's default ServiceAccount (the release's do not exist here).
+        spec = {k: v for k, v in template["spec"].items() if k != "serviceAccountName"}
+        # A StatefulSet's claims become volumes of its Pods, as its controller adds them.
+        claims = workload["spec"].get("volumeClaimTemplates", [])
+        spec["volumes"] = spec.get("volumes", []) + [
+            {"name": c["metadata"]["name"], "persistentVolumeClaim": {"claimName": c["metadata"]["name"]}}
+            for c in claims
+        ]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": workload["metadata"]["name"],
+                "namespace": ns,
+                "labels": template["metadata"]["labels"],
+            },
+            "spec": spec,
+        }
+        proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+        where = f"{workload['kind']} {workload['metadata']['name']}"
+        assert proc.returncode == 0, f"{where}: {proc.stderr}"
+        assert "would violate PodSecurity" not in proc.stderr, f"{where}: {proc.stderr}"
+
+
+def test_restricted_pod_security_admission_accepts_the_chart_pods(kube_cluster: ClusterClient) -> None:
+    """The operator, the router and the limits store the chart deploys (router.store.mode=deploy)."""
+    installed = kube_cluster
+    ns = "chart-restricted"
+    _restricted_namespace(installed, ns)
+    docs = _docs(
+        _template(
+            installed, ns, "--set", "crds.enabled=false", "--set", "rbac.create=false",
+            "--set", "router.store.mode=deploy",
+        )
+    )  # fmt: skip
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert {d["kind"] for d in workloads} == {"Deployment", "StatefulSet"}
+    _assert_pods_admitted(installed, ns, workloads)
+
+
+@pytest.mark.parametrize("engine", [e.value for e in Engine])
+def test_restricted_pod_security_admission_accepts_the_operators_pods(
+    kube_cluster: ClusterClient, engine: str
+) -> None:
+    """Model pods of every engine, with the s3:// download init container, and the endpoint picker of
+    an InferencePool, as the operator's builders emit them."""
+    ns = "operator-restricted"
+    _restricted_namespace(kube_cluster, ns)
+    settings = OperatorSettings()
+    workloads: list[dict[str, Any]] = []
+    for url in ("hf://org/model", "s3://bucket/model"):
+        body = {
+            "metadata": {"name": f"m-{url[:2]}", "namespace": ns, "uid": "u"},
+            "spec": {"engine": engine, "url": url, "inferencePool": {"enabled": True}},
+        }
+        model = LLMModel.from_body(body)
+        workloads.append(build_deployment(model, settings))
+        workloads += [o for o in build_endpoint_picker(model, settings) if o["kind"] == "Deployment"]
+    assert any(w["spec"]["template"]["spec"].get("initContainers") for w in workloads)
+    _assert_pods_admitted(kube_cluster, ns, workloads)
 
 
 def test_service_accounts_can_do_what_they_need_and_nothing_more(installed: ClusterClient) -> None:

@@ -29,6 +29,22 @@ COMPONENT_PICKER = "endpoint-picker"
 LABEL_POOL = f"{md.GROUP}/inference-pool"
 HEALTH_PORT = 9003
 METRICS_PORT = 9090
+# The nonroot user of the picker images; any non-root UID works, the binary reads only its config (passed inline).
+PICKER_USER = 65532
+
+# The restricted Pod Security Standard, like the model-server pods (builders/deployment.py).
+PICKER_POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": PICKER_USER,
+    "runAsGroup": PICKER_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+PICKER_CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    **PICKER_POD_SECURITY_CONTEXT,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 # Load-aware and prefix-aware scoring, GIE's default profile.
 PLUGINS_CONFIG = """\
@@ -145,6 +161,9 @@ def _deployment(model: LLMModel, settings: OperatorSettings, name: str) -> dict[
         ],
         "livenessProbe": {**health, "initialDelaySeconds": 5, "periodSeconds": 10},
         "readinessProbe": {**health, "periodSeconds": 2},
+        "securityContext": PICKER_CONTAINER_SECURITY_CONTEXT,
+        # Writable scratch space under a read-only root filesystem.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     return {
         "apiVersion": "apps/v1",
@@ -160,7 +179,9 @@ def _deployment(model: LLMModel, settings: OperatorSettings, name: str) -> dict[
                 "spec": {
                     "serviceAccountName": name,
                     "terminationGracePeriodSeconds": 130,
+                    "securityContext": PICKER_POD_SECURITY_CONTEXT,
                     "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                 },
             },
         },
