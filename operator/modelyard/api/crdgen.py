@@ -104,6 +104,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue
         elif key == "description" and isinstance(value, str):
             out[key] = " ".join(value.split())  # docstrings are wrapped; kubectl explain re-wraps
+        elif key == "const":
+            out["enum"] = [value]  # a one-value Literal; structural schemas have no `const`
         else:
             out[key] = value
     if "enum" in out and "type" not in out:
