@@ -29,7 +29,7 @@ COMPONENT_PICKER = "endpoint-picker"
 LABEL_POOL = f"{md.GROUP}/inference-pool"
 HEALTH_PORT = 9003
 METRICS_PORT = 9090
-# The nonroot user of the picker images; any non-root UID works, the binary reads only its config (passed inline).
+# The nonroot user of the picker images; any non-root UID works (its config comes inline).
 PICKER_USER = 65532
 
 # The restricted Pod Security Standard, like the model-server pods (builders/deployment.py).
