@@ -90,6 +90,8 @@ class StreamTracker:
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete events in ``chunk`` (plus what was buffered), ready for the client."""
+        if self.error is not None:
+            return b""
         self._buffer += chunk
         end = self._buffer.rfind(_EVENT_END)
         if end < 0:
@@ -97,6 +99,8 @@ class StreamTracker:
         ready, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
         out = []
         for event in ready.split(_EVENT_END):
+            if self.error is not None:
+                break  # what follows an error event (its [DONE]) is not for the client: a migration may
             if event:
                 kept = self._event(event)
                 if kept:

@@ -40,10 +40,13 @@ def test_a_half_received_event_is_never_relayed() -> None:
     assert tracker.feed(CHUNK[:20]) == b""
 
 
-def test_an_error_event_is_held_back() -> None:
+def test_an_error_event_and_what_follows_it_are_held_back() -> None:
     tracker = StreamTracker()
-    assert tracker.feed(b'data: {"error":{"message":"engine died"}}\n\n') == b""
+    assert tracker.feed(CHUNK + b'\n\ndata: {"error":{"message":"engine died"}}\n\ndata: [DONE]\n\n') == (
+        CHUNK + b"\n\n"
+    )
     assert tracker.error is not None
+    assert not tracker.done, "the pod's [DONE] must not end a stream that may still migrate"
 
 
 def test_the_continuation_carries_the_cut_streams_identity() -> None:
