@@ -110,8 +110,8 @@ class ServerSettings(BaseSettings):
     fast_decode: FastDecode = Field(
         "auto",
         description="The lean forward for the Llama family (Llama, Qwen2/3, Mistral, SmolLM): merged "
-        "projections, prepacked oneDNN linear, grouped attention. auto: on CPU; on: on any device; off: "
-        "transformers' modules (other architectures always use them).",
+        "projections, prepacked oneDNN linear, grouped attention. auto: on CPU in float32; on: any device "
+        "and dtype; off: transformers' modules (other architectures always use them).",
     )
     tensor_parallel_size: int | None = Field(
         None,

@@ -83,8 +83,11 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
 
 
 def use_fast_forward(model: torch.nn.Module, device: torch.device, setting: FastDecode) -> bool:
-    """``auto``: supported architectures on CPU; ``on``: supported architectures on any device."""
-    if setting == "off" or (setting == "auto" and device.type != "cpu"):
+    """``auto``: supported architectures on CPU in float32 (where its tokens are tested identical; in
+    bfloat16 other kernels round differently); ``on``: supported architectures, any device and dtype."""
+    if setting == "off":
+        return False
+    if setting == "auto" and (device.type != "cpu" or next(model.parameters()).dtype != torch.float32):
         return False
     reason = unsupported_reason(model)
     if reason is not None:

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from modelyard.server.engine import EngineConfig, GenerationOutput
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.fast_llama import FastLlama, unsupported_reason
+from modelyard.server.engine.fast_llama import FastLlama, unsupported_reason, use_fast_forward
 from modelyard.server.engine.loader import LoadedModel, load_model
 from modelyard.server.engine.runner import ModelRunner
 from modelyard.server.engine.types import GuidedDecoding
@@ -185,3 +185,13 @@ def test_the_server_flag_reaches_the_engine_config() -> None:
 
     assert parse_settings(["--model", "m"]).engine_config("m").fast_decode == "auto"
     assert parse_settings(["--model", "m", "--fast-decode", "off"]).engine_config("m").fast_decode == "off"
+
+
+def test_auto_keeps_transformers_modules_outside_cpu_float32() -> None:
+    model = transformers.LlamaForCausalLM(CONFIGS["llama"]())
+    assert use_fast_forward(model, torch.device("cpu"), "auto")
+    assert not use_fast_forward(model, torch.device("cuda"), "auto")
+    assert not use_fast_forward(model, torch.device("cpu"), "off")
+    model.to(torch.bfloat16)
+    assert not use_fast_forward(model, torch.device("cpu"), "auto")
+    assert use_fast_forward(model, torch.device("cpu"), "on")
