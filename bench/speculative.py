@@ -115,6 +115,8 @@ async def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
     parser.add_argument("--lookup-min", type=int, default=2)
     parser.add_argument("--lookup-max", type=int, default=5)
+    parser.add_argument("--rewrite-tokens", type=int, default=300)
+    parser.add_argument("--mixed-tokens", type=int, default=96)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,8 +125,11 @@ async def main() -> None:
     spec = SpeculativeConfig(args.k, args.lookup_min, args.lookup_max)
     text = json.dumps(DOCUMENT, indent=2)
     workloads = {
-        "rewrite (1 stream)": ([chat_ids(loaded, f"Copy this JSON document exactly:\n{text}")], 300),
-        "mixed (16 streams)": ([chat_ids(loaded, q) for q in QUESTIONS], 96),
+        "rewrite (1 stream)": (
+            [chat_ids(loaded, f"Copy this JSON document exactly:\n{text}")],
+            args.rewrite_tokens,
+        ),
+        "mixed (16 streams)": ([chat_ids(loaded, q) for q in QUESTIONS], args.mixed_tokens),
     }
     report: dict[str, Any] = {"config": vars(args) | {"json": None}, "workloads": {}}
     for name, (prompts, max_tokens) in workloads.items():
@@ -135,12 +140,14 @@ async def main() -> None:
                 config = EngineConfig(**{**_fields(base), "speculative": spec if mode == "on" else None})
                 last[mode] = await measure(loaded, config, prompts, max_tokens)
                 figures[mode].append(last[mode]["tok_s"])
+                print(f"  {name}, speculative {mode}: {last[mode]['tok_s']:.1f} tok/s", flush=True)
         same = last["on"]["outputs"] == last["off"]["outputs"]
         off, on = statistics.median(figures["off"]), statistics.median(figures["on"])
         accepted = last["on"]["accepted"] / max(1, last["on"]["draft_tokens"])
         print(
             f"{name}: off {off:.1f} tok/s, on {on:.1f} tok/s ({on / off:.2f}x), "
-            f"acceptance {accepted:.0%}, same tokens: {same}; rounds off {figures['off']} on {figures['on']}"
+            f"acceptance {accepted:.0%}, same tokens: {same}; rounds off {figures['off']} on {figures['on']}",
+            flush=True,
         )
         report["workloads"][name] = {
             "off_tok_s": figures["off"],
