@@ -269,7 +269,9 @@ def test_service_accounts_can_do_what_they_need_and_nothing_more(installed: Clus
     assert can("operator", "patch", "llmmodels.modelyard.dev/status")
     assert can("operator", "create", "deployments.apps")
     assert can("operator", "patch", "clusterkopfpeerings.kopf.dev")
-    assert not can("operator", "delete", "deployments.apps")
+    # Deleting Deployments: a model's endpoint picker goes when its InferencePool is turned off.
+    assert can("operator", "delete", "deployments.apps")
+    assert not can("operator", "delete", "persistentvolumeclaims")
     assert not can("operator", "get", "secrets")
     assert not can("operator", "create", "pods")
     assert not can("operator", "delete", "llmmodels.modelyard.dev")
