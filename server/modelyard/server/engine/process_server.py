@@ -53,9 +53,28 @@ class _EngineServer:
                 task.cancel()  # closes the engine's iterator: the request is aborted next step
         elif isinstance(message, ipc.Embed):
             self._tasks[message.key] = asyncio.create_task(self._embed(message.key, message.batch))
+        elif isinstance(message, ipc.LoraCall):
+            self._tasks[message.key] = asyncio.create_task(self._lora(message))
         elif isinstance(message, ipc.Shutdown):
             return False
         return True
+
+    async def _lora(self, call: ipc.LoraCall) -> None:
+        error: ipc.WireError | None = None
+        try:
+            if call.op == "load":
+                await self._engine.add_lora(call.name, call.path)
+            else:
+                await self._engine.remove_lora(call.name)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("LoRA adapter call failed in the engine process")
+            error = ipc.WireError.of(exc)
+        finally:
+            self._tasks.pop(call.key, None)
+        self.send(ipc.LoraReply(call.key, error))
 
     async def _generate(self, key: int, request: GenerationRequest) -> None:
         from modelyard.server.logs import request_id_var
