@@ -137,15 +137,28 @@ def test_a_non_streaming_request_in_flight_gets_a_5xx_envelope_when_the_engine_d
     server: ServerProcess,
 ) -> None:
     engine_pid = _engine_pid(server)
+    killed = threading.Event()
+
+    def kill_once_running() -> None:
+        # Kill while the request is being generated: once the engine reports it running, not after a
+        # fixed delay that a fast (or a loaded) machine may miss.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not killed.is_set():
+            if metric(server, RUNNING, model_name="tiny-llama") >= 1:
+                os.kill(engine_pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_once_running, daemon=True)
+    killer.start()
     with httpx.Client(timeout=30) as http:
-        # Kill while the request is being generated (900 tokens take seconds on the tiny model).
-        timer = threading.Timer(1.0, os.kill, (engine_pid, signal.SIGKILL))
-        timer.start()
         try:
             body = {**_long_stream_body(), "stream": False}
             resp = http.post(server.v1 + "/completions", json=body)
         finally:
-            timer.cancel()
+            killed.set()
+            killer.join(timeout=5)
     assert resp.status_code == 503
     assert resp.json()["error"]["type"] == "service_unavailable"
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.fixtures.models import REPO_ROOT, ServerProcess, running_server
+from tests.integration.server.helpers import metric
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 
@@ -44,7 +45,7 @@ def _status(server: ServerProcess, path: str) -> int:
 @contextlib.contextmanager
 def _request_in_flight(server: ServerProcess) -> Iterator[threading.Thread]:
     """A long stream, started in the background; left to end (or fail) with the server."""
-    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 1000, "ignore_eos": True, "stream": True}
 
     def run() -> None:
         with (
@@ -57,6 +58,13 @@ def _request_in_flight(server: ServerProcess) -> Iterator[threading.Thread]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     yield thread
+
+
+def _wait_running(server: ServerProcess) -> None:
+    deadline = time.monotonic() + 20
+    while metric(server, "vllm:num_requests_running", model_name="tiny") < 1:
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.01)
 
 
 def _watch_until_hung(server: ServerProcess, timeout_s: float) -> tuple[float, float]:
@@ -87,7 +95,8 @@ def test_a_stopped_engine_process_with_work_is_caught_and_recovers(tiny_llama_pa
         finally:
             os.kill(engine, signal.SIGCONT)
         with _request_in_flight(server) as request:
-            time.sleep(0.5)
+            # Stopped mid-request (a fixed delay could land after a fast machine finished it).
+            _wait_running(server)
             os.kill(engine, signal.SIGSTOP)
             try:
                 unready, hung = _watch_until_hung(server, 30)
