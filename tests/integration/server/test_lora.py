@@ -3,7 +3,6 @@ adapter, a mixed concurrent batch, prefix-cache isolation, runtime load/unload, 
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.fixtures.lora import PeftReference, make_adapter
+from tests.fixtures.lora import PeftReference, complete_greedy_concurrently, make_adapter
 from tests.fixtures.models import ServerProcess, running_server
 from tests.integration.server.helpers import metric
 
@@ -112,24 +111,7 @@ def test_a_mixed_concurrent_batch_is_exact_row_by_row(server: ServerProcess, ref
     models = [BASE, "a1", "a2", "a3"]
     rows = [(models[i % 4], _prompt(6 + 2 * i, i)) for i in range(12)]
 
-    async def main() -> list[str]:
-        client = openai.AsyncOpenAI(base_url=server.v1, api_key="unused", max_retries=0)
-        replies = await asyncio.gather(
-            *(
-                client.completions.create(
-                    model=model,
-                    prompt=prompt,
-                    max_tokens=N,
-                    temperature=0,
-                    extra_body={"ignore_eos": True, "skip_special_tokens": False},
-                )
-                for model, prompt in rows
-            )
-        )
-        await client.close()
-        return [r.choices[0].text for r in replies]
-
-    got = asyncio.run(main())
+    got = complete_greedy_concurrently(server.v1, rows, N)
     for i, ((model, prompt), text) in enumerate(zip(rows, got, strict=True)):
         assert text == _expected(reference, tokenizer, None if model == BASE else model, prompt), f"row {i}"
 

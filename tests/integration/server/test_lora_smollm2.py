@@ -3,7 +3,6 @@ alone and mixed with base rows, and a refused load leaves it serving."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.fixtures.lora import PeftReference, make_adapter
+from tests.fixtures.lora import PeftReference, complete_greedy_concurrently, make_adapter
 from tests.fixtures.models import SMOLLM2_NAME, ServerProcess, running_server
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(1800)]
@@ -55,24 +54,7 @@ def test_adapter_and_base_rows_give_pefts_tokens(
     reference = PeftReference(smollm2_path, {"tuned": adapters["tuned"]})
     rows = [(SMOLLM2_NAME if i % 2 else "tuned", _prompt(tokenizer, q)) for i, q in enumerate(QUESTIONS)]
 
-    async def main() -> list[str]:
-        client = openai.AsyncOpenAI(base_url=server.v1, api_key="unused", max_retries=0)
-        replies = await asyncio.gather(
-            *(
-                client.completions.create(
-                    model=model,
-                    prompt=prompt,
-                    max_tokens=N,
-                    temperature=0,
-                    extra_body={"ignore_eos": True, "skip_special_tokens": False},
-                )
-                for model, prompt in rows
-            )
-        )
-        await client.close()
-        return [r.choices[0].text for r in replies]
-
-    got = asyncio.run(main())
+    got = complete_greedy_concurrently(server.v1, rows, N)
     for (model, prompt), text in zip(rows, got, strict=True):
         adapter = None if model == SMOLLM2_NAME else model
         expected = tokenizer.decode(reference.greedy(adapter, prompt, N), skip_special_tokens=False)
