@@ -150,12 +150,6 @@ def _busiest(servers: list[ServerProcess], *, generating: bool = False) -> Serve
     return busiest
 
 
-def _engine_pid(server: ServerProcess) -> int:
-    pid = server.process.pid
-    (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return int(child)
-
-
 def _migrated(router: Proc) -> float:
     body = http_get(router.metrics_url)[1].decode()
     prefix = f'modelyard_router_migrations_total{{model="{MODEL}",outcome="migrated"}} '
@@ -198,7 +192,7 @@ async def test_streams_survive_a_killed_engine_process(pair: Pair) -> None:
     cut = await _run(
         pair.router,
         bodies,
-        kill=lambda: _signal(_engine_pid(_busiest(pair.servers, generating=True))),
+        kill=lambda: _signal(_busiest(pair.servers, generating=True).engine_pid()),
         kill_after=1,
     )
     _assert_same(cut, uncut)

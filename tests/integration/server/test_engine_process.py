@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fixtures.models import ServerProcess, running_server
+from tests.fixtures.models import ServerProcess, child_pids, running_server
 from tests.integration.server.helpers import metric
 
 pytestmark = pytest.mark.model
@@ -23,22 +23,10 @@ pytestmark = pytest.mark.model
 RUNNING = "vllm:num_requests_running"
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 def _engine_pid(server: ServerProcess) -> int:
-    children = _children(server.process.pid)
-    assert len(children) == 1, f"expected one engine process, found {children}"
-    cmdline = Path(f"/proc/{children[0]}/cmdline").read_bytes()
-    assert b"modelyard.server.engine.process" in cmdline
-    return children[0]
+    pid = server.engine_pid()
+    assert b"modelyard.server.engine.process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return pid
 
 
 def _alive(pid: int) -> bool:
@@ -186,7 +174,7 @@ def test_the_engine_process_exits_when_the_http_process_dies(server: ServerProce
 
 def test_in_process_mode_serves_without_a_child(tiny_llama_path: Path, server_logs_dir: Path) -> None:
     with running_server(_args(tiny_llama_path, "--no-engine-process"), log_dir=server_logs_dir) as proc:
-        assert _children(proc.process.pid) == []
+        assert child_pids(proc.process.pid) == []
         client = openai.OpenAI(base_url=proc.v1, api_key="unused", max_retries=0)
         out = client.completions.create(model="tiny-llama", prompt="hello there", max_tokens=4)
         assert out.usage is not None

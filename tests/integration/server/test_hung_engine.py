@@ -28,13 +28,6 @@ def _args(model: Path) -> list[str]:
     return ["--model", str(model), "--served-model-name", "tiny", "--engine-stall-timeout", str(STALL_S)]
 
 
-def _engine_pid(server: ServerProcess) -> int:
-    pid = server.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
-
-
 def _status(server: ServerProcess, path: str) -> int:
     try:
         return server.get(path, timeout=2)[0]
@@ -85,7 +78,7 @@ def _watch_until_hung(server: ServerProcess, timeout_s: float) -> tuple[float, f
 
 def test_a_stopped_engine_process_with_work_is_caught_and_recovers(tiny_llama_path: Path) -> None:
     with running_server(_args(tiny_llama_path)) as server:
-        engine = _engine_pid(server)
+        engine = server.engine_pid()
         # Stopped while idle: no work is waiting, so nothing is hung.
         os.kill(engine, signal.SIGSTOP)
         try:

@@ -40,16 +40,6 @@ if _out:
 SCHEMA: dict[str, object] = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 def _maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
@@ -122,7 +112,7 @@ def test_generation_server_http_process_never_imports_torch(
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == "response_format"
 
-    (engine_pid,) = _children(lean_llama.process.pid)
+    engine_pid = lean_llama.engine_pid()
     assert _maps_torch(engine_pid), "the engine process maps libtorch (the check can see it)"
     assert not _maps_torch(lean_llama.process.pid), "the HTTP process mapped a torch library"
 
