@@ -16,59 +16,24 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "server")]
 
 from tests.fixtures.models import start_server  # noqa: E402
+from tests.integration.observability.jaeger import build_jaeger, start_jaeger  # noqa: E402
 from tests.integration.router.procs import Proc, free_port, start_router, write_config  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_jaeger(tmp: Path) -> tuple[Proc, int]:
-    binary = subprocess.run(
-        [str(REPO / "tests/integration/observability/install_jaeger.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[-1]
-    grpc, query, query_grpc = free_port(), free_port(), free_port()
-    config = {
-        "service": {
-            "extensions": ["jaeger_storage", "jaeger_query"],
-            "pipelines": {
-                "traces": {
-                    "receivers": ["otlp"],
-                    "processors": ["batch"],
-                    "exporters": ["jaeger_storage_exporter"],
-                }
-            },
-            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
-        },
-        "extensions": {
-            "jaeger_storage": {"backends": {"mem": {"memory": {"max_traces": 100000}}}},
-            "jaeger_query": {"storage": {"traces": "mem"}, "http": {"endpoint": f"127.0.0.1:{query}"},
-                             "grpc": {"endpoint": f"127.0.0.1:{query_grpc}"}},
-        },
-        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc}"}}}},
-        "processors": {"batch": {}},
-        "exporters": {"jaeger_storage_exporter": {"trace_storage": "mem"}},
-    }  # fmt: skip
-    (tmp / "jaeger.yaml").write_text(yaml.safe_dump(config))
-    proc = Proc([binary, "--config", str(tmp / "jaeger.yaml")], query, log_path=tmp / "jaeger.log")
-    return proc.start("/api/services", timeout_s=60), grpc
 
 
 async def router_cpu_per_request(router: Proc, n: int) -> float:
@@ -114,8 +79,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
-    jaeger, grpc = start_jaeger(tmp)
-    endpoint = f"http://127.0.0.1:{grpc}"
+    jaeger, ports = start_jaeger(build_jaeger(), tmp)
+    endpoint = f"http://127.0.0.1:{ports['grpc']}"
     upstream_port = free_port()
     fake = [
         sys.executable,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import threading
 import time
 import urllib.request
@@ -18,60 +17,24 @@ from typing import Any
 
 import openai
 import pytest
-import yaml
 
 from modelyard.server.tinymodel import ensure_tiny_model
 from tests.fixtures.models import ServerProcess, start_server
+from tests.integration.observability.jaeger import JaegerBuildError, build_jaeger, start_jaeger
 from tests.integration.router.procs import Proc, free_port, start_router, write_config
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
 
-INSTALL = Path(__file__).with_name("install_jaeger.sh")
 MODEL = "tiny-llama"
 
 
 @pytest.fixture(scope="module")
 def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    out = subprocess.run([str(INSTALL)], capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        pytest.fail(f"jaeger could not be built:\n{out.stderr[-3000:]}")
-    binary = out.stdout.strip().splitlines()[-1]
-    tmp = tmp_path_factory.mktemp("jaeger")
-    ports = {name: free_port() for name in ("grpc", "http", "query", "query_grpc")}
-    config = {
-        "service": {
-            "extensions": ["jaeger_storage", "jaeger_query"],
-            "pipelines": {
-                "traces": {
-                    "receivers": ["otlp"],
-                    "processors": ["batch"],
-                    "exporters": ["jaeger_storage_exporter"],
-                }
-            },
-            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
-        },
-        "extensions": {
-            "jaeger_storage": {"backends": {"mem": {"memory": {"max_traces": 10000}}}},
-            "jaeger_query": {
-                "storage": {"traces": "mem"},
-                "http": {"endpoint": f"127.0.0.1:{ports['query']}"},
-                "grpc": {"endpoint": f"127.0.0.1:{ports['query_grpc']}"},
-            },
-        },
-        "receivers": {
-            "otlp": {
-                "protocols": {
-                    "grpc": {"endpoint": f"127.0.0.1:{ports['grpc']}"},
-                    "http": {"endpoint": f"127.0.0.1:{ports['http']}"},
-                }
-            }
-        },
-        "processors": {"batch": {"timeout": "100ms"}},
-        "exporters": {"jaeger_storage_exporter": {"trace_storage": "mem"}},
-    }
-    (tmp / "jaeger.yaml").write_text(yaml.safe_dump(config))
-    proc = Proc([binary, "--config", str(tmp / "jaeger.yaml")], ports["query"], log_path=tmp / "jaeger.log")
-    proc.start("/api/services", timeout_s=60)
+    try:
+        binary = build_jaeger()
+    except JaegerBuildError as exc:
+        pytest.fail(str(exc))
+    proc, ports = start_jaeger(binary, tmp_path_factory.mktemp("jaeger"))
     try:
         yield ports
     finally:
