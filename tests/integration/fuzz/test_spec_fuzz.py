@@ -108,6 +108,22 @@ def check(response: httpx.Response, body: Any) -> None:
         assert not errors, f"not an error envelope: {errors}\n{response.text[:500]}\nrequest: {shown}"
 
 
+FUZZ_SETTINGS = settings(
+    max_examples=CASES,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def _skip_unserved(path: str, served: str) -> None:
+    """The server, not the router, knows its routes: skip a path the model's server does not serve."""
+    probe = httpx.post(served + path, json={}, timeout=120)
+    if probe.status_code == 404 and probe.json()["error"]["code"] == "not_found":
+        pytest.skip(f"{path} is not served")
+
+
 @pytest.mark.parametrize("target", ["server", "router"])
 @pytest.mark.parametrize("path", list(OPERATIONS))
 def test_spec_generated_requests_get_no_5xx_and_only_envelopes(
@@ -120,20 +136,11 @@ def test_spec_generated_requests_get_no_5xx_and_only_envelopes(
 ) -> None:
     model = OPERATIONS[path]
     base = _targets(chat_server, embed_server, router)[target][model]
+    _skip_unserved(path, {CHAT_MODEL: chat_server.v1, EMBED_MODEL: embed_server.v1}[model])
     with httpx.Client(timeout=120) as http:
-        served = {CHAT_MODEL: chat_server.v1, EMBED_MODEL: embed_server.v1}[model]
-        probe = http.post(served + path, json={})  # the server, not the router, knows its routes
-        if probe.status_code == 404 and probe.json()["error"]["code"] == "not_found":
-            pytest.skip(f"{path} is not served")
         strategy = st.tuples(spec[path]["POST"].as_strategy(), st.sampled_from([True, True, True, False]))
 
-        @settings(
-            max_examples=CASES,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate, Phase.shrink],
-            suppress_health_check=list(HealthCheck),
-        )
+        @FUZZ_SETTINGS
         @given(strategy)
         def one_case(drawn: tuple[Any, bool]) -> None:
             case, served_model = drawn
@@ -219,20 +226,11 @@ def test_hostile_bodies_get_no_5xx_and_only_envelopes(
     """A spec-generated body plus one hostile member, sent as raw bytes."""
     model = OPERATIONS[path]
     base = _targets(chat_server, embed_server, router)[target][model]
+    _skip_unserved(path, {CHAT_MODEL: chat_server.v1, EMBED_MODEL: embed_server.v1}[model])
     with httpx.Client(timeout=120) as http:
-        served = {CHAT_MODEL: chat_server.v1, EMBED_MODEL: embed_server.v1}[model]
-        probe = http.post(served + path, json={})
-        if probe.status_code == 404 and probe.json()["error"]["code"] == "not_found":
-            pytest.skip(f"{path} is not served")
         strategy = st.tuples(spec[path]["POST"].as_strategy(), HOSTILE)
 
-        @settings(
-            max_examples=CASES,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate, Phase.shrink],
-            suppress_health_check=list(HealthCheck),
-        )
+        @FUZZ_SETTINGS
         @given(strategy)
         def one_case(drawn: tuple[Any, tuple[str, str, bytes]]) -> None:
             case, (shape, key, value) = drawn
