@@ -149,7 +149,7 @@ def test_a_key_added_to_the_service_selector_is_removed_with_one_event(
     )
     repaired = kube_cluster.wait_for(
         "a DriftRepaired event",
-        lambda: events_of(kube_cluster, namespace, "selector", "DriftRepaired"),
+        lambda: events_of(kube_cluster, namespace, "selector", "DriftRepaired") or None,
         REPAIR_TIMEOUT,
     )
     assert ".spec.selector" in repaired[0]["message"]
@@ -186,7 +186,7 @@ def test_a_node_selector_and_env_var_added_to_the_deployment_are_removed(
     kube_cluster.wait_for("the nodeSelector and env var removed", put_back, REPAIR_TIMEOUT)
     repaired = kube_cluster.wait_for(
         "a DriftRepaired event",
-        lambda: events_of(kube_cluster, namespace, "pinned", "DriftRepaired"),
+        lambda: events_of(kube_cluster, namespace, "pinned", "DriftRepaired") or None,
         REPAIR_TIMEOUT,
     )
     assert ".spec.template.spec.nodeSelector" in repaired[0]["message"]

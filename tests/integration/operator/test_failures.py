@@ -53,7 +53,9 @@ def test_a_child_the_api_server_rejects_is_reported_with_its_message_and_not_ret
     }
 
     (event, *_) = kube_cluster.wait_for(
-        "ReconcileFailed event", lambda: events_of(kube_cluster, namespace, "rejected", "ReconcileFailed"), 30
+        "ReconcileFailed event",
+        lambda: events_of(kube_cluster, namespace, "rejected", "ReconcileFailed") or None,
+        30,
     )
     assert event["type"] == "Warning"
     assert "nodeSelector" in event["message"]
