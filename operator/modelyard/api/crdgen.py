@@ -411,6 +411,9 @@ def _rows(node: dict[str, Any], prefix: str) -> list[str]:
         rows.append(f"| `{path}`{flag} | {_type_of(sub)} | {default} | {description} |")
         if sub.get("type") == "object" and "properties" in sub:
             rows += _rows(sub, path)
+        items = sub.get("items")
+        if sub.get("type") == "array" and isinstance(items, dict) and "properties" in items:
+            rows += _rows(items, f"{path}[]")
     return rows
 
 

@@ -14,7 +14,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     JsonValue,
@@ -23,9 +22,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from modelyard.api import owned_flags
+from modelyard.api.adapters import AdapterState, AdapterStatus, LoraAdapter, LoraOptions
+from modelyard.api.base import ApiModel as _Model
 from modelyard.api.metadata import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "SHORT_NAMES",
     "SINGULAR",
     "VERSION",
+    "AdapterState",
+    "AdapterStatus",
     "AutoscalerStatus",
     "Autoscaling",
     "AutoscalingMode",
@@ -50,6 +52,8 @@ __all__ = [
     "LLMModelStatus",
     "LoadBalancing",
     "LoadBalancingStrategy",
+    "LoraAdapter",
+    "LoraOptions",
     "ModelSource",
     "Phase",
     "Resources",
@@ -111,19 +115,6 @@ OpaqueObject = Annotated[
     dict[str, Any],
     WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
 ]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        use_enum_values=False,
-        frozen=True,
-    )
-
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 class Task(StrEnum):
@@ -200,6 +191,7 @@ class ServerOptions(_Model):
         "--enable-prefix-caching / --no-enable-prefix-caching, on by default; sglang: radix cache, off with "
         "--disable-radix-cache). Unset keeps the engine's default.",
     )
+    lora: LoraOptions | None = Field(default=None, description=LoraOptions.__doc__)
     speculative: SpeculativeDecoding | None = Field(
         default=None,
         description="Speculative decoding with prompt-lookup drafts (--speculative-config; modelyard and "
@@ -540,6 +532,14 @@ class LLMModelSpec(_Model):
     cache: Cache | None = Field(default=None, description=Cache.__doc__)
     hub_token_secret: HubTokenSecret | None = Field(default=None, description=HubTokenSecret.__doc__)
     load_balancing: LoadBalancing = Field(default_factory=LoadBalancing, description=LoadBalancing.__doc__)
+    adapters: list[LoraAdapter] = Field(
+        default_factory=list,
+        max_length=64,
+        description="LoRA adapters served beside the base model by every pod, each callable by its name "
+        "as `model`. Changing the list loads or unloads adapters on running pods, without a restart.",
+        # A list-map keyed by name: the API server itself refuses two adapters with one name.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     inference_pool: InferencePoolOptions | None = Field(
         default=None, description=InferencePoolOptions.__doc__
     )
@@ -583,6 +583,7 @@ class ConditionType(StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    ADAPTERS_READY = "AdaptersReady"
 
 
 class Phase(StrEnum):
@@ -646,6 +647,10 @@ class LLMModelStatus(_Model):
         description="Ready, Progressing, Degraded and, with a new cache PVC, CacheShared (metav1.Condition).",
     )
     autoscaler: AutoscalerStatus | None = Field(default=None, description=AutoscalerStatus.__doc__)
+    adapters: list[AdapterStatus] = Field(
+        default_factory=list,
+        description="Per LoRA adapter of spec.adapters: its state and the pods that serve it.",
+    )
     inference_pool: str | None = Field(
         default=None,
         description="Name of the InferencePool the operator keeps for this model; unset when it has none.",
