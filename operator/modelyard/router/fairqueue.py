@@ -169,8 +169,9 @@ class FairQueues:
         return release
 
     def _pool(self, route: ModelRoute) -> ModelRoute:
-        """The route whose pods' slots a request takes: an adapter's parent, else the route itself."""
-        if route.parent is None:
+        """The route whose pods' slots a request takes: an adapter's parent, else the route itself (an
+        adapter no pod has loaded yet is held, not queued, like a model with no ready pod)."""
+        if route.parent is None or not route.endpoints:
             return route
         parent = self.table.lookup(route.parent)
         return parent if parent is not None and parent.name == route.parent else route

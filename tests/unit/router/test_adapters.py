@@ -253,6 +253,16 @@ async def test_adapter_requests_take_slots_of_the_parents_pods() -> None:
     assert set(queues.queues) == {"base"}
 
 
+async def test_an_adapter_loaded_nowhere_takes_no_slot_while_it_is_held() -> None:
+    table = RoutingTable()
+    table.replace([ModelSpec("base", (A,), max_num_seqs=1, adapters=(AdapterSpec("sql"),))])
+    queues = FairQueues(_settings(), table, RouterMetrics())
+    sql = table.lookup("sql")
+    assert sql is not None
+    assert await queues.acquire(sql, "k") is None
+    assert queues.queues == {}
+
+
 def _no_session() -> aiohttp.ClientSession:
     raise AssertionError("no request is proxied here")
 
