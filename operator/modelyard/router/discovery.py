@@ -204,7 +204,7 @@ def ready_endpoints(slice_obj: Mapping[str, Any]) -> list[tuple[str, str | None]
         return []
     # IPv4/IPv6 pod IPs from Services; FQDN slices (hand-made, e.g. for an external backend) are used as is.
     ipv6 = slice_obj.get("addressType") == "IPv6"
-    urls: list[tuple[str, str | None]] = []
+    out: list[tuple[str, str | None]] = []
     for ep in slice_obj.get("endpoints") or []:
         conditions = ep.get("conditions") or {}
         # Per the EndpointSlice API, a nil `ready` means unknown and is to be treated as ready. A
@@ -218,8 +218,8 @@ def ready_endpoints(slice_obj: Mapping[str, Any]) -> list[tuple[str, str | None]
         host = f"[{addresses[0]}]" if ipv6 else addresses[0]
         ref = ep.get("targetRef") or {}
         pod = ref.get("name") if ref.get("kind", "Pod") == "Pod" else None
-        urls.append((f"http://{host}:{port}", pod or None))
-    return urls
+        out.append((f"http://{host}:{port}", pod or None))
+    return out
 
 
 def build_specs(
