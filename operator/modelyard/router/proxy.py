@@ -88,6 +88,10 @@ class Proxy:
         self.in_flight: dict[str, int] = {}  # per model: every request past lookup, held ones included
         # Per model, ever: lets the autoscaler see a request that began and ended between two polls.
         self.started: dict[str, int] = {}
+        # The source (LLMModel ns/name) each started name counted toward: a name that left the table (an
+        # adapter removed from spec) keeps being reported, so its base's total never drops, which the
+        # autoscaler would read as a router restart.
+        self.started_source: dict[str, str] = {}
         self.draining = False  # set on SIGTERM: /readyz fails so the pod leaves its Service; still serving
         key = settings.upstream_api_key
         self.upstream_auth = f"Bearer {key.get_secret_value()}" if key is not None else None
@@ -128,7 +132,8 @@ class Proxy:
     def load(self) -> list[dict[str, object]]:
         """Requests in flight and held per model, for the operator's autoscaler (GET /autoscaler/load
         on the metrics port)."""
-        return [
+        routes = self.table.snapshot.models
+        current = [
             {
                 "name": route.name,
                 "source": route.source,
@@ -136,8 +141,21 @@ class Proxy:
                 "started": self.started.get(route.name, 0),
                 "held": self.holds.held.get(route.name, 0),
             }
-            for route in self.table.snapshot.models
+            for route in routes
         ]
+        listed = {route.name for route in routes}
+        departed = [
+            {
+                "name": name,
+                "source": source,
+                "inFlight": self.in_flight.get(name, 0),
+                "started": started,
+                "held": 0,
+            }
+            for name, started in self.started.items()
+            if name not in listed and (source := self.started_source.get(name))
+        ]
+        return current + departed
 
     # ---- request path ------------------------------------------------------------------------------
 
@@ -164,6 +182,7 @@ class Proxy:
         gauge.inc()
         self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
         self.started[route.name] = self.started.get(route.name, 0) + 1
+        self.started_source[route.name] = route.source
         priority, weight = (key.spec.priority, key.spec.weight) if key is not None else (0, 1.0)
         release_slot = None
         try:

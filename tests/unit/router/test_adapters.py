@@ -284,6 +284,25 @@ def test_the_autoscaler_counts_adapter_requests_toward_the_parent_llmmodel() -> 
     assert parse_started(body) == {("ns", "m"): 4}
 
 
+def test_an_adapter_removed_from_the_table_keeps_counting_toward_its_base() -> None:
+    # A base total that drops reads as a router restart to the autoscaler (a busy poll).
+    table = RoutingTable()
+    table.replace([ModelSpec("base", (), source="ns/m", adapters=(AdapterSpec("sql"),))])
+    proxy = Proxy(
+        _settings(),
+        table,
+        Health(table, 3, 1, 10),
+        KeyStore(),
+        RouterMetrics(),
+        _no_session,
+        random.Random(0),
+    )
+    proxy.started.update(base=1, sql=3)
+    proxy.started_source.update(base="ns/m", sql="ns/m")
+    table.replace([ModelSpec("base", (), source="ns/m")])
+    assert parse_started({"models": proxy.load()}) == {("ns", "m"): 4}
+
+
 # ---- allow-lists ------------------------------------------------------------------------------------------
 
 
