@@ -5,10 +5,11 @@ Pure and lenient: it reads LLMModel bodies as plain dicts (the router does not v
 sides see exactly the same winners and losers.
 
 The rule: LLMModels are taken oldest first (`metadata.creationTimestamp`, then namespace, then name, so
-ties are deterministic). Each claims its served name (`spec.servedName`, default `metadata.name`) and
-its aliases. A model any of whose names is already held by an earlier winner loses *entirely*: it is
-not routed under any name, and it claims nothing, so it cannot make a third model lose. A model is
-never half-routed (its own name but not the alias its clients were told to use).
+ties are deterministic). Each claims its served name (`spec.servedName`, default `metadata.name`), its
+aliases and its LoRA adapters' names (clients call an adapter by name, like a model). A model any of
+whose names is already held by an earlier winner loses *entirely*: it is not routed under any name,
+and it claims nothing, so it cannot make a third model lose. A model is never half-routed (its own
+name but not the alias or adapter its clients were told to use).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class NameClaim:
     namespace: str
     name: str
     created: str
-    names: tuple[str, ...]  # served name first, then aliases, without duplicates
+    names: tuple[str, ...]  # served name first, then aliases, then adapters, without duplicates
 
     @property
     def ref(self) -> ModelRef:
@@ -41,11 +42,12 @@ class NameClaim:
         name = str(meta.get("name") or "")
         served = spec.get("servedName") or name
         aliases = [a for a in (spec.get("aliases") or []) if isinstance(a, str)]
+        adapters = [a["name"] for a in (spec.get("adapters") or []) if isinstance(a, dict) and "name" in a]
         return cls(
             namespace=str(meta.get("namespace") or "default"),
             name=name,
             created=str(meta.get("creationTimestamp") or _NOT_CREATED),
-            names=tuple(dict.fromkeys([str(served), *aliases])),
+            names=tuple(dict.fromkeys([str(served), *aliases, *map(str, adapters)])),
         )
 
 
@@ -63,7 +65,7 @@ class NameConflict:
         why = "created in the same second, first by namespace/name" if self.tie else "created earlier"
         return (
             f'name "{self.name}" is already served by LLMModel {namespace}/{name} ({why}): '
-            "this model is not routed; change spec.servedName or spec.aliases"
+            "this model is not routed; change spec.servedName, spec.aliases or spec.adapters"
         )
 
 

@@ -2,7 +2,7 @@
 
 Routes:
   POST /v1/{chat/completions,completions,embeddings,...}  proxied by model (proxy.py)
-  GET  /v1/models, /v1/models/{id}                         the union of routable names and aliases
+  GET  /v1/models, /v1/models/{id}                         routable names, aliases and LoRA adapters
   GET  /v1/usage                                          the calling key's usage and budgets (usage.py)
   GET  /healthz   process is up          GET /readyz   discovery has delivered a table, not draining
 
@@ -249,6 +249,7 @@ def _refresh_endpoint_metrics(table: RoutingTable, metrics: RouterMetrics) -> No
     seen = metrics.known_models
     models = table.snapshot.models
     metrics.models.set(len(models))
+    metrics.set_adapters((r.name, r.parent) for r in models if r.parent is not None)
     for route in models:
         if route.name not in seen:
             metrics.init_model(route.name)
@@ -344,7 +345,17 @@ def _visible_models(request: web.Request) -> list[dict[str, Any]]:
         if not allowed(route.name):
             continue
         for name in (route.name, *route.aliases):
-            out.append({"id": name, "object": "model", "created": route.created, "owned_by": "modelyard"})
+            # vLLM's card: an adapter has its base model as parent (root: its own name, never a path).
+            out.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": route.created,
+                    "owned_by": "modelyard",
+                    "root": route.name,
+                    "parent": route.parent,
+                }
+            )
     return out
 
 

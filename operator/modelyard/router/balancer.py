@@ -23,22 +23,29 @@ def hash64(data: str) -> int:
 
 
 class HashRing:
-    """Immutable ring of ``replication`` virtual nodes per endpoint."""
+    """Immutable ring of ``replication`` virtual nodes per endpoint.
 
-    __slots__ = ("_endpoints", "_hashes", "endpoints")
+    A pod's points depend only on its URL, so the ring over a subset of pods is the full ring with the
+    others' points left out. ``salt`` (a LoRA adapter's name) moves where a key's walk starts, so keys
+    under different salts place independently on the same points.
+    """
 
-    def __init__(self, endpoints: Sequence[str], replication: int) -> None:
+    __slots__ = ("_endpoints", "_hashes", "endpoints", "salt")
+
+    def __init__(self, endpoints: Sequence[str], replication: int, salt: str = "") -> None:
         points = sorted((hash64(f"{ep}#{i}"), ep) for ep in endpoints for i in range(replication))
         self._hashes = [h for h, _ in points]
         self._endpoints = [ep for _, ep in points]
         self.endpoints = tuple(sorted(set(endpoints)))
+        self.salt = salt
 
     def walk(self, key: str) -> Iterator[str]:
         """Distinct endpoints in ring order, starting at the key's position."""
         n = len(self._hashes)
         if n == 0:
             return
-        start = bisect.bisect_left(self._hashes, hash64(key)) % n
+        point = hash64(f"{self.salt}\x00{key}" if self.salt else key)
+        start = bisect.bisect_left(self._hashes, point) % n
         seen: set[str] = set()
         for i in range(n):
             ep = self._endpoints[(start + i) % n]

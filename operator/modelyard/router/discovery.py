@@ -1,7 +1,8 @@
 """Where the routing table comes from.
 
-* :class:`KubernetesDiscovery`: list-then-watch LLMModels (served name, aliases, load balancing; parsed
-  with the ``modelyard.api`` types) and the EndpointSlices labelled ``metadata.LABEL_MODEL``
+* :class:`KubernetesDiscovery`: list-then-watch LLMModels (served name, aliases, load balancing, LoRA
+  adapters and the pods that have them loaded; parsed with the ``modelyard.api`` types) and the
+  EndpointSlices labelled ``metadata.LABEL_MODEL``
   (EndpointSlices inherit their Service's labels), in one namespace or all. Each watch resumes from its
   last resourceVersion and relists after errors (410 Gone included), with capped back-off; only
   endpoints whose ``ready`` condition is not false, and that are not terminating, are routable. Every
@@ -14,6 +15,7 @@
           aliases: ["tiny-latest"]
           strategy: PrefixHash          # or LeastLoad (default)
           prefixCharLength: 100
+          adapters: [sql-lora]          # LoRA adapters every URL serves, or {name: [urls...]}
         embed: "http://127.0.0.1:8003"  # shorthand: one URL, or a list of URLs
 """
 
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modelyard.api import metadata
 from modelyard.api.llmmodel import Engine, LLMModel
 from modelyard.api.names import NameClaim, name_conflicts
+from modelyard.router.adapters import StaticAdapters, adapters_of, static_adapters
 from modelyard.router.metrics import RouterMetrics
 from modelyard.router.table import ModelSpec, RoutingTable, Strategy
 
@@ -61,6 +64,7 @@ class StaticModel(BaseModel):
     load_factor: float | None = Field(None, ge=1.0, alias="meanLoadFactor")
     replication: int | None = Field(None, ge=1)
     max_num_seqs: int | None = Field(None, ge=1, alias="maxNumSeqs")  # per pod; enables the fair queue
+    adapters: StaticAdapters = Field(default_factory=list)
 
     @field_validator("urls")
     @classmethod
@@ -97,6 +101,7 @@ def parse_static(text: str | bytes) -> list[ModelSpec]:
                 replication=entry.replication,
                 source=f"static:{name}",
                 max_num_seqs=entry.max_num_seqs,
+                adapters=static_adapters(entry.adapters, entry.urls),
             )
         )
     return specs
@@ -153,10 +158,13 @@ class StaticDiscovery:
 # ---- Kubernetes ----------------------------------------------------------------------------------------
 
 
-def model_spec_from_llmmodel(obj: Mapping[str, Any], endpoints: Iterable[str]) -> ModelSpec:
-    """Pure: an LLMModel body + its ready endpoint URLs -> ModelSpec, read through the API's own types
-    (``modelyard.api.llmmodel``), so the router sees exactly the fields the CRD defines. Raises
-    ``pydantic.ValidationError`` for a body the CRD would not have admitted."""
+def model_spec_from_llmmodel(
+    obj: Mapping[str, Any], endpoints: Iterable[str], pods: Mapping[str, str] | None = None
+) -> ModelSpec:
+    """Pure: an LLMModel body + its ready endpoint URLs (``pods``: pod name -> URL, for those whose
+    slice names the pod) -> ModelSpec, read through the API's own types (``modelyard.api.llmmodel``), so
+    the router sees exactly the fields the CRD defines. Raises ``pydantic.ValidationError`` for a body
+    the CRD would not have admitted."""
     model = LLMModel.from_body(obj)
     lb = model.spec.load_balancing
     created = (obj.get("metadata") or {}).get("creationTimestamp")
@@ -177,11 +185,17 @@ def model_spec_from_llmmodel(obj: Mapping[str, Any], endpoints: Iterable[str]) -
         created=created_s,
         max_num_seqs=model.spec.server.max_num_seqs
         or (MODELYARD_DEFAULT_MAX_NUM_SEQS if model.spec.engine is Engine.MODELYARD else None),
+        adapters=adapters_of(model, pods or {}),
     )
 
 
 def ready_urls(slice_obj: Mapping[str, Any]) -> list[str]:
     """Pure: base URLs of an EndpointSlice's ready endpoints, on the model server's port."""
+    return [url for url, _ in ready_endpoints(slice_obj)]
+
+
+def ready_endpoints(slice_obj: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """Pure: (base URL, pod name from ``targetRef``, or None) of an EndpointSlice's ready endpoints."""
     ports = slice_obj.get("ports") or []
     port = next((p.get("port") for p in ports if p.get("name") == metadata.SERVER_PORT_NAME), None)
     if port is None and ports:
@@ -190,7 +204,7 @@ def ready_urls(slice_obj: Mapping[str, Any]) -> list[str]:
         return []
     # IPv4/IPv6 pod IPs from Services; FQDN slices (hand-made, e.g. for an external backend) are used as is.
     ipv6 = slice_obj.get("addressType") == "IPv6"
-    urls = []
+    out: list[tuple[str, str | None]] = []
     for ep in slice_obj.get("endpoints") or []:
         conditions = ep.get("conditions") or {}
         # Per the EndpointSlice API, a nil `ready` means unknown and is to be treated as ready. A
@@ -202,8 +216,10 @@ def ready_urls(slice_obj: Mapping[str, Any]) -> list[str]:
         if not addresses:
             continue
         host = f"[{addresses[0]}]" if ipv6 else addresses[0]
-        urls.append(f"http://{host}:{port}")
-    return urls
+        ref = ep.get("targetRef") or {}
+        pod = ref.get("name") if ref.get("kind", "Pod") == "Pod" else None
+        out.append((f"http://{host}:{port}", pod or None))
+    return out
 
 
 def build_specs(
@@ -212,10 +228,14 @@ def build_specs(
 ) -> list[ModelSpec]:
     """Pure: join LLMModels (keyed ns/name) with slices (keyed ns/name) by namespace + LABEL_MODEL."""
     by_model: dict[tuple[str, str], list[str]] = {}
+    pods: dict[tuple[str, str], dict[str, str]] = {}
     for (ns, _), sl in slices.items():
         label = ((sl.get("metadata") or {}).get("labels") or {}).get(metadata.LABEL_MODEL)
         if label:
-            by_model.setdefault((ns, label), []).extend(ready_urls(sl))
+            for url, pod in ready_endpoints(sl):
+                by_model.setdefault((ns, label), []).append(url)
+                if pod is not None:
+                    pods.setdefault((ns, label), {})[pod] = url
     # Oldest first so that, on a served-name clash, the model that had the name first keeps it.
     ordered = sorted(
         models.items(), key=lambda kv: ((kv[1].get("metadata") or {}).get("creationTimestamp") or "", kv[0])
@@ -228,7 +248,7 @@ def build_specs(
         if NameClaim.of(obj).ref in losers:
             continue
         try:
-            specs.append(model_spec_from_llmmodel(obj, by_model.get(key, ())))
+            specs.append(model_spec_from_llmmodel(obj, by_model.get(key, ()), pods.get(key)))
         except ValidationError as exc:  # the API server validates first; this is a stale or foreign object
             log.warning("LLMModel %s/%s not routable: %s", key[0], key[1], exc.errors()[:3])
     return specs

@@ -16,7 +16,8 @@ A full queue sheds the lowest priority first, and within a priority the key most
 newest waiter is refused (429 ``queue-full``) to make room for an arriving request that outranks it,
 else the arriving request is. Models without a
 known per-pod concurrency (no ``maxNumSeqs``, a peer engine) or with no ready pod are not gated here
-(holds cover the latter). Counts are per router replica.
+(holds cover the latter). Counts are per router replica. A LoRA adapter's requests queue in its base
+model's queue: they run in the same pods' batches, so they share the same slots.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class FairQueues:
         """Take one of the model's slots (may wait, or raise 429 ``queue-full``); returns the call that
         gives it back, or None for a model that is not gated. (A context manager would re-raise the
         frozen RouterError through contextlib, which writes to the exception.)"""
+        route = self._pool(route)
         capacity = self.capacity(route)
         if capacity is None:
             return None
@@ -165,6 +167,14 @@ class FairQueues:
             self._dispatch(name, q)
 
         return release
+
+    def _pool(self, route: ModelRoute) -> ModelRoute:
+        """The route whose pods' slots a request takes: an adapter's parent, else the route itself (an
+        adapter no pod has loaded yet is held, not queued, like a model with no ready pod)."""
+        if route.parent is None or not route.endpoints:
+            return route
+        parent = self.table.lookup(route.parent)
+        return parent if parent is not None and parent.name == route.parent else route
 
     async def _wait(self, model: str, q: ModelQueue, key: str, priority: int, weight: float) -> None:
         s = self.settings

@@ -1,10 +1,12 @@
-"""Holding requests for a model with no ready pod (none yet, scaled to zero, or every pod ejected).
+"""Holding requests for a model with no ready pod (none yet, scaled to zero, or every pod ejected), or
+a LoRA adapter that no ready pod has loaded yet.
 
 A held request waits for the routing table to change or an ejected pod's re-admission, bounded by
 ``hold_max_wait_s`` (then 503 ``model_unavailable``) and ``hold_max_per_model`` waiters. A held stream
 commits to 200 after ``hold_heartbeat_s`` and then gets ``: keepalive`` comments (through its
 :class:`ClientReply`). The per-model count of waiters is what the operator's autoscaler reads to scale a
-model from zero (GET /autoscaler/load, on the metrics port).
+model from zero (GET /autoscaler/load, on the metrics port); an adapter's count goes to its base
+model's LLMModel.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ class Holds:
         s = self.settings
         now = time.monotonic()
         remaining = started + s.hold_max_wait_s - now
-        reason = "no ready pod" if not route.endpoints else "every pod is failing"
+        reason = "every pod is failing"
+        if not route.endpoints:
+            reason = "no ready pod has the adapter loaded" if route.parent else "no ready pod"
         if remaining <= 0:
             raise errors.no_capacity(route.name, s.retry_after_s, f"{reason} after {s.hold_max_wait_s:g}s")
         held = self.held.get(route.name, 0)

@@ -1,14 +1,15 @@
 """Router metrics, all in one module and one registry (not the global one, so tests can build many apps).
 
 Names follow ``modelyard_router_<noun>_<unit>`` (https://prometheus.io/docs/practices/naming/).
-Cardinality is bounded: ``model`` is a canonical served name known to the routing table (aliases fold
-into it; unknown names become ``MODEL_UNKNOWN``), ``key`` is an API-key *name* from the keys document
-(``KEY_NONE`` without keys), ``code`` is an HTTP status, and enum labels have fixed values. Pod
-addresses never appear in labels.
+Cardinality is bounded: ``model`` is a canonical served name or LoRA adapter name known to the routing
+table (aliases fold into it; unknown names become ``MODEL_UNKNOWN``), ``key`` is an API-key *name*
+from the keys document (``KEY_NONE`` without keys), ``code`` is an HTTP status, and enum labels have
+fixed values. Pod addresses never appear in labels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -121,7 +122,16 @@ class RouterMetrics:
             ["model", "state"],
             registry=r,
         )
-        self.models = Gauge("modelyard_router_models", "Models in the routing table.", registry=r)
+        self.models = Gauge(
+            "modelyard_router_models", "Models in the routing table (LoRA adapters included).", registry=r
+        )
+        self.adapter_info = Gauge(
+            "modelyard_router_adapter_info",
+            "1 per LoRA adapter in the routing table, labelled with its base model's served name (other "
+            "series carry the adapter's name in `model`; join on it for a per-base view).",
+            ["model", "parent"],
+            registry=r,
+        )
         self.discovery_events = Counter(
             "modelyard_router_discovery_events",
             "Watch events applied, by resource kind.",
@@ -182,6 +192,12 @@ class RouterMetrics:
                 registry=self.registry,
             )
         return self._store_up
+
+    def set_adapters(self, adapters: Iterable[tuple[str, str]]) -> None:
+        """The table's (adapter, parent) pairs now; series of adapters that are gone disappear."""
+        self.adapter_info.clear()
+        for name, parent in adapters:
+            self.adapter_info.labels(name, parent).set(1)
 
     def init_model(self, model: str) -> None:
         """Create a model's series at zero so dashboards and alerts see it before its first event."""

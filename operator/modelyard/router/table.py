@@ -1,4 +1,7 @@
-"""The routing table: model names and aliases -> the model's route and its ready endpoints.
+"""The routing table: model names, aliases and LoRA adapter names -> a route and its ready endpoints.
+
+A LoRA adapter is a route of its own (``parent`` = the base model's served name) over the base model's
+ready pods that have it loaded; it shares the base's strategy and its pods' per-URL state.
 
 Discovery builds a complete new :class:`Snapshot` and swaps it in with one assignment, so a request
 always sees one consistent view. Mutable per-pod state (in-flight count, failures, ejection) lives in
@@ -24,6 +27,14 @@ class Strategy(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class AdapterSpec:
+    """A LoRA adapter of a model and the model's ready pods that have it loaded (none yet: held)."""
+
+    name: str
+    endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """What discovery knows about one model: the input from which a snapshot is built."""
 
@@ -37,6 +48,7 @@ class ModelSpec:
     source: str = ""  # e.g. "ns/name" of the LLMModel, for logs
     created: int = 0  # unix seconds, shown in /v1/models
     max_num_seqs: int | None = None  # sequences one pod batches (LLMModel); None = not queued by the router
+    adapters: tuple[AdapterSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +64,7 @@ class ModelRoute:
     created: int = 0
     source: str = ""  # "namespace/name" of the LLMModel: the key the autoscaler reads the load by
     max_num_seqs: int | None = None
+    parent: str | None = None  # a LoRA adapter's base model (its served name); None for a model
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +89,12 @@ class RouteDefaults:
 
 
 def build_snapshot(specs: Iterable[ModelSpec], defaults: RouteDefaults) -> Snapshot:
-    """Pure. Names win over aliases; among equals the first spec (in input order) wins, with a warning."""
+    """Pure. Names win over aliases, aliases over adapter names; among equals the first spec (in input
+    order) wins, with a warning."""
     ordered = list(specs)
     routes: dict[str, ModelRoute] = {}
     canonical: list[ModelRoute] = []
+    won: list[ModelSpec] = []
     for spec in ordered:
         if spec.name in routes:
             log.warning("duplicate served model name %r from %s ignored", spec.name, spec.source)
@@ -100,6 +115,7 @@ def build_snapshot(specs: Iterable[ModelSpec], defaults: RouteDefaults) -> Snaps
         )
         routes[spec.name] = route
         canonical.append(route)
+        won.append(spec)
     accepted: dict[str, list[str]] = {}
     for spec in ordered:
         owner = routes.get(spec.name)
@@ -117,7 +133,45 @@ def build_snapshot(specs: Iterable[ModelSpec], defaults: RouteDefaults) -> Snaps
             accepted[spec.name].append(alias)
     final = {r.name: replace(r, aliases=tuple(accepted.get(r.name, ()))) for r in canonical}
     routes = {key: final[r.name] for key, r in routes.items()}
+    # Adapters last: a model's served name or alias outranks another model's adapter.
+    for spec in won:
+        owner = final[spec.name]
+        for adapter in spec.adapters:
+            if adapter.name in routes:
+                log.warning(
+                    "adapter %r of %r clashes with model %r; ignored",
+                    adapter.name,
+                    spec.name,
+                    routes[adapter.name].name,
+                )
+                continue
+            routes[adapter.name] = final[adapter.name] = adapter_route(owner, adapter)
     return Snapshot(routes=routes, models=tuple(sorted(final.values(), key=lambda r: r.name)))
+
+
+def adapter_route(parent: ModelRoute, adapter: AdapterSpec) -> ModelRoute:
+    """Pure: a LoRA adapter's route, over those of the parent's endpoints that have it loaded.
+
+    It keeps the parent's source (the autoscaler counts its requests toward the parent's LLMModel) and
+    concurrency. Its PrefixHash ring has the parent's points, so a conversation stays on the same pod
+    while that pod keeps the adapter; the walk starts at a point salted with the adapter's name, since
+    KV computed under one adapter never serves another and the same prompt under two adapters has no
+    reason to share a pod.
+    """
+    endpoints = tuple(sorted(set(adapter.endpoints) & set(parent.endpoints)))
+    return ModelRoute(
+        name=adapter.name,
+        endpoints=endpoints,
+        strategy=parent.strategy,
+        prefix_char_length=parent.prefix_char_length,
+        load_factor=parent.load_factor,
+        replication=parent.replication,
+        ring=HashRing(endpoints, parent.replication, salt=adapter.name) if parent.ring is not None else None,
+        created=parent.created,
+        source=parent.source,
+        max_num_seqs=parent.max_num_seqs,
+        parent=parent.name,
+    )
 
 
 @dataclass
