@@ -42,12 +42,12 @@ def _message(status: int, text: str) -> str:
 
 
 class AdapterClient:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, port: int = md.SERVER_PORT) -> None:
         self._session = session
+        self._port = port  # every engine listens on the server port; tests run engines elsewhere
 
-    @staticmethod
-    def _url(ip: str, path: str) -> str:
-        return f"http://{ip}:{md.SERVER_PORT}{path}"
+    def _url(self, ip: str, path: str) -> str:
+        return f"http://{ip}:{self._port}{path}"
 
     async def loaded(self, ip: str, api: LoraApi) -> set[str]:
         """The adapters a pod lists in /v1/models (the entries with a `parent`)."""
