@@ -32,8 +32,10 @@ def adapter(name: str) -> dict[str, str]:
     return {"name": name, "source": f"hf://local/{name}"}
 
 
-def model_doc(stack: Stack, hf_home: Path, names: list[str]) -> dict[str, Any]:
-    doc = stack.llm(NAME, servedName="tiny-lora", replicas=2, adapters=[adapter(n) for n in names])
+def model_doc(
+    stack: Stack, hf_home: Path, names: list[str], name: str = NAME, replicas: int = 2
+) -> dict[str, Any]:
+    doc = stack.llm(name, servedName=f"tiny-{name}", replicas=replicas, adapters=[adapter(n) for n in names])
     server = doc["spec"]["server"]
     server["env"] += [
         {"name": "HF_HOME", "value": str(hf_home)},
@@ -44,10 +46,12 @@ def model_doc(stack: Stack, hf_home: Path, names: list[str]) -> dict[str, Any]:
     return doc
 
 
-def wait_for(stack: Stack, what: str, check: Callable[[dict[str, Any]], bool], timeout: float = 300) -> dict:
+def wait_for(
+    stack: Stack, what: str, check: Callable[[dict[str, Any]], bool], timeout: float = 300, name: str = NAME
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        obj = stack.get(NAME)
+        obj = stack.get(name)
         if check(obj):
             return obj
         assert time.monotonic() < deadline, (
@@ -162,3 +166,46 @@ def test_adapters_load_on_every_pod_without_restarts(
     warnings = [e for e in stack.events(NAME) if e.get("type") == "Warning"]
     assert warnings == [], warnings
     stack.cluster.kubectl("delete", "llmmodel", NAME, "-n", stack.ns)
+
+
+def test_an_adapter_the_pod_refuses_is_failed_with_the_servers_message_and_one_warning(
+    stack: Stack, tmp_path: Path
+) -> None:
+    name = "lora-bad"
+    # An empty hub cache, offline: the pod refuses the hub id with its own message.
+    stack.cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps(model_doc(stack, tmp_path / "hf", ["missing"], name, replicas=1))
+    )
+
+    def failed(obj: dict[str, Any]) -> bool:
+        adapters = (obj.get("status") or {}).get("adapters") or []
+        return bool(adapters) and adapters[0]["state"] == "Failed"
+
+    obj = wait_for(stack, "the adapter Failed", failed, name=name)
+    [status] = obj["status"]["adapters"]
+    assert status["loaded"] == "0/1"
+    assert status["pods"] == []
+    assert "local/missing is not in the hub cache" in status["message"], status
+    cond = condition(obj, "AdaptersReady")
+    assert (cond["status"], cond["reason"]) == ("False", "LoadFailed")
+    assert condition(obj, "Ready")["status"] == "True"  # the base model still serves
+
+    deadline = time.monotonic() + 60
+    while not (warnings := [e for e in stack.events(name) if e.get("reason") == "AdapterLoadFailed"]):
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.3)
+    [event] = warnings
+    assert event["type"] == "Warning"
+    assert "adapter missing:" in event["message"]
+    assert "is not in the hub cache" in event["message"]
+
+    # Removed from the list: no adapter status, no AdaptersReady, still one Warning (not one per round).
+    stack.cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps(model_doc(stack, tmp_path / "hf", [], name, 1))
+    )
+    obj = wait_for(
+        stack, "adapter status cleared", lambda o: not (o.get("status") or {}).get("adapters"), name=name
+    )
+    assert condition(obj, "AdaptersReady") == {}
+    assert len([e for e in stack.events(name) if e.get("reason") == "AdapterLoadFailed"]) == 1
+    stack.cluster.kubectl("delete", "llmmodel", name, "-n", stack.ns)

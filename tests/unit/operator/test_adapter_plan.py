@@ -110,3 +110,27 @@ async def test_the_syncer_writes_adapters_once_per_change_with_one_warning() -> 
     assert await syncer.sync(key) is False  # nothing changed: no write, no second Event
     assert len(writer.statuses) == writes
     assert len([e for e in writer.events if e[0] == "Warning"]) == 1
+
+
+def test_ready_pods_carry_their_engines_api_and_a_per_restart_identity() -> None:
+    from modelyard.operator.adapters.loop import ready_pods
+
+    def running(name: str, engine: str, restarts: int, ready: bool = True) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "uid": f"u-{name}", "annotations": {"modelyard.dev/engine": engine}},
+            "status": {
+                "podIP": "10.0.0.1",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": str(ready)},
+                ],
+                "containerStatuses": [{"name": "server", "restartCount": restarts, "state": {"running": {}}}],
+            },
+        }
+
+    pods = ready_pods(
+        [running("a", "sglang", 2), running("b", "vllm", 0), running("c", "vllm", 0, ready=False)]
+    )
+    assert [(p.name, p.uid) for p in pods] == [("a", "u-a#2"), ("b", "u-b#0")]
+    assert (pods[0].api.load, pods[0].api.lists_adapters) == ("/load_lora_adapter", False)
+    assert (pods[1].api.load, pods[1].api.lists_adapters) == ("/v1/load_lora_adapter", True)

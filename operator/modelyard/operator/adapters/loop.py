@@ -41,7 +41,7 @@ MAX_CONCURRENT_PODS = 32
 @dataclass(frozen=True)
 class ReadyPod:
     name: str
-    uid: str
+    uid: str  # of the server process: the pod's uid and its restart count (a restart loses adapters)
     ip: str
     api: LoraApi
 
@@ -63,9 +63,9 @@ def ready_pods(pods: list[dict[str, Any]]) -> list[ReadyPod]:
             api = engine_builder(engine).lora_api
         except ValueError:
             api = DEFAULT_LORA_API
-        out.append(
-            ReadyPod(str(meta["name"]), str(meta.get("uid") or meta["name"]), str(status["podIP"]), api)
-        )
+        restarts = sum(int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or [])
+        instance = f"{meta.get('uid') or meta['name']}#{restarts}"
+        out.append(ReadyPod(str(meta["name"]), instance, str(status["podIP"]), api))
     return out
 
 
@@ -153,6 +153,10 @@ class AdapterSyncer(Poller):
                 refusal = await client.load(
                     pod.ip, pod.api, adapter.name, lora_path(adapter), adapter.revision
                 )
+                if refusal is not None and "already" in refusal.message.lower():
+                    # Loaded meanwhile (another operator replica during a peering hand-over) or, on an
+                    # engine that lists no adapters (SGLang), before this operator started: loaded.
+                    refusal = None
                 if refusal is not None:
                     refused[adapter.name] = (source_key(adapter), refusal.message)
                     log.warning("pod %s refused adapter %s: %s", pod.name, adapter.name, refusal.message)
