@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from pydantic import Field, field_validator
+from pydantic import Field, JsonValue, field_validator
 
 from modelyard.api.base import ApiModel
 
@@ -72,6 +72,51 @@ class LoraOptions(ApiModel):
     max_cpu_loras: int | None = Field(
         default=None, ge=1, description="Adapters kept in host memory (--max-cpu-loras)."
     )
+
+
+def adapter_name_clash(adapters: list[LoraAdapter], served_name: str, aliases: list[str]) -> str | None:
+    """Why these adapters cannot be served beside a model of these names, if they cannot: a name used
+    twice, or one that is the model's served name or an alias (a request's `model` must pick one thing).
+    The same checks as `ADAPTER_NAME_RULE` (CEL) and the list-map key, for objects that skipped them."""
+    seen: set[str] = set()
+    hint = CLASH_HINT
+    for adapter in adapters:
+        if adapter.name in seen:
+            return f"spec.adapters: the name {adapter.name!r} is listed twice; adapter names must be unique"
+        seen.add(adapter.name)
+        if adapter.name == served_name:
+            return f"spec.adapters: the adapter name {adapter.name!r} is the model's served name; {hint}"
+        if adapter.name in aliases:
+            return f"spec.adapters: the adapter name {adapter.name!r} is an alias of the model; {hint}"
+    return None
+
+
+CLASH_HINT = "a request's `model` must name either the base model or one adapter"
+
+# On the CRD's root, the only place that sees metadata.name (the served name when servedName is unset).
+_SERVED = "(has(self.spec.servedName) ? self.spec.servedName : self.metadata.name)"
+_CLASHES = f"a.name == {_SERVED} || (has(self.spec.aliases) && a.name in self.spec.aliases)"
+ADAPTER_NAME_RULE: dict[str, JsonValue] = {
+    "rule": f"!has(self.spec.adapters) || !self.spec.adapters.exists(a, {_CLASHES})",
+    # A static message: a messageExpression naming the adapter (a filter over the list) is over the API
+    # server's cost budget for a root rule.
+    "message": f"an adapter name is the model's served name (servedName, or metadata.name when unset) or "
+    f"one of its aliases; {CLASH_HINT}",
+    "fieldPath": ".spec.adapters",
+    "reason": "FieldValueInvalid",
+}
+
+# hf:// adapters are loaded by hub id; only the built-in server takes a revision with the load call
+# (vLLM and SGLang download a hub id at its default branch).
+ADAPTER_REVISION_MESSAGE = (
+    "spec.adapters[].revision is honoured by engine modelyard only: vLLM and SGLang load a hub adapter "
+    "at its default branch (pin it with pvc:// or s3:// instead)"
+)
+ADAPTER_REVISION_RULE: dict[str, JsonValue] = {
+    "rule": "self.engine == 'modelyard' || !has(self.adapters) || self.adapters.all(a, !has(a.revision))",
+    "message": ADAPTER_REVISION_MESSAGE,
+    "fieldPath": ".adapters",
+}
 
 
 class AdapterState(StrEnum):

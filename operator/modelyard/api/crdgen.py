@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from modelyard.api.adapters import ADAPTER_NAME_RULE
 from modelyard.api.llmmodel import LLMModelSpec, LLMModelStatus
 from modelyard.api.metadata import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
@@ -152,7 +153,8 @@ def openapi_schema() -> dict[str, Any]:
                 "messageExpression": f'"{NAME_MESSAGE}, got \'" + self.metadata.name + "\'"',
                 "fieldPath": ".metadata.name",
                 "reason": "FieldValueInvalid",
-            }
+            },
+            ADAPTER_NAME_RULE,
         ],
         "properties": {
             "apiVersion": {

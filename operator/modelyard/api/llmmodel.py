@@ -24,7 +24,15 @@ from pydantic import (
 )
 
 from modelyard.api import owned_flags
-from modelyard.api.adapters import AdapterState, AdapterStatus, LoraAdapter, LoraOptions
+from modelyard.api.adapters import (
+    ADAPTER_REVISION_MESSAGE,
+    ADAPTER_REVISION_RULE,
+    AdapterState,
+    AdapterStatus,
+    LoraAdapter,
+    LoraOptions,
+    adapter_name_clash,
+)
 from modelyard.api.base import ApiModel as _Model
 from modelyard.api.metadata import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
@@ -426,6 +434,9 @@ class InferencePoolOptions(_Model):
     gateway: GatewayRef | None = Field(default=None, description=GatewayRef.__doc__)
 
 
+# Served names and aliases, as clients spell them in `model`.
+NAME_MAX_LENGTH = 253
+
 _PREFIX_CACHING_ON = "has(self.server) && has(self.server.prefixCaching) && self.server.prefixCaching"
 
 # Field combinations an engine cannot honour, rejected at `kubectl apply` (CEL) and again by the operator
@@ -448,6 +459,7 @@ ENGINE_RULES: list[JsonValue] = [
         "rule": f"self.engine == 'sglang' || self.task != 'embed' || !({_PREFIX_CACHING_ON})",
         "message": EMBED_PREFIX_CACHING_MESSAGE,
     },
+    ADAPTER_REVISION_RULE,
 ]
 
 
@@ -491,9 +503,14 @@ class LLMModelSpec(_Model):
     )
     served_name: str | None = Field(
         default=None,
+        max_length=NAME_MAX_LENGTH,
         description="Name clients pass as `model` in OpenAI requests. Defaults to metadata.name.",
     )
-    aliases: list[str] = Field(default_factory=list, description="Extra names that route to this model.")
+    # Bounded (names and count) so that CEL rules comparing adapter names with them stay within the API
+    # server's cost budget.
+    aliases: list[Annotated[str, StringConstraints(max_length=NAME_MAX_LENGTH)]] = Field(
+        default_factory=list, max_length=32, description="Extra names that route to this model."
+    )
     task: Task = Field(
         default=Task.GENERATE, description="generate (chat/completions) or embed (embeddings)."
     )
@@ -559,7 +576,14 @@ class LLMModelSpec(_Model):
             raise ValueError(ENGINE_ON_CPU_MESSAGE)
         if self.engine is not Engine.SGLANG and self.task is Task.EMBED and prefix_caching:
             raise ValueError(EMBED_PREFIX_CACHING_MESSAGE)
+        if self.engine is not Engine.MODELYARD and any(a.revision is not None for a in self.adapters):
+            raise ValueError(ADAPTER_REVISION_MESSAGE)
         return self
+
+    @property
+    def lora_enabled(self) -> bool:
+        """LoRA on the servers: adapters are listed, or spec.server.lora keeps it on without any."""
+        return bool(self.adapters) or self.server.lora is not None
 
     @property
     def source(self) -> ModelSource:
@@ -669,6 +693,14 @@ class LLMModel(_Model):
     generation: int = 1
     spec: LLMModelSpec
     status: LLMModelStatus = Field(default_factory=LLMModelStatus)
+
+    @model_validator(mode="after")
+    def _adapter_names(self) -> LLMModel:
+        # Mirrors the root CEL rule (crdgen: ADAPTER_NAME_RULE), which alone sees metadata.name.
+        clash = adapter_name_clash(self.spec.adapters, self.served_name, self.spec.aliases)
+        if clash is not None:
+            raise ValueError(clash)
+        return self
 
     @classmethod
     def from_body(cls, body: dict[str, Any] | Any) -> LLMModel:

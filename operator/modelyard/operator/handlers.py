@@ -8,6 +8,8 @@
   (level-triggered: status follows what the cluster actually does, including the scheduler).
 - Child (Deployment, Service, PVC, PDB) watch events -> drift check against the LLMModel; a changed or
   deleted child is re-applied at once.
+- The adapter loop (adapters/loop.py) loads and unloads LoRA adapters on ready pods; LLMModel and Pod
+  events of models with LoRA on wake it.
 - One daemon per LLMModel -> the built-in autoscaler (autoscaler/loop.py), woken after each poll of the
   routers; kopf stops daemons on a peering-paused operator, so only the active one writes replicas.
 """
@@ -28,6 +30,7 @@ from pydantic import ValidationError
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel
 from modelyard.operator import failures, metrics
+from modelyard.operator.adapters.loop import AdapterSyncer, lora_spec
 from modelyard.operator.autoscaler.loop import LoopState, autoscale_once
 from modelyard.operator.autoscaler.signal import LoadSignal
 from modelyard.operator.failures import ReconcileFailure
@@ -55,6 +58,7 @@ class Runtime:
         self.state = ObservedState()
         self.syncer = StatusSyncer(self.state, self.kube, settings)
         self.prober = ProgressProber(self.state, self.syncer.touch, settings)
+        self.adapters = AdapterSyncer(self.state, self.syncer.touch, settings)
         self.signal = LoadSignal(self._router_urls, settings.autoscaler_poll_seconds)
         metrics.register_models_by_phase(self.state.phases)
         # One reconcile per model at a time: a hand edit arrives as several watch events (spec, then
@@ -93,6 +97,7 @@ async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, 
     configure_kopf(settings, ours)
     runtime = Runtime(ours)
     runtime.prober.start()
+    runtime.adapters.start()
     if runtime.autoscaling_enabled:
         runtime.signal.start()
     memo["runtime"] = runtime
@@ -102,6 +107,7 @@ async def llmmodel_operator_startup(settings: kopf.OperatorSettings, memo: Any, 
 async def llmmodel_operator_cleanup(memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     await runtime.prober.close()
+    await runtime.adapters.close()
     await runtime.signal.close()
     await runtime.syncer.close()
     await runtime.kube.close()
@@ -186,6 +192,8 @@ async def llmmodel_event(body: kopf.Body, type: str | None, memo: Any, **_: Any)
             del runtime.reconcile_locks[key]
     else:
         runtime.syncer.touch(key)
+    if lora_spec(body) or key in runtime.state.adapters:
+        runtime.adapters.wake()  # a changed list (or LoRA turned off) is acted on now
     # A new name, a renamed or a deleted model can make another model win or lose a served-name clash.
     for other in runtime.state.refresh_conflicts() - {key}:
         runtime.syncer.touch(other)
@@ -302,6 +310,8 @@ async def pod_event(body: kopf.Body, type: str | None, memo: Any, **_: Any) -> N
     key = runtime.state.set_pod(body, deleted=type == "DELETED")
     if key is not None:
         runtime.syncer.touch(key)
+        if key in runtime.state.adapters or lora_spec(runtime.state.models.get(key) or {}):
+            runtime.adapters.wake()  # a pod that just turned ready loads the listed adapters
 
 
 @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", labels=CHILD_LABELS)

@@ -11,6 +11,7 @@ from typing import Any
 
 from modelyard.api import metadata as md
 from modelyard.api.names import NameClaim, NameConflict, name_conflicts
+from modelyard.operator.adapters.plan import PodAdapters
 from modelyard.operator.failures import ReconcileFailure
 
 Key = tuple[str, str]  # (namespace, LLMModel name)
@@ -22,6 +23,7 @@ def _slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {
             "name": meta.get("name"),
+            "uid": meta.get("uid"),  # the adapter loop's record of its loads is per pod instance
             "deletionTimestamp": meta.get("deletionTimestamp"),
             # Which endpoint the progress prober asks (builders/engines ENGINE_ANNOTATION).
             **({"annotations": {f"{md.GROUP}/engine": engine}} if engine else {}),
@@ -77,6 +79,8 @@ class ObservedState:
         # The last reconcile of each model, when it failed (cleared by the next success): shown as
         # Ready=False/ReconcileFailed with the API server's message.
         self.failures: dict[Key, ReconcileFailure] = {}
+        # What each ready pod of a model with LoRA on serves (written by the adapter loop).
+        self.adapters: dict[Key, dict[str, PodAdapters]] = {}
         # The InferencePool each model's last successful reconcile applied or found (status.inferencePool).
         self.pools: dict[Key, str] = {}
         # Models that lose a served-name clash (api/names.py), and the names every model claims.
@@ -97,6 +101,7 @@ class ObservedState:
         if deleted:
             self.models.pop(key, None)
             self.failures.pop(key, None)
+            self.adapters.pop(key, None)
         else:
             self.models[key] = {
                 "metadata": dict(meta),

@@ -1,8 +1,9 @@
 """A background task that runs one polling round every interval, over one lazily opened HTTP session.
 
-The load signal (autoscaler/signal.py) and the load-progress prober (progress.py) both poll pods this
-way. A round that raises is logged (under the subclass's logger) and the loop goes on: one bad round must
-not stop the signal or the progress reports for the operator's lifetime.
+The load signal (autoscaler/signal.py), the load-progress prober (progress.py) and the adapter loop
+(adapters/loop.py, also woken early by watch events: `wake`) poll pods this way. A round that raises is
+logged (under the subclass's logger) and the loop goes on: one bad round must not stop the signal or the
+progress reports for the operator's lifetime.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Poller(ABC):
         self._what = what
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     @abstractmethod
     async def _round(self) -> None: ...
@@ -41,7 +43,14 @@ class Poller(ABC):
                 await self._round()
             except Exception as exc:
                 log.warning("%s failed: %s", self._what, exc)
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Run the next round now rather than at the end of the interval (coalesced: several wakes
+        during a round cause one more round)."""
+        self._wake.set()
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:

@@ -130,6 +130,11 @@ class OperatorSettings(BaseSettings):
         description="Post Kubernetes Events on LLMModels for transitions (Ready, Unschedulable...).",
     )
     status_retry_delay: float = 5.0
+    adapter_sync_interval_seconds: float = Field(
+        default=10.0,
+        description="How often the ready pods of models with LoRA on are checked against spec.adapters "
+        "(GET /v1/models, then load/unload); rounds also run at once on model and pod changes. 0 disables.",
+    )
     progress_interval_seconds: float = Field(
         default=10.0,
         description="How often loading pods are asked for their load progress (GET /ready); 0 disables.",

@@ -12,6 +12,7 @@ from typing import Any
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import Condition, ConditionType, LLMModel, LLMModelStatus, Phase
+from modelyard.operator.adapters.plan import PodAdapters, adapter_statuses, adapters_condition
 from modelyard.operator.builders.common import selector_string, service_name
 from modelyard.operator.builders.deployment import CONTAINER_NAME, S3_INIT_CONTAINER_NAME
 from modelyard.operator.builders.service import endpoint_url
@@ -185,8 +186,10 @@ def build_status(
     progress: Mapping[str, Any] | None = None,
     blocker: Blocker | None = None,
     ready_endpoints: int | None = None,
+    adapter_pods: Mapping[str, PodAdapters] | None = None,
 ) -> LLMModelStatus:
-    """`progress`: pod name -> LoadProgress (stage, fraction) reported by loading model servers.
+    """`adapter_pods`: what each ready pod serves of spec.adapters (the adapter loop's last round).
+    `progress`: pod name -> LoadProgress (stage, fraction) reported by loading model servers.
     `blocker`: a reason the model is not Ready even if pods are (reconcile failure, name conflict).
     `ready_endpoints`: ready endpoints behind the model's Service (None: not known), so that a Service
     that selects none of the ready pods (a hand-edited selector) does not count as serving."""
@@ -313,6 +316,7 @@ def build_status(
         phase = Phase.PENDING
 
     generation = _deployment_generation(deployment)
+    adapters = adapter_statuses(model.spec.adapters, [v.name for v in views if v.ready], adapter_pods or {})
     return LLMModelStatus(
         observed_generation=generation,
         phase=phase,
@@ -324,12 +328,18 @@ def build_status(
         load_progress=furthest_load.render() if furthest_load is not None and ready < desired else None,
         conditions=_merge_conditions(
             model.status.conditions,
-            [ready_cond, progressing, degraded, *filter(None, [cache_condition(model)])],
+            [
+                ready_cond,
+                progressing,
+                degraded,
+                *filter(None, [cache_condition(model), adapters_condition(adapters)]),
+            ],
             now,
             generation,
         ),
         # The autoscaler writes this part itself; carried through so that comparisons ignore it.
         autoscaler=model.status.autoscaler,
+        adapters=adapters,
     )
 
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from modelyard.api.llmmodel import LLMModel, LLMModelStatus
 from modelyard.operator import failures, metrics
+from modelyard.operator.adapters.plan import failure_events
 from modelyard.operator.observed import Key, ObservedState
 from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.status import Blocker, blocked_status, build_status, ready_condition
@@ -158,6 +159,7 @@ class StatusSyncer:
                 self._state.progress.get(key),
                 blocker,
                 self._state.ready_endpoints_of(key),
+                self._state.adapters.get(key),
             ).model_copy(update={"inference_pool": self._state.pools.get(key)})
         if new == previous:
             return False
@@ -181,7 +183,9 @@ class StatusSyncer:
             new.replica_summary,
             ready.reason if ready else None,
         )
-        for event in (transition_event(previous, new), cache_warning(previous, new)):
+        events = [transition_event(previous, new), cache_warning(previous, new)]
+        events += failure_events(previous.adapters, new.adapters)
+        for event in events:
             if event is not None and self._settings.post_events:
                 await self._kube.post_event(body, *event)
         return True

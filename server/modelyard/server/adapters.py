@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from modelyard.server import hub_adapters
 from modelyard.server.engine.types import EngineError
 from modelyard.server.errors import LoraAdapterError, LoraAdapterNotFoundError, from_engine_error
 
@@ -62,11 +63,16 @@ class LoraAdapters:
             )
         return str(resolved)
 
-    async def load(self, name: str, path: str, *, confine: bool = True) -> None:
+    async def load(self, name: str, path: str, *, confine: bool = True, revision: str | None = None) -> None:
+        """``path``: a directory, or a hub id downloaded into the hub cache (``hub_adapters``)."""
         name = name.strip()
         if not name:
             raise LoraAdapterError("lora_name must not be empty.", param="lora_name")
-        if confine:
+        if hub_adapters.is_hub_id(path):
+            path = await asyncio.to_thread(hub_adapters.fetch, path, revision)
+        elif revision is not None:
+            raise LoraAdapterError("revision applies to hub ids only, not to a path.", param="revision")
+        elif confine:
             path = self.confine(path)
         async with self._lock:
             if name in self._base_names:

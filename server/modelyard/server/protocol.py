@@ -397,7 +397,10 @@ class ModelCard(ResponseModel):
 
 class LoadLoraAdapterRequest(RequestModel):
     lora_name: str = Field(min_length=1, max_length=256)
+    # A directory, or a hub id (org/name) the server downloads into its hub cache, as vLLM does.
     lora_path: str = Field(min_length=1, max_length=4096)
+    # Ours (vLLM has none): the hub revision of a hub id.
+    revision: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 class UnloadLoraAdapterRequest(RequestModel):

@@ -93,7 +93,9 @@ def vllm_venv() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def start_vllm(spec: dict[str, Any], vllm_venv: Path, log: Path) -> Proc:
+def start_vllm(
+    spec: dict[str, Any], vllm_venv: Path, log: Path, extra_env: dict[str, str] | None = None
+) -> Proc:
     container = operator_container(spec)
     model_dir = ensure_vllm_tiny_llama(CACHE / "test-models" / "vllm-tiny-llama")
     port = free_port()
@@ -108,6 +110,7 @@ def start_vllm(spec: dict[str, Any], vllm_venv: Path, log: Path) -> Proc:
         VLLM_CACHE_ROOT=str(CACHE / "vllm-cpu-cache" / "vllm"),
         TORCHINDUCTOR_CACHE_DIR=str(CACHE / "vllm-cpu-cache" / "inductor"),
     )
+    env.update(extra_env or {})
     ready = container["readinessProbe"]["httpGet"]["path"]
     started = time.monotonic()
     proc = Proc(argv, port, env=env, log_path=log)

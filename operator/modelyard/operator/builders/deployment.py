@@ -11,6 +11,7 @@ from typing import Any
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import LLMModel, ModelSource
+from modelyard.operator.builders.adapters import adapter_volumes, s3_adapters_init_container
 from modelyard.operator.builders.common import (
     cache_pvc_name,
     deployment_name,
@@ -46,11 +47,19 @@ def scrape_annotations(metrics_path: str) -> dict[str, str]:
     }
 
 
+def hub_downloads(model: LLMModel) -> bool:
+    """Whether the server reaches the hub: an hf:// model, or LoRA on (hf:// adapters are downloaded at
+    runtime; on whenever LoRA is, so that adding the first one changes no pod template)."""
+    return model.spec.source is ModelSource.HF or model.spec.lora_enabled
+
+
 def download_size(model: LLMModel) -> str | None:
-    """The size of the emptyDir that weights are downloaded into, when they are: hf:// without a cache
-    PVC, and s3:// (fetched by the init container). None when nothing is downloaded to local disk."""
+    """The size of the emptyDir that weights are downloaded into, when they are: hub downloads without a
+    cache PVC, and s3:// (fetched by the init container). None when nothing is downloaded to local disk."""
     spec = model.spec
-    if spec.source is ModelSource.PVC or (spec.source is ModelSource.HF and spec.cache is not None):
+    if spec.cache is not None and spec.source is not ModelSource.S3:
+        return None
+    if spec.source is ModelSource.PVC and not hub_downloads(model):
         return None
     return str(spec.resources.ephemeral_storage or DEFAULT_DOWNLOAD_SIZE)
 
@@ -58,11 +67,11 @@ def download_size(model: LLMModel) -> str | None:
 def _env(model: LLMModel, engine: EngineContainer) -> list[dict[str, Any]]:
     spec = model.spec
     env: dict[str, dict[str, Any]] = {}
-    if spec.cache is not None or spec.source is ModelSource.HF:
+    if spec.cache is not None or hub_downloads(model):
         env["HF_HOME"] = {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"}
     for item in engine.env:
         env[str(item["name"])] = dict(item)
-    if spec.hub_token_secret is not None and spec.source is ModelSource.HF:
+    if spec.hub_token_secret is not None and hub_downloads(model):
         # Only where the hub is reached: a pvc:// or s3:// model's pods never see the token.
         env["HF_TOKEN"] = {
             "name": "HF_TOKEN",
@@ -70,7 +79,7 @@ def _env(model: LLMModel, engine: EngineContainer) -> list[dict[str, Any]]:
                 "secretKeyRef": {"name": spec.hub_token_secret.name, "key": spec.hub_token_secret.key}
             },
         }
-    if spec.source is not ModelSource.HF:
+    if not hub_downloads(model):
         # Weights are local: never reach for the hub at start-up.
         env["HF_HUB_OFFLINE"] = {"name": "HF_HUB_OFFLINE", "value": "1"}
     # User entries win; one entry per name, because server-side apply keys env by name.
@@ -160,7 +169,7 @@ def _volumes_and_mounts(
         claim = spec.cache.claim_name or cache_pvc_name(model)
         volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
-    elif spec.source is ModelSource.HF:
+    elif hub_downloads(model):
         # No cache PVC: the hub download goes to a sized emptyDir, not the container's writable layer.
         volumes.append({"name": "cache", "emptyDir": {"sizeLimit": download_size(model)}})
         mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
@@ -171,7 +180,8 @@ def _volumes_and_mounts(
     elif spec.source is ModelSource.S3:
         volumes.append({"name": "model", "emptyDir": {"sizeLimit": download_size(model)}})
         mounts.append({"name": "model", "mountPath": f"{MODELS_MOUNT}/s3", "readOnly": True})
-    return volumes, mounts
+    extra_volumes, extra_mounts = adapter_volumes(model)
+    return volumes + extra_volumes, mounts + extra_mounts
 
 
 def _s3_init_container(model: LLMModel, settings: OperatorSettings) -> dict[str, Any]:
@@ -218,8 +228,12 @@ def build_deployment(model: LLMModel, settings: OperatorSettings) -> dict[str, A
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
     }
-    if spec.source is ModelSource.S3:
-        pod_spec["initContainers"] = [_s3_init_container(model, settings)]
+    init_containers = [_s3_init_container(model, settings)] if spec.source is ModelSource.S3 else []
+    adapters_init = s3_adapters_init_container(model, settings, CONTAINER_SECURITY_CONTEXT)
+    if adapters_init is not None:
+        init_containers.append(adapters_init)
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:

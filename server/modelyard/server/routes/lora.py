@@ -28,7 +28,7 @@ def _adapters(runtime: ModelRuntime) -> LoraAdapters:
 
 @router.post("/load_lora_adapter", response_class=PlainTextResponse)
 async def load_lora_adapter(body: LoadLoraAdapterRequest, runtime: RuntimeDep) -> str:
-    await _adapters(runtime).load(body.lora_name, body.lora_path)
+    await _adapters(runtime).load(body.lora_name, body.lora_path, revision=body.revision)
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from modelyard.api import metadata as md
 from modelyard.api.llmmodel import Engine, LLMModel, ModelSource
+from modelyard.operator.builders.engines.lora import LoraApi
 from modelyard.operator.settings import OperatorSettings
 
 CACHE_MOUNT = "/cache"
@@ -49,6 +50,9 @@ class EngineBuilder(Protocol):
 
     @property
     def health_path(self) -> str: ...
+
+    @property
+    def lora_api(self) -> LoraApi: ...
 
     def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer: ...
 

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from modelyard.api.llmmodel import Engine, LLMModel
 from modelyard.operator.builders.engines.base import (
+    CACHE_MOUNT,
+    MODELS_MOUNT,
     EngineContainer,
     Probes,
     image,
     listen_args,
     model_argument,
 )
+from modelyard.operator.builders.engines.lora import LoraApi, LoraFlags, lora_args
 from modelyard.operator.settings import OperatorSettings
+
+# vLLM's names. Runtime loads on (the operator loads every adapter that way), confined to where adapters
+# land: claims under /models, s3 syncs under /models/adapters, hub downloads under the cache (HF_HOME).
+LORA_FLAGS = LoraFlags(
+    max_loras="--max-loras",
+    max_lora_rank="--max-lora-rank",
+    max_cpu_loras="--max-cpu-loras",
+    always=("--allow-runtime-lora-updating", "--allowed-lora-paths", MODELS_MOUNT, CACHE_MOUNT),
+)
 
 
 def device(model: LLMModel) -> str:
@@ -39,6 +51,7 @@ def server_args(model: LLMModel) -> list[str]:
     if spec.resources.gpus > 1:
         # The server's default is every visible GPU; said explicitly so the pod spec shows the split.
         args += ["--tensor-parallel-size", str(spec.resources.gpus)]
+    args += lora_args(model, LORA_FLAGS)
     args += listen_args()
     return args + list(spec.server.extra_args)
 
@@ -47,6 +60,7 @@ class ModelyardEngine:
     engine = Engine.MODELYARD
     health_path = "/health"
     progress_path: str | None = "/ready"
+    lora_api = LoraApi()
 
     def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer:
         env = []

@@ -17,6 +17,7 @@ from modelyard.operator.builders.engines.base import (
     model_argument,
     tensor_parallel_size,
 )
+from modelyard.operator.builders.engines.lora import DEFAULT_LORA_API, LoraApi, LoraFlags, lora_args
 from modelyard.operator.settings import OperatorSettings
 
 
@@ -34,6 +35,8 @@ class PeerFlags:
     prefix_caching_off: str
     always: tuple[str, ...] = ()  # passed on every replica, before spec.server.extraArgs
     speculative_config: str | None = None  # takes vLLM's JSON; None: the engine has no such flag
+    lora: LoraFlags | None = None  # None: the engine serves no adapters
+    lora_env: tuple[tuple[str, str], ...] = ()  # set whenever LoRA is on (vLLM: runtime loads allowed)
 
 
 def peer_args(model: LLMModel, flags: PeerFlags) -> list[str]:
@@ -60,6 +63,8 @@ def peer_args(model: LLMModel, flags: PeerFlags) -> list[str]:
         args += [flags.speculative_config, spec.server.speculative.config_json()]
     if spec.revision is not None and spec.source is ModelSource.HF:
         args += ["--revision", spec.revision]
+    if flags.lora is not None:
+        args += lora_args(model, flags.lora)
     return args + list(flags.always) + list(spec.server.extra_args)
 
 
@@ -71,13 +76,17 @@ class PeerEngine:
     # No load-progress endpoint; /health answers once the engine is up (see progress.py).
     health_path: str = "/health"
     progress_path: str | None = None
+    lora_api: LoraApi = DEFAULT_LORA_API
 
     def container(self, model: LLMModel, settings: OperatorSettings) -> EngineContainer:
+        # The images expect root's home; as uid 1000, caches (compile, hub) go under /tmp.
+        env = [{"name": "HOME", "value": "/tmp"}]
+        if model.spec.lora_enabled:
+            env += [{"name": name, "value": value} for name, value in self.flags.lora_env]
         return EngineContainer(
             image=image(model, settings),
             command=list(self.command),
             args=peer_args(model, self.flags),
-            # The images expect root's home; as uid 1000, caches (compile, hub) go under /tmp.
-            env=[{"name": "HOME", "value": "/tmp"}],
+            env=env,
             probes=Probes(startup=self.health_path, liveness=self.health_path, readiness=self.health_path),
         )

@@ -7,12 +7,18 @@
 - GPUs per replica: `--tp-size`;
 - prefix caching is SGLang's radix cache, on by default: `prefixCaching: false` -> `--disable-radix-cache`;
 - metrics only with `--enable-metrics` (always passed), on the server port at `/metrics`;
+- LoRA: `--enable-lora`, `--max-loras-per-batch`, `--max-lora-rank` (16 unless set: SGLang sizes its
+  adapter memory from it when no adapter is given at start), `--max-loaded-loras` and
+  `--lora-target-modules all` (any projection an adapter may target); adapters load at runtime through
+  SGLang's own `/load_lora_adapter` and `/unload_lora_adapter` (no `/v1`, always on); its `/v1/models`
+  does not list adapters, so the operator remembers what it loaded on each pod;
 - health `/health` (503 until the warm-up request has run).
 """
 
 from __future__ import annotations
 
 from modelyard.api.llmmodel import Engine
+from modelyard.operator.builders.engines.lora import LoraApi, LoraFlags
 from modelyard.operator.builders.engines.peer import PeerEngine, PeerFlags
 
 FLAGS = PeerFlags(
@@ -25,6 +31,17 @@ FLAGS = PeerFlags(
     prefix_caching_on=None,
     prefix_caching_off="--disable-radix-cache",
     always=("--enable-metrics",),
+    lora=LoraFlags(
+        max_loras="--max-loras-per-batch",
+        max_lora_rank="--max-lora-rank",
+        max_cpu_loras="--max-loaded-loras",
+        always=("--lora-target-modules", "all"),
+        default_rank=16,
+    ),
 )
 
-BUILDER = PeerEngine(Engine.SGLANG, command=("python3", "-m", "sglang.launch_server"), flags=FLAGS)
+LORA_API = LoraApi(load="/load_lora_adapter", unload="/unload_lora_adapter", lists_adapters=False)
+
+BUILDER = PeerEngine(
+    Engine.SGLANG, command=("python3", "-m", "sglang.launch_server"), flags=FLAGS, lora_api=LORA_API
+)
