@@ -17,46 +17,14 @@ import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-_FALSE = ("", "0", "false", "no")
-
-
-def endpoint_from(flag: str | None, env: Mapping[str, str]) -> str | None:
-    if env.get("OTEL_SDK_DISABLED", "").lower() not in _FALSE:
-        return None
-    return (
-        flag
-        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or None
-    )
+from modelyard.otlp import endpoint_from
 
 
 class RouterTracing:
     def __init__(self, endpoint: str, env: Mapping[str, str]) -> None:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from modelyard.otlp import tracer_provider
 
-        protocol = (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
-        )
-        exporter: Any
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-            exporter = GrpcExporter(endpoint=endpoint, insecure=endpoint.startswith("http://") or None)
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-            url = (
-                endpoint
-                if endpoint.rstrip("/").endswith("/v1/traces")
-                else endpoint.rstrip("/") + "/v1/traces"
-            )
-            exporter = HttpExporter(endpoint=url)
-        resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "modelyard-router"})
-        self.provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER(_ARG)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.provider = tracer_provider(endpoint, env, "modelyard-router")
         self.tracer = self.provider.get_tracer("modelyard.router")
 
     @contextlib.contextmanager

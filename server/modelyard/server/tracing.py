@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.otlp import endpoint_from
 from modelyard.server.engine.types import EngineEvent, SamplingParams
 from modelyard.server.logs import trace_id_var
 
@@ -28,49 +29,15 @@ from modelyard.server.logs import trace_id_var
 trace_headers_var: ContextVar[dict[str, str] | None] = ContextVar("modelyard_trace_headers", default=None)
 
 TRACE_HEADERS = (b"traceparent", b"tracestate")
-_FALSE = ("", "0", "false", "no")
-
-
-def endpoint_from(flag: str | None, env: Mapping[str, str]) -> str | None:
-    if env.get("OTEL_SDK_DISABLED", "").lower() not in _FALSE:
-        return None
-    return (
-        flag
-        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or None
-    )
 
 
 class Tracing:
     """The tracer, built only when tracing is on."""
 
     def __init__(self, endpoint: str, env: Mapping[str, str]) -> None:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from modelyard.otlp import tracer_provider
 
-        protocol = (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
-        )
-        exporter: Any
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-            exporter = GrpcExporter(endpoint=endpoint, insecure=endpoint.startswith("http://") or None)
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-            url = (
-                endpoint
-                if endpoint.rstrip("/").endswith("/v1/traces")
-                else endpoint.rstrip("/") + "/v1/traces"
-            )
-            exporter = HttpExporter(endpoint=url)
-        resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "modelyard-server"})
-        self.provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER(_ARG)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.exporter = exporter
+        self.provider = tracer_provider(endpoint, env, "modelyard-server")
         self.tracer = self.provider.get_tracer("modelyard.server")
         # Engine events carry the host's monotonic clock; spans want epoch nanoseconds.
         self.epoch_offset = time.time() - time.monotonic()
