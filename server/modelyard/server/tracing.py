@@ -6,10 +6,12 @@ true. When off, ``setup`` returns None without importing the SDK: no provider, n
 
 When on, each engine-backed request gets one SERVER span named ``{operation} {model}`` with the
 OpenTelemetry GenAI semantic-convention attributes and vLLM's latency attributes, parented on the
-caller's W3C ``traceparent`` (the router passes it). The engine's phases are span events: ``queued``,
-``scheduled`` and ``preempted`` come from the engine process with the outputs (engine/types.EngineEvent),
-``prefill_done``/``first_token`` and ``finished`` from the serving side. Everything else follows the
-OTEL_* variables: protocol (``grpc``, vLLM's default, or ``http/protobuf``), headers, sampler, service name.
+caller's W3C ``traceparent`` (the router passes it). The engine's phases are span events at the engine's
+own times: the span's context goes to the engine process in each GenerationRequest (``trace_context``),
+which stamps ``queued``, ``scheduled``, ``preempted``, ``prefill_done``, ``first_token`` and ``finished``
+(engine/types.EngineEvent, host monotonic clock) and sends them back with the outputs; its log lines for the
+request carry the trace id. The provider and exporter come from ``modelyard.otlp`` (the OTEL_* variables:
+protocol, headers, sampler, service name), shared with the router.
 """
 
 from __future__ import annotations
@@ -72,8 +74,16 @@ class Tracing:
                 "gen_ai.response.model": model,
             },
         )
-        trace_id_var.set(format(span.get_span_context().trace_id, "032x"))
-        return RequestTrace(self, span, choices, input_tokens=input_tokens)
+        context = span.get_span_context()
+        trace_id = format(context.trace_id, "032x")
+        trace_id_var.set(trace_id)
+        # The engine stamps phases only for a span that records them (a sampled one).
+        traceparent = (
+            f"00-{trace_id}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+            if span.is_recording()
+            else None
+        )
+        return RequestTrace(self, span, choices, traceparent, input_tokens=input_tokens)
 
     def shutdown(self) -> None:
         self.provider.shutdown()
@@ -87,35 +97,54 @@ def setup(flag: str | None, env: Mapping[str, str] | None = None) -> Tracing | N
 
 @dataclass
 class RequestTrace:
-    """One request's span, fed by its choices' metric trackers, ended when the last choice ends."""
+    """One request's span, fed by its choices' metric trackers, ended when the last choice ends.
+
+    The engine's phases arrive as EngineEvents stamped in the engine's process (``traceparent`` goes to the
+    engine with each choice's GenerationRequest and asks for them) and become span events at those times.
+    An engine that sends no ``first_token``/``finished`` (one that left early: aborted, failed) gets them
+    stamped here, when the serving side saw them.
+    """
 
     tracing: Tracing
     span: Any
     pending: int
+    traceparent: str | None = None
     finish_reasons: list[str] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
-    first_token: float | None = None
+    first_token: float | None = None  # the first token reached the serving side (client-visible TTFT)
     queued: float | None = None
     scheduled: float | None = None
+    engine_first_token: float | None = None
+    engine_finished: float | None = None  # the last choice's
     start: float = field(default_factory=time.monotonic)
 
     def _ns(self, monotonic: float) -> int:
         return int((monotonic + self.tracing.epoch_offset) * 1e9)
 
     def on_events(self, events: tuple[EngineEvent, ...]) -> None:
+        add_event = self.span.add_event
         for event in events:
-            self.span.add_event(event.kind, timestamp=self._ns(event.timestamp))
-            if event.kind == "queued" and self.queued is None:
-                self.queued = event.timestamp
-            elif event.kind == "scheduled" and self.scheduled is None:
-                self.scheduled = event.timestamp
+            kind, at = event.kind, event.timestamp
+            add_event(kind, timestamp=self._ns(at))
+            if kind == "queued":
+                if self.queued is None:
+                    self.queued = at
+            elif kind == "scheduled":
+                if self.scheduled is None:
+                    self.scheduled = at
+            elif kind == "first_token":
+                if self.engine_first_token is None:
+                    self.engine_first_token = at
+            elif kind == "finished":
+                self.engine_finished = at if self.engine_finished is None else max(self.engine_finished, at)
 
     def on_first_token(self, at: float) -> None:
         if self.first_token is None:
             self.first_token = at
-            self.span.add_event("prefill_done", timestamp=self._ns(at))
-            self.span.add_event("first_token", timestamp=self._ns(at))
+            if self.engine_first_token is None:
+                self.span.add_event("prefill_done", timestamp=self._ns(at))
+                self.span.add_event("first_token", timestamp=self._ns(at))
 
     def finished(self, reason: str, generated: int) -> None:
         self.finish_reasons.append(reason)
@@ -125,19 +154,22 @@ class RequestTrace:
             return
         now = time.monotonic()
         span = self.span
-        span.add_event("finished", timestamp=self._ns(now))
+        if self.engine_finished is None:
+            span.add_event("finished", timestamp=self._ns(now))
         span.set_attribute("gen_ai.response.finish_reasons", self.finish_reasons)
         span.set_attribute("gen_ai.usage.input_tokens", self.input_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", self.output_tokens)
         latency = {"e2e": now - self.start}
         if self.first_token is not None:
             latency["time_to_first_token"] = self.first_token - self.start
+        first = self.engine_first_token or self.first_token
+        end = self.engine_finished or now
         if self.queued is not None and self.scheduled is not None:
             latency["time_in_queue"] = self.scheduled - self.queued
-            if self.first_token is not None:
-                latency["time_in_model_prefill"] = self.first_token - self.scheduled
-                latency["time_in_model_decode"] = now - self.first_token
-                latency["time_in_model_inference"] = now - self.scheduled
+            if first is not None:
+                latency["time_in_model_prefill"] = first - self.scheduled
+                latency["time_in_model_decode"] = end - first
+                latency["time_in_model_inference"] = end - self.scheduled
         for key, seconds in latency.items():
             span.set_attribute(f"gen_ai.latency.{key}", max(0.0, seconds))
         span.end()
