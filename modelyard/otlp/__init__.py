@@ -10,7 +10,7 @@ standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`
 not true. Nothing of the SDK is imported until ``tracer_provider`` is called. The rest follows the standard
 variables: ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` (``grpc``, vLLM's default, or ``http/protobuf``),
 ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS``, ``OTEL_TRACES_SAMPLER(_ARG)``, ``OTEL_SERVICE_NAME`` and the batch
-processor's ``OTEL_BSP_*``.
+processor's ``OTEL_BSP_*`` (the SDK's own defaults).
 """
 
 from __future__ import annotations
@@ -19,14 +19,6 @@ from collections.abc import Mapping
 from typing import Any
 
 _FALSE = ("", "0", "false", "no")
-
-# The batch processor's defaults where OTEL_BSP_* says nothing. The SDK's own (512 spans per export, every
-# 5 s) wake its export thread, which shares the GIL with the serving loop, for every 512 spans; at a few
-# hundred requests a second bigger, rarer exports cost the loop less (bench/tracing_overhead.py).
-_BSP_DEFAULTS = {
-    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": 2048,
-    "OTEL_BSP_MAX_QUEUE_SIZE": 8192,
-}
 
 
 def endpoint_from(flag: str | None, env: Mapping[str, str]) -> str | None:
@@ -70,15 +62,6 @@ def tracer_provider(endpoint: str, env: Mapping[str, str], default_service: str)
 
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or default_service})
     provider = TracerProvider(resource=resource)
-    processor = BatchSpanProcessor(
-        span_exporter(endpoint, env),
-        max_queue_size=_bsp(env, "OTEL_BSP_MAX_QUEUE_SIZE"),
-        max_export_batch_size=_bsp(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
-    )
-    provider.add_span_processor(processor)
+    # The SDK reads OTEL_BSP_* (batch size, queue, delay) itself.
+    provider.add_span_processor(BatchSpanProcessor(span_exporter(endpoint, env)))
     return provider
-
-
-def _bsp(env: Mapping[str, str], name: str) -> int:
-    value = env.get(name, "")
-    return int(value) if value.isdigit() and int(value) > 0 else _BSP_DEFAULTS[name]

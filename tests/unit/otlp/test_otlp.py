@@ -1,5 +1,5 @@
-"""The one OTLP set-up the router and the server share (modelyard/otlp): endpoint, protocol, service name
-and batch sizes from the standard OTEL_* variables."""
+"""The one OTLP set-up the router and the server share (modelyard/otlp): endpoint, protocol and service
+name from the standard OTEL_* variables."""
 
 from __future__ import annotations
 
@@ -27,12 +27,11 @@ def test_grpc_by_default_http_protobuf_posts_to_v1_traces() -> None:
 
 
 def test_the_provider_names_the_service_and_sizes_its_batches_from_the_environment() -> None:
-    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "64"}
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
     provider = tracer_provider("http://127.0.0.1:9", env, "modelyard-test")
     try:
         assert provider.resource.attributes["service.name"] == "modelyard-test"
-        (processor,) = provider._active_span_processor._span_processors
-        assert processor._batch_processor._max_export_batch_size == 64
+        assert len(provider._active_span_processor._span_processors) == 1
     finally:
         provider.shutdown()
     named = tracer_provider("http://127.0.0.1:9", {**env, "OTEL_SERVICE_NAME": "mine"}, "modelyard-test")
