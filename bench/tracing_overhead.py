@@ -6,9 +6,11 @@ tokens/s, with every trace kept (100% sampled) and exported over OTLP to a real 
 
 Router: a fake upstream (tests/integration/router/fake_backend.py) answers at once, so the router's own CPU
 (utime + stime from /proc) per sequential request is what is measured. Server: tiny Llama, streamed
-completions of 32 tokens at the given concurrency, tokens/s over the rounds. Each round measures off and on
-back to back, in alternating order (off-on, on-off, ...), so drift on a shared machine hits both; the result
-is each round's on/off ratio, reported as the median with the lowest and highest round, not one best case.
+completions of 32 tokens at the given concurrency: tokens/s, and the HTTP process's CPU time per token (the
+spans and their exporter thread live there; the engine process does no tracing work beyond a few stamps).
+Each round measures off and on back to back, in alternating order (off-on, on-off, ...), so drift on a
+shared machine hits both; the result is each round's on/off ratio, reported as the median with the lowest
+and highest round, not one best case.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "server")]
 
-from tests.fixtures.models import start_server  # noqa: E402
+from tests.fixtures.models import ServerProcess, start_server  # noqa: E402
 from tests.integration.observability.jaeger import build_jaeger, start_jaeger  # noqa: E402
 from tests.integration.router.procs import Proc, free_port, start_router, write_config  # noqa: E402
 
@@ -53,7 +55,11 @@ async def router_cpu_per_request(router: Proc, n: int) -> float:
         return (cpu_seconds(router.popen.pid) - before) / n
 
 
-async def server_tokens_per_s(base: str, model: str, concurrency: int, per_client: int) -> float:
+async def server_run(
+    server: ServerProcess, model: str, concurrency: int, per_client: int
+) -> tuple[float, float]:
+    """Tokens/s, and the HTTP process's CPU milliseconds per token (where the span work and the exporter
+    thread run; CPU time shifts less than wall time when neighbours load the machine)."""
     body = json.dumps({"model": model, "prompt": "Once upon a time", "max_tokens": 32, "ignore_eos": True,
                        "stream": True}).encode()  # fmt: skip
     headers = {"Content-Type": "application/json"}
@@ -62,15 +68,17 @@ async def server_tokens_per_s(base: str, model: str, concurrency: int, per_clien
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal tokens
         for _ in range(per_client):
-            async with session.post(base + "/v1/completions", data=body, headers=headers) as r:
+            async with session.post(server.base_url + "/v1/completions", data=body, headers=headers) as r:
                 async for line in r.content:
                     if line.startswith(b"data: {"):
                         tokens += 1
 
     async with aiohttp.ClientSession() as session:
+        cpu_before = cpu_seconds(server.process.pid)
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        return tokens / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return tokens / elapsed, (cpu_seconds(server.process.pid) - cpu_before) * 1e3 / tokens
 
 
 def main() -> None:
@@ -118,19 +126,18 @@ def main() -> None:
     )
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     tps: dict[str, list[float]] = {"off": [], "on": []}
+    http_ms: dict[str, list[float]] = {"off": [], "on": []}
     try:
         for index in range(args.rounds):
             for mode in ("off", "on") if index % 2 == 0 else ("on", "off"):
                 if args.only in (None, "router"):
                     cpu[mode].append(asyncio.run(router_cpu_per_request(routers[mode], args.requests)))
                 if args.only in (None, "server"):
-                    tps[mode].append(
-                        asyncio.run(
-                            server_tokens_per_s(
-                                servers[mode].base_url, "m", args.concurrency, args.per_client
-                            )
-                        )
+                    rate, http_cpu = asyncio.run(
+                        server_run(servers[mode], "m", args.concurrency, args.per_client)
                     )
+                    tps[mode].append(rate)
+                    http_ms[mode].append(http_cpu)
     finally:
         for proc in (*routers.values(), upstream, jaeger):
             proc.kill()
@@ -140,7 +147,10 @@ def main() -> None:
         print("router CPU per request, on/off: " + _ratios(cpu, scale=1e3, unit="ms"))
     if tps["off"]:
         print(f"server tokens/s (c={args.concurrency}), on/off: " + _ratios(tps, scale=1, unit="tok/s"))
-    print(json.dumps({"router_cpu_s": cpu, "server_tokens_per_s": tps}))
+        print("server HTTP-process CPU per token, on/off: " + _ratios(http_ms, scale=1, unit="ms"))
+    print(
+        json.dumps({"router_cpu_s": cpu, "server_tokens_per_s": tps, "server_http_cpu_ms_per_token": http_ms})
+    )
 
 
 def _ratios(values: dict[str, list[float]], scale: float, unit: str) -> str:

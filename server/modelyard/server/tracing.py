@@ -37,8 +37,13 @@ class Tracing:
     """The tracer, built only when tracing is on."""
 
     def __init__(self, endpoint: str, env: Mapping[str, str]) -> None:
+        from opentelemetry import propagate
+        from opentelemetry.trace import SpanKind
+
         from modelyard.otlp import tracer_provider
 
+        self._extract = propagate.extract
+        self._server_kind = SpanKind.SERVER
         self.provider = tracer_provider(endpoint, env, "modelyard-server")
         self.tracer = self.provider.get_tracer("modelyard.server")
         # Engine events carry the host's monotonic clock; spans want epoch nanoseconds.
@@ -53,15 +58,12 @@ class Tracing:
         choices: int,
         input_tokens: int,
     ) -> RequestTrace:
-        from opentelemetry import propagate
-        from opentelemetry.trace import SpanKind
-
         headers = trace_headers_var.get()
-        parent = propagate.extract(headers) if headers else None
+        parent = self._extract(headers) if headers else None
         span = self.tracer.start_span(
             f"{operation} {model}",
             context=parent,
-            kind=SpanKind.SERVER,
+            kind=self._server_kind,
             attributes={
                 "gen_ai.operation.name": operation,
                 "gen_ai.system": "modelyard",
@@ -156,20 +158,21 @@ class RequestTrace:
         span = self.span
         if self.engine_finished is None:
             span.add_event("finished", timestamp=self._ns(now))
-        span.set_attribute("gen_ai.response.finish_reasons", self.finish_reasons)
-        span.set_attribute("gen_ai.usage.input_tokens", self.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", self.output_tokens)
-        latency = {"e2e": now - self.start}
+        attributes: dict[str, Any] = {
+            "gen_ai.response.finish_reasons": self.finish_reasons,
+            "gen_ai.usage.input_tokens": self.input_tokens,
+            "gen_ai.usage.output_tokens": self.output_tokens,
+            "gen_ai.latency.e2e": now - self.start,
+        }
         if self.first_token is not None:
-            latency["time_to_first_token"] = self.first_token - self.start
+            attributes["gen_ai.latency.time_to_first_token"] = self.first_token - self.start
         first = self.engine_first_token or self.first_token
         end = self.engine_finished or now
         if self.queued is not None and self.scheduled is not None:
-            latency["time_in_queue"] = self.scheduled - self.queued
+            attributes["gen_ai.latency.time_in_queue"] = max(0.0, self.scheduled - self.queued)
             if first is not None:
-                latency["time_in_model_prefill"] = first - self.scheduled
-                latency["time_in_model_decode"] = end - first
-                latency["time_in_model_inference"] = end - self.scheduled
-        for key, seconds in latency.items():
-            span.set_attribute(f"gen_ai.latency.{key}", max(0.0, seconds))
+                attributes["gen_ai.latency.time_in_model_prefill"] = max(0.0, first - self.scheduled)
+                attributes["gen_ai.latency.time_in_model_decode"] = max(0.0, end - first)
+                attributes["gen_ai.latency.time_in_model_inference"] = max(0.0, end - self.scheduled)
+        span.set_attributes(attributes)  # one lock and one pass, not one per attribute
         span.end()
