@@ -14,43 +14,42 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from modelyard.otlp import endpoint_from
 
 
 class RouterTracing:
+    """The tracer, built only when tracing is on. Its methods hand out the SDK's own context managers,
+    unwrapped: a request makes three spans, and each wrapper layer is a generator frame per span."""
+
     def __init__(self, endpoint: str, env: Mapping[str, str]) -> None:
+        from opentelemetry import propagate
+        from opentelemetry.trace import SpanKind
+
         from modelyard.otlp import tracer_provider
 
         self.provider = tracer_provider(endpoint, env, "modelyard-router")
         self.tracer = self.provider.get_tracer("modelyard.router")
+        self._extract = propagate.extract
+        self.inject: Callable[[MutableMapping[str, str]], None] = propagate.inject
+        self._server_kind = SpanKind.SERVER
 
-    @contextlib.contextmanager
-    def request(self, method: str, path: str, headers: Mapping[str, str]) -> Iterator[Any]:
-        from opentelemetry import propagate
-        from opentelemetry.trace import SpanKind
-
-        parent = propagate.extract(headers)
-        with self.tracer.start_as_current_span(
+    def request(self, method: str, path: str, headers: Mapping[str, str]) -> AbstractContextManager[Any]:
+        """The request's SERVER span, continuing the caller's traceparent (or starting a trace)."""
+        manager: AbstractContextManager[Any] = self.tracer.start_as_current_span(
             f"{method} {path}",
-            context=parent,
-            kind=SpanKind.SERVER,
+            context=self._extract(headers),
+            kind=self._server_kind,
             attributes={"http.request.method": method, "url.path": path},
-        ) as span:
-            yield span
+        )
+        return manager
 
-    @contextlib.contextmanager
-    def child(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Any]:
-        with self.tracer.start_as_current_span(name, attributes=dict(attributes or {})) as span:
-            yield span
-
-    @staticmethod
-    def inject(headers: MutableMapping[str, str]) -> None:
-        from opentelemetry import propagate
-
-        propagate.inject(headers)
+    def child(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[Any]:
+        manager: AbstractContextManager[Any] = self.tracer.start_as_current_span(name, attributes=attributes)
+        return manager
 
     def shutdown(self) -> None:
         self.provider.shutdown()
@@ -62,8 +61,9 @@ def setup(flag: str | None, env: Mapping[str, str] | None = None) -> RouterTraci
     return RouterTracing(endpoint, values) if endpoint else None
 
 
-def span(
-    tracing: RouterTracing | None, name: str, **attributes: Any
-) -> contextlib.AbstractContextManager[Any]:
+def span(tracing: RouterTracing | None, name: str, **attributes: Any) -> AbstractContextManager[Any]:
     """A child span of the current request's span; nothing at all when tracing is off."""
-    return contextlib.nullcontext() if tracing is None else tracing.child(name, attributes)
+    return _NOTHING if tracing is None else tracing.child(name, attributes)
+
+
+_NOTHING = contextlib.nullcontext()  # reusable: it holds no state
