@@ -64,17 +64,7 @@ class Tracing:
             f"{operation} {model}",
             context=parent,
             kind=self._server_kind,
-            attributes={
-                "gen_ai.operation.name": operation,
-                "gen_ai.system": "modelyard",
-                "gen_ai.request.model": model,
-                "gen_ai.request.max_tokens": params.max_tokens,
-                "gen_ai.request.temperature": params.temperature,
-                "gen_ai.request.top_p": params.top_p,
-                "gen_ai.request.n": choices,
-                "gen_ai.response.id": response_id,
-                "gen_ai.response.model": model,
-            },
+            attributes=_request_attributes(operation, model, params, response_id, choices),
         )
         context = span.get_span_context()
         trace_id = format(context.trace_id, "032x")
@@ -89,6 +79,26 @@ class Tracing:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def _request_attributes(
+    operation: str, model: str, params: SamplingParams, response_id: str, choices: int
+) -> dict[str, Any]:
+    # Each attribute costs the SDK a validation pass and the exporter ~3 us to encode (as much as the rest of
+    # the span's work per attribute), so none is here that another one or an event already says:
+    # gen_ai.request.n only when it is not 1.
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.request.model": model,
+        "gen_ai.request.max_tokens": params.max_tokens,
+        "gen_ai.request.temperature": params.temperature,
+        "gen_ai.request.top_p": params.top_p,
+        "gen_ai.response.id": response_id,
+        "gen_ai.response.model": model,
+    }
+    if choices != 1:
+        attributes["gen_ai.request.n"] = choices
+    return attributes
 
 
 def setup(flag: str | None, env: Mapping[str, str] | None = None) -> Tracing | None:
@@ -117,8 +127,8 @@ class RequestTrace:
     first_token: float | None = None  # the first token reached the serving side (client-visible TTFT)
     queued: float | None = None
     scheduled: float | None = None
-    engine_first_token: float | None = None
-    engine_finished: float | None = None  # the last choice's
+    engine_first_token: bool = False  # the engine stamped them (a traced TorchEngine does)
+    engine_finished: bool = False
     start: float = field(default_factory=time.monotonic)
 
     def _ns(self, monotonic: float) -> int:
@@ -136,15 +146,14 @@ class RequestTrace:
                 if self.scheduled is None:
                     self.scheduled = at
             elif kind == "first_token":
-                if self.engine_first_token is None:
-                    self.engine_first_token = at
+                self.engine_first_token = True
             elif kind == "finished":
-                self.engine_finished = at if self.engine_finished is None else max(self.engine_finished, at)
+                self.engine_finished = True
 
     def on_first_token(self, at: float) -> None:
         if self.first_token is None:
             self.first_token = at
-            if self.engine_first_token is None:
+            if not self.engine_first_token:
                 self.span.add_event("prefill_done", timestamp=self._ns(at))
                 self.span.add_event("first_token", timestamp=self._ns(at))
 
@@ -156,7 +165,7 @@ class RequestTrace:
             return
         now = time.monotonic()
         span = self.span
-        if self.engine_finished is None:
+        if not self.engine_finished:
             span.add_event("finished", timestamp=self._ns(now))
         attributes: dict[str, Any] = {
             "gen_ai.response.finish_reasons": self.finish_reasons,
@@ -166,13 +175,9 @@ class RequestTrace:
         }
         if self.first_token is not None:
             attributes["gen_ai.latency.time_to_first_token"] = self.first_token - self.start
-        first = self.engine_first_token or self.first_token
-        end = self.engine_finished or now
         if self.queued is not None and self.scheduled is not None:
             attributes["gen_ai.latency.time_in_queue"] = max(0.0, self.scheduled - self.queued)
-            if first is not None:
-                attributes["gen_ai.latency.time_in_model_prefill"] = max(0.0, first - self.scheduled)
-                attributes["gen_ai.latency.time_in_model_decode"] = max(0.0, end - first)
-                attributes["gen_ai.latency.time_in_model_inference"] = max(0.0, end - self.scheduled)
+        # Prefill, decode and inference time are the gaps between the scheduled, first_token and finished
+        # events, which carry the engine's own times: no attribute repeats them.
         span.set_attributes(attributes)  # one lock and one pass, not one per attribute
         span.end()
