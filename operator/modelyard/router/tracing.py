@@ -8,6 +8,7 @@ When on, each request gets a SERVER span (``POST /v1/chat/completions``), contin
 ``traceparent``/``tracestate`` or starting a trace, with child spans ``router.hold`` (waiting for a ready
 pod), ``router.upstream_attempt`` (one per pod tried; its context goes to the pod as ``traceparent``) and
 ``router.relay`` (copying the answer back). The proxy calls ``span()``, a no-op context manager when off.
+The provider and exporter come from ``modelyard.otlp``, shared with the model server.
 """
 
 from __future__ import annotations
