@@ -8,81 +8,49 @@ When on, each request gets a SERVER span (``POST /v1/chat/completions``), contin
 ``traceparent``/``tracestate`` or starting a trace, with child spans ``router.hold`` (waiting for a ready
 pod), ``router.upstream_attempt`` (one per pod tried; its context goes to the pod as ``traceparent``) and
 ``router.relay`` (copying the answer back). The proxy calls ``span()``, a no-op context manager when off.
+The provider and exporter come from ``modelyard.otlp``, shared with the model server.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from typing import Any
 
-_FALSE = ("", "0", "false", "no")
-
-
-def endpoint_from(flag: str | None, env: Mapping[str, str]) -> str | None:
-    if env.get("OTEL_SDK_DISABLED", "").lower() not in _FALSE:
-        return None
-    return (
-        flag
-        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or None
-    )
+from modelyard.otlp import endpoint_from
 
 
 class RouterTracing:
+    """The tracer, built only when tracing is on. Its methods hand out the SDK's own context managers,
+    unwrapped: a request makes three spans, and each wrapper layer is a generator frame per span."""
+
     def __init__(self, endpoint: str, env: Mapping[str, str]) -> None:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        protocol = (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
-        )
-        exporter: Any
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-            exporter = GrpcExporter(endpoint=endpoint, insecure=endpoint.startswith("http://") or None)
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-            url = (
-                endpoint
-                if endpoint.rstrip("/").endswith("/v1/traces")
-                else endpoint.rstrip("/") + "/v1/traces"
-            )
-            exporter = HttpExporter(endpoint=url)
-        resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "modelyard-router"})
-        self.provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER(_ARG)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer("modelyard.router")
-
-    @contextlib.contextmanager
-    def request(self, method: str, path: str, headers: Mapping[str, str]) -> Iterator[Any]:
         from opentelemetry import propagate
         from opentelemetry.trace import SpanKind
 
-        parent = propagate.extract(headers)
-        with self.tracer.start_as_current_span(
+        from modelyard.otlp import tracer_provider
+
+        self.provider = tracer_provider(endpoint, env, "modelyard-router")
+        self.tracer = self.provider.get_tracer("modelyard.router")
+        self._extract = propagate.extract
+        self.inject: Callable[[MutableMapping[str, str]], None] = propagate.inject
+        self._server_kind = SpanKind.SERVER
+
+    def request(self, method: str, path: str, headers: Mapping[str, str]) -> AbstractContextManager[Any]:
+        """The request's SERVER span, continuing the caller's traceparent (or starting a trace)."""
+        manager: AbstractContextManager[Any] = self.tracer.start_as_current_span(
             f"{method} {path}",
-            context=parent,
-            kind=SpanKind.SERVER,
+            context=self._extract(headers),
+            kind=self._server_kind,
             attributes={"http.request.method": method, "url.path": path},
-        ) as span:
-            yield span
+        )
+        return manager
 
-    @contextlib.contextmanager
-    def child(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Any]:
-        with self.tracer.start_as_current_span(name, attributes=dict(attributes or {})) as span:
-            yield span
-
-    @staticmethod
-    def inject(headers: MutableMapping[str, str]) -> None:
-        from opentelemetry import propagate
-
-        propagate.inject(headers)
+    def child(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[Any]:
+        manager: AbstractContextManager[Any] = self.tracer.start_as_current_span(name, attributes=attributes)
+        return manager
 
     def shutdown(self) -> None:
         self.provider.shutdown()
@@ -94,8 +62,9 @@ def setup(flag: str | None, env: Mapping[str, str] | None = None) -> RouterTraci
     return RouterTracing(endpoint, values) if endpoint else None
 
 
-def span(
-    tracing: RouterTracing | None, name: str, **attributes: Any
-) -> contextlib.AbstractContextManager[Any]:
+def span(tracing: RouterTracing | None, name: str, **attributes: Any) -> AbstractContextManager[Any]:
     """A child span of the current request's span; nothing at all when tracing is off."""
-    return contextlib.nullcontext() if tracing is None else tracing.child(name, attributes)
+    return _NOTHING if tracing is None else tracing.child(name, attributes)
+
+
+_NOTHING = contextlib.nullcontext()  # reusable: it holds no state

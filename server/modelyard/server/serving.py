@@ -266,7 +266,12 @@ class BaseServing:
                     state.abandon()
                     raise
             request = GenerationRequest(
-                f"{base_id}-{index}", prompt_ids, params, list(carried), lora_name=lora
+                f"{base_id}-{index}",
+                prompt_ids,
+                params,
+                list(carried),
+                lora_name=lora,
+                trace_context=None if trace is None else trace.traceparent,
             )
             streams.append(self.runtime.engine.generate(request))
             states.append(state)

@@ -6,10 +6,12 @@ true. When off, ``setup`` returns None without importing the SDK: no provider, n
 
 When on, each engine-backed request gets one SERVER span named ``{operation} {model}`` with the
 OpenTelemetry GenAI semantic-convention attributes and vLLM's latency attributes, parented on the
-caller's W3C ``traceparent`` (the router passes it). The engine's phases are span events: ``queued``,
-``scheduled`` and ``preempted`` come from the engine process with the outputs (engine/types.EngineEvent),
-``prefill_done``/``first_token`` and ``finished`` from the serving side. Everything else follows the
-OTEL_* variables: protocol (``grpc``, vLLM's default, or ``http/protobuf``), headers, sampler, service name.
+caller's W3C ``traceparent`` (the router passes it). The engine's phases are span events at the engine's
+own times: the span's context goes to the engine process in each GenerationRequest (``trace_context``),
+which stamps ``queued``, ``scheduled``, ``preempted``, ``prefill_done``, ``first_token`` and ``finished``
+(engine/types.EngineEvent, host monotonic clock) and sends them back with the outputs; its log lines for the
+request carry the trace id. The provider and exporter come from ``modelyard.otlp`` (the OTEL_* variables:
+protocol, headers, sampler, service name), shared with the router.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.otlp import endpoint_from
 from modelyard.server.engine.types import EngineEvent, SamplingParams
 from modelyard.server.logs import trace_id_var
 
@@ -28,49 +31,20 @@ from modelyard.server.logs import trace_id_var
 trace_headers_var: ContextVar[dict[str, str] | None] = ContextVar("modelyard_trace_headers", default=None)
 
 TRACE_HEADERS = (b"traceparent", b"tracestate")
-_FALSE = ("", "0", "false", "no")
-
-
-def endpoint_from(flag: str | None, env: Mapping[str, str]) -> str | None:
-    if env.get("OTEL_SDK_DISABLED", "").lower() not in _FALSE:
-        return None
-    return (
-        flag
-        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or None
-    )
 
 
 class Tracing:
     """The tracer, built only when tracing is on."""
 
     def __init__(self, endpoint: str, env: Mapping[str, str]) -> None:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry import propagate
+        from opentelemetry.trace import SpanKind
 
-        protocol = (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
-        )
-        exporter: Any
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        from modelyard.otlp import tracer_provider
 
-            exporter = GrpcExporter(endpoint=endpoint, insecure=endpoint.startswith("http://") or None)
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-            url = (
-                endpoint
-                if endpoint.rstrip("/").endswith("/v1/traces")
-                else endpoint.rstrip("/") + "/v1/traces"
-            )
-            exporter = HttpExporter(endpoint=url)
-        resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "modelyard-server"})
-        self.provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER(_ARG)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.exporter = exporter
+        self._extract = propagate.extract
+        self._server_kind = SpanKind.SERVER
+        self.provider = tracer_provider(endpoint, env, "modelyard-server")
         self.tracer = self.provider.get_tracer("modelyard.server")
         # Engine events carry the host's monotonic clock; spans want epoch nanoseconds.
         self.epoch_offset = time.time() - time.monotonic()
@@ -84,32 +58,47 @@ class Tracing:
         choices: int,
         input_tokens: int,
     ) -> RequestTrace:
-        from opentelemetry import propagate
-        from opentelemetry.trace import SpanKind
-
         headers = trace_headers_var.get()
-        parent = propagate.extract(headers) if headers else None
+        parent = self._extract(headers) if headers else None
         span = self.tracer.start_span(
             f"{operation} {model}",
             context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "gen_ai.operation.name": operation,
-                "gen_ai.system": "modelyard",
-                "gen_ai.request.model": model,
-                "gen_ai.request.max_tokens": params.max_tokens,
-                "gen_ai.request.temperature": params.temperature,
-                "gen_ai.request.top_p": params.top_p,
-                "gen_ai.request.n": choices,
-                "gen_ai.response.id": response_id,
-                "gen_ai.response.model": model,
-            },
+            kind=self._server_kind,
+            attributes=_request_attributes(operation, model, params, response_id, choices),
         )
-        trace_id_var.set(format(span.get_span_context().trace_id, "032x"))
-        return RequestTrace(self, span, choices, input_tokens=input_tokens)
+        context = span.get_span_context()
+        trace_id = format(context.trace_id, "032x")
+        trace_id_var.set(trace_id)
+        # The engine stamps phases only for a span that records them (a sampled one).
+        traceparent = (
+            f"00-{trace_id}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+            if span.is_recording()
+            else None
+        )
+        return RequestTrace(self, span, choices, traceparent, input_tokens=input_tokens)
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def _request_attributes(
+    operation: str, model: str, params: SamplingParams, response_id: str, choices: int
+) -> dict[str, Any]:
+    # Each attribute costs the SDK a validation pass and the exporter ~3 us to encode (as much as the rest of
+    # the span's work per attribute), so none is here that another one or an event already says:
+    # gen_ai.request.n only when it is not 1.
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.request.model": model,
+        "gen_ai.request.max_tokens": params.max_tokens,
+        "gen_ai.request.temperature": params.temperature,
+        "gen_ai.request.top_p": params.top_p,
+        "gen_ai.response.id": response_id,
+        "gen_ai.response.model": model,
+    }
+    if choices != 1:
+        attributes["gen_ai.request.n"] = choices
+    return attributes
 
 
 def setup(flag: str | None, env: Mapping[str, str] | None = None) -> Tracing | None:
@@ -120,35 +109,53 @@ def setup(flag: str | None, env: Mapping[str, str] | None = None) -> Tracing | N
 
 @dataclass
 class RequestTrace:
-    """One request's span, fed by its choices' metric trackers, ended when the last choice ends."""
+    """One request's span, fed by its choices' metric trackers, ended when the last choice ends.
+
+    The engine's phases arrive as EngineEvents stamped in the engine's process (``traceparent`` goes to the
+    engine with each choice's GenerationRequest and asks for them) and become span events at those times.
+    An engine that sends no ``first_token``/``finished`` (one that left early: aborted, failed) gets them
+    stamped here, when the serving side saw them.
+    """
 
     tracing: Tracing
     span: Any
     pending: int
+    traceparent: str | None = None
     finish_reasons: list[str] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
-    first_token: float | None = None
+    first_token: float | None = None  # the first token reached the serving side (client-visible TTFT)
     queued: float | None = None
     scheduled: float | None = None
+    engine_first_token: bool = False  # the engine stamped them (a traced TorchEngine does)
+    engine_finished: bool = False
     start: float = field(default_factory=time.monotonic)
 
     def _ns(self, monotonic: float) -> int:
         return int((monotonic + self.tracing.epoch_offset) * 1e9)
 
     def on_events(self, events: tuple[EngineEvent, ...]) -> None:
+        add_event = self.span.add_event
         for event in events:
-            self.span.add_event(event.kind, timestamp=self._ns(event.timestamp))
-            if event.kind == "queued" and self.queued is None:
-                self.queued = event.timestamp
-            elif event.kind == "scheduled" and self.scheduled is None:
-                self.scheduled = event.timestamp
+            kind, at = event.kind, event.timestamp
+            add_event(kind, timestamp=self._ns(at))
+            if kind == "queued":
+                if self.queued is None:
+                    self.queued = at
+            elif kind == "scheduled":
+                if self.scheduled is None:
+                    self.scheduled = at
+            elif kind == "first_token":
+                self.engine_first_token = True
+            elif kind == "finished":
+                self.engine_finished = True
 
     def on_first_token(self, at: float) -> None:
         if self.first_token is None:
             self.first_token = at
-            self.span.add_event("prefill_done", timestamp=self._ns(at))
-            self.span.add_event("first_token", timestamp=self._ns(at))
+            if not self.engine_first_token:
+                self.span.add_event("prefill_done", timestamp=self._ns(at))
+                self.span.add_event("first_token", timestamp=self._ns(at))
 
     def finished(self, reason: str, generated: int) -> None:
         self.finish_reasons.append(reason)
@@ -158,19 +165,19 @@ class RequestTrace:
             return
         now = time.monotonic()
         span = self.span
-        span.add_event("finished", timestamp=self._ns(now))
-        span.set_attribute("gen_ai.response.finish_reasons", self.finish_reasons)
-        span.set_attribute("gen_ai.usage.input_tokens", self.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", self.output_tokens)
-        latency = {"e2e": now - self.start}
+        if not self.engine_finished:
+            span.add_event("finished", timestamp=self._ns(now))
+        attributes: dict[str, Any] = {
+            "gen_ai.response.finish_reasons": self.finish_reasons,
+            "gen_ai.usage.input_tokens": self.input_tokens,
+            "gen_ai.usage.output_tokens": self.output_tokens,
+            "gen_ai.latency.e2e": now - self.start,
+        }
         if self.first_token is not None:
-            latency["time_to_first_token"] = self.first_token - self.start
+            attributes["gen_ai.latency.time_to_first_token"] = self.first_token - self.start
         if self.queued is not None and self.scheduled is not None:
-            latency["time_in_queue"] = self.scheduled - self.queued
-            if self.first_token is not None:
-                latency["time_in_model_prefill"] = self.first_token - self.scheduled
-                latency["time_in_model_decode"] = now - self.first_token
-                latency["time_in_model_inference"] = now - self.scheduled
-        for key, seconds in latency.items():
-            span.set_attribute(f"gen_ai.latency.{key}", max(0.0, seconds))
+            attributes["gen_ai.latency.time_in_queue"] = max(0.0, self.scheduled - self.queued)
+        # Prefill, decode and inference time are the gaps between the scheduled, first_token and finished
+        # events, which carry the engine's own times: no attribute repeats them.
+        span.set_attributes(attributes)  # one lock and one pass, not one per attribute
         span.end()

@@ -2,10 +2,12 @@
 official SDK sends a request with a W3C traceparent through the real router to a real model server
 (tiny Llama); both export OTLP to Jaeger, and its query API shows one trace with the router's spans and
 the server's span correctly parented, the GenAI attributes and the engine's phases as events. A streamed
-request, a request held until its backend appears and a retried attempt show as spans too."""
+request, a request held until its backend appears and a retried attempt show as spans too; a request
+preempted in the engine shows the preemption, and the engine's log line about it names its trace."""
 
 from __future__ import annotations
 
+import ast
 import json
 import secrets
 import threading
@@ -104,6 +106,10 @@ def _events(span: dict[str, Any]) -> list[str]:
     return [f["value"] for log in span.get("logs", []) for f in log["fields"] if f["key"] == "event"]
 
 
+def _event_times(span: dict[str, Any]) -> list[int]:
+    return [log["timestamp"] for log in span.get("logs", [])]
+
+
 def _client(router: Proc, trace_id: str, parent_id: str) -> openai.OpenAI:
     header = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
     return openai.OpenAI(
@@ -146,9 +152,12 @@ def test_one_trace_router_then_server_with_genai_attributes_and_engine_events(
     assert "gen_ai.response.finish_reasons" in tags
     for key in ("time_in_queue", "time_to_first_token", "e2e"):
         assert tags[f"gen_ai.latency.{key}"] >= 0
-    events = _events(server)
-    for name in ("queued", "scheduled", "prefill_done", "first_token", "finished"):
-        assert name in events, events
+    # The engine's phases, stamped in the engine process, in the order and at the times they happened.
+    assert _events(server) == ["queued", "scheduled", "prefill_done", "first_token", "finished"]
+    stamps = _event_times(server)
+    assert stamps == sorted(stamps)
+    assert server["startTime"] <= stamps[0]
+    assert stamps[-1] <= server["startTime"] + server["duration"]
 
 
 def test_a_stream_a_held_request_and_a_retried_attempt_show_as_spans(
@@ -190,3 +199,76 @@ def test_a_stream_a_held_request_and_a_retried_attempt_show_as_spans(
     assert done
     names = [s["operationName"] for s in _trace(jaeger, trace_id, want=4)]
     assert "router.hold" in names
+
+
+@pytest.fixture(scope="module")
+def small_kv_server(
+    jaeger: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server whose KV pool holds 64 tokens: three rows of 10 + 40 tokens outgrow it, so one is
+    preempted."""
+    model_dir = ensure_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
+    server = start_server(
+        ["--model", str(model_dir), "--served-model-name", MODEL,
+         "--kv-cache-tokens", "64", "--no-enable-prefix-caching",
+         "--otlp-traces-endpoint", f"http://127.0.0.1:{jaeger['http']}"],
+        env={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "100"},
+        log_dir=tmp_path_factory.mktemp("small-kv-server"),
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_preempted_request_shows_the_preemption_and_the_engine_logs_carry_its_trace_id(
+    jaeger: dict[str, int], small_kv_server: ServerProcess
+) -> None:
+    ids = [_ids() for _ in range(3)]
+
+    def send(index: int) -> None:
+        trace_id, parent_id = ids[index]
+        client = openai.OpenAI(
+            base_url=small_kv_server.v1, api_key="unused", max_retries=0, timeout=120,
+            default_headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+        )  # fmt: skip
+        prompt = [3 + (index * 37 + i * 11) % 500 for i in range(10)]
+        client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=40, temperature=0, extra_body={"ignore_eos": True}
+        )
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    spans = [_trace(jaeger, trace_id, want=1)[0] for trace_id, _ in ids]
+    preempted = [s for s in spans if "preempted" in _events(s)]
+    assert preempted, [_events(s) for s in spans]
+    for span in spans:
+        events, stamps = _events(span), _event_times(span)
+        assert stamps == sorted(stamps), events
+        assert events[:2] == ["queued", "scheduled"], events
+        assert events[-1] == "finished", events
+        assert events.count("first_token") == 1, events
+        # Each preemption sends the request back to the queue: scheduled and prefilled once more.
+        assert events.count("scheduled") == events.count("prefill_done") == events.count("preempted") + 1
+    # The engine process's own log line about the preemption names the trace it belongs to.
+    trace_ids = {span["traceID"] for span in preempted}
+    lines = [
+        json.loads(line)
+        for line in small_kv_server.log_path.read_text().splitlines()
+        if '"trace_ids"' in line
+    ]
+    named = {
+        t
+        for line in lines
+        if line.get("msg", "").startswith("KV cache full")
+        for t in _list(line["trace_ids"])
+    }
+    assert trace_ids <= named, (trace_ids, lines)
+
+
+def _list(value: Any) -> list[str]:
+    """A list field of a JSON log line (non-scalar extras are written as their repr)."""
+    return value if isinstance(value, list) else ast.literal_eval(value)

@@ -87,21 +87,51 @@ def test_a_request_span_has_genai_attributes_engine_events_and_the_callers_paren
     assert attrs["gen_ai.request.max_tokens"] == 7
     assert attrs["gen_ai.request.temperature"] == 0.5
     assert attrs["gen_ai.request.top_p"] == 0.9
+    assert attrs["gen_ai.request.n"] == 2
     assert attrs["gen_ai.response.id"] == "chatcmpl-1"
     assert list(attrs["gen_ai.response.finish_reasons"]) == ["length", "length"]  # type: ignore[arg-type]
     assert attrs["gen_ai.usage.input_tokens"] == 5
     assert attrs["gen_ai.usage.output_tokens"] == 7
-    for key in (
-        "time_in_queue",
-        "time_to_first_token",
-        "e2e",
-        "time_in_model_prefill",
-        "time_in_model_decode",
-    ):
+    for key in ("time_in_queue", "time_to_first_token", "e2e"):
         assert float(attrs[f"gen_ai.latency.{key}"]) >= 0.0, key  # type: ignore[arg-type]
     names = [e.name for e in span.events]
     assert names[:4] == ["queued", "scheduled", "prefill_done", "first_token"]
     assert names[-1] == "finished"
+    tracing.shutdown()
+
+
+def test_engine_stamped_phases_become_events_at_the_engines_times_and_the_engine_gets_the_context() -> None:
+    tracing, memory = _tracing()
+    metrics = ServerMetrics("m", 512, lambda: None)
+    trace = tracing.request("text_completion", "m", SamplingParams(max_tokens=2), "cmpl-1", 1, input_tokens=3)
+    assert trace.traceparent is not None
+    version, trace_id, span_id, flags = trace.traceparent.split("-")
+    assert version == "00"
+    assert int(flags, 16) & 1  # sampled
+    tracker = metrics.track(3, 2, trace=trace)
+    t = tracker.start
+    first = (
+        EngineEvent("queued", t + 0.001),
+        EngineEvent("scheduled", t + 0.002),
+        EngineEvent("prefill_done", t + 0.003),
+        EngineEvent("first_token", t + 0.004),
+    )
+    tracker.on_output(GenerationOutput((1,), events=first))
+    tracker.on_output(
+        GenerationOutput((2,), finish_reason="length", events=(EngineEvent("finished", t + 0.005),))
+    )
+    tracker.finish("length", 2)
+    (span,) = memory.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert format(span.context.span_id, "016x") == span_id
+    names = [e.name for e in span.events]
+    assert names == ["queued", "scheduled", "prefill_done", "first_token", "finished"]  # none added twice
+    stamps = [e.timestamp for e in span.events]
+    offset = tracing.epoch_offset
+    assert stamps == [int((t + k * 0.001 + offset) * 1e9) for k in range(1, 6)]
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.latency.time_in_queue"] == pytest.approx(0.001, abs=1e-6)
+    assert "gen_ai.request.n" not in attrs  # said only when it is not 1
     tracing.shutdown()
 
 

@@ -382,7 +382,10 @@ class TorchEngine:
                     if step.preempted and log.isEnabledFor(logging.INFO):
                         log.info(
                             "KV cache full: requests preempted, to be recomputed",
-                            extra={"request_ids": [s.request.request_id for s in step.preempted]},
+                            extra={
+                                "request_ids": [s.request.request_id for s in step.preempted],
+                                "trace_ids": _trace_ids(step.preempted),
+                            },
                         )
                     if step.prefill:
                         self._guarded(self._prefill_step, step, [s for s, _ in step.prefill])
@@ -423,7 +426,13 @@ class TorchEngine:
         try:
             run(step)
         except Exception as exc:
-            log.exception("engine step failed", extra={"requests": [s.request.request_id for s in affected]})
+            log.exception(
+                "engine step failed",
+                extra={
+                    "requests": [s.request.request_id for s in affected],
+                    "trace_ids": _trace_ids(affected),
+                },
+            )
             error = EngineError(f"generation failed: {exc}")
             for seq in affected:
                 if not seq.finished:
@@ -520,6 +529,8 @@ class TorchEngine:
             self._scheduler.computed(seq, n)
             if seq.num_pending == 0:
                 done.append(i)
+                if seq.request.trace_context is not None:
+                    seq.events.append(EngineEvent("prefill_done", time.monotonic()))
         if not done:
             return
         index = torch.tensor(done, device=logits.device)
@@ -639,6 +650,8 @@ class TorchEngine:
                 logprobs = (sampled.logprob,)
             if len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self._max_model_len:
                 reason = "length"
+        if seq.request.trace_context is not None:
+            _stamp_traced(seq, first, reason is not None)
         self._emit(
             seq,
             GenerationOutput(
@@ -662,6 +675,7 @@ class TorchEngine:
                     "request finished",
                     extra={
                         "request_id": seq.request.request_id,
+                        "trace_id": seq.request.trace_id,
                         "finish_reason": reason,
                         "prompt_tokens": seq.num_prompt_tokens,
                         "cached_tokens": seq.num_cached_tokens,
@@ -683,6 +697,21 @@ class TorchEngine:
             else:
                 self._outbox.append((sink, result))
         self._flush()
+
+
+def _trace_ids(seqs: list[Sequence]) -> list[str] | None:
+    """The trace ids of the traced requests among ``seqs`` for a log line (None: none is traced)."""
+    return [i for i in (s.request.trace_id for s in seqs) if i is not None] or None
+
+
+def _stamp_traced(seq: Sequence, first: bool, finished: bool) -> None:
+    """A traced request's first token and end, at the engine's own time (a preempted request's re-prefill
+    yields no new first token: its outputs already went out)."""
+    now = time.monotonic()
+    if first:
+        seq.events.append(EngineEvent("first_token", now))
+    if finished:
+        seq.events.append(EngineEvent("finished", now))
 
 
 def _take_events(seq: Sequence) -> tuple[EngineEvent, ...]:

@@ -77,9 +77,11 @@ class _EngineServer:
         self.send(ipc.LoraReply(call.key, error))
 
     async def _generate(self, key: int, request: GenerationRequest) -> None:
-        from modelyard.server.logs import request_id_var
+        from modelyard.server.logs import request_id_var, trace_id_var
 
+        # This task's log lines (and the engine's, which name them) carry both ids.
         request_id_var.set(request.request_id)
+        trace_id_var.set(request.trace_id)
         try:
             async for output in self._engine.generate(request):
                 self._queue(key, output)

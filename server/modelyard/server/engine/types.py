@@ -13,7 +13,9 @@ from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 GuidedKind = Literal["json_schema", "json_object", "regex"]
-EngineEventKind = Literal["queued", "scheduled", "preempted"]
+# queued, scheduled and preempted are stamped for every request (the phase metrics need them); the rest
+# only for a traced one (``GenerationRequest.trace_context``), whose span shows them as events.
+EngineEventKind = Literal["queued", "scheduled", "preempted", "prefill_done", "first_token", "finished"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,14 @@ class GenerationRequest:
     output_token_ids: list[int] = field(default_factory=list)
     # The LoRA adapter the request runs under (its served name); None: the base model.
     lora_name: str | None = None
+    # The W3C ``traceparent`` of the serving layer's span for this request; None: not traced. A traced
+    # request's engine log lines carry its trace id, and its outputs carry every phase as an EngineEvent.
+    trace_context: str | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace id (32 hex digits) of ``trace_context``, for log lines."""
+        return self.trace_context[3:35] if self.trace_context is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +93,9 @@ class TokenLogprob:
 
 @dataclass(frozen=True, slots=True)
 class EngineEvent:
-    """A phase change of one request inside the engine, as vLLM v1's ``EngineCoreEvent``.
+    """A phase change of one request inside the engine, as vLLM v1's ``EngineCoreEvent``: stamped where it
+    happens, in the engine's process, and sent back with the request's next output (no clock is read nor
+    anything of OpenTelemetry imported there for it beyond this).
 
     ``timestamp`` is ``time.monotonic()`` in the engine's process: Linux's monotonic clock is one for the
     whole host, so the serving process can subtract its own readings from it.

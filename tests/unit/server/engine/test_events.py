@@ -1,16 +1,20 @@
-"""Engine events (queued, scheduled, preempted) ride on a request's outputs across the process
-boundary, and the engine counts its steps by tokens processed (vLLM's ``iteration_tokens_total``)."""
+"""Engine events (queued, scheduled, preempted; for a traced request also prefill_done, first_token and
+finished) ride on a request's outputs across the process boundary, and the engine counts its steps by
+tokens processed (vLLM's ``iteration_tokens_total``)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
 
 import pytest
 
 from modelyard.server.engine.blocks import BlockManager
 from modelyard.server.engine.scheduler import Scheduler
 from modelyard.server.engine.step_tokens import StepTokens
-from tests.unit.server.engine.helpers import prompt_of, run
+from modelyard.server.engine.types import GenerationOutput, GenerationRequest
+from tests.unit.server.engine.helpers import prompt_of, request, run
 from tests.unit.server.engine.test_blocks import _seq
 
 
@@ -63,3 +67,45 @@ async def test_events_arrive_with_the_first_output_and_after_a_preemption(make_e
     for k in preempted:  # queued once; scheduled again after each preemption
         assert k[:2] == ["queued", "scheduled"]
         assert k.count("scheduled") == k.count("preempted") + 1
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _traced(prompt: list[int], **params: object) -> GenerationRequest:
+    return dataclasses.replace(request(prompt, **params), trace_context=TRACEPARENT)
+
+
+@pytest.mark.model
+async def test_a_traced_request_gets_every_phase_stamped_in_order_an_untraced_one_only_the_metric_ones(
+    make_engine,
+) -> None:
+    engine = await make_engine(kv_budget_tokens=64, enable_prefix_caching=False)
+    traced = [out async for out in engine.generate(_traced(prompt_of(10, 7), max_tokens=3, ignore_eos=True))]
+    events = [e for out in traced for e in out.events]
+    assert [e.kind for e in events] == ["queued", "scheduled", "prefill_done", "first_token", "finished"]
+    assert [e.timestamp for e in events] == sorted(e.timestamp for e in events)
+    assert [e.kind for e in traced[0].events][-1] == "first_token"  # they ride on the output they describe
+    assert [e.kind for e in traced[-1].events] == ["finished"]
+    plain = await run(engine, prompt_of(10, 8), max_tokens=3, ignore_eos=True)
+    assert [e.kind for out in plain for e in out.events] == ["queued", "scheduled"]
+
+    # Three rows that outgrow the KV pool: a traced one preempted shows it, and its re-prefill does not
+    # claim a second first token.
+    together = await asyncio.gather(
+        *(
+            _collect(engine.generate(_traced(prompt_of(10, i), max_tokens=40, ignore_eos=True)))
+            for i in range(3)
+        )
+    )
+    kinds = [[e.kind for o in outs for e in o.events] for outs in together]
+    preempted = [k for k in kinds if "preempted" in k]
+    assert preempted, kinds
+    for k in kinds:
+        assert k.count("first_token") == 1
+        assert k[-1] == "finished"
+        assert k.count("prefill_done") == k.count("preempted") + 1
+
+
+async def _collect(outputs: AsyncIterator[GenerationOutput]) -> list[GenerationOutput]:
+    return [out async for out in outputs]

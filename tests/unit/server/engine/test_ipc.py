@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -49,6 +49,10 @@ def _output(i: int = 0) -> GenerationOutput:
     "message",
     [
         ipc.Generate(1, _request()),
+        # A traced request carries its span's context into the engine process.
+        ipc.Generate(
+            3, replace(_request(), trace_context="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        ),
         ipc.Abort(1),
         ipc.Embed(2, [[1, 2], [3]]),
         ipc.Shutdown(),
