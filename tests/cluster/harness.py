@@ -308,15 +308,6 @@ class ControlPlane:
         finally:
             self.start_timeout = saved
 
-    def restart_component(self, name: str, down_s: float = 0.0) -> float:
-        """:meth:`stop_component`, ``down_s`` seconds away, :meth:`start_component`; returns the seconds
-        from the stop signal until it served again."""
-        began = time.monotonic()
-        self.stop_component(name)
-        time.sleep(down_s)
-        self.start_component(name)
-        return time.monotonic() - began
-
     # ---- internals -----------------------------------------------------------------------------------
 
     def _prepare_work_dir(self) -> None:

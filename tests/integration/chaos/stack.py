@@ -19,7 +19,8 @@ from pathlib import Path
 
 from modelyard.api import metadata as md
 from tests.cluster import podnet
-from tests.cluster.client import ClusterClient
+from tests.cluster.client import ClusterClient, poll
+from tests.cluster.drain import cordon, uncordon
 from tests.cluster.harness import ControlPlane
 from tests.cluster.podrunner import PodRunner
 from tests.cluster.router_account import router_kubeconfig, router_rbac_manifests
@@ -146,6 +147,11 @@ class ChaosStack:
         return "\n".join(parts)
 
 
+def scheduled_pods(cluster: ClusterClient, ns: str) -> list[str]:
+    pods = cluster.request("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector={md.LABEL_MODEL}%3D{MODEL}")
+    return [p["metadata"]["name"] for p in pods["items"] if p["spec"].get("nodeName")]
+
+
 def _alive(proc: Proc) -> bool:
     return proc.popen is not None and proc.popen.poll() is None
 
@@ -170,7 +176,11 @@ def open_chaos_stack(plane: ControlPlane, tiny_root: Path, work: Path) -> Iterat
         st.start_router()
         st.start_operator(priority=20)
         st.start_operator(priority=10)
+        # Both pods on one node, as the scheduler may well place them: the drain then needs the PDB.
+        cordon(cluster, nodes[1])
         st.apply(st.llm(MODEL, servedName=SERVED, replicas=REPLICAS))
+        poll("both model pods scheduled", lambda: len(scheduled_pods(cluster, ns)) == REPLICAS or None, 120)
+        uncordon(cluster, nodes[1])
         yield st
     finally:
         for router in list(st.routers):
