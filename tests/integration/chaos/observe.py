@@ -52,10 +52,7 @@ def read_facts(stack: ChaosStack, model: str, served: str) -> Facts:
         router_metric(r, "modelyard_router_endpoints", model=served, state="ready") for r in stack.routers
     ]
     live = {p["metadata"]["uid"] for p in facts.pods}
-    with stack.runner._lock:
-        running = [
-            p for p in stack.runner.pods.values() if p.namespace == ns and p.name.startswith(f"{model}-")
-        ]
+    running = [p for p in stack.runner.running() if p.namespace == ns and p.name.startswith(f"{model}-")]
     facts.runner_orphans = [p.name for p in running if p.uid not in live and not p.terminating]
     return facts
 

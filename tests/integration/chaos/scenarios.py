@@ -39,9 +39,9 @@ class Knobs:
 
     workers: int = 20
     max_tokens: int = 64
-    warm_streams: int = 20  # completed streams before the fault: the load is flowing
-    control_plane_down_s: float = 3.0  # kube-apiserver / etcd kept down this long
-    after_s: float = 3.0  # load kept on after convergence
+    warm_streams: int = 10  # completed streams before the fault: the load is flowing
+    control_plane_down_s: float = 2.0  # kube-apiserver / etcd kept down this long
+    after_s: float = 2.0  # load kept on after convergence
     converge_timeout_s: float = 240.0
 
 

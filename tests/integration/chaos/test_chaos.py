@@ -4,7 +4,7 @@ etcd, drain a node. Each scenario must converge (replicas, LLMModel status, endp
 and leave nothing behind. Goals: no failed request for a pod kill, a node drain, an operator kill or a
 control-plane restart; for a router kill, only the streams that replica held.
 
-Shortened for CI (faults held 3 s, a few seconds of load after convergence); bench/chaos.py runs the
+Shortened for CI (control plane held down 2 s, 2 s of load after convergence); bench/chaos.py runs the
 same scenarios longer and writes the table in docs/reliability.md.
 """
 
