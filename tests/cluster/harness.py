@@ -210,6 +210,8 @@ class ControlPlane:
         self.pki: Pki | None = None
         self._client: ClusterClient | None = None
         self.startup_seconds: float | None = None
+        # Per component: the check that says it serves again (used by restart()).
+        self._health: dict[str, Callable[[], Any]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------------------
 
@@ -258,6 +260,53 @@ class ControlPlane:
         self._client = None
         if remove_work_dir and self.work_dir != Path() and self.work_dir.exists():
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # ---- chaos: one component down and back --------------------------------------------------------
+
+    def component(self, name: str) -> Component:
+        found = next((c for c in self.components if c.name == name), None)
+        if found is None:
+            raise ControlPlaneError(f"no component {name!r}; have {[c.name for c in self.components]}")
+        return found
+
+    def stop_component(self, name: str, sig: signal.Signals = signal.SIGTERM, grace: float = 10.0) -> None:
+        """Stops one component by its process group (``sig``, SIGKILL after ``grace``); the rest keep running.
+
+        Its data dir, ports, certificates and tokens stay, so :meth:`start_component` brings back the
+        same member: etcd with its data, kube-apiserver on its port with the same serving certificate.
+        """
+        comp = self.component(name)
+        if comp.exited():
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(comp.pid, sig)
+        deadline = time.monotonic() + grace
+        while not comp.exited() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not comp.exited():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(comp.pid, signal.SIGKILL)
+        if comp.popen is not None:
+            comp.popen.wait(timeout=10)
+
+    def start_component(self, name: str, timeout: float | None = None) -> None:
+        """Starts a stopped component again with its original command line and waits until it serves."""
+        comp = self.component(name)
+        if not comp.exited():
+            raise ControlPlaneError(f"{name} is still running (pid {comp.pid})")
+        index = self.components.index(comp)
+        self.components.remove(comp)
+        self._spawn(name, comp.argv)
+        # Back in its place: stop() goes newest first, so kube-apiserver still stops before etcd.
+        self.components.insert(index, self.components.pop())
+        if self._client is not None:
+            self._client.pids = self.pids
+        self._write_state()
+        saved, self.start_timeout = self.start_timeout, timeout or self.start_timeout
+        try:
+            self._wait(f"{name} after a restart", self._health[name])
+        finally:
+            self.start_timeout = saved
 
     # ---- internals -----------------------------------------------------------------------------------
 
@@ -316,7 +365,8 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd", lambda: _http_ok(f"{etcd_url}/health"))
+        self._health["etcd"] = lambda: _http_ok(f"{etcd_url}/health")
+        self._wait("etcd", self._health["etcd"])
 
         apiserver_args = [
             str(b / "kube-apiserver"),
@@ -358,7 +408,8 @@ class ControlPlane:
             bin_dir=b,
             helm_home=w / "helm",
         )
-        self._wait("kube-apiserver /readyz", lambda: admin.raw_get("/readyz") == "ok")
+        self._health["kube-apiserver"] = lambda: admin.raw_get("/readyz") == "ok"
+        self._wait("kube-apiserver /readyz", self._health["kube-apiserver"])
 
         qps = ["--kube-api-qps=5000", "--kube-api-burst=10000"] if self.high_qps else []
         secure_paths = "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
@@ -414,15 +465,15 @@ class ControlPlane:
                 f"--server-address=127.0.0.1:{ports.kwok}",
             ],
         )
-        self._wait(
-            "kube-controller-manager /healthz",
-            lambda: _http_ok(f"https://127.0.0.1:{ports.controller_manager}/healthz", insecure=True),
+        self._health["kube-controller-manager"] = lambda: _http_ok(
+            f"https://127.0.0.1:{ports.controller_manager}/healthz", insecure=True
         )
-        self._wait(
-            "kube-scheduler /healthz",
-            lambda: _http_ok(f"https://127.0.0.1:{ports.scheduler}/healthz", insecure=True),
+        self._health["kube-scheduler"] = lambda: _http_ok(
+            f"https://127.0.0.1:{ports.scheduler}/healthz", insecure=True
         )
-        self._wait("kwok /healthz", lambda: _http_ok(f"http://127.0.0.1:{ports.kwok}/healthz"))
+        self._health["kwok"] = lambda: _http_ok(f"http://127.0.0.1:{ports.kwok}/healthz")
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            self._wait(f"{name} /healthz", self._health[name])
         # The service-account controller creating `default` proves the controller-manager is reconciling.
         self._wait(
             "the default ServiceAccount (controller-manager)",

@@ -158,6 +158,11 @@ class PodRunner:
             parts.append(f"----- {pod.namespace}/{pod.name} ({pod.ip}) -----\n" + "\n".join(text))
         return "\n".join(parts + self._errors[-20:])
 
+    def running(self) -> list[RunningPod]:
+        """The pods whose processes this runner looks after now (a snapshot)."""
+        with self._lock:
+            return list(self.pods.values())
+
     def find(self, name: str) -> RunningPod | None:
         return next((p for p in reversed(self.history) if p.name == name), None)
 
@@ -195,6 +200,11 @@ class PodRunner:
                 continue
             if running is None and status.get("phase") == "Running" and status.get("podIP"):
                 self._launch(obj)
+            elif running is not None and running.ready is not None and _api_ready(obj) is not running.ready:
+                # Someone else changed it (the node lifecycle controller marks pods not ready when a
+                # node's heartbeats lapse, e.g. while the API server was down): a kubelet's status
+                # manager puts its own probe result back, so does the runner.
+                self._publish_ready(running, running.ready)
         with self._lock:
             gone = [p for uid, p in self.pods.items() if uid not in seen]
         for pod in gone:  # force-deleted under us: nothing to report, just stop the process
@@ -350,6 +360,9 @@ class PodRunner:
             return
         pod.ready = ready
         pod.mark("ready" if ready else "not ready")
+        self._publish_ready(pod, ready)
+
+    def _publish_ready(self, pod: RunningPod, ready: bool) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         value = "True" if ready else "False"
         patch = {
@@ -418,6 +431,11 @@ class PodRunner:
         path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
         with contextlib.suppress(ApiError):
             self.cluster.request("DELETE", path, body)
+
+
+def _api_ready(obj: dict[str, Any]) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _http_status(url: str, timeout: float) -> int:
