@@ -328,9 +328,20 @@ class ResourceCache:
             except Exception as exc:
                 failures += 1
                 self.metrics.discovery_errors.labels(self.kind).inc()
-                delay = min(self.backoff_max_s, 0.25 * 2 ** min(failures, 6))
+                delay = retry_delay(exc, failures, self.backoff_max_s)
                 log.warning("%s list/watch failed (%s); retrying in %.2fs", self.kind, exc, delay)
                 await asyncio.sleep(delay)
+
+
+def retry_delay(exc: BaseException, failures: int, backoff_max_s: float) -> float:
+    """Capped exponential back-off, except while the API server answers 429/5xx: it is back (a restarted
+    kube-apiserver says "storage is (re)initializing" for a while), so retry soon instead of waiting out
+    a back-off that grew during the outage."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int) and (status == 429 or status >= 500):
+        return min(backoff_max_s, 0.5)
+    return min(backoff_max_s, 0.25 * 2 ** min(failures, 6))
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:

@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from modelyard.router.discovery import ResourceCache
+import httpx
+
+from modelyard.router.discovery import ResourceCache, retry_delay
 from modelyard.router.metrics import RouterMetrics
 
 
@@ -59,3 +61,15 @@ async def test_a_broken_watch_relists_and_resumes() -> None:
     assert cache.items[("ns", "b")]["metadata"]["resourceVersion"] == "2"
     assert metrics.discovery_errors.labels("LLMModel")._value.get() == 1
     assert metrics.discovery_events.labels("LLMModel")._value.get() == 1
+
+
+def test_an_answering_api_server_is_retried_soon_whatever_the_back_off_grew_to() -> None:
+    # A restarted kube-apiserver answers 503 "storage is (re)initializing" before it serves lists.
+    request = httpx.Request("GET", "https://api/apis")
+    unavailable = httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
+    forbidden = httpx.HTTPStatusError("403", request=request, response=httpx.Response(403, request=request))
+    refused = httpx.ConnectError("connection refused", request=request)
+    assert retry_delay(unavailable, failures=9, backoff_max_s=10.0) == 0.5
+    assert retry_delay(refused, failures=9, backoff_max_s=10.0) == 10.0
+    assert retry_delay(forbidden, failures=9, backoff_max_s=10.0) == 10.0
+    assert retry_delay(refused, failures=1, backoff_max_s=10.0) == 0.5
