@@ -61,6 +61,7 @@ class StaticModel(BaseModel):
     load_factor: float | None = Field(None, ge=1.0, alias="meanLoadFactor")
     replication: int | None = Field(None, ge=1)
     max_num_seqs: int | None = Field(None, ge=1, alias="maxNumSeqs")  # per pod; enables the fair queue
+    engine: Engine = Engine.MODELYARD  # how a cut stream continues (migration.py)
 
     @field_validator("urls")
     @classmethod
@@ -97,6 +98,7 @@ def parse_static(text: str | bytes) -> list[ModelSpec]:
                 replication=entry.replication,
                 source=f"static:{name}",
                 max_num_seqs=entry.max_num_seqs,
+                engine=entry.engine.value,
             )
         )
     return specs
@@ -177,6 +179,7 @@ def model_spec_from_llmmodel(obj: Mapping[str, Any], endpoints: Iterable[str]) -
         created=created_s,
         max_num_seqs=model.spec.server.max_num_seqs
         or (MODELYARD_DEFAULT_MAX_NUM_SEQS if model.spec.engine is Engine.MODELYARD else None),
+        engine=model.spec.engine.value,
     )
 
 

@@ -37,6 +37,7 @@ class ModelSpec:
     source: str = ""  # e.g. "ns/name" of the LLMModel, for logs
     created: int = 0  # unix seconds, shown in /v1/models
     max_num_seqs: int | None = None  # sequences one pod batches (LLMModel); None = not queued by the router
+    engine: str = "modelyard"  # the pods' engine (LLMModel spec.engine): how a cut stream continues
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class ModelRoute:
     created: int = 0
     source: str = ""  # "namespace/name" of the LLMModel: the key the autoscaler reads the load by
     max_num_seqs: int | None = None
+    engine: str = "modelyard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ def build_snapshot(specs: Iterable[ModelSpec], defaults: RouteDefaults) -> Snaps
             created=spec.created,
             source=spec.source,
             max_num_seqs=spec.max_num_seqs,
+            engine=spec.engine,
         )
         routes[spec.name] = route
         canonical.append(route)
