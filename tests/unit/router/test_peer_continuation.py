@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from modelyard.router.discovery import parse_static
+from modelyard.api import metadata
+from modelyard.router.discovery import model_spec_from_llmmodel, parse_static
 from modelyard.router.migration import CONTINUATION_FIELD, Migrate, Migration
 from modelyard.router.peer_continuation import PeerStream, peer_not_resumable
 
@@ -208,3 +209,13 @@ def test_the_static_config_names_the_engine() -> None:
     assert (spec.engine, default.engine) == ("vllm", "modelyard")
     with pytest.raises(ValueError, match="engine"):
         parse_static(json.dumps({"models": {"a": {"urls": ["http://x:1"], "engine": "tgi"}}}))
+
+
+def test_an_llmmodel_route_carries_its_engine() -> None:
+    body = {
+        "apiVersion": metadata.API_VERSION,
+        "kind": metadata.KIND,
+        "metadata": {"name": "m", "namespace": "default"},
+        "spec": {"url": "hf://org/m", "engine": "vllm", "server": {"image": "vllm/vllm-openai:v0"}},
+    }
+    assert model_spec_from_llmmodel(body, []).engine == "vllm"
