@@ -41,7 +41,14 @@ __all__ = ["vllm_venv"]  # the module-scoped fixture, shared with the vLLM backe
 
 MODEL = SPEC["servedName"]
 MAX_TOKENS = 128
-PROMPTS = ["Once upon a time", "The router said", "In a small town", "Numbers: one two"]
+PROMPTS = [
+    "Once upon a time",
+    "The router said",
+    "In a small town",
+    "Numbers: one two",
+    "Dear diary,",
+    "The weather today",
+]
 CHUNKS_BEFORE_KILL = 2
 
 
@@ -103,8 +110,10 @@ def _bodies() -> list[tuple[str, dict[str, Any]]]:
     }
     out: list[tuple[str, dict[str, Any]]] = []
     for i, prompt in enumerate(PROMPTS):
-        out.append((f"cmpl-{i}", {**common, "prompt": prompt}))
-        out.append((f"chat-{i}", {**common, "messages": [{"role": "user", "content": prompt}]}))
+        cmpl = (f"cmpl-{i}", {**common, "prompt": prompt})
+        chat = (f"chat-{i}", {**common, "messages": [{"role": "user", "content": prompt}]})
+        # Alternate the order, so that the balancer's alternation puts both kinds on each pod.
+        out += [cmpl, chat] if i % 2 == 0 else [chat, cmpl]
     return out
 
 
