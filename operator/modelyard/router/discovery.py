@@ -65,6 +65,7 @@ class StaticModel(BaseModel):
     replication: int | None = Field(None, ge=1)
     max_num_seqs: int | None = Field(None, ge=1, alias="maxNumSeqs")  # per pod; enables the fair queue
     adapters: StaticAdapters = Field(default_factory=list)
+    engine: Engine = Engine.MODELYARD  # how a cut stream continues (migration.py)
 
     @field_validator("urls")
     @classmethod
@@ -102,6 +103,7 @@ def parse_static(text: str | bytes) -> list[ModelSpec]:
                 source=f"static:{name}",
                 max_num_seqs=entry.max_num_seqs,
                 adapters=static_adapters(entry.adapters, entry.urls),
+                engine=entry.engine.value,
             )
         )
     return specs
@@ -186,6 +188,7 @@ def model_spec_from_llmmodel(
         max_num_seqs=model.spec.server.max_num_seqs
         or (MODELYARD_DEFAULT_MAX_NUM_SEQS if model.spec.engine is Engine.MODELYARD else None),
         adapters=adapters_of(model, pods or {}),
+        engine=model.spec.engine.value,
     )
 
 
@@ -341,7 +344,7 @@ def retry_delay(exc: BaseException, failures: int, backoff_max_s: float) -> floa
     status = getattr(response, "status_code", None)
     if isinstance(status, int) and (status == 429 or status >= 500):
         return min(backoff_max_s, 0.5)
-    return min(backoff_max_s, 0.25 * 2 ** min(failures, 6))
+    return min(backoff_max_s, 0.25 * 2.0 ** min(failures, 6))
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:

@@ -12,6 +12,9 @@ event), :meth:`Migration.cut` decides: resume (raise :class:`Migrate`; the proxy
 :meth:`Migration.continuation_body` to another ready pod and relays its events into the same client
 stream) or end as before, the reason in the error event. The continuation names the cut response's
 ``id`` and ``created`` and has no opening chunk, so the client sees one stream and one final usage.
+
+A vLLM or SGLang pod has no notes: its streams continue through their own APIs
+(peer_continuation.py), the router rewriting their chunks into the one stream.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from modelyard.router.peer_continuation import (
+    PEER_ENGINES,
+    PeerStream,
+    peer_not_resumable,
+    with_usage_stats,
+)
 
 STREAM_TOKENS_HEADER = "X-Modelyard-Stream-Tokens"
 TOKENS_NOTE = b": modelyard-tokens "
@@ -86,6 +96,7 @@ class StreamTracker:
     finished: bool = False  # a finish_reason went out: nothing is left to generate
     done: bool = False  # [DONE] went out
     error: bytes | None = None  # an upstream error event, held back while a migration may follow
+    peer: PeerStream | None = None  # a vLLM/SGLang pod's stream: chunks are rewritten (no notes)
     _buffer: bytes = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -125,22 +136,29 @@ class StreamTracker:
             self.error = data + _EVENT_END
             return b""
         elif data.startswith(b"data: "):
-            self._chunk(data[len(b"data: ") :])
+            return self._chunk(data)
         return data
 
-    def _chunk(self, payload: bytes) -> None:
+    def _chunk(self, data: bytes) -> bytes:
         try:
-            obj = json.loads(payload)
+            obj = json.loads(data[len(b"data: ") :])
         except ValueError:
-            return
+            return data
         if not isinstance(obj, dict):
-            return
+            return data
+        if self.peer is not None:
+            rewritten = self.peer.rewrite(obj, self.id, self.created)
+            if rewritten is None:
+                return b""
+            obj = rewritten
+            data = b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
         if self.id is None:
             self.id = obj.get("id") if isinstance(obj.get("id"), str) else None
             self.created = obj.get("created") if isinstance(obj.get("created"), int) else None
         for choice in obj.get("choices") or ():
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 self.finished = True
+        return data
 
 
 @dataclass(slots=True)
@@ -154,6 +172,27 @@ class Migration:
     tracker: StreamTracker = field(default_factory=StreamTracker)
     migrations: int = 0
     pending: bool = False  # a continuation is being placed on another pod
+    engine: str = "modelyard"  # the model's engine (LLMModel spec.engine): how the stream continues
+    path: str = "/v1/chat/completions"
+
+    def __post_init__(self) -> None:
+        if self.engine not in PEER_ENGINES:
+            return
+        self.blocked = self.blocked or peer_not_resumable(self.path, self.fields)
+        if self.blocked is None:
+            self.tracker.peer = PeerStream.of(self.path, self.fields)
+
+    def upstream_body(self, body: bytes) -> bytes:
+        """The first request's body: as the client sent it, or, to a peer pod, asking for usage in
+        every chunk (the carried token count)."""
+        if self.tracker.peer is None:
+            return body
+        return json.dumps(with_usage_stats(self.fields), separators=(",", ":")).encode()
+
+    @property
+    def carried_tokens(self) -> int:
+        peer = self.tracker.peer
+        return peer.completion_tokens if peer is not None else len(self.tracker.token_ids)
 
     def cut(self) -> str:
         """The upstream broke. Raise :class:`Migrate` if the stream can go on elsewhere; else return
@@ -161,13 +200,13 @@ class Migration:
         tracker = self.tracker
         if self.blocked is not None:
             return self.blocked
-        if not tracker.noted:
+        if not tracker.noted and tracker.peer is None:
             return "the pod does not report tokens (not a Modelyard model server)"
         if self.migrations >= self.max_migrations:
             return f"it was already migrated {self.migrations} time(s) (the router's --max-migrations)"
-        if len(tracker.token_ids) > self.max_tokens:
+        if self.carried_tokens > self.max_tokens:
             return (
-                f"it carries {len(tracker.token_ids)} tokens, over the router's --max-migration-tokens "
+                f"it carries {self.carried_tokens} tokens, over the router's --max-migration-tokens "
                 f"({self.max_tokens})"
             )
         self.migrations += 1
@@ -179,6 +218,8 @@ class Migration:
 
     def resumable(self, upstream_headers: Mapping[str, str]) -> Migration:
         """This migration, blocked unless the pod's stream can resume (it answered the notes header)."""
+        if self.tracker.peer is not None:
+            return self  # no notes from a peer pod: its chunks' usage counts the tokens
         if self.blocked is None and upstream_headers.get(STREAM_TOKENS_HEADER) != "1":
             self.blocked = "the pod does not report tokens (not a Modelyard model server)"
         if self.blocked is None:
@@ -187,6 +228,8 @@ class Migration:
 
     def continuation_body(self) -> bytes:
         tracker = self.tracker
+        if tracker.peer is not None:
+            return json.dumps(tracker.peer.continuation(self.fields), separators=(",", ":")).encode()
         cont: dict[str, Any] = {"token_ids": tracker.token_ids, "text_chars": tracker.text_chars}
         if tracker.id is not None:
             cont["id"] = tracker.id

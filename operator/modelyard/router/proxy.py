@@ -209,9 +209,10 @@ class Proxy:
         last_failure: Failure | None = None
         headers = self._upstream_headers(request, ex.request_id)
         path = request.raw_path
-        migration = self._migration(request.path, routed)
+        migration = self._migration(request.path, routed, route.engine)
         if migration is not None and migration.blocked is None:
             headers[STREAM_TOKENS_HEADER] = "1"
+            body = migration.upstream_body(body)
         first_attempt = 0  # attempts before the current placement (a migration starts afresh)
         try:
             while True:
@@ -267,7 +268,7 @@ class Proxy:
                 outcome = Outcome.FAILED if migration.pending else Outcome.REFUSED
                 self.metrics.migrations.labels(route.name, outcome).inc()
 
-    def _migration(self, path: str, routed: RoutedBody) -> Migration | None:
+    def _migration(self, path: str, routed: RoutedBody, engine: str) -> Migration | None:
         """Failover state for a streamed request (blocked when it cannot resume); None otherwise."""
         if not routed.stream:
             return None
@@ -275,7 +276,12 @@ class Proxy:
         if blocked is None and self.settings.max_migrations == 0:
             blocked = "mid-stream failover is off (the router's --max-migrations is 0)"
         return Migration(
-            routed.fields, self.settings.max_migrations, self.settings.max_migration_tokens, blocked
+            routed.fields,
+            self.settings.max_migrations,
+            self.settings.max_migration_tokens,
+            blocked,
+            engine=engine,
+            path=path,
         )
 
     def _pick(self, route: ModelRoute, candidates: list[str], routed: RoutedBody) -> str:
@@ -374,7 +380,12 @@ class Proxy:
                 if migration is not None and migration.pending:
                     migration.pending = False
                     self.metrics.migrations.labels(route.name, Outcome.MIGRATED).inc()
-                    log.info("stream %s continues on %s", ex.request_id, url)
+                    log.info(
+                        "stream %s continues on %s (%d tokens carried)",
+                        ex.request_id,
+                        url,
+                        migration.carried_tokens,
+                    )
                 await pump(ex, route.name, upstream, reply.stream, on_cut, resumable)
                 return reply.stream
             return await reply.upstream_not_streaming(upstream)

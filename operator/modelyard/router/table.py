@@ -49,6 +49,7 @@ class ModelSpec:
     created: int = 0  # unix seconds, shown in /v1/models
     max_num_seqs: int | None = None  # sequences one pod batches (LLMModel); None = not queued by the router
     adapters: tuple[AdapterSpec, ...] = ()
+    engine: str = "modelyard"  # the pods' engine (LLMModel spec.engine): how a cut stream continues
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class ModelRoute:
     source: str = ""  # "namespace/name" of the LLMModel: the key the autoscaler reads the load by
     max_num_seqs: int | None = None
     parent: str | None = None  # a LoRA adapter's base model (its served name); None for a model
+    engine: str = "modelyard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ def build_snapshot(specs: Iterable[ModelSpec], defaults: RouteDefaults) -> Snaps
             created=spec.created,
             source=spec.source,
             max_num_seqs=spec.max_num_seqs,
+            engine=spec.engine,
         )
         routes[spec.name] = route
         canonical.append(route)
@@ -170,6 +173,7 @@ def adapter_route(parent: ModelRoute, adapter: AdapterSpec) -> ModelRoute:
         created=parent.created,
         source=parent.source,
         max_num_seqs=parent.max_num_seqs,
+        engine=parent.engine,
         parent=parent.name,
     )
 

@@ -33,12 +33,19 @@ def tool_call_id() -> str:
 
 
 class OutputShaper(Protocol):
+    @property
+    def unfinished(self) -> int | None:
+        """Index of a tool call streamed in part and never completed; a collected answer drops it."""
+        ...
+
     def feed(self, text: str) -> list[StreamEvent]: ...
 
     def finish(self) -> list[StreamEvent]: ...
 
 
 class PlainOutput:
+    unfinished: int | None = None
+
     def feed(self, text: str) -> list[StreamEvent]:
         return [ContentDelta(text)] if text else []
 
@@ -48,6 +55,8 @@ class PlainOutput:
 
 class ParsedOutputStream:
     """``auto``: the model's own tool-call markup, read by its family's parser."""
+
+    unfinished: int | None = None
 
     def __init__(self, stream: ToolCallStream) -> None:
         self._stream = stream
@@ -61,6 +70,8 @@ class ParsedOutputStream:
 
 class NamedCallOutput:
     """A forced function: every character the model writes is that call's arguments, streamed as is."""
+
+    unfinished: int | None = None
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -81,34 +92,46 @@ class NamedCallOutput:
 
 
 class RequiredCallsOutput:
-    """``required``: a JSON array of calls, each streamed (name and arguments) the moment its object
-    closes. A model that never closes the array (it may repeat calls until ``max_tokens``) still yields
-    the calls it completed, and the cut-off tail is dropped: the raw array is never content. A streamed
-    and a collected answer hold the same calls, because no part of an unfinished call is sent."""
+    """``required``: a JSON array of ``{"name", "parameters"}`` objects, each call streamed as it is
+    generated: its id, type and name once the name string closes, then its ``parameters`` text as
+    argument fragments, token by token (they concatenate to the arguments' JSON).
+
+    A model that never closes the array (it may repeat calls until ``max_tokens``) still yields the
+    calls it completed; the raw array is never content. A stream cannot take back what it sent, so a
+    call cut off mid-way stays in the stream as far as it got, with ``finish_reason: length`` (OpenAI's
+    own streams do the same); :attr:`unfinished` names it, and a collected answer leaves it out, so its
+    ``tool_calls`` are always calls a client can parse.
+    """
 
     def __init__(self) -> None:
         self._text = ""
-        self._scanned = 0
         self._depth = 0
         self._in_string = False
         self._escaped = False
-        self._item_start: int | None = None
-        self._calls = 0
         self._broken = False  # not an array of call objects (cannot happen under the grammar)
+        self._calls = 0  # calls completed
+        self._item: _CallScan | None = None  # the call object being generated
+
+    @property
+    def unfinished(self) -> int | None:
+        """Index of a call that went out in part but never completed (the array was cut inside it)."""
+        item = self._item
+        return item.index if item is not None and item.name_sent else None
 
     def feed(self, text: str) -> list[StreamEvent]:
+        start = len(self._text)
         self._text += text
         events: list[StreamEvent] = []
-        for i in range(self._scanned, len(self._text)):
-            event = self._step(i, self._text[i])
-            if event is not None:
-                events.append(event)
-        self._scanned = len(self._text)
+        for i in range(start, len(self._text)):
+            if self._broken:
+                return events
+            self._step(i, self._text[i], events)
+        if self._item is not None:
+            self._send(self._item, len(self._text), events)
         return events
 
-    def _step(self, i: int, c: str) -> StreamEvent | None:
-        if self._broken:
-            return None
+    def _step(self, i: int, c: str, events: list[StreamEvent]) -> None:
+        item = self._item
         if self._in_string:
             if self._escaped:
                 self._escaped = False
@@ -116,38 +139,100 @@ class RequiredCallsOutput:
                 self._escaped = True
             elif c == '"':
                 self._in_string = False
-            return None
+                if item is not None and self._depth == 2:
+                    item.string_closed(self._text, i)
+            return
         if c == '"':
             self._in_string = True
+            if item is not None and self._depth == 2:
+                item.string_start = i
         elif c in "[{":
+            if (self._depth == 0 and c != "[") or (self._depth == 1 and c != "{"):
+                self._broken = True
+                return
             self._depth += 1
             if self._depth == 2:
-                self._item_start = i
-            elif self._depth == 1 and c != "[":
-                self._broken = True
+                self._item = _CallScan(index=self._calls, start=i)
+            elif item is not None and self._depth == 3 and c == "{":
+                item.value_opened(i)
         elif c in "]}":
             self._depth -= 1
-            if self._depth == 1 and self._item_start is not None:
-                return self._complete(self._text[self._item_start : i + 1])
-        return None
+            if item is not None and self._depth == 2:
+                item.value_closed(i + 1)
+            elif item is not None and self._depth == 1:
+                self._complete(item, i, events)
+        elif item is not None and self._depth == 2 and c in ":,":
+            item.expect_key = c == ","
 
-    def _complete(self, item: str) -> StreamEvent | None:
-        self._item_start = None
+    def _complete(self, item: _CallScan, end: int, events: list[StreamEvent]) -> None:
+        self._item = None
         try:
-            calls = calls_from(json.loads(item))
+            calls = calls_from(json.loads(self._text[item.start : end + 1]))
         except json.JSONDecodeError:
             calls = None
         if not calls:
             self._broken = True
-            return None
+            return
         call = calls[0]
+        if item.params_start is None:  # no object-valued parameters to stream: the call goes out whole
+            events.append(ToolCallDelta(item.index, None if item.name_sent else call.name, call.arguments))
+        else:
+            item.name = item.name or call.name
+            self._send(item, end, events)
         self._calls += 1
-        return ToolCallDelta(index=self._calls - 1, name=call.name, arguments=call.arguments)
+
+    def _send(self, item: _CallScan, upto: int, events: list[StreamEvent]) -> None:
+        """The call's name once known, then the parameters text generated since the last send."""
+        if item.name is None:
+            return  # parameters generated before the name wait for it
+        name = None
+        if not item.name_sent:
+            item.name_sent = True
+            name = item.name
+        fragment = ""
+        if item.params_start is not None:
+            stop = item.params_end if item.params_end is not None else upto
+            fragment = self._text[item.sent : stop]
+            item.sent = max(item.sent, stop)
+        if name is not None or fragment:
+            events.append(ToolCallDelta(index=item.index, name=name, arguments=fragment))
 
     def finish(self) -> list[StreamEvent]:
         if self._calls == 0 and self._broken and self._text:
             return [ContentDelta(self._text)]  # not calls at all: show what the model wrote
         return []
+
+
+@dataclass
+class _CallScan:
+    """One call object of the array (its keys are at depth 2): where its name and parameters lie."""
+
+    index: int
+    start: int
+    expect_key: bool = True
+    key: str | None = None
+    string_start: int | None = None
+    name: str | None = None
+    name_sent: bool = False
+    params_start: int | None = None  # the parameters object's "{"
+    params_end: int | None = None  # one past its "}", once generated
+    sent: int = 0  # parameters text before this index went out
+
+    def string_closed(self, text: str, end: int) -> None:
+        assert self.string_start is not None
+        value = json.loads(text[self.string_start : end + 1])
+        if self.expect_key:
+            self.key = value
+        elif self.key == "name" and self.name is None and value:
+            self.name = value
+
+    def value_opened(self, i: int) -> None:
+        if self.key == "parameters" and not self.expect_key and self.params_start is None:
+            self.params_start = self.sent = i
+
+    def value_closed(self, end: int) -> None:
+        if self.key == "parameters" and self.params_start is not None and self.params_end is None:
+            self.params_end = end
 
 
 @dataclass
@@ -182,6 +267,11 @@ class AssistantTurn:
             call.arguments += event.arguments
             out.append((event, call))
         return out
+
+    def settle(self, shaper: OutputShaper) -> None:
+        """A collected answer keeps only calls the model completed (see ``RequiredCallsOutput``)."""
+        if shaper.unfinished is not None:
+            del self.tool_calls[shaper.unfinished :]
 
     @property
     def message_content(self) -> str | None:

@@ -244,6 +244,7 @@ class _ChatBuilder:
             # Collected answers fold the same events a stream would have sent.
             self._events(s, ChoiceDelta(s.text, [], s.finish_reason or "length"))
             turn = self.turns[s.index]
+            turn.settle(self.shapers[s.index])
             tool_calls = [
                 ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
                 for c in turn.tool_calls

@@ -240,6 +240,7 @@ class _ResponsesBuilder:
         (state,) = states
         events = self.shaper.feed(state.text) + self.shaper.finish()
         self.turn.apply(events)
+        self.turn.settle(self.shaper)
         status = self._status(state)
         item_status: ItemStatus = "completed" if status == "completed" else "incomplete"
         output: list[OutputItem] = []

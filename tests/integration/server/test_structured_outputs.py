@@ -257,12 +257,73 @@ def test_a_constrained_row_leaves_the_free_rows_of_its_batch_unchanged(llama_ser
     assert together == alone
 
 
+def _stream_calls(client: openai.OpenAI, request: dict[str, Any]) -> tuple[list[Any], str, str | None]:
+    """Each call's chunks in arrival order (index -> list of chunk tool calls), the content, and the
+    finish reason, read from the raw chunks the SDK parsed."""
+    per_call: dict[int, list[Any]] = {}
+    content, finish = "", None
+    with client.chat.completions.create(**{**request, "stream": True}) as stream:
+        for chunk in stream:
+            for ch in chunk.choices:
+                content += ch.delta.content or ""
+                finish = ch.finish_reason or finish
+                for call in ch.delta.tool_calls or []:
+                    per_call.setdefault(call.index, []).append(call)
+    return [per_call[i] for i in sorted(per_call)], content, finish
+
+
+def _joined(chunks: list[Any]) -> tuple[str, str]:
+    name = "".join(c.function.name or "" for c in chunks if c.function is not None)
+    return name, "".join(c.function.arguments or "" for c in chunks if c.function is not None)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_required_calls_stream_name_first_then_argument_fragments(
+    client: openai.OpenAI, parallel: bool
+) -> None:
+    """Each call of tool_choice "required" streams as it is generated: one chunk with its id, type and
+    name, then its arguments in several fragments; the SDK's accumulation equals the collected answer."""
+    request: Any = {
+        "model": LLAMA_NAME,
+        "messages": USER,
+        "tools": [WEATHER_TOOL, TIME_TOOL],
+        "tool_choice": "required",
+        "parallel_tool_calls": parallel,
+        "max_tokens": 300,
+        "seed": 11,
+    }
+    whole = client.chat.completions.create(**request).choices[0]
+    assert whole.finish_reason == "tool_calls"
+    expected = [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or []]  # type: ignore[union-attr]
+    assert expected
+
+    calls, content, finish = _stream_calls(client, request)
+    assert finish == "tool_calls"
+    assert not content
+    assert [_joined(chunks) for chunks in calls] == expected
+    assert len(calls) >= (2 if parallel else 1)  # parallel calls stream one index after another
+    for chunks in calls:
+        head, rest = chunks[0], chunks[1:]
+        assert (head.id or "").startswith("call_")
+        assert head.type == "function"
+        assert head.function.name in PARAMS
+        assert all(c.id is None and c.function.name is None for c in rest)
+        assert sum(1 for c in chunks if c.function.arguments) > 1, "arguments arrived whole"
+
+    with client.chat.completions.stream(**request) as helper:
+        for _ in helper:
+            pass
+        final = helper.get_final_completion().choices[0]
+    assert [(c.function.name, c.function.arguments) for c in final.message.tool_calls or []] == expected
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_required_parallel_calls_cut_off_by_max_tokens_are_still_tool_calls(
     client: openai.OpenAI, seed: int
 ) -> None:
     """The grammar allows an array of any length; a random model may never close it. The calls it
-    completed are tool calls, never the raw array as content, whole and streamed alike."""
+    completed are tool calls, never the raw array as content, whole and streamed alike; a call cut
+    mid-way stays in the stream as far as it got (finish_reason length), not in the collected answer."""
     request: Any = {
         "model": LLAMA_NAME,
         "messages": USER,
@@ -271,9 +332,9 @@ def test_required_parallel_calls_cut_off_by_max_tokens_are_still_tool_calls(
         "max_tokens": 64,
         "seed": seed,
         "temperature": 1.0,
+        "extra_body": {"ignore_eos": True},  # the cut-off by max_tokens is what is tested
     }
-    # ignore_eos: the cut-off by max_tokens is what is tested.
-    completion = client.chat.completions.create(**{**request, "extra_body": {"ignore_eos": True}})
+    completion = client.chat.completions.create(**request)
     (choice,) = completion.choices
     whole = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]  # type: ignore[union-attr]
     assert whole, choice
@@ -281,19 +342,14 @@ def test_required_parallel_calls_cut_off_by_max_tokens_are_still_tool_calls(
     for _, arguments in whole:
         jsonschema.validate(json.loads(arguments), PARAMS["get_time"])
 
-    streamed_calls: dict[int, list[str]] = {}
-    content = ""
-    with client.chat.completions.create(
-        **{**request, "stream": True, "extra_body": {"ignore_eos": True}}
-    ) as stream:
-        for chunk in stream:
-            for ch in chunk.choices:
-                content += ch.delta.content or ""
-                for call in ch.delta.tool_calls or []:
-                    parts = streamed_calls.setdefault(call.index, ["", ""])
-                    if call.function is not None:
-                        parts[0] += call.function.name or ""
-                        parts[1] += call.function.arguments or ""
-    assert streamed_calls, "no delta.tool_calls chunk"
+    calls, content, finish = _stream_calls(client, request)
+    assert calls, "no delta.tool_calls chunk"
     assert not content.strip().startswith("[")
-    assert [tuple(streamed_calls[i]) for i in sorted(streamed_calls)] == whole
+    streamed = [_joined(chunks) for chunks in calls]
+    assert streamed[: len(whole)] == whole
+    if len(streamed) > len(whole):  # the call the cut landed in: a prefix of its JSON, and only that one
+        assert len(streamed) == len(whole) + 1
+        assert finish == "length"
+        name, arguments = streamed[-1]
+        assert name == "get_time"
+        assert arguments[:1] in ("", "{")  # cut before or inside its parameters

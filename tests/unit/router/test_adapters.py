@@ -47,6 +47,7 @@ def test_an_adapter_is_a_route_over_the_parents_pods_that_have_it() -> None:
                 source="ns/base-model",
                 created=7,
                 max_num_seqs=8,
+                engine="vllm",
                 adapters=(AdapterSpec("sql", (B, C)), AdapterSpec("new")),
             )
         ],
@@ -56,6 +57,7 @@ def test_an_adapter_is_a_route_over_the_parents_pods_that_have_it() -> None:
     # C is not a ready pod of the base: never routed to, even if a stale status names it.
     assert sql.endpoints == (B,)
     assert (sql.parent, sql.source, sql.created, sql.max_num_seqs) == ("base", "ns/base-model", 7, 8)
+    assert sql.engine == "vllm"  # a cut adapter stream continues through the pods' own engine
     assert (sql.strategy, sql.prefix_char_length) == (Strategy.PREFIX_HASH, 50)
     assert sql.ring is not None
     assert sql.ring.salt == "sql"
