@@ -11,56 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
 from modelyard.router.app import PROXY, create_app, create_metrics_app
+from modelyard.router.logs import configure_logging, flush_periodically
 from modelyard.router.settings import RouterSettings
 from modelyard.router.workers import Supervisor, WorkerRole, die_with_supervisor, watch_supervisor
 
 log = logging.getLogger("modelyard.router")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; access-log lines are already JSON and are embedded as fields. A
-    worker's lines carry its index (``worker``)."""
-
-    def __init__(self, worker: int | None = None) -> None:
-        super().__init__()
-        self.worker = worker
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        if self.worker is not None:
-            entry["worker"] = self.worker
-        message = record.getMessage()
-        if record.name == "modelyard.router.access":
-            entry.update(json.loads(message))
-        else:
-            entry["msg"] = message
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, separators=(",", ":"))
-
-
-def configure_logging(level: str, worker: int | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(worker))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # we write our own access log
 
 
 async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> None:
@@ -130,9 +96,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         uvloop.install()
     if settings.workers > 1 and role is None:
-        asyncio.run(Supervisor(settings, args).run())
+        asyncio.run(_flushing_logs(Supervisor(settings, args).run()))
     else:
-        asyncio.run(serve(settings, role))
+        asyncio.run(_flushing_logs(serve(settings, role)))
+
+
+async def _flushing_logs(run: Coroutine[Any, Any, None]) -> None:
+    """``run``, with the batched log lines written every 100 ms meanwhile (logs.py)."""
+    flusher = asyncio.create_task(flush_periodically())
+    try:
+        await run
+    finally:
+        flusher.cancel()
 
 
 if __name__ == "__main__":
