@@ -190,3 +190,29 @@ def test_workers_with_api_keys_and_no_store_are_refused_at_start(tmp_path: Path)
     assert done.returncode != 0
     assert "workers > 1 with API keys needs store_url" in done.stderr
     assert "3x its limits" in done.stderr
+
+
+def test_sigterm_to_the_supervisor_lets_every_worker_drain_its_streams(stack: Stack) -> None:
+    backend = stack.backend("a", "--chunks", "20", "--chunk-delay-s", "0.05")  # ~1 s per stream
+    router = stack.router({"m": [backend.url]}, workers=2)
+    pids = _workers(router)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    streams = []
+    for _ in range(6):  # new connections: both workers get some
+        req = urllib.request.Request(
+            router.url + "/v1/chat/completions",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        resp = urllib.request.urlopen(req, timeout=30)
+        resp.read(1)  # the stream has started
+        streams.append(resp)
+    assert router.popen is not None
+    router.popen.send_signal(signal.SIGTERM)
+    for resp in streams:
+        raw = resp.read()
+        resp.close()
+        assert raw.endswith(b"data: [DONE]\n\n")
+        assert b"error" not in raw
+    assert router.popen.wait(60) == 0
+    assert not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in pids)
