@@ -6,7 +6,8 @@ runs their commands (`modelyard-router`, and `valkey-server` played by the insta
 the Deployment's environment, the chart's ServiceAccount token and its readiness probes. The routers
 reach the store through its Service name (servicenet.py plays cluster DNS and kube-proxy), and the test
 reaches the routers through the router Service, one new connection per request, so requests spread over
-both replicas as kube-proxy spreads them. A key at 12 requests/minute gets 12 answers in total, not 24.
+both replicas as kube-proxy spreads them. Each pod runs two router workers (`router.workers=2`), so four
+router processes count one key: at 12 requests/minute it gets 12 answers in total, not 24 (or 48).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.cluster import stages
 from tests.cluster.client import ClusterClient
 from tests.cluster.podrunner import PodRunner
 from tests.cluster.servicenet import ServiceNet
+from tests.fixtures.models import child_pids
 from tests.integration.operator.harness import install_crds
 from tests.unit.chart.tools import CHART_DIR
 
@@ -56,6 +58,7 @@ def _values(path: Path) -> Path:
         "operator": {"replicas": 1},
         "router": {
             "replicas": 2,
+            "workers": 2,  # two processes per pod: 4 routers in all charge the one store
             "nodeSelector": RUNNER,
             "shutdownDelaySeconds": 0,
             "shutdownDrainSeconds": 5,
@@ -186,6 +189,15 @@ def test_two_router_pods_and_the_store_really_run_and_are_ready(release: Release
     running = {p.name for p in rel.runner.pods.values() if p.proc is not None and p.proc.poll() is None}
     assert {p["metadata"]["name"] for p in pods} <= running
     assert f"{STORE}-0" in running  # the StatefulSet's pod: valkey-server, played by redis-server
+    for name in {p["metadata"]["name"] for p in pods}:
+        pod = rel.runner.find(name)
+        assert pod is not None
+        assert pod.proc is not None
+        workers = rel.cluster.wait_for(
+            f"two workers under {name}'s supervisor",
+            lambda pid=pod.proc.pid: len(child_pids(pid)) == 2 or None,
+        )
+        assert workers
     for pod in pods:
         host = "127." + pod["status"]["podIP"].split(".", 1)[1]
         rel.cluster.wait_for(
