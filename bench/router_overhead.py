@@ -15,6 +15,16 @@ redis-server (Debian's, tests/integration/router/install-redis.sh): the cost of 
 ``--peers`` adds the Rust routers from PyPI, sglang-router and vllm-router (round-robin), each installed
 into its own venv under ~/.cache/modelyard/bench on first use.
 
+``--levers`` adds Modelyard once per throughput lever, each changing one thing from the default router
+(uvloop, access log off, one worker): ``asyncio`` (uvloop not loaded), ``+access-log``, ``-metrics``
+(the per-request metrics record skipped), ``model-only-parse`` (the body decoded with msgspec into just
+``model`` and ``stream``, its other fields not parsed: the ceiling of a faster parse). ``--workers N``
+adds Modelyard with N worker processes on one port, and with ``--store`` once more with the store. The
+variants that patch the router (``--router-variant``) run it
+in-process from this script; a worker set's CPU is the supervisor's plus its live workers'. It also
+times the parse alone, ``json.loads`` of the whole body vs msgspec's ``model``/``stream``-only decode, at
+three body sizes (``parse_us`` in the JSON).
+
 LiteLLM (``litellm[proxy]==1.100.5``) pins dependencies that clash with ours, so it is installed into
 its own venv under ~/.cache/modelyard/litellm-venv on first use (needs PyPI); ``--no-litellm`` skips it.
 
@@ -157,10 +167,82 @@ class Target:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its reaped children (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of a process, its reaped children and its live descendants (Linux /proc):
+    a router started with workers counts its supervisor and every worker."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(c) for c in children)
+
+
+# ---- router variants for --levers (run in-process: `router_overhead.py --router-variant NAME`) --------
+
+
+def run_router_variant(name: str) -> None:
+    """The router with one lever changed by patching it before it starts (bench only)."""
+    if name == "asyncio":
+        sys.modules["uvloop"] = None  # type: ignore[assignment]
+    elif name == "no-metrics":
+        import modelyard.router.proxy as proxy
+        from modelyard.router.exchange import Exchange
+
+        def no_metrics(ex: Exchange, elapsed: float, metrics: Any, access_log_on: bool) -> None:
+            return None
+
+        proxy.record = no_metrics  # type: ignore[assignment]
+    elif name == "model-only-parse":
+        import msgspec
+
+        import modelyard.router.proxy as proxy
+        from modelyard.router.body import RoutedBody
+
+        class Routing(msgspec.Struct):
+            model: str
+            stream: bool = False
+
+        decoder = msgspec.json.Decoder(Routing)
+
+        def parse_model_only(raw: bytes) -> RoutedBody:
+            routed = decoder.decode(raw)  # validates the whole document, builds only two fields
+            return RoutedBody(model=routed.model, stream=routed.stream, fields={})
+
+        proxy.parse_body = parse_model_only  # type: ignore[assignment]
+    else:
+        raise SystemExit(f"unknown router variant {name}")
+    from modelyard.router.__main__ import main as router_main
+
+    router_main([])
+
+
+def parse_costs() -> dict[str, dict[str, float]]:
+    """µs per parse of a chat body: the whole body with json.loads (today) vs msgspec model/stream only."""
+    import timeit
+
+    import msgspec
+
+    class Routing(msgspec.Struct):
+        model: str
+        stream: bool = False
+
+    decoder = msgspec.json.Decoder(Routing)
+    out: dict[str, dict[str, float]] = {}
+    for label, chars in (("0.1KB", 10), ("10KB", 10_000), ("200KB", 200_000)):
+        body = json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "x" * chars}], "stream": False}
+        ).encode()
+        n = max(20, 200_000 // max(1, chars))
+        full = min(timeit.repeat(lambda b=body: json.loads(b), number=n, repeat=3)) / n * 1e6
+        fast = min(timeit.repeat(lambda b=body: decoder.decode(b), number=n, repeat=3)) / n * 1e6
+        out[label] = {"json_loads_us": full, "msgspec_model_only_us": fast}
+    return out
 
 
 def ensure_peer(name: str) -> Path:
@@ -247,10 +329,15 @@ async def throughput(target: Target, stream: bool, concurrency: int, seconds: fl
     return {
         "rps": done / elapsed,
         "cpu_us_per_req": cpu / max(1, done) * 1e6,
-        "errors": errors,
+        "errors": float(errors),
         "p50_ms": pct(totals, 0.5) * 1e3,
         "p99_ms": pct(totals, 0.99) * 1e3,
     }
+
+
+def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {k: pct([r[k] for r in rounds], 0.5) for k in rounds[0]}
 
 
 def request_body(stream: bool) -> bytes:
@@ -276,6 +363,12 @@ def main() -> None:
     p.add_argument("--no-litellm", action="store_true")
     p.add_argument("--store", action="store_true", help="also Modelyard with limits in a redis-server")
     p.add_argument("--peers", action="store_true", help="also sglang-router and vllm-router (PyPI)")
+    p.add_argument("--levers", action="store_true", help="also Modelyard once per throughput lever")
+    p.add_argument(
+        "--workers", type=int, default=0, help="also Modelyard with this many workers (and +store)"
+    )
+    p.add_argument("--rounds", type=int, default=1, help="throughput rounds over all targets (median)")
+    p.add_argument("--only-mode", choices=("json", "stream"), help="run one of the two modes only")
     p.add_argument(
         "--json",
         type=Path,
@@ -283,9 +376,13 @@ def main() -> None:
         help="where the results are written as JSON",
     )
     p.add_argument("--upstream", nargs=2, type=int, metavar=("PORT", "CHUNKS"), help=argparse.SUPPRESS)
+    p.add_argument("--router-variant", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.upstream:
         run_upstream(*args.upstream)
+        return
+    if args.router_variant:
+        run_router_variant(args.router_variant)
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
@@ -303,11 +400,14 @@ def main() -> None:
         wait_ready(ready, proc, timeout_s, log)
         return proc.pid
 
-    def modelyard(name: str, extra_env: dict[str, str]) -> Target:
+    def modelyard(name: str, extra_env: dict[str, str], variant: str | None = None) -> Target:
         rp = free_port()
+        argv = [sys.executable, "-m", "modelyard.router"]
+        if variant is not None:
+            argv = [sys.executable, __file__, "--router-variant", variant]
         pid = spawn(
             name,
-            [sys.executable, "-m", "modelyard.router"],
+            argv,
             f"http://127.0.0.1:{rp}/readyz",
             {
                 "MODELYARD_ROUTER_PORT": str(rp),
@@ -333,6 +433,15 @@ def main() -> None:
         cfg = tmp / "router.json"
         cfg.write_text(json.dumps({"models": {MODEL: [f"http://127.0.0.1:{up}"]}}))
         targets.append(modelyard("modelyard-router", {}))
+        if args.levers:
+            targets.append(modelyard("my asyncio", {}, "asyncio"))
+            targets.append(modelyard("my +access-log", {"MODELYARD_ROUTER_ACCESS_LOG": "true"}))
+            targets.append(modelyard("my -metrics", {}, "no-metrics"))
+            targets.append(modelyard("my model-only-parse", {}, "model-only-parse"))
+        if args.workers > 1:
+            targets.append(
+                modelyard(f"my workers={args.workers}", {"MODELYARD_ROUTER_WORKERS": str(args.workers)})
+            )
 
         if args.store:
             sp = free_port()
@@ -350,6 +459,8 @@ def main() -> None:
                 "MODELYARD_ROUTER_API_KEYS_FILE": str(keys),
             }
             targets.append(modelyard("modelyard+store", store_env))
+            if args.levers:
+                targets.append(modelyard("my workers=2+store", store_env | {"MODELYARD_ROUTER_WORKERS": "2"}))
 
         if args.peers:
             upstream = f"http://127.0.0.1:{up}"
@@ -397,14 +508,28 @@ def main() -> None:
             targets.append(Target("litellm-proxy", f"http://127.0.0.1:{lp}/v1", lpid))
 
         results: dict[str, Any] = {"config": vars(args) | {"json": str(args.json), "cpus": os.cpu_count()}}
-        for stream in (False, True):
+        if args.levers:
+            results["parse_us"] = parse_costs()
+        modes = (False, True) if args.only_mode is None else (args.only_mode == "stream",)
+        for stream in modes:
             mode = "stream" if stream else "json"
+            per_round: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
             for t in targets:
                 print(f"[{mode}] {t.name}: latency c=1 ...", flush=True)
-                lat = asyncio.run(sequential(t, stream, args.sequential))
-                print(f"[{mode}] {t.name}: throughput c={args.concurrency} ...", flush=True)
-                thr = asyncio.run(throughput(t, stream, args.concurrency, args.seconds))
-                results.setdefault(mode, {})[t.name] = {"c1": lat, "max": thr}
+                results.setdefault(mode, {})[t.name] = {
+                    "c1": asyncio.run(sequential(t, stream, args.sequential))
+                }
+            # Throughput in rounds over all targets, the order reversed every other round, so that the
+            # load others put on a shared machine falls on every target alike; the median round counts.
+            for n in range(args.rounds):
+                for t in targets if n % 2 == 0 else list(reversed(targets)):
+                    print(f"[{mode}] {t.name}: throughput c={args.concurrency} round {n + 1} ...", flush=True)
+                    per_round[t.name].append(
+                        asyncio.run(throughput(t, stream, args.concurrency, args.seconds))
+                    )
+            for t in targets:
+                results[mode][t.name]["max"] = median_round(per_round[t.name])
+                results[mode][t.name]["rounds"] = per_round[t.name]
         report(results, [t.name for t in targets])
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
@@ -421,7 +546,15 @@ def main() -> None:
 
 def report(results: dict[str, Any], names: list[str]) -> None:
     print()
+    for label, costs in results.get("parse_us", {}).items():
+        print(
+            f"parse {label:>6}: json.loads {costs['json_loads_us']:8.1f} us, "
+            f"msgspec model-only {costs['msgspec_model_only_us']:8.1f} us"
+        )
+    best_peer = None
     for mode in ("json", "stream"):
+        if mode not in results:
+            continue
         r = results[mode]
         direct = r["direct"]["c1"]
         concurrency = results["config"]["concurrency"]
@@ -437,11 +570,24 @@ def report(results: dict[str, Any], names: list[str]) -> None:
             print(
                 f"{n:18} {c1['p50_ms']:7.3f} {c1['p99_ms']:7.3f} {c1['p50_ms'] - direct['p50_ms']:7.3f} "
                 f"{c1['p99_ms'] - direct['p99_ms']:7.3f} {c1['ttfb_p50_ms']:9.3f} {mx['rps']:8.0f} "
-                f"{mx['cpu_us_per_req']:10.0f} {mx['errors']:6d}"
+                f"{mx['cpu_us_per_req']:10.0f} {mx['errors']:6.0f}"
             )
         if "litellm-proxy" in r:
             ratio = r["modelyard-router"]["max"]["rps"] / max(1e-9, r["litellm-proxy"]["max"]["rps"])
             print(f"modelyard-router / litellm-proxy req/s: {ratio:.1f}x")
+        peers = [n for n in ("sglang-router", "vllm-router") if n in r]
+        if peers:
+            best_peer = max(peers, key=lambda n: r[n]["max"]["rps"])
+            best = r[best_peer]["max"]
+            cpu = min(r[n]["max"]["cpu_us_per_req"] for n in peers)
+            print(f"vs the best peer ({best_peer}): req/s ratio, CPU/request ratio (vs the leaner peer)")
+            for n in names:
+                if n in peers or n == "direct" or n == "litellm-proxy":
+                    continue
+                mx = r[n]["max"]
+                print(
+                    f"  {n:22} {mx['rps'] / best['rps']:5.2f}x req/s  {mx['cpu_us_per_req'] / cpu:5.2f}x CPU"
+                )
         print()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 POD_NETWORK = ipaddress.IPv4Network("10.64.0.0/10")
 SHIM_DIR = Path(__file__).resolve().parent / "podnet_shim"
 ENV_VAR = "MODELYARD_TEST_POD_NETWORK"
+POD_IP_ENV = "MODELYARD_TEST_POD_IP"  # set for a pod's own processes: the shim binds 0.0.0.0 to its twin
 
 
 def loopback_twin(ip: str) -> str:

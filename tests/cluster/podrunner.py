@@ -6,10 +6,17 @@ carries ``modelyard.test/runner: "true"``, so they land on nodes made with
 (tests/cluster/stages.py); this runner does the rest, as a kubelet would:
 
 * start: the first container's ``command`` + ``args`` (``$(VAR)`` expanded from its env; the image's
-  entrypoints ``modelyard-server``/``-router``/``-operator`` resolve to this venv's scripts), with its
-  ``env`` (literal values, ``fieldRef`` to the pod's own fields, ``secretKeyRef``/``configMapKeyRef``),
-  bound to the pod IP's loopback twin (tests/cluster/podnet.py): ``--host X`` is rewritten to it;
-* readiness: the container's ``readinessProbe`` (httpGet), at its ``periodSeconds``, with its
+  entrypoint resolves through :data:`ENTRYPOINTS`: ``modelyard-server``/``-router``/``-operator`` to this
+  venv's scripts, ``valkey-server``/``redis-server`` to the store binary install-redis.sh installs), with
+  its ``env`` (literal values, ``fieldRef`` to the pod's own fields, ``secretKeyRef``/``configMapKeyRef``),
+  bound to the pod IP's loopback twin (tests/cluster/podnet.py): the program's bind flag (``--host X``,
+  ``--bind X``) is rewritten to it, and the podnet shim (on every pod's PYTHONPATH) binds 0.0.0.0 there
+  and resolves Services (tests/cluster/servicenet.py, when the runner is given its map);
+* volumes: an ``emptyDir`` mount is a directory of the pod's own; the mount path in the command line
+  is rewritten to it (pods share this machine's file system);
+* ServiceAccount token (``automountServiceAccountToken`` not false): a kubeconfig holding a token of the
+  pod's ServiceAccount, bound to the pod, in ``KUBECONFIG`` (the in-cluster path cannot be mounted);
+* readiness: the container's ``readinessProbe`` (httpGet or tcpSocket), at its ``periodSeconds``, with its
   failure/success thresholds; the result is written to the pod's status (Ready, ContainersReady,
   ``containerStatuses[].ready``), so EndpointSlices list the pod only when its server really answers;
 * restart: a process that exits on its own is restarted (restartCount + 1), after one second;
@@ -30,25 +37,58 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.cluster import podnet, stages
 from tests.cluster.client import ApiError, ClusterClient
+from tests.cluster.servicenet import MAP_ENV
 
 log = logging.getLogger("tests.cluster.podrunner")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-ENTRYPOINTS = frozenset({"modelyard-server", "modelyard-router", "modelyard-operator"})
+
+
+@dataclass(frozen=True)
+class Entrypoint:
+    """How an image's command runs here: the program that plays it, and the flag naming its address."""
+
+    find: Callable[[str], str]
+    bind_flag: str
+
+
+def _venv_script(name: str) -> str:
+    return str(VENV_BIN / name)
+
+
+def _store_server(name: str) -> str:
+    """The Redis-protocol server install-redis.sh installed (Valkey's and Redis's take the same flags)."""
+    return shutil.which("valkey-server") or shutil.which("redis-server") or name
+
+
+_VENV = Entrypoint(_venv_script, "--host")
+_STORE = Entrypoint(_store_server, "--bind")
+ENTRYPOINTS = {
+    "modelyard-server": _VENV,
+    "modelyard-router": _VENV,
+    "modelyard-operator": _VENV,
+    "valkey-server": _STORE,
+    "redis-server": _STORE,
+}
 POLL_S = 0.2
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
@@ -59,7 +99,7 @@ def expand(value: str, env: dict[str, str]) -> str:
     return out.replace("\0", "$(")
 
 
-def bind_to(argv: list[str], host: str) -> list[str]:
+def bind_to(argv: list[str], host: str, flag: str = "--host") -> list[str]:
     """Rewrite ``--host X`` / ``--host=X`` to the pod's own address (a container's 0.0.0.0 is its netns)."""
     out: list[str] = []
     skip = False
@@ -67,20 +107,48 @@ def bind_to(argv: list[str], host: str) -> list[str]:
         if skip:
             skip = False
             continue
-        if arg == "--host" and i + 1 < len(argv):
-            out += ["--host", host]
+        if arg == flag and i + 1 < len(argv):
+            out += [flag, host]
             skip = True
-        elif arg.startswith("--host="):
-            out.append(f"--host={host}")
+        elif arg.startswith(f"{flag}="):
+            out.append(f"{flag}={host}")
         else:
             out.append(arg)
     return out
 
 
-def resolve_command(command: list[str]) -> list[str]:
-    if command and command[0] in ENTRYPOINTS:
-        return [str(VENV_BIN / command[0]), *command[1:]]
-    return command
+def resolve_command(command: list[str], host: str) -> list[str]:
+    """The process to run for an image's command, listening on ``host`` (see :data:`ENTRYPOINTS`)."""
+    if not command or command[0] not in ENTRYPOINTS:
+        return bind_to(command, host)
+    entry = ENTRYPOINTS[command[0]]
+    argv = bind_to([entry.find(command[0]), *command[1:]], host, entry.bind_flag)
+    if entry.bind_flag != "--host" and not any(
+        a == entry.bind_flag or a.startswith(entry.bind_flag + "=") for a in argv
+    ):
+        argv += [entry.bind_flag, host]  # a store's default is every interface: the pod's only
+    return argv
+
+
+def mount_dirs(container: dict[str, Any], volumes: list[dict[str, Any]], root: Path) -> dict[str, Path]:
+    """mountPath -> a directory of the pod's own, for every emptyDir the container mounts."""
+    empty = {v["name"] for v in volumes if "emptyDir" in v}
+    out: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        if mount["name"] in empty:
+            out[mount["mountPath"].rstrip("/")] = root / mount["name"]
+    return out
+
+
+def rewrite_paths(argv: list[str], mounts: dict[str, Path]) -> list[str]:
+    out = []
+    for arg in argv:
+        for path, local in mounts.items():
+            if arg == path or arg.startswith(path + "/"):
+                arg = str(local) + arg[len(path) :]
+                break
+        out.append(arg)
+    return out
 
 
 @dataclass
@@ -113,8 +181,12 @@ class RunningPod:
 class PodRunner:
     """Runs the pods bound to ``nodes``; ``with PodRunner(cluster, nodes, log_dir): ...``."""
 
-    def __init__(self, cluster: ClusterClient, nodes: list[str], log_dir: Path) -> None:
+    def __init__(
+        self, cluster: ClusterClient, nodes: list[str], log_dir: Path, service_map: Path | None = None
+    ) -> None:
+        """``service_map``: a ServiceNet's map (tests/cluster/servicenet.py), so pods reach Services."""
         self.cluster = cluster
+        self.service_map = service_map
         self.nodes = list(nodes)
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +332,11 @@ class PodRunner:
         pod_env = self._env(obj, container)
         argv = [expand(a, pod_env) for a in (container.get("command") or []) + (container.get("args") or [])]
         ip = obj["status"]["podIP"]
+        pod_dir = self.log_dir / f"{meta['namespace']}_{meta['name']}"
+        mounts = mount_dirs(container, spec.get("volumes") or [], pod_dir)
+        for local in mounts.values():
+            local.mkdir(parents=True, exist_ok=True)
+        pod_env = {**pod_env, **self._network_env(ip), **self._token_env(obj, pod_dir)}
         pre_stop = ((container.get("lifecycle") or {}).get("preStop")) or {}
         pre_stop_s = 0.0
         if "sleep" in pre_stop:
@@ -274,7 +351,7 @@ class PodRunner:
             container=container,
             grace_s=float(spec.get("terminationGracePeriodSeconds", 30)),
             pre_stop_s=pre_stop_s,
-            argv=resolve_command(bind_to(argv, podnet.loopback_twin(ip))),
+            argv=resolve_command(rewrite_paths(argv, mounts), podnet.loopback_twin(ip)),
             env=pod_env,
             log_path=self.log_dir / f"{meta['namespace']}_{meta['name']}.log",
         )
@@ -285,11 +362,49 @@ class PodRunner:
         threading.Thread(target=self._probe_loop, args=(pod,), daemon=True, name=f"probe-{pod.name}").start()
         threading.Thread(target=self._watch_exit, args=(pod,), daemon=True).start()
 
+    def _network_env(self, ip: str) -> dict[str, str]:
+        """The podnet shim's settings: this pod's address, and the Services' map when there is one."""
+        env = {podnet.ENV_VAR: str(podnet.POD_NETWORK), podnet.POD_IP_ENV: ip}
+        if self.service_map is not None:
+            env[MAP_ENV] = str(self.service_map)
+        return env
+
+    def _token_env(self, obj: dict[str, Any], pod_dir: Path) -> dict[str, str]:
+        """A kubelet mounts the ServiceAccount's token; here it is a kubeconfig named by ``KUBECONFIG``."""
+        meta, spec = obj["metadata"], obj["spec"]
+        if spec.get("automountServiceAccountToken") is False:
+            return {}
+        account = spec.get("serviceAccountName") or "default"
+        bound = {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 7200, "boundObjectRef": bound},
+        }
+        path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token"
+        try:
+            token = self.cluster.request("POST", path, request)["status"]["token"]
+        except ApiError as err:
+            self._errors.append(f"token for {meta['name']} ({account}) failed: {err}")
+            return {}
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        kubeconfig = pod_dir / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "clusters": [{"name": "c", "cluster": {"server": self.cluster.server,
+                                                   "certificate-authority": str(self.cluster.ca_file)}}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "c", "user": account,
+                                                    "namespace": meta["namespace"]}}],
+        }))  # fmt: skip
+        kubeconfig.chmod(0o600)
+        return {"KUBECONFIG": str(kubeconfig)}
+
     def _spawn(self, pod: RunningPod) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
         base["PATH"] = f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}"
         base["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT / "operator"), str(REPO_ROOT / "server"), str(REPO_ROOT)]
+            [str(podnet.SHIM_DIR), str(REPO_ROOT / "operator"), str(REPO_ROOT / "server"), str(REPO_ROOT)]
         )
         base.pop("KUBECONFIG", None)
         with pod.log_path.open("ab") as out:
@@ -320,16 +435,19 @@ class PodRunner:
     # ---- readiness ---------------------------------------------------------------------------------
 
     def _probe_url(self, pod: RunningPod) -> tuple[str, dict[str, Any]] | None:
+        """``http://...`` for an httpGet probe, ``tcp://host:port`` for a tcpSocket one."""
         probe = pod.container.get("readinessProbe") or {}
-        get = probe.get("httpGet")
-        if not get:
+        get, tcp = probe.get("httpGet"), probe.get("tcpSocket")
+        if not get and not tcp:
             return None
-        port = get.get("port")
+        port = (get or tcp or {}).get("port")
         if isinstance(port, str) and not port.isdigit():
             port = next(
                 (p["containerPort"] for p in pod.container.get("ports") or [] if p.get("name") == port), None
             )
-        return f"http://{pod.host}:{port}{get.get('path', '/')}", probe
+        if tcp:
+            return f"tcp://{pod.host}:{port}", probe
+        return f"http://{pod.host}:{port}{(get or {}).get('path', '/')}", probe
 
     def _probe_loop(self, pod: RunningPod) -> None:
         target = self._probe_url(pod)
@@ -439,7 +557,14 @@ def _api_ready(obj: dict[str, Any]) -> bool:
 
 
 def _http_status(url: str, timeout: float) -> int:
-    """The probe's HTTP status; 0 when nothing answered."""
+    """The probe's HTTP status (200 for a tcp:// port that accepts); 0 when nothing answered."""
+    if url.startswith("tcp://"):
+        host, port = url[len("tcp://") :].rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout):
+                return 200
+        except OSError:
+            return 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status)

@@ -3,56 +3,34 @@
 SIGTERM/SIGINT: /readyz turns 503 at once, the listener keeps serving for ``shutdown_delay_s`` (so
 Kubernetes can take the pod out of its Service), then stops accepting and lets in-flight requests and
 streams finish for up to ``shutdown_drain_s`` before cancelling them.
+
+``--workers N`` (N > 1): this process supervises N workers sharing the port (workers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import os
 import signal
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
 from modelyard.router.app import PROXY, create_app, create_metrics_app
+from modelyard.router.logs import configure_logging, flush_periodically
 from modelyard.router.settings import RouterSettings
+from modelyard.router.workers import Supervisor, WorkerRole, die_with_supervisor, watch_supervisor
 
 log = logging.getLogger("modelyard.router")
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; access-log lines are already JSON and are embedded as fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        message = record.getMessage()
-        if record.name == "modelyard.router.access":
-            entry.update(json.loads(message))
-        else:
-            entry["msg"] = message
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, separators=(",", ":"))
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # we write our own access log
-
-
-async def serve(settings: RouterSettings) -> None:
+async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> None:
+    """One router process; as a worker (``role``) it shares the port and serves metrics on its socket."""
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -64,25 +42,36 @@ async def serve(settings: RouterSettings) -> None:
         keepalive_timeout=settings.read_header_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    site = web.TCPSite(
+        runner, settings.host, settings.port, backlog=1024, reuse_address=True, reuse_port=role is not None
+    )
     await site.start()
     metrics_runner = web.AppRunner(
         create_metrics_app(app), access_log=None, keepalive_timeout=settings.read_header_timeout_s
     )
     await metrics_runner.setup()
-    await web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_address=True).start()
+    metrics_site: web.BaseSite = (
+        web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_address=True)
+        if role is None
+        else web.UnixSite(metrics_runner, str(role.metrics_socket))
+    )
+    await metrics_site.start()
     log.info(
-        "router listening on %s:%d, metrics on :%d (mode=%s)",
+        "router %slistening on %s:%d, metrics on %s (mode=%s)",
+        "" if role is None else f"worker {role.index} (pid {os.getpid()}) ",
         settings.host,
         settings.port,
-        settings.metrics_port,
+        f":{settings.metrics_port}" if role is None else "the supervisor's",
         settings.mode.value,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = None if role is None else asyncio.create_task(watch_supervisor(role, stop))
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("shutting down: draining for up to %.0fs", settings.shutdown_drain_s)
     proxy = app[PROXY]
     proxy.draining = True
@@ -96,14 +85,29 @@ async def serve(settings: RouterSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     settings = RouterSettings(_cli_parse_args=args)  # type: ignore[call-arg]
-    configure_logging(settings.log_level)
+    role = WorkerRole.from_env(os.environ)
+    if role is not None:
+        die_with_supervisor(role)
+    configure_logging(settings.log_level, None if role is None else role.index)
     # `_created` series double the output and no dashboard uses them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    asyncio.run(serve(settings))
+    if settings.workers > 1 and role is None:
+        asyncio.run(_flushing_logs(Supervisor(settings, args).run()))
+    else:
+        asyncio.run(_flushing_logs(serve(settings, role)))
+
+
+async def _flushing_logs(run: Coroutine[Any, Any, None]) -> None:
+    """``run``, with the batched log lines written every 100 ms meanwhile (logs.py)."""
+    flusher = asyncio.create_task(flush_periodically())
+    try:
+        await run
+    finally:
+        flusher.cancel()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ A full queue sheds the lowest priority first, and within a priority the key most
 newest waiter is refused (429 ``queue-full``) to make room for an arriving request that outranks it,
 else the arriving request is. Models without a
 known per-pod concurrency (no ``maxNumSeqs``, a peer engine) or with no ready pod are not gated here
-(holds cover the latter). Counts are per router replica. A LoRA adapter's requests queue in its base
+(holds cover the latter). Counts are per router replica, and per worker process where it runs several
+(``workers``: each gets its share of the slots, rounded up). A LoRA adapter's requests queue in its base
 model's queue: they run in the same pods' batches, so they share the same slots.
 """
 
@@ -142,7 +143,9 @@ class FairQueues:
     def capacity(self, route: ModelRoute) -> int | None:
         if not route.max_num_seqs or not route.endpoints:
             return None
-        return len(route.endpoints) * (route.max_num_seqs + self.settings.queue_pod_extra)
+        slots = len(route.endpoints) * (route.max_num_seqs + self.settings.queue_pod_extra)
+        # Worker processes of one replica share its pods: each gates its part (rounded up).
+        return -(-slots // self.settings.workers)
 
     async def acquire(
         self, route: ModelRoute, key: str, priority: int = 0, weight: float = 1.0

@@ -37,6 +37,16 @@ class RouterSettings(BaseSettings):
         "OTEL_EXPORTER_OTLP_ENDPOINT). Unset: no tracing. Protocol, headers, sampler and service name "
         "follow the OTEL_* variables.",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Router processes sharing `port` (SO_REUSEPORT; the kernel spreads connections over "
+        "them). Above 1, a supervisor starts them, restarts one that dies, stops them with it whatever the "
+        "signal, and serves `/metrics` and `/autoscaler/load` for all of them. With API keys this needs "
+        "`store_url`: each worker would otherwise count a key's limits on its own. A pod's concurrency is "
+        "split between workers; hold and queue bounds are per worker (docs/router.md, Workers).",
+    )
     metrics_port: int = Field(
         9090,
         ge=0,
@@ -186,6 +196,17 @@ class RouterSettings(BaseSettings):
     )
     access_log: bool = Field(True, description="One structured JSON line per request.")
     log_level: str = Field("INFO", description="Python log level.")
+
+    @model_validator(mode="after")
+    def _workers_share_limits_only_through_a_store(self) -> RouterSettings:
+        keys = self.api_keys_file is not None or bool(self.api_keys_secret)
+        if self.workers > 1 and keys and self.store_url is None:
+            raise ValueError(
+                "workers > 1 with API keys needs store_url (MODELYARD_ROUTER_STORE_URL): without a store "
+                "each worker would count every key's limits and budgets on its own, so a key would get "
+                f"{self.workers}x its limits; set a store or run one worker"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mode_needs_its_source(self) -> RouterSettings:

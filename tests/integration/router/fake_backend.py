@@ -178,6 +178,7 @@ def make_app(name: str, **knobs: Any) -> web.Application:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--name", required=True)
     p.add_argument("--delay-s", type=float, default=0.0)
     p.add_argument("--chunks", type=int, default=8)
@@ -199,7 +200,7 @@ def main() -> None:
         max_concurrent=a.max_concurrent,
         chunks_from_max_tokens=a.chunks_from_max_tokens,
     )
-    web.run_app(app, host="127.0.0.1", port=a.port, access_log=None, print=None)
+    web.run_app(app, host=a.host, port=a.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,19 @@ def test_an_external_store_is_only_a_url_and_modes_are_checked() -> None:
     assert "url" in render_error("router.store.mode=external")
     render_error("router.store.mode=cluster")
     render_error("router.store.url=http://not-redis")
+
+
+def test_workers_reach_the_router_and_need_a_store_when_keys_have_limits() -> None:
+    assert "MODELYARD_ROUTER_WORKERS" not in router_env(render())
+    assert router_env(render("router.workers=4"))["MODELYARD_ROUTER_WORKERS"] == "4"
+    keys = ("router.apiKeys.enabled=true", "router.apiKeys.keys=keys: []")
+    assert "needs router.store.mode" in render_error("router.workers=2", *keys)
+    with_store = render("router.workers=2", *keys, "router.store.mode=deploy")
+    assert router_env(with_store)["MODELYARD_ROUTER_WORKERS"] == "2"
+    render_error("router.workers=0")
+
+
+def test_the_deployed_store_can_be_placed() -> None:
+    docs = render("router.store.mode=deploy", "router.store.nodeSelector.pool=infra")
+    pod = one(docs, "StatefulSet", "-router-store")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "infra"}

@@ -184,3 +184,10 @@ async def test_at_one_priority_a_full_queue_sheds_the_key_most_over_its_share() 
     assert run.order[0] == "busy"
     assert sorted(run.order[1:3]) == ["a0", "b0"]
     assert run.order[3:] == ["a1"]
+
+
+def test_worker_processes_split_a_pods_slots_rounded_up() -> None:
+    queues, route = setup(slots=8, workers=3)
+    assert queues.capacity(route) == 3  # 8 sequences over 3 workers: 3 + 3 + 3 >= 8
+    queues, route = setup(slots=8)
+    assert queues.capacity(route) == 8

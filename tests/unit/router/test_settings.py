@@ -38,3 +38,11 @@ def test_static_mode_without_a_file_is_rejected() -> None:
 def test_nonsense_values_are_rejected() -> None:
     with pytest.raises(ValidationError):
         RouterSettings(_cli_parse_args=["--max-body-bytes", "0"])  # type: ignore[call-arg]
+
+
+def test_workers_with_api_keys_need_the_store() -> None:
+    base: dict[str, object] = {"_cli_parse_args": [], "static_config": "/m.yaml", "workers": 2}
+    RouterSettings(**base)  # type: ignore[arg-type]  # no keys: nothing to share
+    RouterSettings(**base, api_keys_file="/k.yaml", store_url="redis://s:6379/0")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="needs store_url"):
+        RouterSettings(**base, api_keys_secret="keys")  # type: ignore[arg-type]
