@@ -275,7 +275,8 @@ DOCS_INTRO = """# LLMModel reference (`modelyard.dev/v1alpha1`)
 One `LLMModel` is one served model. The operator turns it into a Deployment of model server pods
 (the built-in `modelyard-server`, or vLLM or SGLang: `spec.engine`), a Service, and, when asked, a cache PVC
 and a PodDisruptionBudget; the router sends
-OpenAI requests whose `model` is the served name or an alias to the ready pods.
+OpenAI requests whose `model` is the served name or an alias to the ready pods, and those naming one of its
+LoRA adapters (`spec.adapters`) to the ready pods that have it loaded.
 `kubectl get llm` shows it; `kubectl explain llmmodel.spec` documents the same fields as below.
 
 ```yaml
@@ -442,10 +443,12 @@ def render_docs() -> str:
         "pods are not behind the Service, `Unschedulable` with "
         "the scheduler's message, `CrashLoopBackOff`/`ImagePullBackOff`/..., `Downloading`, `Loading`, "
         "`Pending`, `ScaledToZero`, `ReconcileFailed` with the API server's message when a child could not "
-        "be applied, `NameConflict` naming the older LLMModel that holds this model's served name or an "
-        "alias), `Progressing` (`RollingOut`, `RolloutComplete`, `ProgressDeadlineExceeded`, "
+        "be applied, `NameConflict` naming the older LLMModel that holds this model's served name, an "
+        "alias or an adapter name), `Progressing` (`RollingOut`, `RolloutComplete`, "
+        "`ProgressDeadlineExceeded`, "
         "`ReconcileFailed`), `Degraded` (`AsExpected`, or the problem's reason) and, with a new cache PVC, "
-        "`CacheShared` (False when a ReadWriteOnce cache meets more than one replica).",
+        "`CacheShared` (False when a ReadWriteOnce cache meets more than one replica), and with adapters "
+        "`AdaptersReady` (`AllLoaded`, `Loading`, `LoadFailed` naming the adapter and the pod's message).",
         "",
         "## kubectl get columns\n",
         "| Column | JSONPath |\n|---|---|",
