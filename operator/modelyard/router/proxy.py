@@ -43,6 +43,7 @@ from modelyard.router.migration import (
     not_replayable,
     not_resumable,
 )
+from modelyard.router.peer_names import rename_for_upstream
 from modelyard.router.quota import estimate_tokens
 from modelyard.router.relay import HOP_BY_HOP, open_stream, pump, relay_body, relay_stream
 from modelyard.router.reply import ClientReply, is_envelope
@@ -209,6 +210,7 @@ class Proxy:
         last_failure: Failure | None = None
         headers = self._upstream_headers(request, ex.request_id)
         path = request.raw_path
+        routed, body = rename_for_upstream(route, routed, body)
         migration = self._migration(request.path, routed, route.engine)
         if migration is not None and migration.blocked is None:
             headers[STREAM_TOKENS_HEADER] = "1"

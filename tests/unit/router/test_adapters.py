@@ -4,6 +4,7 @@ files), the routing table, PrefixHash rings, the shared fair queue and the autos
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
@@ -14,11 +15,13 @@ from modelyard.api import metadata
 from modelyard.operator.autoscaler.signal import parse_load, parse_started
 from modelyard.router import errors
 from modelyard.router.balancer import HashRing
+from modelyard.router.body import parse_body
 from modelyard.router.discovery import build_specs, parse_static, ready_endpoints
 from modelyard.router.fairqueue import FairQueues
 from modelyard.router.health import Health
 from modelyard.router.keys import KeyStore, parse_keys
 from modelyard.router.metrics import RouterMetrics
+from modelyard.router.peer_names import rename_for_upstream
 from modelyard.router.proxy import Proxy
 from modelyard.router.settings import RouterSettings
 from modelyard.router.table import (
@@ -26,6 +29,7 @@ from modelyard.router.table import (
     ModelSpec,
     RouteDefaults,
     RoutingTable,
+    Snapshot,
     Strategy,
     build_snapshot,
 )
@@ -325,3 +329,23 @@ def test_allow_lists_treat_adapters_and_the_base_as_different_models() -> None:
     assert (refused.value.status, refused.value.code) == (404, "model_not_found")
     with pytest.raises(errors.RouterError):
         keys.check_model(base_only, "sql", "sql")
+
+
+# ---- peer engines' adapter names -------------------------------------------------------------------------
+
+
+def test_sglang_pods_get_an_adapter_as_base_colon_adapter_and_others_get_the_bytes_unchanged() -> None:
+    def routes(engine: str) -> Snapshot:
+        spec = ModelSpec("base", (A,), engine=engine, adapters=(AdapterSpec("sql", (A,)),))
+        return build_snapshot([spec], RouteDefaults())
+
+    raw = b'{"model": "sql", "messages": [{"role": "user", "content": "h\\u00e9"}], "stream": true}'
+    routed = parse_body(raw)
+    sglang = routes("sglang")
+    renamed, body = rename_for_upstream(sglang.routes["sql"], routed, raw)
+    assert json.loads(body) == {**json.loads(raw), "model": "base:sql"}
+    assert renamed.fields["model"] == "base:sql"
+    assert renamed.stream is True
+    assert rename_for_upstream(sglang.routes["base"], routed, raw) == (routed, raw)
+    vllm = routes("vllm")
+    assert rename_for_upstream(vllm.routes["sql"], routed, raw) == (routed, raw)
