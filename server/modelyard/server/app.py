@@ -98,8 +98,8 @@ async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> 
         return await _launch_engine_process(settings, config, source, progress)
 
     from modelyard.server.engine.engine import TorchEngine
-    from modelyard.server.engine.loader import load_model
-    from modelyard.server.engine.threads import apply_torch_threads, engine_threads
+    from modelyard.server.engine.host.threads import apply_torch_threads, engine_threads
+    from modelyard.server.engine.model.loader import load_model
 
     apply_torch_threads(engine_threads(settings.engine_threads))
     loaded = await asyncio.to_thread(load_model, config, progress)
@@ -123,7 +123,7 @@ async def _launch_engine_process(
     settings: ServerSettings, config: EngineConfig, source: str, progress: ProgressFn
 ) -> LoadedRuntime:
     """The weights load in the engine process; this one needs only the tokenizer."""
-    from modelyard.server.engine.process import EngineClient
+    from modelyard.server.engine.proc.process import EngineClient
     from modelyard.server.engine.tokenizer import load_tokenizer
 
     progress("loading tokenizer", 0.05)

@@ -3,7 +3,7 @@
 Only this package imports torch, and only in the modules that need it: the package itself exports
 the torch-free contract (``types``) that the HTTP process speaks, so importing it (as any submodule
 import does) never loads torch. ``TorchEngine`` lives in ``engine.engine``, ``load_model`` in
-``engine.loader``.
+``engine.model.loader``.
 """
 
 from modelyard.server.engine.types import (
