@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modelyard.server.tinymodel import ensure_tiny_model
+from modelyard.server.modelbuild.tinymodel import ensure_tiny_model
 from tests.cluster.harness import ControlPlane, find_binaries
 from tests.integration.chaos.scenarios import SCENARIOS, Knobs, Result, run
 from tests.integration.chaos.stack import open_chaos_stack

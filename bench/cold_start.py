@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import openai
 
-from modelyard.server.tinymodel import ensure_tiny_model
+from modelyard.server.modelbuild.tinymodel import ensure_tiny_model
 from tests.cluster.harness import ControlPlane, find_binaries
 from tests.integration.e2e.stack import Stack, open_stack
 

@@ -43,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.server_throughput import build_model_dir
 
-from modelyard.server.engine import EngineConfig, GenerationRequest, GuidedDecoding, SamplingParams, sampler
+from modelyard.server.engine import EngineConfig, GenerationRequest, GuidedDecoding, SamplingParams
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.guided import GrammarCompiler, MaskApplier
-from modelyard.server.engine.loader import load_model
+from modelyard.server.engine.model import sampler
+from modelyard.server.engine.model.guided import GrammarCompiler, MaskApplier
+from modelyard.server.engine.model.loader import load_model
 
 VOCAB = 49152
 

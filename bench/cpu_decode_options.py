@@ -5,7 +5,7 @@ how the output projection is computed.
 Llama, 16 streams of 32+32 tokens (greedy, EOS ignored), ``--threads`` compute threads, each option in a
 fresh subprocess so one's compiled code or thread pool cannot help another, alternating A/B/A/B so a
 shared machine slows all alike. ``--part head``: the output projection alone (49,152 x 576 fp32), one
-BLAS call over the whole matrix vs vocabulary slices of several sizes (``engine/lm_head.py``), at 16 and
+BLAS call over the whole matrix vs vocabulary slices of several sizes (``engine/model/lm_head.py``), at 16 and
 64 rows, interleaved, medians; then the engine with either projection, alternating in one process. Not
 a test.
 
@@ -87,7 +87,7 @@ def _load_bench_model(threads: int, dtype: str) -> tuple[Any, Any]:
 
     from engine_v2_throughput import MODEL_DIR
     from modelyard.server.engine import EngineConfig
-    from modelyard.server.engine.loader import load_model
+    from modelyard.server.engine.model.loader import load_model
     from server_throughput import build_model_dir
 
     torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from modelyard.server.engine import EngineConfig
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.loader import load_model
+from modelyard.server.engine.model.loader import load_model
 from server_throughput import build_model_dir, make_prompts, run_engine
 
 MODEL_DIR = Path.home() / ".cache" / "modelyard" / "bench" / "smollm-135m-random"

@@ -46,10 +46,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "server"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from modelyard.server.engine import EngineConfig, GenerationOutput, ipc  # noqa: E402
+from modelyard.server.engine import EngineConfig, GenerationOutput  # noqa: E402
 from modelyard.server.engine.engine import TorchEngine  # noqa: E402
-from modelyard.server.engine.loader import load_model  # noqa: E402
-from modelyard.server.engine.threads import cpu_budget  # noqa: E402
+from modelyard.server.engine.host.threads import cpu_budget  # noqa: E402
+from modelyard.server.engine.model.loader import load_model  # noqa: E402
+from modelyard.server.engine.proc import ipc  # noqa: E402
 from modelyard.server.engine.types import EngineStats  # noqa: E402
 from server_throughput import (  # noqa: E402
     SMOLLM_SHAPE,
@@ -443,7 +444,7 @@ def main() -> None:
     else:
         # (name, engine threads, extra environment): 2 = all cores (the old default), 1 = cores - 1, and
         # 2 with OpenMP's passive wait policy (threads sleep at barriers instead of spinning).
-        # "auto": no --engine-threads, so the engine picks 2 or 1 by measured speed (thread_tuner.py).
+        # "auto": no --engine-threads, so the engine picks 2 or 1 by measured speed (host/thread_tuner.py).
         quiet_runs: list[tuple[str, int | None, dict[str, str]]] = [
             ("server-auto", None, {}),
             ("server-2t", 2, {}),

@@ -19,8 +19,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from modelyard.server.engine.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
-from modelyard.server.engine.runner import ModelRunner
+from modelyard.server.engine.model.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
+from modelyard.server.engine.model.runner import ModelRunner
 from server_throughput import SMOLLM_SHAPE
 
 BLOCK = 16
@@ -103,7 +103,7 @@ def time_paged(model: LlamaForCausalLM, rows: int, ctx: int, steps: int, blocks:
 
 def time_runner_slab(model: LlamaForCausalLM, rows: int, ctx: int, steps: int) -> float:
     """The engine's CPU decode path: the pool is written every step, the history is gathered once
-    into a per-group working copy and appended a column per step (``engine/decode_slab.py``)."""
+    into a per-group working copy and appended a column per step (``engine/model/decode_slab.py``)."""
     per_row = -(-(ctx + steps) // BLOCK)
     runner = ModelRunner(
         model, torch.device("cpu"), model.config.num_hidden_layers, BLOCK, sliding=False, decode_slab=True

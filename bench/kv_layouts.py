@@ -178,7 +178,7 @@ async def run_one(
 
     from modelyard.server.engine import EngineConfig
     from modelyard.server.engine.engine import TorchEngine
-    from modelyard.server.engine.loader import load_model
+    from modelyard.server.engine.model.loader import load_model
 
     torch.set_num_threads(args.threads)
     path = model_dir()

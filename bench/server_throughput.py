@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "server"))
 
 from modelyard.server.engine import EngineConfig, GenerationRequest, SamplingParams  # noqa: E402
 from modelyard.server.engine.engine import TorchEngine  # noqa: E402
-from modelyard.server.engine.loader import load_model  # noqa: E402
+from modelyard.server.engine.model.loader import load_model  # noqa: E402
 
 EOS_ID = 0  # "<|endoftext|>"; its embedding row is zeroed so greedy decoding never picks it
 SMOLLM_SHAPE = {

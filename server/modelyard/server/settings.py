@@ -117,7 +117,7 @@ class ServerSettings(BaseSettings):
         None,
         ge=1,
         description="Devices the model's layers are split over, like vLLM's flag (default: every visible "
-        "GPU; 1 on CPU). Contiguous runs of decoder layers per device (see engine/placement.py).",
+        "GPU; 1 on CPU). Contiguous runs of decoder layers per device (see engine/model/placement.py).",
     )
     speculative_config: dict[str, Any] | None = Field(
         None,

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from modelyard.server.tinymodel import ensure_tiny_model
+from modelyard.server.modelbuild.tinymodel import ensure_tiny_model
 
 MARKER = "vllm-tiny.json"
 RECIPE = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}

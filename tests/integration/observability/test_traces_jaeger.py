@@ -20,7 +20,7 @@ from typing import Any
 import openai
 import pytest
 
-from modelyard.server.tinymodel import ensure_tiny_model
+from modelyard.server.modelbuild.tinymodel import ensure_tiny_model
 from tests.fixtures.models import ServerProcess, start_server
 from tests.integration.observability.jaeger import JaegerBuildError, build_jaeger, start_jaeger
 from tests.integration.router.procs import Proc, free_port, start_router, write_config

@@ -25,7 +25,7 @@ RUNNING = "vllm:num_requests_running"
 
 def _engine_pid(server: ServerProcess) -> int:
     pid = server.engine_pid()
-    assert b"modelyard.server.engine.process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert b"modelyard.server.engine.proc.process" in Path(f"/proc/{pid}/cmdline").read_bytes()
     return pid
 
 

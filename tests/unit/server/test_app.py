@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from modelyard.server.app import LoadedRuntime, ProgressFn, create_app
 from modelyard.server.engine.types import QueueFullError
+from modelyard.server.modelbuild.tinymodel import build_tokenizer
 from modelyard.server.settings import ServerSettings
-from modelyard.server.tinymodel import build_tokenizer
 from modelyard.server.token_text import bytes_to_unicode
 from tests.unit.server.fakes import FakeEngine
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from modelyard.server.detokenizer import IncrementalDetokenizer, StopMatcher
-from modelyard.server.tinymodel import build_tokenizer
+from modelyard.server.modelbuild.tinymodel import build_tokenizer
 
 TEXTS = [
     "Hello, world! The model server batches requests.",

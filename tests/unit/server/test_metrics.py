@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelyard.server.engine.step_tokens import StepTokens
+from modelyard.server.engine.core.step_tokens import StepTokens
 from modelyard.server.engine.types import EngineEvent, EngineStats, GenerationOutput
 from modelyard.server.metrics import CacheInfo, ServerMetrics, metric_groups
 

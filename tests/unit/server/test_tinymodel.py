@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.server.tinymodel import MARKER, ensure_tiny_model
+from modelyard.server.modelbuild.tinymodel import MARKER, ensure_tiny_model
 
 pytestmark = pytest.mark.model
 

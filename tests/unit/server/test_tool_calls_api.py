@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modelyard.server.app import LoadedRuntime, ProgressFn, create_app
+from modelyard.server.modelbuild.tinymodel import build_tokenizer
 from modelyard.server.settings import ServerSettings
-from modelyard.server.tinymodel import build_tokenizer
 from tests.fixtures.openai_spec import assert_matches
 from tests.unit.server.fakes import FakeEngine
 

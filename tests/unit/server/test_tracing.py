@@ -141,8 +141,8 @@ def test_an_app_with_tracing_on_serves_and_spans_every_request(monkeypatch: pyte
     from fastapi.testclient import TestClient
 
     from modelyard.server.app import LoadedRuntime, create_app
+    from modelyard.server.modelbuild.tinymodel import build_tokenizer
     from modelyard.server.settings import ServerSettings
-    from modelyard.server.tinymodel import build_tokenizer
     from tests.unit.server.fakes import FakeEngine
     from tests.unit.server.test_app import MODEL, _settings
 

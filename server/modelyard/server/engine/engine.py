@@ -20,21 +20,21 @@ from typing import Any, Protocol
 
 import torch
 
-from modelyard.server.engine import memory
-from modelyard.server.engine.blocks import BlockManager
-from modelyard.server.engine.embedder import EmbedJob, run_embeds
-from modelyard.server.engine.guided import GrammarCompiler
-from modelyard.server.engine.loader import LoadedModel
+from modelyard.server.engine.core.blocks import BlockManager
+from modelyard.server.engine.core.ngram_proposer import propose
+from modelyard.server.engine.core.scheduler import Scheduler, Step
+from modelyard.server.engine.core.sequence import Sequence
+from modelyard.server.engine.core.step_tokens import StepTokens
+from modelyard.server.engine.host import memory
+from modelyard.server.engine.host.thread_tuner import ThreadTuner
 from modelyard.server.engine.lora import fast_path_allowed
 from modelyard.server.engine.lora.errors import LoraError
 from modelyard.server.engine.lora.manager import LoraLimits, LoraManager
-from modelyard.server.engine.ngram_proposer import propose
-from modelyard.server.engine.runner import ModelRunner
-from modelyard.server.engine.sampler import Sampled, SamplingRow, prompt_logprobs, sample
-from modelyard.server.engine.scheduler import Scheduler, Step
-from modelyard.server.engine.sequence import Sequence
-from modelyard.server.engine.step_tokens import StepTokens
-from modelyard.server.engine.thread_tuner import ThreadTuner
+from modelyard.server.engine.model.embedder import EmbedJob, run_embeds
+from modelyard.server.engine.model.guided import GrammarCompiler
+from modelyard.server.engine.model.loader import LoadedModel
+from modelyard.server.engine.model.runner import ModelRunner
+from modelyard.server.engine.model.sampler import Sampled, SamplingRow, prompt_logprobs, sample
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,

@@ -299,7 +299,7 @@ class EngineConfig:
     seed: int = 0
     enable_prefix_caching: bool = True  # reuse the KV of shared prompt prefixes (off for sliding windows)
     gpu_memory_utilization: float = 0.9  # CUDA: share of device memory for weights+activations+KV
-    kv_cache_tokens: int | None = None  # KV pool size in tokens; None: planned (see engine/memory.py)
+    kv_cache_tokens: int | None = None  # KV pool size in tokens; None: planned (see engine/host/memory.py)
     # CPU: the KV pool's byte budget when kv_cache_tokens is None (it takes less if max_num_seqs x
     # max_model_len needs less). 4 GiB, as memory.DEFAULT_CPU_KV_BYTES.
     kv_cache_memory_bytes: int = 4 << 30
@@ -309,10 +309,11 @@ class EngineConfig:
     decode_kv: DecodeKV = "auto"
     # The lean Llama-family forward (fast_llama.py): auto = on CPU for supported architectures.
     fast_decode: FastDecode = "auto"
-    # Compute thread counts the engine picks between by measured decode speed (thread_tuner.py); empty
+    # Compute thread counts the engine picks between by measured decode speed (host/thread_tuner.py); empty
     # or one count: the threads stay as the process set them.
     thread_choices: tuple[int, ...] = ()
-    # Devices the decoder layers are split over (None: every visible GPU, or the one CPU); see placement.py.
+    # Devices the decoder layers are split over (None: every visible GPU, or the one CPU);
+    # see model/placement.py.
     tensor_parallel_size: int | None = None
     # Prompt-lookup speculative decoding (None: off).
     speculative: SpeculativeConfig | None = None

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 _MARK = os.environ.get("MODELYARD_TEST_DEADLOCK_FILE")
-_TARGET = "modelyard.server.engine.sampler"
+_TARGET = "modelyard.server.engine.model.sampler"
 
 
 def _patch(module: ModuleType) -> None:

@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from modelyard.server.engine import EngineConfig
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.loader import LoadedModel, load_model
+from modelyard.server.engine.model.loader import LoadedModel, load_model
 
 VOCAB = 512
 EOS = 2

@@ -11,7 +11,7 @@ import transformers
 
 from modelyard.server.engine import EngineConfig
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.loader import LoadedModel, load_model
+from modelyard.server.engine.model.loader import LoadedModel, load_model
 from tests.unit.server.engine.conftest import save_tokenizer
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 

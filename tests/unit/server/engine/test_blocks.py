@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from modelyard.server.engine.blocks import BlockManager, extend_hashes, hash_block
-from modelyard.server.engine.sampler import SamplingRow
-from modelyard.server.engine.scheduler import Scheduler
-from modelyard.server.engine.sequence import Sequence
+from modelyard.server.engine.core.blocks import BlockManager, extend_hashes, hash_block
+from modelyard.server.engine.core.scheduler import Scheduler
+from modelyard.server.engine.core.sequence import Sequence
+from modelyard.server.engine.model.sampler import SamplingRow
 from modelyard.server.engine.types import GenerationRequest, SamplingParams
 
 

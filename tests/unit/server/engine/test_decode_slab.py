@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from modelyard.server.engine.decode_slab import GroupSlab
+from modelyard.server.engine.model.decode_slab import GroupSlab
 from tests.unit.server.engine.helpers import prompt_of, request, tokens
 
 pytestmark = pytest.mark.model

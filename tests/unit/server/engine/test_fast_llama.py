@@ -18,8 +18,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from modelyard.server.engine import EngineConfig, GenerationOutput
 from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.fast_llama import FastLlama, unsupported_reason, use_fast_forward
-from modelyard.server.engine.loader import LoadedModel, load_model
-from modelyard.server.engine.runner import ModelRunner
+from modelyard.server.engine.model.loader import LoadedModel, load_model
+from modelyard.server.engine.model.runner import ModelRunner
 from modelyard.server.engine.types import GuidedDecoding
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 

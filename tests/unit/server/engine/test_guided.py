@@ -16,9 +16,9 @@ import torch
 
 from modelyard.server.engine import EngineConfig, GenerationOutput, GenerationRequest, SamplingParams
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.guided import GrammarCompiler, MaskApplier, UnsupportedGrammarError
-from modelyard.server.engine.loader import LoadedModel, load_model
-from modelyard.server.engine.sampler import SamplingRow, sample
+from modelyard.server.engine.model.guided import GrammarCompiler, MaskApplier, UnsupportedGrammarError
+from modelyard.server.engine.model.loader import LoadedModel, load_model
+from modelyard.server.engine.model.sampler import SamplingRow, sample
 from modelyard.server.engine.types import GuidedDecoding
 
 pytestmark = pytest.mark.model

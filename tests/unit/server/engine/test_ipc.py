@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from modelyard.server.engine import ipc
+from modelyard.server.engine.proc import ipc
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,

@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.server.engine import GenerationRequest, PromptTooLongError, SamplingParams
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.memory import DEFAULT_CPU_KV_BYTES, cpu_kv_tokens
+from modelyard.server.engine.host.memory import DEFAULT_CPU_KV_BYTES, cpu_kv_tokens
 from modelyard.server.settings import parse_settings
 
 # The conftest's tiny Llama: 2 layers x 2 KV heads x head_dim 16 x (K and V) x 4 bytes.

@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.server.engine import EngineConfig, EngineDeadError
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.loader import LoadedModel
+from modelyard.server.engine.model.loader import LoadedModel
 from tests.unit.server.engine.helpers import prompt_of, run
 
 pytestmark = pytest.mark.model

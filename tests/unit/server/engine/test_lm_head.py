@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from modelyard.server.engine import EngineConfig
-from modelyard.server.engine.lm_head import MIN_VOCAB, SlicedLMHead, slice_output_projection
-from modelyard.server.engine.loader import load_model
+from modelyard.server.engine.model.lm_head import MIN_VOCAB, SlicedLMHead, slice_output_projection
+from modelyard.server.engine.model.loader import load_model
 from tests.unit.server.engine.conftest import build
 
 pytestmark = pytest.mark.model

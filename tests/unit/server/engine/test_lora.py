@@ -10,8 +10,8 @@ import pytest
 
 from modelyard.server.engine import EngineConfig
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.loader import load_model
 from modelyard.server.engine.lora import LoraError, LoraNotFoundError
+from modelyard.server.engine.model.loader import load_model
 from tests.fixtures.lora import make_adapter, peft_greedy
 from tests.unit.server.engine.helpers import prompt_of, request, tokens
 

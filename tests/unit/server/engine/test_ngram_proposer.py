@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.server.engine.ngram_proposer import propose
+from modelyard.server.engine.core.ngram_proposer import propose
 from modelyard.server.engine.types import SpeculativeConfig as NgramConfig
 
 

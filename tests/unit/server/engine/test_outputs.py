@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from modelyard.server.engine import EngineDeadError, EngineError
-from modelyard.server.engine.loader import LoadedModel
-from modelyard.server.engine.memory import kv_bytes_per_token
+from modelyard.server.engine.host.memory import kv_bytes_per_token
+from modelyard.server.engine.model.loader import LoadedModel
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 pytestmark = pytest.mark.model

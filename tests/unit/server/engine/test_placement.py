@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.server.engine.placement import Placement, PlacementError, plan_layers
+from modelyard.server.engine.model.placement import Placement, PlacementError, plan_layers
 
 GIB = 2**30
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.server.engine import EngineConfig, GenerationRequest, SamplingParams
-from modelyard.server.engine.process import EngineClient
+from modelyard.server.engine.proc.process import EngineClient
 
 pytestmark = pytest.mark.model
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelyard.server.engine import SamplingParams
-from modelyard.server.engine.sampler import SamplingRow, apply_penalties, sample
+from modelyard.server.engine.model.sampler import SamplingRow, apply_penalties, sample
 
 pytestmark = pytest.mark.model
 VOCAB = 6

@@ -10,7 +10,7 @@ import torch
 
 from modelyard.server.engine import EngineConfig
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.loader import LoadedModel, load_model, module_groups, resolve_devices
+from modelyard.server.engine.model.loader import LoadedModel, load_model, module_groups, resolve_devices
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from modelyard.server.engine.thread_tuner import ThreadTuner
+from modelyard.server.engine.host.thread_tuner import ThreadTuner
 
 
 class Machine:

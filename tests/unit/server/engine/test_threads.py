@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.server.engine import threads
-from modelyard.server.engine.threads import CpuBudget, cgroup_cpu_quota, engine_threads, thread_env
+from modelyard.server.engine.host import threads
+from modelyard.server.engine.host.threads import CpuBudget, cgroup_cpu_quota, engine_threads, thread_env
 
 
 def _cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:
@@ -107,7 +107,7 @@ def test_child_environment_sets_every_runtime() -> None:
 
 
 def test_without_a_request_the_engine_may_pick_all_cores_or_all_but_the_reserved_one() -> None:
-    from modelyard.server.engine.threads import thread_choices
+    from modelyard.server.engine.host.threads import thread_choices
 
     assert thread_choices(budget=CpuBudget(2, None), reserve=1, environ={}) == (2, 1)
     assert thread_choices(budget=CpuBudget(16, 4.0), reserve=1, environ={}) == (4, 3)

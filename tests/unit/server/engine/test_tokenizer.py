@@ -11,8 +11,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from modelyard.server import app
-from modelyard.server.engine import tinymodel
 from modelyard.server.engine.tokenizer import load_tokenizer, tokenizer_class
+from modelyard.server.modelbuild import tinymodel
 
 TEXTS = ["Hello, world!", "héllo wörld 🙂 <|im_end|> tail", "  spaces\nand\ttabs  "]
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.lora.adapter import SUPPORTED_TARGETS, LinearShape, LoraAdapter, read_adapter
 from modelyard.server.engine.lora.errors import LoraError, LoraNotFoundError
 from modelyard.server.engine.lora.layers import LoraBatch, LoraLinear, Segment
-from modelyard.server.engine.sequence import Sequence
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 

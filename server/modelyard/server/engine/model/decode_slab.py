@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from modelyard.server.engine.paged_cache import KVPool
+from modelyard.server.engine.model.paged_cache import KVPool
 
 # Columns of slack gathered with the history, so steps rarely regrow the buffer.
 HEADROOM = 32

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from modelyard.server.engine.guided import GrammarMatcherRow, MaskApplier
+from modelyard.server.engine.model.guided import GrammarMatcherRow, MaskApplier
 from modelyard.server.engine.types import SamplingParams, TokenLogprob
 
 

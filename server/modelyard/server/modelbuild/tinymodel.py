@@ -6,8 +6,8 @@ model that works here exercises the same code as a real checkpoint. Weights are 
 text is gibberish, but it is deterministic for a given seed and the byte-level tokenizer round-trips
 any text (multi-byte characters included), which is what detokenization and stop strings are tested on.
 
-It lives in ``engine/`` because only the engine package imports torch and transformers (an
-import-linter contract); ``modelyard.server.tinymodel`` re-exports it.
+A build tool, not part of the engine: torch and transformers are imported lazily, inside the builders
+(``.importlinter`` allows ``modelbuild`` that beside the engine).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modelyard.server.engine.pooling import embed_batch
+from modelyard.server.engine.model.pooling import embed_batch
 
 log = logging.getLogger("modelyard.server.engine")
 

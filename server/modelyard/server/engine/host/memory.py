@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-log = logging.getLogger("modelyard.server.engine.memory")
+log = logging.getLogger("modelyard.server.engine.host.memory")
 
 # On CPU without --kv-cache-tokens: the pool's byte budget unless --kv-cache-memory says otherwise.
 # A fixed budget, as vLLM's CPU build (VLLM_CPU_KVCACHE_SPACE), not a share of host memory: a small

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from modelyard.server.engine.decode_slab import GroupSlab, SlabCache
 from modelyard.server.engine.fast_llama import FastLlama, use_fast_forward
-from modelyard.server.engine.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
+from modelyard.server.engine.model.decode_slab import GroupSlab, SlabCache
+from modelyard.server.engine.model.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
 from modelyard.server.engine.types import FastDecode
 
 PAD_TOKEN_ID = 0  # any valid id: padded columns are masked out

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from modelyard.server.engine.blocks import BlockManager, extend_hashes
-from modelyard.server.engine.sequence import Sequence
+from modelyard.server.engine.core.blocks import BlockManager, extend_hashes
+from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.types import EngineEvent
 
 

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from modelyard.server.engine.lm_head import slice_output_projection
-from modelyard.server.engine.placement import Placement, plan_layers
+from modelyard.server.engine.model.lm_head import slice_output_projection
+from modelyard.server.engine.model.placement import Placement, plan_layers
 from modelyard.server.engine.types import EngineConfig, Task
 
-log = logging.getLogger("modelyard.server.engine.loader")
+log = logging.getLogger("modelyard.server.engine.model.loader")
 
 ProgressCallback = Callable[[str, float], None]
 

@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-log = logging.getLogger("modelyard.server.engine.lm_head")
+log = logging.getLogger("modelyard.server.engine.model.lm_head")
 
 SLICE_ROWS = 1024  # vocabulary rows per BLAS call
 MIN_VOCAB = 4 * SLICE_ROWS  # smaller projections gain nothing from slicing

@@ -1,7 +1,7 @@
 """The engine in its own process, so the step loop never shares a GIL with HTTP parsing and streaming.
 
 The HTTP process holds an ``EngineClient`` (it implements ``Engine``); ``python -m
-modelyard.server.engine.process_server`` is the other side: it loads the weights, runs ``TorchEngine``
+modelyard.server.engine.proc.process_server`` is the other side: it loads the weights, runs ``TorchEngine``
 and serves requests, aborts and embeddings over two ZeroMQ PUSH/PULL sockets (messages in ``ipc``).
 This module imports no torch: it is what the HTTP process runs.
 
@@ -32,8 +32,8 @@ from collections.abc import AsyncIterator, Callable
 import zmq
 import zmq.asyncio
 
-from modelyard.server.engine import ipc
-from modelyard.server.engine.threads import thread_choices, thread_env
+from modelyard.server.engine.host.threads import thread_choices, thread_env
+from modelyard.server.engine.proc import ipc
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,
@@ -42,7 +42,7 @@ from modelyard.server.engine.types import (
     GenerationRequest,
 )
 
-log = logging.getLogger("modelyard.server.engine.process")
+log = logging.getLogger("modelyard.server.engine.proc.process")
 
 ProgressFn = Callable[[str, float], None]
 
@@ -54,7 +54,7 @@ RESERVED_CORES = 1  # usable cores left to the HTTP process when the engine thre
 
 def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "modelyard.server.engine.process_server"],
+        [sys.executable, "-m", "modelyard.server.engine.proc.process_server"],
         stdin=subprocess.PIPE,
         env=env,
         # Its own session: a terminal's Ctrl-C goes to the HTTP process, which stops it in order.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from modelyard.server.engine.blocks import BlockHash
-from modelyard.server.engine.sampler import SamplingRow
+from modelyard.server.engine.core.blocks import BlockHash
+from modelyard.server.engine.model.sampler import SamplingRow
 from modelyard.server.engine.types import EngineEvent, GenerationRequest, TokenLogprob
 
 

@@ -1,4 +1,4 @@
-"""The engine process: ``python -m modelyard.server.engine.process_server``.
+"""The engine process: ``python -m modelyard.server.engine.proc.process_server``.
 
 It reads its ``LaunchSpec`` from stdin (written by ``EngineClient`` in ``process``), loads the weights,
 runs ``TorchEngine`` and serves requests, aborts and embeddings over the two ZeroMQ sockets. Apart from
@@ -19,12 +19,12 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from modelyard.server.engine import ipc
-from modelyard.server.engine.process import LAUNCH_HEADER
-from modelyard.server.engine.threads import apply_torch_threads
+from modelyard.server.engine.host.threads import apply_torch_threads
+from modelyard.server.engine.proc import ipc
+from modelyard.server.engine.proc.process import LAUNCH_HEADER
 from modelyard.server.engine.types import EngineError, EngineStats, GenerationOutput, GenerationRequest
 
-log = logging.getLogger("modelyard.server.engine.process")
+log = logging.getLogger("modelyard.server.engine.proc.process")
 
 _STATS_INTERVAL_S = 0.25  # how often the engine process pushes changed stats between steps
 
@@ -169,7 +169,7 @@ async def _serve(spec: ipc.LaunchSpec) -> int:
 
     try:
         from modelyard.server.engine.engine import TorchEngine
-        from modelyard.server.engine.loader import load_model
+        from modelyard.server.engine.model.loader import load_model
 
         loaded = await asyncio.to_thread(load_model, spec.config, progress)
         progress("starting engine", 0.95)
