@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from modelyard.server.engine.lora.fused import ATTN_OUT, DOWN, GATE_UP, QKV, Active, add_deltas, lora_of
+from modelyard.server.engine.lora.fused import ATTN_OUT, DOWN, GATE_UP, QKV, Deltas, lora_of
 from modelyard.server.engine.lora.layers import LoraLinear
 from modelyard.server.engine.types import FastDecode
 
@@ -274,7 +274,7 @@ class FastLlama:
         masks: dict[int | None, torch.Tensor] = {}
         # The adapters of this forward's rows (None: LoRA is off, or every row is a base row).
         fused = lora_of(self.model)
-        lora = fused.active() if fused is not None else None
+        lora = fused.active(rows, query) if fused is not None else None
         for index, layer in enumerate(self.layers):
             cache_layer = past_key_values.layers[index]
             hidden = self._layer(
@@ -298,14 +298,14 @@ class FastLlama:
         cache_layer: Any,
         mask2d: torch.Tensor,
         masks: dict[int | None, torch.Tensor],
-        lora: Active | None,
+        lora: Deltas | None,
     ) -> torch.Tensor:
         heads, kv_heads, dim = layer.heads, layer.kv_heads, layer.head_dim
         h = _rms_norm(x, layer.in_norm)
         if len(layer.qkv) == 1 or lora is not None:
             merged = _merged_output(layer.qkv, h)
             if lora is not None:
-                add_deltas(lora, index, QKV, h, merged, query)
+                lora.add(index, QKV, h, merged, query)
             qkv = merged.view(rows, query, heads + 2 * kv_heads, dim)
             if layer.q_norm is None:
                 # Q and K rotate as one tensor: half the rotary ops.
@@ -324,19 +324,19 @@ class FastLlama:
         attn = self._attention(layer, q, keys, values, rows, query, mask2d, masks)
         x = layer.o.add_to(attn, x)
         if lora is not None:
-            add_deltas(lora, index, ATTN_OUT, attn, x, query)
+            lora.add(index, ATTN_OUT, attn, x, query)
         h = _rms_norm(x, layer.post_norm)
         if len(layer.gate_up) == 1 or lora is not None:
             merged = _merged_output(layer.gate_up, h)
             if lora is not None:
-                add_deltas(lora, index, GATE_UP, h, merged, query)
+                lora.add(index, GATE_UP, h, merged, query)
             gate, up = merged.chunk(2, dim=-1)
         else:
             gate, up = (lin(h) for lin in layer.gate_up)
         act = F.silu(gate) * up
         x = layer.down.add_to(act, x)
         if lora is not None:
-            add_deltas(lora, index, DOWN, act, x, query)
+            lora.add(index, DOWN, act, x, query)
         return x
 
     def _attention(

@@ -16,7 +16,8 @@ from modelyard.server.engine import EngineConfig
 from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.fast_llama import FastLlama
 from modelyard.server.engine.loader import load_model
-from modelyard.server.engine.lora.fused import Active, lora_of
+from modelyard.server.engine.lora import fused as fused_module
+from modelyard.server.engine.lora.fused import Deltas, lora_of
 from tests.fixtures.lora import make_adapter, peft_greedy
 from tests.unit.server.engine.helpers import prompt_of, request, tokens
 from tests.unit.server.engine.test_fast_llama import CONFIGS, save_tokenizer
@@ -49,10 +50,14 @@ async def _greedy(engine: TorchEngine, prompt: list[int], lora: str | None) -> l
     return tokens([out async for out in engine.generate(req)])
 
 
+@pytest.mark.parametrize("kernel", ["stacked", "segments"])
 async def test_mixed_adapter_batches_on_the_fast_path_give_pefts_tokens(
-    family: tuple[Path, dict[str, Path]],
+    family: tuple[Path, dict[str, Path]], kernel: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Both kernels: every loaded adapter side by side (small ranks), and per-adapter segments."""
     base, adapters = family
+    if kernel == "segments":
+        monkeypatch.setattr(fused_module, "STACKED_MAX_RANKS", 0)
     # Small prefill chunks: long prompts are computed over several forwards, beside decode rows.
     config = EngineConfig(model=str(base), device="cpu", enable_lora=True, max_loras=3, max_lora_rank=16,
                           max_prefill_tokens=48)  # fmt: skip
@@ -60,6 +65,17 @@ async def test_mixed_adapter_batches_on_the_fast_path_give_pefts_tokens(
     await engine.start()
     try:
         assert isinstance(engine._runner.model, FastLlama)
+        fused = lora_of(engine._runner.model.model)
+        assert fused is not None
+        kinds: set[str] = set()
+        original = fused.active
+
+        def spy(rows: int, query: int) -> Deltas | None:
+            result = original(rows, query)
+            kinds.add(type(result).__name__)
+            return result
+
+        fused.active = spy  # type: ignore[method-assign]
         for name, path in adapters.items():
             await engine.add_lora(name, str(path))
         names: list[str | None] = [None, *adapters]
@@ -67,6 +83,7 @@ async def test_mixed_adapter_batches_on_the_fast_path_give_pefts_tokens(
         got = await asyncio.gather(*(_greedy(engine, p, n) for p, n in rows))
     finally:
         await engine.stop()
+    assert {"StackedDeltas" if kernel == "stacked" else "SegmentDeltas", "NoneType"} <= kinds
     expected = [peft_greedy(base, adapters[n] if n else None, p, N) for p, n in rows]
     assert len({tuple(e) for e in expected}) > 4  # the adapters change the answers
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
@@ -80,11 +97,11 @@ async def test_base_rows_with_lora_on_take_no_lora_work(model_dirs: dict[str, Pa
     try:
         fused = lora_of(engine._runner.model.model)
         assert fused is not None
-        calls: list[Active | None] = []
+        calls: list[Deltas | None] = []
         original = fused.active
 
-        def spy() -> Active | None:
-            result = original()
+        def spy(rows: int, query: int) -> Deltas | None:
+            result = original(rows, query)
             calls.append(result)
             return result
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -49,8 +50,81 @@ class GroupPair:
 
 # Per layer, per group: the slot's pair, or None where its adapter targets none of the group.
 SlotPairs = list[list[GroupPair | None]]
-# The forward's adapters: each segment of rows with its slot's pairs.
-Active = tuple[tuple[Segment, SlotPairs], ...]
+
+
+class Deltas(Protocol):
+    """One forward's adapter deltas, added group by group as the fast path computes the projections."""
+
+    def add(self, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int) -> None:
+        """``out += delta(x)`` on the adapters' rows, in place. ``x`` is ``[rows * query, in]`` and
+        ``out`` ``[rows * query, out]``; segments index the rows of their ``[rows, query, ...]`` views,
+        so prefill chunks and decode steps take the same path."""
+
+
+class SegmentDeltas:
+    """Per adapter: gather its rows, ``x·A``, ``·B``, scatter-add back (4 ops per group and adapter; an
+    adapter holding every row needs no gather: 2)."""
+
+    def __init__(self, segments: tuple[tuple[Segment, SlotPairs], ...]) -> None:
+        self.segments = segments
+
+    def add(self, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int) -> None:
+        for seg, pairs in self.segments:
+            pair = pairs[layer][group]
+            if pair is None:
+                continue
+            if seg.whole:
+                out.addmm_(x.mm(pair.a.t()), pair.b.t())
+                continue
+            fan_in, fan_out = x.shape[-1], out.shape[-1]
+            rows = x.view(-1, query, fan_in).index_select(0, seg.rows).view(-1, fan_in)
+            delta = rows.mm(pair.a.t()).mm(pair.b.t())
+            out.view(-1, query, fan_out).index_add_(0, seg.rows, delta.view(-1, query, fan_out))
+
+
+class StackedDeltas:
+    """Every slot's pairs side by side: ``x·A_all`` for all rows, zero the columns of other adapters
+    than the row's own, ``·B_all`` (3 ops per group, however many adapters). It computes every row
+    against every loaded adapter, so it is only chosen while their ranks add up to little
+    (``STACKED_MAX_RANKS``)."""
+
+    def __init__(self, stack: Stack, segments: tuple[Segment, ...], rows: int, query: int) -> None:
+        self.stack = stack
+        self.masks: list[torch.Tensor | None] = []
+        for group, layout in enumerate(stack.layouts):
+            width = stack.widths[group]
+            if width == 0:
+                self.masks.append(None)
+                continue
+            mask = stack.like.new_zeros(rows, width)
+            for seg in segments:
+                start, size = layout.get(seg.slot, (0, 0))
+                if size:
+                    mask[seg.rows, start : start + size] = 1.0
+            self.masks.append(mask.repeat_interleave(query, dim=0) if query > 1 else mask)
+
+    def add(self, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int) -> None:
+        pair, mask = self.stack.pairs[layer][group], self.masks[group]
+        if pair is None or mask is None:
+            return
+        out.addmm_(x.mm(pair.a.t()).mul_(mask), pair.b.t())
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """The pairs of the loaded slots side by side, per layer and group, and where each slot's columns
+    sit: ``layouts[group][slot] = (start, width)``."""
+
+    slots: tuple[int, ...]
+    pairs: list[list[GroupPair | None]]
+    layouts: list[dict[int, tuple[int, int]]]
+    widths: list[int]
+    like: torch.Tensor
+
+
+# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters: a fifth
+# more product columns than the base q/k/v of a 135M model); beyond, per-adapter segments cost less.
+STACKED_MAX_RANKS = 32
 
 
 class FusedLora:
@@ -68,6 +142,7 @@ class FusedLora:
         self._shapes = shapes
         self._adapters: list[LoraAdapter | None] = [None] * max_loras
         self._pairs: list[SlotPairs | None] = [None] * max_loras
+        self._stack: Stack | None = None
 
     def attach(self, model: nn.Module) -> None:
         object.__setattr__(model, LORA_ATTRIBUTE, self)
@@ -75,13 +150,58 @@ class FusedLora:
     def fill(self, slot: int, adapter: LoraAdapter | None) -> None:
         self._adapters[slot] = adapter
         self._pairs[slot] = None
+        self._stack = None
 
-    def active(self) -> Active | None:
-        """The forward's adapter segments with their pairs; None when every row is a base row."""
+    def active(self, rows: int, query: int) -> Deltas | None:
+        """The deltas of the forward about to run over ``rows`` rows of ``query`` new tokens; None when
+        every row is a base row (then the fast path does no LoRA work at all)."""
         segments = self._batch.segments
         if not segments:
             return None
-        return tuple((seg, self._slot_pairs(seg.slot)) for seg in segments)
+        loaded = [slot for slot, adapter in enumerate(self._adapters) if adapter is not None]
+        ranks = sum(adapter.rank for adapter in self._adapters if adapter is not None)
+        if len(segments) > 1 and ranks <= STACKED_MAX_RANKS:
+            if self._stack is None or self._stack.slots != tuple(loaded):
+                self._stack = self._build_stack(loaded)
+            return StackedDeltas(self._stack, segments, rows, query)
+        return SegmentDeltas(tuple((seg, self._slot_pairs(seg.slot)) for seg in segments))
+
+    def _build_stack(self, slots: list[int]) -> Stack:
+        per_slot = {slot: self._slot_pairs(slot) for slot in slots}
+        layouts: list[dict[int, tuple[int, int]]] = []
+        widths: list[int] = []
+        like: GroupPair | None = None
+        for group in range(len(GROUPS)):
+            layout: dict[int, tuple[int, int]] = {}
+            start = 0
+            for slot in slots:
+                found = [pair for p in per_slot[slot] if (pair := p[group]) is not None]
+                if found:
+                    like = found[0]
+                    layout[slot] = (start, found[0].a.shape[0])
+                    start += found[0].a.shape[0]
+            layouts.append(layout)
+            widths.append(start)
+        assert like is not None  # a slot in use holds an adapter targeting something
+        pairs: list[list[GroupPair | None]] = []
+        for index, names in enumerate(self._names):
+            row: list[GroupPair | None] = []
+            for group, targets in enumerate(GROUPS):
+                parts = [(per_slot[slot][index][group], layouts[group][slot]) for slot in layouts[group]]
+                if not parts:
+                    row.append(None)
+                    continue
+                fan_in = self._shapes[names[targets[0]]].in_features
+                fan_out = sum(self._shapes[names[t]].out_features for t in targets)
+                a = like.a.new_zeros(widths[group], fan_in)
+                b = like.a.new_zeros(fan_out, widths[group])
+                for pair, (start, width) in parts:
+                    if pair is not None:
+                        a[start : start + width] = pair.a
+                        b[:, start : start + width] = pair.b
+                row.append(GroupPair(a, b))
+            pairs.append(row)
+        return Stack(tuple(slots), pairs, layouts, widths, like.a)
 
     def _slot_pairs(self, slot: int) -> SlotPairs:
         pairs = self._pairs[slot]
@@ -131,25 +251,6 @@ def lora_of(model: nn.Module) -> FusedLora | None:
     """The fused adapters hung on ``model`` by ``FusedLora.attach`` (None: LoRA is off)."""
     fused = model.__dict__.get(LORA_ATTRIBUTE)
     return fused if isinstance(fused, FusedLora) else None
-
-
-def add_deltas(
-    active: Active, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int
-) -> None:
-    """``out[rows] += (x[rows] @ A.T) @ B.T`` for each adapter's rows (in place). ``x`` is
-    ``[rows * query, in]`` and ``out`` ``[rows * query, out]``; a segment's rows index the first dim of
-    their ``[rows, query, ...]`` views, so prefill chunks and decode steps take the same path."""
-    for seg, pairs in active:
-        pair = pairs[layer][group]
-        if pair is None:
-            continue
-        if seg.whole:
-            out.addmm_(x.mm(pair.a.t()), pair.b.t())
-            continue
-        fan_in, fan_out = x.shape[-1], out.shape[-1]
-        rows = x.view(-1, query, fan_in).index_select(0, seg.rows).view(-1, fan_in)
-        delta = rows.mm(pair.a.t()).mm(pair.b.t())
-        out.view(-1, query, fan_out).index_add_(0, seg.rows, delta.view(-1, query, fan_out))
 
 
 def by_layer(names: Iterable[str]) -> list[dict[str, str]]:
