@@ -7,9 +7,14 @@ dim (``[Σr, in]``) and their B block-diagonal (``[Σout, Σr]``) with the adapt
 one adapter's q, k and v deltas are two matmuls whose output lines up with the merged QKV columns. A
 projection the adapter does not target is a zero block (adding an exact zero changes nothing).
 
-The pairs are built from the adapter's own tensors the first time a forward needs a slot after it was
-filled, and dropped when the slot is refilled; only the fast path pays for them. The wrapped
-``LoraLinear`` projections (the eager path) keep reading the per-projection tensors.
+Two kernels add the pairs' deltas (measured in ``bench/lora_kernels.py``, table in docs/lora.md):
+``StackedDeltas`` (all loaded adapters side by side, 3 ops per group) while the loaded ranks add up to
+little, else ``SegmentDeltas`` (per adapter, its rows gathered). A forward of base rows only gets no
+deltas at all.
+
+The pairs (and the stack) are built from the adapters' own tensors the first time a forward needs them
+after a slot was filled, and dropped when a slot is refilled; only the fast path pays for them. The
+wrapped ``LoraLinear`` projections (the eager path) keep reading the per-projection tensors.
 
 ``FusedLora.attach(model)`` hangs this object on the HF model (``LORA_ATTRIBUTE``); the fast path reads
 it there at every forward (``lora_of``), so it serves adapter rows whichever was built first.
