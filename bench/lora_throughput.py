@@ -136,8 +136,10 @@ def run_case(
         except Exception as exc:
             tail = (log_dir / f"{name}.log").read_text(errors="replace")[-1500:]
             return {"error": f"{exc!r}; log tail: {tail}"}
-        for label, models in models_of.items():
-            for w in WORKLOADS:
+        # Workload by workload, the server's cases back to back: a shared machine's load moves less
+        # between the cases compared.
+        for w in WORKLOADS:
+            for label, models in models_of.items():
                 key = f"{label} {w.key}"
                 load = load_average()
                 try:
