@@ -13,7 +13,8 @@ Then, on each LoRA server: the time from ``POST /v1/load_lora_adapter`` of a fre
 the first streamed token under it; and the bytes of each adapter. ``--rounds N`` runs our two servers N
 times, alternating (a shared machine's load moves; compare ratios within a round), each case with the
 load average before it; ``ratios`` in the report are each LoRA case over ``base`` of the same round.
-``--ranks`` picks the adapter ranks. Not a test.
+``--ranks`` picks the adapter ranks; ``--eager-lora`` adds, per round, the LoRA server on transformers'
+modules (``--fast-decode off``: where LoRA ran before the fast path served adapter rows). Not a test.
 
     python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64]\
         [--out bench/results/lora_throughput.json]
@@ -158,14 +159,15 @@ def run_case(
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Each case of the LoRA server over ``base`` (the server without --enable-lora), same workload."""
+    """Each case of the LoRA servers over ``base`` (the server without --enable-lora), same workload."""
     out: dict[str, float] = {}
-    for key, case in results["ours+lora"].items():
-        label, _, workload = key.partition(" ")
-        base = results["ours"].get(f"base {workload}", {}).get("output_tok_s")
-        value = case.get("output_tok_s") if isinstance(case, dict) else None
-        if base and value:
-            out[f"{label} {workload}"] = round(value / base, 3)
+    for server in ("ours+lora", "ours+lora eager"):
+        for key, case in results.get(server, {}).items():
+            label, _, workload = key.partition(" ")
+            base = results["ours"].get(f"base {workload}", {}).get("output_tok_s")
+            value = case.get("output_tok_s") if isinstance(case, dict) else None
+            if base and value:
+                out[f"{server}: {label} {workload}"] = round(value / base, 3)
     return out
 
 
@@ -175,6 +177,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--eager-lora", action="store_true")
     parser.add_argument("--ranks", type=int, nargs="+", default=list(RANKS))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -217,6 +220,11 @@ def main() -> None:
                 log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
             ),
         }  # fmt: skip
+        if args.eager_lora:
+            results["ours+lora eager"] = run_case(
+                "ours-lora-eager", [*ours, *lora, "--fast-decode", "off"], env, prompts, log_dir,
+                {"base": ["bench"], **by_rank}, None,
+            )  # fmt: skip
         report["rounds"].append({"results": results, "ratios": ratios(results)})
         print(json.dumps(report["rounds"][-1]["ratios"]), flush=True)
     report["results"] = dict(report["rounds"][0]["results"])
