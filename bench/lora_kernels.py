@@ -6,7 +6,13 @@ SmolLM-135M-shaped random Llama, rows from four adapters round-robin (or all bas
   scatter-add back; base rows cost nothing;
 - ``bgmv``: Punica/S-LoRA's batched gather matmul in plain torch: every row gathers its adapter's
   A and B from slot stacks padded to the largest rank, then two ``bmm`` over the whole batch;
-- ``peft``: PEFT's mixed-batch forward (``model(..., adapter_names=[...])``), the reference.
+- ``peft``: PEFT's mixed-batch forward (``model(..., adapter_names=[...])``), the reference;
+- ``fast base``: the fast Llama forward the engine runs on CPU (``engine/fast_llama.py``: merged QKV
+  and gate/up, prepacked linears), without adapters; with them (``engine/lora/fused.py``, deltas per
+  projection group q/k/v, o, gate/up, down): ``fast segments``, per adapter one ``x·A`` and one
+  block-diagonal ``B`` on its gathered rows; ``fast stacked``, every loaded adapter side by side, all
+  rows, other adapters' columns zeroed. The fast forward needs a cache: a one-column one (each row
+  attends to its new token only), the same work as ``use_cache=False``.
 
 Medians of ``--repeats`` forwards per case, cases interleaved so a shared machine slows all alike;
 then the bytes one adapter takes at each rank. Not a test.
@@ -47,6 +53,16 @@ def _bgmv_forward(layer: Any, stacks: dict[int, Any], state: dict[str, Any]) -> 
     return forward
 
 
+class _NewColumnOnly:
+    """A cache for the fast forward without history: ``update`` hands back the new keys and values."""
+
+    def __init__(self, layers: int) -> None:
+        self.layers = [self] * layers
+
+    def update(self, keys: Any, values: Any) -> tuple[Any, Any]:
+        return keys, values
+
+
 def _measure(
     rows: int,
     names: list[str],
@@ -55,11 +71,13 @@ def _measure(
     base: Any,
     ours: Any,
     peft: Any,
+    fast: Any,
     repeats: int,
 ) -> dict[str, float]:
     """Median ms per forward of each case for ``rows`` decode rows, four adapters round-robin."""
     import torch
 
+    from modelyard.server.engine.lora import fused
     from modelyard.server.engine.lora.layers import LoraLinear
 
     row_names = [names[i % 4] for i in range(rows)]
@@ -89,15 +107,26 @@ def _measure(
         manager._batch.set(segments)
         return ours(input_ids=x, use_cache=False).logits
 
+    cache = _NewColumnOnly(len(fast.layers))
+    mask, positions = torch.ones(rows, 1, dtype=torch.long), torch.zeros(rows, 1, dtype=torch.long)
+
+    def run_fast(kernel: str | None) -> Any:
+        manager._batch.set(segments if kernel else ())
+        fused.STACKED_MAX_RANKS = 10**6 if kernel == "stacked" else 0
+        return fast(input_ids=x, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+
     cases = {
         "base": lambda: base(input_ids=x, use_cache=False).logits,
         "segments": lambda: run_ours(segment_forwards),
         "bgmv": lambda: run_ours(gather_forwards),
         "peft": lambda: peft(input_ids=x, use_cache=False, adapter_names=row_names).logits,
+        "fast base": lambda: run_fast(None),
+        "fast segments": lambda: run_fast("segments"),
+        "fast stacked": lambda: run_fast("stacked"),
     }
     with torch.inference_mode():
         ref = cases["peft"]()
-        for name in ("segments", "bgmv"):
+        for name in ("segments", "bgmv", "fast segments", "fast stacked"):
             diff = float((cases[name]() - ref).abs().max())
             assert diff < 1e-3, (name, diff)
         times: dict[str, list[float]] = {name: [] for name in cases}
@@ -123,6 +152,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from engine_v2_throughput import MODEL_DIR
+    from modelyard.server.engine.fast_llama import FastLlama
     from modelyard.server.engine.lora.manager import LoraLimits, LoraManager
     from server_throughput import build_model_dir
     from tests.fixtures.lora import make_adapter
@@ -145,6 +175,7 @@ def main() -> None:
         base = AutoModelForCausalLM.from_pretrained(str(MODEL_DIR), dtype=torch.float32).eval()
         ours = AutoModelForCausalLM.from_pretrained(str(MODEL_DIR), dtype=torch.float32).eval()
         manager = LoraManager(ours, LoraLimits(4, rank, 4), torch.device("cpu"), torch.float32)
+        fast = FastLlama(ours)  # reads the wrapped projections' base weights and the fused adapters
         ids = {}
         for name, path in paths.items():
             adapter = manager.read(name, str(path))
@@ -162,7 +193,7 @@ def main() -> None:
             case = {
                 "rank": rank,
                 "rows": rows,
-                "ms": _measure(rows, names, ids, manager, base, ours, peft, args.repeats),
+                "ms": _measure(rows, names, ids, manager, base, ours, peft, fast, args.repeats),
             }
             report["cases"].append(case)
             print(json.dumps(case), flush=True)

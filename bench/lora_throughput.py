@@ -10,9 +10,14 @@ ignored, 16 and 64 streams of 32+32 tokens, all released at t=0 after a warm-up 
 - ``vllm r8`` / ``vllm r64``: vLLM's CPU build with the same adapters and flags (if its venv is there).
 
 Then, on each LoRA server: the time from ``POST /v1/load_lora_adapter`` of a fresh rank-16 adapter to
-the first streamed token under it; and the bytes of each adapter. Not a test.
+the first streamed token under it; and the bytes of each adapter. ``--rounds N`` runs our two servers N
+times, alternating (a shared machine's load moves; compare ratios within a round), each case with the
+load average before it; ``ratios`` in the report are each LoRA case over ``base`` of the same round.
+``--ranks`` picks the adapter ranks; ``--eager-lora`` adds, per round, the LoRA server on transformers'
+modules (``--fast-decode off``: where LoRA ran before the fast path served adapter rows). Not a test.
 
-    python bench/lora_throughput.py [--skip-vllm] [--out bench/results/lora_throughput.json]
+    python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64]\
+        [--out bench/results/lora_throughput.json]
 """
 
 from __future__ import annotations
@@ -132,13 +137,17 @@ def run_case(
         except Exception as exc:
             tail = (log_dir / f"{name}.log").read_text(errors="replace")[-1500:]
             return {"error": f"{exc!r}; log tail: {tail}"}
-        for label, models in models_of.items():
-            for w in WORKLOADS:
+        # Workload by workload, the server's cases back to back: a shared machine's load moves less
+        # between the cases compared.
+        for w in WORKLOADS:
+            for label, models in models_of.items():
                 key = f"{label} {w.key}"
+                load = load_average()
                 try:
                     out[key] = asyncio.run(drive(base, models, prompts[w], w.new_tokens)).summary()
                 except Exception as exc:
                     out[key] = {"error": repr(exc)[:500]}
+                out[key]["load_average_before"] = load
                 print(f"[{name}] {key}: {out[key].get('output_tok_s', out[key].get('error'))}", flush=True)
         if fresh is not None:
             try:
@@ -149,11 +158,27 @@ def run_case(
     return out
 
 
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each case of the LoRA servers over ``base`` (the server without --enable-lora), same workload."""
+    out: dict[str, float] = {}
+    for server in ("ours+lora", "ours+lora eager"):
+        for key, case in results.get(server, {}).items():
+            label, _, workload = key.partition(" ")
+            base = results["ours"].get(f"base {workload}", {}).get("output_tok_s")
+            value = case.get("output_tok_s") if isinstance(case, dict) else None
+            if base and value:
+                out[f"{server}: {label} {workload}"] = round(value / base, 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--eager-lora", action="store_true")
+    parser.add_argument("--ranks", type=int, nargs="+", default=list(RANKS))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not (MODEL_DIR / "config.json").exists():
@@ -162,7 +187,7 @@ def main() -> None:
     log_dir = CACHE / "bench" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     prompts = {w: make_prompts(MODEL_DIR, w.streams, w.prompt_tokens)[0] for w in WORKLOADS}
-    by_rank = {f"r{rank}": [f"r{rank}-{i}" for i in range(4)] for rank in RANKS}
+    by_rank = {f"r{rank}": [f"r{rank}-{i}" for i in range(4)] for rank in args.ranks}
     report: dict[str, Any] = {"host_load_before": load_average(), "results": {}}
     report["adapter_bytes"] = {
         n: (p / "adapter_model.safetensors").stat().st_size for n, p in adapters.items()
@@ -185,12 +210,24 @@ def main() -> None:
     ]
     lora = ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "64", "--max-cpu-loras", "9",
             "--lora-modules", *served(adapters)]  # fmt: skip
-    report["results"]["ours"] = run_case("ours-base", ours, env, prompts, log_dir, {"base": ["bench"]}, None)
     lora_env = {**env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}
-    report["results"]["ours+lora"] = run_case(
-        "ours-lora", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], lora_env, prompts, log_dir,
-        {"base": ["bench"], **by_rank}, adapters["r16-0"],
-    )  # fmt: skip
+    report["rounds"] = []
+    for _ in range(args.rounds):
+        results = {
+            "ours": run_case("ours-base", ours, env, prompts, log_dir, {"base": ["bench"]}, None),
+            "ours+lora": run_case(
+                "ours-lora", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], lora_env, prompts,
+                log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
+            ),
+        }  # fmt: skip
+        if args.eager_lora:
+            results["ours+lora eager"] = run_case(
+                "ours-lora-eager", [*ours, *lora, "--fast-decode", "off"], env, prompts, log_dir,
+                {"base": ["bench"], **by_rank}, None,
+            )  # fmt: skip
+        report["rounds"].append({"results": results, "ratios": ratios(results)})
+        print(json.dumps(report["rounds"][-1]["ratios"]), flush=True)
+    report["results"] = dict(report["rounds"][0]["results"])
     if not args.skip_vllm and (VLLM_VENV / "bin" / "vllm").exists():
         vllm = [str(VLLM_VENV / "bin" / "vllm"), "serve", str(MODEL_DIR), *common, *lora]
         vllm_lora_env = {**vllm_env(os.environ.copy(), None), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}

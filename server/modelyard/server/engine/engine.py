@@ -27,7 +27,6 @@ from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.core.step_tokens import StepTokens
 from modelyard.server.engine.host import memory
 from modelyard.server.engine.host.thread_tuner import ThreadTuner
-from modelyard.server.engine.lora import fast_path_allowed
 from modelyard.server.engine.lora.errors import LoraError
 from modelyard.server.engine.lora.manager import LoraLimits, LoraManager
 from modelyard.server.engine.model.embedder import EmbedJob, run_embeds
@@ -95,7 +94,7 @@ class TorchEngine:
             config.block_size,
             sliding=self._sliding,
             decode_slab=decode_slab,
-            fast_decode=config.fast_decode if fast_path_allowed(config) else "off",
+            fast_decode=config.fast_decode,
         )
         # LoRA hook: the projections are wrapped (engine/lora/) only when adapters are enabled.
         self._lora = _lora_manager(loaded, config, self._device)

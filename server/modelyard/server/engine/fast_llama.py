@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from modelyard.server.engine.lora.fused import ATTN_OUT, DOWN, GATE_UP, QKV, Deltas, lora_of
+from modelyard.server.engine.lora.layers import LoraLinear
 from modelyard.server.engine.types import FastDecode
 
 log = logging.getLogger("modelyard.server.engine.fast_llama")
@@ -69,17 +71,20 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     for layer in layers:
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         names = ("q_proj", "k_proj", "v_proj", "o_proj")
-        if (
-            attn is None
-            or mlp is None
-            or not all(type(getattr(attn, n, None)) is torch.nn.Linear for n in names)
-        ):
+        if attn is None or mlp is None or not all(_is_linear(getattr(attn, n, None)) for n in names):
             return "unexpected attention layout"
-        if not all(
-            type(getattr(mlp, n, None)) is torch.nn.Linear for n in ("gate_proj", "up_proj", "down_proj")
-        ):
+        if not all(_is_linear(getattr(mlp, n, None)) for n in ("gate_proj", "up_proj", "down_proj")):
             return "unexpected MLP layout"
     return None
+
+
+def _base(module: Any) -> Any:
+    """The plain projection under a LoRA wrapper (the adapters' deltas are added by this path itself)."""
+    return module.base if isinstance(module, LoraLinear) else module
+
+
+def _is_linear(module: Any) -> bool:
+    return type(_base(module)) is torch.nn.Linear
 
 
 def use_fast_forward(model: torch.nn.Module, device: torch.device, setting: FastDecode) -> bool:
@@ -132,6 +137,7 @@ class _Linear:
 def _merge(modules: list[torch.nn.Linear], merged: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The modules' (weight, bias), concatenated into one when ``merged``; the modules then hold views
     into the merged tensors, so the model keeps working and no weight exists twice."""
+    modules = [_base(m) for m in modules]
     if not merged:
         return [(m.weight, m.bias) for m in modules]
     weight = torch.cat([m.weight.detach() for m in modules])
@@ -167,8 +173,8 @@ class _Layer:
         self.q_norm = _norm_of(getattr(attn, "q_norm", None))
         self.k_norm = _norm_of(getattr(attn, "k_norm", None))
         self.head_dim = int(attn.head_dim)
-        self.heads = attn.q_proj.out_features // self.head_dim
-        self.kv_heads = attn.k_proj.out_features // self.head_dim
+        self.heads = _base(attn.q_proj).out_features // self.head_dim
+        self.kv_heads = _base(attn.k_proj).out_features // self.head_dim
         self.scaling = float(attn.scaling)
         window = (
             attn.sliding_window
@@ -180,9 +186,15 @@ class _Layer:
         self.qkv = [
             _Linear(w, b, pack) for w, b in _merge([attn.q_proj, attn.k_proj, attn.v_proj], levers.merged)
         ]
-        self.o = _Linear(attn.o_proj.weight, attn.o_proj.bias, pack)
+        o, down = _base(attn.o_proj), _base(mlp.down_proj)
+        self.o = _Linear(o.weight, o.bias, pack)
         self.gate_up = [_Linear(w, b, pack) for w, b in _merge([mlp.gate_proj, mlp.up_proj], levers.merged)]
-        self.down = _Linear(mlp.down_proj.weight, mlp.down_proj.bias, pack)
+        self.down = _Linear(down.weight, down.bias, pack)
+
+
+def _merged_output(linears: list[_Linear], x: torch.Tensor) -> torch.Tensor:
+    """The group's outputs side by side (one matmul when the weights are merged)."""
+    return linears[0](x) if len(linears) == 1 else torch.cat([lin(x) for lin in linears], -1)
 
 
 def _norm_of(module: Any) -> tuple[torch.Tensor, float] | None:
@@ -260,9 +272,14 @@ class FastLlama:
         cos, sin = self.rotary(hidden, position_ids)
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         masks: dict[int | None, torch.Tensor] = {}
+        # The adapters of this forward's rows (None: LoRA is off, or every row is a base row).
+        fused = lora_of(self.model)
+        lora = fused.active(rows, query) if fused is not None else None
         for index, layer in enumerate(self.layers):
             cache_layer = past_key_values.layers[index]
-            hidden = self._layer(layer, hidden, rows, query, cos, sin, cache_layer, attention_mask, masks)
+            hidden = self._layer(
+                index, layer, hidden, rows, query, cos, sin, cache_layer, attention_mask, masks, lora
+            )
         hidden = hidden.view(rows, query, -1)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -271,6 +288,7 @@ class FastLlama:
 
     def _layer(
         self,
+        index: int,
         layer: _Layer,
         x: torch.Tensor,
         rows: int,
@@ -280,11 +298,15 @@ class FastLlama:
         cache_layer: Any,
         mask2d: torch.Tensor,
         masks: dict[int | None, torch.Tensor],
+        lora: Deltas | None,
     ) -> torch.Tensor:
         heads, kv_heads, dim = layer.heads, layer.kv_heads, layer.head_dim
         h = _rms_norm(x, layer.in_norm)
-        if len(layer.qkv) == 1:
-            qkv = layer.qkv[0](h).view(rows, query, heads + 2 * kv_heads, dim)
+        if len(layer.qkv) == 1 or lora is not None:
+            merged = _merged_output(layer.qkv, h)
+            if lora is not None:
+                lora.add(index, QKV, h, merged, query)
+            qkv = merged.view(rows, query, heads + 2 * kv_heads, dim)
             if layer.q_norm is None:
                 # Q and K rotate as one tensor: half the rotary ops.
                 qk = _rope(qkv[:, :, : heads + kv_heads], cos, sin)
@@ -296,17 +318,26 @@ class FastLlama:
             q, k, v = (lin(h).view(rows, query, -1, dim) for lin in layer.qkv)
         if layer.q_norm is not None and layer.k_norm is not None:
             q, k = _rms_norm(q, layer.q_norm), _rms_norm(k, layer.k_norm)
-        if len(layer.qkv) != 1 or layer.q_norm is not None:
+        if (len(layer.qkv) != 1 and lora is None) or layer.q_norm is not None:
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         keys, values = cache_layer.update(k.transpose(1, 2), v.transpose(1, 2))
         attn = self._attention(layer, q, keys, values, rows, query, mask2d, masks)
         x = layer.o.add_to(attn, x)
+        if lora is not None:
+            lora.add(index, ATTN_OUT, attn, x, query)
         h = _rms_norm(x, layer.post_norm)
-        if len(layer.gate_up) == 1:
-            gate, up = layer.gate_up[0](h).chunk(2, dim=-1)
+        if len(layer.gate_up) == 1 or lora is not None:
+            merged = _merged_output(layer.gate_up, h)
+            if lora is not None:
+                lora.add(index, GATE_UP, h, merged, query)
+            gate, up = merged.chunk(2, dim=-1)
         else:
             gate, up = (lin(h) for lin in layer.gate_up)
-        return layer.down.add_to(F.silu(gate) * up, x)
+        act = F.silu(gate) * up
+        x = layer.down.add_to(act, x)
+        if lora is not None:
+            lora.add(index, DOWN, act, x, query)
+        return x
 
     def _attention(
         self,

@@ -10,7 +10,9 @@ import pytest
 
 from modelyard.server.engine import EngineConfig
 from modelyard.server.engine.engine import TorchEngine
+from modelyard.server.engine.fast_llama import FastLlama
 from modelyard.server.engine.lora import LoraError, LoraNotFoundError
+from modelyard.server.engine.lora.fused import lora_of
 from modelyard.server.engine.model.loader import load_model
 from tests.fixtures.lora import make_adapter, peft_greedy
 from tests.unit.server.engine.helpers import prompt_of, request, tokens
@@ -63,10 +65,11 @@ async def _greedy(engine: TorchEngine, prompt: list[int], lora: str | None) -> l
     return tokens([out async for out in engine.generate(req)])
 
 
+@pytest.mark.parametrize("fast_decode", ["auto", "off"])
 async def test_each_adapter_matches_peft_and_a_mixed_batch_is_exact_row_by_row(
-    lora_engine, adapters: dict[str, Path], model_dirs: dict[str, Path]
+    lora_engine, adapters: dict[str, Path], model_dirs: dict[str, Path], fast_decode: str
 ) -> None:
-    engine = await lora_engine()
+    engine = await lora_engine(fast_decode=fast_decode)
     for name, path in adapters.items():
         await engine.add_lora(name, str(path))
     base = model_dirs["llama"]
@@ -79,6 +82,23 @@ async def test_each_adapter_matches_peft_and_a_mixed_batch_is_exact_row_by_row(
     got = await asyncio.gather(*(_greedy(engine, p, n) for p, n in rows))
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert g == e, f"row {i} ({rows[i][1] or 'base'})"
+
+
+async def test_adapter_rows_run_the_fast_path_when_lora_is_on(
+    lora_engine, adapters: dict[str, Path], model_dirs: dict[str, Path]
+) -> None:
+    """LoRA must not silently fall back to the eager modules: the fast forward serves the adapter rows
+    (it alone builds the fused per-group pairs) and its tokens are PEFT's, prefill and decode."""
+    engine = await lora_engine()
+    assert isinstance(engine._runner.model, FastLlama)
+    fused = lora_of(engine._runner.model.model)
+    assert fused is not None
+    await engine.add_lora("all8", str(adapters["all8"]))
+    prompt = prompt_of(20, 3)
+    assert await _greedy(engine, prompt, "all8") == peft_greedy(
+        model_dirs["llama"], adapters["all8"], prompt, N
+    )
+    assert any(pairs is not None for pairs in fused._pairs)
 
 
 async def test_prefix_cache_never_serves_one_adapters_kv_to_another(

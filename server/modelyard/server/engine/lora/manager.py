@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,9 +28,8 @@ from torch import nn
 from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.lora.adapter import SUPPORTED_TARGETS, LinearShape, LoraAdapter, read_adapter
 from modelyard.server.engine.lora.errors import LoraError, LoraNotFoundError
+from modelyard.server.engine.lora.fused import LAYER_INDEX, FusedLora
 from modelyard.server.engine.lora.layers import LoraBatch, LoraLinear, Segment
-
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +51,8 @@ def wrap_projections(model: nn.Module, batch: LoraBatch, max_loras: int) -> dict
     wrapped: dict[str, LoraLinear] = {}
     for name, module in list(model.named_modules()):
         target = name.rsplit(".", 1)[-1]
-        if target not in SUPPORTED_TARGETS or not isinstance(module, nn.Linear) or not _LAYER.search(name):
+        in_layer = LAYER_INDEX.search(name) is not None
+        if target not in SUPPORTED_TARGETS or not isinstance(module, nn.Linear) or not in_layer:
             continue
         parent = model.get_submodule(name.rsplit(".", 1)[0])
         layer = LoraLinear(module, batch, max_loras)
@@ -78,6 +77,9 @@ class LoraManager:
         self._batch = LoraBatch()
         self._layers = wrap_projections(model, self._batch, limits.max_loras)
         self.shapes = {name: LinearShape(m.in_features, m.out_features) for name, m in self._layers.items()}
+        # The same adapters, fused per projection group, for the fast decode path (engine/fast_llama.py).
+        self._fused = FusedLora(self._batch, self.shapes, limits.max_loras)
+        self._fused.attach(model)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)  # 0 is the base model
         self._by_name: dict[str, _Entry] = {}
@@ -179,6 +181,7 @@ class LoraManager:
 
     def _fill(self, slot: int, lora_id: int, adapter: LoraAdapter | None) -> None:
         self._slots[slot] = lora_id
+        self._fused.fill(slot, adapter)
         for name, layer in self._layers.items():
             layer.slots[slot] = adapter.weights.get(name) if adapter is not None else None
 
