@@ -125,8 +125,29 @@ async def _run(
             ]
             await asyncio.sleep(0.01)
         assert not all(t.done() for t in tasks), "every stream ended before the kill"
-        await asyncio.to_thread(kill)
+        try:
+            await asyncio.to_thread(kill)
+        except EnginesIdle:
+            await asyncio.gather(*tasks)  # the run is void: let it end, the caller runs it again
+            raise
     return list(await asyncio.gather(*tasks))
+
+
+class EnginesIdle(Exception):
+    """Every engine had generated all its tokens before the kill (the client reads behind the engines,
+    as on a loaded machine): killing now would cut nothing that has to move."""
+
+
+async def _run_cut(
+    router: Proc, bodies: list[dict[str, Any]], kill: Callable[[], int], kill_after: int = CHUNKS_BEFORE_KILL
+) -> list[Seen]:
+    """``_run`` with a kill that must land while an engine is still generating; tried up to three times."""
+    for _ in range(3):
+        try:
+            return await _run(router, bodies, kill=kill, kill_after=kill_after)
+        except EnginesIdle:
+            continue
+    pytest.fail("three runs in a row: every engine finished before the kill")
 
 
 def _signal(pid: int) -> int:
@@ -146,7 +167,8 @@ def _busiest(servers: list[ServerProcess], *, generating: bool = False) -> Serve
         return 0.0
 
     busiest = max(servers, key=running)
-    assert not generating or running(busiest) > 0, "no engine is generating any more"
+    if generating and running(busiest) == 0:
+        raise EnginesIdle()
     return busiest
 
 
@@ -178,7 +200,7 @@ async def test_streams_survive_a_killed_server(pair: Pair, sampling: dict[str, A
     uncut = await _run(pair.router, bodies)
     assert len({s.text for s in uncut}) > 1, "the prompts should give different answers"
     # SIGKILL: no goodbye, the connections just break.
-    cut = await _run(
+    cut = await _run_cut(
         pair.router, bodies, kill=lambda: _signal(_busiest(pair.servers, generating=True).process.pid)
     )
     _assert_same(cut, uncut)
@@ -189,7 +211,7 @@ async def test_streams_survive_a_killed_engine_process(pair: Pair) -> None:
     """The HTTP process lives on and ends its streams with an error event: they move too."""
     bodies = _bodies({"temperature": 0})
     uncut = await _run(pair.router, bodies)
-    cut = await _run(
+    cut = await _run_cut(
         pair.router,
         bodies,
         kill=lambda: _signal(_busiest(pair.servers, generating=True).engine_pid()),
