@@ -52,6 +52,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def engine_rss_mib(pid: int) -> float:
+    """The engine process's RSS: the server's children (the HTTP process only tokenizes and streams)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sum(rss_mib(int(child)) for child in children) if children else float("nan")
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -240,11 +246,11 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         try:
             asyncio.run(phase(base, 10, valid, 0))  # warm-up, not reported
-            rss_start = rss_mib(proc.pid)
+            rss_start, engine_start = rss_mib(proc.pid), engine_rss_mib(proc.pid)
             before = asyncio.run(phase(base, args.baseline_s, valid, 0))
             during_s = args.minutes * 60
             during = asyncio.run(phase(base, during_s, valid, args.hostile))
-            rss_end = rss_mib(proc.pid)
+            rss_end, engine_end = rss_mib(proc.pid), engine_rss_mib(proc.pid)
             alive = proc.poll() is None
         finally:
             proc.terminate()
@@ -259,6 +265,8 @@ def main() -> None:
         "hostile_workers": args.hostile,
         "rss_mib_start": round(rss_start, 1),
         "rss_mib_end": round(rss_end, 1),
+        "engine_rss_mib_start": round(engine_start, 1),
+        "engine_rss_mib_end": round(engine_end, 1),
         "server_alive_at_end": alive,
         "before": summary(before, args.baseline_s),
         "during": summary(during, during_s),
