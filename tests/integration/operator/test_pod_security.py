@@ -1,6 +1,7 @@
 """Every pod the operator creates is admitted by a namespace that enforces the `restricted` Pod Security
-Standard, checked by the real API server: all three engines, and the optional parts of a model pod (the
-s3:// download init container, the cache volume, a pvc:// model). The chart's own pods (operator, router)
+Standard, checked by the real API server: all three engines, the optional parts of a model pod (the
+s3:// download init container, the cache volume, a pvc:// model, LoRA adapters' s3:// init container and
+claims) and the endpoint picker of an InferencePool. The chart's own pods (operator, router)
 are checked the same way in tests/integration/chart."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 
 from modelyard.api.llmmodel import LLMModel
+from modelyard.operator.builders.adapters import S3_ADAPTERS_INIT_CONTAINER_NAME
 from modelyard.operator.builders.deployment import S3_INIT_CONTAINER_NAME, build_deployment
+from modelyard.operator.builders.endpoint_picker import build_endpoint_picker
 from modelyard.operator.settings import OperatorSettings
 from tests.cluster.client import ClusterClient
 
@@ -25,6 +28,16 @@ SPECS: dict[str, dict[str, Any]] = {
         "url": "s3://bucket/llama",
         "resources": {"gpus": 1},
         "server": {"envFrom": [{"secretRef": {"name": "aws"}}]},
+    },
+    # LoRA adapters from every scheme: the s3:// adapters' init container, a pvc:// adapter's claim.
+    "lora-adapters": {
+        "url": "hf://org/llama",
+        "resources": {"gpus": 1},
+        "adapters": [
+            {"name": "sql", "source": "s3://bucket/sql"},
+            {"name": "support", "source": "pvc://adapters/support"},
+            {"name": "legal", "source": "hf://org/legal"},
+        ],
     },
 }
 
@@ -48,6 +61,8 @@ def test_the_operators_pods_are_admitted_under_restricted(
     pod_spec = deployment["spec"]["template"]["spec"]
     if name == "s3-download":
         assert [c["name"] for c in pod_spec["initContainers"]] == [S3_INIT_CONTAINER_NAME]
+    if name == "lora-adapters":
+        assert [c["name"] for c in pod_spec["initContainers"]] == [S3_ADAPTERS_INIT_CONTAINER_NAME]
     # A Pod, not only the Deployment: PSA enforces on pods, and only warns about Deployments.
     pod = {
         "apiVersion": "v1",
@@ -56,6 +71,34 @@ def test_the_operators_pods_are_admitted_under_restricted(
                      ["metadata"]["labels"]},
         "spec": pod_spec,
     }  # fmt: skip
+    for obj in (deployment, pod):
+        proc = kube_cluster.kubectl(
+            "apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "violate PodSecurity" not in proc.stderr, proc.stderr
+
+
+def test_the_endpoint_pickers_pod_is_admitted_under_restricted(
+    kube_cluster: ClusterClient, restricted: str
+) -> None:
+    body = {
+        "metadata": {"name": "gie", "namespace": restricted, "uid": "u"},
+        "spec": {"url": "hf://org/llama", "inferencePool": {"enabled": True}},
+    }
+    objects = build_endpoint_picker(LLMModel.from_body(body), OperatorSettings())
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")
+    for obj in (deployment, account):
+        obj["metadata"].pop("ownerReferences", None)
+    kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(account))  # a pod needs its account to exist
+    template = deployment["spec"]["template"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "picker-pod", "namespace": restricted, "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }
     for obj in (deployment, pod):
         proc = kube_cluster.kubectl(
             "apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False
