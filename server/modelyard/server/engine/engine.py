@@ -25,6 +25,7 @@ from modelyard.server.engine.core.ngram_proposer import propose
 from modelyard.server.engine.core.scheduler import Scheduler, Step
 from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.core.step_tokens import StepTokens
+from modelyard.server.engine.core.stop_rules import ends_on_stop_token, length_reason
 from modelyard.server.engine.host import memory
 from modelyard.server.engine.host.thread_tuner import ThreadTuner
 from modelyard.server.engine.lora.errors import LoraError
@@ -637,8 +638,7 @@ class TorchEngine:
         stop_token: int | None = None
         new_tokens: tuple[int, ...] = ()
         logprobs = None
-        grammar_done = seq.row.matcher is not None and seq.row.matcher.is_terminated()
-        if token in seq.row.stop_token_ids and (seq.row.num_generated >= params.min_tokens or grammar_done):
+        if ends_on_stop_token(seq, token):
             reason, stop_token = "stop", token
         else:
             seq.row.record(token)
@@ -647,8 +647,7 @@ class TorchEngine:
             new_tokens = (token,)
             if sampled.logprob is not None:
                 logprobs = (sampled.logprob,)
-            if len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self._max_model_len:
-                reason = "length"
+            reason = length_reason(seq, self._max_model_len)
         if seq.request.trace_context is not None:
             _stamp_traced(seq, first, reason is not None)
         self._emit(
