@@ -20,7 +20,9 @@ from aiohttp import web
 from modelyard.router import errors
 
 # A JSON \u escape in the surrogate range; only then can the parsed body hold a lone surrogate.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# A surrogate spelled as a JSON escape, or as raw bytes: json.loads decodes bytes with "surrogatepass",
+# so the (invalid) UTF-8 encoding of a surrogate, ED A0..BF xx, also becomes a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:

@@ -31,7 +31,9 @@ from fastapi.routing import APIRoute
 
 from modelyard.server.errors import ContextLengthExceededError, InvalidRequestError
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# A surrogate spelled as a JSON escape, or as raw bytes: json.loads decodes bytes with "surrogatepass",
+# so the (invalid) UTF-8 encoding of a surrogate, ED A0..BF xx, also becomes a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
 
 MAX_NESTING = 128
 

@@ -74,6 +74,7 @@ def test_a_chunked_body_over_the_limit_is_413_before_a_pod_sees_it(stack: Stack)
             id="lone-surrogate-content",
         ),
         pytest.param(b'{"model": "m", "messages": [{"role": "user", "content": "\xff"}]}', id="invalid-utf8"),
+        pytest.param(b'{"model": "m", "input": "a\xed\xa0\x80b"}', id="raw-surrogate-bytes"),
     ],
 )
 def test_a_body_the_router_cannot_parse_is_400_and_reaches_no_pod(stack: Stack, body: bytes) -> None:

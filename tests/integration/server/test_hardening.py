@@ -101,6 +101,9 @@ def test_sequences_per_request_are_capped(llama_server: ServerProcess) -> None:
         ("/embeddings", b'{"model":"tiny-llama","input":["ok","\\ud83d"]}', "input[1]"),
         ("/responses", b'{"model":"tiny-llama","input":"x\\ud800"}', "input"),
         ("/chat/completions", b'{"model":"\\ud800","messages":[{"role":"user","content":"x"}]}', "model"),
+        # The raw bytes of a surrogate's UTF-8 encoding (invalid UTF-8 that json.loads lets through).
+        ("/completions", b'{"model":"a\xed\xa0\x80b","prompt":"x"}', "model"),
+        ("/embeddings", b'{"model":"tiny-llama","input":"a\xed\xa0\x80b"}', "input"),
     ],
 )  # fmt: skip
 def test_lone_surrogates_are_a_400_naming_the_field(
