@@ -6,7 +6,6 @@ test_discovery_cluster.py, whose hosts shim and namespace fixture this reuses)."
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -16,12 +15,9 @@ import pytest
 
 from modelyard.api import metadata as md
 from tests.cluster.client import ClusterClient
-from tests.cluster.router_account import router_kubeconfig
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import Proc, free_port, http_get, wait_until
+from tests.integration.router.procs import Proc, http_get, wait_until
 from tests.integration.router.test_discovery_cluster import (
-    HOSTS_SHIM,
-    SECRET,
     TEST_DOMAIN,
     apply,
     backends_hit,
@@ -29,6 +25,7 @@ from tests.integration.router.test_discovery_cluster import (
     keys_secret,
     llmmodel,
     namespace,  # noqa: F401  (the fixture)
+    start_router,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,25 +60,6 @@ def write_adapter_status(cluster: ClusterClient, ns: str, name: str, loaded: dic
     ]
     patch = json.dumps({"status": {"adapters": adapters}})
     cluster.kubectl("patch", md.PLURAL, name, "-n", ns, "--subresource=status", "--type=merge", "-p", patch)
-
-
-def start_router(stack: Stack, cluster: ClusterClient, ns: str, tmp: Path) -> Proc:
-    kubeconfig = router_kubeconfig(cluster, ns, tmp / "kubeconfig")
-    shim = tmp / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(HOSTS_SHIM)
-    port, metrics_port = free_port(), free_port()
-    router = Proc(
-        [sys.executable, "-m", "modelyard.router"], port, metrics_port=metrics_port,
-        env={"KUBECONFIG": str(kubeconfig), "MODELYARD_ROUTER_HOST": "127.0.0.1",
-             "MODELYARD_ROUTER_PORT": str(port), "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
-             "MODELYARD_ROUTER_MODE": "kubernetes", "MODELYARD_ROUTER_NAMESPACE": ns,
-             "MODELYARD_ROUTER_API_KEYS_SECRET": SECRET, "MODELYARD_ROUTER_HOLD_MAX_WAIT_S": "60",
-             "MODELYARD_ROUTER_EXTRA_PYTHONPATH": str(shim)},
-        log_path=tmp / "router.log",
-    )  # fmt: skip
-    stack.procs.append(router)
-    return router.start("/readyz", timeout_s=60)
 
 
 def cards(router: Proc, key: str = "sk-team-0000001") -> dict[str, Any]:

@@ -122,6 +122,28 @@ def namespace(kube_cluster: ClusterClient) -> Iterator[str]:
         )
 
 
+def start_router(
+    stack: Stack, cluster: ClusterClient, ns: str, tmp: Path, hold_max_wait_s: str = "60"
+) -> Proc:
+    """The router as its ServiceAccount, in kubernetes mode over ``ns``, with cluster hostnames shimmed."""
+    kubeconfig = router_kubeconfig(cluster, ns, tmp / "kubeconfig")
+    shim = tmp / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(HOSTS_SHIM)
+    port, metrics_port = free_port(), free_port()
+    router = Proc(
+        [sys.executable, "-m", "modelyard.router"], port, metrics_port=metrics_port,
+        env={"KUBECONFIG": str(kubeconfig), "MODELYARD_ROUTER_HOST": "127.0.0.1",
+             "MODELYARD_ROUTER_PORT": str(port), "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
+             "MODELYARD_ROUTER_MODE": "kubernetes", "MODELYARD_ROUTER_NAMESPACE": ns,
+             "MODELYARD_ROUTER_API_KEYS_SECRET": SECRET, "MODELYARD_ROUTER_HOLD_MAX_WAIT_S": hold_max_wait_s,
+             "MODELYARD_ROUTER_EXTRA_PYTHONPATH": str(shim)},
+        log_path=tmp / "router.log",
+    )  # fmt: skip
+    stack.procs.append(router)
+    return router.start("/readyz", timeout_s=60)
+
+
 def test_router_follows_llmmodels_and_endpointslices(
     kube_cluster: ClusterClient, namespace: str, stack: Stack, tmp_path: Path
 ) -> None:
@@ -134,23 +156,7 @@ def test_router_follows_llmmodels_and_endpointslices(
         endpoint_slice("chat-model-b", ns, "chat-model", b.port),
         keys_secret(ns, "keys: [{name: team, key: sk-team-0000001}]"),
     )
-    kubeconfig = router_kubeconfig(kube_cluster, ns, tmp_path / "kubeconfig")
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(HOSTS_SHIM)
-    port, metrics_port = free_port(), free_port()
-    router = Proc(
-        [sys.executable, "-m", "modelyard.router"], port, metrics_port=metrics_port,
-        env={"KUBECONFIG": str(kubeconfig), "MODELYARD_ROUTER_HOST": "127.0.0.1",
-             "MODELYARD_ROUTER_PORT": str(port), "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
-             "MODELYARD_ROUTER_MODE": "kubernetes",
-             "MODELYARD_ROUTER_NAMESPACE": ns,
-             "MODELYARD_ROUTER_API_KEYS_SECRET": SECRET, "MODELYARD_ROUTER_HOLD_MAX_WAIT_S": "2",
-             "MODELYARD_ROUTER_EXTRA_PYTHONPATH": str(shim)},
-        log_path=tmp_path / "router.log",
-    )  # fmt: skip
-    stack.procs.append(router)
-    router.start("/readyz", timeout_s=60)
+    router = start_router(stack, kube_cluster, ns, tmp_path, hold_max_wait_s="2")
 
     def model_ids() -> list[str]:
         req = urllib.request.Request(
