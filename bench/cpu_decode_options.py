@@ -5,8 +5,9 @@ how the output projection is computed.
 Llama, 16 streams of 32+32 tokens (greedy, EOS ignored), ``--threads`` compute threads, each option in a
 fresh subprocess so one's compiled code or thread pool cannot help another, alternating A/B/A/B so a
 shared machine slows all alike. ``--part head``: the output projection alone (49,152 x 576 fp32), one
-BLAS call over the whole matrix vs vocabulary slices of several sizes (``engine/model/lm_head.py``), at 16 and
-64 rows, interleaved, medians; then the engine with either projection, alternating in one process. Not
+BLAS call over the whole matrix vs vocabulary slices of several sizes and oneDNN's product over a prepacked
+weight (``engine/model/lm_head.py``), at 16 and
+64 rows, interleaved, medians; then the engine with each projection, alternating in one process. Not
 a test.
 
     python bench/cpu_decode_options.py [--rounds 2] [--threads 1] [--out bench/results/cpu_options.json]
@@ -47,8 +48,11 @@ def _head_runs(weight: Any, hidden: Any) -> dict[str, Any]:
 
         return run
 
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
     runs: dict[str, Any] = {"whole": lambda: torch.nn.functional.linear(hidden, weight)}
     runs.update({f"slices of {n}": sliced(n) for n in (512, 1024, 2048, 4096)})
+    linear_pointwise = torch.ops.mkldnn._linear_pointwise
+    runs["oneDNN prepacked"] = lambda: linear_pointwise(hidden, packed, None, "none", [], "")
     return runs
 
 
@@ -110,10 +114,12 @@ def head_engine_part(threads: int, rounds: int) -> dict[str, Any]:
     from server_throughput import make_prompts, run_engine
 
     loaded, config = _load_bench_model(threads, "float32")
-    sliced = loaded.model.get_output_embeddings()
-    whole = torch.nn.Linear(sliced.in_features, sliced.out_features, bias=False)
-    whole.weight = sliced.weight
-    heads = {"slices": sliced, "whole": whole}
+    from modelyard.server.engine.model.lm_head import SlicedLMHead
+
+    packed = loaded.model.get_output_embeddings()
+    whole = torch.nn.Linear(packed.in_features, packed.out_features, bias=False)
+    whole.weight = packed.weight
+    heads = {"packed": packed, "slices": SlicedLMHead(whole), "whole": whole}
 
     async def go() -> dict[str, Any]:
         engine = TorchEngine(loaded, config)
@@ -135,10 +141,11 @@ def head_engine_part(threads: int, rounds: int) -> dict[str, Any]:
                     "tok_s": tok_s,
                     "median": medians,
                     "slices_over_whole": round(medians["slices"] / medians["whole"], 3),
+                    "packed_over_slices": round(medians["packed"] / medians["slices"], 3),
                 }
                 print(f"c={streams}: {report[f'c{streams} 32+32']}", flush=True)
         finally:
-            loaded.model.set_output_embeddings(sliced)
+            loaded.model.set_output_embeddings(packed)
             await engine.stop()
         return report
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from modelyard.server.engine.model.lm_head import slice_output_projection
+from modelyard.server.engine.model.lm_head import fast_output_projection
 from modelyard.server.engine.model.placement import Placement, plan_layers
 from modelyard.server.engine.types import EngineConfig, Task
 
@@ -262,7 +262,7 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         model = dispatch_model(model, device_map=device_map, force_hooks=True)
     model.eval()
     model.requires_grad_(False)
-    slice_output_projection(model)  # CPU heads of causal LMs only; see lm_head.py
+    fast_output_projection(model)  # CPU heads of causal LMs only; see lm_head.py
 
     limit = _context_length(hf_config)
     if config.max_model_len is not None:
