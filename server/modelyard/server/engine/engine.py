@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from modelyard.server.engine.core.blocks import BlockManager
+from modelyard.server.engine.core.draft_gate import knee_rows, observe
 from modelyard.server.engine.core.ngram_proposer import propose
 from modelyard.server.engine.core.scheduler import Scheduler, Step
 from modelyard.server.engine.core.sequence import Sequence
@@ -335,6 +336,7 @@ class TorchEngine:
             max_num_seqs=self._config.max_num_seqs,
             max_prefill_tokens=self._config.max_prefill_tokens,
             propose=self._propose if self._config.speculative is not None else None,
+            draft_knee=knee_rows(self._device.type),
         )
         self._scheduler.admit_gate = self._lora.admits if self._lora is not None else None
         self._runner.allocate(num_blocks)
@@ -599,6 +601,7 @@ class TorchEngine:
         self._spec_drafts += len(seqs)
         self._spec_draft_tokens += sum(len(s.draft) for s in seqs)
         active = list(range(len(seqs)))
+        accepted = [0] * len(seqs)
         for position in range(width):
             if not active:
                 break
@@ -614,9 +617,11 @@ class TorchEngine:
                     self._scheduler.finish(seq)
                 elif position < len(draft) and token.token_id == draft[position]:
                     self._spec_accepted += 1
+                    accepted[i] += 1
                     still.append(i)
             active = still
-        for seq in seqs:
+        for seq, count in zip(seqs, accepted, strict=True):
+            observe(seq, count)
             seq.draft = []
 
     def _sample_and_advance(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:

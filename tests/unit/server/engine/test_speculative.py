@@ -22,6 +22,13 @@ SPEC = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=1, prompt_l
 PROMPTS = [[5, 6, 7, 8, 9, 10] * 4, [20, 21, 22] * 6 + [20, 21], [40, 41, 42, 43, 44] * 3, [7, 7, 7, 7, 8]]
 
 
+@pytest.fixture(autouse=True)
+def every_draft_is_verified(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check what verification yields in batches of any size, so every proposed draft is
+    fed; whether a draft pays for its forward is the draft gate's part (``test_draft_gate.py``)."""
+    monkeypatch.setattr("modelyard.server.engine.core.scheduler.gate", lambda decoding, knee: None)
+
+
 async def _both(make_engine: Factory, **extra: Any) -> tuple[TorchEngine, TorchEngine]:
     return await make_engine(**extra), await make_engine(speculative=SPEC, **extra)
 

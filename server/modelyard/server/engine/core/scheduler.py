@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from modelyard.server.engine.core.blocks import BlockManager, extend_hashes
+from modelyard.server.engine.core.draft_gate import CPU_KNEE_ROWS, gate
 from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.types import EngineEvent
 
@@ -44,8 +45,10 @@ class Scheduler:
         max_prefill_tokens: int,
         watermark: float = 0.01,
         propose: Callable[[Sequence], list[int]] | None = None,
+        draft_knee: int = CPU_KNEE_ROWS,
     ) -> None:
-        """``propose``: speculative decoding's drafts for a decoding request (None: off)."""
+        """``propose``: speculative decoding's drafts for a decoding request (None: off);
+        ``draft_knee``: the forward-cost knee the draft gate weighs them with (``core/draft_gate.py``)."""
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_prefill_tokens = max_prefill_tokens
@@ -58,6 +61,7 @@ class Scheduler:
         self.prefix_hits = 0  # of which found there
         self.num_preemptions = 0
         self.propose = propose
+        self.draft_knee = draft_knee
         # Admission hook (LoRA: at most --max-loras distinct adapters among the running rows).
         self.admit_gate: Callable[[Sequence, Iterable[Sequence]], bool] | None = None
 
@@ -101,6 +105,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence, step: Step) -> None:
         seq.running = False
+        seq.draft = []
         self.running.remove(seq)
         self._release(seq)
         if seq.wants_prompt_logprobs:
@@ -118,6 +123,11 @@ class Scheduler:
         budget = self.max_prefill_tokens
         width = 0
         index = 0
+        if self.propose is not None:
+            decoding = [s for s in self.running if not s.prefilling]
+            for seq in decoding:
+                seq.draft = self.propose(seq)
+            gate(decoding, self.draft_knee)
         while index < len(self.running):
             seq = self.running[index]
             index += 1
@@ -128,7 +138,6 @@ class Scheduler:
                     continue  # next step
             else:
                 # A draft is fed after the last token; its blocks are taken like any other token's.
-                seq.draft = self.propose(seq) if self.propose is not None else []
                 feed = 1 + len(seq.draft)
             if not self._grow_or_preempt(seq, seq.num_computed + feed, step):
                 break  # seq itself was preempted: it was the newest, nothing follows it

@@ -9,6 +9,9 @@ from modelyard.server.engine.core.blocks import BlockHash
 from modelyard.server.engine.model.sampler import SamplingRow
 from modelyard.server.engine.types import EngineEvent, GenerationRequest, TokenLogprob
 
+# What a request's draft acceptance rate starts at, before any of its drafts is verified.
+ACCEPTANCE_PRIOR = 0.5
+
 
 @dataclass(eq=False, slots=True)
 class Sequence:
@@ -44,6 +47,11 @@ class Sequence:
     events: list[EngineEvent] = field(default_factory=list)
     # Speculative decoding: this step's draft tokens, fed after tokens[-1] and verified in one forward.
     draft: list[int] = field(default_factory=list)
+    # Running share of draft tokens accepted, steps since a draft was last fed, and whether this
+    # step's draft is a probe (``core/draft_gate.py``).
+    draft_acceptance: float = ACCEPTANCE_PRIOR
+    draft_idle: int = 0
+    draft_probe: bool = False
     lora_id: int = 0  # the LoRA adapter the request runs under (0: the base model)
     # Seeds the prefix hash chain, so blocks computed under one adapter never serve another.
     cache_salt: bytes | None = None
