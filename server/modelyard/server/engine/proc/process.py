@@ -111,12 +111,8 @@ class EngineClient:
         requests_addr = f"ipc://{socket_dir}/requests"
         outputs_addr = f"ipc://{socket_dir}/outputs"
         context = zmq.asyncio.Context()
-        requests = context.socket(zmq.PUSH)
-        outputs = context.socket(zmq.PULL)
-        for sock in (requests, outputs):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
+        requests = ipc.unbounded_socket(context, zmq.PUSH, linger_ms=0)
+        outputs = ipc.unbounded_socket(context, zmq.PULL, linger_ms=0)
         requests.bind(requests_addr)
         outputs.bind(outputs_addr)
         # One core stays with the HTTP process (parsing, detokenizing, streaming), as vLLM's CPU build

@@ -151,12 +151,8 @@ def _exit_when_parent_dies(fd: int) -> None:
 
 async def _serve(spec: ipc.LaunchSpec) -> int:
     context = zmq.asyncio.Context()
-    requests = context.socket(zmq.PULL)
-    outputs = context.socket(zmq.PUSH)
-    for sock in (requests, outputs):
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+    requests = ipc.unbounded_socket(context, zmq.PULL, linger_ms=2000)
+    outputs = ipc.unbounded_socket(context, zmq.PUSH, linger_ms=2000)
     requests.connect(spec.requests_addr)
     outputs.connect(spec.outputs_addr)
     loop = asyncio.get_running_loop()
