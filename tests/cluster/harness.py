@@ -9,7 +9,6 @@ its own process group and is stopped by that PID, never by name.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -32,6 +31,7 @@ from tests.cluster import podnet, stages
 from tests.cluster.client import ClusterClient, poll
 from tests.cluster.localroutes import keep_local
 from tests.cluster.pki import Pki, make_pki
+from tests.fixtures.processes import popen_dying_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "build.sh"
@@ -83,13 +83,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # If the test process is SIGKILLed its finalizers never run; the kernel then kills the components.
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def process_start_time(pid: int) -> int | None:
@@ -487,15 +480,19 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self.work_dir / "logs" / f"{name}.log"
         with log.open("ab") as out:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.work_dir,
-                start_new_session=True,  # own process group: teardown signals the group by this PID
-                preexec_fn=None if self.detached else _die_with_parent,
-                env={**os.environ, "HOME": str(self.work_dir)},  # kwok reads ~/.kwok; keep it ours
+            options: dict[str, Any] = {
+                "stdin": subprocess.DEVNULL,
+                "stdout": out,
+                "stderr": subprocess.STDOUT,
+                "cwd": self.work_dir,
+                "start_new_session": True,  # own process group: teardown signals the group by this PID
+                "env": {**os.environ, "HOME": str(self.work_dir)},  # kwok reads ~/.kwok; keep it ours
+            }
+            popen = (
+                subprocess.Popen(argv, **options)  # outlives this process on purpose (stop_detached)
+                if self.detached
+                # If the test process is SIGKILLed its finalizers never run; the kernel then kills these.
+                else popen_dying_with_parent(argv, death_signal=signal.SIGKILL, **options)
             )
         comp = Component(name, argv, log, popen.pid, process_start_time(popen.pid), popen)
         self.components.append(comp)

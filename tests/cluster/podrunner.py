@@ -56,6 +56,7 @@ import yaml
 from tests.cluster import podnet, stages
 from tests.cluster.client import ApiError, ClusterClient
 from tests.cluster.servicenet import MAP_ENV
+from tests.fixtures.processes import popen_dying_with_parent
 
 log = logging.getLogger("tests.cluster.podrunner")
 
@@ -409,7 +410,7 @@ class PodRunner:
         base.pop("KUBECONFIG", None)
         with pod.log_path.open("ab") as out:
             out.write(f"# runner: {shlex.join(pod.argv)}\n".encode())
-            pod.proc = subprocess.Popen(
+            pod.proc = popen_dying_with_parent(
                 pod.argv,
                 env={**base, **pod.env},
                 stdout=out,

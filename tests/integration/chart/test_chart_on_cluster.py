@@ -26,6 +26,7 @@ from modelyard.operator.builders.deployment import build_deployment
 from modelyard.operator.builders.endpoint_picker import build_endpoint_picker
 from modelyard.operator.settings import OperatorSettings
 from tests.cluster.client import ClusterClient
+from tests.fixtures.processes import popen_dying_with_parent
 from tests.unit.chart.render import CI_VALUES, EXAMPLES
 from tests.unit.chart.tools import CHART_DIR, REPO_ROOT
 
@@ -424,7 +425,9 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     base = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
     base["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / p) for p in (".", "operator", "server"))
     with log.open("ab") as out:
-        return subprocess.Popen(argv, env=base | env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        return popen_dying_with_parent(
+            argv, env=base | env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
 
 
 def _http_json(url: str) -> Any:

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.fixtures.models import SMOLLM2_NAME
+from tests.fixtures.processes import popen_dying_with_parent
 
 pytestmark = pytest.mark.model
 
@@ -30,7 +31,7 @@ def local_stack(smollm2_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]
     port = _free_port()
     # The default chat model is SmolLM2, converted once into the shared test cache (smollm2_path).
     env = {**os.environ, "MODELYARD_SERVER_TINY_MODEL_CACHE": str(smollm2_path.parent)}
-    proc = subprocess.Popen(
+    proc = popen_dying_with_parent(
         [sys.executable, "-m", "modelyard.local", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.processes import popen_dying_with_parent
+
 pytestmark = pytest.mark.model
 
 BANNER_END = "Ctrl-C stops everything"
@@ -66,7 +68,7 @@ def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
 
 def _start(tiny_llama_path: Path, tiny_bert_path: Path, *extra: str) -> Local:
     port = _free_port()
-    proc = subprocess.Popen(
+    proc = popen_dying_with_parent(
         [
             sys.executable, "-m", "modelyard.local", "--port", str(port),
             "--chat-model", str(tiny_llama_path), "--embed-model", str(tiny_bert_path), *extra,

@@ -32,6 +32,7 @@ from openai import APIStatusError, OpenAI
 
 from tests.cluster.client import ClusterClient
 from tests.fixtures.models import ServerProcess, free_port
+from tests.fixtures.processes import popen_dying_with_parent
 from tests.integration.operator.harness import (
     OperatorProcess,
     install_crds,
@@ -96,7 +97,7 @@ class Proc:
 
 def _spawn(argv: list[str], port: int, log: Path, env: dict[str, str], ready: str) -> Proc:
     with log.open("ab") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        popen = popen_dying_with_parent(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
     proc = Proc(popen, port, log)
 
     def up() -> bool:

@@ -22,6 +22,7 @@ import yaml
 from modelyard.api import crdgen
 from modelyard.operator import rbac
 from tests.cluster.client import ClusterClient
+from tests.fixtures.processes import popen_dying_with_parent
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -108,7 +109,7 @@ class OperatorProcess:
             *self.extra_args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = popen_dying_with_parent(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.processes import popen_dying_with_parent
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -94,7 +96,7 @@ class Proc:
         extra = env.pop("MODELYARD_ROUTER_EXTRA_PYTHONPATH", None)  # test-only: prepended to PYTHONPATH
         if extra:
             env["PYTHONPATH"] = extra + os.pathsep + env["PYTHONPATH"]
-        self.popen = subprocess.Popen(self.args, env=env, stdout=log, stderr=log)
+        self.popen = popen_dying_with_parent(self.args, env=env, stdout=log, stderr=log)
         wait_until(lambda: self._ready(ready_path), timeout_s, f"{self.args[2:4]} on {self.port}")
         return self
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.processes import popen_dying_with_parent
 from tests.integration.router.procs import free_port, wait_until
 
 
@@ -60,7 +61,7 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         log = open(self.tmp / f"redis-{self.port}.log", "ab")  # noqa: SIM115
-        self.popen = subprocess.Popen(args, stdout=log, stderr=log)
+        self.popen = popen_dying_with_parent(args, stdout=log, stderr=log)
         wait_until(lambda: _pings(self.port, self.password), 10, f"redis-server on {self.port}")
         return self
 

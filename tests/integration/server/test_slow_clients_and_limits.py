@@ -16,6 +16,7 @@ import pytest
 
 from tests.fixtures.models import REPO_ROOT, ServerProcess, _server_env, free_port, running_server
 from tests.fixtures.openai_spec import assert_matches
+from tests.fixtures.processes import popen_dying_with_parent
 from tests.fixtures.raw_http import closed_by_peer, connect, read_response
 
 pytestmark = pytest.mark.model
@@ -148,7 +149,7 @@ def test_device_cuda_without_a_gpu_fails_loudly_instead_of_serving_on_cpu(tiny_l
     port = free_port()
     cmd = [sys.executable, "-m", "modelyard.server", "--model", str(tiny_llama_path), "--device", "cuda",
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(
+    proc = popen_dying_with_parent(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_server_env(None), cwd=REPO_ROOT
     )
     try:

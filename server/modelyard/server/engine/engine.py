@@ -23,6 +23,7 @@ import torch
 from modelyard.server.engine.core.blocks import BlockManager
 from modelyard.server.engine.core.draft_gate import knee_rows, observe
 from modelyard.server.engine.core.ngram_proposer import propose
+from modelyard.server.engine.core.output_stream import OutputStream
 from modelyard.server.engine.core.scheduler import Scheduler, Step
 from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.core.step_tokens import StepTokens
@@ -230,21 +231,12 @@ class TorchEngine:
                 seq.row.matcher.accept(token)
         self._scheduler.add(seq)
         self._wakeup.set()
-        finished = False
+        outputs = OutputStream(sink)
         try:
-            while True:
-                item = await sink.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                assert isinstance(item, GenerationOutput)
-                if item.finish_reason is not None:
-                    finished = True
+            async for item in outputs:
                 yield item
-                if finished:
-                    return
         finally:
-            if not finished:
+            if not outputs.finished:
                 # Closed early (client gone, stop string found) or cancelled: free the slot next step.
                 seq.aborted = True
                 self._wakeup.set()

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache
 
-from modelyard.server.engine.model.paged_cache import KVPool
+from modelyard.server.engine.model.paged_cache import KVPool, PoolLayer
 
 # Columns of slack gathered with the history, so steps rarely regrow the buffer.
 HEADROOM = 32
@@ -86,28 +86,19 @@ class GroupSlab:
         self._indices.clear()
 
 
-class SlabLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+class SlabLayer(PoolLayer):  # type: ignore[no-untyped-call]
     """One layer's view for one decode step: write the new column to the pool and the working copy."""
 
     def __init__(self, pool: KVPool, index: int, slab: GroupSlab, write_slots: list[int]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._pool = pool
-        self._index = index
+        super().__init__(pool, index)
         self._slab = slab
         self._write_slots = write_slots
-        self._updated = False
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.is_initialized = True
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
         pool, slab = self._pool, self._slab
-        k_pool, v_pool = pool.layer(self._index, key_states, value_states)
+        k_pool, v_pool = self.pool_tensors(key_states, value_states)
         rows, heads, _, dim = key_states.shape
         gather, write = slab.indices(
             key_states.device, heads, pool.num_slots, pool.block_size, self._write_slots

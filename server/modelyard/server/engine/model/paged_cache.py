@@ -173,26 +173,41 @@ def build_decode_layout(
     return layout, real.long(), last[:, None]
 
 
-class PagedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
-    """One layer's view of the pool for one forward."""
+class PoolLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+    """What every per-forward view of one pool layer shares: the pool, the layer's index, whether
+    this forward has written it yet, and the lazy set-up ``transformers`` expects of a layer."""
 
-    def __init__(self, pool: KVPool, index: int, layout: Layout) -> None:
+    def __init__(self, pool: KVPool, index: int) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._pool = pool
         self._index = index
-        self._layout = layout
         self._updated = False
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
+    def pool_tensors(
+        self, key_states: torch.Tensor, value_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's (keys, values) pool, allocated from the first forward's states; the start of
+        every ``update``."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        return self._pool.layer(self._index, key_states, value_states)
+
+
+class PagedLayer(PoolLayer):  # type: ignore[no-untyped-call]
+    """One layer's view of the pool for one forward."""
+
+    def __init__(self, pool: KVPool, index: int, layout: Layout) -> None:
+        super().__init__(pool, index)
+        self._layout = layout
+
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        k_pool, v_pool = self._pool.layer(self._index, key_states, value_states)
+        k_pool, v_pool = self.pool_tensors(key_states, value_states)
         rows, heads, query, _ = key_states.shape
         gather, write, write_from, clear = self._layout.on(key_states.device, heads)
         if clear is not None:

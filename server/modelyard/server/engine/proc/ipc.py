@@ -16,6 +16,9 @@ import pickle
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+import zmq
+import zmq.asyncio
+
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,
@@ -221,3 +224,14 @@ def decode_launch(data: bytes) -> LaunchSpec:
     if not isinstance(message, LaunchSpec):
         raise TypeError(f"unexpected launch message: {type(message).__name__}")
     return message
+
+
+def unbounded_socket(context: zmq.asyncio.Context, kind: int, linger_ms: int) -> zmq.asyncio.Socket:
+    """A ``kind`` (PUSH or PULL) socket with no high-water mark either way, as both ends open theirs:
+    a send never blocks or drops (the one peer reads everything; a message lost would hang a stream).
+    ``linger_ms`` bounds how long closing it waits to deliver what is still queued."""
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    return sock

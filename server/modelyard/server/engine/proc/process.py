@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable
 import zmq
 import zmq.asyncio
 
+from modelyard.server.engine.core.output_stream import OutputStream
 from modelyard.server.engine.host.threads import thread_choices, thread_env
 from modelyard.server.engine.proc import ipc
 from modelyard.server.engine.types import (
@@ -110,12 +111,8 @@ class EngineClient:
         requests_addr = f"ipc://{socket_dir}/requests"
         outputs_addr = f"ipc://{socket_dir}/outputs"
         context = zmq.asyncio.Context()
-        requests = context.socket(zmq.PUSH)
-        outputs = context.socket(zmq.PULL)
-        for sock in (requests, outputs):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
+        requests = ipc.unbounded_socket(context, zmq.PUSH, linger_ms=0)
+        outputs = ipc.unbounded_socket(context, zmq.PULL, linger_ms=0)
         requests.bind(requests_addr)
         outputs.bind(outputs_addr)
         # One core stays with the HTTP process (parsing, detokenizing, streaming), as vLLM's CPU build
@@ -214,21 +211,13 @@ class EngineClient:
         queue: asyncio.Queue[GenerationOutput | BaseException] = asyncio.Queue()
         self._streams[key] = queue
         self._send(ipc.Generate(key, request))
-        finished = False
+        outputs = OutputStream(queue)
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                if item.finish_reason is not None:
-                    finished = True
+            async for item in outputs:
                 yield item
-                if finished:
-                    return
         finally:
             self._streams.pop(key, None)
-            if not finished and self._dead is None and not self._stopping:
+            if not outputs.finished and self._dead is None and not self._stopping:
                 # Closed early (client gone, stop string found): the engine frees the slot next step.
                 with contextlib.suppress(zmq.ZMQError):
                     self._send(ipc.Abort(key))

@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -25,6 +26,8 @@ from modelyard.server.engine.proc.process import LAUNCH_HEADER
 from modelyard.server.engine.types import EngineError, EngineStats, GenerationOutput, GenerationRequest
 
 log = logging.getLogger("modelyard.server.engine.proc.process")
+
+_T = TypeVar("_T")
 
 _STATS_INTERVAL_S = 0.25  # how often the engine process pushes changed stats between steps
 
@@ -60,21 +63,12 @@ class _EngineServer:
         return True
 
     async def _lora(self, call: ipc.LoraCall) -> None:
-        error: ipc.WireError | None = None
-        try:
-            if call.op == "load":
-                await self._engine.add_lora(call.name, call.path)
-            else:
-                await self._engine.remove_lora(call.name)
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:
-            if not isinstance(exc, EngineError):
-                log.exception("LoRA adapter call failed in the engine process")
-            error = ipc.WireError.of(exc)
-        finally:
-            self._tasks.pop(call.key, None)
-        self.send(ipc.LoraReply(call.key, error))
+        if call.op == "load":
+            work = self._engine.add_lora(call.name, call.path)
+        else:
+            work = self._engine.remove_lora(call.name)
+        result = await self._answer(call.key, work, "LoRA adapter call failed in the engine process")
+        self.send(ipc.LoraReply(call.key, result if isinstance(result, ipc.WireError) else None))
 
     async def _generate(self, key: int, request: GenerationRequest) -> None:
         from modelyard.server.logs import request_id_var, trace_id_var
@@ -88,24 +82,23 @@ class _EngineServer:
         except asyncio.CancelledError:
             pass  # aborted by the client: it no longer listens
         except Exception as exc:
-            if not isinstance(exc, EngineError):
-                log.exception("generation failed in the engine process")
-            self._queue(key, ipc.WireError.of(exc))
+            self._queue(key, _wire_error(exc, "generation failed in the engine process"))
         finally:
             self._tasks.pop(key, None)
 
     async def _embed(self, key: int, batch: list[list[int]]) -> None:
+        result = await self._answer(key, self._engine.embed(batch), "embedding failed in the engine process")
+        self.send(ipc.EmbedResult(key, result))
+
+    async def _answer(self, key: int, work: Awaitable[_T], failed: str) -> _T | ipc.WireError:
+        """What ``work`` returns, or the error it raised as the client will get it. The client's abort
+        (``CancelledError``) goes on up: nothing is answered then."""
         try:
-            result: list[list[float]] | ipc.WireError = await self._engine.embed(batch)
-        except asyncio.CancelledError:
-            return
+            return await work
         except Exception as exc:
-            if not isinstance(exc, EngineError):
-                log.exception("embedding failed in the engine process")
-            result = ipc.WireError.of(exc)
+            return _wire_error(exc, failed)
         finally:
             self._tasks.pop(key, None)
-        self.send(ipc.EmbedResult(key, result))
 
     def _queue(self, key: int, item: GenerationOutput | ipc.WireError) -> None:
         self._outbox.append((key, item))
@@ -136,6 +129,14 @@ class _EngineServer:
         await self._engine.stop()
 
 
+def _wire_error(exc: Exception, failed: str) -> ipc.WireError:
+    """``exc`` as it crosses to the client. One that is no ``EngineError`` is a bug, so it is logged
+    here as ``failed``, with its traceback (call this inside the ``except``)."""
+    if not isinstance(exc, EngineError):
+        log.exception(failed)
+    return ipc.WireError.of(exc)
+
+
 def _exit_when_parent_dies(fd: int) -> None:
     """Block on the pipe from the HTTP process; its EOF means the parent is gone: exit now."""
 
@@ -151,12 +152,8 @@ def _exit_when_parent_dies(fd: int) -> None:
 
 async def _serve(spec: ipc.LaunchSpec) -> int:
     context = zmq.asyncio.Context()
-    requests = context.socket(zmq.PULL)
-    outputs = context.socket(zmq.PUSH)
-    for sock in (requests, outputs):
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+    requests = ipc.unbounded_socket(context, zmq.PULL, linger_ms=2000)
+    outputs = ipc.unbounded_socket(context, zmq.PUSH, linger_ms=2000)
     requests.connect(spec.requests_addr)
     outputs.connect(spec.outputs_addr)
     loop = asyncio.get_running_loop()
