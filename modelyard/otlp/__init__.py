@@ -1,4 +1,15 @@
-"""The one OpenTelemetry set-up of every Modelyard process that traces (router, model server).
+"""Modelyard's own OpenTelemetry tracing, shared by every process that traces (router, model server).
+
+A light span recorder and OTLP exporter instead of OpenTelemetry's Python SDK, whose span bookkeeping and
+message building cost the router ~140 us per request (docs/observability.md, "What tracing costs"):
+
+- span.py: the Span (slots; ids as hex; attributes a list) and the current span of a task;
+- propagation.py: W3C ``traceparent``/``tracestate`` in and out;
+- sampling.py: the standard samplers from ``OTEL_TRACES_SAMPLER(_ARG)``;
+- tracer.py: starting spans (ids, parent, sampling decision);
+- encode.py: spans to OTLP protobuf, written by hand;
+- batch.py, transport.py: the exporter thread, over ``http/protobuf`` or ``grpc``;
+- build.py: all of it from the standard ``OTEL_*`` variables.
 
 It is its own source root (``modelyard/`` at the top of the repository, beside ``operator/`` and ``server/``):
 the router imports it without importing the model server, the server without importing anything under
@@ -7,16 +18,13 @@ Modelyard itself (``.importlinter``: ``otlp-standalone``).
 
 Tracing is on only with an OTLP endpoint: the component's flag (``--otlp-traces-endpoint``, vLLM's) or the
 standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``, and ``OTEL_SDK_DISABLED``
-not true. Nothing of the SDK is imported until ``tracer_provider`` is called. The rest follows the standard
-variables: ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` (``grpc``, vLLM's default, or ``http/protobuf``),
-``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS``, ``OTEL_TRACES_SAMPLER(_ARG)``, ``OTEL_SERVICE_NAME`` and the batch
-processor's ``OTEL_BSP_*`` (the SDK's own defaults).
+not true. This module imports none of the others: only a component whose tracing is on imports
+``build.build_tracer`` (tracing off: no recorder, no exporter, no thread).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 _FALSE = ("", "0", "false", "no")
 
@@ -41,27 +49,3 @@ def http_traces_url(endpoint: str) -> str:
     """OTLP/HTTP posts to ``/v1/traces``; a base endpoint gets it appended, as the spec says."""
     base = endpoint.rstrip("/")
     return base if base.endswith("/v1/traces") else base + "/v1/traces"
-
-
-def span_exporter(endpoint: str, env: Mapping[str, str]) -> Any:
-    """The OTLP span exporter for ``endpoint`` in the protocol the environment names (headers from it too)."""
-    if protocol_from(env) == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        return GrpcExporter(endpoint=endpoint, insecure=endpoint.startswith("http://") or None)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-    return HttpExporter(endpoint=http_traces_url(endpoint))
-
-
-def tracer_provider(endpoint: str, env: Mapping[str, str], default_service: str) -> Any:
-    """A TracerProvider exporting in batches to ``endpoint``; its sampler comes from OTEL_TRACES_SAMPLER."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or default_service})
-    provider = TracerProvider(resource=resource)
-    # The SDK reads OTEL_BSP_* (batch size, queue, delay) itself.
-    provider.add_span_processor(BatchSpanProcessor(span_exporter(endpoint, env)))
-    return provider

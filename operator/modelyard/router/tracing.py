@@ -2,58 +2,62 @@
 
 On only with an OTLP endpoint (``--otlp-traces-endpoint`` / ``MODELYARD_ROUTER_OTLP_TRACES_ENDPOINT``, or
 the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``) and
-``OTEL_SDK_DISABLED`` not true; when off, ``setup`` returns None and the SDK is never imported.
+``OTEL_SDK_DISABLED`` not true; when off, ``setup`` returns None and no recorder or exporter exists.
 
 When on, each request gets a SERVER span (``POST /v1/chat/completions``), continuing the caller's W3C
 ``traceparent``/``tracestate`` or starting a trace, with child spans ``router.hold`` (waiting for a ready
 pod), ``router.upstream_attempt`` (one per pod tried; its context goes to the pod as ``traceparent``) and
 ``router.relay`` (copying the answer back). The proxy calls ``span()``, a no-op context manager when off.
-The provider and exporter come from ``modelyard.otlp``, shared with the model server.
+The spans are ``modelyard.otlp``'s light recorder's, shared with the model server: each is its own context
+manager (entering makes it current, leaving ends it), no wrapper layer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelyard.otlp import endpoint_from
 
+if TYPE_CHECKING:
+    from modelyard.otlp.span import Span
+    from modelyard.otlp.tracer import Tracer
+
 
 class RouterTracing:
-    """The tracer, built only when tracing is on. Its methods hand out the SDK's own context managers,
-    unwrapped: a request makes three spans, and each wrapper layer is a generator frame per span."""
+    """The tracer, built only when tracing is on."""
 
-    def __init__(self, endpoint: str, env: Mapping[str, str]) -> None:
-        from opentelemetry import propagate
-        from opentelemetry.trace import SpanKind
+    def __init__(self, endpoint: str, env: Mapping[str, str], tracer: Tracer | None = None) -> None:
+        from modelyard.otlp.build import build_tracer
+        from modelyard.otlp.span import SERVER
 
-        from modelyard.otlp import tracer_provider
+        self.tracer = tracer or build_tracer(endpoint, env, "modelyard-router", "modelyard.router")
+        self._start = self.tracer.start_span
+        self._extract = self.tracer.extract
+        self._server = SERVER
 
-        self.provider = tracer_provider(endpoint, env, "modelyard-router")
-        self.tracer = self.provider.get_tracer("modelyard.router")
-        self._extract = propagate.extract
-        self.inject: Callable[[MutableMapping[str, str]], None] = propagate.inject
-        self._server_kind = SpanKind.SERVER
-
-    def request(self, method: str, path: str, headers: Mapping[str, str]) -> AbstractContextManager[Any]:
-        """The request's SERVER span, continuing the caller's traceparent (or starting a trace)."""
-        manager: AbstractContextManager[Any] = self.tracer.start_as_current_span(
+    def request(self, method: str, path: str, headers: Mapping[str, str]) -> Span:
+        """The request's SERVER span, continuing the caller's traceparent (or starting a trace); ``with``
+        it to make it current."""
+        return self._start(
             f"{method} {path}",
-            context=self._extract(headers),
-            kind=self._server_kind,
-            attributes={"http.request.method": method, "url.path": path},
+            self._server,
+            [("http.request.method", method), ("url.path", path)],
+            self._extract(headers),
         )
-        return manager
 
-    def child(self, name: str, attributes: dict[str, Any]) -> AbstractContextManager[Any]:
-        manager: AbstractContextManager[Any] = self.tracer.start_as_current_span(name, attributes=attributes)
-        return manager
+    def child(self, name: str, attributes: dict[str, Any]) -> Span:
+        return self._start(name, attributes=attributes.items())
+
+    def inject(self, headers: MutableMapping[str, str]) -> None:
+        """The current span (the upstream attempt's) becomes the pod's parent."""
+        self.tracer.inject(headers)
 
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        self.tracer.shutdown()
 
 
 def setup(flag: str | None, env: Mapping[str, str] | None = None) -> RouterTracing | None:

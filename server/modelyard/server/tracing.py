@@ -2,7 +2,7 @@
 
 On only when an OTLP endpoint is given (``--otlp-traces-endpoint``, vLLM's flag, or the standard
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``) and ``OTEL_SDK_DISABLED`` is not
-true. When off, ``setup`` returns None without importing the SDK: no provider, no exporter, no thread.
+true. When off, ``setup`` returns None without importing the recorder: no tracer, no exporter, no thread.
 
 When on, each engine-backed request gets one SERVER span named ``{operation} {model}`` with the
 OpenTelemetry GenAI semantic-convention attributes and vLLM's latency attributes, parented on the
@@ -10,7 +10,7 @@ caller's W3C ``traceparent`` (the router passes it). The engine's phases are spa
 own times: the span's context goes to the engine process in each GenerationRequest (``trace_context``),
 which stamps ``queued``, ``scheduled``, ``preempted``, ``prefill_done``, ``first_token`` and ``finished``
 (engine/types.EngineEvent, host monotonic clock) and sends them back with the outputs; its log lines for the
-request carry the trace id. The provider and exporter come from ``modelyard.otlp`` (the OTEL_* variables:
+request carry the trace id. The recorder and exporter are ``modelyard.otlp``'s (the OTEL_* variables:
 protocol, headers, sampler, service name), shared with the router.
 """
 
@@ -21,11 +21,15 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelyard.otlp import endpoint_from
 from modelyard.server.engine.types import EngineEvent, SamplingParams
 from modelyard.server.logs import trace_id_var
+
+if TYPE_CHECKING:
+    from modelyard.otlp.span import Span
+    from modelyard.otlp.tracer import Tracer
 
 # The incoming W3C trace headers of the request being served (set by the request middleware).
 trace_headers_var: ContextVar[dict[str, str] | None] = ContextVar("modelyard_trace_headers", default=None)
@@ -36,16 +40,13 @@ TRACE_HEADERS = (b"traceparent", b"tracestate")
 class Tracing:
     """The tracer, built only when tracing is on."""
 
-    def __init__(self, endpoint: str, env: Mapping[str, str]) -> None:
-        from opentelemetry import propagate
-        from opentelemetry.trace import SpanKind
+    def __init__(self, endpoint: str, env: Mapping[str, str], tracer: Tracer | None = None) -> None:
+        from modelyard.otlp.build import build_tracer
+        from modelyard.otlp.span import SERVER
 
-        from modelyard.otlp import tracer_provider
-
-        self._extract = propagate.extract
-        self._server_kind = SpanKind.SERVER
-        self.provider = tracer_provider(endpoint, env, "modelyard-server")
-        self.tracer = self.provider.get_tracer("modelyard.server")
+        self.tracer = tracer or build_tracer(endpoint, env, "modelyard-server", "modelyard.server")
+        self._extract = self.tracer.extract
+        self._server_kind = SERVER
         # Engine events carry the host's monotonic clock; spans want epoch nanoseconds.
         self.epoch_offset = time.time() - time.monotonic()
 
@@ -59,45 +60,37 @@ class Tracing:
         input_tokens: int,
     ) -> RequestTrace:
         headers = trace_headers_var.get()
-        parent = self._extract(headers) if headers else None
         span = self.tracer.start_span(
             f"{operation} {model}",
-            context=parent,
-            kind=self._server_kind,
-            attributes=_request_attributes(operation, model, params, response_id, choices),
+            self._server_kind,
+            _request_attributes(operation, model, params, response_id, choices),
+            self._extract(headers) if headers else None,
         )
-        context = span.get_span_context()
-        trace_id = format(context.trace_id, "032x")
-        trace_id_var.set(trace_id)
+        trace_id_var.set(span.trace_id)
         # The engine stamps phases only for a span that records them (a sampled one).
-        traceparent = (
-            f"00-{trace_id}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-            if span.is_recording()
-            else None
-        )
+        traceparent = span.traceparent if span.sampled else None
         return RequestTrace(self, span, choices, traceparent, input_tokens=input_tokens)
 
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        self.tracer.shutdown()
 
 
 def _request_attributes(
     operation: str, model: str, params: SamplingParams, response_id: str, choices: int
-) -> dict[str, Any]:
-    # Each attribute costs the SDK a validation pass and the exporter ~3 us to encode (as much as the rest of
-    # the span's work per attribute), so none is here that another one or an event already says:
+) -> list[tuple[str, Any]]:
+    # None here that another attribute or an event already says (each one is encoded per request):
     # gen_ai.request.n only when it is not 1.
-    attributes: dict[str, Any] = {
-        "gen_ai.operation.name": operation,
-        "gen_ai.request.model": model,
-        "gen_ai.request.max_tokens": params.max_tokens,
-        "gen_ai.request.temperature": params.temperature,
-        "gen_ai.request.top_p": params.top_p,
-        "gen_ai.response.id": response_id,
-        "gen_ai.response.model": model,
-    }
+    attributes: list[tuple[str, Any]] = [
+        ("gen_ai.operation.name", operation),
+        ("gen_ai.request.model", model),
+        ("gen_ai.request.max_tokens", params.max_tokens),
+        ("gen_ai.request.temperature", params.temperature),
+        ("gen_ai.request.top_p", params.top_p),
+        ("gen_ai.response.id", response_id),
+        ("gen_ai.response.model", model),
+    ]
     if choices != 1:
-        attributes["gen_ai.request.n"] = choices
+        attributes.append(("gen_ai.request.n", choices))
     return attributes
 
 
@@ -118,7 +111,7 @@ class RequestTrace:
     """
 
     tracing: Tracing
-    span: Any
+    span: Span
     pending: int
     traceparent: str | None = None
     finish_reasons: list[str] = field(default_factory=list)
@@ -179,5 +172,5 @@ class RequestTrace:
             attributes["gen_ai.latency.time_in_queue"] = max(0.0, self.scheduled - self.queued)
         # Prefill, decode and inference time are the gaps between the scheduled, first_token and finished
         # events, which carry the engine's own times: no attribute repeats them.
-        span.set_attributes(attributes)  # one lock and one pass, not one per attribute
+        span.set_attributes(attributes)
         span.end()

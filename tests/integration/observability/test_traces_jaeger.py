@@ -1,6 +1,7 @@
 """Traces end to end, read back from a real Jaeger (built from its Go module by install_jaeger.sh): the
 official SDK sends a request with a W3C traceparent through the real router to a real model server
-(tiny Llama); both export OTLP to Jaeger, and its query API shows one trace with the router's spans and
+(tiny Llama); both export OTLP to Jaeger (one over http/protobuf, the other over gRPC, then the other way
+round), and its query API shows one trace with the router's spans and
 the server's span correctly parented, the GenAI attributes and the engine's phases as events. A streamed
 request, a request held until its backend appears and a retried attempt show as spans too; a request
 preempted in the engine shows the preemption, and the engine's log line about it names its trace."""
@@ -43,17 +44,26 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]
         proc.kill()
 
 
-@pytest.fixture(scope="module")
+PORT = {"http/protobuf": "http", "grpc": "grpc"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("http/protobuf", "grpc"), ("grpc", "http/protobuf")],
+    ids=["server-http-router-grpc", "server-grpc-router-http"],
+)
 def stack(
-    jaeger: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, jaeger: dict[str, int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Proc, ServerProcess, Path]]:
+    """Each protocol from each component: the server through vLLM's flag, the router from the OTEL_*
+    variables."""
+    server_protocol, router_protocol = request.param
     model_dir = ensure_tiny_model("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
-    # The server exports over OTLP/HTTP through vLLM's flag; the router over gRPC from the OTEL_* variables.
     server = start_server(
         ["--model", str(model_dir), "--served-model-name", MODEL,
          "--alias", "retried", "--alias", "later",
-         "--otlp-traces-endpoint", f"http://127.0.0.1:{jaeger['http']}"],
-        env={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "modelyard-server",
+         "--otlp-traces-endpoint", f"http://127.0.0.1:{jaeger[PORT[server_protocol]]}"],
+        env={"OTEL_EXPORTER_OTLP_PROTOCOL": server_protocol, "OTEL_SERVICE_NAME": "modelyard-server",
              "OTEL_BSP_SCHEDULE_DELAY": "100"},
         log_dir=tmp_path_factory.mktemp("server"),
     )  # fmt: skip
@@ -62,7 +72,11 @@ def stack(
     config = write_config(
         tmp / "models.json", {MODEL: [server.base_url], "retried": [refused, server.base_url], "later": []}
     )
-    router = start_router(tmp, config, otlp_traces_endpoint=f"http://127.0.0.1:{jaeger['grpc']}")
+    with pytest.MonkeyPatch.context() as env:  # the router process inherits the test's environment
+        env.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", router_protocol)
+        env.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        endpoint = f"http://127.0.0.1:{jaeger[PORT[router_protocol]]}"
+        router = start_router(tmp, config, otlp_traces_endpoint=endpoint)
     try:
         yield router, server, config
     finally:

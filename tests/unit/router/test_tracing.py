@@ -1,4 +1,5 @@
-"""Router tracing is off by default and free when off: no SDK import, no exporter, no-op spans."""
+"""Router tracing is off by default and free when off (no recorder or exporter loaded, no-op spans); when on,
+the request's span continues the caller's trace and its children nest under it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from modelyard.router.tracing import endpoint_from, setup, span
+from modelyard.otlp.sampling import sampler_from
+from modelyard.otlp.span import SERVER, Span
+from modelyard.otlp.tracer import Tracer
+from modelyard.router.tracing import RouterTracing, endpoint_from, setup, span
 from tests.integration.router.procs import REPO
 
 
@@ -21,9 +25,12 @@ def test_off_by_default_the_router_loads_no_sdk_and_creates_no_exporter(tmp_path
         from modelyard.router.settings import RouterSettings
         app = create_app(RouterSettings(mode="static", static_config=sys.argv[1]))
         assert app[PROXY].tracing is None
-        prefixes = ("opentelemetry.sdk", "opentelemetry.exporter")
+        # (FastAPI imports the OpenTelemetry API itself: not ours to avoid.)
+        prefixes = ("opentelemetry.sdk", "opentelemetry.exporter", "grpc", "modelyard.otlp.")
         loaded = sorted(m for m in sys.modules if m.startswith(prefixes))
         assert not loaded, loaded
+        import threading
+        assert not [t for t in threading.enumerate() if t.name == "otlp-exporter"]
         print("ok")
         """
     )
@@ -42,3 +49,30 @@ def test_endpoint_from_the_flag_or_the_standard_variables_and_a_no_op_span() -> 
     assert setup(None, {}) is None
     with span(None, "router.hold") as nothing:
         assert nothing is None
+
+
+def test_the_request_span_continues_the_callers_trace_and_the_attempt_is_the_pods_parent() -> None:
+    ended: list[Span] = []
+    tracing = RouterTracing("http://unused:4317", {}, tracer=Tracer(sampler_from({}), ended.append))
+    caller = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    upstream: dict[str, str] = {}
+    with tracing.request("POST", "/v1/completions", caller) as root:
+        with span(
+            tracing, "router.upstream_attempt", attempt=1, **{"server.address": "http://pod"}
+        ) as attempt:
+            tracing.inject(upstream)
+            with span(tracing, "router.relay", **{"http.response.status_code": 200}):
+                pass
+        root.set_attribute("http.response.status_code", 200)
+    relay, attempt_span, request = ended
+    assert attempt_span is attempt
+    assert request is root
+    assert request.kind == SERVER
+    assert request.name == "POST /v1/completions"
+    assert request.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert request.parent_id == "00f067aa0ba902b7"
+    assert attempt.parent_id == request.span_id
+    assert relay.parent_id == attempt.span_id
+    assert attempt.attributes == [("attempt", 1), ("server.address", "http://pod")]
+    assert request.attributes[-1] == ("http.response.status_code", 200)
+    assert upstream["traceparent"] == f"00-{request.trace_id}-{attempt.span_id}-01"

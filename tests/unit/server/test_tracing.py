@@ -1,5 +1,5 @@
-"""Server tracing: nothing of OpenTelemetry's SDK is loaded when no endpoint is set; when one is, a
-request's span carries the GenAI attributes, vLLM's latencies and the engine phases as events, and is
+"""Server tracing: no recorder, exporter or OpenTelemetry package is loaded when no endpoint is set; when one
+is, a request's span carries the GenAI attributes, vLLM's latencies and the engine phases as events, and is
 parented on the caller's traceparent."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import textwrap
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from modelyard.otlp.sampling import sampler_from
+from modelyard.otlp.span import Span
+from modelyard.otlp.tracer import Tracer
 from modelyard.server.engine.types import EngineEvent, GenerationOutput, SamplingParams
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.tracing import Tracing, endpoint_from, setup, trace_headers_var
@@ -30,9 +31,12 @@ def test_off_by_default_creates_no_exporter_and_loads_no_sdk() -> None:
         from modelyard.server.settings import ServerSettings
         app = create_app(ServerSettings())
         assert app.state.tracing is None
-        prefixes = ("opentelemetry.sdk", "opentelemetry.exporter")
+        # (FastAPI imports the OpenTelemetry API itself: not ours to avoid.)
+        prefixes = ("opentelemetry.sdk", "opentelemetry.exporter", "grpc", "modelyard.otlp.")
         loaded = sorted(m for m in sys.modules if m.startswith(prefixes))
         assert not loaded, loaded
+        import threading
+        assert not [t for t in threading.enumerate() if t.name == "otlp-exporter"]
         print("ok")
         """
     )
@@ -54,11 +58,11 @@ def test_the_endpoint_comes_from_the_flag_or_the_standard_variables() -> None:
     assert setup(None, {}) is None
 
 
-def _tracing() -> tuple[Tracing, InMemorySpanExporter]:
-    tracing = Tracing("http://127.0.0.1:9/v1/traces", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
-    memory = InMemorySpanExporter()
-    tracing.provider._active_span_processor._span_processors = (SimpleSpanProcessor(memory),)  # no network
-    return tracing, memory
+def _tracing() -> tuple[Tracing, list[Span]]:
+    """Finished spans go to a list (the encoder and exporter have tests of their own: tests/unit/otlp)."""
+    ended: list[Span] = []
+    tracing = Tracing("http://127.0.0.1:9", {}, tracer=Tracer(sampler_from({}), ended.append))
+    return tracing, ended
 
 
 def test_a_request_span_has_genai_attributes_engine_events_and_the_callers_parent() -> None:
@@ -76,12 +80,11 @@ def test_a_request_span_has_genai_attributes_engine_events_and_the_callers_paren
         tracker.on_output(GenerationOutput((1,), events=events))
         tracker.on_output(GenerationOutput((2,), finish_reason="length"))
         tracker.finish("length", generated)
-    (span,) = memory.get_finished_spans()
+    (span,) = memory
     assert span.name == "chat m"
-    assert format(span.context.trace_id, "032x") == TRACE_ID
-    assert span.parent is not None
-    assert format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
-    attrs = dict(span.attributes or {})
+    assert span.trace_id == TRACE_ID
+    assert span.parent_id == "00f067aa0ba902b7"
+    attrs = dict(span.attributes)
     assert attrs["gen_ai.operation.name"] == "chat"
     assert attrs["gen_ai.request.model"] == "m"
     assert attrs["gen_ai.request.max_tokens"] == 7
@@ -89,12 +92,12 @@ def test_a_request_span_has_genai_attributes_engine_events_and_the_callers_paren
     assert attrs["gen_ai.request.top_p"] == 0.9
     assert attrs["gen_ai.request.n"] == 2
     assert attrs["gen_ai.response.id"] == "chatcmpl-1"
-    assert list(attrs["gen_ai.response.finish_reasons"]) == ["length", "length"]  # type: ignore[arg-type]
+    assert list(attrs["gen_ai.response.finish_reasons"]) == ["length", "length"]
     assert attrs["gen_ai.usage.input_tokens"] == 5
     assert attrs["gen_ai.usage.output_tokens"] == 7
     for key in ("time_in_queue", "time_to_first_token", "e2e"):
         assert float(attrs[f"gen_ai.latency.{key}"]) >= 0.0, key  # type: ignore[arg-type]
-    names = [e.name for e in span.events]
+    names = [name for _, name, _ in span.events or ()]
     assert names[:4] == ["queued", "scheduled", "prefill_done", "first_token"]
     assert names[-1] == "finished"
     tracing.shutdown()
@@ -121,15 +124,15 @@ def test_engine_stamped_phases_become_events_at_the_engines_times_and_the_engine
         GenerationOutput((2,), finish_reason="length", events=(EngineEvent("finished", t + 0.005),))
     )
     tracker.finish("length", 2)
-    (span,) = memory.get_finished_spans()
-    assert format(span.context.trace_id, "032x") == trace_id
-    assert format(span.context.span_id, "016x") == span_id
-    names = [e.name for e in span.events]
+    (span,) = memory
+    assert span.trace_id == trace_id
+    assert span.span_id == span_id
+    names = [name for _, name, _ in span.events or ()]
     assert names == ["queued", "scheduled", "prefill_done", "first_token", "finished"]  # none added twice
-    stamps = [e.timestamp for e in span.events]
+    stamps = [at for at, _, _ in span.events or ()]
     offset = tracing.epoch_offset
     assert stamps == [int((t + k * 0.001 + offset) * 1e9) for k in range(1, 6)]
-    attrs = dict(span.attributes or {})
+    attrs = dict(span.attributes)
     assert attrs["gen_ai.latency.time_in_queue"] == pytest.approx(0.001, abs=1e-6)
     assert "gen_ai.request.n" not in attrs  # said only when it is not 1
     tracing.shutdown()
@@ -137,7 +140,7 @@ def test_engine_stamped_phases_become_events_at_the_engines_times_and_the_engine
 
 def test_an_app_with_tracing_on_serves_and_spans_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chat, completions and a stream through the real app with tracing on: one span each, parented on the
-    caller's traceparent (the exporter is swapped for memory: no collector needed here)."""
+    caller's traceparent (finished spans go to a list: no collector needed here)."""
     from fastapi.testclient import TestClient
 
     from modelyard.server.app import LoadedRuntime, create_app
@@ -153,8 +156,8 @@ def test_an_app_with_tracing_on_serves_and_spans_every_request(monkeypatch: pyte
         return LoadedRuntime(FakeEngine(), tokenizer, "generate", 64, "/nonexistent")
 
     app = create_app(_settings(otlp_traces_endpoint="http://127.0.0.1:9"), loader)
-    memory = InMemorySpanExporter()
-    app.state.tracing.provider._active_span_processor._span_processors = (SimpleSpanProcessor(memory),)
+    memory: list[Span] = []
+    app.state.tracing.tracer.on_end = memory.append
     with TestClient(app) as client:
         for _ in range(200):
             if client.get("/ready").status_code == 200:
@@ -164,6 +167,6 @@ def test_an_app_with_tracing_on_serves_and_spans_every_request(monkeypatch: pyte
         assert client.post("/v1/chat/completions", json=chat, headers=headers).status_code == 200
         completion = {"model": MODEL, "prompt": "x", "max_tokens": 3, "stream": True}
         assert client.post("/v1/completions", json=completion, headers=headers).status_code == 200
-    names = sorted(s.name for s in memory.get_finished_spans())
+    names = sorted(s.name for s in memory)
     assert names == [f"chat {MODEL}", f"text_completion {MODEL}"]
-    assert all(format(s.context.trace_id, "032x") == TRACE_ID for s in memory.get_finished_spans())
+    assert all(s.trace_id == TRACE_ID and s.parent_id == PARENT.split("-")[2] for s in memory)

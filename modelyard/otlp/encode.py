@@ -1,0 +1,156 @@
+"""Finished spans to an OTLP ``ExportTraceServiceRequest`` (opentelemetry/proto/collector/trace/v1), protobuf
+written by hand.
+
+It runs on the exporter thread, but that thread shares the GIL with the request path, so it is kept cheap:
+ids go to bytes in one ``bytes.fromhex`` together with their tags, span names and whole attribute fields
+(key and value, which repeat from request to request: a method, a path, a model) are encoded once and
+looked up after. Building the same message with opentelemetry-proto's classes costs several times more
+(docs/observability.md, "What tracing costs"). tests/unit/otlp/test_encode.py decodes the output with those
+classes and compares.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+
+from modelyard.otlp.span import AttributeValue, Event, Span
+
+_SMALL = [bytes((i,)) for i in range(128)]
+_DOUBLE = struct.Struct("<d").pack
+_TIMES = struct.Struct("<BQBQ").pack  # start (field 7) and end (field 8), both fixed64
+_EVENT_TIME = struct.Struct("<BQ").pack
+_CACHE_LIMIT = 4096
+
+# Field tags: (field number << 3) | wire type (0 varint, 1 fixed64, 2 length-delimited).
+_SPAN_TRACE_STATE, _SPAN_NAME, _SPAN_ATTRIBUTE, _SPAN_EVENT, _SPAN_STATUS = (
+    b"\x1a",
+    b"\x2a",
+    b"\x4a",
+    b"\x5a",
+    b"\x7a",
+)
+_EVENT_NAME, _EVENT_ATTRIBUTE = b"\x12", b"\x1a"
+_STATUS_MESSAGE = b"\x12"
+_KV_KEY, _KV_VALUE = b"\x0a", b"\x12"
+_ANY_STRING, _ANY_ARRAY = b"\x0a", b"\x2a"
+_ARRAY_VALUE = b"\x0a"
+_TRUE, _FALSE = b"\x10\x01", b"\x10\x00"
+
+
+def varint(value: int) -> bytes:
+    if value < 128:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 127:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _ld(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return tag + varint(len(payload)) + payload
+
+
+def any_value(value: AttributeValue) -> bytes:
+    """An ``AnyValue`` message (its body)."""
+    kind = type(value)
+    if kind is str:
+        return _ld(_ANY_STRING, value.encode())  # type: ignore[union-attr]
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    if kind is int:
+        number: int = value  # type: ignore[assignment]
+        return b"\x18" + varint(number if number >= 0 else number + (1 << 64))
+    if kind is float:
+        return b"\x21" + _DOUBLE(value)
+    if isinstance(value, (list, tuple)):
+        items = b"".join(_ld(_ARRAY_VALUE, any_value(item)) for item in value)
+        return _ld(_ANY_ARRAY, items)
+    return _ld(_ANY_STRING, str(value).encode())  # anything else as its text, as the SDKs do
+
+
+def key_value(key: str, value: AttributeValue) -> bytes:
+    """A ``KeyValue`` message (its body)."""
+    return _ld(_KV_KEY, key.encode()) + _ld(_KV_VALUE, any_value(value))
+
+
+def key_values(tag: bytes, attributes: Iterable[tuple[str, AttributeValue]]) -> bytes:
+    return b"".join(_ld(tag, key_value(key, value)) for key, value in attributes)
+
+
+class Encoder:
+    """Encodes batches for one resource (``service.name`` and the rest) and one instrumentation scope."""
+
+    def __init__(self, resource: Mapping[str, AttributeValue], scope: str, scope_version: str = "") -> None:
+        resource_body = key_values(b"\x0a", resource.items())
+        scope_body = _ld(b"\x0a", scope.encode()) + (
+            _ld(b"\x12", scope_version.encode()) if scope_version else b""
+        )
+        self._resource_field = _ld(b"\x0a", resource_body)  # ResourceSpans.resource
+        self._scope_field = _ld(b"\x0a", scope_body)  # ScopeSpans.scope
+        self._names: dict[str, bytes] = {}
+        self._event_names: dict[str, bytes] = {}
+        self._attributes: dict[tuple[str, object, object], bytes] = {}
+
+    def request(self, spans: Sequence[Span]) -> bytes:
+        """The ``ExportTraceServiceRequest`` carrying ``spans``."""
+        scope_spans = self._scope_field + b"".join(_ld(b"\x12", self.span(s)) for s in spans)
+        resource_spans = self._resource_field + _ld(b"\x12", scope_spans)
+        return _ld(b"\x0a", resource_spans)
+
+    def span(self, span: Span) -> bytes:
+        """A ``Span`` message (its body)."""
+        parent = span.parent_id
+        ids = (
+            f"0a10{span.trace_id}1208{span.span_id}2208{parent}300{span.kind}"
+            if parent
+            else (f"0a10{span.trace_id}1208{span.span_id}300{span.kind}")
+        )
+        parts = [bytes.fromhex(ids), self._name(span.name), _TIMES(0x39, span.start_ns, 0x41, span.end_ns)]
+        if span.trace_state:
+            parts.append(_ld(_SPAN_TRACE_STATE, span.trace_state.encode()))
+        attribute = self._attribute
+        parts.extend(attribute(key, value) for key, value in span.attributes)
+        if span.events:
+            parts.extend(self._event(event) for event in span.events)
+        if span.status_code:
+            status = b"\x18" + _SMALL[span.status_code]
+            if span.status_message:
+                status = _ld(_STATUS_MESSAGE, span.status_message.encode()) + status
+            parts.append(_ld(_SPAN_STATUS, status))
+        return b"".join(parts)
+
+    def _name(self, name: str) -> bytes:
+        encoded = self._names.get(name)
+        if encoded is None:
+            if len(self._names) >= _CACHE_LIMIT:
+                self._names.clear()
+            encoded = self._names[name] = _ld(_SPAN_NAME, name.encode())
+        return encoded
+
+    def _attribute(self, key: str, value: AttributeValue) -> bytes:
+        """A span's attribute field; the type is in the cache key because ``True == 1 == 1.0``."""
+        if type(value) is list:
+            return _ld(_SPAN_ATTRIBUTE, key_value(key, value))
+        cache_key = (key, value, type(value))
+        encoded = self._attributes.get(cache_key)
+        if encoded is None:
+            if len(self._attributes) >= _CACHE_LIMIT:  # unique values (ids) must not grow it for ever
+                self._attributes.clear()
+            encoded = self._attributes[cache_key] = _ld(_SPAN_ATTRIBUTE, key_value(key, value))
+        return encoded
+
+    def _event(self, event: Event) -> bytes:
+        at, name, attributes = event
+        encoded = self._event_names.get(name)
+        if encoded is None:
+            if len(self._event_names) >= _CACHE_LIMIT:
+                self._event_names.clear()
+            encoded = self._event_names[name] = _ld(_EVENT_NAME, name.encode())
+        body = _EVENT_TIME(0x09, at) + encoded
+        if attributes:
+            body += key_values(_EVENT_ATTRIBUTE, attributes)
+        return _ld(_SPAN_EVENT, body)
