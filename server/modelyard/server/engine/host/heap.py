@@ -4,7 +4,7 @@ and its resident memory for the start-up log.
 glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed inside an
 arena stays mapped until ``malloc_trim``: the weights are read on a loader thread, the fast decode path
 merges and repacks them on the engine thread, and the copies freed on the way stayed resident
-(measured in ``docs/server.md``, *Memory of the engine process*). Nothing here imports torch; on a C
+(measured in ``docs/server.md``, *Memory of the engine processes*). Nothing here imports torch; on a C
 library without these calls (musl) every function is a no-op.
 """
 
