@@ -139,16 +139,30 @@ def measure(tree: Path, label: str, timeout_s: float, settle_s: float) -> dict[s
         time.sleep(settle_s)
         rows: list[dict[str, Any]] = []
         for pid in _tree(proc.pid):
-            rss = _kib(f"/proc/{pid}/status", "VmRSS")
-            pss = _kib(f"/proc/{pid}/smaps_rollup", "Pss")
-            rows.append({"pid": pid, "process": _describe(pid), "rss_mib": rss / 1024, "pss_mib": pss / 1024})
+            status = f"/proc/{pid}/status"
+            rss, pss = _kib(status, "VmRSS"), _kib(f"/proc/{pid}/smaps_rollup", "Pss")
+            rows.append(
+                {
+                    "pid": pid,
+                    "process": _describe(pid),
+                    "rss_mib": rss / 1024,
+                    "pss_mib": pss / 1024,
+                    # Anonymous pages are the process's own; file pages (mapped libraries, mostly torch's)
+                    # are shared by every process that maps the same file, yet counted in each one's RSS.
+                    "anon_mib": _kib(status, "RssAnon") / 1024,
+                    "file_mib": _kib(status, "RssFile") / 1024,
+                }
+            )
     finally:
         _stop_group(proc)
     total_rss = sum(r["rss_mib"] for r in rows)
     total_pss = sum(r["pss_mib"] for r in rows)
     print(f"\n{label} ({tree}):")
     for r in sorted(rows, key=lambda r: -r["rss_mib"]):
-        print(f"  {r['process']:<48} RSS {r['rss_mib']:8.1f} MiB   PSS {r['pss_mib']:8.1f} MiB")
+        print(
+            f"  {r['process']:<48} RSS {r['rss_mib']:8.1f} MiB   PSS {r['pss_mib']:8.1f} MiB"
+            f"   (anon {r['anon_mib']:7.1f}, file {r['file_mib']:7.1f})"
+        )
     print(f"  {'total':<48} RSS {total_rss:8.1f} MiB   PSS {total_pss:8.1f} MiB")
     return {"label": label, "processes": rows, "total_rss_mib": total_rss, "total_pss_mib": total_pss}
 

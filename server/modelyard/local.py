@@ -29,6 +29,9 @@ from modelyard.supervise import Stop, Supervisor
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
+# The pool's pages become resident as blocks are first used, and prefix caching keeps used blocks, so
+# a long session ends up holding the whole budget: 512 MiB is ~11,000 tokens of SmolLM2-135M.
+LOCAL_KV_CACHE_MEMORY = "512MiB"
 
 
 def _free_port() -> int:
@@ -72,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--chat-model", default=CHAT_MODEL, help="model path, smollm2-135m-instruct or a tiny-* name"
     )
     parser.add_argument("--embed-model", default=EMBED_MODEL, help="embedding model path or name")
+    parser.add_argument(
+        "--kv-cache-memory",
+        default=LOCAL_KV_CACHE_MEMORY,
+        help="the chat server's KV cache budget (the server's default, 4GiB, is sized for a pod)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
 
@@ -82,8 +90,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics_port = args.metrics_port or _free_port()
     chat_name = Path(args.chat_model).name  # a built-in name, or a checkpoint directory's name
     embed_name = Path(args.embed_model).name
+    chat_args = ["--model", args.chat_model, "--served-model-name", chat_name]
+    chat_args += ["--kv-cache-memory", args.kv_cache_memory]
     servers = {
-        chat_name: (chat_port, ["--model", args.chat_model, "--served-model-name", chat_name]),
+        chat_name: (chat_port, chat_args),
         embed_name: (
             embed_port,
             ["--model", args.embed_model, "--served-model-name", embed_name, "--task", "embed"],

@@ -128,6 +128,12 @@ class TorchEngine:
             GrammarCompiler(loaded.tokenizer, self._vocab) if loaded.tokenizer is not None else None
         )
 
+    def release_unused_weights(self) -> int:
+        """Free what only other users of the model would need (the plain projection weights beside the
+        fast forward's packed copies); the bytes freed. Call it before ``start``, and only when this
+        engine is the model's sole user, as in the engine process."""
+        return self._runner.release_unused_weights()
+
     # ----- the Engine protocol (event-loop side) -----
 
     @property

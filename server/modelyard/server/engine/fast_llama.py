@@ -68,6 +68,8 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     layers = getattr(inner, "layers", None)
     if inner is None or layers is None or getattr(inner, "rotary_emb", None) is None:
         return "unexpected module layout"
+    if any(p.is_meta for p in layers.parameters()):
+        return "the decoder's weights were released to another fast forward (or never loaded)"
     for layer in layers:
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         names = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -104,27 +106,36 @@ def use_fast_forward(model: torch.nn.Module, device: torch.device, setting: Fast
 class _Linear:
     """``x @ weight.T + bias`` for 2-D ``x``, through a prepacked oneDNN weight when there are enough rows."""
 
-    __slots__ = ("bias", "packed", "weight")
+    __slots__ = ("bias", "packed", "packed_min_rows", "weight")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool) -> None:
         self.weight = weight
         self.bias = bias
         self.packed: torch.Tensor | None = None
+        # Row count from which the packed weight is used; 0 once the plain weight is released.
+        self.packed_min_rows = PACKED_MIN_ROWS
         if pack and weight.device.type == "cpu":
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS_HINT)
             except (RuntimeError, AttributeError) as exc:  # a torch build without oneDNN
                 log.info("prepacked linear unavailable: %s", exc)
 
+    def release_plain(self) -> None:
+        """Drop the plain weight (a weightless meta tensor of its shape stays): every row count then
+        takes the packed product."""
+        assert self.packed is not None
+        self.weight = self.weight.to("meta")
+        self.packed_min_rows = 0
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and x.shape[0] >= PACKED_MIN_ROWS:
+        if self.packed is not None and x.shape[0] >= self.packed_min_rows:
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
             return out
         return F.linear(x, self.weight, self.bias)
 
     def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + self(x)`` in one kernel (the residual connection)."""
-        if self.packed is not None and x.shape[0] >= PACKED_MIN_ROWS:
+        if self.packed is not None and x.shape[0] >= self.packed_min_rows:
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise.binary(
                 x, residual, self.packed, self.bias, "add"
             )
@@ -191,6 +202,10 @@ class _Layer:
         self.gate_up = [_Linear(w, b, pack) for w, b in _merge([mlp.gate_proj, mlp.up_proj], levers.merged)]
         self.down = _Linear(down.weight, down.bias, pack)
 
+    @property
+    def linears(self) -> list[_Linear]:
+        return [*self.qkv, self.o, *self.gate_up, self.down]
+
 
 def _merged_output(linears: list[_Linear], x: torch.Tensor) -> torch.Tensor:
     """The group's outputs side by side (one matmul when the weights are merged)."""
@@ -238,6 +253,31 @@ class FastLlama:
         self.rotary = inner.rotary_emb
         self.norm = (inner.norm.weight, float(inner.norm.variance_epsilon))
         self.layers = [_Layer(layer, self.config, levers) for layer in inner.layers]
+
+    def release_module_weights(self) -> int:
+        """Free the plain decoder projection weights that the packed copies make redundant; the bytes
+        freed (0 when a projection has no packed copy, e.g. on GPU or without oneDNN: nothing changes).
+
+        Until then each projection's weight exists twice, plain and reordered for oneDNN (~405 MiB more
+        on the 135M shape in fp32). Afterwards one-row steps take the packed product too, and
+        transformers' decoder projections hold weightless meta tensors: the model runs only through
+        this forward. So only an engine that owns its model calls this (the engine process), never a
+        bench or test that builds several forwards over one model."""
+        linears = [lin for layer in self.layers for lin in layer.linears]
+        if not linears or any(lin.packed is None for lin in linears):
+            return 0
+        hf: Any = self.model
+        freed = sum(lin.weight.numel() * lin.weight.element_size() for lin in linears)
+        for lin in linears:
+            lin.release_plain()
+        for layer in hf.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            projections = [getattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+            projections += [getattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]
+            for module in projections:
+                base = _base(module)
+                base.weight = torch.nn.Parameter(base.weight.to("meta"), requires_grad=False)
+        return freed
 
     @property
     def head(self) -> Any:

@@ -204,6 +204,34 @@ def plan_placement(
     return placement, placement.device_map(groups.layers_prefix, groups.before, groups.after)
 
 
+def _mapped(tensor: torch.Tensor) -> bool:
+    # A CPU storage that torch did not allocate (it cannot resize it): here, the checkpoint's mapping.
+    return tensor.device.type == "cpu" and not tensor.untyped_storage().resizable()
+
+
+def own_weights(model: torch.nn.Module) -> int:
+    """Copy into memory of the process's own every CPU weight that is still a view of the checkpoint
+    file; the bytes copied.
+
+    transformers loads safetensors through a private ``mmap`` of the file and leaves the weights as
+    views into it: the mapping lives while any weight does, and every page once read stays resident.
+    The fast decode path builds merged and packed copies of most weights and the engine process then
+    frees the originals, but the mapping, held by the embeddings alone, kept all of them resident
+    (measured in docs/server.md, *Memory of the engine processes*)."""
+    copied = 0
+    with torch.no_grad():
+        for module in model.modules():
+            for param in module._parameters.values():
+                if param is not None and _mapped(param):
+                    param.data = param.detach().clone()  # the same Parameter: tied weights stay tied
+                    copied += param.numel() * param.element_size()
+            for name, buffer in module._buffers.items():
+                if buffer is not None and _mapped(buffer):
+                    module._buffers[name] = buffer.clone()
+                    copied += buffer.numel() * buffer.element_size()
+    return copied
+
+
 def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -> LoadedModel:
     """Load ``config.model`` (local dir or hub id) ready for the engine; blocking, call it in a thread."""
 
@@ -262,6 +290,10 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         model = dispatch_model(model, device_map=device_map, force_hooks=True)
     model.eval()
     model.requires_grad_(False)
+    # A causal LM reads every weight at each step (the LM head is the whole embedding matrix), so its
+    # own copy costs no more than the mapping's pages; an encoder looks a few embedding rows up, and
+    # its mapping holds only those.
+    copied = own_weights(model) if config.task == "generate" else 0
     fast_output_projection(model)  # CPU heads of causal LMs only; see lm_head.py
 
     limit = _context_length(hf_config)
@@ -294,6 +326,7 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         "ready",
         1.0,
         params=params,
+        copied_from_checkpoint_bytes=copied,
         max_model_len=limit,
         placement=placement,
         seconds=round(time.monotonic() - started, 2),

@@ -45,6 +45,11 @@ class ModelRunner:
         self._to_clear: list[int] = []
         self._logits_kw = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
+    def release_unused_weights(self) -> int:
+        """Bytes of plain weights freed where the fast forward holds packed copies (fast_llama.py);
+        only for a runner that is its model's sole user."""
+        return self.model.release_module_weights() if isinstance(self.model, FastLlama) else 0
+
     def allocate(self, num_blocks: int) -> None:
         self.pool = KVPool(self.num_layers, num_blocks, self.block_size)
 

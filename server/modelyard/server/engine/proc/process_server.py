@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -20,10 +21,17 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
+from modelyard.server.engine.host import heap
 from modelyard.server.engine.host.threads import apply_torch_threads
 from modelyard.server.engine.proc import ipc
 from modelyard.server.engine.proc.process import LAUNCH_HEADER
-from modelyard.server.engine.types import EngineError, EngineStats, GenerationOutput, GenerationRequest
+from modelyard.server.engine.types import (
+    EngineConfig,
+    EngineError,
+    EngineStats,
+    GenerationOutput,
+    GenerationRequest,
+)
 
 log = logging.getLogger("modelyard.server.engine.proc.process")
 
@@ -137,6 +145,33 @@ def _wire_error(exc: Exception, failed: str) -> ipc.WireError:
     return ipc.WireError.of(exc)
 
 
+# Optional packages that transformers' and torch's imports pull in when installed, and that an engine on
+# CPU never runs: triton compiles GPU kernels (torch._dynamo, which transformers imports, loads it: ~70
+# MiB of RSS) and scipy serves object-detection losses (~33 MiB). Both already are optional: torch and
+# transformers check for them, and take a package whose sys.modules entry is None as not installed.
+UNUSED_ON_CPU = ("triton", "scipy")
+
+
+def skip_unused_packages(config: EngineConfig) -> list[str]:
+    """Mark ``UNUSED_ON_CPU`` as absent in this process when its engine runs on CPU; the names marked.
+    Not with --trust-remote-code: a model's own code may import them."""
+    if config.trust_remote_code or config.device == "cuda":
+        return []
+    if config.device == "auto":
+        import torch  # not triton or scipy: those come with transformers' modelling code
+
+        if torch.cuda.is_available():
+            return []
+    hidden = [name for name in UNUSED_ON_CPU if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    return hidden
+
+
+def log_memory(stage: str, **fields: Any) -> None:
+    log.info("engine process memory", extra={"stage": stage, "rss_bytes": heap.rss_bytes(), **fields})
+
+
 def _exit_when_parent_dies(fd: int) -> None:
     """Block on the pipe from the HTTP process; its EOF means the parent is gone: exit now."""
 
@@ -168,10 +203,20 @@ async def _serve(spec: ipc.LaunchSpec) -> int:
         from modelyard.server.engine.engine import TorchEngine
         from modelyard.server.engine.model.loader import load_model
 
+        log_memory("imports done")
         loaded = await asyncio.to_thread(load_model, spec.config, progress)
+        log_memory("weights loaded")
         progress("starting engine", 0.95)
         engine = TorchEngine(loaded, spec.config)
+        # This process's engine is the model's only user: what only transformers' modules would read
+        # goes (docs/server.md, "Memory of the engine processes").
+        freed = engine.release_unused_weights()
+        gc.collect()  # loading leaves reference cycles that hold tensors
+        heap.trim()
+        log_memory("engine built", released_bytes=freed)
         await engine.start()
+        heap.trim()
+        log_memory("engine started")
     except Exception as exc:
         log.exception("engine process: model load failed")
         await outputs.send(ipc.encode(ipc.LoadFailed(f"{type(exc).__name__}: {exc}")))
@@ -196,6 +241,7 @@ async def _serve(spec: ipc.LaunchSpec) -> int:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the HTTP process decides when we stop
+    heap.limit_arenas()  # before any thread starts (the loader, the engine, OpenMP, ZeroMQ)
     fd = sys.stdin.fileno()
     header = _read_exactly(fd, LAUNCH_HEADER.size)
     if header is None:
@@ -207,6 +253,9 @@ def main() -> None:
     from modelyard.server.logs import configure_logging
 
     configure_logging(spec.log_level, spec.log_format)
+    hidden = skip_unused_packages(spec.config)
+    if hidden:
+        log.info("packages a CPU engine does not use are not imported", extra={"packages": hidden})
     _exit_when_parent_dies(fd)
     apply_torch_threads(spec.threads)
     code = asyncio.run(_serve(spec))

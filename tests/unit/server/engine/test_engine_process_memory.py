@@ -1,0 +1,66 @@
+"""What keeps the engine process small: a causal LM's weights are the process's own memory, not views
+of the checkpoint's mapping (whose pages would stay resident after the fast path frees the originals),
+and a CPU engine does not import the optional packages it never runs (triton, scipy)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from modelyard.server.engine import EngineConfig
+from modelyard.server.engine.model.loader import load_model
+
+pytestmark = pytest.mark.model
+
+
+def _mapped(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if not p.untyped_storage().resizable()]
+
+
+def test_a_causal_lms_weights_leave_the_checkpoint_mapping(model_dirs: dict[str, Path]) -> None:
+    loaded = load_model(EngineConfig(model=str(model_dirs["gpt2"]), device="cpu"))
+    model: torch.nn.Module = loaded.model
+    assert not _mapped(model)
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()  # type: ignore[operator]
+    assert head.weight is embeddings.weight  # still tied: the Parameter kept, its data copied
+
+
+def test_an_encoder_keeps_its_mapping(model_dirs: dict[str, Path]) -> None:
+    # An encoder reads a few rows of its embedding table: the mapping holds only those pages.
+    loaded = load_model(EngineConfig(model=str(model_dirs["llama"]), device="cpu", task="embed"))
+    assert _mapped(loaded.model)
+
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from modelyard.server.engine.proc.process_server import skip_unused_packages
+    from modelyard.server.engine.types import EngineConfig
+    hidden = skip_unused_packages(EngineConfig(model="m", device="cpu", trust_remote_code=sys.argv[1] == "1"))
+    import transformers.modeling_utils
+    from transformers.utils import is_scipy_available
+    print(json.dumps({"hidden": hidden, "scipy": is_scipy_available(),
+                      "loaded": sorted(m for m in ("triton", "scipy") if sys.modules.get(m) is not None)}))
+    """
+)
+
+
+@pytest.mark.parametrize("remote_code", [False, True])
+def test_a_cpu_engine_process_skips_triton_and_scipy(remote_code: bool) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "1" if remote_code else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    result = done.stdout.strip().splitlines()[-1]
+    if remote_code:  # a model's own code may import them
+        assert '"hidden": []' in result
+    else:
+        assert result == '{"hidden": ["triton", "scipy"], "scipy": false, "loaded": []}'
