@@ -18,7 +18,8 @@ into its own venv under ~/.cache/modelyard/bench on first use.
 ``--levers`` adds Modelyard once per throughput lever, each changing one thing from the default router
 (uvloop, access log off, one worker): ``asyncio`` (uvloop not loaded), ``+access-log``, ``-metrics``
 (the per-request metrics record skipped), ``model-only-parse`` (the body decoded with msgspec into just
-``model`` and ``stream``, its other fields not parsed: the ceiling of a faster parse). ``--workers N``
+``model`` and ``stream``, its other fields not parsed: the ceiling of a faster parse), ``aiohttp-client``
+(aiohttp's client to the pods instead of the router's own, upstream_http.py). ``--workers N``
 adds Modelyard with N worker processes on one port, and with ``--store`` once more with the store. The
 variants that patch the router (``--router-variant``) run it
 in-process from this script; a worker set's CPU is the supervisor's plus its live workers'. It also
@@ -198,6 +199,10 @@ def run_router_variant(name: str) -> None:
             return None
 
         proxy.record = no_metrics  # type: ignore[assignment]
+    elif name == "aiohttp-client":
+        from modelyard.router.upstream_http import UpstreamClient
+
+        UpstreamClient.handles = staticmethod(lambda base: False)  # type: ignore[method-assign]
     elif name == "model-only-parse":
         import msgspec
 
@@ -438,6 +443,7 @@ def main() -> None:
             targets.append(modelyard("my +access-log", {"MODELYARD_ROUTER_ACCESS_LOG": "true"}))
             targets.append(modelyard("my -metrics", {}, "no-metrics"))
             targets.append(modelyard("my model-only-parse", {}, "model-only-parse"))
+            targets.append(modelyard("my aiohttp-client", {}, "aiohttp-client"))
         if args.workers > 1:
             targets.append(
                 modelyard(f"my workers={args.workers}", {"MODELYARD_ROUTER_WORKERS": str(args.workers)})

@@ -7,7 +7,7 @@ scanned on the way through (for token metrics and key budgets) without buffering
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -17,6 +17,7 @@ from modelyard.router import errors
 from modelyard.router.body import SseUsageScanner, scan_usage
 from modelyard.router.exchange import Exchange
 from modelyard.router.migration import STREAM_TOKENS_HEADER, Migration
+from modelyard.router.upstream_http import UpstreamResponse
 
 HOP_BY_HOP = frozenset(
     {
@@ -32,23 +33,29 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+_NOT_FORWARDED = HOP_BY_HOP | {"date", "server"}
 SSE_DONE = b"data: [DONE]"
 
 # Called when the pod fails mid-answer (connection cut, timeout): health bookkeeping and metrics.
 OnCut = Callable[[BaseException], None]
 
 
-def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMultiDict[str]:
+def response_headers(upstream: UpstreamResponse, request_id: str) -> CIMultiDict[str]:
+    return forwarded_headers(upstream.headers.items(), request_id)
+
+
+def forwarded_headers(headers: Iterable[tuple[str, str]], request_id: str) -> CIMultiDict[str]:
+    """A pod's answer headers as the client gets them: no hop-by-hop ones, aiohttp's own Date/Server."""
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
-        if name.lower() not in HOP_BY_HOP and name.lower() not in ("date", "server"):
+    for name, value in headers:
+        if name.lower() not in _NOT_FORWARDED:
             out.add(name, value)
     out["x-request-id"] = request_id
     return out
 
 
 async def relay_body(
-    ex: Exchange, model: str, upstream: aiohttp.ClientResponse, on_cut: OnCut
+    ex: Exchange, model: str, upstream: UpstreamResponse, on_cut: OnCut
 ) -> web.StreamResponse:
     try:
         data = await upstream.read()
@@ -61,9 +68,7 @@ async def relay_body(
     return web.Response(body=data, status=upstream.status, headers=response_headers(upstream, ex.request_id))
 
 
-async def open_stream(
-    request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse
-) -> web.StreamResponse:
+async def open_stream(request: web.Request, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
     headers = response_headers(upstream, ex.request_id)
     headers.popall(STREAM_TOKENS_HEADER, None)
     response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -74,7 +79,7 @@ async def open_stream(
 
 
 async def relay_stream(
-    request: web.Request, ex: Exchange, model: str, upstream: aiohttp.ClientResponse, on_cut: OnCut
+    request: web.Request, ex: Exchange, model: str, upstream: UpstreamResponse, on_cut: OnCut
 ) -> web.StreamResponse:
     response = await open_stream(request, ex, upstream)
     await pump(ex, model, upstream, response, on_cut)
@@ -84,7 +89,7 @@ async def relay_stream(
 async def pump(
     ex: Exchange,
     model: str,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     response: web.StreamResponse,
     on_cut: OnCut,
     migration: Migration | None = None,
@@ -135,7 +140,7 @@ async def pump(
 async def _pump_resumable(
     ex: Exchange,
     model: str,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     response: web.StreamResponse,
     on_cut: OnCut,
     migration: Migration,
