@@ -460,7 +460,8 @@ class Proxy:
         if is_stream:
             if resumable is not None and upstream.status == 200:
                 # Committed from here: a migration relays into this same client stream.
-                reply.stream = await open_stream(reply.request, ex, upstream)
+                coalesce = resumable.blocked is not None  # relayed as read: nothing held back
+                reply.stream = await open_stream(reply.request, ex, upstream, coalesce)
                 await pump(ex, route.name, upstream, reply.stream, on_cut, resumable)
                 return reply.stream
             return await relay_stream(reply.request, ex, route.name, upstream, on_cut)

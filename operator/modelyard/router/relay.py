@@ -17,7 +17,7 @@ from modelyard.router import errors
 from modelyard.router.body import SseUsageScanner, scan_usage
 from modelyard.router.exchange import Exchange
 from modelyard.router.migration import STREAM_TOKENS_HEADER, Migration
-from modelyard.router.upstream_http import UpstreamResponse
+from modelyard.router.upstream_http import StreamedAnswer, UpstreamResponse
 
 HOP_BY_HOP = frozenset(
     {
@@ -68,10 +68,23 @@ async def relay_body(
     return web.Response(body=data, status=upstream.status, headers=response_headers(upstream, ex.request_id))
 
 
-async def open_stream(request: web.Request, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
+class _HeadersWithFirstChunk(web.StreamResponse):
+    """A stream whose head goes out in the same send as its first chunk (aiohttp sends a stream's head
+    on its own by default): used only when that chunk is already here, so nothing waits for it."""
+
+    _send_headers_immediately = False
+
+
+async def open_stream(
+    request: web.Request, ex: Exchange, upstream: UpstreamResponse, coalesce: bool = False
+) -> web.StreamResponse:
+    """``coalesce``: the caller writes what the pod sent as soon as it reads it (no held-back events),
+    so the head may wait for that write when the pod's first bytes are already in."""
     headers = response_headers(upstream, ex.request_id)
     headers.popall(STREAM_TOKENS_HEADER, None)
-    response = web.StreamResponse(status=upstream.status, headers=headers)
+    ready = coalesce and isinstance(upstream, StreamedAnswer) and upstream.content.ready()
+    kind = _HeadersWithFirstChunk if ready else web.StreamResponse
+    response = kind(status=upstream.status, headers=headers)
     response.enable_chunked_encoding()
     await response.prepare(request)
     ex.status = upstream.status
@@ -81,7 +94,7 @@ async def open_stream(request: web.Request, ex: Exchange, upstream: UpstreamResp
 async def relay_stream(
     request: web.Request, ex: Exchange, model: str, upstream: UpstreamResponse, on_cut: OnCut
 ) -> web.StreamResponse:
-    response = await open_stream(request, ex, upstream)
+    response = await open_stream(request, ex, upstream, coalesce=True)
     await pump(ex, model, upstream, response, on_cut)
     return response
 
@@ -122,11 +135,14 @@ async def pump(
                 break
             if ex.ttft_s is None:
                 ex.ttft_s = time.perf_counter() - ex.start
-            await response.write(chunk)
             scanner.feed(chunk)
             tail = chunk[-16:] if len(chunk) >= 16 else (tail + chunk)[-16:]
             if SSE_DONE in tail:
                 ex.stream_complete = True
+            if content.at_eof():
+                await response.write_eof(chunk)  # the last chunk and the stream's end in one send
+                return
+            await response.write(chunk)
         await response.write_eof()
     except ConnectionResetError:
         # The client went away; the caller closes the upstream connection.

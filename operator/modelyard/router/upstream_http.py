@@ -150,6 +150,10 @@ class Body:
     def at_eof(self) -> bool:
         return self._eof and not self._chunks
 
+    def ready(self) -> bool:
+        """Whether ``readany`` would answer at once."""
+        return bool(self._chunks) or self._eof or self._exc is not None
+
 
 class StreamedAnswer:
     """An answer whose head is in and whose body is read as it comes (``content``); the relay's view
