@@ -372,6 +372,11 @@ def main() -> None:
     p.add_argument(
         "--workers", type=int, default=0, help="also Modelyard with this many workers (and +store)"
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="also the router from another checkout's tree (e.g. `git archive` of an older commit)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="throughput rounds over all targets (median)")
     p.add_argument("--only-mode", choices=("json", "stream"), help="run one of the two modes only")
     p.add_argument(
@@ -438,6 +443,9 @@ def main() -> None:
         cfg = tmp / "router.json"
         cfg.write_text(json.dumps({"models": {MODEL: [f"http://127.0.0.1:{up}"]}}))
         targets.append(modelyard("modelyard-router", {}))
+        if args.baseline is not None:
+            base_path = os.pathsep.join([str(args.baseline.resolve() / "operator"), str(REPO)])
+            targets.append(modelyard("my baseline", {"PYTHONPATH": base_path}))
         if args.levers:
             targets.append(modelyard("my asyncio", {}, "asyncio"))
             targets.append(modelyard("my +access-log", {"MODELYARD_ROUTER_ACCESS_LOG": "true"}))
