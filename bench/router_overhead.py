@@ -521,7 +521,8 @@ def main() -> None:
             )
             targets.append(Target("litellm-proxy", f"http://127.0.0.1:{lp}/v1", lpid))
 
-        results: dict[str, Any] = {"config": vars(args) | {"json": str(args.json), "cpus": os.cpu_count()}}
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        results: dict[str, Any] = {"config": config | {"cpus": os.cpu_count()}}
         if args.levers:
             results["parse_us"] = parse_costs()
         modes = (False, True) if args.only_mode is None else (args.only_mode == "stream",)
