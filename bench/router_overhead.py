@@ -18,7 +18,8 @@ into its own venv under ~/.cache/modelyard/bench on first use.
 ``--levers`` adds Modelyard once per throughput lever, each changing one thing from the default router
 (uvloop, access log off, one worker): ``asyncio`` (uvloop not loaded), ``+access-log``, ``-metrics``
 (the per-request metrics record skipped), ``model-only-parse`` (the body decoded with msgspec into just
-``model`` and ``stream``, its other fields not parsed: the ceiling of a faster parse). ``--workers N``
+``model`` and ``stream``, its other fields not parsed: the ceiling of a faster parse), ``aiohttp-client``
+(aiohttp's client to the pods instead of the router's own, upstream_http.py). ``--workers N``
 adds Modelyard with N worker processes on one port, and with ``--store`` once more with the store. The
 variants that patch the router (``--router-variant``) run it
 in-process from this script; a worker set's CPU is the supervisor's plus its live workers'. It also
@@ -198,6 +199,10 @@ def run_router_variant(name: str) -> None:
             return None
 
         proxy.record = no_metrics  # type: ignore[assignment]
+    elif name == "aiohttp-client":
+        from modelyard.router.upstream_http import UpstreamClient
+
+        UpstreamClient.handles = staticmethod(lambda base: False)  # type: ignore[method-assign]
     elif name == "model-only-parse":
         import msgspec
 
@@ -367,6 +372,11 @@ def main() -> None:
     p.add_argument(
         "--workers", type=int, default=0, help="also Modelyard with this many workers (and +store)"
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="also the router from another checkout's tree (e.g. `git archive` of an older commit)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="throughput rounds over all targets (median)")
     p.add_argument("--only-mode", choices=("json", "stream"), help="run one of the two modes only")
     p.add_argument(
@@ -433,11 +443,15 @@ def main() -> None:
         cfg = tmp / "router.json"
         cfg.write_text(json.dumps({"models": {MODEL: [f"http://127.0.0.1:{up}"]}}))
         targets.append(modelyard("modelyard-router", {}))
+        if args.baseline is not None:
+            base_path = os.pathsep.join([str(args.baseline.resolve() / "operator"), str(REPO)])
+            targets.append(modelyard("my baseline", {"PYTHONPATH": base_path}))
         if args.levers:
             targets.append(modelyard("my asyncio", {}, "asyncio"))
             targets.append(modelyard("my +access-log", {"MODELYARD_ROUTER_ACCESS_LOG": "true"}))
             targets.append(modelyard("my -metrics", {}, "no-metrics"))
             targets.append(modelyard("my model-only-parse", {}, "model-only-parse"))
+            targets.append(modelyard("my aiohttp-client", {}, "aiohttp-client"))
         if args.workers > 1:
             targets.append(
                 modelyard(f"my workers={args.workers}", {"MODELYARD_ROUTER_WORKERS": str(args.workers)})
@@ -507,7 +521,8 @@ def main() -> None:
             )
             targets.append(Target("litellm-proxy", f"http://127.0.0.1:{lp}/v1", lpid))
 
-        results: dict[str, Any] = {"config": vars(args) | {"json": str(args.json), "cpus": os.cpu_count()}}
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        results: dict[str, Any] = {"config": config | {"cpus": os.cpu_count()}}
         if args.levers:
             results["parse_us"] = parse_costs()
         modes = (False, True) if args.only_mode is None else (args.only_mode == "stream",)

@@ -45,6 +45,9 @@ from modelyard.router.usage import usage_handler
 
 log = logging.getLogger("modelyard.router")
 
+# The proxied paths most requests take; any other /v1 POST reaches the same handler by pattern.
+HOT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+
 SETTINGS: web.AppKey[RouterSettings] = web.AppKey("settings", RouterSettings)
 TABLE: web.AppKey[RoutingTable] = web.AppKey("table", RoutingTable)
 PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
@@ -154,17 +157,21 @@ def create_app(
             if store is not None:
                 await store.close()
             await session_holder["s"].close()
+            proxy.upstream.close()
             if tracing is not None:
                 tracing.shutdown()  # flushes the spans still batched
 
     app.cleanup_ctx.append(lifecycle)
-    app.on_response_prepare.append(_rate_headers)
+    if settings.api_keys_file is not None or settings.api_keys_secret:
+        app.on_response_prepare.append(_rate_headers)  # only admitted requests of a key carry them
 
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/v1/usage", usage_handler(admission))
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
+    for path in HOT_PATHS:
+        app.router.add_post(path, proxy.handle)  # a plain route resolves by dict lookup, no regex
     app.router.add_post("/v1/{tail:.+}", proxy.handle)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app

@@ -28,6 +28,13 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise errors.body_too_large(limit)
+    content = request.content
+    if content.is_eof():
+        # All of it came with the headers (most JSON bodies): taken as it is, with no timer to arm.
+        data = content.read_nowait()
+        if len(data) > limit:
+            raise errors.body_too_large(limit)
+        return data
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
@@ -116,6 +123,13 @@ def _extract(buf: bytes) -> Usage | object | None:
         return _INCOMPLETE
     if buf[pos] != ord("{"):
         return None  # "usage": null
+    close = buf.find(b"}", pos)
+    if close > 0 and buf.find(b"{", pos + 1, close) < 0:
+        # A flat object (the usual case): its first "}" ends it, unless that "}" sits inside a string,
+        # and then the cut text is not valid JSON and the scan below decides.
+        flat = _to_usage(buf[pos : close + 1], strict=True)
+        if flat is not _INVALID:
+            return flat
     depth = 0
     in_string = False
     escaped = False
@@ -139,11 +153,16 @@ def _extract(buf: bytes) -> Usage | object | None:
     return _INCOMPLETE
 
 
-def _to_usage(raw: bytes) -> Usage | None:
+_INVALID = object()
+
+
+def _to_usage(raw: bytes, strict: bool = False) -> Usage | object | None:
+    """The usage in a JSON object's text; None when it has none (or ``_INVALID``, with ``strict``, when
+    the text is not JSON)."""
     try:
         obj = json.loads(raw)
     except ValueError:
-        return None
+        return _INVALID if strict else None
     # Chat/completions name them prompt/completion tokens; the Responses API input/output tokens.
     prompt = obj.get("prompt_tokens", obj.get("input_tokens"))
     completion = obj.get("completion_tokens", obj.get("output_tokens", 0))

@@ -36,16 +36,18 @@ class Exchange:
 
 def record(ex: Exchange, elapsed: float, metrics: RouterMetrics, access_log_on: bool) -> None:
     m = metrics
-    m.requests.labels(ex.model, str(ex.status), ex.key).inc()
+    m.requests_of(ex.model, ex.status, ex.key).inc()
     if ex.model != MODEL_UNKNOWN:
-        m.request_duration.labels(ex.model).observe(elapsed)
+        series = m.series(ex.model)
+        series.duration.observe(elapsed)
         if ex.ttft_s is not None:
-            m.ttft.labels(ex.model).observe(ex.ttft_s)
+            series.ttft.observe(ex.ttft_s)
         if ex.held_s > 0:
             m.hold_duration.labels(ex.model).observe(ex.held_s)
         if ex.usage is not None:
-            m.prompt_tokens.labels(ex.model, ex.key).inc(ex.usage.prompt_tokens)
-            m.completion_tokens.labels(ex.model, ex.key).inc(ex.usage.completion_tokens)
+            prompt, completion = m.tokens_of(ex.model, ex.key)
+            prompt.inc(ex.usage.prompt_tokens)
+            completion.inc(ex.usage.completion_tokens)
     if access_log_on and access_log.isEnabledFor(logging.INFO):
         access_log.info(
             json.dumps(

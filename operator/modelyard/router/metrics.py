@@ -10,6 +10,7 @@ fixed values. Pod addresses never appear in labels.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -35,11 +36,25 @@ class EndpointState(StrEnum):
     EJECTED = "ejected"
 
 
+@dataclass(frozen=True, slots=True)
+class ModelSeries:
+    """The series every request of a model touches, labelled once: ``labels()`` costs a few µs a call
+    (label checks, string conversion, a lock), paid twice or more per request otherwise."""
+
+    in_flight: Gauge
+    duration: Histogram
+    ttft: Histogram
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.known_models: set[str] = set()  # models whose series exist (init_model ran)
         self._store_up: Gauge | None = None
+        # Labelled children by label values (series are never removed, so entries never go stale).
+        self._series: dict[str, ModelSeries] = {}
+        self._requests: dict[tuple[str, int, str], Counter] = {}
+        self._tokens: dict[tuple[str, str], tuple[Counter, Counter]] = {}
         r = self.registry
         self.requests = Counter(
             "modelyard_router_requests",
@@ -182,6 +197,31 @@ class RouterMetrics:
         for kind in DISCOVERY_KINDS:
             self.discovery_events.labels(kind)
             self.discovery_errors.labels(kind)
+
+    def series(self, model: str) -> ModelSeries:
+        found = self._series.get(model)
+        if found is None:
+            found = self._series[model] = ModelSeries(
+                self.in_flight.labels(model), self.request_duration.labels(model), self.ttft.labels(model)
+            )
+        return found
+
+    def requests_of(self, model: str, code: int, key: str) -> Counter:
+        """``modelyard_router_requests_total{model, code, key}``."""
+        found = self._requests.get((model, code, key))
+        if found is None:
+            found = self._requests[(model, code, key)] = self.requests.labels(model, str(code), key)
+        return found
+
+    def tokens_of(self, model: str, key: str) -> tuple[Counter, Counter]:
+        """The prompt and completion token counters of a model and key."""
+        found = self._tokens.get((model, key))
+        if found is None:
+            found = self._tokens[(model, key)] = (
+                self.prompt_tokens.labels(model, key),
+                self.completion_tokens.labels(model, key),
+            )
+        return found
 
     def store_gauge(self) -> Gauge:
         """``modelyard_router_store_up``, registered only by routers configured with a store."""

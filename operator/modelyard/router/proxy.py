@@ -17,7 +17,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 
 import aiohttp
@@ -27,7 +26,7 @@ from multidict import CIMultiDict
 from modelyard.router import errors
 from modelyard.router.admission import RATE_HEADERS, Admission, Grant
 from modelyard.router.balancer import chwbl, least_load, prefix_key
-from modelyard.router.body import RoutedBody, parse_body, read_body
+from modelyard.router.body import RoutedBody, parse_body, read_body, scan_usage
 from modelyard.router.errors import RouterError
 from modelyard.router.exchange import Exchange, record
 from modelyard.router.fairqueue import FairQueues
@@ -45,17 +44,36 @@ from modelyard.router.migration import (
 )
 from modelyard.router.peer_names import rename_for_upstream
 from modelyard.router.quota import estimate_tokens
-from modelyard.router.relay import HOP_BY_HOP, open_stream, pump, relay_body, relay_stream
+from modelyard.router.relay import (
+    HOP_BY_HOP,
+    forwarded_headers,
+    open_stream,
+    pump,
+    relay_body,
+    relay_stream,
+)
 from modelyard.router.reply import ClientReply, is_envelope
 from modelyard.router.settings import RouterSettings
 from modelyard.router.table import ModelRoute, RoutingTable, Strategy
 from modelyard.router.tracing import RouterTracing, span
+from modelyard.router.upstream_http import ConnectFailed, UpstreamClient, UpstreamResponse
 
 log = logging.getLogger("modelyard.router.proxy")
 
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 UNHEALTHY_STATUS = frozenset({502, 503, 504})
+# Failures that happened before the request left: it may go to another pod whatever it asks for.
+NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, ConnectFailed)
 Failure = tuple[int, bytes, CIMultiDict[str]]
+
+
+def new_request_id() -> str:
+    """32 hex digits, as uuid4().hex was: unique, not secret (uuid4 cost about 4% of a JSON request's
+    CPU: a getrandom call and a UUID object)."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+_ids = random.Random()  # seeded from os.urandom once per process (each worker is its own process)
 
 
 class _Retry(Exception):
@@ -99,13 +117,20 @@ class Proxy:
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.upstream_read_timeout_s
         )
+        # Plain-HTTP pods; aiohttp's client (``session``) serves https:// pods and the prober.
+        self.upstream = UpstreamClient(
+            settings.connect_timeout_s,
+            settings.upstream_read_timeout_s,
+            settings.upstream_keepalive_s,
+            settings.upstream_max_connections,
+        )
 
     # ---- entry point -------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         start = time.perf_counter()
         ex = Exchange(
-            request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+            request_id=request.headers.get("x-request-id") or new_request_id(),
             method=request.method,
             path=request.path,
             start=start,
@@ -179,7 +204,7 @@ class Proxy:
             )
             grant = await self.admission.admit(key, route.name, routed.model, estimate)  # 404/429/503
             request[RATE_HEADERS] = grant.rate.headers()
-        gauge = self.metrics.in_flight.labels(route.name)
+        gauge = self.metrics.series(route.name).in_flight
         gauge.inc()
         self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
         self.started[route.name] = self.started.get(route.name, 0) + 1
@@ -323,23 +348,18 @@ class Proxy:
         body: bytes,
         migration: Migration | None = None,
     ) -> web.StreamResponse:
+        if migration is None and reply.stream is None and not reply.ex.stream and self.upstream.handles(url):
+            return await self._attempt_whole(reply, route, url, path, headers, body)
         state = self.table.state(url)
         state.in_flight += 1
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: UpstreamResponse | None = None
 
         def on_cut(exc: BaseException) -> None:
             self._upstream_failed(route, url, exc)
 
         try:
             try:
-                upstream = await self.session().request(
-                    reply.request.method,
-                    url + path,
-                    data=body,
-                    headers=headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
+                upstream = await self._open(reply.request.method, url, path, headers, body)
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 self._upstream_failed(route, url, exc)
                 self._check_replay(reply, route, exc)
@@ -365,12 +385,58 @@ class Proxy:
                 else:
                     upstream.close()
 
+    async def _open(
+        self, method: str, url: str, path: str, headers: CIMultiDict[str], body: bytes
+    ) -> UpstreamResponse:
+        """Send a request whose answer is read as it comes: the lean client for plain-HTTP pods."""
+        if self.upstream.handles(url):
+            return await self.upstream.open(url, method, path, headers.items(), body)
+        return await self.session().request(
+            method, url + path, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+        )
+
+    async def _attempt_whole(
+        self,
+        reply: ClientReply,
+        route: ModelRoute,
+        url: str,
+        path: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+    ) -> web.StreamResponse:
+        """One attempt of a non-streamed request: the whole answer is read, then relayed in one write."""
+        state = self.table.state(url)
+        state.in_flight += 1
+        try:
+            answer = await self.upstream.send(url, reply.request.method, path, headers.items(), body)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            self._upstream_failed(route, url, exc)
+            self._check_replay(reply, route, exc)
+            raise _Retry() from None
+        finally:
+            state.in_flight -= 1
+        status = answer.status
+        if status in RETRYABLE_STATUS:
+            self.metrics.upstream_errors.labels(route.name, UpstreamError.STATUS_5XX.value).inc()
+            if status in UNHEALTHY_STATUS and self.health.failure(url):
+                self._ejected(route, url)
+            raise _Retry((status, answer.body, CIMultiDict(answer.headers)))
+        self.health.success(url)
+        ex = reply.ex
+        with span(self.tracing, "router.relay", **{"http.response.status_code": status}):
+            ex.status = status
+            if status == 200:
+                ex.usage = scan_usage(answer.body)
+            return web.Response(
+                body=answer.body, status=status, headers=forwarded_headers(answer.headers, ex.request_id)
+            )
+
     async def _relay(
         self,
         reply: ClientReply,
         route: ModelRoute,
         url: str,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         on_cut: Callable[[BaseException], None],
         migration: Migration | None,
     ) -> web.StreamResponse:
@@ -394,7 +460,8 @@ class Proxy:
         if is_stream:
             if resumable is not None and upstream.status == 200:
                 # Committed from here: a migration relays into this same client stream.
-                reply.stream = await open_stream(reply.request, ex, upstream)
+                coalesce = resumable.blocked is not None  # relayed as read: nothing held back
+                reply.stream = await open_stream(reply.request, ex, upstream, coalesce)
                 await pump(ex, route.name, upstream, reply.stream, on_cut, resumable)
                 return reply.stream
             return await relay_stream(reply.request, ex, route.name, upstream, on_cut)
@@ -409,9 +476,7 @@ class Proxy:
     def _check_replay(self, reply: ClientReply, route: ModelRoute, exc: BaseException | None) -> None:
         """A non-streamed request the pod may have started (``exc`` None: its answer was cut) is sent
         again whole only when deterministic; else the client gets the 502 envelope."""
-        started = exc is None or not isinstance(
-            exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-        )
+        started = exc is None or not isinstance(exc, NOT_SENT)
         if reply.ex.stream or not started:
             return
         why = not_replayable(reply.request.path, reply.fields)
@@ -423,7 +488,7 @@ class Proxy:
             UpstreamError.TIMEOUT
             if isinstance(exc, TimeoutError)
             else UpstreamError.CONNECT
-            if isinstance(exc, aiohttp.ClientConnectorError)
+            if isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailed))
             else UpstreamError.DISCONNECT
         )
         self.metrics.upstream_errors.labels(route.name, reason.value).inc()

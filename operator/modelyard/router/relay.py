@@ -7,7 +7,7 @@ scanned on the way through (for token metrics and key budgets) without buffering
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -17,6 +17,7 @@ from modelyard.router import errors
 from modelyard.router.body import SseUsageScanner, scan_usage
 from modelyard.router.exchange import Exchange
 from modelyard.router.migration import STREAM_TOKENS_HEADER, Migration
+from modelyard.router.upstream_http import StreamedAnswer, UpstreamResponse
 
 HOP_BY_HOP = frozenset(
     {
@@ -32,23 +33,29 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+_NOT_FORWARDED = HOP_BY_HOP | {"date", "server"}
 SSE_DONE = b"data: [DONE]"
 
 # Called when the pod fails mid-answer (connection cut, timeout): health bookkeeping and metrics.
 OnCut = Callable[[BaseException], None]
 
 
-def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMultiDict[str]:
+def response_headers(upstream: UpstreamResponse, request_id: str) -> CIMultiDict[str]:
+    return forwarded_headers(upstream.headers.items(), request_id)
+
+
+def forwarded_headers(headers: Iterable[tuple[str, str]], request_id: str) -> CIMultiDict[str]:
+    """A pod's answer headers as the client gets them: no hop-by-hop ones, aiohttp's own Date/Server."""
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
-        if name.lower() not in HOP_BY_HOP and name.lower() not in ("date", "server"):
+    for name, value in headers:
+        if name.lower() not in _NOT_FORWARDED:
             out.add(name, value)
     out["x-request-id"] = request_id
     return out
 
 
 async def relay_body(
-    ex: Exchange, model: str, upstream: aiohttp.ClientResponse, on_cut: OnCut
+    ex: Exchange, model: str, upstream: UpstreamResponse, on_cut: OnCut
 ) -> web.StreamResponse:
     try:
         data = await upstream.read()
@@ -61,12 +68,23 @@ async def relay_body(
     return web.Response(body=data, status=upstream.status, headers=response_headers(upstream, ex.request_id))
 
 
+class _HeadersWithFirstChunk(web.StreamResponse):
+    """A stream whose head goes out in the same send as its first chunk (aiohttp sends a stream's head
+    on its own by default): used only when that chunk is already here, so nothing waits for it."""
+
+    _send_headers_immediately = False
+
+
 async def open_stream(
-    request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse
+    request: web.Request, ex: Exchange, upstream: UpstreamResponse, coalesce: bool = False
 ) -> web.StreamResponse:
+    """``coalesce``: the caller writes what the pod sent as soon as it reads it (no held-back events),
+    so the head may wait for that write when the pod's first bytes are already in."""
     headers = response_headers(upstream, ex.request_id)
     headers.popall(STREAM_TOKENS_HEADER, None)
-    response = web.StreamResponse(status=upstream.status, headers=headers)
+    ready = coalesce and isinstance(upstream, StreamedAnswer) and upstream.content.ready()
+    kind = _HeadersWithFirstChunk if ready else web.StreamResponse
+    response = kind(status=upstream.status, headers=headers)
     response.enable_chunked_encoding()
     await response.prepare(request)
     ex.status = upstream.status
@@ -74,9 +92,9 @@ async def open_stream(
 
 
 async def relay_stream(
-    request: web.Request, ex: Exchange, model: str, upstream: aiohttp.ClientResponse, on_cut: OnCut
+    request: web.Request, ex: Exchange, model: str, upstream: UpstreamResponse, on_cut: OnCut
 ) -> web.StreamResponse:
-    response = await open_stream(request, ex, upstream)
+    response = await open_stream(request, ex, upstream, coalesce=True)
     await pump(ex, model, upstream, response, on_cut)
     return response
 
@@ -84,7 +102,7 @@ async def relay_stream(
 async def pump(
     ex: Exchange,
     model: str,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     response: web.StreamResponse,
     on_cut: OnCut,
     migration: Migration | None = None,
@@ -117,11 +135,14 @@ async def pump(
                 break
             if ex.ttft_s is None:
                 ex.ttft_s = time.perf_counter() - ex.start
-            await response.write(chunk)
             scanner.feed(chunk)
             tail = chunk[-16:] if len(chunk) >= 16 else (tail + chunk)[-16:]
             if SSE_DONE in tail:
                 ex.stream_complete = True
+            if content.at_eof():
+                await response.write_eof(chunk)  # the last chunk and the stream's end in one send
+                return
+            await response.write(chunk)
         await response.write_eof()
     except ConnectionResetError:
         # The client went away; the caller closes the upstream connection.
@@ -135,7 +156,7 @@ async def pump(
 async def _pump_resumable(
     ex: Exchange,
     model: str,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     response: web.StreamResponse,
     on_cut: OnCut,
     migration: Migration,

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from modelyard.router.errors import RouterError
 from modelyard.router.exchange import Exchange
+from modelyard.router.upstream_http import UpstreamResponse
 
 KEEPALIVE = b": keepalive\n\n"
 
@@ -90,7 +90,7 @@ class ClientReply:
         await self.stream.write(event)
         await self.stream.write_eof()
 
-    async def upstream_not_streaming(self, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def upstream_not_streaming(self, upstream: UpstreamResponse) -> web.StreamResponse:
         """Committed, and the pod answered something other than a 200 stream: an error event."""
         data = await upstream.read()
         return await self.fail_with_upstream(upstream.status, data)
