@@ -3,8 +3,9 @@ replica's own counters (keys.py); settling what it used when it ends.
 
 With a store that is down, ``store_failure_mode`` decides: ``open`` falls back to per-replica limits,
 ``closed`` answers 503. A request admitted by one side is settled on the same side. Settling happens in
-a background task so it costs the response no round trip; a settle that fails leaves the lease to run
-out by its TTL.
+a task of its own, which a JSON answer waits for (it goes out when the handler returns, so the client's
+next request finds the lease free on every replica) and a stream does not (its end is already sent); a
+settle that fails leaves the lease to run out by its TTL.
 """
 
 from __future__ import annotations
@@ -79,15 +80,17 @@ class Admission:
         rate = self.keys.admit_local(key, estimate)
         return Grant(key, estimate, rate, None)
 
-    def settle(self, grant: Grant, used: int) -> None:
-        """The request is over and used ``used`` tokens: free its slot, correct its reservation."""
+    def settle(self, grant: Grant, used: int) -> asyncio.Task[None] | None:
+        """The request is over and used ``used`` tokens: free its slot, correct its reservation. With
+        the store, the task that does it (its errors are its own: a failed settle runs out by TTL)."""
         if grant.lease is None:
             self.keys.release(grant.key, used, grant.estimate)
             self._budget_gauges(grant.key, self.keys.usage_local(grant.key))
-            return
+            return None
         task = asyncio.create_task(self._settle_shared(grant, used - grant.estimate))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+        return task
 
     async def _settle_shared(self, grant: Grant, delta: int) -> None:
         assert self.store is not None

@@ -220,7 +220,12 @@ class Proxy:
             gauge.dec()
             self.in_flight[route.name] -= 1
             if grant is not None:
-                self.admission.settle(grant, _tokens_used(ex, grant.estimate))
+                settling = self.admission.settle(grant, _tokens_used(ex, grant.estimate))
+                if settling is not None and not ex.stream:
+                    # A JSON answer goes out when this handler returns: the lease goes back first, so
+                    # the client's next request finds it free on every replica. (asyncio.wait neither
+                    # raises the settle's error nor cancels it if this handler is cancelled.)
+                    await asyncio.wait((settling,))
 
     async def _read_body(self, request: web.Request) -> bytes:
         return await read_body(request, self.settings.max_body_bytes, self.settings.read_body_timeout_s)
