@@ -21,7 +21,7 @@ from modelyard.server.engine.model.bucketed_decode import mode_for
 from modelyard.server.engine.model.loader import LoadedModel, load_model
 from modelyard.server.engine.model.runner import ModelRunner
 from modelyard.server.engine.model.static_decode import batch_buckets, bucket_of, context_buckets
-from tests.unit.server.engine.helpers import prompt_of, run, tokens
+from tests.unit.server.engine.helpers import prompt_of, request, run, tokens
 from tests.unit.server.engine.test_fast_llama import CONFIGS, GUIDED, save_tokenizer
 
 pytestmark = pytest.mark.model
@@ -258,3 +258,44 @@ async def test_cuda_graphs_give_the_eager_tokens(loaded: LoadedModel, enforce_ea
         finally:
             await engine.stop()
     _same(outs["eager"], outs["graphs"])
+
+
+async def test_adapter_rows_decode_as_before(tmp_path: Path, loaded: LoadedModel) -> None:
+    """The bucketed step has no adapter deltas: batches with adapter rows take today's decode, so
+    their tokens are PEFT's; base-only batches take the bucketed step."""
+    from tests.fixtures.lora import make_adapter, peft_greedy
+
+    if loaded.model.config.model_type != "llama":
+        pytest.skip("one shape is enough here (tests/**/test_lora_fast.py covers the shapes)")
+    base = Path(loaded.name)
+    adapter = make_adapter(base, tmp_path / "all", r=8, alpha=32, seed=1)
+    config = EngineConfig(model=str(base), device="cpu", enable_lora=True, decode_buckets="eager")
+    engine = TorchEngine(load_model(config), config)
+    await engine.start()
+    try:
+        await engine.add_lora("all", str(adapter))
+        rows = [(prompt_of(5 + 9 * i, i), "all" if i % 2 else None) for i in range(4)]
+
+        async def greedy(prompt: list[int], lora: str | None) -> list[int]:
+            req = request(prompt, max_tokens=8, ignore_eos=True)
+            req.lora_name = lora
+            return tokens([out async for out in engine.generate(req)])
+
+        got = await asyncio.gather(*(greedy(p, n) for p, n in rows))
+        buckets = engine._runner.buckets
+        assert buckets is not None
+        calls: list[int] = []
+        original = buckets.decode
+
+        def spy(*args: Any) -> torch.Tensor | None:
+            calls.append(len(args[2]))
+            return original(*args)
+
+        buckets.decode = spy  # type: ignore[method-assign]
+        base_only = await run(engine, prompt_of(7, 9), max_tokens=4, ignore_eos=True)
+    finally:
+        await engine.stop()
+    assert calls == [1, 1, 1]  # the base-only request's decode steps ran bucketed
+    expected = [peft_greedy(base, adapter if n else None, p, 8) for p, n in rows]
+    assert got == expected
+    assert len(tokens(base_only)) == 4
