@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ByteSize, Field, SecretStr, fie
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.server.engine.types import (
+    DecodeBuckets,
     DecodeKV,
     Device,
     DType,
@@ -112,6 +113,15 @@ class ServerSettings(BaseSettings):
         description="The lean forward for the Llama family (Llama, Qwen2/3, Mistral, SmolLM): merged "
         "projections, prepacked oneDNN linear, grouped attention. auto: on CPU in float32; on: any device "
         "and dtype; off: transformers' modules (other architectures always use them).",
+    )
+    decode_buckets: DecodeBuckets = Field(
+        "auto",
+        description="Decode batches that fit a (batch-size, context) bucket run a static-shape step: auto = "
+        "captured as CUDA graphs on CUDA (with the fast forward), nothing on CPU; compile = torch.compile "
+        "per bucket; eager = the bucketed step as is; off.",
+    )
+    enforce_eager: bool = Field(
+        False, description="As vLLM's flag: no CUDA graphs and no torch.compile (decode runs eagerly)."
     )
     tensor_parallel_size: int | None = Field(
         None,
@@ -290,6 +300,8 @@ class ServerSettings(BaseSettings):
             kv_cache_memory_bytes=int(self.kv_cache_memory),
             decode_kv=self.decode_kv,
             fast_decode=self.fast_decode,
+            decode_buckets=self.decode_buckets,
+            enforce_eager=self.enforce_eager,
             revision=self.revision,
             trust_remote_code=self.trust_remote_code,
             hf_token=self.hf_token.get_secret_value() if self.hf_token else None,

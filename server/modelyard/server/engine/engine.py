@@ -98,6 +98,10 @@ class TorchEngine:
             sliding=self._sliding,
             decode_slab=decode_slab,
             fast_decode=config.fast_decode,
+            decode_buckets=config.decode_buckets,
+            enforce_eager=config.enforce_eager,
+            max_rows=config.max_num_seqs,
+            max_tokens=self._max_model_len,
         )
         # LoRA hook: the projections are wrapped (engine/lora/) only when adapters are enabled.
         self._lora = _lora_manager(loaded, config, self._device)

@@ -24,6 +24,8 @@ a cache (the runner's memory profile) runs the model itself.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -206,6 +208,16 @@ class _Layer:
     def linears(self) -> list[_Linear]:
         return [*self.qkv, self.o, *self.gate_up, self.down]
 
+    def without_packing(self) -> _Layer:
+        twin = copy.copy(self)
+        twin.qkv, twin.gate_up = [_plain(x) for x in self.qkv], [_plain(x) for x in self.gate_up]
+        twin.o, twin.down = _plain(self.o), _plain(self.down)
+        return twin
+
+
+def _plain(linear: _Linear) -> _Linear:
+    return _Linear(linear.weight, linear.bias, pack=False)
+
 
 def _merged_output(linears: list[_Linear], x: torch.Tensor) -> torch.Tensor:
     """The group's outputs side by side (one matmul when the weights are merged)."""
@@ -308,23 +320,55 @@ class FastLlama:
                 **kwargs,
             )
         rows, query = input_ids.shape
-        hidden = self.embed(input_ids).reshape(rows * query, -1)
-        cos, sin = self.rotary(hidden, position_ids)
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-        masks: dict[int | None, torch.Tensor] = {}
         # The adapters of this forward's rows (None: LoRA is off, or every row is a base row).
         fused = lora_of(self.model)
         lora = fused.active(rows, query) if fused is not None else None
+        logits = self.run(
+            input_ids, position_ids, past_key_values.layers, attention_mask, {}, logits_to_keep, lora
+        )
+        return FastOutput(logits)
+
+    def without_packing(self) -> FastLlama:
+        """This forward with plain ``F.linear`` products, sharing every weight: inductor lowers the
+        prepacked oneDNN product only over weights it froze itself, not over the packed copies here."""
+        twin = copy.copy(self)
+        twin.levers = dataclasses.replace(self.levers, packed=False)
+        twin.layers = [layer.without_packing() for layer in self.layers]
+        return twin
+
+    @property
+    def windows(self) -> frozenset[int | None]:
+        """The layers' sliding windows (None: full attention), the keys of ``run``'s ``masks``."""
+        return frozenset(layer.window for layer in self.layers)
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache_layers: Any,
+        attention_mask: torch.Tensor | None,
+        masks: dict[int | None, torch.Tensor],
+        logits_to_keep: int,
+        lora: Deltas | None,
+    ) -> torch.Tensor:
+        """The logits of the last ``logits_to_keep`` columns (0: all). ``cache_layers[i].update(k, v)``
+        stores layer ``i``'s new keys/values and returns its ``[rows, kv_heads, L, dim]`` history;
+        ``masks`` maps a window to its ``[rows, 1, Q, L]`` boolean mask, built from the 2-D
+        ``attention_mask`` where missing (the bucketed decode step passes them all, and no 2-D mask).
+        Tensor ops only, so a static-shape caller can compile or capture it."""
+        rows, query = input_ids.shape
+        hidden = self.embed(input_ids).reshape(rows * query, -1)
+        cos, sin = self.rotary(hidden, position_ids)
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         for index, layer in enumerate(self.layers):
-            cache_layer = past_key_values.layers[index]
             hidden = self._layer(
-                index, layer, hidden, rows, query, cos, sin, cache_layer, attention_mask, masks, lora
+                index, layer, hidden, rows, query, cos, sin, cache_layers[index], attention_mask, masks, lora
             )
         hidden = hidden.view(rows, query, -1)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.head(_rms_norm(hidden, self.norm))
-        return FastOutput(logits)
+        logits: torch.Tensor = self.head(_rms_norm(hidden, self.norm))
+        return logits
 
     def _layer(
         self,
@@ -336,7 +380,7 @@ class FastLlama:
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache_layer: Any,
-        mask2d: torch.Tensor,
+        mask2d: torch.Tensor | None,
         masks: dict[int | None, torch.Tensor],
         lora: Deltas | None,
     ) -> torch.Tensor:
@@ -387,7 +431,7 @@ class FastLlama:
         values: torch.Tensor,
         rows: int,
         query: int,
-        mask2d: torch.Tensor,
+        mask2d: torch.Tensor | None,
         masks: dict[int | None, torch.Tensor],
     ) -> torch.Tensor:
         """``q`` ``[rows, Q, heads, dim]`` over ``[rows, kv_heads, L, dim]``: ``[rows * Q, heads * dim]``"""
@@ -395,6 +439,7 @@ class FastLlama:
         group = heads // kv_heads
         mask = masks.get(layer.window)
         if mask is None:
+            assert mask2d is not None, "no 2-D mask to build the attention mask from"
             mask = masks[layer.window] = _mask(mask2d, query, layer.window)
         if query == 1 and self.levers.grouped_attention:
             # One query per row: head h reads kv head h // group, so the heads of a group are the query

@@ -242,6 +242,8 @@ Task = Literal["generate", "embed"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 DecodeKV = Literal["auto", "slab", "paged"]
 FastDecode = Literal["auto", "on", "off"]
+# How decode batches that fit a (batch, context) bucket run (engine/model/bucketed_decode.py).
+DecodeBuckets = Literal["auto", "off", "eager", "compile"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -309,6 +311,11 @@ class EngineConfig:
     decode_kv: DecodeKV = "auto"
     # The lean Llama-family forward (fast_llama.py): auto = on CPU for supported architectures.
     fast_decode: FastDecode = "auto"
+    # The bucketed static-shape decode step: auto = CUDA graphs on CUDA (then the fast forward runs there
+    # too), nothing on CPU; compile = torch.compile per bucket; eager = the step as is; off.
+    decode_buckets: DecodeBuckets = "auto"
+    # vLLM's flag: no CUDA graphs and no torch.compile.
+    enforce_eager: bool = False
     # Compute thread counts the engine picks between by measured decode speed (host/thread_tuner.py); empty
     # or one count: the threads stay as the process set them.
     thread_choices: tuple[int, ...] = ()

@@ -8,10 +8,13 @@ from typing import Any
 
 import torch
 
-from modelyard.server.engine.fast_llama import FastLlama, use_fast_forward
+from modelyard.server.engine.fast_llama import FastLlama, unsupported_reason, use_fast_forward
+from modelyard.server.engine.lora.fused import lora_of
+from modelyard.server.engine.model.bucketed_decode import BucketedDecoder, mode_for
 from modelyard.server.engine.model.decode_slab import GroupSlab, SlabCache
 from modelyard.server.engine.model.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
-from modelyard.server.engine.types import FastDecode
+from modelyard.server.engine.model.static_decode import clear_slots
+from modelyard.server.engine.types import DecodeBuckets, FastDecode
 
 PAD_TOKEN_ID = 0  # any valid id: padded columns are masked out
 
@@ -26,11 +29,27 @@ class ModelRunner:
         sliding: bool,
         decode_slab: bool = False,
         fast_decode: FastDecode = "off",
+        decode_buckets: DecodeBuckets = "off",
+        enforce_eager: bool = False,
+        max_rows: int = 64,
+        max_tokens: int = 2048,
     ) -> None:
         """``decode_slab``: decode over a per-group working copy appended a column per step
         (``decode_slab.py``) instead of gathering the history from the pool every step.
-        ``fast_decode``: run Llama-family models through ``fast_llama.FastLlama`` (same contract)."""
-        self.model: Any = FastLlama(model) if use_fast_forward(model, device, fast_decode) else model
+        ``fast_decode``: run Llama-family models through ``fast_llama.FastLlama`` (same contract).
+        ``decode_buckets``/``enforce_eager``: decode batches of up to ``max_rows`` rows and contexts up
+        to ``max_tokens`` through the bucketed static-shape step (``bucketed_decode.py``), which needs
+        the fast forward: CUDA graphs turn it on where ``fast_decode`` is ``auto``."""
+        fast = use_fast_forward(model, device, fast_decode)
+        self.bucket_mode = mode_for(decode_buckets, enforce_eager, device)
+        if self.bucket_mode == "graphs" and not fast and fast_decode != "off":
+            fast = unsupported_reason(model) is None
+        if not fast:
+            self.bucket_mode = None
+        self.model: Any = FastLlama(model) if fast else model
+        self.max_rows = max_rows
+        self.max_tokens = max_tokens
+        self.buckets: BucketedDecoder | None = None
         self.device = device
         self.num_layers = num_layers
         self.block_size = block_size
@@ -47,16 +66,23 @@ class ModelRunner:
 
     def release_unused_weights(self) -> int:
         """Bytes of plain weights freed where the fast forward holds packed copies (fast_llama.py);
-        only for a runner that is its model's sole user."""
-        return self.model.release_module_weights() if isinstance(self.model, FastLlama) else 0
+        only for a runner that is its model's sole user. Not for a compiled decode step: inductor
+        cannot lower the packed product, so that step runs on the plain weights."""
+        if self.bucket_mode == "compile" or not isinstance(self.model, FastLlama):
+            return 0
+        return self.model.release_module_weights()
 
     def allocate(self, num_blocks: int) -> None:
         self.pool = KVPool(self.num_layers, num_blocks, self.block_size)
+        if self.bucket_mode is not None:
+            self.buckets = BucketedDecoder(
+                self.model, self.pool, self.device, self.max_rows, self.max_tokens, self.bucket_mode
+            )
 
     def fresh_blocks(self, blocks: list[int]) -> None:
         """Blocks newly handed out: cleared on the next forward if this runner gathers whole blocks
-        (their unwritten tail is read, masked, and must not hold NaN)."""
-        if self.gather_blocks:
+        (their unwritten tail is read, masked, and must not hold NaN): the bucketed step does too."""
+        if self.gather_blocks or self.bucket_mode is not None:
             self._to_clear.extend(blocks)
 
     def _take_clear(self) -> torch.Tensor | None:
@@ -66,6 +92,21 @@ class ModelRunner:
         blocks = torch.tensor(sorted(set(self._to_clear)), dtype=torch.long, device=self.device)
         self._to_clear = []
         return (blocks[:, None] * size + torch.arange(size, device=self.device)[None, :]).reshape(-1)
+
+    def _clear_now(self) -> None:
+        assert self.pool is not None
+        if not self._to_clear:
+            return
+        size = self.block_size
+        blocks = torch.tensor(sorted(set(self._to_clear)), dtype=torch.long, device=self.device)
+        slots = (blocks[:, None] * size + torch.arange(size, device=self.device)[None, :]).reshape(-1)
+        if clear_slots(self.pool, slots):
+            self._to_clear = []
+
+    def _without_adapters(self, rows: int) -> bool:
+        """No LoRA work in this decode (the bucketed step has no adapter deltas)."""
+        fused = lora_of(self.model.model)
+        return fused is None or fused.active(rows, 1) is None
 
     def _forward(self, logits_to_keep: int, **kwargs: Any) -> torch.Tensor:
         if self._logits_kw:
@@ -115,6 +156,14 @@ class ModelRunner:
         """One token per row; logits ``[B, vocab]``. ``keys`` name the rows (request keys) so that
         the same group can reuse its working copy on the next step."""
         assert self.pool is not None
+        if self.bucket_mode is not None:
+            # Every decode path, not only the bucketed one, clears first: a fresh block must be zeroed
+            # before anything writes into it.
+            self._clear_now()
+        if self.buckets is not None and self._without_adapters(len(last_tokens)):
+            logits = self.buckets.decode(block_tables, num_cached, last_tokens)
+            if logits is not None:
+                return logits
         if self.decode_slab and keys is not None:
             return self._decode_on_slab(block_tables, num_cached, last_tokens, keys)
         if not self.gather_blocks:
@@ -171,6 +220,8 @@ class ModelRunner:
         self.decode(table, [first], [0], keys=(-1,))
         self._slabs.clear()
         self._next_slabs.clear()
+        if self.buckets is not None:
+            self.buckets.prepare()
 
     def profile(self, tokens: int, rows: int) -> None:
         """A forward as large as a step may be, without KV, so its activations show in the peak."""
