@@ -15,8 +15,8 @@ times, alternating (a shared machine's load moves; compare ratios within a round
 load average before it; ``ratios`` in the report are each LoRA case over ``base`` of the same round.
 ``--ranks`` picks the adapter ranks; ``--eager-lora`` adds, per round, the LoRA server on transformers'
 modules (``--fast-decode off``: where LoRA ran before the fast path served adapter rows);
-``--before REV`` adds, per round, a LoRA server running the engine of git revision REV (an A/B of a
-kernel change in one run); ``--lora-only`` leaves out the server without LoRA (the ratios that count
+``--before REV`` adds, per round, a LoRA server running the engine of git revision REV (or of a
+directory holding an exported tree: an A/B of a kernel change in one run); ``--lora-only`` leaves out the server without LoRA (the ratios that count
 are then each LoRA server's adapters over its own base requests, ``... / same server``). Not a test.
 
     python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64] [--before REV]\
@@ -181,7 +181,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def export_tree(rev: str) -> Path:
-    """The server and operator packages at git revision ``rev``, in a temporary directory."""
+    """The server and operator packages at git revision ``rev`` (or a directory holding them already),
+    in a temporary directory."""
+    if Path(rev).is_dir():
+        return Path(rev)
     out = Path(tempfile.mkdtemp(prefix=f"lora-before-{rev.replace('/', '_')}-"))
     archive = subprocess.run(
         ["git", "archive", rev, "server", "operator"], cwd=REPO, check=True, capture_output=True
@@ -198,7 +201,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--eager-lora", action="store_true")
     parser.add_argument("--ranks", type=int, nargs="+", default=list(RANKS))
-    parser.add_argument("--before", help="git revision whose engine runs a second LoRA server per round")
+    parser.add_argument(
+        "--before", help="git revision (or exported tree) whose engine runs a second LoRA server"
+    )
     parser.add_argument(
         "--lora-only", action="store_true", help="no server without --enable-lora (ratios: same server)"
     )
