@@ -16,8 +16,9 @@ load average before it; ``ratios`` in the report are each LoRA case over ``base`
 ``--ranks`` picks the adapter ranks; ``--eager-lora`` adds, per round, the LoRA server on transformers'
 modules (``--fast-decode off``: where LoRA ran before the fast path served adapter rows);
 ``--before REV`` adds, per round, a LoRA server running the engine of git revision REV (or of a
-directory holding an exported tree: an A/B of a kernel change in one run); ``--lora-only`` leaves out the server without LoRA (the ratios that count
-are then each LoRA server's adapters over its own base requests, ``... / same server``). Not a test.
+directory holding an exported tree: an A/B of a kernel change in one run); ``--lora-only`` leaves
+out the server without LoRA (the ratios that count are then each LoRA server's adapters over its own
+base requests, ``... / same server``). Not a test.
 
     python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64] [--before REV]\
         [--lora-only] [--out bench/results/lora_throughput.json]
