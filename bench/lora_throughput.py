@@ -14,10 +14,14 @@ the first streamed token under it; and the bytes of each adapter. ``--rounds N``
 times, alternating (a shared machine's load moves; compare ratios within a round), each case with the
 load average before it; ``ratios`` in the report are each LoRA case over ``base`` of the same round.
 ``--ranks`` picks the adapter ranks; ``--eager-lora`` adds, per round, the LoRA server on transformers'
-modules (``--fast-decode off``: where LoRA ran before the fast path served adapter rows). Not a test.
+modules (``--fast-decode off``: where LoRA ran before the fast path served adapter rows);
+``--before REV`` adds, per round, a LoRA server running the engine of git revision REV (or of a
+directory holding an exported tree: an A/B of a kernel change in one run); ``--lora-only`` leaves
+out the server without LoRA (the ratios that count are then each LoRA server's adapters over its own
+base requests, ``... / same server``). Not a test.
 
-    python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64]\
-        [--out bench/results/lora_throughput.json]
+    python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64] [--before REV]\
+        [--lora-only] [--out bench/results/lora_throughput.json]
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -159,15 +165,32 @@ def run_case(
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Each case of the LoRA servers over ``base`` (the server without --enable-lora), same workload."""
+    """Each case of the LoRA servers over ``base`` (the server without --enable-lora), same workload,
+    and each adapter case over the same server's base requests (``... / same server``)."""
     out: dict[str, float] = {}
-    for server in ("ours+lora", "ours+lora eager"):
+    for server in ("ours+lora", "ours+lora eager", "ours+lora before"):
         for key, case in results.get(server, {}).items():
             label, _, workload = key.partition(" ")
-            base = results["ours"].get(f"base {workload}", {}).get("output_tok_s")
             value = case.get("output_tok_s") if isinstance(case, dict) else None
+            base = results.get("ours", {}).get(f"base {workload}", {}).get("output_tok_s")
             if base and value:
                 out[f"{server}: {label} {workload}"] = round(value / base, 3)
+            same = results[server].get(f"base {workload}", {}).get("output_tok_s")
+            if same and value and label != "base":
+                out[f"{server}: {label} {workload} / same server"] = round(value / same, 3)
+    return out
+
+
+def export_tree(rev: str) -> Path:
+    """The server and operator packages at git revision ``rev`` (or a directory holding them already),
+    in a temporary directory."""
+    if Path(rev).is_dir():
+        return Path(rev)
+    out = Path(tempfile.mkdtemp(prefix=f"lora-before-{rev.replace('/', '_')}-"))
+    archive = subprocess.run(
+        ["git", "archive", rev, "server", "operator"], cwd=REPO, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
     return out
 
 
@@ -179,6 +202,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--eager-lora", action="store_true")
     parser.add_argument("--ranks", type=int, nargs="+", default=list(RANKS))
+    parser.add_argument(
+        "--before", help="git revision (or exported tree) whose engine runs a second LoRA server"
+    )
+    parser.add_argument(
+        "--lora-only", action="store_true", help="no server without --enable-lora (ratios: same server)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not (MODEL_DIR / "config.json").exists():
@@ -212,14 +241,22 @@ def main() -> None:
             "--lora-modules", *served(adapters)]  # fmt: skip
     lora_env = {**env, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}
     report["rounds"] = []
+    before_tree = export_tree(args.before) if args.before else None
     for _ in range(args.rounds):
-        results = {
-            "ours": run_case("ours-base", ours, env, prompts, log_dir, {"base": ["bench"]}, None),
-            "ours+lora": run_case(
-                "ours-lora", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], lora_env, prompts,
-                log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
-            ),
-        }  # fmt: skip
+        results: dict[str, dict[str, Any]] = {}
+        if not args.lora_only:
+            results["ours"] = run_case("ours-base", ours, env, prompts, log_dir, {"base": ["bench"]}, None)
+        results["ours+lora"] = run_case(
+            "ours-lora", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], lora_env, prompts,
+            log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
+        )  # fmt: skip
+        if before_tree is not None:
+            before_env = {**lora_env, "PYTHONPATH": os.pathsep.join(
+                [str(before_tree / "server"), str(before_tree / "operator"), str(REPO)])}  # fmt: skip
+            results["ours+lora before"] = run_case(
+                "ours-lora-before", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], before_env,
+                prompts, log_dir, {"base": ["bench"], **by_rank}, None,
+            )  # fmt: skip
         if args.eager_lora:
             results["ours+lora eager"] = run_case(
                 "ours-lora-eager", [*ours, *lora, "--fast-decode", "off"], env, prompts, log_dir,

@@ -2,19 +2,23 @@
 
 The fast path computes q/k/v as one matmul and gate/up as another, so it adds the adapters' deltas per
 *group* of projections that read one input: q/k/v, o, gate/up, down. Per device slot and layer, a
-group's adapter is one ``(A, B)`` pair: the A of the group's projections concatenated along the rank
-dim (``[Σr, in]``) and their B block-diagonal (``[Σout, Σr]``) with the adapter's scale folded in, so
-one adapter's q, k and v deltas are two matmuls whose output lines up with the merged QKV columns. A
-projection the adapter does not target is a zero block (adding an exact zero changes nothing).
+group's adapter is one ``GroupPair``: the A of the projections it targets concatenated along the rank
+dim (``[Σr, in]``, one "shrink" matmul for the group), and per targeted projection its own B, which
+"expands" its rank columns straight into that projection's columns of the merged output
+(``addmm_`` on a column slice, the scale as the GEMM's alpha). A projection the adapter does not
+target costs nothing; no B multiplies zeros, and no B is copied.
 
 Two kernels add the pairs' deltas (measured in ``bench/lora_kernels.py``, table in docs/lora.md):
-``StackedDeltas`` (all loaded adapters side by side, 3 ops per group) while the loaded ranks add up to
-little, else ``SegmentDeltas`` (per adapter, its rows gathered). A forward of base rows only gets no
-deltas at all.
+``StackedDeltas`` (all loaded adapters side by side, all rows, other adapters' columns masked) while
+the loaded ranks add up to little, else ``SegmentDeltas`` (the adapter rows gathered once per group,
+sorted by adapter; per adapter a shrink and its expands on its slice; one scatter-add back). A
+forward of base rows only gets no deltas at all.
 
 The pairs (and the stack) are built from the adapters' own tensors the first time a forward needs them
-after a slot was filled, and dropped when a slot is refilled; only the fast path pays for them. The
-wrapped ``LoraLinear`` projections (the eager path) keep reading the per-projection tensors.
+after a slot was filled, and dropped when a slot is refilled; only the fast path pays for them. A
+group's A is a view, not a copy, where the adapter's A tensors already lie back to back in memory
+(``pack_inputs`` lays them out so when the adapter is read). The wrapped ``LoraLinear`` projections
+(the eager path) read the per-projection tensors.
 
 ``FusedLora.attach(model)`` hangs this object on the HF model (``LORA_ATTRIBUTE``); the fast path reads
 it there at every forward (``lora_of``), so it serves adapter rows whichever was built first.
@@ -22,6 +26,7 @@ it there at every forward (``lora_of``), so it serves adapter rows whichever was
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,11 +51,24 @@ LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 @dataclass(frozen=True, slots=True)
-class GroupPair:
-    """``delta = (x @ a.T) @ b.T``; the scale is in ``b``."""
+class Part:
+    """One targeted projection of a group: ``out[:, out_start:out_end] += t[:, cols] @ b.T * scale``,
+    where ``t = x @ a.T`` is the group's shrink."""
 
-    a: torch.Tensor  # [Σ rank, in]
-    b: torch.Tensor  # [Σ out, Σ rank], block-diagonal for a group of several projections
+    target: int  # its index in the group
+    out_start: int
+    out_end: int
+    col_start: int
+    col_end: int
+    b: torch.Tensor  # [out, r]: the adapter's own B (the stack's: several slots' side by side, scaled)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPair:
+    a: torch.Tensor  # [Σ rank of the targeted projections, in]
+    parts: tuple[Part, ...]
+    scale: float
+    full: bool  # the parts cover every column of the group's output
 
 
 # Per layer, per group: the slot's pair, or None where its adapter targets none of the group.
@@ -66,69 +84,99 @@ class Deltas(Protocol):
         so prefill chunks and decode steps take the same path."""
 
 
-class SegmentDeltas:
-    """Per adapter: gather its rows, ``x·A``, ``·B``, scatter-add back (4 ops per group and adapter; an
-    adapter holding every row needs no gather: 2)."""
+def _expand(pair: GroupPair, t: torch.Tensor, out: torch.Tensor, beta: float) -> None:
+    for part in pair.parts:
+        out[:, part.out_start : part.out_end].addmm_(
+            t[:, part.col_start : part.col_end], part.b.t(), beta=beta, alpha=pair.scale
+        )
 
-    def __init__(self, segments: tuple[tuple[Segment, SlotPairs], ...]) -> None:
+
+class SegmentDeltas:
+    """The adapter rows sorted by adapter: one gather per group, then per adapter one shrink on its
+    slice and one expand per targeted projection, then one scatter-add back (an adapter holding every
+    row needs neither: its expands add into the output itself)."""
+
+    def __init__(self, segments: tuple[tuple[Segment, SlotPairs], ...], query: int) -> None:
         self.segments = segments
+        self.bounds: list[tuple[int, int]] = []
+        self.index: torch.Tensor | None = None
+        if len(segments) == 1 and segments[0][0].whole:
+            return
+        rows = torch.cat([seg.rows for seg, _ in segments])
+        if query > 1:  # token rows of the [rows * query, ...] views
+            rows = (rows[:, None] * query + torch.arange(query, device=rows.device)).reshape(-1)
+        self.index = rows
+        start = 0
+        for seg, _ in segments:
+            end = start + seg.rows.numel() * query
+            self.bounds.append((start, end))
+            start = end
 
     def add(self, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int) -> None:
-        for seg, pairs in self.segments:
-            pair = pairs[layer][group]
-            if pair is None:
-                continue
-            if seg.whole:
-                out.addmm_(x.mm(pair.a.t()), pair.b.t())
-                continue
-            fan_in, fan_out = x.shape[-1], out.shape[-1]
-            rows = x.view(-1, query, fan_in).index_select(0, seg.rows).view(-1, fan_in)
-            delta = rows.mm(pair.a.t()).mm(pair.b.t())
-            out.view(-1, query, fan_out).index_add_(0, seg.rows, delta.view(-1, query, fan_out))
+        if self.index is None:
+            pair = self.segments[0][1][layer][group]
+            if pair is not None:
+                _expand(pair, x.mm(pair.a.t()), out, 1.0)
+            return
+        pairs = [pairs[layer][group] for _, pairs in self.segments]
+        if all(pair is None for pair in pairs):
+            return
+        gathered = x.index_select(0, self.index)
+        # Every row's columns written by its adapter's expands: no need to zero the buffer first.
+        full = all(pair is not None and pair.full for pair in pairs)
+        delta = (
+            out.new_empty(gathered.shape[0], out.shape[-1])
+            if full
+            else out.new_zeros(gathered.shape[0], out.shape[-1])
+        )
+        for pair, (start, end) in zip(pairs, self.bounds, strict=True):
+            if pair is not None:
+                _expand(pair, gathered[start:end].mm(pair.a.t()), delta[start:end], 0.0 if full else 1.0)
+        out.index_add_(0, self.index, delta)
 
 
 class StackedDeltas:
     """Every slot's pairs side by side: ``x·A_all`` for all rows, zero the columns of other adapters
-    than the row's own, ``·B_all`` (3 ops per group, however many adapters). It computes every row
-    against every loaded adapter, so it is only chosen while their ranks add up to little
-    (``STACKED_MAX_RANKS``)."""
+    than the row's own, then per projection one expand over all slots' columns (1 + 1 + projections
+    ops per group, however many adapters). It computes every row against every loaded adapter, so it
+    is only chosen while their ranks add up to little (``STACKED_MAX_RANKS``)."""
 
     def __init__(self, stack: Stack, segments: tuple[Segment, ...], rows: int, query: int) -> None:
         self.stack = stack
         self.masks: list[torch.Tensor | None] = []
-        for group, layout in enumerate(stack.layouts):
+        for group, columns in enumerate(stack.columns):
             width = stack.widths[group]
             if width == 0:
                 self.masks.append(None)
                 continue
             mask = stack.like.new_zeros(rows, width)
             for seg in segments:
-                start, size = layout.get(seg.slot, (0, 0))
-                if size:
-                    mask[seg.rows, start : start + size] = 1.0
+                for start, end in columns.get(seg.slot, ()):
+                    mask[seg.rows, start:end] = 1.0
             self.masks.append(mask.repeat_interleave(query, dim=0) if query > 1 else mask)
 
     def add(self, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int) -> None:
         pair, mask = self.stack.pairs[layer][group], self.masks[group]
         if pair is None or mask is None:
             return
-        out.addmm_(x.mm(pair.a.t()).mul_(mask), pair.b.t())
+        _expand(pair, x.mm(pair.a.t()).mul_(mask), out, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
 class Stack:
-    """The pairs of the loaded slots side by side, per layer and group, and where each slot's columns
-    sit: ``layouts[group][slot] = (start, width)``."""
+    """The pairs of the loaded slots side by side, per layer and group, projection-major (each
+    projection's columns of all slots contiguous, so one expand covers them), with the slots' scales
+    folded into the stacked B; ``columns[group][slot]`` lists a slot's column ranges."""
 
     slots: tuple[int, ...]
     pairs: list[list[GroupPair | None]]
-    layouts: list[dict[int, tuple[int, int]]]
+    columns: list[dict[int, list[tuple[int, int]]]]
     widths: list[int]
     like: torch.Tensor
 
 
-# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters: a fifth
-# more product columns than the base q/k/v of a 135M model); beyond, per-adapter segments cost less.
+# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters); beyond,
+# per-adapter segments cost less (measured: bench/lora_kernels.py, docs/lora.md).
 STACKED_MAX_RANKS = 32
 
 
@@ -169,44 +217,63 @@ class FusedLora:
             if self._stack is None or self._stack.slots != tuple(loaded):
                 self._stack = self._build_stack(loaded)
             return StackedDeltas(self._stack, segments, rows, query)
-        return SegmentDeltas(tuple((seg, self._slot_pairs(seg.slot)) for seg in segments))
+        return SegmentDeltas(tuple((seg, self._slot_pairs(seg.slot)) for seg in segments), query)
 
     def _build_stack(self, slots: list[int]) -> Stack:
         per_slot = {slot: self._slot_pairs(slot) for slot in slots}
-        layouts: list[dict[int, tuple[int, int]]] = []
-        widths: list[int] = []
-        like: GroupPair | None = None
-        for group in range(len(GROUPS)):
-            layout: dict[int, tuple[int, int]] = {}
-            start = 0
+        like = next(p.a for s in slots for layer in per_slot[s] for p in layer if p is not None)
+        # One column layout per group for every layer (projection-major): a slot that targets a
+        # projection in some layers only is a zero block in the others.
+        ranks: list[list[dict[int, int]]] = []  # [group][projection] -> {slot: rank}
+        for group, targets in enumerate(GROUPS):
+            ranks.append([{} for _ in targets])
             for slot in slots:
-                found = [pair for p in per_slot[slot] if (pair := p[group]) is not None]
-                if found:
-                    like = found[0]
-                    layout[slot] = (start, found[0].a.shape[0])
-                    start += found[0].a.shape[0]
-            layouts.append(layout)
-            widths.append(start)
-        assert like is not None  # a slot in use holds an adapter targeting something
+                for layer in per_slot[slot]:
+                    pair = layer[group]
+                    for part in pair.parts if pair is not None else ():
+                        ranks[group][part.target][slot] = part.col_end - part.col_start
+        columns: list[dict[int, list[tuple[int, int]]]] = []
+        widths: list[int] = []
+        for per_target in ranks:
+            layout: dict[int, list[tuple[int, int]]] = {}
+            width = 0
+            for by_slot in per_target:
+                for slot, rank in by_slot.items():
+                    layout.setdefault(slot, []).append((width, width + rank))
+                    width += rank
+            columns.append(layout)
+            widths.append(width)
         pairs: list[list[GroupPair | None]] = []
         for index, names in enumerate(self._names):
             row: list[GroupPair | None] = []
             for group, targets in enumerate(GROUPS):
-                parts = [(per_slot[slot][index][group], layouts[group][slot]) for slot in layouts[group]]
-                if not parts:
+                if widths[group] == 0:
                     row.append(None)
                     continue
                 fan_in = self._shapes[names[targets[0]]].in_features
-                fan_out = sum(self._shapes[names[t]].out_features for t in targets)
-                a = like.a.new_zeros(widths[group], fan_in)
-                b = like.a.new_zeros(fan_out, widths[group])
-                for pair, (start, width) in parts:
-                    if pair is not None:
-                        a[start : start + width] = pair.a
-                        b[:, start : start + width] = pair.b
-                row.append(GroupPair(a, b))
+                a = like.new_zeros(widths[group], fan_in)
+                parts: list[Part] = []
+                offset = col = 0
+                for t, target in enumerate(targets):
+                    fan_out = self._shapes[names[target]].out_features
+                    width = sum(ranks[group][t].values())
+                    if width:
+                        b = like.new_zeros(fan_out, width)
+                        at = 0
+                        for slot, rank in ranks[group][t].items():
+                            pair = per_slot[slot][index][group]
+                            own = _part_of(pair, t)
+                            if pair is not None and own is not None:
+                                a[col + at : col + at + rank] = pair.a[own.col_start : own.col_end]
+                                b[:, at : at + rank] = own.b * pair.scale
+                            at += rank
+                        parts.append(Part(t, offset, offset + fan_out, col, col + width, b))
+                        col += width
+                    offset += fan_out
+                full = len(parts) == len(targets)
+                row.append(GroupPair(a, tuple(parts), 1.0, full))
             pairs.append(row)
-        return Stack(tuple(slots), pairs, layouts, widths, like.a)
+        return Stack(tuple(slots), pairs, columns, widths, like)
 
     def _slot_pairs(self, slot: int) -> SlotPairs:
         pairs = self._pairs[slot]
@@ -223,33 +290,66 @@ class FusedLora:
         self, adapter: LoraAdapter, names: dict[str, str], group: tuple[str, ...]
     ) -> GroupPair | None:
         modules = [names[target] for target in group if target in names]
-        pairs = [adapter.weights.get(module) for module in modules]
-        present = [pair for pair in pairs if pair is not None]
-        if not present:
-            return None
-        if len(modules) != len(group):
+        if len(modules) != len(group) and any(m in adapter.weights for m in modules):
             raise RuntimeError(f"the projections {group} are only partly wrapped for LoRA")
-        like = present[0][0]
         a_parts: list[torch.Tensor] = []
-        b_parts: list[torch.Tensor] = []
-        for module, pair in zip(modules, pairs, strict=True):
-            if pair is None:  # not targeted: a zero block
-                shape = self._shapes[module]
-                a_parts.append(like.new_zeros(adapter.rank, shape.in_features))
-                b_parts.append(like.new_zeros(shape.out_features, adapter.rank))
-            else:
-                a_parts.append(pair[0])
-                b_parts.append(pair[1] * adapter.scale)
-        return GroupPair(torch.cat(a_parts).contiguous(), _block_diagonal(b_parts))
+        parts: list[Part] = []
+        offset = col = 0
+        for target, module in enumerate(modules):
+            fan_out = self._shapes[module].out_features
+            pair = adapter.weights.get(module)
+            if pair is not None:
+                a, b = pair
+                a_parts.append(a)
+                parts.append(Part(target, offset, offset + fan_out, col, col + a.shape[0], b))
+                col += a.shape[0]
+            offset += fan_out
+        if not parts:
+            return None
+        return GroupPair(_rows_together(a_parts), tuple(parts), adapter.scale, len(parts) == len(group))
 
 
-def _block_diagonal(blocks: list[torch.Tensor]) -> torch.Tensor:
-    out = blocks[0].new_zeros(sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks))
-    row = col = 0
-    for block in blocks:
-        out[row : row + block.shape[0], col : col + block.shape[1]] = block
-        row, col = row + block.shape[0], col + block.shape[1]
-    return out
+def _part_of(pair: GroupPair | None, target: int) -> Part | None:
+    return next((part for part in pair.parts if part.target == target), None) if pair else None
+
+
+def _rows_together(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(blocks)``, as a view of their memory where they already lie back to back."""
+    if not _adjacent(blocks):
+        return torch.cat(blocks)
+    first = blocks[0]
+    rows = sum(b.shape[0] for b in blocks)
+    return first.as_strided((rows, first.shape[1]), (first.shape[1], 1), first.storage_offset())
+
+
+def _adjacent(blocks: list[torch.Tensor]) -> bool:
+    first = blocks[0]
+    return all(b.is_contiguous() and b.shape[1] == first.shape[1] for b in blocks) and all(
+        later.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and later.storage_offset() == earlier.storage_offset() + earlier.numel()
+        for earlier, later in itertools.pairwise(blocks)
+    )
+
+
+def pack_inputs(adapter: LoraAdapter) -> LoraAdapter:
+    """The same adapter with the A of the projections that read one input (a layer's q/k/v, its
+    gate/up) back to back in one tensor, each projection's A a view of its rows: the fast path's group
+    shrink then reads them in place instead of keeping a concatenated copy."""
+    layers = by_layer(adapter.weights)
+    weights = dict(adapter.weights)
+    for names in layers:
+        for group in GROUPS:
+            modules = [names[t] for t in group if t in names]
+            blocks = [weights[m][0] for m in modules]
+            if len(modules) < 2 or _adjacent(blocks):
+                continue
+            packed = torch.cat(blocks)
+            start = 0
+            for module in modules:
+                a, b = weights[module]
+                weights[module] = (packed[start : start + a.shape[0]], b)
+                start += a.shape[0]
+    return LoraAdapter(adapter.name, adapter.path, adapter.rank, adapter.scale, weights)
 
 
 def lora_of(model: nn.Module) -> FusedLora | None:

@@ -28,7 +28,7 @@ from torch import nn
 from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.lora.adapter import SUPPORTED_TARGETS, LinearShape, LoraAdapter, read_adapter
 from modelyard.server.engine.lora.errors import LoraError, LoraNotFoundError
-from modelyard.server.engine.lora.fused import LAYER_INDEX, FusedLora
+from modelyard.server.engine.lora.fused import LAYER_INDEX, FusedLora, pack_inputs
 from modelyard.server.engine.lora.layers import LoraBatch, LoraLinear, Segment
 
 
@@ -92,7 +92,8 @@ class LoraManager:
     def read(self, name: str, path: str) -> LoraAdapter:
         """Blocking (file I/O): the adapter at ``path``, checked against the base model."""
         adapter = read_adapter(name, path, self.shapes, self.limits.max_lora_rank)
-        return adapter.to(torch.device("cpu"), self._dtype)
+        # q/k/v's A (and gate/up's) back to back: the fast path's group shrink reads them in place.
+        return pack_inputs(adapter.to(torch.device("cpu"), self._dtype))
 
     def register(self, adapter: LoraAdapter) -> int:
         with self._lock:
@@ -176,7 +177,7 @@ class LoraManager:
         if not free:
             raise RuntimeError("more adapters in one forward than --max-loras slots")
         slot = next((i for i in free if self._slots[i] == 0), free[0])
-        self._fill(slot, lora_id, adapter.to(self._device, self._dtype))
+        self._fill(slot, lora_id, pack_inputs(adapter.to(self._device, self._dtype)))
         return slot, adapter
 
     def _fill(self, slot: int, lora_id: int, adapter: LoraAdapter | None) -> None:
