@@ -23,40 +23,50 @@ MIN_VOCAB = 4 * SLICE_ROWS  # smaller projections gain nothing from either form
 PACK_ROWS_HINT = 16  # batch the packed layout is tuned for; any row count works
 
 
-class SlicedLMHead(torch.nn.Module):
-    """Drop-in for a ``torch.nn.Linear`` output projection; same weight, vocabulary slices per BLAS call."""
+class _CpuHead(torch.nn.Module):
+    """A drop-in for a ``torch.nn.Linear`` output projection that keeps the ``Linear``'s own weight
+    (tied embeddings stay tied); subclasses compute the logits of 2-D hidden states their own way."""
 
-    def __init__(self, linear: torch.nn.Linear, slice_rows: int = SLICE_ROWS) -> None:
+    def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        self.slice_rows = slice_rows
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        # mm(out=...) has no autograd; the engine never trains, but a caller with grad gets the plain path.
+        # Neither form has autograd; the engine never trains, but a caller with grad gets the plain path.
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return torch.nn.functional.linear(hidden, self.weight, self.bias)
-        flat = hidden.reshape(-1, hidden.shape[-1])
+        logits = self._logits(hidden.reshape(-1, hidden.shape[-1]))
+        return logits.reshape(*hidden.shape[:-1], self.out_features)
+
+    def _logits(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SlicedLMHead(_CpuHead):
+    """The output projection as vocabulary slices, one BLAS call each, writing into one logits tensor."""
+
+    def __init__(self, linear: torch.nn.Linear, slice_rows: int = SLICE_ROWS) -> None:
+        super().__init__(linear)
+        self.slice_rows = slice_rows
+
+    def _logits(self, flat: torch.Tensor) -> torch.Tensor:
         logits = flat.new_empty((flat.shape[0], self.out_features))
         rows = self.slice_rows
         for start in range(0, self.out_features, rows):
             torch.mm(flat, self.weight[start : start + rows].t(), out=logits[:, start : start + rows])
         if self.bias is not None:
             logits += self.bias
-        return logits.reshape(*hidden.shape[:-1], self.out_features)
+        return logits
 
 
-class PackedLMHead(torch.nn.Module):
-    """Drop-in for a ``torch.nn.Linear`` output projection over a oneDNN-prepacked copy of its weight."""
+class PackedLMHead(_CpuHead):
+    """The output projection over a oneDNN-prepacked copy of the weight."""
 
     def __init__(self, linear: torch.nn.Linear, packed: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        super().__init__(linear)
         self.packed = packed
 
     @classmethod
@@ -70,15 +80,12 @@ class PackedLMHead(torch.nn.Module):
             return None
         return cls(linear, packed)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return torch.nn.functional.linear(hidden, self.weight, self.bias)
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        if not flat.is_contiguous():
-            flat = flat.contiguous()
+    def _logits(self, flat: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.detach()
-        logits: torch.Tensor = torch.ops.mkldnn._linear_pointwise(flat, self.packed, bias, "none", [], "")
-        return logits.reshape(*hidden.shape[:-1], self.out_features)
+        logits: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            flat.contiguous(), self.packed, bias, "none", [], ""
+        )
+        return logits
 
 
 def fast_output_projection(model: torch.nn.Module) -> bool:
