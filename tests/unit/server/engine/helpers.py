@@ -28,6 +28,15 @@ def tokens(outputs: list[GenerationOutput]) -> list[int]:
     return [t for out in outputs for t in out.token_ids]
 
 
+async def greedy(
+    engine: TorchEngine, prompt: list[int], max_tokens: int, lora: str | None = None
+) -> list[int]:
+    """``max_tokens`` greedy tokens (EOS ignored) for ``prompt``, under the adapter ``lora`` (None: base)."""
+    req = request(prompt, max_tokens=max_tokens, ignore_eos=True)
+    req.lora_name = lora
+    return tokens([out async for out in engine.generate(req)])
+
+
 async def wait_until(predicate: Any, within_s: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + within_s
     while not predicate():

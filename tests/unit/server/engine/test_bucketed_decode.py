@@ -21,7 +21,7 @@ from modelyard.server.engine.model.bucketed_decode import mode_for
 from modelyard.server.engine.model.loader import LoadedModel, load_model
 from modelyard.server.engine.model.runner import ModelRunner
 from modelyard.server.engine.model.static_decode import batch_buckets, bucket_of, context_buckets
-from tests.unit.server.engine.helpers import prompt_of, request, run, tokens
+from tests.unit.server.engine.helpers import greedy, prompt_of, run, tokens
 from tests.unit.server.engine.test_fast_llama import CONFIGS, GUIDED, save_tokenizer
 
 pytestmark = pytest.mark.model
@@ -275,13 +275,7 @@ async def test_adapter_rows_decode_as_before(tmp_path: Path, loaded: LoadedModel
     try:
         await engine.add_lora("all", str(adapter))
         rows = [(prompt_of(5 + 9 * i, i), "all" if i % 2 else None) for i in range(4)]
-
-        async def greedy(prompt: list[int], lora: str | None) -> list[int]:
-            req = request(prompt, max_tokens=8, ignore_eos=True)
-            req.lora_name = lora
-            return tokens([out async for out in engine.generate(req)])
-
-        got = await asyncio.gather(*(greedy(p, n) for p, n in rows))
+        got = await asyncio.gather(*(greedy(engine, p, 8, n) for p, n in rows))
         buckets = engine._runner.buckets
         assert buckets is not None
         calls: list[int] = []

@@ -16,7 +16,7 @@ from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.fast_llama import FastLlama, unsupported_reason
 from modelyard.server.engine.model.loader import load_model
 from tests.fixtures.lora import make_adapter, peft_greedy
-from tests.unit.server.engine.helpers import prompt_of, request, run, tokens
+from tests.unit.server.engine.helpers import greedy, prompt_of, run, tokens
 from tests.unit.server.engine.test_fast_llama import CONFIGS, save_tokenizer
 
 pytestmark = pytest.mark.model
@@ -93,13 +93,8 @@ async def test_adapters_after_release_give_pefts_tokens(model_dir: Path, tmp_pat
     try:
         await engine.add_lora("all", str(adapter))
         prompts = [(prompt_of(6 + 5 * i, i), "all" if i % 2 else None) for i in range(4)]
-
-        async def greedy(prompt: list[int], lora: str | None) -> list[int]:
-            req = request(prompt, max_tokens=8, ignore_eos=True)
-            req.lora_name = lora
-            return tokens([out async for out in engine.generate(req)])
-
-        got = [await greedy(*prompts[0]), *await asyncio.gather(*(greedy(p, n) for p, n in prompts))]
+        first = await greedy(engine, prompts[0][0], 8, prompts[0][1])
+        got = [first, *await asyncio.gather(*(greedy(engine, p, 8, n) for p, n in prompts))]
     finally:
         await engine.stop()
     expected = [peft_greedy(model_dir, adapter if n else None, p, 8) for p, n in [prompts[0], *prompts]]

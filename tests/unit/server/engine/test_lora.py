@@ -15,7 +15,7 @@ from modelyard.server.engine.lora import LoraError, LoraNotFoundError
 from modelyard.server.engine.lora.fused import lora_of
 from modelyard.server.engine.model.loader import load_model
 from tests.fixtures.lora import make_adapter, peft_greedy
-from tests.unit.server.engine.helpers import prompt_of, request, tokens
+from tests.unit.server.engine.helpers import greedy, prompt_of, request, tokens
 
 pytestmark = pytest.mark.model
 
@@ -59,12 +59,6 @@ async def lora_engine(model_dirs: dict[str, Path]) -> AsyncIterator[Callable[...
         await engine.stop()
 
 
-async def _greedy(engine: TorchEngine, prompt: list[int], lora: str | None) -> list[int]:
-    req = request(prompt, max_tokens=N, ignore_eos=True)
-    req.lora_name = lora
-    return tokens([out async for out in engine.generate(req)])
-
-
 @pytest.mark.parametrize("fast_decode", ["auto", "off"])
 async def test_each_adapter_matches_peft_and_a_mixed_batch_is_exact_row_by_row(
     lora_engine, adapters: dict[str, Path], model_dirs: dict[str, Path], fast_decode: str
@@ -79,7 +73,7 @@ async def test_each_adapter_matches_peft_and_a_mixed_batch_is_exact_row_by_row(
     expected = [peft_greedy(base, adapters[n] if n else None, p, N) for p, n in rows]
     # The adapters really change the answer (otherwise this test would prove nothing).
     assert len({tuple(expected[i]) for i in range(4)} | {tuple(peft_greedy(base, None, prompts[1], N))}) > 1
-    got = await asyncio.gather(*(_greedy(engine, p, n) for p, n in rows))
+    got = await asyncio.gather(*(greedy(engine, p, N, n) for p, n in rows))
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert g == e, f"row {i} ({rows[i][1] or 'base'})"
 
@@ -95,7 +89,7 @@ async def test_adapter_rows_run_the_fast_path_when_lora_is_on(
     assert fused is not None
     await engine.add_lora("all8", str(adapters["all8"]))
     prompt = prompt_of(20, 3)
-    assert await _greedy(engine, prompt, "all8") == peft_greedy(
+    assert await greedy(engine, prompt, N, "all8") == peft_greedy(
         model_dirs["llama"], adapters["all8"], prompt, N
     )
     assert any(pairs is not None for pairs in fused._pairs)
@@ -107,11 +101,11 @@ async def test_prefix_cache_never_serves_one_adapters_kv_to_another(
     engine = await lora_engine()
     await engine.add_lora("all8", str(adapters["all8"]))
     prompt = prompt_of(80, 9)
-    base_tokens = await _greedy(engine, prompt, None)
-    adapted = await _greedy(engine, prompt, "all8")
+    base_tokens = await greedy(engine, prompt, N, None)
+    adapted = await greedy(engine, prompt, N, "all8")
     assert adapted == peft_greedy(model_dirs["llama"], adapters["all8"], prompt, N)
     assert adapted != base_tokens
-    assert await _greedy(engine, prompt, None) == base_tokens
+    assert await greedy(engine, prompt, N, None) == base_tokens
     assert engine.stats().prefix_cache_hits > 0  # the same adapter's repeat was served from the cache
 
 
@@ -122,7 +116,7 @@ async def test_more_adapters_than_slots_wait_for_one_and_are_exact(
     for name, path in adapters.items():
         await engine.add_lora(name, str(path))
     prompt = prompt_of(9, 4)
-    got = await asyncio.gather(*(_greedy(engine, prompt, n) for n in adapters))
+    got = await asyncio.gather(*(greedy(engine, prompt, N, n) for n in adapters))
     for name, g in zip(adapters, got, strict=True):
         assert g == peft_greedy(model_dirs["llama"], adapters[name], prompt, N), name
 
@@ -139,9 +133,9 @@ async def test_unload_lets_running_requests_finish_and_refuses_new_ones(lora_eng
     assert len(tokens([first, *rest])) == 40
     assert rest[-1].finish_reason == "length"
     with pytest.raises(LoraNotFoundError):
-        await _greedy(engine, prompt_of(8, 1), "all8")
+        await greedy(engine, prompt_of(8, 1), N, "all8")
     await engine.add_lora("all8", str(adapters["all8"]))  # the name is free again
-    assert len(await _greedy(engine, prompt_of(8, 1), "all8")) == N
+    assert len(await greedy(engine, prompt_of(8, 1), N, "all8")) == N
 
 
 async def test_bad_adapters_are_refused_with_a_reason(
@@ -163,7 +157,7 @@ async def test_bad_adapters_are_refused_with_a_reason(
     with pytest.raises(LoraError, match="already loaded"):
         await engine.add_lora("all8", str(adapters["attn4"]))
     assert engine.lora_names() == ["all8"]
-    assert len(await _greedy(engine, prompt_of(5), "all8")) == N  # still serving
+    assert len(await greedy(engine, prompt_of(5), N, "all8")) == N  # still serving
 
 
 def _reshape(adapter: Path) -> None:

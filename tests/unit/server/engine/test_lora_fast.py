@@ -19,7 +19,7 @@ from modelyard.server.engine.lora import fused as fused_module
 from modelyard.server.engine.lora.fused import Deltas, lora_of
 from modelyard.server.engine.model.loader import load_model
 from tests.fixtures.lora import make_adapter, peft_greedy
-from tests.unit.server.engine.helpers import prompt_of, request, tokens
+from tests.unit.server.engine.helpers import greedy, prompt_of
 from tests.unit.server.engine.test_fast_llama import CONFIGS, save_tokenizer
 
 pytestmark = pytest.mark.model
@@ -42,12 +42,6 @@ def family(
         "mlp": make_adapter(base, root / "mlp", r=16, alpha=32, targets=["up_proj", "down_proj"], seed=3),
     }
     return base, adapters
-
-
-async def _greedy(engine: TorchEngine, prompt: list[int], lora: str | None) -> list[int]:
-    req = request(prompt, max_tokens=N, ignore_eos=True)
-    req.lora_name = lora
-    return tokens([out async for out in engine.generate(req)])
 
 
 @pytest.mark.parametrize("kernel", ["stacked", "segments"])
@@ -80,7 +74,7 @@ async def test_mixed_adapter_batches_on_the_fast_path_give_pefts_tokens(
             await engine.add_lora(name, str(path))
         names: list[str | None] = [None, *adapters]
         rows = [(prompt_of(5 + 9 * i, i), names[i % 4]) for i in range(8)]
-        got = await asyncio.gather(*(_greedy(engine, p, n) for p, n in rows))
+        got = await asyncio.gather(*(greedy(engine, p, N, n) for p, n in rows))
     finally:
         await engine.stop()
     assert {"StackedDeltas" if kernel == "stacked" else "SegmentDeltas", "NoneType"} <= kinds
@@ -106,7 +100,7 @@ async def test_base_rows_with_lora_on_take_no_lora_work(model_dirs: dict[str, Pa
             return result
 
         fused.active = spy  # type: ignore[method-assign]
-        await asyncio.gather(*(_greedy(engine, prompt_of(6 + i, i), None) for i in range(4)))
+        await asyncio.gather(*(greedy(engine, prompt_of(6 + i, i), N, None) for i in range(4)))
     finally:
         await engine.stop()
     assert calls
