@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 import aiohttp
 from aiohttp import web
@@ -366,18 +367,13 @@ class Proxy:
             try:
                 upstream = await self._open(reply.request.method, url, path, headers, body)
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                self._upstream_failed(route, url, exc)
-                self._check_replay(reply, route, exc)
-                raise _Retry() from None
+                self._unreachable(reply, route, url, exc)
             if upstream.status in RETRYABLE_STATUS:
                 try:
                     failure = (upstream.status, await upstream.read(), CIMultiDict(upstream.headers))
                 except (aiohttp.ClientError, TimeoutError):
                     failure = (upstream.status, b"", CIMultiDict(upstream.headers))
-                self.metrics.upstream_errors.labels(route.name, UpstreamError.STATUS_5XX.value).inc()
-                if upstream.status in UNHEALTHY_STATUS and self.health.failure(url):
-                    self._ejected(route, url)
-                raise _Retry(failure)
+                self._retryable_status(route, url, failure)
             self.health.success(url)
             with span(self.tracing, "router.relay", **{"http.response.status_code": upstream.status}):
                 return await self._relay(reply, route, url, upstream, on_cut, migration)
@@ -415,17 +411,12 @@ class Proxy:
         try:
             answer = await self.upstream.send(url, reply.request.method, path, headers.items(), body)
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            self._upstream_failed(route, url, exc)
-            self._check_replay(reply, route, exc)
-            raise _Retry() from None
+            self._unreachable(reply, route, url, exc)
         finally:
             state.in_flight -= 1
         status = answer.status
         if status in RETRYABLE_STATUS:
-            self.metrics.upstream_errors.labels(route.name, UpstreamError.STATUS_5XX.value).inc()
-            if status in UNHEALTHY_STATUS and self.health.failure(url):
-                self._ejected(route, url)
-            raise _Retry((status, answer.body, CIMultiDict(answer.headers)))
+            self._retryable_status(route, url, (status, answer.body, CIMultiDict(answer.headers)))
         self.health.success(url)
         ex = reply.ex
         with span(self.tracing, "router.relay", **{"http.response.status_code": status}):
@@ -487,6 +478,20 @@ class Proxy:
         why = not_replayable(reply.request.path, reply.fields)
         if why is not None:
             raise errors.upstream_cut(route.name, why, stream=False)
+
+    def _unreachable(self, reply: ClientReply, route: ModelRoute, url: str, exc: BaseException) -> NoReturn:
+        """The pod could not be reached (or went silent): count it, then try another pod, unless the
+        request may have started there and cannot be sent again."""
+        self._upstream_failed(route, url, exc)
+        self._check_replay(reply, route, exc)
+        raise _Retry() from None
+
+    def _retryable_status(self, route: ModelRoute, url: str, failure: Failure) -> NoReturn:
+        """The pod answered a status worth another pod (kept as the answer if none does better)."""
+        self.metrics.upstream_errors.labels(route.name, UpstreamError.STATUS_5XX.value).inc()
+        if failure[0] in UNHEALTHY_STATUS and self.health.failure(url):
+            self._ejected(route, url)
+        raise _Retry(failure)
 
     def _upstream_failed(self, route: ModelRoute, url: str, exc: BaseException) -> None:
         reason = (
