@@ -2,10 +2,10 @@
 replica's own counters (keys.py); settling what it used when it ends.
 
 With a store that is down, ``store_failure_mode`` decides: ``open`` falls back to per-replica limits,
-``closed`` answers 503. A request admitted by one side is settled on the same side. Settling happens in
-a task of its own, which a JSON answer waits for (it goes out when the handler returns, so the client's
-next request finds the lease free on every replica) and a stream does not (its end is already sent); a
-settle that fails leaves the lease to run out by its TTL.
+``closed`` answers 503. A request admitted by one side is settled on the same side. A shared settle is
+sent to the store at once and handed back as a future, which a JSON answer waits for (it goes out when
+the handler returns, so the client's next request finds the lease free on every replica) and a stream
+does not (its end is already sent); a settle that fails leaves the lease to run out by its TTL.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,7 @@ class Admission:
         self.store = store
         self.failure_mode = failure_mode
         self.retry_after_s = retry_after_s
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
 
     async def admit(self, key: KeyState, model: str, requested: str | None, estimate: int) -> Grant:
         """403/404 for a model outside the key's list; 429 (with its reason) or 503; else a grant."""
@@ -80,23 +81,19 @@ class Admission:
         rate = self.keys.admit_local(key, estimate)
         return Grant(key, estimate, rate, None)
 
-    def settle(self, grant: Grant, used: int) -> asyncio.Task[None] | None:
+    def settle(self, grant: Grant, used: int) -> asyncio.Future[None] | None:
         """The request is over and used ``used`` tokens: free its slot, correct its reservation. With
-        the store, the task that does it (its errors are its own: a failed settle runs out by TTL)."""
+        the store, the future of the settle already sent (its errors are its own: a failed settle runs
+        out by TTL; cancelling a wait for it does not cancel it)."""
         if grant.lease is None:
             self.keys.release(grant.key, used, grant.estimate)
             self._budget_gauges(grant.key, self.keys.usage_local(grant.key))
             return None
-        task = asyncio.create_task(self._settle_shared(grant, used - grant.estimate))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-        return task
-
-    async def _settle_shared(self, grant: Grant, delta: int) -> None:
         assert self.store is not None
-        assert grant.lease is not None
-        with contextlib.suppress(StoreDown):
-            await self.store.settle(grant.key.spec, grant.lease, delta)
+        done = self.store.settle(grant.key.spec, grant.lease, used - grant.estimate)
+        self._settling.add(done)
+        done.add_done_callback(_forget(self._settling))
+        return done
 
     async def usage(self, key: KeyState) -> tuple[Usage, bool]:
         """The key's usage this UTC day and month, and whether it is the shared count."""
@@ -124,3 +121,12 @@ class Admission:
 def _has_budget(key: KeyState) -> bool:
     s = key.spec
     return bool(s.tokens_per_day or s.tokens_per_month or s.requests_per_day)
+
+
+def _forget(settling: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:
+    def done(fut: asyncio.Future[None]) -> None:
+        settling.discard(fut)
+        if not fut.cancelled():
+            fut.exception()  # StoreDown: already logged by the store; the lease runs out by its TTL
+
+    return done

@@ -25,15 +25,32 @@ class Periods:
 
     @classmethod
     def at(cls, wall: float) -> Periods:
-        now = dt.datetime.fromtimestamp(wall, _UTC)
-        midnight = dt.datetime(now.year, now.month, now.day, tzinfo=_UTC) + dt.timedelta(days=1)
-        first = dt.datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=_UTC)
-        return cls(
-            day=now.strftime("%Y%m%d"),
-            month=now.strftime("%Y%m"),
-            day_reset_s=(midnight - now).total_seconds(),
-            month_reset_s=(first - now).total_seconds(),
-        )
+        # Asked once or twice per request: the calendar is worked out once per UTC day.
+        day = _day
+        if not day[0] <= wall < day[1]:
+            day = _calendar_day(wall)
+        return cls(day[2], day[3], day[1] - wall, day[4] - wall)
+
+
+_Day = tuple[float, float, str, str, float]  # start, end, day, month, month's end
+
+
+def _calendar_day(wall: float) -> _Day:
+    global _day
+    now = dt.datetime.fromtimestamp(wall, _UTC)
+    start = dt.datetime(now.year, now.month, now.day, tzinfo=_UTC)
+    first = dt.datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=_UTC)
+    _day = (
+        start.timestamp(),
+        (start + dt.timedelta(days=1)).timestamp(),
+        now.strftime("%Y%m%d"),
+        now.strftime("%Y%m"),
+        first.timestamp(),
+    )
+    return _day
+
+
+_day: _Day = (0.0, 0.0, "", "", 0.0)
 
 
 @dataclass(frozen=True, slots=True)

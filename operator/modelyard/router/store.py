@@ -14,12 +14,15 @@ Any store error marks the store down (one Warning log, ``modelyard_router_store_
 pinged every ``store_retry_s`` and taken back at its first answer (another Warning log).
 
 Keys: ``<prefix>{<key name>}:<what>``; the braces keep one API key's data in one Redis Cluster slot.
+
+The calls go over our own pipelined RESP connection (resp.py). A key's script keys and fixed arguments
+are packed once per key and UTC day; a request packs only its lease id and estimate. The settle is
+queued at once and handed back as a future, so it runs even if the request's handler is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
@@ -29,15 +32,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from modelyard.router import errors
 from modelyard.router.keys import ApiKeySpec
 from modelyard.router.metrics import RouterMetrics
 from modelyard.router.quota import Periods, RateState, Usage
+from modelyard.router.resp import ReplyError, RespClient, StoreError, pack_bulk
 from modelyard.router.settings import RouterSettings
 from modelyard.router.store_types import Lease, StoreDown
 
@@ -64,15 +63,15 @@ local function reset_ms(value, cap) return math.ceil((cap - value) * 60000 / cap
 """
 
 # KEYS: rpm bucket, tpm bucket, leases, tokens today, tokens this month, requests today
-# ARGV: rpm, tpm, max_concurrent, lease id, lease ttl ms, estimate,
-#       tokens/day, tokens/month, requests/day, day ttl s, month ttl s
+# ARGV: rpm, tpm, max_concurrent, lease ttl ms, tokens/day, tokens/month, requests/day, day ttl s,
+#       month ttl s, then the request's own: lease id, estimate
 # -> {0, 0, rpm left, rpm reset ms, tpm left, tpm reset ms, tokens today, tokens this month, requests
 #     today} or {refusal code, retry ms}
 ADMIT = (
     _PRELUDE
     + """
 local rpm, tpm, maxc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl, est = tonumber(ARGV[5]), tonumber(ARGV[6])
+local ttl, est = tonumber(ARGV[4]), tonumber(ARGV[11])
 if maxc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if redis.call('ZCARD', KEYS[3]) >= maxc then return {1, 1000} end
@@ -82,11 +81,11 @@ if rpm > 0 and r < 1 then return {2, math.ceil((1 - r) * 60000 / rpm)} end
 local k = tpm > 0 and level(KEYS[2], tpm) or 0
 if tpm > 0 and k < 1 then return {3, math.ceil((1 - k) * 60000 / tpm)} end
 local rd = tonumber(redis.call('GET', KEYS[6]) or '0')
-if tonumber(ARGV[9]) > 0 and rd >= tonumber(ARGV[9]) then return {4, 0} end
-if tonumber(ARGV[7]) > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[7]) then
+if tonumber(ARGV[7]) > 0 and rd >= tonumber(ARGV[7]) then return {4, 0} end
+if tonumber(ARGV[5]) > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= tonumber(ARGV[5]) then
   return {5, 0}
 end
-if tonumber(ARGV[8]) > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[8]) then
+if tonumber(ARGV[6]) > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[6]) then
   return {6, 0}
 end
 local out = {0, 0, 0, 0, 0, 0, 0, 0, 0}
@@ -101,21 +100,21 @@ if tpm > 0 then
   out[5], out[6] = math.floor(k), reset_ms(k, tpm)
 end
 if maxc > 0 then
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[10])
   redis.call('PEXPIRE', KEYS[3], ttl * 2)
 end
 out[7] = redis.call('INCRBY', KEYS[4], est)
-redis.call('EXPIRE', KEYS[4], ARGV[10])
+redis.call('EXPIRE', KEYS[4], ARGV[8])
 out[8] = redis.call('INCRBY', KEYS[5], est)
-redis.call('EXPIRE', KEYS[5], ARGV[11])
+redis.call('EXPIRE', KEYS[5], ARGV[9])
 out[9] = redis.call('INCR', KEYS[6])
-redis.call('EXPIRE', KEYS[6], ARGV[10])
+redis.call('EXPIRE', KEYS[6], ARGV[8])
 return out
 """
 )
 
 # KEYS: tpm bucket, leases, tokens today, tokens this month (of the admission's period)
-# ARGV: tpm, lease id ('' = none), delta = real usage - estimate
+# ARGV: tpm, then the request's own: lease id ('' = none), delta = real usage - estimate
 SETTLE = (
     _PRELUDE
     + """
@@ -158,25 +157,16 @@ _REFUSALS: dict[int, Callable[[ApiKeySpec, int, Periods], errors.RouterError]] =
 }
 
 
-def connect(settings: RouterSettings) -> aioredis.Redis:
+def connect(settings: RouterSettings) -> RespClient:
     assert settings.store_url is not None
-    extra: dict[str, Any] = {}
-    if settings.store_password is not None:
-        extra["password"] = settings.store_password.get_secret_value()
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        settings.store_url.get_secret_value(),
-        socket_timeout=settings.store_timeout_s,
-        socket_connect_timeout=settings.store_timeout_s,
-        retry=Retry(NoBackoff(), 0),  # a failed call is answered by the fallback, not retried inline
-        **extra,
-    )
-    return client
+    password = settings.store_password.get_secret_value() if settings.store_password else None
+    return RespClient(settings.store_url.get_secret_value(), password, settings.store_timeout_s)
 
 
 class SharedStore:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RespClient,
         settings: RouterSettings,
         metrics: RouterMetrics,
         wall: Callable[[], float] = time.time,
@@ -188,98 +178,143 @@ class SharedStore:
         self.retry_s = settings.store_retry_s
         self.wall = wall
         self.up = True
-        self._admit = client.register_script(ADMIT)
-        self._settle = client.register_script(SETTLE)
-        self._renew = client.register_script(RENEW)
         self._instance = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
         self.held: dict[str, set[str]] = defaultdict(set)  # key name -> lease ids to renew
         self._renewed = time.monotonic()
+        # key name -> (its spec, the UTC day, ADMIT's and SETTLE's keys and fixed arguments, packed)
+        self._packed: dict[str, tuple[ApiKeySpec, str, bytes, bytes]] = {}
         self.gauge = metrics.store_gauge()
         self.gauge.set(1)
 
     def _k(self, name: str, what: str) -> str:
         return f"{self.prefix}{{{name}}}:{what}"
 
+    def _fixed(self, spec: ApiKeySpec, periods: Periods) -> tuple[ApiKeySpec, str, bytes, bytes]:
+        """The packed keys and fixed arguments of ``spec``'s ADMIT and SETTLE in ``periods``' day."""
+        entry = self._packed.get(spec.name)
+        if entry is not None and entry[0] is spec and entry[1] == periods.day:
+            return entry
+        name = spec.name
+        tpm, leases = self._k(name, "tpm"), self._k(name, "leases")
+        day_tokens = self._k(name, f"tokens:d:{periods.day}")
+        month_tokens = self._k(name, f"tokens:m:{periods.month}")
+        admit = pack_bulk(
+            (
+                6,
+                self._k(name, "rpm"),
+                tpm,
+                leases,
+                day_tokens,
+                month_tokens,
+                self._k(name, f"requests:d:{periods.day}"),
+                spec.requests_per_minute,
+                spec.tokens_per_minute,
+                spec.max_concurrent,
+                self.ttl_ms,
+                spec.tokens_per_day,
+                spec.tokens_per_month,
+                spec.requests_per_day,
+                DAY_TTL_S,
+                MONTH_TTL_S,
+            )
+        )
+        settle = pack_bulk((4, tpm, leases, day_tokens, month_tokens, spec.tokens_per_minute))
+        entry = (spec, periods.day, admit, settle)
+        self._packed[name] = entry
+        return entry
+
     # ---- admission -------------------------------------------------------------------------------
 
     async def admit(self, spec: ApiKeySpec, estimate: int) -> Lease:
         """Charge one request to ``spec``'s key, or raise its 429; :class:`StoreDown` if unreachable."""
+        if not self.up:
+            raise StoreDown()
         periods = Periods.at(self.wall())
         lease_id = f"{self._instance}:{next(self._ids)}" if spec.max_concurrent else ""
-        name = spec.name
-        keys = [
-            self._k(name, "rpm"),
-            self._k(name, "tpm"),
-            self._k(name, "leases"),
-            self._k(name, f"tokens:d:{periods.day}"),
-            self._k(name, f"tokens:m:{periods.month}"),
-            self._k(name, f"requests:d:{periods.day}"),
-        ]
-        args: list[str | int] = [
-            spec.requests_per_minute,
-            spec.tokens_per_minute,
-            spec.max_concurrent,
-            lease_id,
-            self.ttl_ms,
-            estimate,
-            spec.tokens_per_day,
-            spec.tokens_per_month,
-            spec.requests_per_day,
-            DAY_TTL_S,
-            MONTH_TTL_S,
-        ]
-        out = await self._call(self._admit(keys=keys, args=args))
-        code, retry_ms = int(out[0]), int(out[1])
+        fixed = self._fixed(spec, periods)[2]
+        try:
+            out = await self._send_script(ADMIT, fixed + pack_bulk((lease_id, estimate)), 18)
+        except (StoreError, OSError) as exc:
+            self._down(exc)
+            raise StoreDown() from None
+        code = out[0]
         if code:
-            raise _REFUSALS[code](spec, retry_ms, periods)
+            raise _REFUSALS[code](spec, out[1], periods)
         if lease_id:
-            self.held[name].add(lease_id)
+            self.held[spec.name].add(lease_id)
         rate = RateState(
-            limit_requests=spec.requests_per_minute,
-            remaining_requests=int(out[2]),
-            reset_requests_s=int(out[3]) / 1000,
-            limit_tokens=spec.tokens_per_minute,
-            remaining_tokens=int(out[4]),
-            reset_tokens_s=int(out[5]) / 1000,
+            spec.requests_per_minute,
+            out[2],
+            out[3] / 1000,
+            spec.tokens_per_minute,
+            out[4],
+            out[5] / 1000,
         )
-        usage = Usage(periods.day, periods.month, int(out[6]), int(out[7]), int(out[8]))
-        return Lease(name, lease_id, periods, rate, usage)
+        usage = Usage(periods.day, periods.month, out[6], out[7], out[8])
+        return Lease(spec.name, lease_id, periods, rate, usage)
 
-    async def settle(self, spec: ApiKeySpec, lease: Lease, delta: int) -> None:
-        """Free the lease and correct the reservation by ``delta`` (real usage minus estimate)."""
+    def settle(self, spec: ApiKeySpec, lease: Lease, delta: int) -> asyncio.Future[None]:
+        """Free the lease and correct the reservation by ``delta`` (real usage minus estimate). The
+        command is queued before this returns; the future fails with :class:`StoreDown`."""
         if lease.lease_id:
             self.held[lease.key].discard(lease.lease_id)
-        keys = [
-            self._k(lease.key, "tpm"),
-            self._k(lease.key, "leases"),
-            self._k(lease.key, f"tokens:d:{lease.periods.day}"),
-            self._k(lease.key, f"tokens:m:{lease.periods.month}"),
-        ]
-        await self._call(self._settle(keys=keys, args=[spec.tokens_per_minute, lease.lease_id, delta]))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.up:
+            done.set_exception(StoreDown())
+            return done
+        fixed = self._fixed(spec, lease.periods)[3]  # the admission's day, even after midnight
+        reply = self._send_script(SETTLE, fixed + pack_bulk((lease.lease_id, delta)), 8)
+        reply.add_done_callback(lambda r: self._copy(r, done))
+        return done
+
+    def _copy(self, reply: asyncio.Future[Any], done: asyncio.Future[None]) -> None:
+        exc = reply.exception() if not reply.cancelled() else StoreError("cancelled")
+        if exc is not None:
+            self._down(exc)
+        if done.done():
+            return
+        if exc is not None:
+            done.set_exception(StoreDown())
+        else:
+            done.set_result(None)
 
     async def usage(self, name: str) -> Usage:
+        if not self.up:
+            raise StoreDown()
         periods = Periods.at(self.wall())
-        values = await self._call(
-            self.client.mget(
+        try:
+            values = await self.client.call(
+                "MGET",
                 self._k(name, f"tokens:d:{periods.day}"),
                 self._k(name, f"tokens:m:{periods.month}"),
                 self._k(name, f"requests:d:{periods.day}"),
             )
-        )
+        except (StoreError, OSError) as exc:
+            self._down(exc)
+            raise StoreDown() from None
         td, tm, rd = (int(v) if v is not None else 0 for v in values)
         return Usage(periods.day, periods.month, td, tm, rd)
 
-    async def _call(self, awaitable: Any) -> Any:
-        if not self.up:
-            with contextlib.suppress(Exception):
-                awaitable.close()  # never awaited: an un-awaited coroutine would warn
-            raise StoreDown()
-        try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
-            self._down(exc)
-            raise StoreDown() from None
+    # ---- scripts ---------------------------------------------------------------------------------
+
+    def _send_script(self, script: str, tail: bytes, nargs: int) -> asyncio.Future[Any]:
+        """Run ``script`` by its SHA1 (queued now); if the store does not know it yet (a new or
+        restarted store), once more with its text, which loads it."""
+        client = self.client
+        first = client.send_packed(client.evalsha_command(script, tail, nargs))
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def then(reply: asyncio.Future[Any]) -> None:
+            exc = reply.exception() if not reply.cancelled() else StoreError("cancelled")
+            if isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):
+                again = client.send_packed(client.eval_command(script, tail, nargs))
+                again.add_done_callback(lambda r: _chain(r, done))
+                return
+            _chain(reply, done)
+
+        first.add_done_callback(then)
+        return done
 
     # ---- up/down and lease renewal ---------------------------------------------------------------
 
@@ -299,8 +334,8 @@ class SharedStore:
         """One health check: ping when down; when up, renew held leases once a third of their TTL."""
         if not self.up:
             try:
-                await self.client.ping()
-            except (RedisError, OSError):
+                await self.client.call("PING")
+            except (StoreError, OSError):
                 return
             self._back()
             return
@@ -311,14 +346,18 @@ class SharedStore:
             if not ids:
                 self.held.pop(name, None)
                 continue
-            with contextlib.suppress(StoreDown):
-                await self._call(self._renew(keys=[self._k(name, "leases")], args=[self.ttl_ms, *ids]))
+            tail = pack_bulk((1, self._k(name, "leases"), self.ttl_ms, *ids))
+            try:
+                await self._send_script(RENEW, tail, 3 + len(ids))
+            except (StoreError, OSError) as exc:
+                self._down(exc)
+                return
 
     async def run(self) -> None:
         """Background: at start, learn whether the store answers; then check every ``retry_s``."""
         try:
-            await self.client.ping()
-        except (RedisError, OSError) as exc:
+            await self.client.call("PING")
+        except (StoreError, OSError) as exc:
             self._down(exc)
         while True:
             await asyncio.sleep(min(self.retry_s, self.lease_ttl_s / 3))
@@ -330,3 +369,14 @@ class SharedStore:
 
 def _secs(ms: float) -> int:
     return max(1, math.ceil(ms / 1000))
+
+
+def _chain(reply: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
+    if done.done():
+        return
+    if reply.cancelled():
+        done.set_exception(StoreError("cancelled"))
+    elif (exc := reply.exception()) is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(reply.result())

@@ -1,7 +1,7 @@
-"""What admission needs to know of the shared store, without importing its client.
+"""What admission needs to know of the shared store, without importing it.
 
-The Redis client pulls in OpenTelemetry's SDK when it is installed, so the router imports
-``store.py`` only when a store is configured; admission and its callers use these types.
+The router imports ``store.py`` (and its RESP client) only when a store is configured; admission and
+its callers use these types.
 """
 
 from __future__ import annotations
