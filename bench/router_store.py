@@ -6,8 +6,8 @@ The same fake upstream and load as bench/router_overhead.py (whose parts this re
 * ``store``: limits and budgets in a real redis-server (Debian's, tests/integration/router/install-redis.sh),
   limits too high to refuse anything, so every request pays the full admission and settle;
 * ``store @baseline`` with ``--baseline PATH``: the same, running another checkout's router (for A/B of a
-  change; ``--baseline-path`` adds entries in front of its PYTHONPATH, e.g. a ``pip install --target``
-  folder holding hiredis).
+  change); with ``--baseline-path``, once more as ``store @baseline+`` with these entries in front of its
+  PYTHONPATH (e.g. a ``pip install --target`` folder holding hiredis, for redis-py's C parser).
 
 Rounds go over all targets, the order reversed every other round, so that load on a shared machine falls
 on each alike; medians of the rounds are reported: requests/s and the router's CPU per request.
@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=32)
     p.add_argument("--only-mode", choices=("json", "stream"))
     p.add_argument("--baseline", type=Path, help="another checkout: its router with the store, too")
-    p.add_argument("--baseline-path", default="", help="PYTHONPATH entries put before the baseline's")
+    p.add_argument("--baseline-path", default="", help="baseline again, these first on its path")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "router_store.json")
     args = p.parse_args()
 
@@ -99,11 +99,10 @@ def main() -> None:
 
         targets = [router("no store", False), router("store", True)]
         if args.baseline is not None:
-            base = os.pathsep.join(
-                [e for e in args.baseline_path.split(os.pathsep) if e]
-                + [str(args.baseline.resolve() / "operator"), str(REPO)]
-            )
+            base = os.pathsep.join([str(args.baseline.resolve() / "operator"), str(REPO)])
             targets.append(router("store @baseline", True, base))
+            if args.baseline_path:
+                targets.append(router("store @baseline+", True, args.baseline_path + os.pathsep + base))
 
         results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
         modes = ("json", "stream") if args.only_mode is None else (args.only_mode,)
