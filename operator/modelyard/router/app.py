@@ -77,7 +77,7 @@ def create_app(
     keys = KeyStore(wall=wall) if wall is not None else KeyStore()
     store = None
     if settings.store_url is not None:
-        # Imported only with a store: the Redis client loads OpenTelemetry's SDK when it is installed.
+        # Imported only with a store (its scripts and client are of no use without one).
         from modelyard.router.store import SharedStore, connect
 
         store = SharedStore(connect(settings), settings, metrics, **({"wall": wall} if wall else {}))
