@@ -18,7 +18,6 @@ reads); ``?db=N`` works as well as the path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import ssl
 import time
@@ -264,16 +263,11 @@ class RespClient:
         return await conn.send(packed)
 
     async def _connect(self) -> _Connection:
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
         connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
-                with contextlib.suppress(BaseException):
-                    connecting.exception()  # retrieved here: every waiter got it already
+        if connecting is None or connecting.done():  # one attempt at a time, shared by its callers
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+            connecting.add_done_callback(_retrieve)
+        return await asyncio.shield(connecting)
 
     async def _open(self) -> _Connection:
         ep = self.endpoint
@@ -327,3 +321,9 @@ def _head(verb: bytes, script_or_sha: bytes, nargs: int) -> bytes:
         len(script_or_sha),
         script_or_sha,
     )
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Read a connection attempt's error, which its waiters got already (or none waited any more)."""
+    if not fut.cancelled():
+        fut.exception()
