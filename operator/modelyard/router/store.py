@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from modelyard.router import errors
@@ -234,7 +235,7 @@ class SharedStore:
         lease_id = f"{self._instance}:{next(self._ids)}" if spec.max_concurrent else ""
         fixed = self._fixed(spec, periods)[2]
         try:
-            out = await self._send_script(ADMIT, fixed + pack_bulk((lease_id, estimate)), 18)
+            out = await self._script(ADMIT, fixed + pack_bulk((lease_id, estimate)), 18)
         except (StoreError, OSError) as exc:
             self._down(exc)
             raise StoreDown() from None
@@ -264,12 +265,18 @@ class SharedStore:
             done.set_exception(StoreDown())
             return done
         fixed = self._fixed(spec, lease.periods)[3]  # the admission's day, even after midnight
-        reply = self._send_script(SETTLE, fixed + pack_bulk((lease.lease_id, delta)), 8)
-        reply.add_done_callback(lambda r: self._copy(r, done))
+        tail = fixed + pack_bulk((lease.lease_id, delta))
+        client = self.client
+        reply = client.send_packed(client.evalsha_command(SETTLE, tail, 8))
+        reply.add_done_callback(partial(self._settled, done, tail))
         return done
 
-    def _copy(self, reply: asyncio.Future[Any], done: asyncio.Future[None]) -> None:
+    def _settled(self, done: asyncio.Future[None], tail: bytes | None, reply: asyncio.Future[Any]) -> None:
         exc = reply.exception() if not reply.cancelled() else StoreError("cancelled")
+        if tail is not None and _noscript(exc):  # once more with the script's text, which loads it
+            again = self.client.send_packed(self.client.eval_command(SETTLE, tail, 8))
+            again.add_done_callback(partial(self._settled, done, None))
+            return
         if exc is not None:
             self._down(exc)
         if done.done():
@@ -298,23 +305,16 @@ class SharedStore:
 
     # ---- scripts ---------------------------------------------------------------------------------
 
-    def _send_script(self, script: str, tail: bytes, nargs: int) -> asyncio.Future[Any]:
-        """Run ``script`` by its SHA1 (queued now); if the store does not know it yet (a new or
-        restarted store), once more with its text, which loads it."""
+    async def _script(self, script: str, tail: bytes, nargs: int) -> Any:
+        """Run ``script`` by its SHA1; if the store does not know it yet (a new or restarted store),
+        once more with its text, which loads it. ``tail``: its ``nargs`` arguments, packed."""
         client = self.client
-        first = client.send_packed(client.evalsha_command(script, tail, nargs))
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def then(reply: asyncio.Future[Any]) -> None:
-            exc = reply.exception() if not reply.cancelled() else StoreError("cancelled")
-            if isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):
-                again = client.send_packed(client.eval_command(script, tail, nargs))
-                again.add_done_callback(lambda r: _chain(r, done))
-                return
-            _chain(reply, done)
-
-        first.add_done_callback(then)
-        return done
+        try:
+            return await client.send_packed(client.evalsha_command(script, tail, nargs))
+        except ReplyError as exc:
+            if not _noscript(exc):
+                raise
+        return await client.send_packed(client.eval_command(script, tail, nargs))
 
     # ---- up/down and lease renewal ---------------------------------------------------------------
 
@@ -348,7 +348,7 @@ class SharedStore:
                 continue
             tail = pack_bulk((1, self._k(name, "leases"), self.ttl_ms, *ids))
             try:
-                await self._send_script(RENEW, tail, 3 + len(ids))
+                await self._script(RENEW, tail, 3 + len(ids))
             except (StoreError, OSError) as exc:
                 self._down(exc)
                 return
@@ -371,12 +371,5 @@ def _secs(ms: float) -> int:
     return max(1, math.ceil(ms / 1000))
 
 
-def _chain(reply: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
-    if done.done():
-        return
-    if reply.cancelled():
-        done.set_exception(StoreError("cancelled"))
-    elif (exc := reply.exception()) is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(reply.result())
+def _noscript(exc: BaseException | None) -> bool:
+    return isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT")

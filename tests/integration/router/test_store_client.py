@@ -129,7 +129,11 @@ async def test_a_restarted_store_gets_a_new_connection_and_its_scripts_again(tmp
         lease = await store.admit(spec, 10)  # EVALSHA answered NOSCRIPT; EVAL loaded it
         assert lease.rate.remaining_requests == 99
         assert lease.usage.tokens_day == 10
-        await store.settle(spec, lease, 0)
+        assert await store.client.call("ZCARD", "modelyard:{t}:leases") == 1
+        await store.settle(spec, lease, -4)  # SETTLE unknown too: loaded the same way
+        assert await store.client.call("ZCARD", "modelyard:{t}:leases") == 0
+        assert (await store.usage("t")).tokens_day == 6
+        assert store.up
     finally:
         await store.close()
         server.kill()
