@@ -5,7 +5,8 @@ One admission is one round trip: a Lua script checks and charges atomically
   * a concurrency lease (a member of a sorted set scored by its expiry, renewed while the request runs,
     so the leases of a router that dies run out after ``store_lease_ttl_s``),
   * a token reservation (the request's estimate) from the tokens-per-minute bucket and the day/month
-    budgets, settled with the real usage when the answer ends (a second script, off the request path).
+    budgets, settled with the real usage when the answer ends (a second script; a JSON answer goes
+    out after it, a stream's end does not wait for it).
 Times inside the scripts come from the store's own clock (``TIME``), so replicas' clocks need not agree;
 the budget periods (UTC day and month) are named by the router's wall clock, which tests can inject.
 
@@ -114,6 +115,8 @@ return out
 """
 )
 
+ADMIT_ARGS = 18  # after the script: numkeys, 6 keys, 9 fixed arguments, lease id, estimate
+
 # KEYS: tpm bucket, leases, tokens today, tokens this month (of the admission's period)
 # ARGV: tpm, then the request's own: lease id ('' = none), delta = real usage - estimate
 SETTLE = (
@@ -131,6 +134,7 @@ end
 return 1
 """
 )
+SETTLE_ARGS = 8  # numkeys, 4 keys, tpm, lease id, delta
 
 # KEYS: leases; ARGV: ttl ms, lease ids...
 RENEW = """
@@ -235,7 +239,7 @@ class SharedStore:
         lease_id = f"{self._instance}:{next(self._ids)}" if spec.max_concurrent else ""
         fixed = self._fixed(spec, periods)[2]
         try:
-            out = await self._script(ADMIT, fixed + pack_bulk((lease_id, estimate)), 18)
+            out = await self._script(ADMIT, fixed + pack_bulk((lease_id, estimate)), ADMIT_ARGS)
         except (StoreError, OSError) as exc:
             self._down(exc)
             raise StoreDown() from None
@@ -267,14 +271,14 @@ class SharedStore:
         fixed = self._fixed(spec, lease.periods)[3]  # the admission's day, even after midnight
         tail = fixed + pack_bulk((lease.lease_id, delta))
         client = self.client
-        reply = client.send_packed(client.evalsha_command(SETTLE, tail, 8))
+        reply = client.send_packed(client.evalsha_command(SETTLE, tail, SETTLE_ARGS))
         reply.add_done_callback(partial(self._settled, done, tail))
         return done
 
     def _settled(self, done: asyncio.Future[None], tail: bytes | None, reply: asyncio.Future[Any]) -> None:
         exc = reply.exception() if not reply.cancelled() else StoreError("cancelled")
         if tail is not None and _noscript(exc):  # once more with the script's text, which loads it
-            again = self.client.send_packed(self.client.eval_command(SETTLE, tail, 8))
+            again = self.client.send_packed(self.client.eval_command(SETTLE, tail, SETTLE_ARGS))
             again.add_done_callback(partial(self._settled, done, None))
             return
         if exc is not None:
