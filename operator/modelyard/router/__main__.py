@@ -21,7 +21,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
-from modelyard.router.app import PROXY, create_app, create_metrics_app
+from modelyard.router.app import PROXY, create_app, create_metrics_app, direct_handler
 from modelyard.router.logs import configure_logging, flush_periodically
 from modelyard.router.settings import RouterSettings
 from modelyard.router.workers import Supervisor, WorkerRole, die_with_supervisor, watch_supervisor
@@ -32,7 +32,7 @@ log = logging.getLogger("modelyard.router")
 async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> None:
     """One router process; as a worker (``role``) it shares the port and serves metrics on its socket."""
     app = create_app(settings)
-    runner = web.AppRunner(
+    runner = _Runner(
         app,
         handler_cancellation=True,  # a client disconnect cancels the handler -> upstream is closed
         shutdown_timeout=settings.shutdown_drain_s,
@@ -80,6 +80,15 @@ async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> Non
     await runner.cleanup()
     await metrics_runner.cleanup()
     log.info("router stopped")
+
+
+class _Runner(web.AppRunner):
+    """aiohttp's runner, its server handing the proxied hot paths straight to the proxy (app.py)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = direct_handler(self.app)
+        return server
 
 
 def main(argv: Sequence[str] | None = None) -> None:
