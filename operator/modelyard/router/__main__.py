@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -56,6 +57,7 @@ async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> Non
         else web.UnixSite(metrics_runner, str(role.metrics_socket))
     )
     await metrics_site.start()
+    _tune_gc()
     log.info(
         "router %slistening on %s:%d, metrics on %s (mode=%s)",
         "" if role is None else f"worker {role.index} (pid {os.getpid()}) ",
@@ -80,6 +82,21 @@ async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> Non
     await runner.cleanup()
     await metrics_runner.cleanup()
     log.info("router stopped")
+
+
+# Container objects allocated (net of those freed) between two youngest-generation collections.
+# Python's 700 ran one every ~70 proxied requests, each walking every live object of the requests in
+# flight: about 4% of a JSON request's CPU. The little cyclic garbage a request leaves (about 10
+# objects) is still collected, in batches.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """What start-up built (modules, settings, the app) lives as long as the process: frozen out of
+    the collector's sight, so no collection walks it again; and the youngest generation made larger."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 class _Runner(web.AppRunner):
