@@ -19,7 +19,10 @@ into its own venv under ~/.cache/modelyard/bench on first use.
 (uvloop, access log off, one worker): ``asyncio`` (uvloop not loaded), ``+access-log``, ``-metrics``
 (the per-request metrics record skipped), ``model-only-parse`` (the body decoded with msgspec into just
 ``model`` and ``stream``, its other fields not parsed: the ceiling of a faster parse), ``aiohttp-client``
-(aiohttp's client to the pods instead of the router's own, upstream_http.py). ``--workers N``
+(aiohttp's client to the pods instead of the router's own, upstream_http.py), ``default-gc`` (Python's
+collector thresholds, no freeze after start-up), ``aiohttp-routing`` (the hot proxy paths through aiohttp's
+router and middlewares again), ``json-loads`` (``json.loads`` instead of msgspec for bodies and usage).
+``--workers N``
 adds Modelyard with N worker processes on one port, and with ``--store`` once more with the store. The
 variants that patch the router (``--router-variant``) run it
 in-process from this script; a worker set's CPU is the supervisor's plus its live workers'. It also
@@ -199,6 +202,20 @@ def run_router_variant(name: str) -> None:
             return None
 
         proxy.record = no_metrics  # type: ignore[assignment]
+    elif name == "default-gc":
+        import modelyard.router.__main__ as router_main_module
+
+        router_main_module._tune_gc = lambda: None
+    elif name == "aiohttp-routing":
+        from aiohttp import web
+
+        import modelyard.router.__main__ as router_main_module
+
+        router_main_module._Runner = web.AppRunner  # type: ignore[assignment,misc]
+    elif name == "json-loads":
+        import modelyard.router.body as body
+
+        body.loads = json.loads  # type: ignore[assignment]
     elif name == "aiohttp-client":
         from modelyard.router.upstream_http import UpstreamClient
 
@@ -452,6 +469,9 @@ def main() -> None:
             targets.append(modelyard("my -metrics", {}, "no-metrics"))
             targets.append(modelyard("my model-only-parse", {}, "model-only-parse"))
             targets.append(modelyard("my aiohttp-client", {}, "aiohttp-client"))
+            targets.append(modelyard("my default-gc", {}, "default-gc"))
+            targets.append(modelyard("my aiohttp-routing", {}, "aiohttp-routing"))
+            targets.append(modelyard("my json-loads", {}, "json-loads"))
         if args.workers > 1:
             targets.append(
                 modelyard(f"my workers={args.workers}", {"MODELYARD_ROUTER_WORKERS": str(args.workers)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
-from modelyard.router.app import PROXY, create_app, create_metrics_app
+from modelyard.router.app import PROXY, create_app, create_metrics_app, direct_handler
 from modelyard.router.logs import configure_logging, flush_periodically
 from modelyard.router.settings import RouterSettings
 from modelyard.router.workers import Supervisor, WorkerRole, die_with_supervisor, watch_supervisor
@@ -32,7 +33,7 @@ log = logging.getLogger("modelyard.router")
 async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> None:
     """One router process; as a worker (``role``) it shares the port and serves metrics on its socket."""
     app = create_app(settings)
-    runner = web.AppRunner(
+    runner = _Runner(
         app,
         handler_cancellation=True,  # a client disconnect cancels the handler -> upstream is closed
         shutdown_timeout=settings.shutdown_drain_s,
@@ -56,6 +57,7 @@ async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> Non
         else web.UnixSite(metrics_runner, str(role.metrics_socket))
     )
     await metrics_site.start()
+    _tune_gc()
     log.info(
         "router %slistening on %s:%d, metrics on %s (mode=%s)",
         "" if role is None else f"worker {role.index} (pid {os.getpid()}) ",
@@ -80,6 +82,30 @@ async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> Non
     await runner.cleanup()
     await metrics_runner.cleanup()
     log.info("router stopped")
+
+
+# Container objects allocated (net of those freed) between two youngest-generation collections.
+# Python's 700 ran one every ~70 proxied requests, each walking every live object of the requests in
+# flight: about 4% of a JSON request's CPU. The little cyclic garbage a request leaves (about 10
+# objects) is still collected, in batches.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """What start-up built (modules, settings, the app) lives as long as the process: frozen out of
+    the collector's sight, so no collection walks it again; and the youngest generation made larger."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+class _Runner(web.AppRunner):
+    """aiohttp's runner, its server handing the proxied hot paths straight to the proxy (app.py)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = direct_handler(self.app)
+        return server
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,10 +19,11 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelyard.router import errors
@@ -54,6 +55,9 @@ PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
 METRICS: web.AppKey[RouterMetrics] = web.AppKey("metrics", RouterMetrics)
 KEYS: web.AppKey[KeyStore] = web.AppKey("keys", KeyStore)
 HEALTH: web.AppKey[Health] = web.AppKey("health", Health)
+HOT_ROUTES: web.AppKey[dict[str, AbstractRoute]] = web.AppKey("hot_routes", dict)
+
+ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def create_app(
@@ -170,11 +174,42 @@ def create_app(
     app.router.add_get("/v1/usage", usage_handler(admission))
     app.router.add_get("/v1/models", _list_models)
     app.router.add_get("/v1/models/{model:.+}", _get_model)
-    for path in HOT_PATHS:
-        app.router.add_post(path, proxy.handle)  # a plain route resolves by dict lookup, no regex
+    app[HOT_ROUTES] = {
+        path: app.router.add_post(path, proxy.handle)  # a plain route resolves by dict lookup, no regex
+        for path in HOT_PATHS
+    }
     app.router.add_post("/v1/{tail:.+}", proxy.handle)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
+
+
+def direct_handler(app: web.Application) -> ServerHandler:
+    """The server's handler for a started ``app``: a POST to one of the hot paths goes straight to the
+    proxy (through the same error middleware), everything else through aiohttp's router.
+
+    What the router does per request (resolve the route, build its match info, wrap the middlewares)
+    cost about 7% of a JSON request's CPU. The hot paths' match infos are built once here and shared:
+    they carry no per-request data (plain routes match no variables), and the request's response
+    signals (the x-ratelimit-* headers) read their app from them as before.
+    """
+    handle = app._handle
+    proxy = app[PROXY].handle
+    infos: dict[str, UrlMappingMatchInfo] = {}
+    for path, route in app[HOT_ROUTES].items():
+        info = UrlMappingMatchInfo({}, route)
+        info.add_app(app)
+        info.freeze()
+        infos[path] = info
+
+    async def serve(base: web.BaseRequest) -> web.StreamResponse:
+        request = cast(web.Request, base)  # the app's runner makes every request a web.Request
+        info = infos.get(request.path) if request.method == "POST" else None
+        if info is None or hdrs.EXPECT in request.headers:  # 100-continue is aiohttp's to answer
+            return await handle(request)
+        request._match_info = info
+        return await _error_envelope(request, proxy)
+
+    return serve
 
 
 def create_metrics_app(api: web.Application) -> web.Application:
@@ -378,4 +413,4 @@ async def _get_model(request: web.Request) -> web.Response:
     raise errors.model_not_found(model_id)
 
 
-__all__ = ["MODEL_UNKNOWN", "create_app", "create_metrics_app"]
+__all__ = ["MODEL_UNKNOWN", "create_app", "create_metrics_app", "direct_handler"]

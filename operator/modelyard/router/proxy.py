@@ -330,13 +330,12 @@ class Proxy:
         return least_load(candidates, loads, self.rng)
 
     def _upstream_headers(self, request: web.Request, request_id: str) -> CIMultiDict[str]:
-        out: CIMultiDict[str] = CIMultiDict()
-        strip_auth = self.keys.enabled  # tenants' router keys are not the backends' business
-        for name, value in request.headers.items():
-            lower = name.lower()
-            if lower in HOP_BY_HOP or (strip_auth and lower == "authorization"):
-                continue
-            out.add(name, value)
+        # A copy with the hop-by-hop names taken out (C calls, not a Python loop over every header).
+        out = CIMultiDict(request.headers)
+        for name in HOP_BY_HOP:
+            out.popall(name, None)
+        if self.keys.enabled:  # tenants' router keys are not the backends' business
+            out.popall("Authorization", None)
         out["x-request-id"] = request_id
         if self.upstream_auth is not None:
             out["Authorization"] = self.upstream_auth

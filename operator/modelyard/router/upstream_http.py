@@ -24,6 +24,7 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -242,6 +243,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.pool._lost(self)
         if not self.active:
             return
@@ -282,7 +286,11 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter = self.loop.create_future()
         self.read_timeout = read_timeout
         self.last_data = self.loop.time()
-        self.timer = self.loop.call_at(self.last_data + read_timeout, self._check_silence)
+        if self.timer is None:
+            # One timer per connection, not per exchange: one left armed by an earlier exchange fires
+            # early and re-arms itself from ``last_data`` (creating and cancelling a timer per request
+            # cost about 3% of a JSON request's CPU).
+            self.timer = self.loop.call_at(self.last_data + read_timeout, self._check_silence)
         if len(body) < 65536:
             self.transport.write(data + body)
         else:
@@ -318,11 +326,8 @@ class _Connection(asyncio.Protocol):
             self.parts.append(data)
 
     def _complete(self) -> None:
-        """The answer's last byte is in."""
+        """The answer's last byte is in (the silence timer stays armed for the next exchange)."""
         self.active = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.buf:
             self.keep_alive = False  # bytes past the answer: the connection is out of step
         if self.streamed is not None:
@@ -517,10 +522,12 @@ class UpstreamClient:
         stream: bool,
     ) -> tuple[_Connection, asyncio.Future[Any]]:
         origin = self._origin(base)
-        head = [f"{method} {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
-        head.extend(f"{name}: {value}\r\n" for name, value in headers)
-        head.append(f"Content-Length: {len(body)}\r\n\r\n")
-        data = "".join(head).encode("utf-8", "surrogateescape")
+        # The header lines are joined in C (map/join): a Python loop over them cost about 4% of a request.
+        length = (("Content-Length", str(len(body))),)
+        lines = "\r\n".join(map(": ".join, chain(headers, length)))
+        data = f"{method} {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n{lines}\r\n\r\n".encode(
+            "utf-8", "surrogateescape"
+        )
         conn = self._take_idle(base) or await self._acquire(base, origin)
         return conn, conn.start(data, body, self.read_timeout_s, stream)
 

@@ -94,6 +94,22 @@ def test_a_valid_surrogate_pair_is_routed(stack: Stack) -> None:
     assert status == 200, raw
 
 
+def test_expect_100_continue_on_a_hot_path_is_answered_then_routed(stack: Stack) -> None:
+    # The hot paths skip aiohttp's router (app.direct_handler) except with Expect, which it answers.
+    a = stack.backend("a")
+    router = _router(stack, a)
+    body = b'{"model": "m", "messages": []}'
+    with connect(router.port) as sock:
+        head = _post(body)[: -len(body)].replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(head)
+        assert read_response(sock)[0] == 100
+        sock.sendall(body)
+        status, headers, raw = read_response(sock)
+    assert status == 200, raw
+    assert headers["x-request-id"]
+    assert stats(a.url)["requests"] == 1
+
+
 def test_a_pods_4xx_is_relayed_once_never_retried_on_other_pods(stack: Stack) -> None:
     a, b = stack.backend("a", "--fail-status", "400"), stack.backend("b", "--fail-status", "400")
     router = _router(stack, a, b)

@@ -17,6 +17,21 @@ def test_parse_body_reads_model_and_stream() -> None:
 
 
 @pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "m", "messages": [{"role": "user", "content": "caf\xc3\xa9 \\ud83d\\ude00"}]}',
+        b'\n {"model": "m", "n": 123456789012345678901234567890, "t": 1e5, "x": -0}\r\n',
+        b'{"model": "m", "temperature": NaN, "top_p": Infinity}',  # only json.loads takes these
+        b'\xef\xbb\xbf{"model": "m"}',  # a BOM: only json.loads takes it
+        '{"model": "m"}'.encode("utf-16"),
+        b'{"model": "m", "model": "last"}',
+    ],
+)
+def test_a_body_parses_to_what_json_loads_makes_of_it(raw: bytes) -> None:
+    assert repr(parse_body(raw).fields) == repr(json.loads(raw))  # repr: NaN equals nothing
+
+
+@pytest.mark.parametrize(
     ("raw", "param"),
     [
         (b"", None),
