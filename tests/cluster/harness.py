@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from tests.cluster.client import ClusterClient, poll
 from tests.cluster.localroutes import keep_local
 from tests.cluster.pki import Pki, make_pki
 from tests.fixtures.processes import popen_dying_with_parent
+from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "build.sh"
@@ -77,12 +77,6 @@ def build_binaries() -> Path:
     if proc.returncode != 0:
         raise ControlPlaneError(f"tests/cluster/build.sh failed with exit code {proc.returncode}")
     return Path(proc.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def process_start_time(pid: int) -> int | None:

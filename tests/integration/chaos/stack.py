@@ -32,7 +32,8 @@ from tests.integration.operator.harness import (
     rbac_manifests,
     service_account_kubeconfig,
 )
-from tests.integration.router.procs import Proc, free_port
+from tests.integration.router.procs import Proc
+from tests.support.net import free_port
 
 MODEL = "chaos"
 SERVED = "tiny-chaos"

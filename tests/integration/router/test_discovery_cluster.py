@@ -28,7 +28,9 @@ from modelyard.router import rbac
 from tests.cluster.client import ClusterClient
 from tests.cluster.router_account import cluster_scoped_name, router_kubeconfig, router_rbac_manifests
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import Proc, free_port, http_get, wait_until
+from tests.integration.router.procs import Proc
+from tests.support.net import free_port, http_get
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
