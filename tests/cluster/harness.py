@@ -143,6 +143,18 @@ class Ports:
         return cls(*sorted(ports))
 
 
+def _signal_group(comp: Component, sig: signal.Signals, grace: float) -> None:
+    """``sig`` to the component's process group; SIGKILL if it outlives ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(comp.pid, sig)
+    deadline = time.monotonic() + grace
+    while not comp.exited() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not comp.exited():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(comp.pid, signal.SIGKILL)
+
+
 def stop_pids(components: Sequence[Component], grace: float = 10.0) -> list[str]:
     """Stops the components newest first: SIGTERM to each process group, SIGKILL if it outlives ``grace``.
 
@@ -152,14 +164,7 @@ def stop_pids(components: Sequence[Component], grace: float = 10.0) -> list[str]
     for comp in reversed(components):
         if not comp.pid or comp.exited():
             continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(comp.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while not comp.exited() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not comp.exited():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(comp.pid, signal.SIGKILL)
+        _signal_group(comp, signal.SIGTERM, grace)
         if comp.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 comp.popen.wait(timeout=5)
@@ -265,14 +270,7 @@ class ControlPlane:
         comp = self.component(name)
         if comp.exited():
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(comp.pid, sig)
-        deadline = time.monotonic() + grace
-        while not comp.exited() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not comp.exited():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(comp.pid, signal.SIGKILL)
+        _signal_group(comp, sig, grace)
         if comp.popen is not None:
             comp.popen.wait(timeout=10)
 
