@@ -210,10 +210,9 @@ async def repair_child(
         and failure.generation == owner["metadata"].get("generation")
     ):
         return  # the API server rejects this spec: re-applying it cannot help until the spec changes
-    try:
-        model = LLMModel.from_body(owner)
-    except ValidationError:
-        return  # recorded by the reconcile handler
+    model = runtime.state.model(key)
+    if model is None:
+        return  # an invalid spec: recorded by the reconcile handler
     why = child_drift(model, runtime.settings, {**body, "kind": kind}, deleted)
     if not why:
         return

@@ -9,7 +9,10 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from modelyard.api import metadata as md
+from modelyard.api.llmmodel import LLMModel
 from modelyard.api.names import NameClaim, NameConflict, name_conflicts
 from modelyard.operator.adapters.plan import PodAdapters
 from modelyard.operator.failures import ReconcileFailure
@@ -70,6 +73,8 @@ def model_key_of(obj: Mapping[str, Any]) -> Key | None:
 class ObservedState:
     def __init__(self) -> None:
         self.models: dict[Key, dict[str, Any]] = {}
+        # Each body in `models` parsed on first use after it changed (None: its spec does not validate).
+        self._typed: dict[Key, LLMModel | None] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         # Ready endpoints per EndpointSlice of each model's Service: what the router can reach.
@@ -98,6 +103,7 @@ class ObservedState:
                 self._claims.pop(key, None)
             else:
                 self._claims[key] = claim
+        self._typed.pop(key, None)
         if deleted:
             self.models.pop(key, None)
             self.failures.pop(key, None)
@@ -109,6 +115,19 @@ class ObservedState:
                 "status": dict(body.get("status") or {}),
             }
         return key
+
+    def model(self, key: Key) -> LLMModel | None:
+        """The typed LLMModel last seen for ``key``, parsed once per change; None when there is none or
+        its spec does not validate (the reconcile handler records that as a failure)."""
+        if key not in self._typed:
+            body = self.models.get(key)
+            if body is None:
+                return None
+            try:
+                self._typed[key] = LLMModel.from_body(body)
+            except ValidationError:
+                self._typed[key] = None
+        return self._typed[key]
 
     def refresh_conflicts(self) -> set[Key]:
         """Recompute served-name clashes if any model's names changed; the models whose verdict changed.
