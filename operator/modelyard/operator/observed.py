@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -68,6 +68,21 @@ def model_key_of(obj: Mapping[str, Any]) -> Key | None:
     if not model:
         return None
     return (meta.get("namespace") or "default", model)
+
+
+V = TypeVar("V")
+
+
+def _put(table: dict[Key, dict[str, V]], key: Key, name: str, value: V | None) -> None:
+    """Sets ``name`` under ``key``, or with ``value`` None removes it (and ``key`` once it holds nothing)."""
+    if value is not None:
+        table.setdefault(key, {})[name] = value
+        return
+    entries = table.get(key)
+    if entries is not None:
+        entries.pop(name, None)
+        if not entries:
+            del table[key]
 
 
 class ObservedState:
@@ -154,13 +169,7 @@ class ObservedState:
         key = model_key_of(body)
         if key is None:
             return None
-        name = str(body["metadata"]["name"])
-        if deleted:
-            self.pods[key].pop(name, None)
-            if not self.pods[key]:
-                del self.pods[key]
-        else:
-            self.pods[key][name] = _slim_pod(body)
+        _put(self.pods, key, str(body["metadata"]["name"]), None if deleted else _slim_pod(body))
         return key
 
     def set_endpoint_slice(self, body: Mapping[str, Any], deleted: bool) -> Key | None:
@@ -168,13 +177,7 @@ class ObservedState:
         key = model_key_of(body)
         if key is None:
             return None
-        name = str(body["metadata"]["name"])
-        if deleted:
-            self.endpoints[key].pop(name, None)
-            if not self.endpoints[key]:
-                del self.endpoints[key]
-        else:
-            self.endpoints[key][name] = ready_endpoints(body)
+        _put(self.endpoints, key, str(body["metadata"]["name"]), None if deleted else ready_endpoints(body))
         return key
 
     def ready_endpoints_of(self, key: Key) -> int | None:
