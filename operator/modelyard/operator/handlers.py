@@ -45,6 +45,12 @@ from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.statussync import StatusSyncer
 
 CHILD_LABELS = {md.LABEL_MANAGED_BY: md.FIELD_MANAGER}
+# The kind of each child that child_event watches, by the plural kopf names it with.
+REPAIRED_KINDS = {
+    "services": "Service",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+    "poddisruptionbudgets": "PodDisruptionBudget",
+}
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -257,36 +263,19 @@ async def deployment_event(
 
 
 @kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
-async def service_event(
-    body: kopf.Body,
-    type: str | None,
-    memo: Any,
-    logger: Logger,
-    **_: Any,
-) -> None:
-    await repair_child(_runtime(memo), "Service", body, type == "DELETED", logger)
-
-
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_LABELS)
-async def cache_pvc_event(
-    body: kopf.Body,
-    type: str | None,
-    memo: Any,
-    logger: Logger,
-    **_: Any,
-) -> None:
-    await repair_child(_runtime(memo), "PersistentVolumeClaim", body, type == "DELETED", logger)
-
-
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-async def pdb_event(
+async def child_event(
     body: kopf.Body,
     type: str | None,
     memo: Any,
     logger: Logger,
+    resource: kopf.Resource,
     **_: Any,
 ) -> None:
-    await repair_child(_runtime(memo), "PodDisruptionBudget", body, type == "DELETED", logger)
+    """Children the status does not read: only a drift check."""
+    kind = REPAIRED_KINDS[resource.plural]
+    await repair_child(_runtime(memo), kind, body, type == "DELETED", logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
