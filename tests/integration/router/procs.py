@@ -92,21 +92,39 @@ def start_backend(name: str, tmp: Path, *extra: str, port: int | None = None) ->
 
 
 def start_router(tmp: Path, config: Path, keys_file: Path | None = None, **settings: Any) -> Proc:
+    """The router in static mode over ``config``; ``settings`` become MODELYARD_ROUTER_* variables."""
+    base: dict[str, Any] = {"static_config": config}
+    if keys_file is not None:
+        base["api_keys_file"] = keys_file
+    proc = _router({}, "static", base | settings)
+    proc.log_path = tmp / f"router-{proc.port}.log"  # named by its port: a test may start several
+    return proc.start("/readyz")
+
+
+def cluster_router(
+    kubeconfig: Path, namespace: str, log_path: Path, env: Mapping[str, str] | None = None, **settings: Any
+) -> Proc:
+    """The router (not started yet) in kubernetes mode over ``namespace``, authenticated by ``kubeconfig``;
+    ``settings`` become MODELYARD_ROUTER_* variables, ``env`` is added as it is."""
+    env = {"KUBECONFIG": str(kubeconfig), **(env or {})}
+    return _router(env, "kubernetes", {"namespace": namespace, **settings}, log_path)
+
+
+def _router(
+    env: Mapping[str, str], mode: str, settings: Mapping[str, Any], log_path: Path | None = None
+) -> Proc:
     port, metrics_port = free_port(), free_port()
     env = {
+        **env,
         "MODELYARD_ROUTER_HOST": "127.0.0.1",
         "MODELYARD_ROUTER_PORT": str(port),
         "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
-        "MODELYARD_ROUTER_MODE": "static",
-        "MODELYARD_ROUTER_STATIC_CONFIG": str(config),
+        "MODELYARD_ROUTER_MODE": mode,
     }
-    if keys_file is not None:
-        env["MODELYARD_ROUTER_API_KEYS_FILE"] = str(keys_file)
     for key, value in settings.items():
         env[f"MODELYARD_ROUTER_{key.upper()}"] = str(value)
     args = [sys.executable, "-m", "modelyard.router"]
-    proc = Proc(args, port, env=env, log_path=tmp / f"router-{port}.log", metrics_port=metrics_port)
-    return proc.start("/readyz")
+    return Proc(args, port, env=env, log_path=log_path, metrics_port=metrics_port)
 
 
 def write_config(path: Path, models: Mapping[str, Any]) -> Path:
