@@ -39,15 +39,13 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.server_throughput import build_model_dir
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from modelyard.server.engine import EngineConfig, GenerationRequest, GuidedDecoding, SamplingParams
 from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.model import sampler
 from modelyard.server.engine.model.guided import GrammarCompiler, MaskApplier
 from modelyard.server.engine.model.loader import load_model
+from server_throughput import build_model_dir
 
 VOCAB = 49152
 

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,8 @@ def main() -> None:
     import torch
 
     from cpu_decode_options import _load_bench_model
+    from engine_rounds import alternate, drive
     from engine_v2_throughput import MODEL_DIR
-    from fast_decode_levers import _drive
     from modelyard.server.engine.engine import TorchEngine
     from modelyard.server.engine.model.bucketed_decode import BucketedDecoder
     from server_throughput import make_prompts
@@ -66,43 +65,35 @@ def main() -> None:
                 )
         # The bucketed step reads whole blocks: fresh blocks must be cleared for every variant.
         runner.bucket_mode = "eager"
+
+        def swap(decoder: Any) -> None:
+            runner.buckets = decoder
+
         report: dict[str, Any] = {}
         try:
             for name in args.workload or ["c16-32+32", "c64-32+32"]:
                 streams, prompt_tokens, new_tokens = WORKLOADS[name]
                 new_tokens = args.new_tokens or new_tokens
                 _, ids = make_prompts(MODEL_DIR, streams, prompt_tokens)
-                tok_s: dict[str, list[float]] = {v: [] for v in variants}
-                cpu_tok_s: dict[str, list[float]] = {v: [] for v in variants}
-                tokens: dict[str, list[list[int]]] = {}
                 warm_s: dict[str, float] = {}
                 for variant, decoder in variants.items():
                     runner.buckets = decoder
                     start = time.perf_counter()
-                    await _drive(engine, ids, new_tokens, "warm")  # compiles every bucket the run meets
+                    await drive(engine, ids, new_tokens, "warm")  # compiles every bucket the run meets
                     warm_s[variant] = round(time.perf_counter() - start, 1)
-                for r in range(args.rounds):
-                    order = list(variants) if r % 2 == 0 else list(reversed(variants))
-                    for variant in order:
-                        runner.buckets = variants[variant]
-                        rate, cpu_rate, outs = await _drive(engine, ids, new_tokens, variant)
-                        tok_s[variant].append(round(rate, 1))
-                        cpu_tok_s[variant].append(round(cpu_rate, 1))
-                        tokens.setdefault(variant, outs)
-                wall = {k: statistics.median(v) for k, v in tok_s.items()}
-                cpu = {k: statistics.median(v) for k, v in cpu_tok_s.items()}
+                rounds = await alternate(engine, variants, swap, ids, new_tokens, args.rounds)
                 compiled = variants.get("bucketed compile")
                 report[name] = {
-                    "tok_s": tok_s,
-                    "tok_per_cpu_s": cpu_tok_s,
-                    "over_today": {k: round(v / wall["today"], 3) for k, v in wall.items()},
-                    "cpu_over_today": {k: round(v / cpu["today"], 3) for k, v in cpu.items()},
+                    "tok_s": rounds.tok_s,
+                    "tok_per_cpu_s": rounds.tok_per_cpu_s,
+                    "over_today": rounds.over("today"),
+                    "cpu_over_today": rounds.cpu_over("today"),
                     "warm_round_s": warm_s,
                     "compile_s": {
                         f"{rows}x{blocks}": round(s, 1)
                         for (rows, blocks), s in (compiled.compile_seconds.items() if compiled else ())
                     },
-                    "same_tokens_as_today": {k: v == tokens["today"] for k, v in tokens.items()},
+                    "same_tokens_as_today": rounds.same_tokens_as("today"),
                 }
                 print(name, json.dumps(report[name]), flush=True)
         finally:

@@ -94,32 +94,13 @@ def linear_part(threads: int, repeats: int) -> dict[str, Any]:
     return report
 
 
-async def _drive(
-    engine: Any, prompts: list[list[int]], new_tokens: int, tag: str
-) -> tuple[float, float, list[list[int]]]:
-    """(tokens per wall second, tokens per CPU second of this process, each stream's tokens)."""
-    from modelyard.server.engine import GenerationRequest, SamplingParams
-
-    async def one(i: int, ids: list[int]) -> list[int]:
-        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-        return [
-            t
-            async for out in engine.generate(GenerationRequest(f"{tag}-{i}", ids, params))
-            for t in out.token_ids
-        ]
-
-    start, cpu = time.perf_counter(), time.process_time()
-    outs = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
-    count = sum(len(o) for o in outs)
-    return count / (time.perf_counter() - start), count / (time.process_time() - cpu), outs
-
-
 def engine_part(
-    threads: int, rounds: int, workloads: list[str], new_tokens_override: int = 0
+    threads: int, rounds_wanted: int, workloads: list[str], new_tokens_override: int = 0
 ) -> dict[str, Any]:
     import torch
 
     from cpu_decode_options import _load_bench_model
+    from engine_rounds import alternate, drive
     from engine_v2_throughput import MODEL_DIR
     from modelyard.server.engine.engine import TorchEngine
     from modelyard.server.engine.fast_llama import FastLlama, Levers
@@ -142,41 +123,28 @@ def engine_part(
         engine = TorchEngine(loaded, config)
         await engine.start()
         runner: Any = engine._runner
+
+        def swap(model: Any) -> None:
+            runner.model = model
+
         report: dict[str, Any] = {}
         try:
             for name in workloads:
                 streams, prompt_tokens, new_tokens = WORKLOADS[name]
                 _, ids = make_prompts(MODEL_DIR, streams, prompt_tokens)
-                tok_s: dict[str, list[float]] = {v: [] for v in variants}
-                cpu_tok_s: dict[str, list[float]] = {v: [] for v in variants}
-                tokens: dict[str, list[list[int]]] = {}
                 for model in variants.values():
                     runner.model = model
-                    await _drive(engine, ids, 4, "warm")
-                new_tokens = new_tokens_override or new_tokens
-                for r in range(rounds):
-                    order = list(variants) if r % 2 == 0 else list(reversed(variants))
-                    for variant in order:
-                        runner.model = variants[variant]
-                        rate, cpu_rate, outs = await _drive(engine, ids, new_tokens, variant)
-                        tok_s[variant].append(round(rate, 1))
-                        cpu_tok_s[variant].append(round(cpu_rate, 1))
-                        tokens.setdefault(variant, outs)
-                medians = {k: statistics.median(v) for k, v in tok_s.items()}
-                cpu = {k: statistics.median(v) for k, v in cpu_tok_s.items()}
+                    await drive(engine, ids, 4, "warm")
+                rounds = await alternate(
+                    engine, variants, swap, ids, new_tokens_override or new_tokens, rounds_wanted
+                )
                 report[name] = {
-                    "tok_s": tok_s,
-                    "tok_per_cpu_s": cpu_tok_s,
-                    "over_transformers": {
-                        k: round(v / medians["transformers"], 3) for k, v in medians.items()
-                    },
-                    "cpu_over_transformers": {k: round(v / cpu["transformers"], 3) for k, v in cpu.items()},
-                    "cpu_over_lean_no_lever": {
-                        k: round(v / cpu["lean, no lever"], 3) for k, v in cpu.items()
-                    },
-                    "same_tokens_as_transformers": {
-                        k: v == tokens["transformers"] for k, v in tokens.items()
-                    },
+                    "tok_s": rounds.tok_s,
+                    "tok_per_cpu_s": rounds.tok_per_cpu_s,
+                    "over_transformers": rounds.over("transformers"),
+                    "cpu_over_transformers": rounds.cpu_over("transformers"),
+                    "cpu_over_lean_no_lever": rounds.cpu_over("lean, no lever"),
+                    "same_tokens_as_transformers": rounds.same_tokens_as("transformers"),
                 }
                 print(name, json.dumps(report[name]), flush=True)
         finally:

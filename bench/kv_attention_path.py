@@ -1,5 +1,6 @@
 """Decode-step time of the KV layouts on the SmolLM-135M-shaped model: the old left-padded slab
-(``BatchKVCache`` as on ``main``, loaded from git) vs the paged pool gathered per step.
+(``BatchKVCache`` as on ``--ref``, default ``8f72476``, the last commit with it, loaded from git) vs
+the paged pool gathered per step.
 
 Usage: ``python bench/kv_attention_path.py`` (CPU, a few seconds per point). Both layouts run the
 same model on the same rows in one process, alternating, so a shared machine slows both alike.
@@ -24,6 +25,7 @@ from modelyard.server.engine.model.runner import ModelRunner
 from server_throughput import SMOLLM_SHAPE
 
 BLOCK = 16
+SLAB_REF = "8f72476"  # the last commit with the slab KV cache (engine/kv_cache.py)
 
 
 def old_slab_module(ref: str) -> types.ModuleType:
@@ -125,7 +127,7 @@ def time_runner_slab(model: LlamaForCausalLM, rows: int, ctx: int, steps: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--ref", default="main", help="git ref holding the old slab kv_cache.py")
+    parser.add_argument("--ref", default=SLAB_REF, help="git ref holding the old slab kv_cache.py")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--points", default="16x64,64x64,16x640")
     args = parser.parse_args()

@@ -7,7 +7,8 @@
   and to vLLM's CPU build with prefix caching on (``--peers``), each started on the same model.
 - ``mixed``: one long conversation (default 4,000 tokens) + 63 short requests under a fixed KV budget
   sized for the sum of their real lengths: most rows running at once and tok/s, new paged layout vs
-  the old left-padded slab (the engine as on ``--old-ref``, default ``main``, extracted with
+  the old left-padded slab (the engine as on ``--old-ref``, default ``8f72476``, the last commit with
+  the slab, extracted with
   ``git archive`` and run in a subprocess on the same model).
 
 The machine is usually shared with other jobs: compare the ratios of one run, not absolute figures.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HERE = Path(__file__).resolve().parent
 WORK = Path(os.environ.get("MODELYARD_BENCH_DIR", Path(tempfile.gettempdir()) / "modelyard-bench"))
+SLAB_REF = "8f72476"  # the last commit with the left-padded slab engine
 
 
 def model_dir() -> Path:
@@ -231,7 +233,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--budget", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--old-ref", default="main")
+    parser.add_argument("--old-ref", default=SLAB_REF)
     parser.add_argument(
         "--peers", default="server,vllm", help="shared-prefix over HTTP: server and/or vllm (empty: none)"
     )

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from tests.cluster.client import ClusterClient, poll
 from tests.cluster.localroutes import keep_local
 from tests.cluster.pki import Pki, make_pki
 from tests.fixtures.processes import popen_dying_with_parent
+from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tests" / "cluster" / "build.sh"
@@ -77,12 +77,6 @@ def build_binaries() -> Path:
     if proc.returncode != 0:
         raise ControlPlaneError(f"tests/cluster/build.sh failed with exit code {proc.returncode}")
     return Path(proc.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def process_start_time(pid: int) -> int | None:
@@ -149,6 +143,18 @@ class Ports:
         return cls(*sorted(ports))
 
 
+def _signal_group(comp: Component, sig: signal.Signals, grace: float) -> None:
+    """``sig`` to the component's process group; SIGKILL if it outlives ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(comp.pid, sig)
+    deadline = time.monotonic() + grace
+    while not comp.exited() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not comp.exited():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(comp.pid, signal.SIGKILL)
+
+
 def stop_pids(components: Sequence[Component], grace: float = 10.0) -> list[str]:
     """Stops the components newest first: SIGTERM to each process group, SIGKILL if it outlives ``grace``.
 
@@ -158,14 +164,7 @@ def stop_pids(components: Sequence[Component], grace: float = 10.0) -> list[str]
     for comp in reversed(components):
         if not comp.pid or comp.exited():
             continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(comp.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while not comp.exited() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not comp.exited():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(comp.pid, signal.SIGKILL)
+        _signal_group(comp, signal.SIGTERM, grace)
         if comp.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 comp.popen.wait(timeout=5)
@@ -271,14 +270,7 @@ class ControlPlane:
         comp = self.component(name)
         if comp.exited():
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(comp.pid, sig)
-        deadline = time.monotonic() + grace
-        while not comp.exited() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not comp.exited():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(comp.pid, signal.SIGKILL)
+        _signal_group(comp, sig, grace)
         if comp.popen is not None:
             comp.popen.wait(timeout=10)
 

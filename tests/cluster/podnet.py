@@ -11,7 +11,6 @@ rewrites connects to :data:`POD_NETWORK` into the twin, playing the part of the 
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 from pathlib import Path
 
@@ -35,11 +34,3 @@ def random_node_cidr(rng: random.Random | None = None) -> str:
     subnets = POD_NETWORK.num_addresses // 256
     base = int(POD_NETWORK.network_address) + r.randrange(1, subnets) * 256
     return f"{ipaddress.IPv4Address(base)}/24"
-
-
-def shim_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with the shim first on PYTHONPATH: for a process that must reach runner pods."""
-    out = dict(env)
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIM_DIR), env.get("PYTHONPATH", "")) if p)
-    out[ENV_VAR] = str(POD_NETWORK)
-    return out

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from modelyard.router import rbac
 from tests.cluster.client import ClusterClient
+from tests.support.service_accounts import service_account_kubeconfig, with_unique_cluster_names
 
 
 def cluster_scoped_name(ns: str) -> str:
@@ -22,25 +21,11 @@ def cluster_scoped_name(ns: str) -> str:
 
 
 def router_rbac_manifests(ns: str, keys_secret: str | None = None) -> list[dict[str, Any]]:
-    docs = rbac.manifests(ns, keys_secret=keys_secret, name=rbac.NAME)
-    unique = cluster_scoped_name(ns)
-    for doc in docs:
-        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-            doc["metadata"]["name"] = unique
-        if doc["kind"] == "ClusterRoleBinding":
-            doc["roleRef"]["name"] = unique
-    return docs
+    return with_unique_cluster_names(
+        rbac.manifests(ns, keys_secret=keys_secret, name=rbac.NAME), cluster_scoped_name(ns)
+    )
 
 
 def router_kubeconfig(cluster: ClusterClient, ns: str, path: Path) -> Path:
     """A kubeconfig (mode 0600) authenticating as the router's ServiceAccount in ``ns`` for 2 h."""
-    token = cluster.kubectl("create", "token", rbac.NAME, "-n", ns, "--duration", "2h").stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "router",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.server,
-                                               "certificate-authority": str(cluster.ca_file)}}],
-        "users": [{"name": "router", "user": {"token": token}}],
-        "contexts": [{"name": "router", "context": {"cluster": "c", "user": "router", "namespace": ns}}],
-    }))  # fmt: skip
-    path.chmod(0o600)
-    return path
+    return service_account_kubeconfig(cluster, rbac.NAME, ns, path)

@@ -1,4 +1,5 @@
-"""kopf handlers: parse the body, call reconcile / the status syncer, return or raise. Nothing else.
+"""kopf handlers and the Runtime they share: parse the body, call reconcile, the drift check or the
+status syncer, return or raise.
 
 - LLMModel create/update/resume -> reconcile the children (edge-triggered). A failure is recorded on
   the model (Ready=False/ReconcileFailed with the API server's message, a Warning Event) and retried
@@ -32,6 +33,7 @@ from modelyard.api.llmmodel import LLMModel
 from modelyard.operator import failures, metrics
 from modelyard.operator.adapters.loop import AdapterSyncer, lora_spec
 from modelyard.operator.autoscaler.loop import LoopState, autoscale_once
+from modelyard.operator.autoscaler.routers import RouterUrls
 from modelyard.operator.autoscaler.signal import LoadSignal
 from modelyard.operator.failures import ReconcileFailure
 from modelyard.operator.k8s import ApiError, Kube, TransientError
@@ -43,7 +45,12 @@ from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.statussync import StatusSyncer
 
 CHILD_LABELS = {md.LABEL_MANAGED_BY: md.FIELD_MANAGER}
-ROUTER_SERVICE_REFRESH_S = 10.0
+# The kind of each child that child_event watches, by the plural kopf names it with.
+REPAIRED_KINDS = {
+    "services": "Service",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+    "poddisruptionbudgets": "PodDisruptionBudget",
+}
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -59,31 +66,16 @@ class Runtime:
         self.syncer = StatusSyncer(self.state, self.kube, settings)
         self.prober = ProgressProber(self.state, self.syncer.touch, settings)
         self.adapters = AdapterSyncer(self.state, self.syncer.touch, settings)
-        self.signal = LoadSignal(self._router_urls, settings.autoscaler_poll_seconds)
+        self.routers = RouterUrls(self.kube, settings)
+        self.signal = LoadSignal(self.routers, settings.autoscaler_poll_seconds)
         metrics.register_models_by_phase(self.state.phases)
         # One reconcile per model at a time: a hand edit arrives as several watch events (spec, then
         # status), and concurrent repairs would each see the edit and each write and announce it.
         self.reconcile_locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._service_urls: list[str] = []
-        self._service_read_at = -ROUTER_SERVICE_REFRESH_S
-
-    async def _router_urls(self) -> list[str]:
-        """The routers to poll: the configured URLs plus the router Service's ready pods (cached)."""
-        target = self.settings.autoscaler_router_service
-        if target and time.monotonic() - self._service_read_at >= ROUTER_SERVICE_REFRESH_S:
-            namespace, _, name = target.partition("/")
-            try:
-                self._service_urls = await self.kube.service_endpoints(
-                    namespace, name, md.ROUTER_METRICS_PORT_NAME
-                )
-                self._service_read_at = time.monotonic()
-            except (ApiError, TransientError) as exc:
-                logging.getLogger(__name__).warning("cannot list the routers of %s: %s", target, exc)
-        return [*self.settings.autoscaler_router_urls, *self._service_urls]
 
     @property
     def autoscaling_enabled(self) -> bool:
-        return bool(self.settings.autoscaler_router_urls or self.settings.autoscaler_router_service)
+        return self.routers.configured
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -167,7 +159,7 @@ async def llmmodel_reconcile(
     memo: Any,
     reason: str,
     retry: int,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    logger: Logger,
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
@@ -204,7 +196,7 @@ async def repair_child(
     kind: str,
     body: Mapping[str, Any],
     deleted: bool,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    logger: Logger,
 ) -> None:
     """A child changed or went away: if it no longer matches its LLMModel, re-apply the model's children.
 
@@ -224,10 +216,9 @@ async def repair_child(
         and failure.generation == owner["metadata"].get("generation")
     ):
         return  # the API server rejects this spec: re-applying it cannot help until the spec changes
-    try:
-        model = LLMModel.from_body(owner)
-    except ValidationError:
-        return  # recorded by the reconcile handler
+    model = runtime.state.model(key)
+    if model is None:
+        return  # an invalid spec: recorded by the reconcile handler
     why = child_drift(model, runtime.settings, {**body, "kind": kind}, deleted)
     if not why:
         return
@@ -260,7 +251,7 @@ async def deployment_event(
     body: kopf.Body,
     type: str | None,
     memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    logger: Logger,
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
@@ -272,36 +263,19 @@ async def deployment_event(
 
 
 @kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
-async def service_event(
-    body: kopf.Body,
-    type: str | None,
-    memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **_: Any,
-) -> None:
-    await repair_child(_runtime(memo), "Service", body, type == "DELETED", logger)
-
-
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=CHILD_LABELS)
-async def cache_pvc_event(
-    body: kopf.Body,
-    type: str | None,
-    memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **_: Any,
-) -> None:
-    await repair_child(_runtime(memo), "PersistentVolumeClaim", body, type == "DELETED", logger)
-
-
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-async def pdb_event(
+async def child_event(
     body: kopf.Body,
     type: str | None,
     memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    logger: Logger,
+    resource: kopf.Resource,
     **_: Any,
 ) -> None:
-    await repair_child(_runtime(memo), "PodDisruptionBudget", body, type == "DELETED", logger)
+    """Children the status does not read: only a drift check."""
+    kind = REPAIRED_KINDS[resource.plural]
+    await repair_child(_runtime(memo), kind, body, type == "DELETED", logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
@@ -328,7 +302,7 @@ async def llmmodel_autoscaler(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    logger: Logger,
     **_: Any,
 ) -> None:
     """One per LLMModel; kopf stops it when peering pauses this operator, so one replica writes."""
@@ -353,7 +327,7 @@ def _spawn_without_finalizer(fn: Any) -> None:
     the object goes. Ours only reads and PATCHes the scale subresource (a 404 after deletion is
     harmless), and a finalizer would make LLMModels undeletable while the operator is down. kopf offers
     no switch for it, so the registered handler is swapped for a copy without the flag
-    (tests/unit/operator/test_autoscaler_wiring.py fails if a kopf upgrade changes this)."""
+    (tests/unit/operator/test_autoscaler_loop.py fails if a kopf upgrade changes this)."""
     spawning = kopf.get_default_registry()._spawning
     spawning._handlers = [
         dataclasses.replace(h, requires_finalizer=False) if h.fn is fn else h for h in spawning._handlers

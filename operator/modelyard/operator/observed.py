@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from modelyard.api import metadata as md
+from modelyard.api.llmmodel import LLMModel
 from modelyard.api.names import NameClaim, NameConflict, name_conflicts
 from modelyard.operator.adapters.plan import PodAdapters
 from modelyard.operator.failures import ReconcileFailure
@@ -67,9 +70,26 @@ def model_key_of(obj: Mapping[str, Any]) -> Key | None:
     return (meta.get("namespace") or "default", model)
 
 
+V = TypeVar("V")
+
+
+def _put(table: dict[Key, dict[str, V]], key: Key, name: str, value: V | None) -> None:
+    """Sets ``name`` under ``key``, or with ``value`` None removes it (and ``key`` once it holds nothing)."""
+    if value is not None:
+        table.setdefault(key, {})[name] = value
+        return
+    entries = table.get(key)
+    if entries is not None:
+        entries.pop(name, None)
+        if not entries:
+            del table[key]
+
+
 class ObservedState:
     def __init__(self) -> None:
         self.models: dict[Key, dict[str, Any]] = {}
+        # Each body in `models` parsed on first use after it changed (None: its spec does not validate).
+        self._typed: dict[Key, LLMModel | None] = {}
         self.deployments: dict[Key, dict[str, Any]] = {}
         self.pods: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         # Ready endpoints per EndpointSlice of each model's Service: what the router can reach.
@@ -98,6 +118,7 @@ class ObservedState:
                 self._claims.pop(key, None)
             else:
                 self._claims[key] = claim
+        self._typed.pop(key, None)
         if deleted:
             self.models.pop(key, None)
             self.failures.pop(key, None)
@@ -109,6 +130,19 @@ class ObservedState:
                 "status": dict(body.get("status") or {}),
             }
         return key
+
+    def model(self, key: Key) -> LLMModel | None:
+        """The typed LLMModel last seen for ``key``, parsed once per change; None when there is none or
+        its spec does not validate (the reconcile handler records that as a failure)."""
+        if key not in self._typed:
+            body = self.models.get(key)
+            if body is None:
+                return None
+            try:
+                self._typed[key] = LLMModel.from_body(body)
+            except ValidationError:
+                self._typed[key] = None
+        return self._typed[key]
 
     def refresh_conflicts(self) -> set[Key]:
         """Recompute served-name clashes if any model's names changed; the models whose verdict changed.
@@ -135,13 +169,7 @@ class ObservedState:
         key = model_key_of(body)
         if key is None:
             return None
-        name = str(body["metadata"]["name"])
-        if deleted:
-            self.pods[key].pop(name, None)
-            if not self.pods[key]:
-                del self.pods[key]
-        else:
-            self.pods[key][name] = _slim_pod(body)
+        _put(self.pods, key, str(body["metadata"]["name"]), None if deleted else _slim_pod(body))
         return key
 
     def set_endpoint_slice(self, body: Mapping[str, Any], deleted: bool) -> Key | None:
@@ -149,13 +177,7 @@ class ObservedState:
         key = model_key_of(body)
         if key is None:
             return None
-        name = str(body["metadata"]["name"])
-        if deleted:
-            self.endpoints[key].pop(name, None)
-            if not self.endpoints[key]:
-                del self.endpoints[key]
-        else:
-            self.endpoints[key][name] = ready_endpoints(body)
+        _put(self.endpoints, key, str(body["metadata"]["name"]), None if deleted else ready_endpoints(body))
         return key
 
     def ready_endpoints_of(self, key: Key) -> int | None:

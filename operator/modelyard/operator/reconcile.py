@@ -17,7 +17,12 @@ from modelyard.api.llmmodel import LLMModel
 from modelyard.operator.builders.common import content_hash, pdb_name
 from modelyard.operator.builders.deployment import build_deployment
 from modelyard.operator.builders.endpoint_picker import build_endpoint_picker
-from modelyard.operator.builders.inference_pool import build_http_route, build_inference_pool, pool_enabled
+from modelyard.operator.builders.inference_pool import (
+    ROUTE_KIND,
+    build_http_route,
+    build_inference_pool,
+    pool_enabled,
+)
 from modelyard.operator.builders.pdb import build_pdb
 from modelyard.operator.builders.pvc import build_cache_pvc
 from modelyard.operator.builders.service import build_service
@@ -99,10 +104,11 @@ def desired_children(model: LLMModel, settings: OperatorSettings) -> list[dict[s
         build_cache_pvc(model, settings),
         build_deployment(model, settings),
         build_service(model, settings),
+        build_pdb(model, settings),
+        build_inference_pool(model, settings),
+        build_http_route(model, settings),
+        *build_endpoint_picker(model, settings),
     ]
-    children.append(build_pdb(model, settings))
-    children += [build_inference_pool(model, settings), build_http_route(model, settings)]
-    children += build_endpoint_picker(model, settings)
     return [stamp(c, model) for c in children if c is not None]
 
 
@@ -214,12 +220,14 @@ async def reconcile(
     would carry another uid); skip the GETs and apply straight away. A burst of new models then costs
     one request per child instead of two, and no PDB lookup."""
     result = ReconcileResult()
-    steps = [_sync_child(child, model, kube, result, fresh) for child in desired_children(model, settings)]
-    if build_pdb(model, settings) is None and not fresh:
+    children = desired_children(model, settings)
+    wanted = {c["kind"] for c in children}
+    steps = [_sync_child(child, model, kube, result, fresh) for child in children]
+    if "PodDisruptionBudget" not in wanted and not fresh:
         steps.append(_drop_stale_pdb(model, kube, result))
     if not pool_enabled(model, settings) and model.status.inference_pool and not fresh:
         steps.append(_drop_pool(model, kube, result))
-    elif build_http_route(model, settings) is None and model.status.inference_pool and not fresh:
+    elif ROUTE_KIND not in wanted and model.status.inference_pool and not fresh:
         steps.append(_drop_route(model, kube, result))
     await asyncio.gather(*steps)
     result.applied.sort(key=_kind_order)

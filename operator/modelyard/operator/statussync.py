@@ -14,9 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
-from modelyard.api.llmmodel import LLMModel, LLMModelStatus
+from modelyard.api.llmmodel import LLMModelStatus
 from modelyard.operator import failures, metrics
 from modelyard.operator.adapters.plan import failure_events
 from modelyard.operator.observed import Key, ObservedState
@@ -138,9 +136,8 @@ class StatusSyncer:
             # event (Deployment status, first Pod) triggers the sync again.
             return False
         uid = str(body["metadata"].get("uid", ""))
-        try:
-            model = LLMModel.from_body(body)
-        except ValidationError:
+        model = self._state.model(key)
+        if model is None:
             if blocker is None:
                 return False  # the reconcile handler records invalid specs as a failure
             previous = self._written.get(uid) or LLMModelStatus.model_validate(dict(body.get("status") or {}))

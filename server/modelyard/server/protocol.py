@@ -1,4 +1,6 @@
-"""Pydantic models mirroring the OpenAI spec (``shared/openai/openapi.yaml``) for the endpoints we serve.
+"""Pydantic models mirroring the OpenAI spec for the endpoints we serve.
+
+The spec is ``tests/fixtures/openai/openapi.yaml``.
 
 Requests ignore unknown fields (benchmark and framework clients send extras such as ``ignore_eos``),
 and accept the common vLLM sampling extras. Ranges follow the spec; cross-field rules that need the

@@ -18,6 +18,7 @@ from modelyard.api import metadata as md
 from tests.cluster.client import ApiError
 from tests.integration.chaos.stack import ChaosStack
 from tests.integration.router.procs import Proc
+from tests.support.metrics import sample_sum
 
 
 @dataclass
@@ -130,18 +131,7 @@ def router_metric(router: Proc, name: str, **labels: str) -> float:
             text = resp.read().decode()
     except OSError:
         return 0.0
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        metric, _, label_part = series.partition("{")
-        if metric != name:
-            continue
-        have = dict(part.split("=", 1) for part in label_part.rstrip("}").split(",") if "=" in part)
-        if all(have.get(k) == f'"{v}"' for k, v in labels.items()):
-            total += float(value)
-    return total
+    return sample_sum(text, name, labels)
 
 
 def migrations(stack: ChaosStack, served: str) -> dict[int, float]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from tests.integration.operator.harness import (
     rbac_manifests,
     service_account_kubeconfig,
 )
-from tests.integration.router.procs import Proc, free_port
+from tests.integration.router.procs import Proc, cluster_router
 
 MODEL = "chaos"
 SERVED = "tiny-chaos"
@@ -95,25 +94,13 @@ class ChaosStack:
 
     def start_router(self) -> Proc:
         self._serial += 1
-        port, metrics_port = free_port(), free_port()
-        router = Proc(
-            [sys.executable, "-m", "modelyard.router"],
-            port,
-            metrics_port=metrics_port,
-            env={
-                "KUBECONFIG": str(
-                    router_kubeconfig(self.cluster, self.ns, self.work / f"router-{self._serial}.kc")
-                ),
-                "MODELYARD_ROUTER_HOST": "127.0.0.1",
-                "MODELYARD_ROUTER_PORT": str(port),
-                "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
-                "MODELYARD_ROUTER_MODE": "kubernetes",
-                "MODELYARD_ROUTER_NAMESPACE": self.ns,
-                "MODELYARD_ROUTER_HOLD_MAX_WAIT_S": "180",
-                "MODELYARD_ROUTER_EXTRA_PYTHONPATH": str(podnet.SHIM_DIR),
-                podnet.ENV_VAR: str(podnet.POD_NETWORK),
-            },
-            log_path=self.work / f"router-{self._serial}.log",
+        router = cluster_router(
+            router_kubeconfig(self.cluster, self.ns, self.work / f"router-{self._serial}.kc"),
+            self.ns,
+            self.work / f"router-{self._serial}.log",
+            env={podnet.ENV_VAR: str(podnet.POD_NETWORK)},
+            hold_max_wait_s=180,
+            extra_pythonpath=podnet.SHIM_DIR,
         )
         router.start("/readyz", timeout_s=90)
         self.routers.append(router)

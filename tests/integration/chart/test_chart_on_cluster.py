@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -27,6 +26,8 @@ from modelyard.operator.builders.endpoint_picker import build_endpoint_picker
 from modelyard.operator.settings import OperatorSettings
 from tests.cluster.client import ClusterClient
 from tests.fixtures.processes import popen_dying_with_parent
+from tests.support.net import free_port
+from tests.support.service_accounts import service_account_kubeconfig
 from tests.unit.chart.render import CI_VALUES, EXAMPLES
 from tests.unit.chart.tools import CHART_DIR, REPO_ROOT
 
@@ -390,35 +391,11 @@ def _chart_env(cluster: ClusterClient, deployment: str) -> dict[str, str]:
     return {e["name"]: e["value"] for e in env if "value" in e}
 
 
-def _service_account_kubeconfig(cluster: ClusterClient, sa: str, path: Path) -> Path:
-    token = cluster.kubectl(
-        "create", "token", sa, "-n", NS_RELEASE_NAMESPACE, "--duration=3600s"
-    ).stdout.strip()
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "c",
-                        "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)},
-                    }
-                ],
-                "users": [{"name": sa, "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": sa}}],
-                "current-context": "c",
-            }
-        )
+def _chart_kubeconfig(cluster: ClusterClient, account: str, path: Path) -> Path:
+    """A kubeconfig as one of the release's ServiceAccounts, with no default namespace (as in a pod's)."""
+    return service_account_kubeconfig(
+        cluster, account, NS_RELEASE_NAMESPACE, path, default_namespace=False, duration="1h"
     )
-    path.chmod(0o600)
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -458,13 +435,13 @@ def test_operator_and_router_run_with_the_charts_settings_and_service_accounts(
         assert _exists(cluster, "kopfpeering", WATCHED, f"{NS_RELEASE}-modelyard")
         operator_env = _chart_env(cluster, f"{NS_RELEASE}-modelyard-operator")
         assert json.loads(operator_env["MODELYARD_OPERATOR_NAMESPACES"]) == [WATCHED]
-        health, metrics = _free_port(), _free_port()
+        health, metrics = free_port(), free_port()
         operator_env |= {
             "MODELYARD_OPERATOR_BIND_ADDRESS": "127.0.0.1",
             "MODELYARD_OPERATOR_HEALTH_PORT": str(health),
             "MODELYARD_OPERATOR_METRICS_PORT": str(metrics),
         }
-        kubeconfig = _service_account_kubeconfig(
+        kubeconfig = _chart_kubeconfig(
             cluster, f"{NS_RELEASE}-modelyard-operator", tmp_path / "op.kubeconfig"
         )
         procs.append(
@@ -476,15 +453,13 @@ def test_operator_and_router_run_with_the_charts_settings_and_service_accounts(
         )
         router_env = _chart_env(cluster, f"{NS_RELEASE}-modelyard-router")
         assert router_env["MODELYARD_ROUTER_NAMESPACE"] == WATCHED
-        port = _free_port()
+        port = free_port()
         router_env |= {
             "MODELYARD_ROUTER_HOST": "127.0.0.1",
             "MODELYARD_ROUTER_PORT": str(port),
-            "MODELYARD_ROUTER_METRICS_PORT": str(_free_port()),
+            "MODELYARD_ROUTER_METRICS_PORT": str(free_port()),
             "KUBECONFIG": str(
-                _service_account_kubeconfig(
-                    cluster, f"{NS_RELEASE}-modelyard-router", tmp_path / "router.kubeconfig"
-                )
+                _chart_kubeconfig(cluster, f"{NS_RELEASE}-modelyard-router", tmp_path / "router.kubeconfig")
             ),
         }
         procs.append(_spawn([sys.executable, "-m", "modelyard.router"], router_env, tmp_path / "router.log"))

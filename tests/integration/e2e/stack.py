@@ -9,7 +9,6 @@ plane built from that pod's real readiness.
 from __future__ import annotations
 
 import contextlib
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from tests.integration.operator.harness import (
     rbac_manifests,
     service_account_kubeconfig,
 )
-from tests.integration.router.procs import Proc, free_port
+from tests.integration.router.procs import Proc, cluster_router
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -128,28 +127,17 @@ def open_stack(
             "MODELYARD_OPERATOR_PROGRESS_STEP": "0.05",
         },
     )
-    port = free_port()
-    # /metrics and /autoscaler/load have their own port; never the shared default 9090 in tests.
-    metrics_port = free_port()
-    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_URLS"] = f'["http://127.0.0.1:{metrics_port}"]'
-    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_POLL_SECONDS"] = "0.25"
-    router = Proc(
-        [sys.executable, "-m", "modelyard.router"],
-        port,
-        metrics_port=metrics_port,
-        env={
-            "KUBECONFIG": str(router_kubeconfig(kube_cluster, ns, work / "router.kubeconfig")),
-            "MODELYARD_ROUTER_HOST": "127.0.0.1",
-            "MODELYARD_ROUTER_PORT": str(port),
-            "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
-            "MODELYARD_ROUTER_MODE": "kubernetes",
-            "MODELYARD_ROUTER_NAMESPACE": ns,
-            "MODELYARD_ROUTER_HOLD_MAX_WAIT_S": "180",
-            "MODELYARD_ROUTER_EXTRA_PYTHONPATH": str(podnet.SHIM_DIR),
-            podnet.ENV_VAR: str(podnet.POD_NETWORK),
-        },
-        log_path=work / "router.log",
+    router = cluster_router(
+        router_kubeconfig(kube_cluster, ns, work / "router.kubeconfig"),
+        ns,
+        work / "router.log",
+        env={podnet.ENV_VAR: str(podnet.POD_NETWORK)},
+        hold_max_wait_s=180,
+        extra_pythonpath=podnet.SHIM_DIR,
     )
+    # /metrics and /autoscaler/load have their own port; never the shared default 9090 in tests.
+    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_ROUTER_URLS"] = f'["{router.metrics_base}"]'
+    operator.extra_env["MODELYARD_OPERATOR_AUTOSCALER_POLL_SECONDS"] = "0.25"
     st = Stack(kube_cluster, ns, runner, operator, router, tiny_root, work)
     try:
         operator.start()

@@ -31,7 +31,8 @@ from modelyard.api.llmmodel import LLMModel
 from modelyard.operator.builders.deployment import build_deployment
 from modelyard.operator.settings import OperatorSettings
 from tests.integration.engines.vllm_model import ensure_vllm_tiny_llama
-from tests.integration.router.procs import Proc, free_port, http_get, start_router, write_config
+from tests.integration.router.procs import Proc, start_router, write_config
+from tests.support.net import free_port, http_get
 from tests.unit.chart.tools import CHART_DIR, REPO_ROOT, prometheus_path, promtool_path
 
 pytestmark = [pytest.mark.model, pytest.mark.vllm, pytest.mark.timeout(900)]

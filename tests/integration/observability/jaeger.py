@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration.router.procs import Proc, free_port
+from tests.integration.router.procs import Proc
+from tests.support.net import free_port
 
 INSTALL = Path(__file__).with_name("install_jaeger.sh")
 

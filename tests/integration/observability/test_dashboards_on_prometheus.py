@@ -31,7 +31,7 @@ import yaml
 from openai import APIStatusError, OpenAI
 
 from tests.cluster.client import ClusterClient
-from tests.fixtures.models import ServerProcess, free_port
+from tests.fixtures.models import ServerProcess
 from tests.fixtures.processes import popen_dying_with_parent
 from tests.integration.operator.harness import (
     OperatorProcess,
@@ -40,6 +40,8 @@ from tests.integration.operator.harness import (
     rbac_manifests,
     service_account_kubeconfig,
 )
+from tests.support.net import free_port, http_get
+from tests.support.waits import wait_until
 from tests.unit.chart.tools import CHART_DIR, REPO_ROOT, prometheus_path, promtool_path
 
 pytestmark = pytest.mark.model
@@ -50,26 +52,6 @@ DASHBOARDS = sorted((CHART_DIR / "dashboards").glob("*.json"))
 RULES = CHART_DIR / "rules" / "modelyard.rules.yaml"
 INSTALL = "run tests/integration/observability/install.sh (Debian package `prometheus`)"
 SCRAPE_S = 1
-
-
-def _wait(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
 
 
 @dataclass
@@ -103,10 +85,10 @@ def _spawn(argv: list[str], port: int, log: Path, env: dict[str, str], ready: st
     def up() -> bool:
         if popen.poll() is not None:
             raise RuntimeError(f"{argv[:3]} exited with {popen.returncode}:\n{proc.tail()}")
-        return _get(proc.url + ready, timeout=1)[0] == 200
+        return http_get(proc.url + ready, timeout=1)[0] == 200
 
     try:
-        _wait(f"{argv[2]} on {port}", up, timeout=60)
+        wait_until(up, 60, f"{argv[2]} on {port}")
     except BaseException:
         proc.stop()
         raise
@@ -158,9 +140,10 @@ def operator(
             llmmodel(MODEL, NAMESPACE, resources={"gpus": 0, "cpu": "1", "memory": "1Gi"}, replicas=1),
             llmmodel("over-quota", NAMESPACE, resources={"gpus": 1}, replicas=1),
         )
-        _wait(
-            "a reconcile error from the quota",
+        wait_until(
             lambda: proc.metric("modelyard_operator_reconcile_errors_total"),
+            60,
+            "a reconcile error from the quota",
         )
         yield proc
     finally:
@@ -316,7 +299,7 @@ def _drive_load(router_url: str, routes: Path, server: ServerProcess, seconds: f
 
 def _query(prom: Proc, expr: str) -> list[dict[str, Any]]:
     url = f"{prom.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    status, body = _get(url, timeout=10)
+    status, body = http_get(url, timeout=10)
     assert status == 200, f"{expr}: HTTP {status} {body[:300]!r}"
     data = json.loads(body)
     assert data["status"] == "success", data
@@ -406,7 +389,7 @@ def test_model_variable_lists_the_served_models(prometheus: Proc, loaded: dict[s
     variable = next(v for v in d["templating"]["list"] if v["name"] == "model")
     metric = variable["query"]["query"].split("(", 1)[1].split(",")[0]
     url = f"{prometheus.url}/api/v1/label/model/values?" + urllib.parse.urlencode({"match[]": metric})
-    values = json.loads(_get(url)[1])["data"]
+    values = json.loads(http_get(url, timeout=5)[1])["data"]
     assert {MODEL, "broken", "no-pods"} <= set(values)
 
 
@@ -430,7 +413,7 @@ def test_the_dashboards_see_what_happened(prometheus: Proc, loaded: dict[str, in
 
 
 def test_alert_rules_load_and_evaluate(prometheus: Proc, loaded: dict[str, int]) -> None:
-    status, body = _get(f"{prometheus.url}/api/v1/rules")
+    status, body = http_get(f"{prometheus.url}/api/v1/rules", timeout=5)
     assert status == 200
     groups = json.loads(body)["data"]["groups"]
     assert {g["name"] for g in groups} == {"modelyard.router", "modelyard.server", "modelyard.operator"}
@@ -439,10 +422,10 @@ def test_alert_rules_load_and_evaluate(prometheus: Proc, loaded: dict[str, int])
     def evaluated() -> list[dict[str, Any]] | None:
         rules = [
             r
-            for g in json.loads(_get(f"{prometheus.url}/api/v1/rules")[1])["data"]["groups"]
+            for g in json.loads(http_get(f"{prometheus.url}/api/v1/rules", timeout=5)[1])["data"]["groups"]
             for r in g["rules"]
         ]
         return rules if all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
 
-    for rule in _wait("every alert rule evaluated", evaluated):
+    for rule in wait_until(evaluated, 60, "every alert rule evaluated"):
         assert rule["health"] == "ok", rule

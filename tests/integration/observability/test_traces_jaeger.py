@@ -24,7 +24,8 @@ import pytest
 from modelyard.server.modelbuild.tinymodel import ensure_tiny_model
 from tests.fixtures.models import ServerProcess, start_server
 from tests.integration.observability.jaeger import JaegerBuildError, build_jaeger, start_jaeger
-from tests.integration.router.procs import Proc, free_port, start_router, write_config
+from tests.integration.router.procs import Proc, start_router, write_config
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +16,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from modelyard.api import crdgen
 from modelyard.operator import rbac
 from tests.cluster.client import ClusterClient
 from tests.fixtures.processes import popen_dying_with_parent
+from tests.support import service_accounts
+from tests.support.metrics import sample_sum
+from tests.support.net import free_port
+from tests.support.service_accounts import with_unique_cluster_names
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def install_crds(cluster: ClusterClient) -> None:
@@ -42,36 +37,12 @@ def install_crds(cluster: ClusterClient) -> None:
 
 def rbac_manifests(namespace: str) -> list[dict[str, Any]]:
     """The generated RBAC, with cluster-scoped names made unique so test namespaces do not collide."""
-    docs = rbac.manifests(namespace)
-    unique = f"{rbac.NAME}-{namespace}"
-    for doc in docs:
-        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-            doc["metadata"]["name"] = unique
-        if doc["kind"] == "ClusterRoleBinding":
-            doc["roleRef"]["name"] = unique
-    return docs
+    return with_unique_cluster_names(rbac.manifests(namespace), f"{rbac.NAME}-{namespace}")
 
 
 def service_account_kubeconfig(cluster: ClusterClient, namespace: str, path: Path) -> Path:
-    token = cluster.kubectl("create", "token", rbac.NAME, "-n", namespace, "--duration=7200s").stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "test",
-                "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)},
-            }
-        ],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [
-            {"name": "test", "context": {"cluster": "test", "user": "operator", "namespace": namespace}}
-        ],
-        "current-context": "test",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
+    """A kubeconfig (mode 0600) authenticating as the operator's ServiceAccount in ``namespace`` for 2 h."""
+    return service_accounts.service_account_kubeconfig(cluster, rbac.NAME, namespace, path)
 
 
 class OperatorProcess:
@@ -131,18 +102,7 @@ class OperatorProcess:
             return str(r.read().decode())
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if line.startswith("#") or not line.startswith(name):
-                continue
-            series, _, value = line.rpartition(" ")
-            metric_name, _, label_part = series.partition("{")
-            if metric_name != name:
-                continue
-            have = dict(part.split("=", 1) for part in label_part.rstrip("}").split(",") if "=" in part)
-            if all(have.get(k) == f'"{v}"' for k, v in (labels or {}).items()):
-                total += float(value)
-        return total
+        return sample_sum(self.metrics(), name, labels)
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, as when a node dies mid-reconcile."""

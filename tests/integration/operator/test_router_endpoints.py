@@ -39,6 +39,6 @@ async def test_the_autoscaler_polls_ready_routers_on_the_services_metrics_port(
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # the operator's own ServiceAccount
     runtime = Runtime(OperatorSettings(autoscaler_router_service=f"{namespace}/routers"))
     try:
-        assert await runtime._router_urls() == ["http://10.0.0.5:9090"]
+        assert await runtime.routers() == ["http://10.0.0.5:9090"]
     finally:
         await runtime.kube.close()

@@ -5,60 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.fixtures.processes import popen_dying_with_parent
+from tests.support.net import free_port, http_get
+from tests.support.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    delay = 0.01
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
-
-
-def http_post_json(url: str, body: Mapping[str, Any], timeout: float = 5.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def _env() -> dict[str, str]:
@@ -117,10 +75,6 @@ class Proc:
         self.popen.send_signal(signal.SIGTERM)
         return self.popen.wait(60)
 
-    def restart(self, ready_path: str) -> Proc:
-        self.kill()
-        return self.start(ready_path)
-
 
 def start_backend(name: str, tmp: Path, *extra: str, port: int | None = None) -> Proc:
     port = port or free_port()
@@ -138,21 +92,39 @@ def start_backend(name: str, tmp: Path, *extra: str, port: int | None = None) ->
 
 
 def start_router(tmp: Path, config: Path, keys_file: Path | None = None, **settings: Any) -> Proc:
+    """The router in static mode over ``config``; ``settings`` become MODELYARD_ROUTER_* variables."""
+    base: dict[str, Any] = {"static_config": config}
+    if keys_file is not None:
+        base["api_keys_file"] = keys_file
+    proc = _router({}, "static", base | settings)
+    proc.log_path = tmp / f"router-{proc.port}.log"  # named by its port: a test may start several
+    return proc.start("/readyz")
+
+
+def cluster_router(
+    kubeconfig: Path, namespace: str, log_path: Path, env: Mapping[str, str] | None = None, **settings: Any
+) -> Proc:
+    """The router (not started yet) in kubernetes mode over ``namespace``, authenticated by ``kubeconfig``;
+    ``settings`` become MODELYARD_ROUTER_* variables, ``env`` is added as it is."""
+    env = {"KUBECONFIG": str(kubeconfig), **(env or {})}
+    return _router(env, "kubernetes", {"namespace": namespace, **settings}, log_path)
+
+
+def _router(
+    env: Mapping[str, str], mode: str, settings: Mapping[str, Any], log_path: Path | None = None
+) -> Proc:
     port, metrics_port = free_port(), free_port()
     env = {
+        **env,
         "MODELYARD_ROUTER_HOST": "127.0.0.1",
         "MODELYARD_ROUTER_PORT": str(port),
         "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
-        "MODELYARD_ROUTER_MODE": "static",
-        "MODELYARD_ROUTER_STATIC_CONFIG": str(config),
+        "MODELYARD_ROUTER_MODE": mode,
     }
-    if keys_file is not None:
-        env["MODELYARD_ROUTER_API_KEYS_FILE"] = str(keys_file)
     for key, value in settings.items():
         env[f"MODELYARD_ROUTER_{key.upper()}"] = str(value)
     args = [sys.executable, "-m", "modelyard.router"]
-    proc = Proc(args, port, env=env, log_path=tmp / f"router-{port}.log", metrics_port=metrics_port)
-    return proc.start("/readyz")
+    return Proc(args, port, env=env, log_path=log_path, metrics_port=metrics_port)
 
 
 def write_config(path: Path, models: Mapping[str, Any]) -> Path:
@@ -160,19 +132,3 @@ def write_config(path: Path, models: Mapping[str, Any]) -> Path:
     tmp.write_text(json.dumps({"models": models}))
     tmp.replace(path)  # atomic, so the router never reads half a file
     return path
-
-
-async def eventually(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
-    """``wait_until`` for async tests: yields to the event loop between polls."""
-    import asyncio
-
-    deadline = time.monotonic() + timeout_s
-    delay = 0.01
-    while True:
-        value = await asyncio.get_running_loop().run_in_executor(None, predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.2)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.processes import popen_dying_with_parent
-from tests.integration.router.procs import free_port, wait_until
+from tests.support.net import free_port
+from tests.support.waits import wait_until
 
 
 def _pings(port: int, password: str | None) -> bool:

@@ -15,7 +15,8 @@ from transformers import AutoTokenizer
 
 from tests.fixtures.lora import make_adapter, peft_greedy
 from tests.fixtures.models import ServerProcess, start_server
-from tests.integration.router.procs import Proc, http_get, start_router, write_config
+from tests.integration.router.procs import Proc, start_router, write_config
+from tests.support.net import http_get
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(420)]
 

@@ -16,7 +16,7 @@ import pytest
 from modelyard.api import metadata as md
 from tests.cluster.client import ClusterClient
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import Proc, http_get, wait_until
+from tests.integration.router.procs import Proc
 from tests.integration.router.test_discovery_cluster import (
     TEST_DOMAIN,
     apply,
@@ -27,6 +27,8 @@ from tests.integration.router.test_discovery_cluster import (
     namespace,  # noqa: F401  (the fixture)
     start_router,
 )
+from tests.support.net import http_get
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,7 +7,6 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import openai
@@ -15,7 +14,9 @@ import pytest
 
 from tests.fixtures.models import ServerProcess, start_server
 from tests.fixtures.openai_spec import assert_matches
-from tests.integration.router.procs import Proc, http_get, start_router, write_config
+from tests.integration.router.procs import Proc, start_router, write_config
+from tests.support.net import http_get
+from tests.support.tool_schemas import WEATHER_PARAMETERS
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
@@ -24,15 +25,6 @@ KEYS = """
 keys:
   - {name: agent, key: sk-agent-000001, models: [tiny-llama]}
 """
-PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 10},
-        "unit": {"type": "string", "enum": ["c", "f"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +73,14 @@ def test_a_forced_tool_call_through_the_router(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Weather?"}],
-        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": PARAMETERS}}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_PARAMETERS}}],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         max_tokens=200,
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls or []
-    jsonschema.validate(json.loads(call.function.arguments), PARAMETERS)  # type: ignore[union-attr]
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_PARAMETERS)  # type: ignore[union-attr]
 
 
 def test_keys_apply_to_responses(router: Proc) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +27,9 @@ from modelyard.router import rbac
 from tests.cluster.client import ClusterClient
 from tests.cluster.router_account import cluster_scoped_name, router_kubeconfig, router_rbac_manifests
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import Proc, free_port, http_get, wait_until
+from tests.integration.router.procs import Proc, cluster_router
+from tests.support.net import http_get
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -130,16 +131,14 @@ def start_router(
     shim = tmp / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(HOSTS_SHIM)
-    port, metrics_port = free_port(), free_port()
-    router = Proc(
-        [sys.executable, "-m", "modelyard.router"], port, metrics_port=metrics_port,
-        env={"KUBECONFIG": str(kubeconfig), "MODELYARD_ROUTER_HOST": "127.0.0.1",
-             "MODELYARD_ROUTER_PORT": str(port), "MODELYARD_ROUTER_METRICS_PORT": str(metrics_port),
-             "MODELYARD_ROUTER_MODE": "kubernetes", "MODELYARD_ROUTER_NAMESPACE": ns,
-             "MODELYARD_ROUTER_API_KEYS_SECRET": SECRET, "MODELYARD_ROUTER_HOLD_MAX_WAIT_S": hold_max_wait_s,
-             "MODELYARD_ROUTER_EXTRA_PYTHONPATH": str(shim)},
-        log_path=tmp / "router.log",
-    )  # fmt: skip
+    router = cluster_router(
+        kubeconfig,
+        ns,
+        tmp / "router.log",
+        api_keys_secret=SECRET,
+        hold_max_wait_s=hold_max_wait_s,
+        extra_pythonpath=shim,
+    )
     stack.procs.append(router)
     return router.start("/readyz", timeout_s=60)
 

@@ -19,7 +19,9 @@ import pytest
 
 from tests.fixtures.models import ServerProcess, start_server
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import Proc, eventually, http_get, start_router, write_config
+from tests.integration.router.procs import Proc, start_router, write_config
+from tests.support.net import http_get
+from tests.support.waits import eventually
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(420)]
 

@@ -34,7 +34,8 @@ import pytest
 
 from tests.fixtures.models import child_pids
 from tests.integration.engines.test_vllm_backend import SPEC, start_vllm, stop_vllm, vllm_venv
-from tests.integration.router.procs import Proc, http_get, start_router, write_config
+from tests.integration.router.procs import Proc, start_router, write_config
+from tests.support.net import http_get
 
 pytestmark = [pytest.mark.model, pytest.mark.vllm, pytest.mark.timeout(1500)]
 __all__ = ["vllm_venv"]  # the module-scoped fixture, shared with the vLLM backend test

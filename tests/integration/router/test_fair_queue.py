@@ -10,7 +10,8 @@ import time
 import aiohttp
 
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import Proc, http_get
+from tests.integration.router.procs import Proc
+from tests.support.net import http_get
 
 KEYS = """
 keys:

@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import eventually, http_get
+from tests.support.net import http_get
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.timeout(180)
 

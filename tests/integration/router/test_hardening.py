@@ -12,8 +12,9 @@ import pytest
 from tests.fixtures.openai_spec import assert_matches
 from tests.fixtures.raw_http import closed_by_peer, connect, exchange, read_response
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import Proc, http_get
+from tests.integration.router.procs import Proc
 from tests.integration.router.test_routing import stats
+from tests.support.net import http_get
 
 pytestmark = pytest.mark.timeout(120)
 

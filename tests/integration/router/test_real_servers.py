@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from tests.fixtures.models import ServerProcess, start_server
-from tests.integration.router.procs import Proc, http_get, start_router, write_config
+from tests.integration.router.procs import Proc, start_router, write_config
+from tests.support.net import http_get
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import http_get
+from tests.support.net import http_get
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import Proc, http_get
+from tests.integration.router.procs import Proc
 from tests.integration.router.redis_server import RedisServer
+from tests.support.net import http_get
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
 

@@ -17,8 +17,10 @@ import pytest
 
 from tests.fixtures.models import child_pids
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import REPO, Proc, free_port, http_get, wait_until
+from tests.integration.router.procs import REPO, Proc
 from tests.integration.router.redis_server import RedisServer
+from tests.support.net import free_port, http_get
+from tests.support.waits import wait_until
 
 KEY = "sk-team-a-secret"
 KEYS = json.dumps({"keys": [{"name": "team-a", "key": KEY, "requestsPerMinute": 12}]})

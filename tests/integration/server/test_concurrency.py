@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -13,20 +12,12 @@ import pytest
 from tests.fixtures.models import LLAMA_NAME, TEST_API_KEY, ServerProcess
 from tests.fixtures.openai_spec import assert_matches
 from tests.integration.server.helpers import auth, metric
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.model
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
-
-
-def _wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_sixteen_streams_run_in_one_batch(llama_server: ServerProcess) -> None:
@@ -82,8 +73,8 @@ def test_disconnected_client_frees_its_slot(llama_server: ServerProcess) -> None
         for _ in range(3):
             next(lines)
         # leaving the block closes the connection mid-stream
-    _wait_for(lambda: metric(llama_server, RUNNING, model_name=LLAMA_NAME) == 0)
-    _wait_for(
+    wait_until(lambda: metric(llama_server, RUNNING, model_name=LLAMA_NAME) == 0)
+    wait_until(
         lambda: (
             metric(llama_server, "vllm:request_success_total", finished_reason="abort") == aborted_before + 1
         )
@@ -99,12 +90,12 @@ def test_client_gone_before_a_non_streamed_answer_aborts_it(llama_server: Server
     body = {"model": LLAMA_NAME, "prompt": "Forever", "max_tokens": 1000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(llama_server.v1 + "/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
-    _wait_for(
+    wait_until(
         lambda: (
             metric(llama_server, "vllm:request_success_total", finished_reason="abort") == aborted_before + 1
         )
     )
-    _wait_for(lambda: metric(llama_server, RUNNING, model_name=LLAMA_NAME) == 0)
+    wait_until(lambda: metric(llama_server, RUNNING, model_name=LLAMA_NAME) == 0)
 
 
 async def test_full_queue_answers_429_with_retry_after(gpt2_server: ServerProcess) -> None:
@@ -127,7 +118,7 @@ async def test_full_queue_answers_429_with_retry_after(gpt2_server: ServerProces
         for running, waiting in [(1, 0), (2, 0), (2, 1)]:
             streams.append(asyncio.create_task(long_stream()))
             await asyncio.to_thread(
-                _wait_for, lambda r=running, w=waiting: (gauge(RUNNING), gauge(WAITING)) == (r, w)
+                wait_until, lambda r=running, w=waiting: (gauge(RUNNING), gauge(WAITING)) == (r, w)
             )
         refused = await http.post(gpt2_server.v1 + "/completions", json={**body, "stream": False})
         assert refused.status_code == 429, refused.text
@@ -141,15 +132,15 @@ async def test_full_queue_answers_429_with_retry_after(gpt2_server: ServerProces
         aborted = metric(gpt2_server, "vllm:request_success_total", finished_reason="abort")
         streams[2].cancel()
         await asyncio.to_thread(
-            _wait_for,
+            wait_until,
             lambda: metric(gpt2_server, "vllm:request_success_total", finished_reason="abort") == aborted + 1,
         )
         await asyncio.to_thread(
-            _wait_for, lambda: gauge(WAITING) == 0
+            wait_until, lambda: gauge(WAITING) == 0
         )  # the engine drops it at its next step
         for stream in streams[:2]:
             stream.cancel()
-        await asyncio.to_thread(_wait_for, lambda: gauge(RUNNING) == 0)
+        await asyncio.to_thread(wait_until, lambda: gauge(RUNNING) == 0)
         served = await sdk.completions.create(model="tiny-gpt2", prompt="x", max_tokens=2)
         assert served.choices
         await sdk.close()

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +17,7 @@ import pytest
 
 from tests.fixtures.models import ServerProcess, child_pids, running_server
 from tests.integration.server.helpers import metric
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.model
 
@@ -35,15 +36,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has exited; only its parent's wait is missing
-
-
-def _wait_for(predicate: Callable[[], bool], within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not reached within {within_s} s")
 
 
 def _args(model: Path, *extra: str) -> list[str]:
@@ -162,14 +154,14 @@ def test_an_aborted_stream_frees_its_slot_in_the_engine_process(server: ServerPr
                 break
         assert metric(server, RUNNING, model_name="tiny-llama") == 1
     # The client hung up mid-stream: the abort crosses to the engine process, which frees the slot.
-    _wait_for(lambda: metric(server, RUNNING, model_name="tiny-llama") == 0, within_s=5)
+    wait_until(lambda: metric(server, RUNNING, model_name="tiny-llama") == 0, 5)
 
 
 def test_the_engine_process_exits_when_the_http_process_dies(server: ServerProcess) -> None:
     engine_pid = _engine_pid(server)
     server.process.kill()  # SIGKILL: no shutdown code runs in the HTTP process
     server.process.wait(10)
-    _wait_for(lambda: not _alive(engine_pid), within_s=5)
+    wait_until(lambda: not _alive(engine_pid), 5)
 
 
 def test_in_process_mode_serves_without_a_child(tiny_llama_path: Path, server_logs_dir: Path) -> None:

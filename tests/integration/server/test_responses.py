@@ -18,24 +18,9 @@ from pydantic import BaseModel, Field
 from tests.fixtures.models import LLAMA_NAME, ServerProcess
 from tests.fixtures.openai_spec import assert_matches, assert_response_event
 from tests.integration.server.helpers import auth
+from tests.support.tool_schemas import WEATHER_PARAMETERS, WEATHER_RESPONSES_TOOL
 
 pytestmark = pytest.mark.model
-
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 10},
-            "unit": {"type": "string", "enum": ["c", "f"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
 
 
 class City(BaseModel):
@@ -157,7 +142,7 @@ def test_forced_function_call_streams_argument_deltas(llama_server: ServerProces
     body = {
         "model": LLAMA_NAME,
         "input": "Weather?",
-        "tools": [WEATHER_TOOL],
+        "tools": [WEATHER_RESPONSES_TOOL],
         "tool_choice": {"type": "function", "name": "get_weather"},
         "max_output_tokens": 200,
     }
@@ -166,7 +151,7 @@ def test_forced_function_call_streams_argument_deltas(llama_server: ServerProces
     assert "response.function_call_arguments.delta" in kinds
     done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert done["name"] == "get_weather"
-    jsonschema.validate(json.loads(done["arguments"]), WEATHER_TOOL["parameters"])
+    jsonschema.validate(json.loads(done["arguments"]), WEATHER_PARAMETERS)
     final = events[-1]
     assert final["type"] == "response.completed"
     (item,) = final["response"]["output"]
@@ -179,21 +164,25 @@ def test_required_tool_choice_and_a_tool_round_trip(client: openai.OpenAI) -> No
     first = client.responses.create(
         model=LLAMA_NAME,
         input="Weather in Paris?",
-        tools=[WEATHER_TOOL],
+        tools=[WEATHER_RESPONSES_TOOL],
         tool_choice="required",
         parallel_tool_calls=False,
         max_output_tokens=300,
     )
     calls = [item for item in first.output if item.type == "function_call"]
     assert calls
-    jsonschema.validate(json.loads(calls[0].arguments), WEATHER_TOOL["parameters"])
+    jsonschema.validate(json.loads(calls[0].arguments), WEATHER_PARAMETERS)
     follow_up: Any = [
         {"role": "user", "content": "Weather in Paris?"},
         *[c.model_dump(exclude_none=True) for c in calls],
         *[{"type": "function_call_output", "call_id": c.call_id, "output": "sunny, 21 C"} for c in calls],
     ]
     second = client.responses.create(
-        model=LLAMA_NAME, input=follow_up, tools=[WEATHER_TOOL], tool_choice="none", max_output_tokens=8
+        model=LLAMA_NAME,
+        input=follow_up,
+        tools=[WEATHER_RESPONSES_TOOL],
+        tool_choice="none",
+        max_output_tokens=8,
     )
     assert_matches("Response", second.model_dump(mode="json", exclude_unset=True))
     assert second.output[0].type == "message"

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.models import REPO_ROOT, ServerProcess, _server_env, free_port, running_server
+from tests.fixtures.models import REPO_ROOT, ServerProcess, _server_env, running_server
 from tests.fixtures.openai_spec import assert_matches
 from tests.fixtures.processes import popen_dying_with_parent
 from tests.fixtures.raw_http import closed_by_peer, connect, read_response
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.model
 

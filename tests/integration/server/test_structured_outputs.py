@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from tests.fixtures.models import LLAMA_NAME, ServerProcess
 from tests.fixtures.openai_spec import assert_matches
 from tests.integration.server.helpers import auth, post_stream
+from tests.support.tool_schemas import WEATHER_CHAT_TOOL
 
 pytestmark = pytest.mark.model
 
@@ -43,22 +44,6 @@ CITY_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 10},
-                "unit": {"type": "string", "enum": ["c", "f"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
 TIME_TOOL: Any = {
     "type": "function",
     "function": {
@@ -71,7 +56,7 @@ TIME_TOOL: Any = {
         },
     },
 }
-PARAMS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER_TOOL, TIME_TOOL)}
+PARAMS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER_CHAT_TOOL, TIME_TOOL)}
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +165,7 @@ def test_named_tool_choice_forces_that_call_with_valid_arguments(client: openai.
     completion = client.chat.completions.create(
         model=LLAMA_NAME,
         messages=USER,
-        tools=[WEATHER_TOOL, TIME_TOOL],
+        tools=[WEATHER_CHAT_TOOL, TIME_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_time"}},
         max_tokens=200,
     )
@@ -200,7 +185,7 @@ def test_required_tool_choice_calls_some_tool_with_valid_arguments(
     completion = client.chat.completions.create(
         model=LLAMA_NAME,
         messages=USER,
-        tools=[WEATHER_TOOL, TIME_TOOL],
+        tools=[WEATHER_CHAT_TOOL, TIME_TOOL],
         tool_choice="required",
         parallel_tool_calls=parallel,
         max_tokens=300,
@@ -219,7 +204,7 @@ def test_streamed_forced_tool_calls_reassemble_in_the_sdk(client: openai.OpenAI)
     with client.chat.completions.stream(
         model=LLAMA_NAME,
         messages=USER,
-        tools=[WEATHER_TOOL],
+        tools=[WEATHER_CHAT_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         max_tokens=200,
     ) as stream:
@@ -286,7 +271,7 @@ def test_required_calls_stream_name_first_then_argument_fragments(
     request: Any = {
         "model": LLAMA_NAME,
         "messages": USER,
-        "tools": [WEATHER_TOOL, TIME_TOOL],
+        "tools": [WEATHER_CHAT_TOOL, TIME_TOOL],
         "tool_choice": "required",
         "parallel_tool_calls": parallel,
         "max_tokens": 300,

@@ -87,10 +87,6 @@ def helm_path() -> str:
     return str(bin_dir() / "helm")
 
 
-def kubectl_path() -> str:
-    return str(bin_dir() / "kubectl")
-
-
 def promtool_path() -> str | None:
     """Debian's promtool (package ``prometheus``), or None when it is not installed."""
     return os.environ.get("MODELYARD_PROMTOOL") or shutil.which("promtool")

@@ -20,9 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
-from modelyard.api.llmmodel import LLMModel, LoraAdapter
+from modelyard.api.llmmodel import LoraAdapter
 from modelyard.operator.adapters.client import LOAD_TIMEOUT_S, AdapterClient, PodUnreachableError
 from modelyard.operator.adapters.plan import PodAdapters, plan_pod, source_key
 from modelyard.operator.builders.adapters import lora_path
@@ -101,10 +99,9 @@ class AdapterSyncer(Poller):
         for key, body in list(self._state.models.items()):
             if not lora_spec(body):
                 continue
-            try:
-                model = LLMModel.from_body(body)
-            except ValidationError:
-                continue  # the reconcile handler reports it
+            model = self._state.model(key)
+            if model is None:
+                continue  # the reconcile handler reports an invalid spec
             lora_keys.add(key)
             work += [(key, list(model.spec.adapters), pod) for pod in ready_pods(self._state.pods_of(key))]
         limit = asyncio.Semaphore(MAX_CONCURRENT_PODS)
