@@ -97,9 +97,17 @@ class Encoder:
 
     def request(self, spans: Sequence[Span]) -> bytes:
         """The ``ExportTraceServiceRequest`` carrying ``spans``."""
-        scope_spans = self._scope_field + b"".join(_ld(b"\x12", self.span(s)) for s in spans)
+        return self.request_of([self.span_field(s) for s in spans])
+
+    def request_of(self, span_fields: Sequence[bytes]) -> bytes:
+        """The ``ExportTraceServiceRequest`` carrying spans encoded by ``span_field``."""
+        scope_spans = self._scope_field + b"".join(span_fields)
         resource_spans = self._resource_field + _ld(b"\x12", scope_spans)
         return _ld(b"\x0a", resource_spans)
+
+    def span_field(self, span: Span) -> bytes:
+        """The span as a field of ``ScopeSpans`` (``spans``, field 2)."""
+        return _ld(b"\x12", self.span(span))
 
     def span(self, span: Span) -> bytes:
         """A ``Span`` message (its body)."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from modelyard.otlp import endpoint_from
 
 if TYPE_CHECKING:
+    from modelyard.otlp.loop_export import LoopExporter
     from modelyard.otlp.span import Span
     from modelyard.otlp.tracer import Tracer
 
@@ -31,10 +32,14 @@ class RouterTracing:
     """The tracer, built only when tracing is on."""
 
     def __init__(self, endpoint: str, env: Mapping[str, str], tracer: Tracer | None = None) -> None:
-        from modelyard.otlp.build import build_tracer
+        from modelyard.otlp.build import build_loop_tracer
         from modelyard.otlp.span import SERVER
 
-        self.tracer = tracer or build_tracer(endpoint, env, "modelyard-router", "modelyard.router")
+        self._exporter: LoopExporter | None = None
+        if tracer is None:
+            # Exported by a task of the router's event loop, not a thread (modelyard/otlp/loop_export.py).
+            tracer, self._exporter = build_loop_tracer(endpoint, env, "modelyard-router", "modelyard.router")
+        self.tracer = tracer
         self._start = self.tracer.start_span
         self._extract = self.tracer.extract
         self._server = SERVER
@@ -56,7 +61,10 @@ class RouterTracing:
         """The current span (the upstream attempt's) becomes the pod's parent."""
         self.tracer.inject(headers)
 
-    def shutdown(self) -> None:
+    async def aclose(self) -> None:
+        """Send the spans still batched and stop exporting."""
+        if self._exporter is not None:
+            await self._exporter.aclose()
         self.tracer.shutdown()
 
 
