@@ -20,6 +20,10 @@ _SMALL = [bytes((i,)) for i in range(128)]
 _DOUBLE = struct.Struct("<d").pack
 _TIMES = struct.Struct("<BQBQ").pack  # start (field 7) and end (field 8), both fixed64
 _EVENT_TIME = struct.Struct("<BQ").pack
+# trace_id (field 1), span_id (2), parent_span_id (4) as bytes, kind (6) as a varint: ids big-endian.
+_IDS = struct.Struct(">BBQQBBQBB").pack
+_IDS_PARENT = struct.Struct(">BBQQBBQBBQBB").pack
+_LOW64 = (1 << 64) - 1
 _CACHE_LIMIT = 4096
 
 # Field tags: (field number << 3) | wire type (0 varint, 1 fixed64, 2 length-delimited).
@@ -111,13 +115,26 @@ class Encoder:
 
     def span(self, span: Span) -> bytes:
         """A ``Span`` message (its body)."""
-        parent = span.parent_id
+        trace = span.trace
         ids = (
-            f"0a10{span.trace_id}1208{span.span_id}2208{parent}300{span.kind}"
-            if parent
-            else (f"0a10{span.trace_id}1208{span.span_id}300{span.kind}")
+            _IDS_PARENT(
+                0x0A,
+                16,
+                trace >> 64,
+                trace & _LOW64,
+                0x12,
+                8,
+                span.span,
+                0x22,
+                8,
+                span.parent,
+                0x30,
+                span.kind,
+            )
+            if span.parent
+            else _IDS(0x0A, 16, trace >> 64, trace & _LOW64, 0x12, 8, span.span, 0x30, span.kind)
         )
-        parts = [bytes.fromhex(ids), self._name(span.name), _TIMES(0x39, span.start_ns, 0x41, span.end_ns)]
+        parts = [ids, self._name(span.name), _TIMES(0x39, span.start_ns, 0x41, span.end_ns)]
         if span.trace_state:
             parts.append(_ld(_SPAN_TRACE_STATE, span.trace_state.encode()))
         attribute = self._attribute

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from collections.abc import Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -33,16 +34,22 @@ class RouterTracing:
 
     def __init__(self, endpoint: str, env: Mapping[str, str], tracer: Tracer | None = None) -> None:
         from modelyard.otlp.build import build_loop_tracer
-        from modelyard.otlp.span import SERVER
+        from modelyard.otlp.span import INTERNAL, SERVER, current_span
+        from modelyard.otlp.span import Span as SpanClass
 
         self._exporter: LoopExporter | None = None
         if tracer is None:
             # Exported by a task of the router's event loop, not a thread (modelyard/otlp/loop_export.py).
             tracer, self._exporter = build_loop_tracer(endpoint, env, "modelyard-router", "modelyard.router")
         self.tracer = tracer
-        self._start = self.tracer.start_span
-        self._extract = self.tracer.extract
-        self._server = SERVER
+        self._start = tracer.start_span
+        self._extract = tracer.extract
+        self._on_end = tracer.on_end
+        # Every child of the request's span follows its sampled flag (the default, parent-based sampler):
+        # ``child`` then builds the Span itself, a few calls fewer than ``start_span`` (about 1 us a request).
+        self._follow_parent = tracer.sampler.parent_based
+        self._span_class, self._current, self._bits = SpanClass, current_span.get, random.getrandbits
+        self._server, self._internal = SERVER, INTERNAL
 
     def request(self, method: str, path: str, headers: Mapping[str, str]) -> Span:
         """The request's SERVER span, continuing the caller's traceparent (or starting a trace); ``with``
@@ -55,7 +62,13 @@ class RouterTracing:
         )
 
     def child(self, name: str, attributes: dict[str, Any]) -> Span:
-        return self._start(name, attributes=attributes.items())
+        parent = self._current()
+        if parent is None or not self._follow_parent:
+            return self._start(name, attributes=attributes.items())
+        return self._span_class(
+            parent.trace, self._bits(64) or 1, parent.span, name, self._internal, parent.sampled,
+            self._on_end, list(attributes.items()), parent.trace_state, None,
+        )  # fmt: skip
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """The current span (the upstream attempt's) becomes the pod's parent."""
