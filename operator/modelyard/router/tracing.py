@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from modelyard.otlp import endpoint_from
+from modelyard.router.logs import access_trace
 
 if TYPE_CHECKING:
     from modelyard.otlp.loop_export import LoopExporter
@@ -54,12 +55,14 @@ class RouterTracing:
     def request(self, method: str, path: str, headers: Mapping[str, str]) -> Span:
         """The request's SERVER span, continuing the caller's traceparent (or starting a trace); ``with``
         it to make it current."""
-        return self._start(
+        span = self._start(
             f"{method} {path}",
             self._server,
             [("http.request.method", method), ("url.path", path)],
             self._extract(headers),
         )
+        access_trace.set(span)  # in the request's own task: its access line, logged last, gets the id
+        return span
 
     def child(self, name: str, attributes: dict[str, Any]) -> Span:
         parent = self._current()
