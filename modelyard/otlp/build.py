@@ -49,7 +49,7 @@ def build_loop_tracer(
 
     target = _target(endpoint, env)
     transport: LoopGrpcTransport | LoopHttpTransport = (
-        LoopGrpcTransport(GrpcTransport(*target[1:]))
+        LoopGrpcTransport(*target[1:])
         if target[0] == "grpc"
         else LoopHttpTransport(target[1], target[2], target[4], target[5])
     )

@@ -3,10 +3,9 @@ our own.
 
 - OTLP/HTTP: a POST on one kept-alive non-blocking connection (asyncio streams, TLS for ``https://``),
   reopened after an error; the answer is read in full so the connection stays usable.
-- OTLP/gRPC: grpcio's channel (transport.py's), called with ``future()``: grpcio's C core sends from its
-  own poller and the loop is woken once per export with the outcome. A gRPC client of our own on the loop
-  would need HTTP/2 framing, flow control and HPACK decoding of the trailers: grpcio already does that
-  without holding the GIL.
+- OTLP/gRPC: grpcio's asyncio API (``grpc.aio``) on the same loop: grpcio's C core sends and the loop is
+  woken once per export with the outcome. A gRPC client of our own on the loop would need HTTP/2 framing,
+  flow control and HPACK decoding of the trailers: grpcio already does that without holding the GIL.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelyard.otlp.transport import RETRYABLE_HTTP, ExportError, GrpcTransport
+from modelyard.otlp.transport import GRPC_METHOD, RETRYABLE_HTTP, ExportError, GrpcTransport, grpc_channel
 
 _MAX_ANSWER = 1 << 20
 
@@ -101,36 +100,36 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 
 class LoopGrpcTransport:
-    """transport.py's grpcio channel, called without blocking the loop."""
+    """Unary ``Export`` calls on a ``grpc.aio`` channel: grpcio's C core does the I/O and wakes the loop
+    through a file descriptor when a call ends. (Blocking-API ``future()`` calls from the loop cost more:
+    grpcio started a Python thread per call to wait for its completion.) The channel belongs to a loop, so
+    it is made on the first send."""
 
-    def __init__(self, sync: GrpcTransport) -> None:
-        self._sync = sync
+    def __init__(
+        self,
+        endpoint: str,
+        headers: dict[str, str],
+        insecure: bool,
+        compression: str = "",
+        certificate: str | None = None,
+    ) -> None:
+        self._target = (endpoint, insecure, compression, certificate)
+        self._metadata = tuple((k.lower(), v) for k, v in headers.items())
+        self._channel: Any = None
+        self._export: Any = None
 
     async def send(self, body: bytes, timeout_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        call = self._sync.export.future(body, timeout=timeout_s, metadata=self._sync.metadata)
-        call.add_done_callback(lambda _: _wake(loop, done))
+        from grpc import aio
+
+        if self._channel is None:
+            self._channel = grpc_channel(aio, *self._target)
+            self._export = self._channel.unary_unary(GRPC_METHOD)  # bytes in, bytes out
         try:
-            await done
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        try:
-            call.result()
-        except self._sync.rpc_error as exc:
-            raise self._sync.export_error(exc) from None
+            await self._export(body, timeout=timeout_s, metadata=self._metadata)
+        except aio.AioRpcError as exc:
+            raise GrpcTransport.export_error(exc) from None
 
     async def aclose(self) -> None:
-        self._sync.close()
-
-
-def _wake(loop: asyncio.AbstractEventLoop, done: asyncio.Future[Any]) -> None:
-    """On grpcio's thread: hand the outcome to the loop (gone already when the router is stopping)."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_settle, done)
-
-
-def _settle(done: asyncio.Future[Any]) -> None:
-    if not done.done():
-        done.set_result(None)
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()

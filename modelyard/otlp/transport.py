@@ -113,18 +113,7 @@ class GrpcTransport:
     ) -> None:
         import grpc
 
-        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-        target = parts.netloc or endpoint
-        if insecure:
-            self._channel = grpc.insecure_channel(target, compression=_grpc_compression(compression))
-        else:
-            root = None
-            if certificate:
-                with open(certificate, "rb") as f:
-                    root = f.read()
-            self._channel = grpc.secure_channel(
-                target, grpc.ssl_channel_credentials(root), compression=_grpc_compression(compression)
-            )
+        self._channel = grpc_channel(grpc, endpoint, insecure, compression, certificate)
         self.export: Any = self._channel.unary_unary(GRPC_METHOD)  # bytes in, bytes out
         self.metadata = tuple((k.lower(), v) for k, v in headers.items())
         self.rpc_error: type[Exception] = grpc.RpcError
@@ -145,6 +134,24 @@ class GrpcTransport:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def grpc_channel(
+    grpc: Any, endpoint: str, insecure: bool, compression: str = "", certificate: str | None = None
+) -> Any:
+    """A channel to ``endpoint`` from ``grpc`` or ``grpc.aio`` (the same calls make either kind)."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    target = parts.netloc or endpoint
+    if insecure:
+        return grpc.insecure_channel(target, compression=_grpc_compression(compression))
+    root = None
+    if certificate:
+        with open(certificate, "rb") as f:
+            root = f.read()
+    import grpc as sync
+
+    credentials = sync.ssl_channel_credentials(root)
+    return grpc.secure_channel(target, credentials, compression=_grpc_compression(compression))
 
 
 def _grpc_compression(name: str) -> Any:
