@@ -72,16 +72,19 @@ class LoopExporter:
             self.dropped += 1
             return
         queue.append(span)
-        if self._task is None:
+        if self._wake is None:
             self._start()
         elif size + 1 == self._max_batch:
-            assert self._wake is not None
             self._wake.set()
 
     def _start(self) -> None:
         """The sender task, on the loop of the first span (the tracer is built before the loop runs)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a span ended outside any loop: it waits for the next one ended on the loop
+            return
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="otlp-exporter")
+        self._task = loop.create_task(self._run(), name="otlp-exporter")
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (within ``timeout_s``) and stop."""
@@ -90,8 +93,7 @@ class LoopExporter:
         self._stopping = True
         if self._task is None and self._queue:
             self._start()
-        if self._task is not None:
-            assert self._wake is not None
+        if self._task is not None and self._wake is not None:
             self._wake.set()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)

@@ -162,3 +162,20 @@ def test_grpc_export_from_the_loop_reaches_a_real_grpc_server() -> None:
         for span in scope.spans
     ]
     assert names == ["a", "b", "c"]
+
+
+def test_spans_ended_off_the_loop_wait_for_it_and_are_sent_on_close() -> None:
+    async def main() -> None:
+        collector = Collector()
+        endpoint = await collector.start()
+        tracer, exporter = build_loop_tracer(endpoint, _env(), "modelyard-test", "test")
+
+        def record() -> None:  # a thread with no event loop
+            with tracer.start_span("off-loop"):
+                pass
+
+        await asyncio.get_running_loop().run_in_executor(None, record)
+        await exporter.aclose()
+        assert collector.spans() == ["off-loop"]
+
+    asyncio.run(main())
