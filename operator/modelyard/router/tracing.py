@@ -9,7 +9,9 @@ When on, each request gets a SERVER span (``POST /v1/chat/completions``), contin
 pod), ``router.upstream_attempt`` (one per pod tried; its context goes to the pod as ``traceparent``) and
 ``router.relay`` (copying the answer back). The proxy calls ``span()``, a no-op context manager when off.
 The spans are ``modelyard.otlp``'s light recorder's, shared with the model server: each is its own context
-manager (entering makes it current, leaving ends it), no wrapper layer.
+manager (entering makes it current, leaving ends it), no wrapper layer. They are exported by a task of the
+router's event loop (``modelyard/otlp/loop_export.py``), not a thread, and the request's span goes into its
+access line's ``trace_id`` (logs.py).
 """
 
 from __future__ import annotations
