@@ -28,7 +28,7 @@ from modelyard.router.logs import access_trace
 
 if TYPE_CHECKING:
     from modelyard.otlp.loop_export import LoopExporter
-    from modelyard.otlp.span import Span
+    from modelyard.otlp.span import AttributeValue, Span
     from modelyard.otlp.tracer import Tracer
 
 
@@ -51,18 +51,23 @@ class RouterTracing:
         # Every child of the request's span follows its sampled flag (the default, parent-based sampler):
         # ``child`` then builds the Span itself, a few calls fewer than ``start_span`` (about 1 us a request).
         self._follow_parent = tracer.sampler.parent_based
+        self._new_traces_sampled = tracer.sampler.ratio >= 1.0  # always_on and parentbased_always_on
         self._span_class, self._current, self._bits = SpanClass, current_span.get, random.getrandbits
         self._server, self._internal = SERVER, INTERNAL
 
     def request(self, method: str, path: str, headers: Mapping[str, str]) -> Span:
         """The request's SERVER span, continuing the caller's traceparent (or starting a trace); ``with``
         it to make it current."""
-        span = self._start(
-            f"{method} {path}",
-            self._server,
-            [("http.request.method", method), ("url.path", path)],
-            self._extract(headers),
-        )
+        attributes: list[tuple[str, AttributeValue]] = [("http.request.method", method), ("url.path", path)]
+        caller = self._extract(headers)
+        if caller is None and self._new_traces_sampled:  # no traceparent: a new trace, kept
+            bits = self._bits(192)  # trace and span id from one draw
+            span = self._span_class(
+                bits >> 64 or 1, bits & _LOW64 or 1, 0, f"{method} {path}", self._server, True, self._on_end,
+                attributes, "", None,
+            )  # fmt: skip
+        else:
+            span = self._start(f"{method} {path}", self._server, attributes, caller)
         access_trace.set(span)  # in the request's own task: its access line, logged last, gets the id
         return span
 
@@ -98,3 +103,4 @@ def span(tracing: RouterTracing | None, name: str, **attributes: Any) -> Abstrac
 
 
 _NOTHING = contextlib.nullcontext()  # reusable: it holds no state
+_LOW64 = (1 << 64) - 1

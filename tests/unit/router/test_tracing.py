@@ -111,3 +111,30 @@ def test_with_tracing_on_the_access_line_carries_the_trace_id_next_to_the_reques
     assert list(line)[3:5] == ["trace_id", "request_id"]
     assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert "trace_id" not in contextvars.Context().run(handler, False)  # another request, untraced
+
+
+def test_without_a_traceparent_the_request_starts_a_trace_kept_or_not_as_the_sampler_says() -> None:
+    ended: list[Span] = []
+    tracing = RouterTracing("http://unused:4317", {}, tracer=Tracer(sampler_from({}), ended.append))
+    with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay") as relay:
+        pass
+    assert ended == [relay, root]
+    assert root.parent_id is None
+    assert root.sampled
+    assert relay.trace_id == root.trace_id
+    assert relay.parent_id == root.span_id
+    assert len(root.trace_id) == 32
+    assert len(root.span_id) == 16
+    assert root.trace
+    assert root.span
+    assert root.attributes == [("http.request.method", "POST"), ("url.path", "/v1/completions")]
+
+    ended.clear()
+    never = Tracer(sampler_from({"OTEL_TRACES_SAMPLER": "always_off"}), ended.append)
+    tracing = RouterTracing("http://unused:4317", {}, tracer=never)
+    with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay"):
+        upstream: dict[str, str] = {}
+        tracing.inject(upstream)
+    assert ended == []
+    assert not root.sampled
+    assert upstream["traceparent"].endswith("-00")  # the pod is told not to keep it either
