@@ -3,10 +3,14 @@ tokens/s, with every trace kept (100% sampled) and exported over OTLP to a real 
 (tests/integration/observability/install_jaeger.sh). Goal (issue 19): <= 5% router CPU, <= 2% server tokens/s.
 
     python bench/tracing_overhead.py [--requests 400] [--concurrency 8] [--rounds 6] [--only router|server]
-                                     [--protocol grpc|http/protobuf]
+                                     [--protocol grpc|http/protobuf] [--keep-routers]
 
 Router: a fake upstream (tests/integration/router/fake_backend.py) answers at once, so the router's own CPU
 (all its threads' on-CPU time, /proc/PID/task/*/schedstat) per sequential request is what is measured.
+Each round starts a fresh pair of routers (off, on): two processes of the same code differ by up to 20% in
+CPU per request on a busy machine (hash seeds, memory layout), and a pair kept for the whole run would put
+that difference into every round. ``--keep-routers`` keeps one pair (faster, for a quiet machine). The
+tracing router's CPU outside its main thread (an exporter thread, grpcio's threads) is printed apart.
 Server: tiny Llama, streamed completions of 32 tokens at the given concurrency: tokens/s, and the HTTP
 process's CPU time per token (the spans and their exporter thread live there; the engine process does no
 tracing work beyond a few stamps).
@@ -37,11 +41,13 @@ from tests.integration.observability.jaeger import build_jaeger, start_jaeger  #
 from tests.integration.router.procs import Proc, free_port, start_router, write_config  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
-    """On-CPU time of all the process's threads, in nanoseconds from the scheduler (``schedstat``), not in
-    clock ticks: a tick (10 ms) over 400 requests is 25 us, 5% of a router request, the whole goal."""
+def cpu_seconds(pid: int, main_only: bool = False) -> float:
+    """On-CPU time of all the process's threads (or its main thread), in nanoseconds from the scheduler
+    (``schedstat``), not in clock ticks: a tick (10 ms) over 400 requests is 25 us, 5% of a router request,
+    the whole goal."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    tasks = [Path(f"/proc/{pid}/task/{pid}")] if main_only else Path(f"/proc/{pid}/task").iterdir()
+    for task in tasks:
         try:
             total += int((task / "schedstat").read_text().split()[0])
         except (FileNotFoundError, ProcessLookupError):
@@ -49,19 +55,22 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-async def router_cpu_per_request(router: Proc, n: int) -> float:
+async def router_cpu_per_request(router: Proc, n: int, warm_up: int = 20) -> tuple[float, float]:
+    """CPU seconds per request: all threads, and the threads other than the main one (event loop)."""
     body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 8}).encode()
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession() as session:
-        for _ in range(20):  # warm-up
+        for _ in range(warm_up):
             async with session.post(router.url + "/v1/completions", data=body, headers=headers) as r:
                 await r.read()
         assert router.popen is not None
-        before = cpu_seconds(router.popen.pid)
+        pid = router.popen.pid
+        before, main_before = cpu_seconds(pid), cpu_seconds(pid, main_only=True)
         for _ in range(n):
             async with session.post(router.url + "/v1/completions", data=body, headers=headers) as r:
                 await r.read()
-        return (cpu_seconds(router.popen.pid) - before) / n
+        total = cpu_seconds(pid) - before
+        return total / n, (total - (cpu_seconds(pid, main_only=True) - main_before)) / n
 
 
 async def server_run(
@@ -98,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--only", choices=("router", "server"), help="measure one component only")
     parser.add_argument("--protocol", choices=("grpc", "http/protobuf"), default="grpc")
+    parser.add_argument("--keep-routers", action="store_true", help="one pair of routers for all rounds")
     parser.add_argument(
         "--out", type=Path, help="also write the JSON here (bench/results/tracing_overhead.json)"
     )
@@ -118,34 +128,43 @@ def main() -> None:
     ]
     upstream = Proc(fake, upstream_port, log_path=tmp / "upstream.log").start("/stats")
     config = write_config(tmp / "models.json", {"m": [upstream.url]})
-    routers = (
-        {
+
+    def router_pair() -> dict[str, Proc]:
+        return {
             "off": start_router(tmp, config),
             "on": start_router(tmp, config, otlp_traces_endpoint=endpoint),
         }
-        if args.only in (None, "router")
-        else {}
-    )
-    from modelyard.server.modelbuild.tinymodel import ensure_tiny_model
 
-    model_dir = ensure_tiny_model("llama", tmp / "tiny-llama")
-    common = ["--model", str(model_dir), "--served-model-name", "m"]
-    servers = (
-        {
+    routers = router_pair() if args.only in (None, "router") else {}
+    servers: dict[str, ServerProcess] = {}
+    if args.only in (None, "server"):
+        from modelyard.server.modelbuild.tinymodel import ensure_tiny_model
+
+        model_dir = ensure_tiny_model("llama", tmp / "tiny-llama")
+        common = ["--model", str(model_dir), "--served-model-name", "m"]
+        servers = {
             "off": start_server(common, log_dir=tmp),
             "on": start_server([*common, "--otlp-traces-endpoint", endpoint], log_dir=tmp),
         }
-        if args.only in (None, "server")
-        else {}
-    )
     cpu: dict[str, list[float]] = {"off": [], "on": []}
+    off_main: list[float] = []  # the tracing router's CPU outside its main thread
     tps: dict[str, list[float]] = {"off": [], "on": []}
     http_ms: dict[str, list[float]] = {"off": [], "on": []}
     try:
         for index in range(args.rounds):
+            if routers and index and not args.keep_routers:
+                for proc in routers.values():
+                    proc.kill()
+                routers = router_pair()
+            fresh = bool(routers) and (index == 0 or not args.keep_routers)
             for mode in ("off", "on") if index % 2 == 0 else ("on", "off"):
                 if args.only in (None, "router"):
-                    cpu[mode].append(asyncio.run(router_cpu_per_request(routers[mode], args.requests)))
+                    per_request, outside = asyncio.run(
+                        router_cpu_per_request(routers[mode], args.requests, 200 if fresh else 20)
+                    )
+                    cpu[mode].append(per_request)
+                    if mode == "on":
+                        off_main.append(outside)
                 if args.only in (None, "server"):
                     rate, http_cpu = asyncio.run(
                         server_run(servers[mode], "m", args.concurrency, args.per_client)
@@ -159,6 +178,10 @@ def main() -> None:
             server.stop()
     if cpu["off"]:
         print("router CPU per request, on/off: " + _ratios(cpu, scale=1e3, unit="ms"))
+        print(
+            "tracing router's CPU outside its main thread: "
+            f"{statistics.median(off_main) * 1e6:.1f} us/request (median)"
+        )
     if tps["off"]:
         print(f"server tokens/s (c={args.concurrency}), on/off: " + _ratios(tps, scale=1, unit="tok/s"))
         print("server HTTP-process CPU per token, on/off: " + _ratios(http_ms, scale=1, unit="ms"))
@@ -166,6 +189,7 @@ def main() -> None:
         {
             "protocol": args.protocol,
             "router_cpu_s": cpu,
+            "router_on_cpu_outside_main_thread_s": off_main,
             "server_tokens_per_s": tps,
             "server_http_cpu_ms_per_token": http_ms,
         }

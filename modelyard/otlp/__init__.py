@@ -3,12 +3,13 @@
 A light span recorder and OTLP exporter instead of OpenTelemetry's Python SDK, whose span bookkeeping and
 message building cost the router ~140 us per request (docs/observability.md, "What tracing costs"):
 
-- span.py: the Span (slots; ids as hex; attributes a list) and the current span of a task;
+- span.py: the Span (slots; ids as ints; attributes a list) and the current span of a task;
 - propagation.py: W3C ``traceparent``/``tracestate`` in and out;
 - sampling.py: the standard samplers from ``OTEL_TRACES_SAMPLER(_ARG)``;
 - tracer.py: starting spans (ids, parent, sampling decision);
 - encode.py: spans to OTLP protobuf, written by hand;
-- batch.py, transport.py: the exporter thread, over ``http/protobuf`` or ``grpc``;
+- batch.py, transport.py: the exporter thread (the model server's), over ``http/protobuf`` or ``grpc``;
+- loop_export.py, loop_transport.py: the exporter task on the caller's event loop (the router's), no thread;
 - build.py: all of it from the standard ``OTEL_*`` variables.
 
 It is its own source root (``modelyard/`` at the top of the repository, beside ``operator/`` and ``server/``):
@@ -18,8 +19,8 @@ Modelyard itself (``.importlinter``: ``otlp-standalone``).
 
 Tracing is on only with an OTLP endpoint: the component's flag (``--otlp-traces-endpoint``, vLLM's) or the
 standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``, and ``OTEL_SDK_DISABLED``
-not true. This module imports none of the others: only a component whose tracing is on imports
-``build.build_tracer`` (tracing off: no recorder, no exporter, no thread).
+not true. This module imports none of the others: only a component whose tracing is on imports ``build``
+(tracing off: no recorder, no exporter, no thread).
 """
 
 from __future__ import annotations

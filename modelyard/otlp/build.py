@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import unquote
 
 from modelyard.otlp import http_traces_url, protocol_from
@@ -25,24 +26,67 @@ from modelyard.otlp.span import AttributeValue
 from modelyard.otlp.tracer import Tracer
 from modelyard.otlp.transport import GrpcTransport, HttpTransport, Transport
 
+if TYPE_CHECKING:
+    from modelyard.otlp.loop_export import LoopExporter
+
 log = logging.getLogger("modelyard.otlp")
 
 
 def build_tracer(endpoint: str, env: Mapping[str, str], default_service: str, scope: str) -> Tracer:
     """A tracer whose sampled spans are batched and exported to ``endpoint`` by a background thread."""
     encoder = Encoder(resource_from(env, default_service), scope)
-    exporter = BatchExporter(
-        encoder.request,
-        transport_from(endpoint, env),
-        schedule_delay_s=_number(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000,
-        max_queue=int(_number(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)),
-        max_batch=int(_number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)),
-        export_timeout_s=min(_number(env, "OTEL_BSP_EXPORT_TIMEOUT", 30000), _timeout_ms(env)) / 1000,
-    )
+    exporter = BatchExporter(encoder.request, transport_from(endpoint, env), **batch_from(env))
     return Tracer(sampler_from(env), exporter.add, exporter.shutdown)
 
 
+def build_loop_tracer(
+    endpoint: str, env: Mapping[str, str], default_service: str, scope: str
+) -> tuple[Tracer, LoopExporter]:
+    """A tracer whose sampled spans are batched and exported by a task of the running event loop (no
+    thread; loop_export.py); ``await exporter.aclose()`` sends what is left."""
+    from modelyard.otlp.loop_export import LoopExporter
+    from modelyard.otlp.loop_transport import LoopGrpcTransport, LoopHttpTransport
+
+    target = _target(endpoint, env)
+    transport: LoopGrpcTransport | LoopHttpTransport = (
+        LoopGrpcTransport(*target[1:])
+        if target[0] == "grpc"
+        else LoopHttpTransport(target[1], target[2], target[4], target[5])
+    )
+    encoder = Encoder(resource_from(env, default_service), scope)
+    exporter = LoopExporter(encoder, transport, **batch_from(env))
+    return Tracer(sampler_from(env), exporter.add), exporter
+
+
+class BatchSettings(TypedDict):
+    schedule_delay_s: float
+    max_queue: int
+    max_batch: int
+    export_timeout_s: float
+
+
+def batch_from(env: Mapping[str, str]) -> BatchSettings:
+    """The batch's ``OTEL_BSP_*`` settings, as both exporters take them."""
+    return {
+        "schedule_delay_s": _number(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000,
+        "max_queue": int(_number(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)),
+        "max_batch": int(_number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)),
+        "export_timeout_s": min(_number(env, "OTEL_BSP_EXPORT_TIMEOUT", 30000), _timeout_ms(env)) / 1000,
+    }
+
+
 def transport_from(endpoint: str, env: Mapping[str, str]) -> Transport:
+    target = _target(endpoint, env)
+    if target[0] == "grpc":
+        return GrpcTransport(*target[1:])
+    return HttpTransport(target[1], target[2], target[4], target[5])
+
+
+# (protocol, endpoint or traces URL, headers, gRPC without TLS, compression, CA bundle)
+_Target = tuple[str, str, dict[str, str], bool, str, str | None]
+
+
+def _target(endpoint: str, env: Mapping[str, str]) -> _Target:
     headers = parse_headers(_otlp(env, "HEADERS") or "")
     compression = (_otlp(env, "COMPRESSION") or "").strip().lower()
     certificate = _otlp(env, "CERTIFICATE") or None
@@ -53,8 +97,8 @@ def transport_from(endpoint: str, env: Mapping[str, str]) -> Transport:
             insecure = False
         else:
             insecure = (_otlp(env, "INSECURE") or "false").strip().lower() == "true"
-        return GrpcTransport(endpoint, headers, insecure, compression, certificate)
-    return HttpTransport(http_traces_url(endpoint), headers, compression, certificate)
+        return "grpc", endpoint, headers, insecure, compression, certificate
+    return "http/protobuf", http_traces_url(endpoint), headers, False, compression, certificate
 
 
 def resource_from(env: Mapping[str, str], default_service: str) -> dict[str, AttributeValue]:

@@ -28,8 +28,8 @@ class Sampler:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bound", round(self.ratio * _MAX_BOUND))
 
-    def sample(self, trace_id: str, parent_sampled: bool | None) -> bool:
-        """``parent_sampled``: the parent's flag, or None for a new trace."""
+    def sample(self, trace: int, parent_sampled: bool | None) -> bool:
+        """``trace``: the trace id (an int); ``parent_sampled``: the parent's flag, None for a new trace."""
         if self.parent_based and parent_sampled is not None:
             return parent_sampled
         if self.ratio >= 1.0:
@@ -38,7 +38,7 @@ class Sampler:
             return False
         # As the SDKs decide: the trace id's lower 64 bits against the ratio, so every process that sees
         # this trace decides alike.
-        return int(trace_id[16:], 16) < self.bound
+        return (trace & _MAX_BOUND) < self.bound
 
 
 def sampler_from(env: Mapping[str, str]) -> Sampler:

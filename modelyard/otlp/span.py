@@ -1,7 +1,8 @@
-"""The recorded span: a plain slotted object that the request path fills and the exporter thread encodes.
+"""The recorded span: a plain slotted object that the request path fills and the exporter encodes.
 
-Ids are lowercase hex strings, as W3C ``traceparent`` carries them: a continued trace costs a slice, a
-propagated one a concatenation, and only the exporter thread turns them into bytes.
+Ids are kept as ints (``trace``, ``span``, ``parent``; 0 for no parent), as ``random.getrandbits`` makes them
+and the encoder packs them: formatting one as hex cost more than drawing it (about 0.4 us against 0.1 us).
+``trace_id``, ``span_id`` and ``parent_id`` give the W3C hex form, for headers and logs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import NamedTuple
+
+_now = time.time_ns
 
 # SpanKind and StatusCode as OTLP numbers them (opentelemetry/proto/trace/v1/trace.proto).
 INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = 1, 2, 3, 4, 5
@@ -43,21 +46,21 @@ class Span:
         "events",
         "kind",
         "name",
-        "parent_id",
+        "parent",
         "sampled",
-        "span_id",
+        "span",
         "start_ns",
         "status_code",
         "status_message",
-        "trace_id",
+        "trace",
         "trace_state",
     )
 
     def __init__(
         self,
-        trace_id: str,
-        span_id: str,
-        parent_id: str | None,
+        trace: int,
+        span: int,
+        parent: int,
         name: str,
         kind: int,
         sampled: bool,
@@ -66,13 +69,13 @@ class Span:
         trace_state: str = "",
         start_ns: int | None = None,
     ) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
+        self.trace = trace
+        self.span = span
+        self.parent = parent
         self.trace_state = trace_state
         self.name = name
         self.kind = kind
-        self.start_ns = time.time_ns() if start_ns is None else start_ns
+        self.start_ns = _now() if start_ns is None else start_ns
         self.end_ns = 0
         self.attributes = attributes
         self.events: list[Event] | None = None
@@ -82,6 +85,18 @@ class Span:
         # Only a sampled span goes anywhere when it ends; an unsampled one still carries its ids onward.
         self._on_end = on_end if sampled else None
         self._token: Token[Span | None] | None = None
+
+    @property
+    def trace_id(self) -> str:
+        return self.trace.to_bytes(16, "big").hex()
+
+    @property
+    def span_id(self) -> str:
+        return self.span.to_bytes(8, "big").hex()
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.parent.to_bytes(8, "big").hex() if self.parent else None
 
     @property
     def traceparent(self) -> str:
@@ -102,7 +117,7 @@ class Span:
     ) -> None:
         """An event at ``timestamp`` (epoch nanoseconds; now when None)."""
         event: Event = (
-            time.time_ns() if timestamp is None else timestamp,
+            _now() if timestamp is None else timestamp,
             name,
             None if attributes is None else list(attributes),
         )
@@ -126,7 +141,7 @@ class Span:
     def end(self, end_ns: int | None = None) -> None:
         if self.end_ns:
             return  # ended already
-        self.end_ns = time.time_ns() if end_ns is None else end_ns
+        self.end_ns = _now() if end_ns is None else end_ns
         if self._on_end is not None:
             self._on_end(self)
 
@@ -137,15 +152,19 @@ class Span:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._token is not None:
+        token = self._token
+        if token is not None:
             try:
-                current_span.reset(self._token)
+                current_span.reset(token)
             except ValueError:  # left in another context than it was entered in (a moved generator)
                 current_span.set(None)
             self._token = None
         if exc is not None:
             self.record_exception(exc)
-        self.end()
+        if not self.end_ns:  # end(), inlined: three of these per router request
+            self.end_ns = _now()
+            if self._on_end is not None:
+                self._on_end(self)
 
     def __repr__(self) -> str:
         return f"Span({self.name!r}, trace={self.trace_id}, span={self.span_id}, parent={self.parent_id})"

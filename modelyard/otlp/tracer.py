@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import Protocol
 
 from modelyard.otlp import propagation
 from modelyard.otlp.sampling import Sampler
@@ -12,19 +11,7 @@ from modelyard.otlp.span import INTERNAL, AttributeValue, Span, SpanContext, cur
 
 _bits = random.getrandbits
 
-
-class Parent(Protocol):
-    @property
-    def trace_id(self) -> str: ...
-    @property
-    def span_id(self) -> str: ...
-    @property
-    def sampled(self) -> bool: ...
-    @property
-    def trace_state(self) -> str: ...
-
-
-_CURRENT: Parent | None = SpanContext("", "", False)  # a marker: "the current span is the parent"
+_CURRENT = SpanContext("", "", False)  # a marker: "the current span is the parent"
 
 
 class Tracer:
@@ -36,31 +23,32 @@ class Tracer:
         self.sampler = sampler
         self.on_end = on_end
         self._close = close
+        self._follow_parent = sampler.parent_based  # a child takes its parent's flag: no call to decide
 
     def start_span(
         self,
         name: str,
         kind: int = INTERNAL,
         attributes: Iterable[tuple[str, AttributeValue]] | None = None,
-        parent: Parent | None = _CURRENT,
+        parent: Span | SpanContext | None = _CURRENT,
         start_ns: int | None = None,
     ) -> Span:
         """A started span, the child of ``parent`` (by default the current span; None: a new trace)."""
         if parent is _CURRENT:
             parent = current_span.get()
-        span_id = f"{_bits(64) or 1:016x}"
+        recorded = [] if attributes is None else list(attributes)
         if parent is None:
-            trace_id = f"{_bits(128) or 1:032x}"
-            sampled = self.sampler.sample(trace_id, None)
-            return Span(
-                trace_id, span_id, None, name, kind, sampled, self.on_end,
-                [] if attributes is None else list(attributes), "", start_ns,
-            )  # fmt: skip
-        trace_id = parent.trace_id
-        sampled = self.sampler.sample(trace_id, parent.sampled)
+            trace = _bits(128) or 1
+            sampled = self.sampler.sample(trace, None)
+            return Span(trace, _bits(64) or 1, 0, name, kind, sampled, self.on_end, recorded, "", start_ns)
+        if isinstance(parent, Span):
+            trace, parent_span = parent.trace, parent.span
+        else:  # another process's span, from its traceparent
+            trace, parent_span = int(parent.trace_id, 16), int(parent.span_id, 16)
+        sampled = parent.sampled if self._follow_parent else self.sampler.sample(trace, parent.sampled)
         return Span(
-            trace_id, span_id, parent.span_id, name, kind, sampled, self.on_end,
-            [] if attributes is None else list(attributes), parent.trace_state, start_ns,
+            trace, _bits(64) or 1, parent_span, name, kind, sampled, self.on_end,
+            recorded, parent.trace_state, start_ns,
         )  # fmt: skip
 
     @staticmethod

@@ -113,33 +113,45 @@ class GrpcTransport:
     ) -> None:
         import grpc
 
-        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-        target = parts.netloc or endpoint
-        if insecure:
-            self._channel = grpc.insecure_channel(target, compression=_grpc_compression(compression))
-        else:
-            root = None
-            if certificate:
-                with open(certificate, "rb") as f:
-                    root = f.read()
-            self._channel = grpc.secure_channel(
-                target, grpc.ssl_channel_credentials(root), compression=_grpc_compression(compression)
-            )
-        self._export: Any = self._channel.unary_unary(GRPC_METHOD)  # bytes in, bytes out
-        self._metadata = tuple((k.lower(), v) for k, v in headers.items())
-        self._rpc_error = grpc.RpcError
+        self._channel = grpc_channel(grpc, endpoint, insecure, compression, certificate)
+        self.export: Any = self._channel.unary_unary(GRPC_METHOD)  # bytes in, bytes out
+        self.metadata = tuple((k.lower(), v) for k, v in headers.items())
+        self.rpc_error: type[Exception] = grpc.RpcError
 
     def send(self, body: bytes, timeout_s: float) -> None:
         try:
-            self._export(body, timeout=timeout_s, metadata=self._metadata)
-        except self._rpc_error as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            name = getattr(code, "name", str(code))
-            details = exc.details() if hasattr(exc, "details") else ""
-            raise ExportError(f"gRPC {name}: {details}", retryable=name in RETRYABLE_GRPC) from None
+            self.export(body, timeout=timeout_s, metadata=self.metadata)
+        except self.rpc_error as exc:
+            raise self.export_error(exc) from None
+
+    @staticmethod
+    def export_error(exc: Exception) -> ExportError:
+        """A failed call's ``grpc.RpcError`` as an ExportError, retryable per the OTLP specification."""
+        code = exc.code() if hasattr(exc, "code") else None
+        name = getattr(code, "name", str(code))
+        details = exc.details() if hasattr(exc, "details") else ""
+        return ExportError(f"gRPC {name}: {details}", retryable=name in RETRYABLE_GRPC)
 
     def close(self) -> None:
         self._channel.close()
+
+
+def grpc_channel(
+    grpc: Any, endpoint: str, insecure: bool, compression: str = "", certificate: str | None = None
+) -> Any:
+    """A channel to ``endpoint`` from ``grpc`` or ``grpc.aio`` (the same calls make either kind)."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    target = parts.netloc or endpoint
+    if insecure:
+        return grpc.insecure_channel(target, compression=_grpc_compression(compression))
+    root = None
+    if certificate:
+        with open(certificate, "rb") as f:
+            root = f.read()
+    import grpc as sync
+
+    credentials = sync.ssl_channel_credentials(root)
+    return grpc.secure_channel(target, credentials, compression=_grpc_compression(compression))
 
 
 def _grpc_compression(name: str) -> Any:

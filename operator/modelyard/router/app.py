@@ -163,7 +163,7 @@ def create_app(
             await session_holder["s"].close()
             proxy.upstream.close()
             if tracing is not None:
-                tracing.shutdown()  # flushes the spans still batched
+                await tracing.aclose()  # flushes the spans still batched
 
     app.cleanup_ctx.append(lifecycle)
     if settings.api_keys_file is not None or settings.api_keys_secret:

@@ -122,14 +122,14 @@ def test_the_standard_samplers() -> None:
 
 def test_traceidratio_decides_on_the_trace_ids_low_64_bits() -> None:
     half = sampler_from({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"})
-    assert half.sample("f" * 16 + "0" * 16, None) is True
-    assert half.sample("0" * 16 + "f" * 16, None) is False
-    assert half.sample("0" * 16 + "f" * 16, True) is False  # not parent-based: the parent has no say
+    assert half.sample(int("f" * 16 + "0" * 16, 16), None) is True
+    assert half.sample(int("0" * 16 + "f" * 16, 16), None) is False
+    assert half.sample(int("0" * 16 + "f" * 16, 16), True) is False  # not parent-based: the parent has no say
     parent_based = sampler_from(
         {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
     )
-    assert parent_based.sample(TRACE_ID, True) is True
-    assert parent_based.sample(TRACE_ID, None) is False
+    assert parent_based.sample(int(TRACE_ID, 16), True) is True
+    assert parent_based.sample(int(TRACE_ID, 16), None) is False
     tracer, _ = _tracer({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"})
     kept = sum(tracer.start_span("x", parent=None).sampled for _ in range(4000))
     assert 800 < kept < 1200

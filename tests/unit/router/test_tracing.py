@@ -3,16 +3,31 @@ the request's span continues the caller's trace and its children nest under it."
 
 from __future__ import annotations
 
+import contextvars
+import json
+import logging
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from modelyard.otlp.sampling import sampler_from
 from modelyard.otlp.span import SERVER, Span
 from modelyard.otlp.tracer import Tracer
+from modelyard.router.logs import ACCESS_LOGGER, JsonFormatter, access_trace
 from modelyard.router.tracing import RouterTracing, endpoint_from, setup, span
 from tests.integration.router.procs import REPO
+
+
+@pytest.fixture(autouse=True)
+def _no_trace_leaks_to_other_tests() -> Iterator[None]:
+    """The router sets the access line's span in each request's task; a test sets it in its own context."""
+    token = access_trace.set(None)
+    yield
+    access_trace.reset(token)
 
 
 def test_off_by_default_the_router_loads_no_sdk_and_creates_no_exporter(tmp_path: Path) -> None:
@@ -76,3 +91,50 @@ def test_the_request_span_continues_the_callers_trace_and_the_attempt_is_the_pod
     assert attempt.attributes == [("attempt", 1), ("server.address", "http://pod")]
     assert request.attributes[-1] == ("http.response.status_code", 200)
     assert upstream["traceparent"] == f"00-{request.trace_id}-{attempt.span_id}-01"
+
+
+def test_with_tracing_on_the_access_line_carries_the_trace_id_next_to_the_request_id() -> None:
+    tracing = RouterTracing("http://unused:4317", {}, tracer=Tracer(sampler_from({}), [].append))
+    caller = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    access = json.dumps({"request_id": "r1", "status": 200})
+
+    def handler(traced: bool) -> dict[str, object]:
+        """One request's task, as aiohttp runs each handler: the line is logged after its span ended."""
+        if traced:
+            with tracing.request("POST", "/v1/completions", caller):
+                pass
+        record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 1, access, None, None)
+        parsed: dict[str, object] = json.loads(JsonFormatter().format(record))
+        return parsed
+
+    line = contextvars.Context().run(handler, True)
+    assert list(line)[3:5] == ["trace_id", "request_id"]
+    assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert "trace_id" not in contextvars.Context().run(handler, False)  # another request, untraced
+
+
+def test_without_a_traceparent_the_request_starts_a_trace_kept_or_not_as_the_sampler_says() -> None:
+    ended: list[Span] = []
+    tracing = RouterTracing("http://unused:4317", {}, tracer=Tracer(sampler_from({}), ended.append))
+    with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay") as relay:
+        pass
+    assert ended == [relay, root]
+    assert root.parent_id is None
+    assert root.sampled
+    assert relay.trace_id == root.trace_id
+    assert relay.parent_id == root.span_id
+    assert len(root.trace_id) == 32
+    assert len(root.span_id) == 16
+    assert root.trace
+    assert root.span
+    assert root.attributes == [("http.request.method", "POST"), ("url.path", "/v1/completions")]
+
+    ended.clear()
+    never = Tracer(sampler_from({"OTEL_TRACES_SAMPLER": "always_off"}), ended.append)
+    tracing = RouterTracing("http://unused:4317", {}, tracer=never)
+    with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay"):
+        upstream: dict[str, str] = {}
+        tracing.inject(upstream)
+    assert ended == []
+    assert not root.sampled
+    assert upstream["traceparent"].endswith("-00")  # the pod is told not to keep it either

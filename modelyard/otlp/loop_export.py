@@ -1,0 +1,148 @@
+"""Finished spans, batched and exported by a task of the caller's asyncio event loop: no thread.
+
+The router's alternative to batch.py's exporter thread. That thread cost the router as much CPU as
+recording the spans (about 10-20 us per request on two busy cores, docs/observability.md, "What tracing
+costs"): it encodes spans another core last touched, and takes the GIL back and forth with the event loop.
+Here each span is encoded as it ends, on the loop, while it is still in the cache (~1 us), and only its bytes
+are queued: the span object dies at once. Queued span objects lived on until their batch left, so the
+collector ran for them (in a simulated request loop, 160 young-generation collections per 30,000 requests,
+none without them). A batch is then one ``join`` handed to a non-blocking transport (loop_transport.py).
+
+The same ``OTEL_BSP_*`` behaviour as the thread: a batch leaves when it is full or the schedule delay has
+passed, a failed send is retried with back-off within the export timeout and then dropped with a warning,
+a full queue drops new spans. ``aclose`` sends what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Protocol
+
+from modelyard.otlp.encode import Encoder
+from modelyard.otlp.span import Span
+from modelyard.otlp.transport import ExportError
+
+log = logging.getLogger("modelyard.otlp")
+
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.1, 2.0
+
+
+class LoopTransport(Protocol):
+    """What the exporter sends through (loop_transport.py)."""
+
+    async def send(self, body: bytes, timeout_s: float) -> None:
+        """Deliver one request, or raise ExportError."""
+
+    async def aclose(self) -> None: ...
+
+
+class LoopExporter:
+    def __init__(
+        self,
+        encoder: Encoder,
+        transport: LoopTransport,
+        schedule_delay_s: float = 5.0,
+        max_queue: int = 2048,
+        max_batch: int = 512,
+        export_timeout_s: float = 10.0,
+    ) -> None:
+        self._encoder = encoder
+        self._transport = transport
+        self._delay = schedule_delay_s
+        self._max_queue = max_queue
+        self._max_batch = min(max_batch, max_queue)
+        self._timeout = export_timeout_s
+        self._span_field = encoder.span_field
+        self._queue: deque[bytes] = deque()  # encoded spans (ScopeSpans.spans fields)
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.dropped = 0  # spans lost to a full queue
+        self.failed = 0  # spans lost to failed sends
+        self.sent = 0
+        self._last_warning = 0.0
+
+    def add(self, span: Span) -> None:
+        """A finished span (called from the request path, on the loop)."""
+        queue = self._queue
+        size = len(queue)
+        if size >= self._max_queue or self._stopping:
+            self.dropped += 1
+            return
+        try:
+            queue.append(self._span_field(span))
+        except Exception:  # a bad attribute must not fail the request
+            log.exception("otlp: could not encode span %r", span.name)
+            self.failed += 1
+            return
+        if self._wake is None:
+            self._start()
+        elif size + 1 == self._max_batch:
+            self._wake.set()
+
+    def _start(self) -> None:
+        """The sender task, on the loop of the first span (the tracer is built before the loop runs)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a span ended outside any loop: it waits for the next one ended on the loop
+            return
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run(), name="otlp-exporter")
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued (within ``timeout_s``) and stop."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._task is None and self._queue:
+            self._start()
+        if self._task is not None and self._wake is not None:
+            self._wake.set()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            self._task.cancel()
+        await self._transport.aclose()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        wake = self._wake
+        while not self._stopping:
+            if len(self._queue) < self._max_batch:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self._delay)
+            wake.clear()
+            await self._drain()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        queue, popleft = self._queue, self._queue.popleft
+        while queue:
+            batch = [popleft() for _ in range(min(len(queue), self._max_batch))]
+            await self._export(self._encoder.request_of(batch), len(batch))
+
+    async def _export(self, body: bytes, count: int) -> None:
+        deadline = time.monotonic() + self._timeout
+        pause = _RETRY_FIRST_S
+        while True:
+            try:
+                await self._transport.send(body, max(deadline - time.monotonic(), 0.1))
+                self.sent += count
+                return
+            except ExportError as exc:
+                left = deadline - time.monotonic()
+                if not exc.retryable or self._stopping or left < pause:
+                    self.failed += count
+                    self._warn(f"otlp: {count} spans not exported ({exc})")
+                    return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RETRY_MAX_S)
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 10.0:  # a collector that is down must not flood the log
+            self._last_warning = now
+            log.warning(message)
