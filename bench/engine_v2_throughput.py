@@ -326,7 +326,7 @@ def main() -> None:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "server"), str(REPO / "operator"), env.get("PYTHONPATH", "")]
+        [*(str(REPO / p) for p in ("server", "operator", "router")), env.get("PYTHONPATH", "")]
     )
     env.pop("OMP_NUM_THREADS", None)
     budget = cpu_budget()
@@ -410,7 +410,7 @@ def main() -> None:
             baseline_env = {
                 **env,
                 "PYTHONPATH": os.pathsep.join(
-                    [str(args.baseline / "server"), str(args.baseline / "operator")]
+                    str(args.baseline / p) for p in ("server", "operator", "router")
                 ),
             }
             report["baseline"] = subprocess.run(

@@ -148,7 +148,7 @@ def http_peer(name: str, args: argparse.Namespace) -> dict[str, Any]:
         argv = [str(VLLM_VENV / "bin" / "vllm"), "serve", str(path), *common, "--enable-prefix-caching"]
         env, ready = vllm_env(env, None), "/health"
     else:
-        env["PYTHONPATH"] = f"{HERE.parent / 'server'}:{HERE.parent / 'operator'}"
+        env["PYTHONPATH"] = f"{HERE.parent / 'server'}:{HERE.parent / 'operator'}:{HERE.parent / 'router'}"
         argv = [
             sys.executable,
             "-m",

@@ -122,7 +122,7 @@ def measure(tree: Path, label: str, timeout_s: float, settle_s: float) -> dict[s
     port = _free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(tree / p) for p in ("server", "operator", ".")),
+        "PYTHONPATH": os.pathsep.join(str(tree / p) for p in ("server", "operator", "router", ".")),
         # The router's metrics port defaults to a fixed 9090, which another run on the host may hold.
         "MODELYARD_ROUTER_METRICS_PORT": str(_free_port()),
     }

@@ -223,7 +223,7 @@ def main() -> None:
     }
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "server"), str(REPO / "operator"), str(REPO)]),
+        "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("server", "operator", "router", ".")),
     }
     common = ["--served-model-name", "bench", "--dtype", "float32", "--max-model-len", "1024",
               "--max-num-seqs", "64", "--host", "127.0.0.1"]  # fmt: skip

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "operator"), str(REPO / "server"), str(REPO / "bench")]
+sys.path[:0] = [str(REPO / "operator"), str(REPO / "router"), str(REPO / "server"), str(REPO / "bench")]
 
 from modelyard.api.llmmodel import LLMModel  # noqa: E402
 from modelyard.operator.builders.deployment import build_deployment  # noqa: E402
@@ -68,7 +68,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         build_model_dir(model_dir)
     texts, _ = make_prompts(model_dir, args.streams, args.prompt_tokens)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "operator"), str(REPO / "server"), str(REPO)])
+    env["PYTHONPATH"] = os.pathsep.join(str(REPO / p) for p in ("operator", "router", "server", "."))
     if args.device == "cpu":
         env["MODELYARD_SERVER_DEVICE"] = "cpu"
     server_bin = str(Path(sys.executable).parent / "modelyard-server")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "router")]
 
 from tests.cluster.client import ClusterClient  # noqa: E402
 from tests.cluster.harness import ControlPlane, find_binaries  # noqa: E402

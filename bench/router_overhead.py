@@ -414,7 +414,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("operator", "router", ".")))
 
     def spawn(
         name: str, argv: list[str], ready: str, extra_env: dict[str, str], timeout_s: float = 60
@@ -461,7 +461,8 @@ def main() -> None:
         cfg.write_text(json.dumps({"models": {MODEL: [f"http://127.0.0.1:{up}"]}}))
         targets.append(modelyard("modelyard-router", {}))
         if args.baseline is not None:
-            base_path = os.pathsep.join([str(args.baseline.resolve() / "operator"), str(REPO)])
+            base = args.baseline.resolve()
+            base_path = os.pathsep.join([str(base / "operator"), str(base / "router"), str(REPO)])
             targets.append(modelyard("my baseline", {"PYTHONPATH": base_path}))
         if args.levers:
             targets.append(modelyard("my asyncio", {}, "asyncio"))

@@ -55,7 +55,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="router-store-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("operator", "router", ".")))
 
     def spawn(name: str, argv: list[str], ready: str, extra: dict[str, str]) -> int:
         log = tmp / f"{name}.log"
@@ -99,7 +99,8 @@ def main() -> None:
 
         targets = [router("no store", False), router("store", True)]
         if args.baseline is not None:
-            base = os.pathsep.join([str(args.baseline.resolve() / "operator"), str(REPO)])
+            tree = args.baseline.resolve()
+            base = os.pathsep.join([str(tree / "operator"), str(tree / "router"), str(REPO)])
             targets.append(router("store @baseline", True, base))
             if args.baseline_path:
                 targets.append(router("store @baseline+", True, args.baseline_path + os.pathsep + base))

@@ -569,7 +569,7 @@ def main() -> None:
         ]
         env_ours = dict(env)
         env_ours["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO / "server"), str(REPO / "operator"), env.get("PYTHONPATH", "")]
+            [*(str(REPO / p) for p in ("server", "operator", "router")), env.get("PYTHONPATH", "")]
         )
         results["server"] = asyncio.run(
             run_server(

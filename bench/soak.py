@@ -202,7 +202,7 @@ def summary(tally: Tally, seconds: float) -> dict[str, Any]:
 
 def start_server(model_dir: Path, port: int, max_num_seqs: int, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "server"), str(REPO / "operator"), str(REPO)])
+    env["PYTHONPATH"] = os.pathsep.join(str(REPO / p) for p in ("server", "operator", "router", "."))
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, "-m", "modelyard.server", "--model", "tiny-llama",
            "--tiny-model-cache", str(model_dir), "--served-model-name", MODEL, "--max-model-len", "256",

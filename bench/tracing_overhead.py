@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "server")]
+sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "router"), str(REPO / "server")]
 
 from tests.fixtures.models import ServerProcess, start_server  # noqa: E402
 from tests.integration.observability.jaeger import build_jaeger, start_jaeger  # noqa: E402

@@ -12,7 +12,7 @@ message building cost the router ~140 us per request (docs/observability.md, "Wh
 - loop_export.py, loop_transport.py: the exporter task on the caller's event loop (the router's), no thread;
 - build.py: all of it from the standard ``OTEL_*`` variables.
 
-It is its own source root (``modelyard/`` at the top of the repository, beside ``operator/`` and ``server/``):
+It is its own source root (``modelyard/`` at the top of the repository, beside ``router/`` and ``server/``):
 the router imports it without importing the model server, the server without importing anything under
 ``operator/``, both images install it (pyproject's wheel packages, the Dockerfiles), and it imports nothing of
 Modelyard itself (``.importlinter``: ``otlp-standalone``).

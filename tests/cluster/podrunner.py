@@ -57,10 +57,10 @@ from tests.cluster import podnet, stages
 from tests.cluster.client import ApiError, ClusterClient
 from tests.cluster.servicenet import MAP_ENV
 from tests.fixtures.processes import popen_dying_with_parent
+from tests.support.roots import pythonpath
 
 log = logging.getLogger("tests.cluster.podrunner")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -404,9 +404,7 @@ class PodRunner:
     def _spawn(self, pod: RunningPod) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
         base["PATH"] = f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}"
-        base["PYTHONPATH"] = os.pathsep.join(
-            [str(podnet.SHIM_DIR), str(REPO_ROOT / "operator"), str(REPO_ROOT / "server"), str(REPO_ROOT)]
-        )
+        base["PYTHONPATH"] = pythonpath(podnet.SHIM_DIR)
         base.pop("KUBECONFIG", None)
         with pod.log_path.open("ab") as out:
             out.write(f"# runner: {shlex.join(pod.argv)}\n".encode())

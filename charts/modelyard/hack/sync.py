@@ -23,7 +23,7 @@ def rbac_file(comment: str, namespaced: list[dict[str, object]]) -> str:
 
 
 def main() -> int:
-    sys.path[:0] = [str(REPO / "operator")]
+    sys.path[:0] = [str(REPO / "operator"), str(REPO / "router")]
     from modelyard.operator import rbac as operator_rbac
     from modelyard.router import rbac as router_rbac
 

@@ -27,6 +27,7 @@ from modelyard.operator.settings import OperatorSettings
 from tests.cluster.client import ClusterClient
 from tests.fixtures.processes import popen_dying_with_parent
 from tests.support.net import free_port
+from tests.support.roots import pythonpath
 from tests.support.service_accounts import service_account_kubeconfig
 from tests.unit.chart.render import CI_VALUES, EXAMPLES
 from tests.unit.chart.tools import CHART_DIR, REPO_ROOT
@@ -400,7 +401,7 @@ def _chart_kubeconfig(cluster: ClusterClient, account: str, path: Path) -> Path:
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
-    base["PYTHONPATH"] = os.pathsep.join(str(REPO_ROOT / p) for p in (".", "operator", "server"))
+    base["PYTHONPATH"] = pythonpath()
     with log.open("ab") as out:
         return popen_dying_with_parent(
             argv, env=base | env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT

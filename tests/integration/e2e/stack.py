@@ -29,12 +29,11 @@ from tests.integration.operator.harness import (
     service_account_kubeconfig,
 )
 from tests.integration.router.procs import Proc, cluster_router
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.support.roots import pythonpath
 
 
 def repo_pythonpath() -> str:
-    return ":".join([str(podnet.SHIM_DIR), str(REPO / "operator"), str(REPO / "server"), str(REPO)])
+    return pythonpath(podnet.SHIM_DIR)
 
 
 def tiny_llm(name: str, ns: str, tiny_root: Path, **spec: Any) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from tests.integration.operator.harness import (
     service_account_kubeconfig,
 )
 from tests.support.net import free_port, http_get
+from tests.support.roots import pythonpath
 from tests.support.waits import wait_until
 from tests.unit.chart.tools import CHART_DIR, REPO_ROOT, prometheus_path, promtool_path
 
@@ -160,7 +161,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Pat
     port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_ROUTER_")}
     env.update(
-        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "operator"), str(REPO_ROOT / "server")]),
+        PYTHONPATH=pythonpath(),
         MODELYARD_ROUTER_HOST="127.0.0.1",
         MODELYARD_ROUTER_PORT=str(port),
         MODELYARD_ROUTER_METRICS_PORT=str(metrics_port),

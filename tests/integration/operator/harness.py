@@ -23,6 +23,7 @@ from tests.fixtures.processes import popen_dying_with_parent
 from tests.support import service_accounts
 from tests.support.metrics import sample_sum
 from tests.support.net import free_port
+from tests.support.roots import pythonpath
 from tests.support.service_accounts import with_unique_cluster_names
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -65,7 +66,7 @@ class OperatorProcess:
 
     def start(self, timeout: float = 60) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_OPERATOR_")}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "server"), str(ROOT)])
+        env["PYTHONPATH"] = pythonpath()
         env.pop("KUBECONFIG", None)
         env.update(self.extra_env)
         argv = [

@@ -14,14 +14,13 @@ from typing import Any
 
 from tests.fixtures.processes import popen_dying_with_parent
 from tests.support.net import free_port, http_get
+from tests.support.roots import pythonpath
 from tests.support.waits import wait_until
-
-REPO = Path(__file__).resolve().parents[3]
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "operator"), str(REPO / "server")])
+    env["PYTHONPATH"] = pythonpath()
     return env
 
 

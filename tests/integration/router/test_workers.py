@@ -17,9 +17,10 @@ import pytest
 
 from tests.fixtures.models import child_pids
 from tests.integration.router.conftest import Stack
-from tests.integration.router.procs import REPO, Proc
+from tests.integration.router.procs import Proc
 from tests.integration.router.redis_server import RedisServer
 from tests.support.net import free_port, http_get
+from tests.support.roots import pythonpath
 from tests.support.waits import wait_until
 
 KEY = "sk-team-a-secret"
@@ -175,7 +176,7 @@ def test_workers_with_api_keys_and_no_store_are_refused_at_start(tmp_path: Path)
     config.write_text(json.dumps({"models": {"m": ["http://127.0.0.1:1"]}}))
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("operator", "server", ".")),
+        "PYTHONPATH": pythonpath(),
         "MODELYARD_ROUTER_PORT": str(free_port()),
         "MODELYARD_ROUTER_METRICS_PORT": str(free_port()),
         "MODELYARD_ROUTER_STATIC_CONFIG": str(config),

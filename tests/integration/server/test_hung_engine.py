@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.models import REPO_ROOT, ServerProcess, running_server
+from tests.fixtures.models import ServerProcess, running_server
 from tests.integration.server.helpers import metric
+from tests.support.roots import pythonpath
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(240)]
 
@@ -110,10 +111,9 @@ def test_a_stopped_engine_process_with_work_is_caught_and_recovers(tiny_llama_pa
 
 def test_a_deadlocked_step_is_caught(tiny_llama_path: Path, tmp_path: Path) -> None:
     mark = tmp_path / "deadlock"
-    roots = [HOOK_DIR, REPO_ROOT / "server", REPO_ROOT / "operator", REPO_ROOT]
     env = {
         "MODELYARD_TEST_DEADLOCK_FILE": str(mark),
-        "PYTHONPATH": os.pathsep.join([*map(str, roots), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([pythonpath(HOOK_DIR), os.environ.get("PYTHONPATH", "")]),
     }
     with running_server(_args(tiny_llama_path), env=env) as server:
         mark.touch()

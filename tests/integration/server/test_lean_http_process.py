@@ -19,7 +19,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.fixtures.models import REPO_ROOT, ServerProcess, running_server
+from tests.fixtures.models import ServerProcess, running_server
+from tests.support.roots import pythonpath
 
 pytestmark = pytest.mark.model
 
@@ -55,13 +56,8 @@ def dump_dir(tmp_path: Path) -> Path:
 
 
 def _env(dump_dir: Path) -> dict[str, str]:
-    roots = [
-        str(dump_dir.parent / "hook"),
-        str(REPO_ROOT / "server"),
-        str(REPO_ROOT / "operator"),
-        str(REPO_ROOT),
-    ]
-    path = os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    path = os.pathsep.join([pythonpath(dump_dir.parent / "hook"), os.environ.get("PYTHONPATH", "")])
+    path = path.rstrip(os.pathsep)
     return {"PYTHONPATH": path, "MODELYARD_TEST_MODULES_DIR": str(dump_dir)}
 
 

@@ -177,7 +177,7 @@ def test_alert_rules_pass_promtool() -> None:
 def test_metric_names_in_dashboards_exist_in_the_components() -> None:
     """Every metric a dashboard queries is declared by the router, the model server or the operator."""
     sources = [
-        Path("operator/modelyard/router/metrics.py"),
+        Path("router/modelyard/router/metrics.py"),
         Path("operator/modelyard/operator/metrics.py"),
         Path("server/modelyard/server/metrics.py"),
     ]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.support.roots import pythonpath
 
 PROBE = """
 import sys, pkgutil, importlib
@@ -23,6 +22,6 @@ print(",".join(bad))
 
 
 def test_router_modules_import_without_torch_server_or_operator() -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]))
+    env = dict(os.environ, PYTHONPATH=pythonpath())
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -19,7 +19,7 @@ from modelyard.otlp.span import SERVER, Span
 from modelyard.otlp.tracer import Tracer
 from modelyard.router.logs import ACCESS_LOGGER, JsonFormatter, access_trace
 from modelyard.router.tracing import RouterTracing, endpoint_from, setup, span
-from tests.integration.router.procs import REPO
+from tests.support.roots import pythonpath
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,7 @@ def test_off_by_default_the_router_loads_no_sdk_and_creates_no_exporter(tmp_path
         print("ok")
         """
     )
-    env = {"PYTHONPATH": f"{REPO / 'operator'}:{REPO}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [sys.executable, "-c", code, str(config)], capture_output=True, text=True, env=env, timeout=60
     )

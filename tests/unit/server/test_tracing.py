@@ -17,7 +17,7 @@ from modelyard.otlp.tracer import Tracer
 from modelyard.server.engine.types import EngineEvent, GenerationOutput, SamplingParams
 from modelyard.server.metrics import ServerMetrics
 from modelyard.server.tracing import Tracing, endpoint_from, setup, trace_headers_var
-from tests.fixtures.models import REPO_ROOT
+from tests.support.roots import pythonpath
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -41,7 +41,7 @@ def test_off_by_default_creates_no_exporter_and_loads_no_sdk() -> None:
         """
     )
     env = {
-        "PYTHONPATH": f"{REPO_ROOT / 'server'}:{REPO_ROOT / 'operator'}:{REPO_ROOT}",
+        "PYTHONPATH": pythonpath(),
         "PATH": "/usr/bin:/bin",
     }
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
