@@ -1,6 +1,7 @@
 """What keeps the engine process small: a causal LM's weights are the process's own memory, not views
 of the checkpoint's mapping (whose pages would stay resident after the fast path frees the originals),
-and a CPU engine does not import the optional packages it never runs (triton, scipy)."""
+except a tied embedding whose head computes over a packed copy (it only looks rows up), and a CPU
+engine does not import the optional packages it never runs (triton, scipy)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from modelyard.server.engine import EngineConfig
+from modelyard.server.engine.engine import TorchEngine
+from modelyard.server.engine.model.lm_head import MIN_VOCAB, PackedLMHead
 from modelyard.server.engine.model.loader import load_model
+from tests.unit.server.engine.conftest import build
+from tests.unit.server.engine.helpers import greedy
 
 pytestmark = pytest.mark.model
 
@@ -34,6 +41,31 @@ def test_an_encoder_keeps_its_mapping(model_dirs: dict[str, Path]) -> None:
     # An encoder reads a few rows of its embedding table: the mapping holds only those pages.
     loaded = load_model(EngineConfig(model=str(model_dirs["llama"]), device="cpu", task="embed"))
     assert _mapped(loaded.model)
+
+
+async def test_a_tied_embedding_behind_a_packed_head_stays_a_view_and_the_tokens_stay(tmp_path: Path) -> None:
+    # The head computes over its own packed copy, so the embedding only looks rows up: as an encoder's,
+    # its mapping holds only those pages. Everything else is the process's own.
+    path = build("llama", tmp_path / "tied", vocab=MIN_VOCAB + 700, tied=True)
+    config = EngineConfig(model=str(path), device="cpu", dtype="float32")
+    loaded = load_model(config)
+    model: torch.nn.Module = loaded.model
+    assert isinstance(model.get_output_embeddings(), PackedLMHead)  # type: ignore[operator]
+    assert _mapped(model) == ["model.embed_tokens.weight"]
+    plain: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    plain.eval()
+    prompt = [5, 17, 300, MIN_VOCAB + 600, 9]
+    with torch.no_grad():
+        expected = plain.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0)[
+            0, len(prompt) :
+        ]
+    engine = TorchEngine(loaded, config)
+    engine.release_unused_weights()
+    await engine.start()
+    try:
+        assert await greedy(engine, prompt, 12) == expected.tolist()
+    finally:
+        await engine.stop()
 
 
 PROBE = textwrap.dedent(

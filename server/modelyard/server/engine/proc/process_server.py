@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
-from modelyard.server.engine.host import heap
+from modelyard.server.engine.host import heap, resident_pages
 from modelyard.server.engine.host.threads import apply_torch_threads
 from modelyard.server.engine.proc import ipc
 from modelyard.server.engine.proc.process import LAUNCH_HEADER
@@ -216,7 +216,9 @@ async def _serve(spec: ipc.LaunchSpec) -> int:
         log_memory("engine built", released_bytes=freed)
         await engine.start()
         heap.trim()
-        log_memory("engine started")
+        # Last, once nothing more is loaded: a CPU engine never runs the CUDA libraries torch loaded.
+        dropped = resident_pages.release_cuda_library_pages() if loaded.device == "cpu" else 0
+        log_memory("engine started", cuda_library_bytes_released=dropped)
     except Exception as exc:
         log.exception("engine process: model load failed")
         await outputs.send(ipc.encode(ipc.LoadFailed(f"{type(exc).__name__}: {exc}")))
