@@ -13,12 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from modelyard.server.engine.host import resident_pages
+from modelyard.server.engine.model import bert_encoder
 from modelyard.server.engine.model.lm_head import PackedLMHead, fast_output_projection
 from modelyard.server.engine.model.placement import Placement, plan_layers
 from modelyard.server.engine.types import EngineConfig, Task
@@ -244,6 +246,22 @@ def own_weights(model: torch.nn.Module, keep: torch.Tensor | None = None) -> int
     return copied
 
 
+def _own_encoder(
+    config: EngineConfig, hf_config: Any, dtype: torch.dtype, device_map: dict[str, str] | None
+) -> torch.nn.Module | None:
+    """A local BERT-family checkpoint served for embeddings by ``bert_encoder`` (without transformers'
+    modelling and loading code, and what they import); None where transformers' path serves it."""
+    if config.task != "embed" or config.trust_remote_code or device_map is not None:
+        return None
+    model_dir = Path(config.model)
+    why = bert_encoder.unsupported_reason(model_dir, hf_config) if model_dir.is_dir() else "not local"
+    if why is not None:
+        log.debug("embedding model through transformers: %s", why)
+        return None
+    log.info("embedding model through the built-in BERT encoder", extra={"model": config.model})
+    return bert_encoder.BertEncoder.from_checkpoint(model_dir, hf_config, dtype)
+
+
 def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -> LoadedModel:
     """Load ``config.model`` (local dir or hub id) ready for the engine; blocking, call it in a thread."""
 
@@ -281,7 +299,7 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         "loading weights" if device_map is None else f"loading weights: {placement}", 0.2, placement=placement
     )
     try:
-        model = auto_cls.from_pretrained(
+        model = _own_encoder(config, hf_config, dtype, device_map) or auto_cls.from_pretrained(
             config.model, config=hf_config, dtype=dtype, device_map=device_map, **common
         )
     except ValueError as exc:
@@ -293,7 +311,7 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         raise
     if device_map is None:
         step("moving to device", 0.8)
-        model.to(device)  # type: ignore[arg-type]
+        model.to(device)
     elif len(set(devices)) == 1:
         # Every part on one device (CPU): transformers skips the hooks; force them, so the split runs
         # the same code path as on several GPUs.
