@@ -13,17 +13,14 @@ message naming it, and they die with this command even when it is SIGKILLed (``s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-
-import yaml
 
 from modelyard.supervise import Stop, Supervisor
 
@@ -40,18 +37,27 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(url: str, supervisor: Supervisor, timeout_s: float) -> None:
+def _answers_200(port: int, path: str) -> bool:
+    """Whether ``GET path`` on 127.0.0.1:``port`` answers 200. A raw socket, not urllib: this process
+    lives as long as the servers, and urllib's imports (http.client, email, ssl) would double its RSS
+    (bench/local_rss.py)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            status = sock.makefile("rb").readline().split()
+    except OSError:
+        return False
+    return len(status) >= 2 and status[1] == b"200"
+
+
+def _wait_ready(port: int, path: str, supervisor: Supervisor, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         supervisor.check()
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+        if _answers_200(port, path):
+            return
         time.sleep(0.3)
-    raise Stop(f"{url} not ready after {timeout_s:.0f}s; stopping", 1)
+    raise Stop(f"http://127.0.0.1:{port}{path} not ready after {timeout_s:.0f}s; stopping", 1)
 
 
 def _module_cmd(module: str, *args: str) -> list[str]:
@@ -101,10 +107,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     workdir = Path(tempfile.mkdtemp(prefix="modelyard-local-"))
     static = workdir / "models.yaml"
+    # JSON is YAML: the router's static config reader takes it, and this process skips PyYAML.
     static.write_text(
-        yaml.safe_dump(
-            {"models": {name: [f"http://127.0.0.1:{port}"] for name, (port, _) in servers.items()}}
-        )
+        json.dumps({"models": {name: [f"http://127.0.0.1:{port}"] for name, (port, _) in servers.items()}})
     )
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     base = f"http://127.0.0.1:{args.port}/v1"
@@ -126,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "are ready (the next message says when)."
         )
         for port, _ in servers.values():
-            _wait_ready(f"http://127.0.0.1:{port}/ready", supervisor, args.ready_timeout)
-        _wait_ready(f"http://127.0.0.1:{args.port}/readyz", supervisor, 60)
+            _wait_ready(port, "/ready", supervisor, args.ready_timeout)
+        _wait_ready(args.port, "/readyz", supervisor, 60)
         print(
             f"\nmodelyard-local: ready. Router on {base} serving {chat_name!r} (chat, completions) and "
             f"{embed_name!r} (embeddings). Try:\n"

@@ -13,12 +13,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from modelyard.server.engine.model.lm_head import fast_output_projection
+from modelyard.server.engine.host import resident_pages
+from modelyard.server.engine.model import bert_encoder
+from modelyard.server.engine.model.lm_head import PackedLMHead, fast_output_projection
 from modelyard.server.engine.model.placement import Placement, plan_layers
 from modelyard.server.engine.types import EngineConfig, Task
 
@@ -209,7 +212,18 @@ def _mapped(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and not tensor.untyped_storage().resizable()
 
 
-def own_weights(model: torch.nn.Module) -> int:
+def _lookup_only_embedding(model: torch.nn.Module) -> torch.Tensor | None:
+    """The input embedding's weight when the output projection no longer reads it: tied to a head that
+    computes over its own packed copy (``PackedLMHead``); None otherwise."""
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    embed = model.get_input_embeddings()  # type: ignore[operator]
+    if isinstance(head, PackedLMHead) and isinstance(embed, torch.nn.Embedding):
+        weight: torch.Tensor = embed.weight
+        return weight if weight is head.weight else None
+    return None
+
+
+def own_weights(model: torch.nn.Module, keep: torch.Tensor | None = None) -> int:
     """Copy into memory of the process's own every CPU weight that is still a view of the checkpoint
     file; the bytes copied.
 
@@ -217,12 +231,12 @@ def own_weights(model: torch.nn.Module) -> int:
     views into it: the mapping lives while any weight does, and every page once read stays resident.
     The fast decode path builds merged and packed copies of most weights and the engine process then
     frees the originals, but the mapping, held by the embeddings alone, kept all of them resident
-    (measured in docs/server.md, *Memory of the engine processes*)."""
+    (measured in docs/server.md, *Memory of the engine processes*). ``keep`` stays a view."""
     copied = 0
     with torch.no_grad():
         for module in model.modules():
             for param in module._parameters.values():
-                if param is not None and _mapped(param):
+                if param is not None and param is not keep and _mapped(param):
                     param.data = param.detach().clone()  # the same Parameter: tied weights stay tied
                     copied += param.numel() * param.element_size()
             for name, buffer in module._buffers.items():
@@ -230,6 +244,22 @@ def own_weights(model: torch.nn.Module) -> int:
                     module._buffers[name] = buffer.clone()
                     copied += buffer.numel() * buffer.element_size()
     return copied
+
+
+def _own_encoder(
+    config: EngineConfig, hf_config: Any, dtype: torch.dtype, device_map: dict[str, str] | None
+) -> torch.nn.Module | None:
+    """A local BERT-family checkpoint served for embeddings by ``bert_encoder`` (without transformers'
+    modelling and loading code, and what they import); None where transformers' path serves it."""
+    if config.task != "embed" or config.trust_remote_code or device_map is not None:
+        return None
+    model_dir = Path(config.model)
+    why = bert_encoder.unsupported_reason(model_dir, hf_config) if model_dir.is_dir() else "not local"
+    if why is not None:
+        log.debug("embedding model through transformers: %s", why)
+        return None
+    log.info("embedding model through the built-in BERT encoder", extra={"model": config.model})
+    return bert_encoder.BertEncoder.from_checkpoint(model_dir, hf_config, dtype)
 
 
 def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -> LoadedModel:
@@ -269,7 +299,7 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         "loading weights" if device_map is None else f"loading weights: {placement}", 0.2, placement=placement
     )
     try:
-        model = auto_cls.from_pretrained(
+        model = _own_encoder(config, hf_config, dtype, device_map) or auto_cls.from_pretrained(
             config.model, config=hf_config, dtype=dtype, device_map=device_map, **common
         )
     except ValueError as exc:
@@ -281,7 +311,7 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         raise
     if device_map is None:
         step("moving to device", 0.8)
-        model.to(device)  # type: ignore[arg-type]
+        model.to(device)
     elif len(set(devices)) == 1:
         # Every part on one device (CPU): transformers skips the hooks; force them, so the split runs
         # the same code path as on several GPUs.
@@ -290,11 +320,16 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         model = dispatch_model(model, device_map=device_map, force_hooks=True)
     model.eval()
     model.requires_grad_(False)
-    # A causal LM reads every weight at each step (the LM head is the whole embedding matrix), so its
-    # own copy costs no more than the mapping's pages; an encoder looks a few embedding rows up, and
-    # its mapping holds only those.
-    copied = own_weights(model) if config.task == "generate" else 0
-    fast_output_projection(model)  # CPU heads of causal LMs only; see lm_head.py
+    packed_head = fast_output_projection(model)  # CPU heads of causal LMs only; see lm_head.py
+    # A causal LM reads every weight at each step, so its own copy costs no more than the mapping's
+    # pages; an encoder looks a few embedding rows up, and its mapping holds only those. So does a
+    # causal LM's tied input embedding once the head runs over its own packed copy.
+    lookup_only = _lookup_only_embedding(model) if packed_head else None
+    copied, released = 0, 0
+    if config.task == "generate":
+        copied = own_weights(model, keep=lookup_only)
+    if lookup_only is not None and _mapped(lookup_only):
+        released = resident_pages.release_file_mapping(lookup_only.data_ptr())
 
     limit = _context_length(hf_config)
     if config.max_model_len is not None:
@@ -327,6 +362,7 @@ def load_model(config: EngineConfig, progress: ProgressCallback | None = None) -
         1.0,
         params=params,
         copied_from_checkpoint_bytes=copied,
+        checkpoint_pages_released_bytes=released,
         max_model_len=limit,
         placement=placement,
         seconds=round(time.monotonic() - started, 2),

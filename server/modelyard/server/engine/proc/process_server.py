@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
-from modelyard.server.engine.host import heap
+from modelyard.server.engine.host import heap, resident_pages
 from modelyard.server.engine.host.threads import apply_torch_threads
 from modelyard.server.engine.proc import ipc
 from modelyard.server.engine.proc.process import LAUNCH_HEADER
@@ -147,9 +147,13 @@ def _wire_error(exc: Exception, failed: str) -> ipc.WireError:
 
 # Optional packages that transformers' and torch's imports pull in when installed, and that an engine on
 # CPU never runs: triton compiles GPU kernels (torch._dynamo, which transformers imports, loads it: ~70
-# MiB of RSS) and scipy serves object-detection losses (~33 MiB). Both already are optional: torch and
-# transformers check for them, and take a package whose sys.modules entry is None as not installed.
-UNUSED_ON_CPU = ("triton", "scipy")
+# MiB of RSS), scipy serves object-detection losses (~33 MiB) and cuda-python's bindings (``cuda``, which
+# ``import torch`` loads through torch.cuda: ~10 MiB) drive a GPU. All three already are optional: torch
+# and transformers check for them, and take a package whose sys.modules entry is None as not installed.
+UNUSED_ON_CPU = ("triton", "scipy", "cuda")
+# Device nodes of a GPU torch could use (NVIDIA, ROCm, WSL): without any, device "auto" is CPU, known
+# before torch is imported (torch's import already loads ``cuda``).
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
 def skip_unused_packages(config: EngineConfig) -> list[str]:
@@ -157,7 +161,7 @@ def skip_unused_packages(config: EngineConfig) -> list[str]:
     Not with --trust-remote-code: a model's own code may import them."""
     if config.trust_remote_code or config.device == "cuda":
         return []
-    if config.device == "auto":
+    if config.device == "auto" and any(os.path.exists(node) for node in GPU_DEVICE_NODES):
         import torch  # not triton or scipy: those come with transformers' modelling code
 
         if torch.cuda.is_available():
@@ -216,7 +220,9 @@ async def _serve(spec: ipc.LaunchSpec) -> int:
         log_memory("engine built", released_bytes=freed)
         await engine.start()
         heap.trim()
-        log_memory("engine started")
+        # Last, once nothing more is loaded: a CPU engine never runs the CUDA libraries torch loaded.
+        dropped = resident_pages.release_cuda_library_pages() if loaded.device == "cpu" else 0
+        log_memory("engine started", cuda_library_bytes_released=dropped)
     except Exception as exc:
         log.exception("engine process: model load failed")
         await outputs.send(ipc.encode(ipc.LoadFailed(f"{type(exc).__name__}: {exc}")))
