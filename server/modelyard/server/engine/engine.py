@@ -28,7 +28,7 @@ from modelyard.server.engine.core.scheduler import Scheduler, Step
 from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.core.step_tokens import StepTokens
 from modelyard.server.engine.core.stop_rules import ends_on_stop_token, length_reason
-from modelyard.server.engine.host import memory
+from modelyard.server.engine.host import memory, run_queue
 from modelyard.server.engine.host.thread_tuner import ThreadTuner
 from modelyard.server.engine.lora.errors import LoraError
 from modelyard.server.engine.lora.manager import LoraLimits, LoraManager
@@ -120,7 +120,7 @@ class TorchEngine:
         self._dead: BaseException | None = None
         self._outbox: list[tuple[_Sink, object]] = []
         choices = config.thread_choices if self._device.type == "cpu" else ()
-        self._tuner = ThreadTuner(choices) if len(choices) > 1 else None
+        self._tuner = ThreadTuner(choices, wait_aware=run_queue.available()) if len(choices) > 1 else None
         self._logged_trial = 0
         self._step_tokens = StepTokens()
         self._step_sampled = 0
@@ -393,11 +393,10 @@ class TorchEngine:
                         )
                     if step.prefill:
                         self._guarded(self._prefill_step, step, [s for s, _ in step.prefill])
-                    if step.decode:
-                        step_start = time.perf_counter()
+                    if step.decode and self._tuner is not None and not step.prefill:
+                        self._tuned_decode(step)
+                    elif step.decode:
                         self._guarded(self._decode_step, step, step.decode)
-                        if self._tuner is not None and not step.prefill:
-                            self._tune_threads(len(step.decode), time.perf_counter() - step_start)
                     self._step_tokens.record(sum(n for _, n in step.prefill) + self._step_sampled)
                     self._step_sampled = 0
                     self._stats = self._snapshot()
@@ -408,10 +407,20 @@ class TorchEngine:
             self._dead = exc
             self._fail_everything(EngineDeadError(f"the engine loop stopped: {exc!r}"))
 
-    def _tune_threads(self, rows: int, seconds: float) -> None:
+    def _tuned_decode(self, step: Step) -> None:
+        """A decode-only step, timed for the thread tuner with its threads' wait for a CPU."""
+        before = run_queue.waited_s()
+        start = time.perf_counter()
+        self._guarded(self._decode_step, step, step.decode)
+        seconds = time.perf_counter() - start
+        after = run_queue.waited_s()
+        waited = after - before if after is not None and before is not None else 0.0
+        self._tune_threads(len(step.decode), seconds, max(0.0, waited))
+
+    def _tune_threads(self, rows: int, seconds: float, waited: float) -> None:
         assert self._tuner is not None
         before = self._tuner.current
-        threads = self._tuner.observe(rows, seconds)
+        threads = self._tuner.observe(rows, seconds, waited)
         if threads != before:
             # OpenMP's thread count is per calling thread: set here, on the engine thread, it sizes
             # every parallel region of the forwards.
