@@ -322,6 +322,7 @@ class TorchEngine:
                 per_layer,
                 self._config.gpu_memory_utilization,
                 lambda: self._runner.profile(self._config.max_prefill_tokens, 1),
+                reserve_bytes=self._runner.graph_memory_bytes(),
             )
             if tokens < self._max_model_len:
                 log.warning(
