@@ -360,7 +360,7 @@ class TorchEngine:
             with torch.inference_mode():
                 if self._loaded.task == "generate":
                     self._plan_kv()
-                    self._runner.warmup()
+                    self._warm_up()
                     self._stats = self._snapshot()
         except BaseException as exc:
             self._dead = exc
@@ -407,6 +407,17 @@ class TorchEngine:
             log.exception("engine loop died")
             self._dead = exc
             self._fail_everything(EngineDeadError(f"the engine loop stopped: {exc!r}"))
+
+    def _warm_up(self) -> None:
+        """The runner's warm-up, at every thread; its threads' wait for a CPU tells the tuner whether
+        the cores are contended before the first request's prefill runs."""
+        before = run_queue.waited_s() if self._tuner is not None else None
+        start = time.perf_counter()
+        self._runner.warmup()
+        after = run_queue.waited_s() if before is not None else None
+        if self._tuner is not None and before is not None and after is not None:
+            threads = self._tuner.observe_start(time.perf_counter() - start, after - before)
+            torch.set_num_threads(threads)
 
     def _tuned_decode(self, step: Step) -> None:
         """A decode-only step, timed for the thread tuner with its threads' wait for a CPU."""

@@ -134,3 +134,19 @@ def test_a_neighbour_leaving_is_found_by_a_trial_when_the_hold_at_fewer_threads_
     machine.per_row, machine.waiting = {2: 0.005, 1: 0.008}, {2: 0.03}
     machine.run(tuner, 200)
     assert tuner.current == 2
+
+
+def test_a_contended_warm_up_starts_with_the_fewest_threads() -> None:
+    machine = Machine({2: 0.08, 1: 0.008}, waiting={2: 0.4, 1: 0.02})
+    tuner = tuner_on(machine, wait_aware=True)
+    assert tuner.observe_start(0.5, 0.4 * 0.5 * 2) == 1
+    assert tuner.tuning
+    machine.run(tuner, 30)
+    assert tuner.current == 1
+    assert machine.steps_at[2] == 1  # the trial's one turn at two threads, dropped at its first step
+
+
+def test_a_free_warm_up_keeps_every_thread() -> None:
+    tuner = tuner_on(Machine({2: 0.005, 1: 0.008}), wait_aware=True)
+    assert tuner.observe_start(0.5, 0.01) == 2
+    assert not tuner.tuning

@@ -94,6 +94,16 @@ class ThreadTuner:
         if self._order:
             self.current = self._order[0]
 
+    def observe_start(self, seconds: float, waited: float) -> int:
+        """The engine's warm-up took ``seconds`` with ``current`` threads, which waited ``waited``
+        seconds for a CPU: contended cores start a trial the safe way, the fewest threads first (so
+        the first prefill does not run at a count that collapses); returns the count to use."""
+        contended = waited >= CONTENDED_SHARE * seconds * self.current
+        if self.wait_aware and not self._order and seconds > 0 and contended:
+            self.current = self.choices[-1]
+            self._start_trial()
+        return self.current
+
     def _per_row(self, count: int) -> float:
         rows = self._rows[count]
         return self._seconds[count] / rows if rows else float("inf")
