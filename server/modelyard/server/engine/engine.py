@@ -29,6 +29,7 @@ from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.core.step_tokens import StepTokens
 from modelyard.server.engine.core.stop_rules import ends_on_stop_token, length_reason
 from modelyard.server.engine.host import memory, run_queue
+from modelyard.server.engine.host.run_queue import RunQueueClock
 from modelyard.server.engine.host.thread_tuner import ThreadTuner
 from modelyard.server.engine.lora.errors import LoraError
 from modelyard.server.engine.lora.manager import LoraLimits, LoraManager
@@ -121,6 +122,7 @@ class TorchEngine:
         self._outbox: list[tuple[_Sink, object]] = []
         choices = config.thread_choices if self._device.type == "cpu" else ()
         self._tuner = ThreadTuner(choices, wait_aware=run_queue.available()) if len(choices) > 1 else None
+        self._run_queue = RunQueueClock()  # the tuner's contention signal, read on the engine thread
         self._logged_trial = 0
         self._step_tokens = StepTokens()
         self._step_sampled = 0
@@ -351,6 +353,12 @@ class TorchEngine:
     # ----- the step loop (engine thread) -----
 
     def _run(self, started: asyncio.Future[None]) -> None:
+        try:
+            self._serve(started)
+        finally:
+            self._run_queue.close()
+
+    def _serve(self, started: asyncio.Future[None]) -> None:
         # All compute, the warm-up included, stays on this one thread: a second thread that runs torch
         # ops keeps its own OpenMP pool alive, and more pooled threads than cores makes libgomp stop
         # spinning between parallel regions, which cost a quarter of decode speed on 2 CPU cores.
@@ -411,21 +419,21 @@ class TorchEngine:
     def _warm_up(self) -> None:
         """The runner's warm-up, at every thread; its threads' wait for a CPU tells the tuner whether
         the cores are contended before the first request's prefill runs."""
-        before = run_queue.waited_s() if self._tuner is not None else None
+        before = self._run_queue.waited_s() if self._tuner is not None else None
         start = time.perf_counter()
         self._runner.warmup()
-        after = run_queue.waited_s() if before is not None else None
+        after = self._run_queue.waited_s() if before is not None else None
         if self._tuner is not None and before is not None and after is not None:
             threads = self._tuner.observe_start(time.perf_counter() - start, after - before)
             torch.set_num_threads(threads)
 
     def _tuned_decode(self, step: Step) -> None:
         """A decode-only step, timed for the thread tuner with its threads' wait for a CPU."""
-        before = run_queue.waited_s()
+        before = self._run_queue.waited_s()
         start = time.perf_counter()
         self._guarded(self._decode_step, step, step.decode)
         seconds = time.perf_counter() - start
-        after = run_queue.waited_s()
+        after = self._run_queue.waited_s()
         waited = after - before if after is not None and before is not None else 0.0
         self._tune_threads(len(step.decode), seconds, max(0.0, waited))
 

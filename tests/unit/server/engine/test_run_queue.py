@@ -28,13 +28,15 @@ def test_waiting_grows_when_another_process_spins_on_our_cpu() -> None:
         [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
     )
     before_mask = os.sched_getaffinity(0)
+    clock = run_queue.RunQueueClock()
     try:
         os.sched_setaffinity(0, {cpu})
         time.sleep(0.2)  # the spinner is up and pinned
-        before = run_queue.waited_s()
+        before = clock.waited_s()
         _spin(0.5)
-        after = run_queue.waited_s()
+        after = clock.waited_s()
     finally:
+        clock.close()
         os.sched_setaffinity(0, before_mask)
         spinner.kill()
         spinner.wait()
