@@ -177,6 +177,16 @@ async def drive(
     return RunResult(w.key, sum(n for _, n, _ in results), wall, ttfts, reasons)
 
 
+async def engine_threads(base: str) -> float | None:
+    """Our server's ``modelyard_engine_threads`` gauge (the count its thread tuner uses now)."""
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith("modelyard_engine_threads{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 @contextlib.contextmanager
 def server_process(
     name: str, argv: list[str], env: dict[str, str], log_dir: Path
@@ -226,6 +236,8 @@ def run_peer(
             try:
                 result = asyncio.run(drive(base, model, prompts[w], w, extra, run_timeout_s))
                 out[w.key] = result.summary()
+                if ready_path == "/ready":  # ours: the thread count the engine ended the run with
+                    out[w.key]["engine_threads"] = asyncio.run(engine_threads(base))
             except Exception as exc:
                 out[w.key] = {"error": repr(exc)[:500]}
             print(f"[{name}] {w.key}: {out[w.key].get('output_tok_s', out[w.key].get('error'))}", flush=True)

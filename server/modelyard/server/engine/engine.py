@@ -28,7 +28,8 @@ from modelyard.server.engine.core.scheduler import Scheduler, Step
 from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.core.step_tokens import StepTokens
 from modelyard.server.engine.core.stop_rules import ends_on_stop_token, length_reason
-from modelyard.server.engine.host import memory
+from modelyard.server.engine.host import memory, run_queue
+from modelyard.server.engine.host.run_queue import RunQueueClock
 from modelyard.server.engine.host.thread_tuner import ThreadTuner
 from modelyard.server.engine.lora.errors import LoraError
 from modelyard.server.engine.lora.manager import LoraLimits, LoraManager
@@ -120,7 +121,8 @@ class TorchEngine:
         self._dead: BaseException | None = None
         self._outbox: list[tuple[_Sink, object]] = []
         choices = config.thread_choices if self._device.type == "cpu" else ()
-        self._tuner = ThreadTuner(choices) if len(choices) > 1 else None
+        self._tuner = ThreadTuner(choices, wait_aware=run_queue.available()) if len(choices) > 1 else None
+        self._run_queue = RunQueueClock()  # the tuner's contention signal, read on the engine thread
         self._logged_trial = 0
         self._step_tokens = StepTokens()
         self._step_sampled = 0
@@ -322,6 +324,7 @@ class TorchEngine:
                 per_layer,
                 self._config.gpu_memory_utilization,
                 lambda: self._runner.profile(self._config.max_prefill_tokens, 1),
+                reserve_bytes=self._runner.graph_memory_bytes(),
             )
             if tokens < self._max_model_len:
                 log.warning(
@@ -350,6 +353,12 @@ class TorchEngine:
     # ----- the step loop (engine thread) -----
 
     def _run(self, started: asyncio.Future[None]) -> None:
+        try:
+            self._serve(started)
+        finally:
+            self._run_queue.close()
+
+    def _serve(self, started: asyncio.Future[None]) -> None:
         # All compute, the warm-up included, stays on this one thread: a second thread that runs torch
         # ops keeps its own OpenMP pool alive, and more pooled threads than cores makes libgomp stop
         # spinning between parallel regions, which cost a quarter of decode speed on 2 CPU cores.
@@ -359,7 +368,7 @@ class TorchEngine:
             with torch.inference_mode():
                 if self._loaded.task == "generate":
                     self._plan_kv()
-                    self._runner.warmup()
+                    self._warm_up()
                     self._stats = self._snapshot()
         except BaseException as exc:
             self._dead = exc
@@ -393,11 +402,10 @@ class TorchEngine:
                         )
                     if step.prefill:
                         self._guarded(self._prefill_step, step, [s for s, _ in step.prefill])
-                    if step.decode:
-                        step_start = time.perf_counter()
+                    if step.decode and self._tuner is not None and not step.prefill:
+                        self._tuned_decode(step)
+                    elif step.decode:
                         self._guarded(self._decode_step, step, step.decode)
-                        if self._tuner is not None and not step.prefill:
-                            self._tune_threads(len(step.decode), time.perf_counter() - step_start)
                     self._step_tokens.record(sum(n for _, n in step.prefill) + self._step_sampled)
                     self._step_sampled = 0
                     self._stats = self._snapshot()
@@ -408,10 +416,31 @@ class TorchEngine:
             self._dead = exc
             self._fail_everything(EngineDeadError(f"the engine loop stopped: {exc!r}"))
 
-    def _tune_threads(self, rows: int, seconds: float) -> None:
+    def _warm_up(self) -> None:
+        """The runner's warm-up, at every thread; its threads' wait for a CPU tells the tuner whether
+        the cores are contended before the first request's prefill runs."""
+        before = self._run_queue.waited_s() if self._tuner is not None else None
+        start = time.perf_counter()
+        self._runner.warmup()
+        after = self._run_queue.waited_s() if before is not None else None
+        if self._tuner is not None and before is not None and after is not None:
+            threads = self._tuner.observe_start(time.perf_counter() - start, after - before)
+            torch.set_num_threads(threads)
+
+    def _tuned_decode(self, step: Step) -> None:
+        """A decode-only step, timed for the thread tuner with its threads' wait for a CPU."""
+        before = self._run_queue.waited_s()
+        start = time.perf_counter()
+        self._guarded(self._decode_step, step, step.decode)
+        seconds = time.perf_counter() - start
+        after = self._run_queue.waited_s()
+        waited = after - before if after is not None and before is not None else 0.0
+        self._tune_threads(len(step.decode), seconds, max(0.0, waited))
+
+    def _tune_threads(self, rows: int, seconds: float, waited: float) -> None:
         assert self._tuner is not None
         before = self._tuner.current
-        threads = self._tuner.observe(rows, seconds)
+        threads = self._tuner.observe(rows, seconds, waited)
         if threads != before:
             # OpenMP's thread count is per calling thread: set here, on the engine thread, it sizes
             # every parallel region of the forwards.

@@ -18,6 +18,7 @@ import transformers
 from modelyard.server.engine import EngineConfig, GenerationOutput
 from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.model.bucketed_decode import mode_for
+from modelyard.server.engine.model.cuda_graphs import graph_memory_bytes
 from modelyard.server.engine.model.loader import LoadedModel, load_model
 from modelyard.server.engine.model.runner import ModelRunner
 from modelyard.server.engine.model.static_decode import batch_buckets, bucket_of, context_buckets
@@ -293,3 +294,60 @@ async def test_adapter_rows_decode_as_before(tmp_path: Path, loaded: LoadedModel
     expected = [peft_greedy(base, adapter if n else None, p, 8) for p, n in rows]
     assert got == expected
     assert len(tokens(base_only)) == 4
+
+
+def test_graph_memory_estimate() -> None:
+    """Each graph's logits, plus the largest bucket's gathered K/V, scores and activations."""
+    shape = {"vocab": 100, "hidden": 8, "intermediate": 16, "heads": 2, "kv_heads": 1, "head_dim": 4}
+    outputs = (1 + 2) * 2 * 100  # rows of every batch bucket x context buckets x vocab
+    attention = 2 * 128 * (2 * 1 * 4 + 2)  # 2 rows x 128 columns: keys, values and scores
+    activations = 2 * (8 * 8 + 3 * 16 + (2 + 2) * 4 + 100)
+    got = graph_memory_bytes((1, 2), (64, 128), element=2, **shape)
+    assert got == (outputs + attention + activations) * 2
+    assert graph_memory_bytes((1, 2, 4), (64, 128), element=2, **shape) > got
+    assert graph_memory_bytes((1, 2), (64, 128), element=4, **shape) == 2 * got
+
+
+def test_the_kv_plan_sets_graph_memory_aside_only_for_graphs(loaded: LoadedModel) -> None:
+    runner = _runner(loaded, "eager")
+    assert runner.graph_memory_bytes() == 0
+    runner.bucket_mode = "graphs"  # what CUDA's auto picks; the estimate itself needs no GPU
+    config: Any = loaded.model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    expected = graph_memory_bytes(
+        batch_buckets(16),
+        tuple(b * 8 for b in context_buckets(256, 8)),
+        vocab=config.vocab_size,
+        hidden=config.hidden_size,
+        intermediate=config.intermediate_size,
+        heads=config.num_attention_heads,
+        kv_heads=config.num_key_value_heads,
+        head_dim=head_dim,
+        element=4,
+    )
+    assert runner.graph_memory_bytes() == expected
+
+
+@needs_cuda
+def test_graph_memory_estimate_covers_the_capture(loaded: LoadedModel) -> None:
+    """On CUDA: the memory the capture took at its peak stays within the estimate the KV plan used."""
+    cuda = load_model(EngineConfig(model=loaded.name, device="cuda", dtype="float32"))
+    runner = ModelRunner(
+        cuda.model,
+        torch.device("cuda"),
+        cuda.num_layers,
+        8,
+        sliding=bool(getattr(cuda.model.config, "sliding_window", None)),
+        fast_decode="auto",
+        decode_buckets="auto",
+        max_rows=16,
+        max_tokens=256,
+    )
+    assert runner.bucket_mode == "graphs"
+    runner.allocate(64)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    runner.warmup()  # a tiny prefill and decode, then every bucket's capture
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before <= runner.graph_memory_bytes()

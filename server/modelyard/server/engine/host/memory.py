@@ -67,12 +67,17 @@ def cpu_kv_tokens(default_tokens: int, per_token: int, budget_bytes: int = DEFAU
 
 
 def cuda_kv_tokens(
-    devices: list[torch.device], per_layer_token: list[int], utilization: float, profile: Callable[[], None]
+    devices: list[torch.device],
+    per_layer_token: list[int],
+    utilization: float,
+    profile: Callable[[], None],
+    reserve_bytes: int = 0,
 ) -> int:
     """vLLM's plan: on each device, ``utilization`` of total memory minus what is in use after a
     profiling forward at the largest batch (weights, activations, other processes) is for KV; the
     pool holds as many tokens as the tightest device allows. ``per_layer_token[i]`` is layer i's KV
-    bytes per token; one layer's gathered K/V for the whole pool is kept as headroom too."""
+    bytes per token; one layer's gathered K/V for the whole pool is kept as headroom too.
+    ``reserve_bytes`` per device stay free as well (the decode CUDA graphs, captured after the plan)."""
     used: dict[torch.device, int] = {}
     for device in set(devices):
         torch.cuda.reset_peak_memory_stats(device)
@@ -83,7 +88,7 @@ def cuda_kv_tokens(
         peak = torch.cuda.max_memory_allocated(device)
         other = (total - free) - torch.cuda.memory_reserved(device)  # other processes, CUDA context
         used[device] = peak + max(0, other)
-        budget = total * utilization - used[device]
+        budget = total * utilization - used[device] - reserve_bytes
         per_token = sum(b for d, b in zip(devices, per_layer_token, strict=True) if d == device)
         widest = max((b for d, b in zip(devices, per_layer_token, strict=True) if d == device), default=0)
         if per_token <= 0:
@@ -96,6 +101,7 @@ def cuda_kv_tokens(
                 "device": str(device),
                 "total_bytes": total,
                 "used_bytes": used[device],
+                "reserved_bytes": reserve_bytes,
                 "kv_tokens": fits,
             },
         )

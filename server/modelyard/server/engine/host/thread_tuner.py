@@ -9,8 +9,14 @@ or the batch changed) or after a while (a neighbour may have left), holding a co
 each time. A count that is much slower than the best one seen in the same trial is dropped at its
 first step, so a trial under contention costs about one slow step.
 
-Pure Python and a clock: the engine feeds it the time of each decode-only step and applies the count
-it returns.
+Where the kernel reports how long the process's threads waited for a CPU (``run_queue.py``), trials are
+kept for when they can pay: at every usable core, a window whose threads hardly waited ran on free cores,
+where fewer threads cannot be faster, so the tuner starts there and holds on without trying fewer (a
+trial spends a dozen steps at the slower count: about a tenth of the throughput of a short run on free
+cores). A contended window, when the hold ends or the speed drops, starts a trial as before.
+
+Pure Python and a clock: the engine feeds it the time (and run-queue wait) of each decode-only step and
+applies the count it returns.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from dataclasses import dataclass, field
 ABANDON_RATIO = 2.5
 # While holding a choice, a window this much slower per row than its trial starts a new trial.
 SLOWDOWN_RATIO = 1.5
+# A window whose threads waited for a CPU this share of their time (run-queue wait over seconds x threads)
+# ran on contended cores. On two free cores the HTTP process's and the client's work per step makes a
+# few percent; a process spinning on one of the two cores makes about a third.
+CONTENDED_SHARE = 0.15
 
 
 @dataclass
@@ -33,13 +43,16 @@ class ThreadTuner:
     hold_s: float = 20.0  # first hold after a trial; doubles while trials confirm the choice
     max_hold_s: float = 300.0
     clock: Callable[[], float] = time.monotonic
+    # observe() gets the threads' run-queue wait: start at every thread, trials only under contention.
+    wait_aware: bool = False
     current: int = 0
     trials: int = 0
     _order: list[int] = field(default_factory=list)  # counts still to try in this trial
     _seconds: dict[int, float] = field(default_factory=dict)
     _rows: dict[int, int] = field(default_factory=dict)
     _abandoned: set[int] = field(default_factory=set)
-    _window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # steps, seconds, rows
+    # steps, seconds, rows, run-queue wait
+    _window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     _held_per_row: float = 0.0
     _hold_until: float = 0.0
     _hold: float = 0.0
@@ -49,6 +62,13 @@ class ThreadTuner:
         if not self.choices:
             raise ValueError("no thread counts to choose from")
         self._hold = self.hold_s
+        if self.wait_aware:
+            # Free cores until the run queue says otherwise; the hold is over, so the first step decides.
+            self.current = self.choices[0]
+            self._held = self.current
+            self._held_per_row = float("inf")
+            self._hold_until = float("-inf")
+            return
         self.current = self.choices[-1]
         self._start_trial()
 
@@ -67,24 +87,34 @@ class ThreadTuner:
         self._seconds = dict.fromkeys(self.choices, 0.0)
         self._rows = dict.fromkeys(self.choices, 0)
         self._abandoned = set()
-        self._window = [0.0, 0.0, 0.0]
+        self._window = [0.0, 0.0, 0.0, 0.0]
         if seed is not None and self._order:
             self._seconds[self.current], self._rows[self.current] = seed[0], int(seed[1])
             self._order.pop(0)
         if self._order:
             self.current = self._order[0]
 
+    def observe_start(self, seconds: float, waited: float) -> int:
+        """The engine's warm-up took ``seconds`` with ``current`` threads, which waited ``waited``
+        seconds for a CPU: contended cores start a trial the safe way, the fewest threads first (so
+        the first prefill does not run at a count that collapses); returns the count to use."""
+        contended = waited >= CONTENDED_SHARE * seconds * self.current
+        if self.wait_aware and not self._order and seconds > 0 and contended:
+            self.current = self.choices[-1]
+            self._start_trial()
+        return self.current
+
     def _per_row(self, count: int) -> float:
         rows = self._rows[count]
         return self._seconds[count] / rows if rows else float("inf")
 
-    def observe(self, rows: int, seconds: float) -> int:
-        """Record one decode-only step of ``rows`` rows that took ``seconds`` with ``current`` threads;
-        returns the thread count for the next step."""
+    def observe(self, rows: int, seconds: float, waited: float = 0.0) -> int:
+        """Record one decode-only step of ``rows`` rows that took ``seconds`` with ``current`` threads,
+        whose threads waited ``waited`` seconds for a CPU in all; returns the count for the next step."""
         if rows <= 0 or seconds <= 0 or len(self.choices) == 1:
             return self.current
-        steps, total, total_rows = self._window
-        self._window = [steps + 1, total + seconds, total_rows + rows]
+        steps, total, total_rows, wait = self._window
+        self._window = [steps + 1, total + seconds, total_rows + rows, wait + waited]
         if self._order:
             self._observe_trial(rows, seconds)
         else:
@@ -101,7 +131,7 @@ class ThreadTuner:
             self._seconds[count] += seconds
             self._rows[count] += rows
         if too_slow or self._window[0] >= self.window_steps:
-            self._window = [0.0, 0.0, 0.0]
+            self._window = [0.0, 0.0, 0.0, 0.0]
             self._order.pop(0)
             self._order = [c for c in self._order if c not in self._abandoned]
             if self._order:
@@ -119,12 +149,22 @@ class ThreadTuner:
         self._hold_until = self.clock() + self._hold
 
     def _observe_hold(self) -> None:
-        steps, total, total_rows = self._window
-        if steps < self.window_steps:
+        steps, total, total_rows, waited = self._window
+        expired = self.clock() >= self._hold_until
+        # Reading the cores costs nothing: once the hold is over, every step is checked.
+        checks_cores = self.wait_aware and self.current == self.choices[0]
+        if steps < (1 if checks_cores and expired else self.window_steps):
             return
-        self._window = [0.0, 0.0, 0.0]
+        self._window = [0.0, 0.0, 0.0, 0.0]
         slowed = total / total_rows > SLOWDOWN_RATIO * self._held_per_row
+        if not (slowed or expired):
+            return
+        if checks_cores and waited < CONTENDED_SHARE * total * self.current:
+            # Every thread ran on a free core (the batch changed, or the hold ended): fewer threads
+            # cannot be faster, so hold on at this speed without a trial.
+            self._held_per_row = total / total_rows
+            self._hold_until = self.clock() + self._hold
+            return
         if slowed:
             self._hold = self.hold_s
-        if slowed or self.clock() >= self._hold_until:
-            self._start_trial(seed=(total, total_rows))
+        self._start_trial(seed=(total, total_rows))

@@ -8,6 +8,9 @@ buffers before and reads the logits right after (the next replay overwrites them
 
 Capture runs the step on padding rows only: they write zeros into the reserved block 0, which is
 all zeros anyway, so capturing touches no request's keys/values.
+
+The graphs' pool is memory the KV plan, which runs before the capture (the step reads the pool), must
+leave free: ``graph_memory_bytes`` estimates it from the buckets and the model's shape.
 """
 
 from __future__ import annotations
@@ -26,6 +29,30 @@ Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Eager runs on a side stream before capturing, so lazy initialisation (cuBLAS handles, workspaces,
 # autotuning) happens outside the graph.
 WARMUP_RUNS = 2
+
+
+def graph_memory_bytes(
+    batch: tuple[int, ...],
+    context_tokens: tuple[int, ...],
+    *,
+    vocab: int,
+    hidden: int,
+    intermediate: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    element: int,
+) -> int:
+    """What the graphs of every (batch, context) bucket keep in their private pool, estimated from
+    above. Each graph owns its logits ``[rows, vocab]``, alive for its lifetime; the working memory of
+    a step is freed inside the pool and reused by the next capture, so only the largest bucket's
+    counts: one layer's gathered keys and values and attention scores over the widest context, and
+    its rows' activations (norms, merged projections, MLP, logits)."""
+    outputs = sum(batch) * len(context_tokens) * vocab
+    rows, width = max(batch), max(context_tokens)
+    attention = rows * width * (2 * kv_heads * head_dim + heads)
+    activations = rows * (8 * hidden + 3 * intermediate + (heads + 2 * kv_heads) * head_dim + vocab)
+    return (outputs + attention + activations) * element
 
 
 class DecodeGraphs:

@@ -11,9 +11,10 @@ import torch
 from modelyard.server.engine.fast_llama import FastLlama, unsupported_reason, use_fast_forward
 from modelyard.server.engine.lora.fused import lora_of
 from modelyard.server.engine.model.bucketed_decode import BucketedDecoder, mode_for
+from modelyard.server.engine.model.cuda_graphs import graph_memory_bytes
 from modelyard.server.engine.model.decode_slab import GroupSlab, SlabCache
 from modelyard.server.engine.model.paged_cache import KVPool, PagedCache, build_decode_layout, build_layout
-from modelyard.server.engine.model.static_decode import clear_slots
+from modelyard.server.engine.model.static_decode import batch_buckets, clear_slots, context_buckets
 from modelyard.server.engine.types import DecodeBuckets, FastDecode
 
 PAD_TOKEN_ID = 0  # any valid id: padded columns are masked out
@@ -71,6 +72,26 @@ class ModelRunner:
         if self.bucket_mode == "compile" or not isinstance(self.model, FastLlama):
             return 0
         return self.model.release_module_weights()
+
+    def graph_memory_bytes(self) -> int:
+        """Device memory the decode CUDA graphs will keep once captured (an estimate; 0 without
+        graphs), for the KV plan to set aside: the plan runs before the capture."""
+        if self.bucket_mode != "graphs":
+            return 0
+        fast: FastLlama = self.model
+        layer = fast.layers[0]
+        blocks = context_buckets(self.max_tokens, self.block_size)
+        return graph_memory_bytes(
+            batch_buckets(self.max_rows),
+            tuple(b * self.block_size for b in blocks),
+            vocab=int(fast.embed.weight.shape[0]),
+            hidden=int(layer.o.weight.shape[0]),
+            intermediate=int(layer.down.weight.shape[1]),
+            heads=layer.heads,
+            kv_heads=layer.kv_heads,
+            head_dim=layer.head_dim,
+            element=fast.embed.weight.element_size(),
+        )
 
     def allocate(self, num_blocks: int) -> None:
         self.pool = KVPool(self.num_layers, num_blocks, self.block_size)
