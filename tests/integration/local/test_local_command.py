@@ -16,19 +16,14 @@ import pytest
 
 from tests.fixtures.models import SMOLLM2_NAME
 from tests.fixtures.processes import popen_dying_with_parent
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.model
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def local_stack(smollm2_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = _free_port()
+    port = free_port()
     # The default chat model is SmolLM2, converted once into the shared test cache (smollm2_path).
     env = {**os.environ, "MODELYARD_SERVER_TINY_MODEL_CACHE": str(smollm2_path.parent)}
     proc = popen_dying_with_parent(

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.processes import popen_dying_with_parent
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.model
 
@@ -36,12 +37,6 @@ class Local:
         """PIDs of the command's direct children (model servers and router)."""
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -67,7 +62,7 @@ def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
 
 
 def _start(tiny_llama_path: Path, tiny_bert_path: Path, *extra: str) -> Local:
-    port = _free_port()
+    port = free_port()
     proc = popen_dying_with_parent(
         [
             sys.executable, "-m", "modelyard.local", "--port", str(port),
