@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
 from modelyard.router.body import Usage
+from modelyard.router.logs import log_access
 from modelyard.router.metrics import KEY_NONE, MODEL_UNKNOWN, RouterMetrics
 
 access_log = logging.getLogger("modelyard.router.access")
@@ -49,25 +49,22 @@ def record(ex: Exchange, elapsed: float, metrics: RouterMetrics, access_log_on: 
             prompt.inc(ex.usage.prompt_tokens)
             completion.inc(ex.usage.completion_tokens)
     if access_log_on and access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            json.dumps(
-                {
-                    "request_id": ex.request_id,
-                    "method": ex.method,
-                    "path": ex.path,
-                    "model": ex.model,
-                    "key": ex.key,
-                    "status": ex.status,
-                    "stream": ex.stream,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "attempts": ex.attempts,
-                    "endpoint": ex.endpoint,
-                    "held_ms": round(ex.held_s * 1000, 1),
-                    "ttft_ms": None if ex.ttft_s is None else round(ex.ttft_s * 1000, 3),
-                    "prompt_tokens": ex.usage.prompt_tokens if ex.usage else None,
-                    "completion_tokens": ex.usage.completion_tokens if ex.usage else None,
-                    "error": ex.error or None,
-                },
-                separators=(",", ":"),
-            )
+        log_access(
+            {
+                "request_id": ex.request_id,
+                "method": ex.method,
+                "path": ex.path,
+                "model": ex.model,
+                "key": ex.key,
+                "status": ex.status,
+                "stream": ex.stream,
+                "duration_ms": round(elapsed * 1000, 3),
+                "attempts": ex.attempts,
+                "endpoint": ex.endpoint,
+                "held_ms": round(ex.held_s * 1000, 1),
+                "ttft_ms": None if ex.ttft_s is None else round(ex.ttft_s * 1000, 3),
+                "prompt_tokens": ex.usage.prompt_tokens if ex.usage else None,
+                "completion_tokens": ex.usage.completion_tokens if ex.usage else None,
+                "error": ex.error or None,
+            }
         )

@@ -7,6 +7,12 @@ parsed and encoded again. With tracing on, the line carries the request's ``trac
 waiting, at once for a WARNING or worse (together with the lines before it, so the order holds), and at
 exit. A write per line cost about 40 µs of CPU per request on a loaded 2-core machine
 (bench/README.md); a process killed with SIGKILL loses at most the last ``FLUSH_INTERVAL_S`` of lines.
+
+Access lines skip ``logging`` itself once :func:`configure_logging` has installed the batched handler:
+:func:`log_access` builds the same line as bytes and hands it to the handler. A ``LogRecord``, its
+formatting and two JSON encodings cost about 17 µs a line, a sixth of the router's CPU for a JSON
+request; the bytes path costs about 2 µs. Elsewhere (tests, other programs importing the router) the line
+goes through ``logging`` like any other.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import sys
 import time
 from contextvars import ContextVar
 from typing import Protocol
+
+import msgspec
 
 ACCESS_LOGGER = "modelyard.router.access"
 FLUSH_INTERVAL_S = 0.1
@@ -85,6 +93,17 @@ class BatchedLineHandler(logging.Handler):
         if self._size >= self.max_pending or record.levelno >= logging.WARNING:
             self._write()
 
+    def add(self, line: bytes) -> None:
+        """A line formatted elsewhere (an INFO line, so it waits for the next batch)."""
+        self.acquire()
+        try:
+            self._lines.append(line)
+            self._size += len(line)
+            if self._size >= self.max_pending:
+                self._write()
+        finally:
+            self.release()
+
     def flush(self) -> None:
         self.acquire()
         try:
@@ -105,13 +124,55 @@ class BatchedLineHandler(logging.Handler):
             pass  # stderr gone (closed pipe): nothing else to tell
 
 
+class AccessLines:
+    """Access lines as bytes, straight into the batched handler: what ``JsonFormatter`` makes of an access
+    record, byte for byte in field order (``ts``, ``level``, ``logger``, ``worker``, ``trace_id``, then the
+    request's fields)."""
+
+    def __init__(self, sink: BatchedLineHandler, worker: int | None = None) -> None:
+        self.sink = sink
+        self._head = b'","level":"info","logger":"' + ACCESS_LOGGER.encode() + b'",'
+        if worker is not None:
+            self._head += b'"worker":' + str(worker).encode() + b","
+        self._encode = msgspec.json.Encoder().encode
+        self._second = -1
+        self._stamp = b""
+
+    def write(self, fields: dict[str, object]) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # the date and time change once a second, the milliseconds each line
+            self._second = second
+            self._stamp = b'{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        line = self._stamp + b".%03dZ" % int((now - second) * 1000) + self._head
+        traced = access_trace.get()
+        if traced is not None:
+            line += b'"trace_id":"' + traced.trace_id.encode() + b'",'
+        self.sink.add(line + self._encode(fields)[1:] + b"\n")
+
+
+_access_lines: AccessLines | None = None
+_access_logger = logging.getLogger(ACCESS_LOGGER)
+
+
+def log_access(fields: dict[str, object]) -> None:
+    """One request's access line (the caller has checked that the access logger is on for INFO)."""
+    lines = _access_lines
+    if lines is None:
+        _access_logger.info(json.dumps(fields, separators=(",", ":")))
+    else:
+        lines.write(fields)
+
+
 def configure_logging(level: str, worker: int | None = None) -> None:
+    global _access_lines
     sys.stderr.flush()
     handler = BatchedLineHandler(sys.stderr.fileno())
     handler.setFormatter(JsonFormatter(worker))
     # logging.shutdown (at exit) flushes every handler: the last lines are written too.
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # we write our own access log
+    _access_lines = AccessLines(handler, worker)
 
 
 async def flush_periodically(interval_s: float = FLUSH_INTERVAL_S) -> None:
@@ -124,9 +185,11 @@ async def flush_periodically(interval_s: float = FLUSH_INTERVAL_S) -> None:
 
 __all__ = [
     "ACCESS_LOGGER",
+    "AccessLines",
     "BatchedLineHandler",
     "JsonFormatter",
     "access_trace",
     "configure_logging",
     "flush_periodically",
+    "log_access",
 ]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
-from modelyard.router.logs import BatchedLineHandler, JsonFormatter
+from modelyard.router.logs import AccessLines, BatchedLineHandler, JsonFormatter, access_trace
 
 
 def _record(name: str, msg: str, exc: bool = False) -> logging.LogRecord:
@@ -62,3 +63,39 @@ def test_lines_are_batched_until_a_flush_a_warning_or_the_size_limit(tmp_path: P
             assert len(out.read_text().splitlines()) >= 6
         finally:
             logger.removeHandler(handler)
+
+
+class _Traced:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_an_access_line_written_as_bytes_is_the_formatters_line(tmp_path: Path) -> None:
+    fields: dict[str, object] = {
+        "request_id": "r1", "model": "m", "status": 200, "stream": False, "duration_ms": 1.234,
+        "ttft_ms": None, "error": 'quote " and {brace}',
+    }  # fmt: skip
+    out = tmp_path / "log"
+    with out.open("wb") as f:
+        handler = BatchedLineHandler(f.fileno())
+        lines = AccessLines(handler, worker=2)
+        lines.write(fields)
+        token = access_trace.set(_Traced())
+        try:
+            lines.write(fields)
+        finally:
+            access_trace.reset(token)
+        assert out.read_bytes() == b""  # batched like every INFO line
+        handler.flush()
+    written = out.read_text().splitlines()
+    formatter = JsonFormatter(worker=2)
+    expected = [json.loads(formatter.format(_record("modelyard.router.access", json.dumps(fields))))]
+    token = access_trace.set(_Traced())
+    try:
+        expected.append(json.loads(formatter.format(_record("modelyard.router.access", json.dumps(fields)))))
+    finally:
+        access_trace.reset(token)
+    docs = [json.loads(line) for line in written]
+    assert [list(doc) for doc in docs] == [list(doc) for doc in expected]  # the same fields, in order
+    assert [doc | {"ts": "t"} for doc in docs] == [doc | {"ts": "t"} for doc in expected]
+    assert docs[1]["trace_id"] == _Traced.trace_id
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(doc["ts"])) for doc in docs)
