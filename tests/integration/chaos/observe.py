@@ -16,9 +16,11 @@ from typing import Any
 
 from modelyard.api import metadata as md
 from tests.cluster.client import ApiError
+from tests.cluster.podrunner import RunningPod
 from tests.integration.chaos.stack import ChaosStack
 from tests.integration.router.procs import Proc
 from tests.support.metrics import sample_sum
+from tests.support.net import http_get
 
 
 @dataclass
@@ -132,6 +134,13 @@ def router_metric(router: Proc, name: str, **labels: str) -> float:
     except OSError:
         return 0.0
     return sample_sum(text, name, labels)
+
+
+def requests_running(pod: RunningPod) -> float:
+    """``vllm:num_requests_running`` of a pod's model server (0 when it does not answer)."""
+    port = int((pod.container.get("ports") or [{}])[0].get("containerPort", 8000))
+    status, body = http_get(f"http://{pod.host}:{port}/metrics", timeout=2.0)
+    return sample_sum(body.decode(errors="replace"), "vllm:num_requests_running") if status == 200 else 0.0
 
 
 def migrations(stack: ChaosStack, served: str) -> dict[int, float]:

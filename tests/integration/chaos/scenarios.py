@@ -21,6 +21,7 @@ import openai
 
 from modelyard.api import metadata as md
 from tests.cluster.drain import drain, pods_on, uncordon
+from tests.cluster.podrunner import RunningPod
 from tests.integration.chaos.load import StreamLoad
 from tests.integration.chaos.observe import (
     api_ok,
@@ -29,6 +30,7 @@ from tests.integration.chaos.observe import (
     migrations,
     not_converged,
     read_facts,
+    requests_running,
 )
 from tests.integration.chaos.stack import MODEL, REPLICAS, SERVED, ChaosStack
 
@@ -130,9 +132,22 @@ def run(stack: ChaosStack, name: str, inject: Inject, knobs: Knobs) -> Result:
 def pod_kill(stack: ChaosStack, detail: dict[str, Any], knobs: Knobs) -> None:
     """SIGKILL one model pod's server (its whole process group, engine included); the kubelet (the pod
     runner) restarts the container; streams on it migrate to the other pod."""
-    pod = next(p for p in live_pods(read_facts(stack, MODEL, SERVED)) if p["spec"].get("nodeName"))
-    running = stack.runner.find(pod["metadata"]["name"])
-    assert running is not None
+    names = [
+        p["metadata"]["name"]
+        for p in live_pods(read_facts(stack, MODEL, SERVED))
+        if p["spec"].get("nodeName")
+    ]
+    servers = [r for r in map(stack.runner.find, names) if r is not None and r.proc is not None]
+    busiest: list[RunningPod] = []
+
+    def serving() -> bool:
+        # A pod that holds no stream at the kill has nothing to migrate: kill one that is serving.
+        load, pod = max(((requests_running(r), r) for r in servers), key=lambda pair: pair[0])
+        busiest[:] = [pod] if load >= 1 else []
+        return bool(busiest)
+
+    wait("a model pod serving requests", serving, 30, stack, interval=0.05)
+    running = busiest[0]
     assert running.proc is not None
     restarts = running.restarts
     os.killpg(running.proc.pid, signal.SIGKILL)
