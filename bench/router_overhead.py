@@ -136,6 +136,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate every process started (the last first), then kill whichever lingers past 15 s."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -571,13 +582,7 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
         print(f"results: {args.json}")
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 def report(results: dict[str, Any], names: list[str]) -> None:

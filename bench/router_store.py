@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from router_overhead import MODEL, Target, free_port, throughput, wait_ready
+from router_overhead import MODEL, Target, free_port, stop_all, throughput, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 # Limits too high to refuse anything; every kind is on, so the scripts do all their work.
@@ -136,13 +136,7 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
         print(f"results: {args.json}")
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":
