@@ -104,14 +104,15 @@ def _release(wanted: Callable[[Mapping], bool], smaps: Path) -> int:
         mappings = [m for m in parse_smaps(smaps.read_text()) if wanted(m)]
     except OSError:
         return 0
+    return sum(m.rss_kib * 1024 for m in mappings if drop_range(m.start, m.end - m.start))
+
+
+def drop_range(start: int, length: int) -> bool:
+    """``madvise(start, length, MADV_DONTNEED)``; False where it failed or is missing."""
     try:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
-        return 0
+        return False
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     madvise.restype = ctypes.c_int
-    dropped = 0
-    for mapping in mappings:
-        if madvise(mapping.start, mapping.end - mapping.start, MADV_DONTNEED) == 0:
-            dropped += mapping.rss_kib * 1024
-    return dropped
+    return bool(madvise(start, length, MADV_DONTNEED) == 0)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
-from modelyard.server.engine.host import heap, resident_pages
+from modelyard.server.engine.host import heap, library_bss, resident_pages
 from modelyard.server.engine.host.threads import apply_torch_threads
 from modelyard.server.engine.proc import ipc
 from modelyard.server.engine.proc.process import LAUNCH_HEADER
@@ -221,8 +221,11 @@ async def _serve(spec: ipc.LaunchSpec) -> int:
         await engine.start()
         heap.trim()
         # Last, once nothing more is loaded: a CPU engine never runs the CUDA libraries torch loaded.
-        dropped = resident_pages.release_cuda_library_pages() if loaded.device == "cpu" else 0
-        log_memory("engine started", cuda_library_bytes_released=dropped)
+        dropped, statics = 0, 0
+        if loaded.device == "cpu":
+            dropped = resident_pages.release_cuda_library_pages()
+            statics = library_bss.release_uncalled_library_bss()  # sound as main() ends with os._exit
+        log_memory("engine started", cuda_library_bytes_released=dropped, cuda_library_bss_released=statics)
     except Exception as exc:
         log.exception("engine process: model load failed")
         await outputs.send(ipc.encode(ipc.LoadFailed(f"{type(exc).__name__}: {exc}")))
@@ -264,11 +267,16 @@ def main() -> None:
         log.info("packages a CPU engine does not use are not imported", extra={"packages": hidden})
     _exit_when_parent_dies(fd)
     apply_torch_threads(spec.threads)
-    code = asyncio.run(_serve(spec))
+    try:
+        code = asyncio.run(_serve(spec))
+    except BaseException:
+        log.exception("engine process: serving failed")
+        code = 1
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Not sys.exit: the engine's and the parent watch's daemon threads must not delay or abort exit.
+    # Not sys.exit, whatever happened: the engine's and the parent watch's daemon threads must not delay or
+    # abort exit, and no library's static destructors run (library_bss dropped some libraries' data).
     os._exit(code)
 
 
