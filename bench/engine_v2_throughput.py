@@ -52,10 +52,10 @@ from modelyard.server.engine.host.threads import cpu_budget  # noqa: E402
 from modelyard.server.engine.model.loader import load_model  # noqa: E402
 from modelyard.server.engine.proc import ipc  # noqa: E402
 from modelyard.server.engine.types import EngineStats  # noqa: E402
+from net import free_port as _free_port  # noqa: E402
 from server_throughput import (  # noqa: E402
     SMOLLM_SHAPE,
     RunResult,
-    _free_port,
     _stream_completion,
     _wait_ready,
     build_model_dir,

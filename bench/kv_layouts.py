@@ -137,10 +137,11 @@ def http_peer(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Start ``name`` (``server``: ours; ``vllm``: vLLM's CPU build, prefix caching on) on the 8k model and
     drive the shared-prefix requests through it."""
     from engine_v2_throughput import VLLM_VENV, server_process, vllm_env
-    from server_throughput import _free_port, _wait_ready
+    from net import free_port
+    from server_throughput import _wait_ready
 
     path = model_dir()
-    port = _free_port()
+    port = free_port()
     common = ["--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
               "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", "64"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,15 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from net import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tree(pid: int) -> list[int]:
@@ -119,12 +114,12 @@ def _checkout(rev: str | None) -> Iterator[Path]:
 
 
 def measure(tree: Path, label: str, timeout_s: float, settle_s: float) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(str(tree / p) for p in ("server", "operator", "router", ".")),
         # The router's metrics port defaults to a fixed 9090, which another run on the host may hold.
-        "MODELYARD_ROUTER_METRICS_PORT": str(_free_port()),
+        "MODELYARD_ROUTER_METRICS_PORT": str(free_port()),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelyard.local", "--port", str(port)],

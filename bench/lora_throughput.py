@@ -53,9 +53,9 @@ from engine_v2_throughput import (  # noqa: E402
     server_process,
     vllm_env,
 )
+from net import free_port as _free_port  # noqa: E402
 from server_throughput import (  # noqa: E402
     RunResult,
-    _free_port,
     _stream_completion,
     _wait_ready,
     build_model_dir,

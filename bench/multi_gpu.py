@@ -31,9 +31,9 @@ sys.path[:0] = [str(REPO / "operator"), str(REPO / "router"), str(REPO / "server
 from modelyard.api.llmmodel import LLMModel  # noqa: E402
 from modelyard.operator.builders.deployment import build_deployment  # noqa: E402
 from modelyard.operator.settings import OperatorSettings  # noqa: E402
+from net import free_port  # noqa: E402
 from server_throughput import (  # noqa: E402
     RunResult,
-    _free_port,
     _line,
     build_model_dir,
     make_prompts,
@@ -79,7 +79,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         runs += [(f"vllm-{n}gpu", "vllm", n, args.vllm, "/health") for n in sorted({1, args.gpus})]
     results: dict[str, RunResult] = {}
     for name, engine, gpus, binary, ready in runs:
-        port = _free_port()
+        port = free_port()
         argv = operator_argv(engine, gpus, args.dtype, binary, model_dir, port)
         if engine == "modelyard" and gpus == 1 and args.gpus > 1:
             argv += ["--tensor-parallel-size", "1"]  # else the server's default takes every GPU

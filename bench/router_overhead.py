@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LITELLM_VERSION = "1.100.5"
@@ -128,12 +129,6 @@ def run_upstream(port: int, chunks: int) -> None:
 
 
 # ---- processes -------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -31,7 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from router_overhead import MODEL, Target, free_port, stop_all, throughput, wait_ready
+from net import free_port
+from router_overhead import MODEL, Target, stop_all, throughput, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 # Limits too high to refuse anything; every kind is on, so the scripts do all their work.

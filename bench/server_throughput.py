@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ sys.path.insert(0, str(REPO / "server"))
 from modelyard.server.engine import EngineConfig, GenerationRequest, SamplingParams  # noqa: E402
 from modelyard.server.engine.engine import TorchEngine  # noqa: E402
 from modelyard.server.engine.model.loader import load_model  # noqa: E402
+from net import free_port  # noqa: E402
 
 EOS_ID = 0  # "<|endoftext|>"; its embedding row is zeroed so greedy decoding never picks it
 SMOLLM_SHAPE = {
@@ -286,12 +286,6 @@ async def run_engine(engine: TorchEngine, prompts: list[list[int]], new_tokens: 
 # ---------------------------------------------------------------- HTTP runs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
@@ -514,7 +508,7 @@ def main() -> None:
         if hf_cli is None:
             results[name] = RunResult(name, 0, 0.0, error="`transformers` CLI not found")
             continue
-        port = _free_port()
+        port = free_port()
         argv = [
             hf_cli,
             "serve",
@@ -547,7 +541,7 @@ def main() -> None:
         )
         print(_line(results[name]), flush=True)
     if "server" not in args.skip:
-        port = _free_port()
+        port = free_port()
         argv = [
             sys.executable,
             "-m",

@@ -34,9 +34,10 @@ from typing import Any
 
 import httpx
 
+from net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.support.net import free_port  # noqa: E402
 
 MODEL = "soak-llama"
 
