@@ -172,6 +172,11 @@ def skip_unused_packages(config: EngineConfig) -> list[str]:
     return hidden
 
 
+def _cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.cuda.is_initialized())
+
+
 def log_memory(stage: str, **fields: Any) -> None:
     log.info("engine process memory", extra={"stage": stage, "rss_bytes": heap.rss_bytes(), **fields})
 
@@ -224,7 +229,9 @@ async def _serve(spec: ipc.LaunchSpec) -> int:
         dropped, statics = 0, 0
         if loaded.device == "cpu":
             dropped = resident_pages.release_cuda_library_pages()
-            statics = library_bss.release_uncalled_library_bss()  # sound as main() ends with os._exit
+            # Sound only where no CUDA work ever runs in this process, and as main() ends with os._exit.
+            if not _cuda_initialized():
+                statics = library_bss.release_uncalled_library_bss()
         log_memory("engine started", cuda_library_bytes_released=dropped, cuda_library_bss_released=statics)
     except Exception as exc:
         log.exception("engine process: model load failed")
