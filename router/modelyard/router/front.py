@@ -46,6 +46,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HEAD_END = b"\r\n\r\n"
 # A longer head is aiohttp's to judge: under it, no line or field can pass aiohttp's own limit (8190).
 _MAX_HEAD = 8190
+_JOIN_MAX = 64 * 1024
 _REFUSED_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade"})
 
 
@@ -136,22 +137,30 @@ class Front:
         return Connection(self)
 
     def pre_shutdown(self) -> None:
-        """No new requests: idle connections close now, busy ones after their answer."""
+        """No new requests: idle connections close now; busy ones (a request being served, or its body
+        still coming) after their answer."""
         self.closing = True
         for conn in list(self.connections):
-            if conn.task is None:
+            if not conn.busy:
                 conn.close()
 
     async def shutdown(self, drain_s: float) -> None:
-        """Wait up to ``drain_s`` for the requests being served, then cancel what is left."""
+        """Wait up to ``drain_s`` for the requests under way, then cancel what is left."""
         self.pre_shutdown()
-        tasks = [c.task for c in self.connections if c.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=drain_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        while (busy := [c for c in self.connections if c.busy]) and loop.time() < deadline:
+            tasks = [c.task for c in busy if c.task is not None]
+            wait_s = min(deadline - loop.time(), 0.05 if len(tasks) < len(busy) else drain_s)
+            if tasks:
+                await asyncio.wait(tasks, timeout=wait_s)
+            else:  # only bodies still coming: they become tasks or time out (408)
+                await asyncio.sleep(wait_s)
+        left = [c.task for c in self.connections if c.task is not None]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
         for conn in list(self.connections):
             conn.close()
 
@@ -168,7 +177,8 @@ class Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.paused = False
+        self.paused = False  # reading, while a pipelining client is far ahead
+        self.write_paused = False  # writing, while the client does not read
         # The request head being parsed (httptools' callbacks fill them in).
         self.url = b""
         self.header_list: list[tuple[str, str]] = []
@@ -190,7 +200,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf = self.buf + data if self.buf else data
-        if self.task is None:
+        if self.task is None and not self.write_paused:
             self._next()
         elif len(self.buf) > self.front.max_body_bytes + _MAX_HEAD and not self.paused:
             self.paused = True  # a pipelining client far ahead of its answers waits for them
@@ -305,16 +315,42 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         keep_alive = keep_alive and not self.front.closing
-        transport.write(self._encode(request, response, keep_alive))
+        try:
+            head, body = self._encode(request, response, keep_alive)
+        except Exception:  # a header no HTTP head can carry (CR or LF in a value): as aiohttp, a 500
+            log.exception("unsendable answer on %s %s", request.method, request.path)
+            keep_alive = False
+            head, body = self._encode(request, errors.internal_error().response(), keep_alive)
+        if len(body) <= _JOIN_MAX:
+            transport.write(head + body)
+        else:  # a large body is not copied to join it to its head
+            transport.writelines((head, body))
         if not keep_alive:
             self.close()
             return
-        if self.paused:
-            self.paused = False
-            transport.resume_reading()
         self._idle()
-        if self.buf:
+        if not self.write_paused:
+            self._go_on()
+
+    def _go_on(self) -> None:
+        """Read and serve what the client sent next (held while the last answer could not be sent)."""
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.buf and self.task is None:
             self._next()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True  # a client not reading its answers gets no more until it does
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.task is None:
+            self._go_on()
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None or self.pending is not None
 
     async def _answer(self, request: LeanRequest) -> web.StreamResponse:
         """The proxy's answer, with the envelope for anything that escaped it (as the app's middleware)."""
@@ -328,8 +364,10 @@ class Connection(asyncio.Protocol):
             log.exception("unhandled error on %s %s", request.method, request.path)
             return errors.internal_error().response(request.headers.get("x-request-id"))
 
-    def _encode(self, request: LeanRequest | None, response: web.StreamResponse, keep_alive: bool) -> bytes:
-        """The answer's head and body as one buffer (the headers aiohttp's server would add included)."""
+    def _encode(
+        self, request: LeanRequest | None, response: web.StreamResponse, keep_alive: bool
+    ) -> tuple[bytes, bytes]:
+        """The answer's head and body (the head with the headers aiohttp's server would add)."""
         body = cast(web.Response, response).body
         if not isinstance(body, bytes):  # every answer of the proxy to a non-streamed request is bytes
             body = b"" if body is None else bytes(cast(Any, body)._value)
@@ -345,7 +383,7 @@ class Connection(asyncio.Protocol):
         if not keep_alive:
             headers["Connection"] = "close"
         head: bytes = _serialize_headers(f"HTTP/1.1 {response.status} {response.reason}", headers)
-        return head + body
+        return head, body
 
     # ---- connection state ------------------------------------------------------------------------------
 
@@ -370,8 +408,8 @@ class Connection(asyncio.Protocol):
             self.timer = self.loop.call_at(self.deadline, self._check_deadline)
         elif self.pending is not None:  # the body did not come in time: 408, as aiohttp's path does
             err = errors.body_timeout(self.front.body_timeout_s)
-            response = err.response()
-            self.transport.write(self._encode(None, response, keep_alive=False))
+            head, body = self._encode(None, err.response(), keep_alive=False)
+            self.transport.write(head + body)
             self.close()
         else:
             self.close()

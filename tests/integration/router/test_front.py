@@ -58,6 +58,20 @@ def _read_chunked(sock: socket.socket) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """``count`` responses in a row from one connection (read_response may read past its own)."""
+    stream = sock.makefile("rb")
+    answers = []
+    for _ in range(count):
+        status = int(stream.readline().split()[1])
+        headers = {}
+        while (line := stream.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        answers.append((status, headers, stream.read(int(headers["content-length"]))))
+    return answers
+
+
 def _serves(router: Proc) -> None:
     """The router still answers a plain request on a new connection."""
     with connect(router.port) as sock:
@@ -88,7 +102,7 @@ def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
     ids = [f"pipelined-{i}" for i in range(4)]
     with connect(router.port) as sock:
         sock.sendall(b"".join(_post(_body(), b"x-request-id: " + i.encode()) for i in ids))
-        answers = [read_response(sock) for _ in ids]
+        answers = _read_answers(sock, len(ids))
     assert [status for status, _, _ in answers] == [200] * len(ids)
     assert [headers["x-request-id"] for _, headers, _ in answers] == ids
 
@@ -282,3 +296,29 @@ def test_sigterm_lets_a_json_request_in_flight_finish(stack: Stack) -> None:
         thread.join(10)
         assert closed_by_peer(idle, 1)
     assert answers == [200]
+
+
+def test_a_client_that_pipelines_without_reading_gets_every_answer_in_order(stack: Stack) -> None:
+    a = stack.backend("a")
+    router = _router(stack, a)
+    filler = "x" * 20_000  # answers echo nothing of it, but the requests fill the router's buffers
+    ids = [f"r{i}" for i in range(60)]
+    with connect(router.port) as sock:
+        sock.sendall(b"".join(_post(_body(filler), b"x-request-id: " + i.encode()) for i in ids))
+        time.sleep(HEADER_TIMEOUT_S / 2)  # not reading meanwhile
+        answers = _read_answers(sock, len(ids))
+    assert [headers["x-request-id"] for _, headers, _ in answers] == ids
+    assert {status for status, _, _ in answers} == {200}
+
+
+def test_a_large_body_in_many_pieces_reaches_the_pod_unchanged(stack: Stack) -> None:
+    a = stack.backend("a")
+    router = _router(stack, a)
+    body = _body("y" * 300_000)
+    raw = _post(body)
+    with connect(router.port) as sock:
+        for at in range(0, len(raw), 7_000):
+            sock.sendall(raw[at : at + 7_000])
+        status, _, answer = read_response(sock)
+    assert status == 200, answer
+    assert stats(a.url)["bodies"][-1] == body.decode()
