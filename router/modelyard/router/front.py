@@ -46,6 +46,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HEAD_END = b"\r\n\r\n"
 # A longer head is aiohttp's to judge: under it, no line or field can pass aiohttp's own limit (8190).
 _MAX_HEAD = 8190
+_MAX_HEADERS = 128  # aiohttp's limit on the number of header lines: past it, its 400
 _JOIN_MAX = 64 * 1024
 _REFUSED_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade"})
 
@@ -289,7 +290,7 @@ class Connection(asyncio.Protocol):
         if not self.head_done or parser.get_method() != b"POST" or parser.get_http_version() != "1.1":
             return None
         path = self.url.decode("utf-8", "surrogateescape")
-        if path not in self.front.hot_paths:
+        if path not in self.front.hot_paths or len(self.header_list) > _MAX_HEADERS:
             return None
         length = -1
         for name, value in self.header_list:

@@ -193,6 +193,12 @@ def test_http_1_0_is_answered_and_closed(stack: Stack) -> None:
         ),
         pytest.param(b"POST /v1/chat/completions HTTP/1.1\r\n" + b"a" * 40_000, id="head-without-end"),
         pytest.param(b"POST /v1/chat/completions HTTP/1.1\r\nBad Header\r\n\r\n", id="header-without-colon"),
+        pytest.param(
+            b"POST /v1/chat/completions HTTP/1.1\r\n"
+            + b"".join(b"h%d: 1\r\n" % i for i in range(200))
+            + b"Content-Length: %d\r\n\r\n%s" % (len(_body()), _body()),
+            id="too-many-headers",
+        ),
     ],
 )
 def test_hostile_bytes_get_a_400_class_answer_or_a_close_and_the_router_stays_up(
