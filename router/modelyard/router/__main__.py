@@ -103,6 +103,7 @@ class _Runner(web.AppRunner):
     draining the lean front's requests (front.py) when it stops."""
 
     front: Front | None = None
+    _front_drain: asyncio.Task[None] | None = None
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -110,11 +111,17 @@ class _Runner(web.AppRunner):
         return server
 
     async def shutdown(self) -> None:
-        # Called by cleanup() after the sites stopped listening and before aiohttp drains its own
-        # connections: the front's requests get the same drain time, then are cancelled.
+        # cleanup() calls this after the sites stopped listening, then drains aiohttp's connections
+        # for shutdown_drain_s: the front's requests drain at the same time, not one drain after the other.
         if self.front is not None:
-            await self.front.shutdown(self._shutdown_timeout)
+            self._front_drain = asyncio.create_task(self.front.shutdown(self._shutdown_timeout))
         await super().shutdown()
+
+    async def _cleanup_server(self) -> None:
+        # Both drains are over before the app's cleanup closes the upstream clients.
+        if self._front_drain is not None:
+            await self._front_drain
+        await super()._cleanup_server()
 
 
 def _site(runner: _Runner, settings: RouterSettings, reuse_port: bool) -> web.BaseSite:

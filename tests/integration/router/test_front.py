@@ -279,29 +279,41 @@ def test_a_client_hanging_up_cancels_its_json_request_upstream(stack: Stack) -> 
         pod.close()
 
 
-def test_sigterm_lets_a_json_request_in_flight_finish(stack: Stack) -> None:
-    a = stack.backend("a", "--delay-s", "1.0")
+def test_sigterm_lets_a_json_request_and_a_stream_in_flight_finish(stack: Stack) -> None:
+    a = stack.backend("a", "--delay-s", "1.0", "--chunks", "3")
     router = _router(stack, a)
     answers: list[int] = []
+    streams: list[bytes] = []
 
-    def ask() -> None:
+    def ask() -> None:  # served by the front
         with connect(router.port) as sock:
             sock.sendall(_post(_body()))
             answers.append(read_response(sock)[0])
 
+    def stream() -> None:  # handed to aiohttp
+        with connect(router.port) as sock:
+            sock.sendall(_post(_body(stream=True)))
+            streams.append(_read_chunked(sock)[1])
+
     with connect(router.port) as idle:  # an idle keep-alive connection is closed, not waited for
         idle.sendall(_post(_body("first")))
-        thread = threading.Thread(target=ask)
-        thread.start()
+        threads = [threading.Thread(target=ask), threading.Thread(target=stream)]
+        for thread in threads:
+            thread.start()
         deadline = time.monotonic() + 10
-        while stats(a.url)["in_flight"] != 2:
+        while stats(a.url)["in_flight"] != 3:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert read_response(idle)[0] == 200
+        started = time.monotonic()
         assert router.terminate() == 0
-        thread.join(10)
+        assert time.monotonic() - started < 5  # both drains at once, neither waits out its limit
+        for thread in threads:
+            thread.join(10)
         assert closed_by_peer(idle, 1)
     assert answers == [200]
+    assert len(streams) == 1
+    assert b"data: [DONE]" in streams[0]
 
 
 def test_a_client_that_pipelines_without_reading_gets_every_answer_in_order(stack: Stack) -> None:
