@@ -13,8 +13,8 @@ most traffic has, calls the proxy with a small request object and answers in one
 Any other request hands its connection to aiohttp for good: the bytes received since that request
 began are given to a protocol from the app's own server (``runner.server``), which then owns the
 socket, so every other path, error and limit (chunked bodies, 100-continue, HTTP/1.0, header sizes,
-slow bodies, garbage) is answered exactly as before. A connection that never sends anything else stays
-here.
+slow bodies, garbage) is answered by the same code as before. A connection that never sends anything
+else stays here.
 
 The front keeps: keep-alive (``Connection: close`` honoured), pipelined requests (answered in order),
 the header deadline (``read_header_timeout_s``, from connect or from the previous answer), client
