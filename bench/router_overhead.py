@@ -217,13 +217,7 @@ def run_router_variant(name: str) -> None:
         import modelyard.router.__main__ as router_main_module
 
         router_main_module._tune_gc = lambda: None
-    elif name == "aiohttp-routing":
-        from aiohttp import web
-
-        import modelyard.router.__main__ as router_main_module
-
-        router_main_module._Runner = web.AppRunner  # type: ignore[assignment,misc]
-    elif name == "aiohttp-front":
+    elif name in ("aiohttp-routing", "aiohttp-front"):
         from aiohttp import web
 
         import modelyard.router.__main__ as router_main_module
@@ -233,7 +227,9 @@ def run_router_variant(name: str) -> None:
                 runner, settings.host, settings.port, backlog=1024, reuse_address=True, reuse_port=reuse_port
             )
 
-        router_main_module._site = tcp_site  # type: ignore[assignment]
+        router_main_module._site = tcp_site  # type: ignore[assignment]  # aiohttp's server on the port
+        if name == "aiohttp-routing":  # and every request through aiohttp's router too
+            router_main_module._Runner = web.AppRunner  # type: ignore[assignment,misc]
     elif name == "json-loads":
         import modelyard.router.body as body
 
@@ -259,6 +255,9 @@ def run_router_variant(name: str) -> None:
             return RoutedBody(model=routed.model, stream=routed.stream, fields={})
 
         proxy.parse_body = parse_model_only  # type: ignore[assignment]
+        import modelyard.router.front as front
+
+        front.parse_body = parse_model_only  # type: ignore[assignment]  # the front parses first
     else:
         raise SystemExit(f"unknown router variant {name}")
     from modelyard.router.__main__ import main as router_main
