@@ -212,12 +212,19 @@ def run_router_variant(name: str) -> None:
         import modelyard.router.__main__ as router_main_module
 
         router_main_module._tune_gc = lambda: None
-    elif name == "aiohttp-routing":
+    elif name in ("aiohttp-routing", "aiohttp-front"):
         from aiohttp import web
 
         import modelyard.router.__main__ as router_main_module
 
-        router_main_module._Runner = web.AppRunner  # type: ignore[assignment,misc]
+        def tcp_site(runner: Any, settings: Any, reuse_port: bool) -> web.BaseSite:
+            return web.TCPSite(
+                runner, settings.host, settings.port, backlog=1024, reuse_address=True, reuse_port=reuse_port
+            )
+
+        router_main_module._site = tcp_site  # type: ignore[assignment]  # aiohttp's server on the port
+        if name == "aiohttp-routing":  # and every request through aiohttp's router too
+            router_main_module._Runner = web.AppRunner  # type: ignore[assignment,misc]
     elif name == "json-loads":
         import modelyard.router.body as body
 
@@ -243,6 +250,9 @@ def run_router_variant(name: str) -> None:
             return RoutedBody(model=routed.model, stream=routed.stream, fields={})
 
         proxy.parse_body = parse_model_only  # type: ignore[assignment]
+        import modelyard.router.front as front
+
+        front.parse_body = parse_model_only  # type: ignore[assignment]  # the front parses first
     else:
         raise SystemExit(f"unknown router variant {name}")
     from modelyard.router.__main__ import main as router_main
@@ -393,6 +403,11 @@ def main() -> None:
     p.add_argument("--peers", action="store_true", help="also sglang-router and vllm-router (PyPI)")
     p.add_argument("--levers", action="store_true", help="also Modelyard once per throughput lever")
     p.add_argument(
+        "--front-ab",
+        action="store_true",
+        help="also Modelyard with aiohttp's server in front instead of the lean front (front.py)",
+    )
+    p.add_argument(
         "--workers", type=int, default=0, help="also Modelyard with this many workers (and +store)"
     )
     p.add_argument(
@@ -478,7 +493,10 @@ def main() -> None:
             targets.append(modelyard("my aiohttp-client", {}, "aiohttp-client"))
             targets.append(modelyard("my default-gc", {}, "default-gc"))
             targets.append(modelyard("my aiohttp-routing", {}, "aiohttp-routing"))
+            targets.append(modelyard("my aiohttp-front", {}, "aiohttp-front"))
             targets.append(modelyard("my json-loads", {}, "json-loads"))
+        if args.front_ab and not args.levers:
+            targets.append(modelyard("my aiohttp-front", {}, "aiohttp-front"))
         if args.workers > 1:
             targets.append(
                 modelyard(f"my workers={args.workers}", {"MODELYARD_ROUTER_WORKERS": str(args.workers)})

@@ -22,7 +22,8 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
-from modelyard.router.app import PROXY, create_app, create_metrics_app, direct_handler
+from modelyard.router.app import HOT_PATHS, PROXY, create_app, create_metrics_app, direct_handler
+from modelyard.router.front import Front, FrontSite
 from modelyard.router.logs import configure_logging, flush_periodically
 from modelyard.router.settings import RouterSettings
 from modelyard.router.workers import Supervisor, WorkerRole, die_with_supervisor, watch_supervisor
@@ -43,9 +44,7 @@ async def serve(settings: RouterSettings, role: WorkerRole | None = None) -> Non
         keepalive_timeout=settings.read_header_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.host, settings.port, backlog=1024, reuse_address=True, reuse_port=role is not None
-    )
+    site = _site(runner, settings, reuse_port=role is not None)
     await site.start()
     metrics_runner = web.AppRunner(
         create_metrics_app(app), access_log=None, keepalive_timeout=settings.read_header_timeout_s
@@ -100,12 +99,44 @@ def _tune_gc() -> None:
 
 
 class _Runner(web.AppRunner):
-    """aiohttp's runner, its server handing the proxied hot paths straight to the proxy (app.py)."""
+    """aiohttp's runner, its server handing the proxied hot paths straight to the proxy (app.py), and
+    draining the lean front's requests (front.py) when it stops."""
+
+    front: Front | None = None
+    _front_drain: asyncio.Task[None] | None = None
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.request_handler = direct_handler(self.app)
         return server
+
+    async def shutdown(self) -> None:
+        # cleanup() calls this after the sites stopped listening, then drains aiohttp's connections
+        # for shutdown_drain_s: the front's requests drain at the same time, not one drain after the other.
+        if self.front is not None:
+            self._front_drain = asyncio.create_task(self.front.shutdown(self._shutdown_timeout))
+        await super().shutdown()
+
+    async def _cleanup_server(self) -> None:
+        # Both drains are over before the app's cleanup closes the upstream clients.
+        if self._front_drain is not None:
+            await self._front_drain
+        await super()._cleanup_server()
+
+
+def _site(runner: _Runner, settings: RouterSettings, reuse_port: bool) -> web.BaseSite:
+    """The API listener: the lean front (front.py), which hands what it does not serve to aiohttp."""
+    assert runner.server is not None
+    proxy = runner.app[PROXY]
+    runner.front = Front(
+        proxy.handle,
+        runner.server,
+        frozenset(HOT_PATHS),
+        settings.max_body_bytes,
+        settings.read_header_timeout_s,
+        settings.read_body_timeout_s,
+    )
+    return FrontSite(runner, runner.front, settings.host, settings.port, reuse_port=reuse_port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

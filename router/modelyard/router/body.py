@@ -65,6 +65,10 @@ def _lone_surrogate_at(node: Any) -> str | None:
     return None
 
 
+# A request's key for its body already parsed (by the lean front), so the proxy does not parse it again.
+ROUTED_BODY = "modelyard.routed_body"
+
+
 @dataclass(frozen=True, slots=True)
 class RoutedBody:
     model: str

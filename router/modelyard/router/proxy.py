@@ -27,10 +27,11 @@ from multidict import CIMultiDict
 from modelyard.router import errors
 from modelyard.router.admission import RATE_HEADERS, Admission, Grant
 from modelyard.router.balancer import chwbl, least_load, prefix_key
-from modelyard.router.body import RoutedBody, parse_body, read_body, scan_usage
+from modelyard.router.body import ROUTED_BODY, RoutedBody, parse_body, read_body, scan_usage
 from modelyard.router.errors import RouterError
 from modelyard.router.exchange import Exchange, record
 from modelyard.router.fairqueue import FairQueues
+from modelyard.router.front import LeanRequest
 from modelyard.router.health import Health
 from modelyard.router.hold import Holds
 from modelyard.router.keys import KeyState, KeyStore
@@ -192,7 +193,7 @@ class Proxy:
             key = self.keys.authenticate(request.headers.get("Authorization"))
             ex.key = key.name
         body = await self._read_body(request)
-        routed = parse_body(body)
+        routed = request.get(ROUTED_BODY) or parse_body(body)
         ex.stream = routed.stream
         route = self.table.lookup(routed.model)
         if route is None:
@@ -436,7 +437,9 @@ class Proxy:
         migration: Migration | None,
     ) -> web.StreamResponse:
         ex = reply.ex
-        is_stream = upstream.content_type == "text/event-stream"
+        # The lean front serves only requests that did not ask for a stream, and answers them whole.
+        lean = isinstance(reply.request, LeanRequest)
+        is_stream = upstream.content_type == "text/event-stream" and not lean
         resumable = migration.resumable(upstream.headers) if migration is not None and is_stream else None
         if reply.stream is not None:  # a held stream already answered 200, or one being migrated
             if is_stream and upstream.status == 200:
