@@ -45,7 +45,12 @@ ADAPTERS = [
 
 
 def _expected(
-    layer: int, group: int, x: torch.Tensor, rows_of: dict[int, list[int]], query: int
+    layer: int,
+    group: int,
+    x: torch.Tensor,
+    rows_of: dict[int, list[int]],
+    query: int,
+    adapters: list[LoraAdapter] = ADAPTERS,
 ) -> torch.Tensor:
     """The eager per-projection deltas (``LoraLinear``'s sum), side by side as the merged output."""
     targets = GROUPS[group]
@@ -53,7 +58,7 @@ def _expected(
     out = torch.zeros(x.shape[0] // query, query, width)
     view = x.view(-1, query, x.shape[-1])
     for slot, rows in rows_of.items():
-        adapter = ADAPTERS[slot]
+        adapter = adapters[slot]
         offset = 0
         for target in targets:
             pair = adapter.weights.get(_name(layer, target))
@@ -124,3 +129,36 @@ def test_a_group_shrink_reads_the_adapters_a_in_place() -> None:
     copied = fused._slot_pairs(0)[0][0]
     assert copied is not None
     torch.testing.assert_close(copied.a, pair.a)
+
+
+def test_a_rank_heavy_stack_is_built_aside_and_dropped_when_a_slot_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``STACKED_MAX_RANKS``, a small forward takes segments until a worker thread has built the
+    stack, then the stack; refilling a slot makes a stack built for the old adapters stale."""
+    monkeypatch.setattr(fused_module, "STACKED_MAX_RANKS", 0)
+    monkeypatch.setattr(fused_module, "STACKED_MAX_TOKENS", 8)
+    batch = LoraBatch()
+    fused = FusedLora(batch, SHAPES, len(ADAPTERS))
+    for slot, adapter in enumerate(ADAPTERS[:2]):
+        fused.fill(slot, adapter)
+    batch.set((Segment(0, torch.tensor([0, 2]), 0.5, False), Segment(1, torch.tensor([1]), 2.0, False)))
+
+    def settled() -> None:
+        assert fused._building is not None
+        fused._building[1].result(timeout=60)
+
+    assert isinstance(fused.active(8, 1), SegmentDeltas)  # the build starts
+    assert isinstance(fused.active(2, 8), SegmentDeltas)  # 16 token rows: over the bound
+    settled()
+    fused.fill(1, ADAPTERS[2])  # the build in flight is for the old slot 1
+    assert isinstance(fused.active(8, 1), SegmentDeltas)  # stale: dropped, a new build starts
+    settled()
+    deltas = fused.active(8, 1)
+    assert isinstance(deltas, StackedDeltas)
+    assert deltas.stack.packed
+    x = torch.randn(8, HIDDEN)
+    out = torch.zeros(8, HIDDEN + 2 * KV)
+    deltas.add(1, 0, x, out, 1)
+    expected = _expected(1, 0, x, {0: [0, 2], 1: [1]}, 1, [ADAPTERS[0], ADAPTERS[2]])
+    torch.testing.assert_close(out, expected)

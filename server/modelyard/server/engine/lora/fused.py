@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import re
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +51,7 @@ GROUPS: tuple[tuple[str, ...], ...] = (
 QKV, ATTN_OUT, GATE_UP, DOWN = range(len(GROUPS))
 LORA_ATTRIBUTE = "modelyard_lora"
 LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +218,12 @@ class FusedLora:
         self._adapters: list[LoraAdapter | None] = [None] * max_loras
         self._pairs: list[SlotPairs | None] = [None] * max_loras
         self._stack: Stack | None = None
+        # Bumped at every fill: a stack built for an older generation is stale even if its slot
+        # numbers match.
+        self._generation = 0
+        self._building: tuple[int, Future[Stack]] | None = None
+        self._failed_generation = -1
+        self._builder: ThreadPoolExecutor | None = None
 
     def attach(self, model: nn.Module) -> None:
         object.__setattr__(model, LORA_ATTRIBUTE, self)
@@ -223,6 +232,7 @@ class FusedLora:
         self._adapters[slot] = adapter
         self._pairs[slot] = None
         self._stack = None
+        self._generation += 1
 
     def active(self, rows: int, query: int) -> Deltas | None:
         """The deltas of the forward about to run over ``rows`` rows of ``query`` new tokens; None when
@@ -232,14 +242,47 @@ class FusedLora:
             return None
         loaded = [slot for slot, adapter in enumerate(self._adapters) if adapter is not None]
         ranks = sum(adapter.rank for adapter in self._adapters if adapter is not None)
-        if len(segments) > 1 and (ranks <= STACKED_MAX_RANKS or rows * query <= STACKED_MAX_TOKENS):
+        if len(segments) > 1 and ranks <= STACKED_MAX_RANKS:
             if self._stack is None or self._stack.slots != tuple(loaded):
                 self._stack = self._build_stack(loaded)
             return StackedDeltas(self._stack, segments, rows, query)
+        if len(segments) > 1 and rows * query <= STACKED_MAX_TOKENS:
+            stack = self._stack_built_aside(loaded)
+            if stack is not None:
+                return StackedDeltas(stack, segments, rows, query)
         return SegmentDeltas(tuple((seg, self._slot_pairs(seg.slot)) for seg in segments), query)
 
-    def _build_stack(self, slots: list[int]) -> Stack:
-        per_slot = {slot: self._slot_pairs(slot) for slot in slots}
+    def _stack_built_aside(self, loaded: list[int]) -> Stack | None:
+        """The stack of the loaded slots once a worker thread has built it, else None (the forward
+        takes segments meanwhile). A rank-heavy stack is hundreds of MB (312 MB for four rank-64
+        adapters): copying and packing it would stall the step loop for ~0.5-1.5 s at each change of
+        slots, so it is built aside, and one that a later fill made stale is dropped unused."""
+        if self._stack is not None and self._stack.slots == tuple(loaded):
+            return self._stack
+        if self._building is not None:
+            generation, future = self._building
+            if not future.done():
+                return None
+            self._building = None
+            error = future.exception()
+            if error is not None:
+                log.warning("building the LoRA stack failed (segments serve instead): %r", error)
+                self._failed_generation = generation
+            elif generation == self._generation and future.result().slots == tuple(loaded):
+                self._stack = future.result()
+                return self._stack
+        if self._failed_generation == self._generation:
+            return None
+        if self._builder is None:
+            self._builder = ThreadPoolExecutor(1, thread_name_prefix="lora-stack")
+        # The slots' pairs are taken here, on the engine thread: the worker reads only this snapshot.
+        per_slot = {slot: self._slot_pairs(slot) for slot in loaded}
+        self._building = (self._generation, self._builder.submit(self._build_stack, loaded, per_slot))
+        return None
+
+    def _build_stack(self, slots: list[int], per_slot: dict[int, SlotPairs] | None = None) -> Stack:
+        if per_slot is None:
+            per_slot = {slot: self._slot_pairs(slot) for slot in slots}
         like = next(p.a for s in slots for layer in per_slot[s] for p in layer if p is not None)
         # One column layout per group for every layer (projection-major): a slot that targets a
         # projection in some layers only is a zero block in the others.
