@@ -9,10 +9,11 @@ dim (``[Σr, in]``, one "shrink" matmul for the group), and per targeted project
 target costs nothing; no B multiplies zeros, and no B is copied.
 
 Two kernels add the pairs' deltas (measured in ``bench/lora_kernels.py``, table in docs/lora.md):
-``StackedDeltas`` (all loaded adapters side by side, all rows, other adapters' columns masked) while
-the loaded ranks add up to little, else ``SegmentDeltas`` (the adapter rows gathered once per group,
-sorted by adapter; per adapter a shrink and its expands on its slice; one scatter-add back). A
-forward of base rows only gets no deltas at all.
+``StackedDeltas`` (all loaded adapters side by side, all rows, other adapters' columns masked; on CPU
+oneDNN-prepacked) while the loaded ranks add up to little or the forward is a small decode step (a
+rank-heavy stack is built on a worker thread), else ``SegmentDeltas`` (the adapter rows gathered
+once per group, sorted by adapter; per adapter a shrink and its expands on its slice; one scatter-add
+back). A forward of base rows only gets no deltas at all.
 
 The pairs (and the stack) are built from the adapters' own tensors the first time a forward needs them
 after a slot was filled, and dropped when a slot is refilled; only the fast path pays for them. A
@@ -143,7 +144,8 @@ class StackedDeltas:
     """Every slot's pairs side by side: ``x·A_all`` for all rows, zero the columns of other adapters
     than the row's own, then per projection one expand over all slots' columns (1 + 1 + projections
     ops per group, however many adapters). It computes every row against every loaded adapter, so it
-    is only chosen while their ranks add up to little (``STACKED_MAX_RANKS``)."""
+    is only chosen while their ranks add up to little (``STACKED_MAX_RANKS``) or the forward has few
+    token rows (``STACKED_MAX_TOKENS``)."""
 
     def __init__(self, stack: Stack, segments: tuple[Segment, ...], rows: int, query: int) -> None:
         self.stack = stack
