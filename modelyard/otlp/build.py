@@ -28,6 +28,7 @@ from modelyard.otlp.transport import GrpcTransport, HttpTransport, Transport
 
 if TYPE_CHECKING:
     from modelyard.otlp.loop_export import LoopExporter
+    from modelyard.otlp.request_spans import RequestRecorder
 
 log = logging.getLogger("modelyard.otlp")
 
@@ -39,13 +40,14 @@ def build_tracer(endpoint: str, env: Mapping[str, str], default_service: str, sc
     return Tracer(sampler_from(env), exporter.add, exporter.shutdown)
 
 
-def build_loop_tracer(
+def build_loop_recorder(
     endpoint: str, env: Mapping[str, str], default_service: str, scope: str
-) -> tuple[Tracer, LoopExporter]:
-    """A tracer whose sampled spans are batched and exported by a task of the running event loop (no
-    thread; loop_export.py); ``await exporter.aclose()`` sends what is left."""
+) -> tuple[RequestRecorder, LoopExporter]:
+    """A recorder of requests' spans (request_spans.py), batched and exported by a task of the running
+    event loop (no thread; loop_export.py); ``await exporter.aclose()`` sends what is left."""
     from modelyard.otlp.loop_export import LoopExporter
     from modelyard.otlp.loop_transport import LoopGrpcTransport, LoopHttpTransport
+    from modelyard.otlp.request_spans import RequestRecorder
 
     target = _target(endpoint, env)
     transport: LoopGrpcTransport | LoopHttpTransport = (
@@ -55,7 +57,7 @@ def build_loop_tracer(
     )
     encoder = Encoder(resource_from(env, default_service), scope)
     exporter = LoopExporter(encoder, transport, **batch_from(env))
-    return Tracer(sampler_from(env), exporter.add), exporter
+    return RequestRecorder(sampler_from(env), exporter.add_encoded), exporter
 
 
 class BatchSettings(TypedDict):

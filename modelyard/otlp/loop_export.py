@@ -31,6 +31,13 @@ log = logging.getLogger("modelyard.otlp")
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.1, 2.0
 
 
+class Pending(Protocol):
+    """Spans queued before they are encoded (request_spans.py's RequestSpans)."""
+
+    def fields(self, encoder: Encoder) -> bytes:
+        """The spans as ``ScopeSpans.spans`` fields."""
+
+
 class LoopTransport(Protocol):
     """What the exporter sends through (loop_transport.py)."""
 
@@ -57,7 +64,10 @@ class LoopExporter:
         self._max_batch = min(max_batch, max_queue)
         self._timeout = export_timeout_s
         self._span_field = encoder.span_field
-        self._queue: deque[bytes] = deque()  # encoded spans (ScopeSpans.spans fields)
+        # Encoded spans (ScopeSpans.spans fields), or a request's spans still to encode (request_spans.py).
+        self._queue: deque[bytes | Pending] = deque()
+        self._counts: deque[int] = deque()  # how many spans each item of the queue holds
+        self._queued = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -68,20 +78,27 @@ class LoopExporter:
 
     def add(self, span: Span) -> None:
         """A finished span (called from the request path, on the loop)."""
-        queue = self._queue
-        size = len(queue)
-        if size >= self._max_queue or self._stopping:
-            self.dropped += 1
-            return
         try:
-            queue.append(self._span_field(span))
+            encoded = self._span_field(span)
         except Exception:  # a bad attribute must not fail the request
             log.exception("otlp: could not encode span %r", span.name)
             self.failed += 1
             return
+        self.add_encoded(encoded, 1)
+
+    def add_encoded(self, spans: bytes | Pending, count: int) -> None:
+        """``count`` finished spans: encoded already (``ScopeSpans.spans`` fields), or a request's spans that
+        the sender encodes with the rest of the batch (request_spans.py). Called on the loop."""
+        queued = self._queued
+        if queued >= self._max_queue or self._stopping:
+            self.dropped += count
+            return
+        self._queue.append(spans)
+        self._counts.append(count)
+        self._queued = queued = queued + count
         if self._wake is None:
             self._start()
-        elif size + 1 == self._max_batch:
+        elif queued >= self._max_batch > queued - count:
             self._wake.set()
 
     def _start(self) -> None:
@@ -111,7 +128,7 @@ class LoopExporter:
         assert self._wake is not None
         wake = self._wake
         while not self._stopping:
-            if len(self._queue) < self._max_batch:
+            if self._queued < self._max_batch:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._delay)
             wake.clear()
@@ -119,10 +136,28 @@ class LoopExporter:
         await self._drain()
 
     async def _drain(self) -> None:
-        queue, popleft = self._queue, self._queue.popleft
+        queue, counts, limit = self._queue, self._counts, self._max_batch
         while queue:
-            batch = [popleft() for _ in range(min(len(queue), self._max_batch))]
-            await self._export(self._encoder.request_of(batch), len(batch))
+            items = [queue.popleft()]
+            size = counts.popleft()
+            while counts and size + counts[0] <= limit:
+                items.append(queue.popleft())
+                size += counts.popleft()
+            self._queued -= size
+            try:
+                body = self._encoder.request_of(self._encode(items))
+            except Exception:  # a bad attribute must not stop the exporter
+                log.exception("otlp: could not encode %d spans", size)
+                self.failed += size
+                continue
+            await self._export(body, size)
+
+    def _encode(self, items: list[bytes | Pending]) -> list[bytes]:
+        """The batch's spans as fields, the requests' encoded here in one hot loop: encoded inside each
+        request, the same code ran cold (the router's own work between two requests evicts it) at several
+        times the cost (docs/observability.md, "What tracing costs")."""
+        encoder = self._encoder
+        return [item if type(item) is bytes else item.fields(encoder) for item in items]  # type: ignore[union-attr]
 
     async def _export(self, body: bytes, count: int) -> None:
         deadline = time.monotonic() + self._timeout
