@@ -144,6 +144,9 @@ class RequestSpans:
         """The request's spans, children first, as ``ScopeSpans.spans`` fields (the exporter calls it when
         it sends the batch)."""
         spans: list[SpanFields] = [*self.children, self]
+        # Each child refers to its request: emptying the list breaks the cycle, so the request's objects
+        # are freed now, by reference counts, not later by the garbage collector.
+        self.children = []
         return encoder.fields_of(self.trace.to_bytes(16, "big"), self.trace_state, spans)
 
 
