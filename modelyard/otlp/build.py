@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, TypedDict
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import unquote
 
 from modelyard.otlp import http_traces_url, protocol_from
@@ -41,7 +42,11 @@ def build_tracer(endpoint: str, env: Mapping[str, str], default_service: str, sc
 
 
 def build_loop_recorder(
-    endpoint: str, env: Mapping[str, str], default_service: str, scope: str
+    endpoint: str,
+    env: Mapping[str, str],
+    default_service: str,
+    scope: str,
+    current: ContextVar[Any] | None = None,
 ) -> tuple[RequestRecorder, LoopExporter]:
     """A recorder of requests' spans (request_spans.py), batched and exported by a task of the running
     event loop (no thread; loop_export.py); ``await exporter.aclose()`` sends what is left."""
@@ -57,7 +62,7 @@ def build_loop_recorder(
     )
     encoder = Encoder(resource_from(env, default_service), scope)
     exporter = LoopExporter(encoder, transport, **batch_from(env))
-    return RequestRecorder(sampler_from(env), exporter.add_encoded), exporter
+    return RequestRecorder(sampler_from(env), exporter.add_encoded, current), exporter
 
 
 class BatchSettings(TypedDict):

@@ -3,10 +3,12 @@
 The router's alternative to batch.py's exporter thread. That thread cost the router as much CPU as
 recording the spans (about 10-20 us per request on two busy cores, docs/observability.md, "What tracing
 costs"): it encodes spans another core last touched, and takes the GIL back and forth with the event loop.
-Here each span is encoded as it ends, on the loop, while it is still in the cache (~1 us), and only its bytes
-are queued: the span object dies at once. Queued span objects lived on until their batch left, so the
-collector ran for them (in a simulated request loop, 160 young-generation collections per 30,000 requests,
-none without them). A batch is then one ``join`` handed to a non-blocking transport (loop_transport.py).
+Here everything runs on the loop. The router's requests (request_spans.py) are queued whole, a request's
+spans together, and encoded when their batch leaves, in one hot loop: encoded inside each request, the
+same code ran cold, at several times the cost. Their records hold no reference cycle once encoded, so
+reference counts free them and the collector never runs for them. A ``Span`` given to ``add`` is encoded at
+once and only its bytes are queued. A batch is then one ``join`` handed to a non-blocking transport
+(loop_transport.py); it never holds more than ``max_batch`` spans.
 
 The same ``OTEL_BSP_*`` behaviour as the thread: a batch leaves when it is full or the schedule delay has
 passed, a failed send is retried with back-off within the export timeout and then dropped with a warning,

@@ -27,7 +27,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from contextvars import ContextVar
 from types import TracebackType
+from typing import Any
 
 from modelyard.otlp import propagation
 from modelyard.otlp.encode import Encoder, SpanFields
@@ -47,21 +49,23 @@ class RequestSpans:
     marks it ERROR); ``end()`` ends one used without ``with``."""
 
     kind = SERVER
+    # Set on an instance only when it ends with an error (the instance's __dict__ is made then).
+    status_code = UNSET
+    status_message = ""
+    events: list[Event] | None = None
 
     __slots__ = (
+        "__dict__",
         "_sink",
         "attributes",
         "children",
         "current",
         "end_ns",
-        "events",
         "name",
         "parent",
         "sampled",
         "span",
         "start_ns",
-        "status_code",
-        "status_message",
         "trace",
         "trace_id",
         "trace_state",
@@ -91,11 +95,8 @@ class RequestSpans:
         self.trace_state = trace_state
         self.start_ns = _now()
         self.end_ns = 0
-        self.status_code = UNSET
-        self.status_message = ""
-        self.events: list[Event] | None = None  # an exception's
         self.current = span  # the innermost open span: a new child's parent, the pod's parent
-        self.children: list[ChildSpan | _ErrorChild] = []  # ended, in the order they ended
+        self.children: list[ChildSpan | _ErrorChild] | None = []  # ended, in order; None once encoded
 
     @property
     def span_id(self) -> str:
@@ -138,15 +139,16 @@ class RequestSpans:
             return
         self.end_ns = _now()
         if self.sampled:
-            self._sink(self, len(self.children) + 1)
+            self._sink(self, len(self.children) + 1)  # type: ignore[arg-type]
 
     def fields(self, encoder: Encoder) -> bytes:
         """The request's spans, children first, as ``ScopeSpans.spans`` fields (the exporter calls it when
         it sends the batch)."""
-        spans: list[SpanFields] = [*self.children, self]
-        # Each child refers to its request: emptying the list breaks the cycle, so the request's objects
+        spans: list[SpanFields] = self.children or []  # type: ignore[assignment]
+        spans.append(self)
+        # Each child refers to its request: dropping the list breaks the cycle, so the request's objects
         # are freed now, by reference counts, not later by the garbage collector.
-        self.children = []
+        self.children = None
         return encoder.fields_of(self.trace.to_bytes(16, "big"), self.trace_state, spans)
 
 
@@ -192,7 +194,7 @@ class ChildSpan:
         request.current = self.parent
         self.end_ns = _now()
         if request.sampled and not request.end_ns:
-            request.children.append(self if exc is None else _ErrorChild(self, exc))
+            request.children.append(self if exc is None else _ErrorChild(self, exc))  # type: ignore[union-attr]
 
 
 class _ErrorChild:
@@ -229,28 +231,38 @@ def _error_message(exc: BaseException) -> str:
 
 class RequestRecorder:
     """Starts requests' span records; ended requests go to ``sink`` (the loop exporter's ``add_encoded``,
-    or a list in tests, which encode them with ``fields``)."""
+    or a list in tests, which encode them with ``fields``). With ``current``, each new request is set in
+    that context variable, where its children are looked up (the router's access-line variable)."""
 
-    def __init__(self, sampler: Sampler, sink: Sink) -> None:
+    def __init__(self, sampler: Sampler, sink: Sink, current: ContextVar[Any] | None = None) -> None:
         self.sampler = sampler
         self.sink = sink
+        self._set_current = None if current is None else current.set
         self._new_traces_sampled = sampler.ratio >= 1.0  # always_on and parentbased_always_on
 
     def request(self, method: str, path: str, headers: Mapping[str, str] | None) -> RequestSpans:
         """The request's SERVER span (``METHOD /path``), continuing the caller's W3C ``traceparent`` and
         ``tracestate`` or starting a trace."""
         attributes: list[tuple[str, AttributeValue]] = [("http.request.method", method), ("url.path", path)]
-        caller = propagation.extract(headers)
+        caller = None
+        if headers:  # propagation.extract, inline: a call less per request
+            traceparent = headers.get("traceparent")
+            if traceparent:
+                caller = propagation.parse_traceparent(traceparent, headers.get("tracestate"))
         if caller is None:
             bits = _bits(192)  # trace and span id from one draw
             trace = bits >> 64 or 1
             sampled = self._new_traces_sampled or self.sampler.sample(trace, None)
-            return RequestSpans(
+            spans = RequestSpans(
                 self.sink, trace, bits & _LOW64 or 1, 0, sampled, f"{method} {path}", attributes
             )
-        trace = int(caller.trace_id, 16)
-        parent = int.from_bytes(bytes.fromhex(caller.span_id), "little")
-        return RequestSpans(
-            self.sink, trace, _bits(64) or 1, parent, self.sampler.sample(trace, caller.sampled),
-            f"{method} {path}", attributes, caller.trace_state, caller.trace_id,
-        )  # fmt: skip
+        else:
+            trace = int(caller.trace_id, 16)
+            parent = int.from_bytes(bytes.fromhex(caller.span_id), "little")
+            spans = RequestSpans(
+                self.sink, trace, _bits(64) or 1, parent, self.sampler.sample(trace, caller.sampled),
+                f"{method} {path}", attributes, caller.trace_state, caller.trace_id,
+            )  # fmt: skip
+        if self._set_current is not None:
+            self._set_current(spans)
+        return spans

@@ -43,21 +43,15 @@ class RouterTracing:
         if recorder is None:
             # Exported by a task of the router's event loop, not a thread (modelyard/otlp/loop_export.py).
             recorder, self._exporter = build_loop_recorder(
-                endpoint, env, "modelyard-router", "modelyard.router"
+                endpoint, env, "modelyard-router", "modelyard.router", current=access_trace
             )
         self.recorder = recorder
-        self._request = recorder.request
-        # The request's record lives in the context variable its access line reads (logs.access_trace):
+        # The request's SERVER span, continuing the caller's traceparent (or starting a trace); ``with`` it
+        # to end it. Its record lives in the context variable its access line reads (logs.access_trace):
         # one variable set per request, in the request's own task, where its children look it up.
+        self.request: Callable[[str, str, Mapping[str, str]], RequestSpans] = recorder.request
         self.current: Callable[[], RequestSpans | None] = access_trace.get  # type: ignore[assignment]
         self.child_span = ChildSpan
-
-    def request(self, method: str, path: str, headers: Mapping[str, str]) -> RequestSpans:
-        """The request's SERVER span, continuing the caller's traceparent (or starting a trace), made the
-        current request; ``with`` it to end it."""
-        spans = self._request(method, path, headers)
-        access_trace.set(spans)
-        return spans
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """The innermost open span (the upstream attempt's) becomes the pod's parent."""

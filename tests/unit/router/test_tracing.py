@@ -72,7 +72,9 @@ def test_endpoint_from_the_flag_or_the_standard_variables_and_a_no_op_span() -> 
 def _recording(env: dict[str, str] | None = None) -> tuple[RouterTracing, list[RequestSpans]]:
     """Router tracing whose ended requests are kept in a list instead of exported."""
     ended: list[RequestSpans] = []
-    recorder = RequestRecorder(sampler_from(env or {}), lambda request, count: ended.append(request))
+    recorder = RequestRecorder(
+        sampler_from(env or {}), lambda request, count: ended.append(request), access_trace
+    )
     return RouterTracing("http://unused:4317", {}, recorder=recorder), ended
 
 
@@ -213,7 +215,9 @@ def test_an_exported_request_leaves_nothing_for_the_garbage_collector() -> None:
     tracing = RouterTracing(
         "http://unused:4317",
         {},
-        recorder=RequestRecorder(sampler_from({}), lambda request, count: request.fields(encoder)),
+        recorder=RequestRecorder(
+            sampler_from({}), lambda request, count: request.fields(encoder), access_trace
+        ),
     )
     gc.collect()
     gc.disable()
