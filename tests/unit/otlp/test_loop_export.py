@@ -189,3 +189,12 @@ def test_spans_ended_off_the_loop_wait_for_it_and_are_sent_on_close() -> None:
         assert collector.spans() == ["GET /off-loop"]
 
     asyncio.run(main())
+
+
+def test_the_routers_batches_are_larger_than_the_sdks_unless_the_environment_sets_them() -> None:
+    """Each export costs the same whatever its size, so the router sends up to 2048 spans at a time."""
+    _, exporter = build_loop_recorder("http://127.0.0.1:1", _env(), "modelyard-test", "test")
+    assert (exporter._max_batch, exporter._max_queue) == (2048, 8192)
+    env = _env(OTEL_BSP_MAX_EXPORT_BATCH_SIZE="512", OTEL_BSP_MAX_QUEUE_SIZE="2048")
+    _, exporter = build_loop_recorder("http://127.0.0.1:1", env, "modelyard-test", "test")
+    assert (exporter._max_batch, exporter._max_queue) == (512, 2048)
