@@ -6,9 +6,8 @@ costs"): it encodes spans another core last touched, and takes the GIL back and 
 Here everything runs on the loop. The router's requests (request_spans.py) are queued whole, a request's
 spans together, and encoded when their batch leaves, in one hot loop: encoded inside each request, the
 same code ran cold, at several times the cost. Their records hold no reference cycle once encoded, so
-reference counts free them and the collector never runs for them. A ``Span`` given to ``add`` is encoded at
-once and only its bytes are queued. A batch is then one ``join`` handed to a non-blocking transport
-(loop_transport.py); it never holds more than ``max_batch`` spans.
+reference counts free them and the collector never runs for them. A batch is then one ``join`` handed to
+a non-blocking transport (loop_transport.py); it never holds more than ``max_batch`` spans.
 
 The same ``OTEL_BSP_*`` behaviour as the thread: a batch leaves when it is full or the schedule delay has
 passed, a failed send is retried with back-off within the export timeout and then dropped with a warning,
@@ -25,7 +24,6 @@ from collections import deque
 from typing import Protocol
 
 from modelyard.otlp.encode import Encoder
-from modelyard.otlp.span import Span
 from modelyard.otlp.transport import ExportError
 
 log = logging.getLogger("modelyard.otlp")
@@ -65,7 +63,6 @@ class LoopExporter:
         self._max_queue = max_queue
         self._max_batch = min(max_batch, max_queue)
         self._timeout = export_timeout_s
-        self._span_field = encoder.span_field
         # Encoded spans (ScopeSpans.spans fields), or a request's spans still to encode (request_spans.py).
         self._queue: deque[bytes | Pending] = deque()
         self._counts: deque[int] = deque()  # how many spans each item of the queue holds
@@ -77,16 +74,6 @@ class LoopExporter:
         self.failed = 0  # spans lost to failed sends
         self.sent = 0
         self._last_warning = 0.0
-
-    def add(self, span: Span) -> None:
-        """A finished span (called from the request path, on the loop)."""
-        try:
-            encoded = self._span_field(span)
-        except Exception:  # a bad attribute must not fail the request
-            log.exception("otlp: could not encode span %r", span.name)
-            self.failed += 1
-            return
-        self.add_encoded(encoded, 1)
 
     def add_encoded(self, spans: bytes | Pending, count: int) -> None:
         """``count`` finished spans: encoded already (``ScopeSpans.spans`` fields), or a request's spans that
