@@ -70,7 +70,7 @@ def build_loop_recorder(
     )
     encoder = Encoder(resource_from(env, default_service), scope)
     exporter = LoopExporter(encoder, transport, **batch_from(env, ROUTER_MAX_QUEUE, ROUTER_MAX_BATCH))
-    return RequestRecorder(sampler_from(env), exporter.add_encoded, current), exporter
+    return RequestRecorder(sampler_from(env), exporter.add_spans, current), exporter
 
 
 class BatchSettings(TypedDict):

@@ -75,7 +75,7 @@ class LoopExporter:
         self.sent = 0
         self._last_warning = 0.0
 
-    def add_encoded(self, spans: bytes | Pending, count: int) -> None:
+    def add_spans(self, spans: bytes | Pending, count: int) -> None:
         """``count`` finished spans: encoded already (``ScopeSpans.spans`` fields), or a request's spans that
         the sender encodes with the rest of the batch (request_spans.py). Called on the loop."""
         queued = self._queued

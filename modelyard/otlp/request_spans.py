@@ -40,7 +40,7 @@ _now = time.time_ns
 _bits = random.getrandbits
 _LOW64 = (1 << 64) - 1
 
-# Where ended requests go (the loop exporter's ``add_encoded``), with how many spans each holds.
+# Where ended requests go (the loop exporter's ``add_spans``), with how many spans each holds.
 Sink = Callable[["RequestSpans", int], None]
 
 
@@ -230,7 +230,7 @@ def _error_message(exc: BaseException) -> str:
 
 
 class RequestRecorder:
-    """Starts requests' span records; ended requests go to ``sink`` (the loop exporter's ``add_encoded``,
+    """Starts requests' span records; ended requests go to ``sink`` (the loop exporter's ``add_spans``,
     or a list in tests, which encode them with ``fields``). With ``current``, each new request is set in
     that context variable, where its children are looked up (the router's access-line variable)."""
 
