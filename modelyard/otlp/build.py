@@ -8,14 +8,16 @@
   endpoint with no scheme (``http://`` is always plaintext, ``https://`` always TLS);
 - ``OTEL_TRACES_SAMPLER(_ARG)`` (sampling.py), ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``;
 - ``OTEL_BSP_SCHEDULE_DELAY``, ``OTEL_BSP_MAX_QUEUE_SIZE``, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``,
-  ``OTEL_BSP_EXPORT_TIMEOUT`` (the batch: 5000 ms, 2048, 512, 30000 ms).
+  ``OTEL_BSP_EXPORT_TIMEOUT`` (the batch: 5000 ms, 2048, 512, 30000 ms; the router's queue and batch
+  sizes: 8192 and 2048).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, TypedDict
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import unquote
 
 from modelyard.otlp import http_traces_url, protocol_from
@@ -28,6 +30,7 @@ from modelyard.otlp.transport import GrpcTransport, HttpTransport, Transport
 
 if TYPE_CHECKING:
     from modelyard.otlp.loop_export import LoopExporter
+    from modelyard.otlp.request_spans import RequestRecorder
 
 log = logging.getLogger("modelyard.otlp")
 
@@ -39,13 +42,25 @@ def build_tracer(endpoint: str, env: Mapping[str, str], default_service: str, sc
     return Tracer(sampler_from(env), exporter.add, exporter.shutdown)
 
 
-def build_loop_tracer(
-    endpoint: str, env: Mapping[str, str], default_service: str, scope: str
-) -> tuple[Tracer, LoopExporter]:
-    """A tracer whose sampled spans are batched and exported by a task of the running event loop (no
-    thread; loop_export.py); ``await exporter.aclose()`` sends what is left."""
+# The router's batch when OTEL_BSP_MAX_EXPORT_BATCH_SIZE / OTEL_BSP_MAX_QUEUE_SIZE are unset: four times the
+# SDKs' defaults. Each export costs the router the same whatever its size (over gRPC, grpcio's call and
+# its threads: ~22k instructions per request at 512 spans, ~0 at 2048; bench/tracing_instructions.py).
+ROUTER_MAX_BATCH, ROUTER_MAX_QUEUE = 2048, 8192
+
+
+def build_loop_recorder(
+    endpoint: str,
+    env: Mapping[str, str],
+    default_service: str,
+    scope: str,
+    current: ContextVar[Any] | None = None,
+) -> tuple[RequestRecorder, LoopExporter]:
+    """A recorder of requests' spans (request_spans.py), batched and exported by a task of the running
+    event loop (no thread; loop_export.py), in batches of up to ``ROUTER_MAX_BATCH`` spans unless the
+    environment says otherwise; ``await exporter.aclose()`` sends what is left."""
     from modelyard.otlp.loop_export import LoopExporter
     from modelyard.otlp.loop_transport import LoopGrpcTransport, LoopHttpTransport
+    from modelyard.otlp.request_spans import RequestRecorder
 
     target = _target(endpoint, env)
     transport: LoopGrpcTransport | LoopHttpTransport = (
@@ -54,8 +69,8 @@ def build_loop_tracer(
         else LoopHttpTransport(target[1], target[2], target[4], target[5])
     )
     encoder = Encoder(resource_from(env, default_service), scope)
-    exporter = LoopExporter(encoder, transport, **batch_from(env))
-    return Tracer(sampler_from(env), exporter.add), exporter
+    exporter = LoopExporter(encoder, transport, **batch_from(env, ROUTER_MAX_QUEUE, ROUTER_MAX_BATCH))
+    return RequestRecorder(sampler_from(env), exporter.add_spans, current), exporter
 
 
 class BatchSettings(TypedDict):
@@ -65,12 +80,13 @@ class BatchSettings(TypedDict):
     export_timeout_s: float
 
 
-def batch_from(env: Mapping[str, str]) -> BatchSettings:
-    """The batch's ``OTEL_BSP_*`` settings, as both exporters take them."""
+def batch_from(env: Mapping[str, str], max_queue: int = 2048, max_batch: int = 512) -> BatchSettings:
+    """The batch's ``OTEL_BSP_*`` settings, as both exporters take them; unset, the queue and batch sizes
+    are the given defaults (the SDKs': 2048 and 512)."""
     return {
         "schedule_delay_s": _number(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000,
-        "max_queue": int(_number(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)),
-        "max_batch": int(_number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)),
+        "max_queue": int(_number(env, "OTEL_BSP_MAX_QUEUE_SIZE", max_queue)),
+        "max_batch": int(_number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", max_batch)),
         "export_timeout_s": min(_number(env, "OTEL_BSP_EXPORT_TIMEOUT", 30000), _timeout_ms(env)) / 1000,
     }
 

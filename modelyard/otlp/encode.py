@@ -13,8 +13,35 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 from modelyard.otlp.span import AttributeValue, Event, Span
+
+
+class SpanFields(Protocol):
+    """What ``Encoder.fields_of`` reads of a span (a ``Span`` has it; so do request_spans.py's records)."""
+
+    @property
+    def span(self) -> int: ...
+    @property
+    def parent(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def attributes(self) -> Iterable[tuple[str, AttributeValue]]: ...
+    @property
+    def events(self) -> Sequence[Event] | None: ...
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def status_message(self) -> str: ...
+
 
 _SMALL = [bytes((i,)) for i in range(128)]
 _DOUBLE = struct.Struct("<d").pack
@@ -23,6 +50,9 @@ _EVENT_TIME = struct.Struct("<BQ").pack
 # trace_id (field 1), span_id (2), parent_span_id (4) as bytes, kind (6) as a varint: ids big-endian.
 _IDS = struct.Struct(">BBQQBBQBB").pack
 _IDS_PARENT = struct.Struct(">BBQQBBQBBQBB").pack
+# fields_of's head of a span: trace id bytes, little-endian span ids, kind and times, in one call.
+_HEAD = struct.Struct("<BB16sBBQBBBQBQ").pack
+_HEAD_PARENT = struct.Struct("<BB16sBBQBBQBBBQBQ").pack
 _LOW64 = (1 << 64) - 1
 _CACHE_LIMIT = 4096
 
@@ -103,6 +133,7 @@ class Encoder:
         self._names: dict[str, bytes] = {}
         self._event_names: dict[str, bytes] = {}
         self._attributes: dict[tuple[str, object, object], bytes] = {}
+        self._named: dict[tuple[str, tuple[tuple[str, AttributeValue], ...]], bytes] = {}
 
     def request(self, spans: Sequence[Span]) -> bytes:
         """The ``ExportTraceServiceRequest`` carrying ``spans``."""
@@ -147,6 +178,48 @@ class Encoder:
                 status = _ld(_STATUS_MESSAGE, span.status_message.encode()) + status
             parts.append(_ld(_SPAN_STATUS, status))
         return b"".join(parts)
+
+    def fields_of(self, trace: bytes, trace_state: str, spans: Iterable[SpanFields]) -> bytes:
+        """The spans of one trace (the router's request and its children, request_spans.py) as joined
+        ``ScopeSpans.spans`` fields: one call and one loop for all of them. ``trace`` is the trace id's 16
+        bytes; span ids are little-endian here (their W3C hex is their little-endian bytes'), so that one
+        ``struct`` call packs a span's ids, kind and times together (a message's fields may come in any
+        order). The span's name with its attributes is one cached piece: the router's spans repeat a few
+        names and values; their callers give each attribute key one type (``True == 1`` as a key)."""
+        state = _ld(_SPAN_TRACE_STATE, trace_state.encode()) if trace_state else b""
+        named, named_get = self._named, self._named.get
+        out: list[bytes] = []
+        for span in spans:
+            attributes = span.attributes
+            key = (span.name, attributes if type(attributes) is tuple else tuple(attributes))
+            try:
+                static = named_get(key)
+            except TypeError:  # a list value: not hashable, not cached
+                static = self._name(span.name) + b"".join(self._attribute(k, v) for k, v in key[1])
+            if static is None:
+                if len(named) >= _CACHE_LIMIT:
+                    named.clear()
+                static = named[key] = self._name(span.name) + b"".join(
+                    self._attribute(k, v) for k, v in key[1]
+                )
+            if span.parent:
+                body = _HEAD_PARENT(10, 16, trace, 0x12, 8, span.span, 0x22, 8, span.parent, 0x30, span.kind,
+                                    0x39, span.start_ns, 0x41, span.end_ns) + static  # fmt: skip
+            else:
+                body = _HEAD(10, 16, trace, 0x12, 8, span.span, 0x30, span.kind,
+                             0x39, span.start_ns, 0x41, span.end_ns) + static  # fmt: skip
+            if state:
+                body += state
+            if span.events:
+                body += b"".join(self._event(event) for event in span.events)
+            if span.status_code:
+                status = b"\x18" + _SMALL[span.status_code]
+                if span.status_message:
+                    status = _ld(_STATUS_MESSAGE, span.status_message.encode()) + status
+                body += _ld(_SPAN_STATUS, status)
+            size = len(body)
+            out.append((_SPAN_FIELD[size] if size < _SHORT else b"\x12" + varint(size)) + body)
+        return b"".join(out)
 
     def _name(self, name: str) -> bytes:
         encoded = self._names.get(name)

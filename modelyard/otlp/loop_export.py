@@ -3,10 +3,11 @@
 The router's alternative to batch.py's exporter thread. That thread cost the router as much CPU as
 recording the spans (about 10-20 us per request on two busy cores, docs/observability.md, "What tracing
 costs"): it encodes spans another core last touched, and takes the GIL back and forth with the event loop.
-Here each span is encoded as it ends, on the loop, while it is still in the cache (~1 us), and only its bytes
-are queued: the span object dies at once. Queued span objects lived on until their batch left, so the
-collector ran for them (in a simulated request loop, 160 young-generation collections per 30,000 requests,
-none without them). A batch is then one ``join`` handed to a non-blocking transport (loop_transport.py).
+Here everything runs on the loop. The router's requests (request_spans.py) are queued whole, a request's
+spans together, and encoded when their batch leaves, in one hot loop: encoded inside each request, the
+same code ran cold, at several times the cost. Their records hold no reference cycle once encoded, so
+reference counts free them and the collector never runs for them. A batch is then one ``join`` handed to
+a non-blocking transport (loop_transport.py); it never holds more than ``max_batch`` spans.
 
 The same ``OTEL_BSP_*`` behaviour as the thread: a batch leaves when it is full or the schedule delay has
 passed, a failed send is retried with back-off within the export timeout and then dropped with a warning,
@@ -23,12 +24,18 @@ from collections import deque
 from typing import Protocol
 
 from modelyard.otlp.encode import Encoder
-from modelyard.otlp.span import Span
 from modelyard.otlp.transport import ExportError
 
 log = logging.getLogger("modelyard.otlp")
 
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.1, 2.0
+
+
+class Pending(Protocol):
+    """Spans queued before they are encoded (request_spans.py's RequestSpans)."""
+
+    def fields(self, encoder: Encoder) -> bytes:
+        """The spans as ``ScopeSpans.spans`` fields."""
 
 
 class LoopTransport(Protocol):
@@ -56,8 +63,10 @@ class LoopExporter:
         self._max_queue = max_queue
         self._max_batch = min(max_batch, max_queue)
         self._timeout = export_timeout_s
-        self._span_field = encoder.span_field
-        self._queue: deque[bytes] = deque()  # encoded spans (ScopeSpans.spans fields)
+        # Encoded spans (ScopeSpans.spans fields), or a request's spans still to encode (request_spans.py).
+        self._queue: deque[bytes | Pending] = deque()
+        self._counts: deque[int] = deque()  # how many spans each item of the queue holds
+        self._queued = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -66,22 +75,19 @@ class LoopExporter:
         self.sent = 0
         self._last_warning = 0.0
 
-    def add(self, span: Span) -> None:
-        """A finished span (called from the request path, on the loop)."""
-        queue = self._queue
-        size = len(queue)
-        if size >= self._max_queue or self._stopping:
-            self.dropped += 1
+    def add_spans(self, spans: bytes | Pending, count: int) -> None:
+        """``count`` finished spans: encoded already (``ScopeSpans.spans`` fields), or a request's spans that
+        the sender encodes with the rest of the batch (request_spans.py). Called on the loop."""
+        queued = self._queued
+        if queued >= self._max_queue or self._stopping:
+            self.dropped += count
             return
-        try:
-            queue.append(self._span_field(span))
-        except Exception:  # a bad attribute must not fail the request
-            log.exception("otlp: could not encode span %r", span.name)
-            self.failed += 1
-            return
+        self._queue.append(spans)
+        self._counts.append(count)
+        self._queued = queued = queued + count
         if self._wake is None:
             self._start()
-        elif size + 1 == self._max_batch:
+        elif queued >= self._max_batch > queued - count:
             self._wake.set()
 
     def _start(self) -> None:
@@ -111,7 +117,7 @@ class LoopExporter:
         assert self._wake is not None
         wake = self._wake
         while not self._stopping:
-            if len(self._queue) < self._max_batch:
+            if self._queued < self._max_batch:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._delay)
             wake.clear()
@@ -119,10 +125,28 @@ class LoopExporter:
         await self._drain()
 
     async def _drain(self) -> None:
-        queue, popleft = self._queue, self._queue.popleft
+        queue, counts, limit = self._queue, self._counts, self._max_batch
         while queue:
-            batch = [popleft() for _ in range(min(len(queue), self._max_batch))]
-            await self._export(self._encoder.request_of(batch), len(batch))
+            items = [queue.popleft()]
+            size = counts.popleft()
+            while counts and size + counts[0] <= limit:
+                items.append(queue.popleft())
+                size += counts.popleft()
+            self._queued -= size
+            try:
+                body = self._encoder.request_of(self._encode(items))
+            except Exception:  # a bad attribute must not stop the exporter
+                log.exception("otlp: could not encode %d spans", size)
+                self.failed += size
+                continue
+            await self._export(body, size)
+
+    def _encode(self, items: list[bytes | Pending]) -> list[bytes]:
+        """The batch's spans as fields, the requests' encoded here in one hot loop: encoded inside each
+        request, the same code ran cold (the router's own work between two requests evicts it) at several
+        times the cost (docs/observability.md, "What tracing costs")."""
+        encoder = self._encoder
+        return [item if type(item) is bytes else item.fields(encoder) for item in items]  # type: ignore[union-attr]
 
     async def _export(self, body: bytes, count: int) -> None:
         deadline = time.monotonic() + self._timeout

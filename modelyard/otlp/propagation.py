@@ -53,7 +53,8 @@ def extract(headers: Mapping[str, str] | None) -> SpanContext | None:
     """The caller's context from request headers (any mapping with case-insensitive or lowercase keys)."""
     if not headers:
         return None
-    return parse_traceparent(headers.get("traceparent"), headers.get("tracestate"))
+    traceparent = headers.get("traceparent")
+    return parse_traceparent(traceparent, headers.get("tracestate")) if traceparent else None
 
 
 def inject(span: Span, headers: MutableMapping[str, str]) -> None:

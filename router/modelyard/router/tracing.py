@@ -8,18 +8,17 @@ When on, each request gets a SERVER span (``POST /v1/chat/completions``), contin
 ``traceparent``/``tracestate`` or starting a trace, with child spans ``router.hold`` (waiting for a ready
 pod), ``router.upstream_attempt`` (one per pod tried; its context goes to the pod as ``traceparent``) and
 ``router.relay`` (copying the answer back). The proxy calls ``span()``, a no-op context manager when off.
-The spans are ``modelyard.otlp``'s light recorder's, shared with the model server: each is its own context
-manager (entering makes it current, leaving ends it), no wrapper layer. They are exported by a task of the
-router's event loop (``modelyard/otlp/loop_export.py``), not a thread, and the request's span goes into its
-access line's ``trace_id`` (logs.py).
+A request's spans are recorded by ``modelyard.otlp.request_spans`` (one record per request, children
+encoded as they end, the request's spans handed over together), exported by a task of the router's event
+loop (``modelyard/otlp/loop_export.py``), not a thread; the request's record goes into its access line's
+``trace_id`` (logs.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -28,67 +27,42 @@ from modelyard.router.logs import access_trace
 
 if TYPE_CHECKING:
     from modelyard.otlp.loop_export import LoopExporter
-    from modelyard.otlp.span import AttributeValue, Span
-    from modelyard.otlp.tracer import Tracer
+    from modelyard.otlp.request_spans import RequestRecorder, RequestSpans
 
 
 class RouterTracing:
-    """The tracer, built only when tracing is on."""
+    """The request recorder and its exporter, built only when tracing is on."""
 
-    def __init__(self, endpoint: str, env: Mapping[str, str], tracer: Tracer | None = None) -> None:
-        from modelyard.otlp.build import build_loop_tracer
-        from modelyard.otlp.span import INTERNAL, SERVER, current_span
-        from modelyard.otlp.span import Span as SpanClass
+    def __init__(
+        self, endpoint: str, env: Mapping[str, str], recorder: RequestRecorder | None = None
+    ) -> None:
+        from modelyard.otlp.build import build_loop_recorder
+        from modelyard.otlp.request_spans import ChildSpan
 
         self._exporter: LoopExporter | None = None
-        if tracer is None:
+        if recorder is None:
             # Exported by a task of the router's event loop, not a thread (modelyard/otlp/loop_export.py).
-            tracer, self._exporter = build_loop_tracer(endpoint, env, "modelyard-router", "modelyard.router")
-        self.tracer = tracer
-        self._start = tracer.start_span
-        self._extract = tracer.extract
-        self._on_end = tracer.on_end
-        # Every child of the request's span follows its sampled flag (the default, parent-based sampler):
-        # ``child`` then builds the Span itself, a few calls fewer than ``start_span`` (about 1 us a request).
-        self._follow_parent = tracer.sampler.parent_based
-        self._new_traces_sampled = tracer.sampler.ratio >= 1.0  # always_on and parentbased_always_on
-        self._span_class, self._current, self._bits = SpanClass, current_span.get, random.getrandbits
-        self._server, self._internal = SERVER, INTERNAL
-
-    def request(self, method: str, path: str, headers: Mapping[str, str]) -> Span:
-        """The request's SERVER span, continuing the caller's traceparent (or starting a trace); ``with``
-        it to make it current."""
-        attributes: list[tuple[str, AttributeValue]] = [("http.request.method", method), ("url.path", path)]
-        caller = self._extract(headers)
-        if caller is None and self._new_traces_sampled:  # no traceparent: a new trace, kept
-            bits = self._bits(192)  # trace and span id from one draw
-            span = self._span_class(
-                bits >> 64 or 1, bits & _LOW64 or 1, 0, f"{method} {path}", self._server, True, self._on_end,
-                attributes, "", None,
-            )  # fmt: skip
-        else:
-            span = self._start(f"{method} {path}", self._server, attributes, caller)
-        access_trace.set(span)  # in the request's own task: its access line, logged last, gets the id
-        return span
-
-    def child(self, name: str, attributes: dict[str, Any]) -> Span:
-        parent = self._current()
-        if parent is None or not self._follow_parent:
-            return self._start(name, attributes=attributes.items())
-        return self._span_class(
-            parent.trace, self._bits(64) or 1, parent.span, name, self._internal, parent.sampled,
-            self._on_end, list(attributes.items()), parent.trace_state, None,
-        )  # fmt: skip
+            recorder, self._exporter = build_loop_recorder(
+                endpoint, env, "modelyard-router", "modelyard.router", current=access_trace
+            )
+        self.recorder = recorder
+        # The request's SERVER span, continuing the caller's traceparent (or starting a trace); ``with`` it
+        # to end it. Its record lives in the context variable its access line reads (logs.access_trace):
+        # one variable set per request, in the request's own task, where its children look it up.
+        self.request: Callable[[str, str, Mapping[str, str]], RequestSpans] = recorder.request
+        self.current: Callable[[], RequestSpans | None] = access_trace.get  # type: ignore[assignment]
+        self.child_span = ChildSpan
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
-        """The current span (the upstream attempt's) becomes the pod's parent."""
-        self.tracer.inject(headers)
+        """The innermost open span (the upstream attempt's) becomes the pod's parent."""
+        request = self.current()
+        if request is not None:
+            request.inject(headers)
 
     async def aclose(self) -> None:
         """Send the spans still batched and stop exporting."""
         if self._exporter is not None:
             await self._exporter.aclose()
-        self.tracer.shutdown()
 
 
 def setup(flag: str | None, env: Mapping[str, str] | None = None) -> RouterTracing | None:
@@ -98,9 +72,13 @@ def setup(flag: str | None, env: Mapping[str, str] | None = None) -> RouterTraci
 
 
 def span(tracing: RouterTracing | None, name: str, **attributes: Any) -> AbstractContextManager[Any]:
-    """A child span of the current request's span; nothing at all when tracing is off."""
-    return _NOTHING if tracing is None else tracing.child(name, attributes)
+    """A child of the innermost open span of the current request; nothing at all when tracing is off."""
+    if tracing is None:
+        return _NOTHING
+    request = tracing.current()
+    if request is None or request.end_ns:
+        return _NOTHING
+    return tracing.child_span(request, name, attributes)
 
 
 _NOTHING = contextlib.nullcontext()  # reusable: it holds no state
-_LOW64 = (1 << 64) - 1

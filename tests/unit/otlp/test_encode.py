@@ -6,7 +6,8 @@ from __future__ import annotations
 import gzip
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from modelyard.otlp.batch import BatchExporter
 from modelyard.otlp.encode import Encoder
 from modelyard.otlp.sampling import sampler_from
-from modelyard.otlp.span import ERROR, SERVER, Span, SpanContext
+from modelyard.otlp.span import ERROR, INTERNAL, SERVER, Event, Span, SpanContext
 from modelyard.otlp.tracer import Tracer
 from modelyard.otlp.transport import HttpTransport
 
@@ -149,3 +150,52 @@ def test_a_dead_collector_loses_its_batch_quietly_and_a_stopped_exporter_takes_n
     assert exporter.sent == 0
     exporter.add(spans[0])
     assert exporter.dropped == 1
+
+
+def test_fields_of_one_trace_decode_to_the_spans_given_with_little_endian_span_ids() -> None:
+    """The router's bulk path (request_spans.py): a span's ids, kind and times in one pack, its name and
+    attributes as one cached piece; what decodes is what was given, every time."""
+
+    @dataclass
+    class Given:
+        span: int
+        parent: int
+        name: str
+        kind: int
+        start_ns: int
+        end_ns: int
+        attributes: Sequence[tuple[str, Any]]
+        events: list[Event] | None = None
+        status_code: int = 0
+        status_message: str = ""
+
+    trace = bytes.fromhex(TRACE_ID)
+    spans = [
+        Given(0x0102030405060708, 7, "router.relay", INTERNAL, 10, 20, [("http.response.status_code", 200)]),
+        Given(9, 7, "router.upstream_attempt", INTERNAL, 5, 25, {"attempt": 1, "server.address": "a"}.items(),
+              [(12, "exception", [("exception.type", "OSError")])], ERROR, "OSError: x"),
+        Given(7, 0, "POST /v1/completions", SERVER, 1, 30, [("tags", ["a", "b"]), ("flag", True)]),
+    ]  # fmt: skip
+    encoder = Encoder({"service.name": "s"}, "scope")
+    for _ in range(2):  # the second time from the cache
+        fields = encoder.fields_of(trace, "congo=t61rcWkgMzE", spans)
+        (resource_spans,) = ExportTraceServiceRequest.FromString(encoder.request_of([fields])).resource_spans
+        got = resource_spans.scope_spans[0].spans
+        assert len(got) == 3
+        for decoded, given in zip(got, spans, strict=True):
+            assert decoded.trace_id == trace
+            assert decoded.span_id == given.span.to_bytes(8, "little")
+            assert decoded.parent_span_id == (given.parent.to_bytes(8, "little") if given.parent else b"")
+            assert decoded.trace_state == "congo=t61rcWkgMzE"
+            assert (decoded.name, decoded.kind) == (given.name, given.kind)
+            assert (decoded.start_time_unix_nano, decoded.end_time_unix_nano) == (
+                given.start_ns,
+                given.end_ns,
+            )
+            assert [(a.key, _value(a.value)) for a in decoded.attributes] == list(given.attributes)
+            events = [
+                (e.time_unix_nano, e.name, [(a.key, _value(a.value)) for a in e.attributes])
+                for e in decoded.events
+            ]
+            assert events == (given.events or [])
+            assert (decoded.status.code, decoded.status.message) == (given.status_code, given.status_message)

@@ -1,5 +1,6 @@
-"""The event-loop exporter (the router's): spans reach a real OTLP/HTTP endpoint and a real gRPC server
-as one decodable request per batch, a full batch leaves before the schedule delay, a retryable answer is
+"""The event-loop exporter (the router's): requests' spans (request_spans.py, encoded by the exporter in
+bulk) reach a real OTLP/HTTP endpoint and a real gRPC server as one decodable request per batch, a batch
+never holds more spans than its size, a full batch leaves before the schedule delay, a retryable answer is
 retried, and closing sends what is left."""
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from concurrent import futures
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from modelyard.otlp.build import build_loop_tracer
-from modelyard.otlp.span import SERVER
+from modelyard.otlp.build import build_loop_recorder
+from modelyard.otlp.request_spans import ChildSpan
 from modelyard.otlp.transport import GRPC_METHOD
 
 
@@ -46,14 +47,20 @@ class Collector:
         except asyncio.IncompleteReadError:
             writer.close()
 
-    def spans(self) -> list[str]:
-        names = []
+    def batches(self) -> list[list[str]]:
+        """The span names of each request received."""
+        batches = []
         for body in self.bodies:
             request = ExportTraceServiceRequest.FromString(body)
+            names = []
             for resource in request.resource_spans:
                 assert resource.resource.attributes[0].key
                 names.extend(s.name for scope in resource.scope_spans for s in scope.spans)
-        return names
+            batches.append(names)
+        return batches
+
+    def spans(self) -> list[str]:
+        return [name for batch in self.batches() for name in batch]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -71,21 +78,22 @@ def test_a_full_batch_is_posted_at_once_and_closing_sends_the_rest() -> None:
     async def main() -> None:
         collector = Collector()
         endpoint = await collector.start()
-        tracer, exporter = build_loop_tracer(
+        recorder, exporter = build_loop_recorder(
             endpoint, _env(OTEL_BSP_MAX_EXPORT_BATCH_SIZE="100"), "modelyard-test", "test"
         )
-        for i in range(250):
-            with tracer.start_span(f"s{i}", SERVER, [("i", i)]):
+        for i in range(125):  # two spans each: the request's and one child
+            with recorder.request("GET", f"/s{i}", None) as request, ChildSpan(request, "child", {"i": i}):
                 pass
         # Full batches leave at once (the schedule delay is a minute), and the rest of the queue with them.
         await _until(lambda: exporter.sent == 250)
-        for i in range(250, 260):
-            with tracer.start_span(f"s{i}", SERVER, [("i", i)]):
+        for i in range(125, 130):
+            with recorder.request("GET", f"/s{i}", None) as request, ChildSpan(request, "child", {"i": i}):
                 pass
         await asyncio.sleep(0.1)
         assert exporter.sent == 250  # the ten after are not a full batch: they wait
         await exporter.aclose()
-        assert collector.spans() == [f"s{i}" for i in range(260)]
+        assert collector.spans() == [name for i in range(130) for name in ("child", f"GET /s{i}")]
+        assert [len(batch) for batch in collector.batches()] == [100, 100, 50, 10]
         assert collector.connections == 1  # kept alive
         assert exporter.failed == exporter.dropped == 0
 
@@ -96,15 +104,15 @@ def test_a_retryable_answer_is_retried_and_a_bad_request_is_dropped() -> None:
     async def main() -> None:
         collector = Collector([503, 400])
         endpoint = await collector.start()
-        tracer, exporter = build_loop_tracer(endpoint, _env(OTEL_BSP_SCHEDULE_DELAY="10"), "test", "test")
-        with tracer.start_span("first"):
+        recorder, exporter = build_loop_recorder(endpoint, _env(OTEL_BSP_SCHEDULE_DELAY="10"), "test", "test")
+        with recorder.request("GET", "/first", None):
             pass
         await _until(lambda: exporter.failed == 1)  # 503 retried after 0.1 s, then 400: not retryable
-        with tracer.start_span("second"):
+        with recorder.request("GET", "/second", None):
             pass
         await _until(lambda: exporter.sent == 1)
         await exporter.aclose()
-        assert collector.spans() == ["second"]
+        assert collector.spans() == ["GET /second"]
 
     asyncio.run(main())
 
@@ -117,8 +125,8 @@ def test_a_collector_that_is_down_costs_the_spans_not_the_loop() -> None:
         collector.server.close()
         await collector.server.wait_closed()
         env = _env(OTEL_BSP_EXPORT_TIMEOUT="300")
-        tracer, exporter = build_loop_tracer(endpoint, env, "modelyard-test", "test")
-        with tracer.start_span("lost"):
+        recorder, exporter = build_loop_recorder(endpoint, env, "modelyard-test", "test")
+        with recorder.request("GET", "/lost", None):
             pass
         await exporter.aclose()
         assert exporter.failed == 1
@@ -143,9 +151,11 @@ def test_grpc_export_from_the_loop_reaches_a_real_grpc_server() -> None:
 
         async def main() -> None:
             env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2"}
-            tracer, exporter = build_loop_tracer(f"http://127.0.0.1:{port}", env, "modelyard-test", "test")
+            recorder, exporter = build_loop_recorder(
+                f"http://127.0.0.1:{port}", env, "modelyard-test", "test"
+            )
             for name in ("a", "b", "c"):
-                with tracer.start_span(name):
+                with recorder.request("GET", "/" + name, None):
                     pass
             await _until(lambda: exporter.sent == 3)  # without waiting for the schedule delay
             await exporter.aclose()
@@ -161,21 +171,30 @@ def test_grpc_export_from_the_loop_reaches_a_real_grpc_server() -> None:
         for scope in resource.scope_spans
         for span in scope.spans
     ]
-    assert names == ["a", "b", "c"]
+    assert names == ["GET /a", "GET /b", "GET /c"]
 
 
 def test_spans_ended_off_the_loop_wait_for_it_and_are_sent_on_close() -> None:
     async def main() -> None:
         collector = Collector()
         endpoint = await collector.start()
-        tracer, exporter = build_loop_tracer(endpoint, _env(), "modelyard-test", "test")
+        recorder, exporter = build_loop_recorder(endpoint, _env(), "modelyard-test", "test")
 
         def record() -> None:  # a thread with no event loop
-            with tracer.start_span("off-loop"):
+            with recorder.request("GET", "/off-loop", None):
                 pass
 
         await asyncio.get_running_loop().run_in_executor(None, record)
         await exporter.aclose()
-        assert collector.spans() == ["off-loop"]
+        assert collector.spans() == ["GET /off-loop"]
 
     asyncio.run(main())
+
+
+def test_the_routers_batches_are_larger_than_the_sdks_unless_the_environment_sets_them() -> None:
+    """Each export costs the same whatever its size, so the router sends up to 2048 spans at a time."""
+    _, exporter = build_loop_recorder("http://127.0.0.1:1", _env(), "modelyard-test", "test")
+    assert (exporter._max_batch, exporter._max_queue) == (2048, 8192)
+    env = _env(OTEL_BSP_MAX_EXPORT_BATCH_SIZE="512", OTEL_BSP_MAX_QUEUE_SIZE="2048")
+    _, exporter = build_loop_recorder("http://127.0.0.1:1", env, "modelyard-test", "test")
+    assert (exporter._max_batch, exporter._max_queue) == (512, 2048)

@@ -4,6 +4,7 @@ the request's span continues the caller's trace and its children nest under it."
 from __future__ import annotations
 
 import contextvars
+import gc
 import json
 import logging
 import subprocess
@@ -13,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from modelyard.otlp.encode import Encoder
+from modelyard.otlp.request_spans import RequestRecorder, RequestSpans
 from modelyard.otlp.sampling import sampler_from
-from modelyard.otlp.span import SERVER, Span
-from modelyard.otlp.tracer import Tracer
 from modelyard.router.logs import ACCESS_LOGGER, JsonFormatter, access_trace
 from modelyard.router.tracing import RouterTracing, endpoint_from, setup, span
 from tests.support.roots import pythonpath
@@ -66,35 +69,89 @@ def test_endpoint_from_the_flag_or_the_standard_variables_and_a_no_op_span() -> 
         assert nothing is None
 
 
+def _recording(env: dict[str, str] | None = None) -> tuple[RouterTracing, list[RequestSpans]]:
+    """Router tracing whose ended requests are kept in a list instead of exported."""
+    ended: list[RequestSpans] = []
+    recorder = RequestRecorder(
+        sampler_from(env or {}), lambda request, count: ended.append(request), access_trace
+    )
+    return RouterTracing("http://unused:4317", {}, recorder=recorder), ended
+
+
+def _decoded(ended: list[RequestSpans]) -> list[Span]:
+    """The requests' spans as the exporter sends them, decoded by opentelemetry-proto."""
+    encoder = Encoder({"service.name": "modelyard-router"}, "modelyard.router")
+    body = encoder.request_of([request.fields(encoder) for request in ended])
+    (resource,) = ExportTraceServiceRequest.FromString(body).resource_spans
+    return [span for scope in resource.scope_spans for span in scope.spans]
+
+
+def _attributes(span: Span | Span.Event) -> dict[str, object]:
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+
+
 def test_the_request_span_continues_the_callers_trace_and_the_attempt_is_the_pods_parent() -> None:
-    ended: list[Span] = []
-    tracing = RouterTracing("http://unused:4317", {}, tracer=Tracer(sampler_from({}), ended.append))
-    caller = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    tracing, ended = _recording()
+    caller = {
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": "congo=t61rcWkgMzE",
+    }
     upstream: dict[str, str] = {}
     with tracing.request("POST", "/v1/completions", caller) as root:
-        with span(
-            tracing, "router.upstream_attempt", attempt=1, **{"server.address": "http://pod"}
-        ) as attempt:
+        with span(tracing, "router.hold", **{"gen_ai.request.model": "m"}):
+            pass
+        with span(tracing, "router.upstream_attempt", attempt=1, **{"server.address": "http://pod"}):
             tracing.inject(upstream)
             with span(tracing, "router.relay", **{"http.response.status_code": 200}):
                 pass
         root.set_attribute("http.response.status_code", 200)
-    relay, attempt_span, request = ended
-    assert attempt_span is attempt
-    assert request is root
-    assert request.kind == SERVER
+    assert len(ended) == 1  # the request's spans go to the exporter together, when it ends
+    hold, relay, attempt, request = _decoded(ended)
+    assert (hold.name, relay.name, attempt.name) == ("router.hold", "router.relay", "router.upstream_attempt")
+    assert request.kind == Span.SPAN_KIND_SERVER
+    assert attempt.kind == Span.SPAN_KIND_INTERNAL
     assert request.name == "POST /v1/completions"
-    assert request.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert request.parent_id == "00f067aa0ba902b7"
-    assert attempt.parent_id == request.span_id
-    assert relay.parent_id == attempt.span_id
-    assert attempt.attributes == [("attempt", 1), ("server.address", "http://pod")]
-    assert request.attributes[-1] == ("http.response.status_code", 200)
-    assert upstream["traceparent"] == f"00-{request.trace_id}-{attempt.span_id}-01"
+    assert {s.trace_id.hex() for s in (hold, relay, attempt, request)} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
+    assert {s.trace_state for s in (hold, relay, attempt, request)} == {"congo=t61rcWkgMzE"}
+    assert request.parent_span_id.hex() == "00f067aa0ba902b7"
+    assert hold.parent_span_id == attempt.parent_span_id == request.span_id
+    assert relay.parent_span_id == attempt.span_id
+    assert len({s.span_id for s in (hold, relay, attempt, request)}) == 4
+    assert _attributes(attempt) == {"attempt": 1, "server.address": "http://pod"}
+    assert _attributes(relay) == {"http.response.status_code": 200}
+    assert _attributes(request) == {
+        "http.request.method": "POST", "url.path": "/v1/completions", "http.response.status_code": 200,
+    }  # fmt: skip
+    # Each span ends after it starts, inside its parent's time.
+    assert request.start_time_unix_nano <= hold.start_time_unix_nano <= hold.end_time_unix_nano
+    assert hold.end_time_unix_nano <= attempt.start_time_unix_nano <= relay.start_time_unix_nano
+    assert relay.end_time_unix_nano <= attempt.end_time_unix_nano <= request.end_time_unix_nano
+    assert all(s.status.code == 0 for s in (hold, relay, attempt, request))
+    assert upstream == {
+        "traceparent": f"00-4bf92f3577b34da6a3ce929d0e0e4736-{attempt.span_id.hex()}-01",
+        "tracestate": "congo=t61rcWkgMzE",
+    }
+
+
+def test_an_exception_marks_its_span_and_the_request_error_with_an_exception_event() -> None:
+    tracing, ended = _recording()
+    with (
+        pytest.raises(RuntimeError),
+        tracing.request("POST", "/v1/completions", {}),
+        span(tracing, "router.relay"),
+    ):
+        raise RuntimeError("cut")
+    relay, request = _decoded(ended)
+    for got in (relay, request):
+        assert got.status.code == Status.STATUS_CODE_ERROR
+        assert got.status.message == "RuntimeError: cut"
+        (event,) = got.events
+        assert event.name == "exception"
+        assert _attributes(event) == {"exception.type": "RuntimeError", "exception.message": "cut"}
 
 
 def test_with_tracing_on_the_access_line_carries_the_trace_id_next_to_the_request_id() -> None:
-    tracing = RouterTracing("http://unused:4317", {}, tracer=Tracer(sampler_from({}), [].append))
+    tracing, _ = _recording()
     caller = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
     access = json.dumps({"request_id": "r1", "status": 200})
 
@@ -114,27 +171,61 @@ def test_with_tracing_on_the_access_line_carries_the_trace_id_next_to_the_reques
 
 
 def test_without_a_traceparent_the_request_starts_a_trace_kept_or_not_as_the_sampler_says() -> None:
-    ended: list[Span] = []
-    tracing = RouterTracing("http://unused:4317", {}, tracer=Tracer(sampler_from({}), ended.append))
+    tracing, ended = _recording()
     with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay") as relay:
         pass
-    assert ended == [relay, root]
-    assert root.parent_id is None
+    assert ended == [root]
+    relay_span, request = _decoded(ended)
+    assert not request.parent_span_id
     assert root.sampled
-    assert relay.trace_id == root.trace_id
-    assert relay.parent_id == root.span_id
+    assert relay_span.trace_id.hex() == request.trace_id.hex() == root.trace_id
+    assert relay_span.parent_span_id == request.span_id
+    assert request.span_id.hex() == root.span_id
+    assert relay_span.span_id.hex() == relay.span_id
     assert len(root.trace_id) == 32
-    assert len(root.span_id) == 16
-    assert root.trace
-    assert root.span
-    assert root.attributes == [("http.request.method", "POST"), ("url.path", "/v1/completions")]
+    assert _attributes(request) == {"http.request.method": "POST", "url.path": "/v1/completions"}
 
-    ended.clear()
-    never = Tracer(sampler_from({"OTEL_TRACES_SAMPLER": "always_off"}), ended.append)
-    tracing = RouterTracing("http://unused:4317", {}, tracer=never)
+    tracing, ended = _recording({"OTEL_TRACES_SAMPLER": "always_off"})
     with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay"):
         upstream: dict[str, str] = {}
         tracing.inject(upstream)
     assert ended == []
     assert not root.sampled
     assert upstream["traceparent"].endswith("-00")  # the pod is told not to keep it either
+
+
+def test_a_span_outside_a_request_or_after_it_ended_records_nothing() -> None:
+    tracing, ended = _recording()
+    with span(tracing, "router.relay") as nothing:
+        assert nothing is None
+    with tracing.request("POST", "/v1/completions", {}):
+        pass
+    with span(tracing, "router.relay") as late:  # the request's record is still current in this task
+        assert late is None
+    upstream: dict[str, str] = {}
+    tracing.inject(upstream)
+    assert len(_decoded(ended)) == 1
+
+
+def test_an_exported_request_leaves_nothing_for_the_garbage_collector() -> None:
+    """Children refer to their request and the request to its children: encoding breaks that cycle, so a
+    request's objects are freed by reference counting (cyclic garbage made the collector run every ~1,500
+    router requests, traversing every record still queued)."""
+    encoder = Encoder({"service.name": "modelyard-router"}, "modelyard.router")
+    tracing = RouterTracing(
+        "http://unused:4317",
+        {},
+        recorder=RequestRecorder(
+            sampler_from({}), lambda request, count: request.fields(encoder), access_trace
+        ),
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(100):
+            request = tracing.request("POST", "/v1/completions", {})
+            with request, span(tracing, "router.upstream_attempt", attempt=1), span(tracing, "router.relay"):
+                pass
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
