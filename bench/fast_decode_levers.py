@@ -95,7 +95,11 @@ def linear_part(threads: int, repeats: int) -> dict[str, Any]:
 
 
 def engine_part(
-    threads: int, rounds_wanted: int, workloads: list[str], new_tokens_override: int = 0
+    threads: int,
+    rounds_wanted: int,
+    workloads: list[str],
+    new_tokens_override: int = 0,
+    only: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     import torch
 
@@ -118,6 +122,10 @@ def engine_part(
         hf, Levers(merged=False, packed=False, grouped_attention=True)
     )
     variants["fast (all levers)"] = FastLlama(hf, Levers())
+    # The one lever measured against all the others on: no SDPA mask where it would hide nothing.
+    variants["fast, masks always built"] = FastLlama(hf, Levers(skip_masks=False))
+    if only:
+        variants = {k: v for k, v in variants.items() if k in only or k == "transformers"}
 
     async def go() -> dict[str, Any]:
         engine = TorchEngine(loaded, config)
@@ -143,7 +151,9 @@ def engine_part(
                     "tok_per_cpu_s": rounds.tok_per_cpu_s,
                     "over_transformers": rounds.over("transformers"),
                     "cpu_over_transformers": rounds.cpu_over("transformers"),
-                    "cpu_over_lean_no_lever": rounds.cpu_over("lean, no lever"),
+                    "cpu_over_lean_no_lever": rounds.cpu_over("lean, no lever")
+                    if "lean, no lever" in variants
+                    else {},
                     "same_tokens_as_transformers": rounds.same_tokens_as("transformers"),
                 }
                 print(name, json.dumps(report[name]), flush=True)
@@ -163,6 +173,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
     parser.add_argument("--new-tokens", type=int, default=0, help="override the workloads' new tokens")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only these variants (and transformers'), e.g. 'fast (all levers)'",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.part == "linear":
@@ -170,7 +186,11 @@ def main() -> None:
     else:
         report = {
             "engine": engine_part(
-                args.threads, args.rounds, args.workload or list(WORKLOADS), args.new_tokens
+                args.threads,
+                args.rounds,
+                args.workload or list(WORKLOADS),
+                args.new_tokens,
+                tuple(args.only),
             )
         }
     report["note"] = f"{args.threads} threads; load average at end {os.getloadavg()}"
