@@ -117,8 +117,11 @@ class GroupSlab:
         assert old is not None
         source = old[which]
         rows, heads, dim = len(rows_from), source.shape[1], source.shape[3]
-        out = source.new_zeros((rows, heads, self.length + HEADROOM, dim))
+        out = source.new_empty((rows, heads, self.length + HEADROOM, dim))
         shift = self.length - previous.length
+        out[:, :, self.length :].zero_()  # headroom
+        if shift > 0:
+            out[:, :, :shift].zero_()  # the kept rows' new left padding (gathered rows overwrite theirs)
         # Columns [a, b) of the old copy land in [a + shift, b + shift) of the new one.
         a, b = max(0, -shift), previous.length
         kept = [i for i, r in enumerate(rows_from) if r >= 0]
