@@ -32,7 +32,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-WORKLOADS = {"c16-32+32": (16, 32, 32), "c64-32+32": (64, 32, 32), "c16-512+128": (16, 512, 128)}
+WORKLOADS = {
+    "c16-32+32": (16, 32, 32),
+    "c64-32+32": (64, 32, 32),
+    "c16-512+128": (16, 512, 128),
+    "c64-512+128": (64, 512, 128),
+}
 
 
 def linear_part(threads: int, repeats: int) -> dict[str, Any]:
@@ -95,7 +100,11 @@ def linear_part(threads: int, repeats: int) -> dict[str, Any]:
 
 
 def engine_part(
-    threads: int, rounds_wanted: int, workloads: list[str], new_tokens_override: int = 0
+    threads: int,
+    rounds_wanted: int,
+    workloads: list[str],
+    new_tokens_override: int = 0,
+    only: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     import torch
 
@@ -109,15 +118,23 @@ def engine_part(
     loaded, config = _load_bench_model(threads, "float32")
     config = dataclasses.replace(config, fast_decode="off")  # the variants below are swapped in by hand
     hf = loaded.model
-    variants: dict[str, Any] = {"transformers": hf}
     none = Levers(merged=False, packed=False, grouped_attention=False)
-    variants["lean, no lever"] = FastLlama(hf, none)
-    variants["lean + merged"] = FastLlama(hf, Levers(merged=True, packed=False, grouped_attention=False))
-    variants["lean + packed"] = FastLlama(hf, Levers(merged=False, packed=True, grouped_attention=False))
-    variants["lean + grouped attention"] = FastLlama(
-        hf, Levers(merged=False, packed=False, grouped_attention=True)
-    )
-    variants["fast (all levers)"] = FastLlama(hf, Levers())
+    builders: dict[str, Any] = {
+        "transformers": lambda: hf,
+        "lean, no lever": lambda: FastLlama(hf, none),
+        "lean + merged": lambda: FastLlama(hf, dataclasses.replace(none, merged=True)),
+        "lean + packed": lambda: FastLlama(hf, dataclasses.replace(none, packed=True)),
+        "lean + grouped attention": lambda: FastLlama(hf, dataclasses.replace(none, grouped_attention=True)),
+        "fast (all levers)": lambda: FastLlama(hf, Levers()),
+        # Each lever below measured against all the others on: an SDPA mask even where it hides nothing,
+        "fast, masks always built": lambda: FastLlama(hf, Levers(skip_masks=False)),
+        # and (model/runner.py) a changed decode group gathering every row from the pool again instead
+        # of copying its kept rows from the last step's working copy.
+        "fast, every changed group gathered": lambda: FastLlama(hf, Levers()),
+    }
+    variants = {k: build() for k, build in builders.items() if not only or k in only}
+    regather = variants.get("fast, every changed group gathered")
+    base = "transformers" if "transformers" in variants else next(iter(variants))
 
     async def go() -> dict[str, Any]:
         engine = TorchEngine(loaded, config)
@@ -126,6 +143,7 @@ def engine_part(
 
         def swap(model: Any) -> None:
             runner.model = model
+            runner.reuse_slabs = model is not regather
 
         report: dict[str, Any] = {}
         try:
@@ -141,10 +159,13 @@ def engine_part(
                 report[name] = {
                     "tok_s": rounds.tok_s,
                     "tok_per_cpu_s": rounds.tok_per_cpu_s,
-                    "over_transformers": rounds.over("transformers"),
-                    "cpu_over_transformers": rounds.cpu_over("transformers"),
-                    "cpu_over_lean_no_lever": rounds.cpu_over("lean, no lever"),
-                    "same_tokens_as_transformers": rounds.same_tokens_as("transformers"),
+                    "base": base,
+                    "over_base": rounds.over(base),
+                    "cpu_over_base": rounds.cpu_over(base),
+                    "cpu_over_lean_no_lever": rounds.cpu_over("lean, no lever")
+                    if "lean, no lever" in variants
+                    else {},
+                    "same_tokens_as_base": rounds.same_tokens_as(base),
                 }
                 print(name, json.dumps(report[name]), flush=True)
         finally:
@@ -163,6 +184,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
     parser.add_argument("--new-tokens", type=int, default=0, help="override the workloads' new tokens")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only these variants (the first is the base of the ratios), e.g. 'fast (all levers)'",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.part == "linear":
@@ -170,7 +197,11 @@ def main() -> None:
     else:
         report = {
             "engine": engine_part(
-                args.threads, args.rounds, args.workload or list(WORKLOADS), args.new_tokens
+                args.threads,
+                args.rounds,
+                args.workload or list(WORKLOADS),
+                args.new_tokens,
+                tuple(args.only),
             )
         }
     report["note"] = f"{args.threads} threads; load average at end {os.getloadavg()}"

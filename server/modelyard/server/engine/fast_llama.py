@@ -54,6 +54,7 @@ class Levers:
     merged: bool = True
     packed: bool = True
     grouped_attention: bool = True
+    skip_masks: bool = True  # no SDPA mask where it hides nothing (``_mask``)
 
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -347,7 +348,7 @@ class FastLlama:
         position_ids: torch.Tensor,
         cache_layers: Any,
         attention_mask: torch.Tensor | None,
-        masks: dict[int | None, torch.Tensor],
+        masks: dict[int | None, torch.Tensor | None],
         logits_to_keep: int,
         lora: Deltas | None,
     ) -> torch.Tensor:
@@ -381,7 +382,7 @@ class FastLlama:
         sin: torch.Tensor,
         cache_layer: Any,
         mask2d: torch.Tensor | None,
-        masks: dict[int | None, torch.Tensor],
+        masks: dict[int | None, torch.Tensor | None],
         lora: Deltas | None,
     ) -> torch.Tensor:
         heads, kv_heads, dim = layer.heads, layer.kv_heads, layer.head_dim
@@ -432,15 +433,16 @@ class FastLlama:
         rows: int,
         query: int,
         mask2d: torch.Tensor | None,
-        masks: dict[int | None, torch.Tensor],
+        masks: dict[int | None, torch.Tensor | None],
     ) -> torch.Tensor:
         """``q`` ``[rows, Q, heads, dim]`` over ``[rows, kv_heads, L, dim]``: ``[rows * Q, heads * dim]``"""
         heads, kv_heads, dim = layer.heads, layer.kv_heads, layer.head_dim
         group = heads // kv_heads
-        mask = masks.get(layer.window)
-        if mask is None:
+        if layer.window in masks:
+            mask = masks[layer.window]
+        else:
             assert mask2d is not None, "no 2-D mask to build the attention mask from"
-            mask = masks[layer.window] = _mask(mask2d, query, layer.window)
+            mask = masks[layer.window] = _mask(mask2d, query, layer.window, self.levers.skip_masks)
         if query == 1 and self.levers.grouped_attention:
             # One query per row: head h reads kv head h // group, so the heads of a group are the query
             # rows of one attention over that kv head; the mask broadcasts over them.
@@ -448,15 +450,35 @@ class FastLlama:
             out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=layer.scaling)
             return out.reshape(rows, heads * dim)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=mask, scale=layer.scaling, enable_gqa=group > 1
+            q.transpose(1, 2),
+            keys,
+            values,
+            attn_mask=mask,
+            is_causal=mask is None,  # _mask left it out: every row's Q columns are its whole history
+            scale=layer.scaling,
+            enable_gqa=group > 1,
         )
         return out.transpose(1, 2).reshape(rows * query, heads * dim)
 
 
-def _mask(mask2d: torch.Tensor, query: int, window: int | None) -> torch.Tensor:
+def _mask(mask2d: torch.Tensor, query: int, window: int | None, skip: bool = True) -> torch.Tensor | None:
     """``[rows, 1, Q, L]`` booleans: real columns, causal (query ``j`` sits at column ``L - Q + j``) and
-    within the sliding window (``column > position - window``, as transformers masks it)."""
+    within the sliding window (``column > position - window``, as transformers masks it).
+
+    None (when ``skip``) where the mask would hide nothing beyond plain causality: no padding column,
+    no window, and one query per row or as many queries as columns (a fresh prefill). SDPA then runs
+    without a mask (``is_causal`` for a prefill): the same scores, as adding a mask's zeros changes no
+    bit, but no per-layer mask conversion, and a causal prefill skips the blocks above the diagonal.
+    Checked on CPU only, where reading ``mask2d`` costs no device sync."""
     width = mask2d.shape[1]
+    if (
+        skip
+        and window is None
+        and (query == 1 or query == width)
+        and mask2d.device.type == "cpu"
+        and bool(mask2d.all())
+    ):
+        return None
     real = mask2d.bool()[:, None, None, :]
     if query == 1 and window is None:
         return real

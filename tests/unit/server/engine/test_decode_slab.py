@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from modelyard.server.engine.model.decode_slab import GroupSlab
+from modelyard.server.engine.model.runner import ModelRunner
 from tests.unit.server.engine.helpers import prompt_of, request, tokens
 
 pytestmark = pytest.mark.model
@@ -79,3 +81,53 @@ async def test_preempted_rows_rejoin_with_the_same_tokens_on_the_working_copy(ma
     together = await _staggered(engine, prompts, max_tokens=40, ignore_eos=True)
     assert together == [a[0] for a in alone]
     assert engine.stats().num_preemptions > 0
+
+
+def test_a_changed_group_copies_its_kept_rows_bit_for_bit(loaded_models, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Rows join (shorter and longer than the group), leave (the longest too) and change order: the
+    copy built from the last step's copy gives the logits of one gathered from the pool."""
+    loaded = loaded_models["llama"]
+    rebuilt = GroupSlab.rebuilt
+    copies: list[int] = []
+
+    def counting(self, *args):  # type: ignore[no-untyped-def]
+        copies.append(1)
+        return rebuilt(self, *args)
+
+    monkeypatch.setattr(GroupSlab, "rebuilt", counting)
+    groups = [(0, 1), (0, 1), (0, 1, 2), (0, 2), (0, 2, 3), (3, 0), (3, 0, 1)]
+    out: dict[bool, list[torch.Tensor]] = {}
+    for reuse in (True, False):
+        runner = ModelRunner(
+            loaded.model,
+            torch.device("cpu"),
+            loaded.num_layers,
+            8,
+            sliding=False,
+            decode_slab=True,
+            fast_decode="on",
+        )  # type: ignore[arg-type]
+        runner.reuse_slabs = reuse
+        runner.allocate(32)
+        tables = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+        held = [5, 12, 9, 20]
+        logits: list[torch.Tensor] = []
+        with torch.inference_mode():
+            runner.prefill(tables, [0] * 4, [prompt_of(n, i) for i, n in enumerate(held)])
+            for step, group in enumerate(groups):
+                runner.begin_decode()
+                rows = list(group)
+                logits.append(
+                    runner.decode(
+                        [tables[r] for r in rows],
+                        [held[r] for r in rows],
+                        [7 + step] * len(rows),
+                        keys=group,
+                    )
+                )
+                for r in rows:
+                    held[r] += 1
+        out[reuse] = logits
+    assert copies  # the kept rows were copied, not gathered
+    for with_reuse, gathered in zip(out[True], out[False], strict=True):
+        assert torch.equal(with_reuse, gathered)

@@ -6,6 +6,7 @@ row in one forward (as speculative verification feeds them)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from modelyard.server.engine import EngineConfig, GenerationOutput
 from modelyard.server.engine.engine import TorchEngine
-from modelyard.server.engine.fast_llama import FastLlama, unsupported_reason, use_fast_forward
+from modelyard.server.engine.fast_llama import FastLlama, _mask, unsupported_reason, use_fast_forward
 from modelyard.server.engine.model.loader import LoadedModel, load_model
 from modelyard.server.engine.model.runner import ModelRunner
 from modelyard.server.engine.types import GuidedDecoding
@@ -169,6 +170,47 @@ def test_several_new_tokens_per_row_match_transformers(loaded: LoadedModel) -> N
             out[fast] = runner.prefill(tables, [len(p) for p in prompts], drafts, all_logits=True)
     for row, k in enumerate((4, 1, 3)):  # each row's fed tokens are its last columns
         torch.testing.assert_close(out["on"][row, -k:], out["off"][row, -k:], atol=1e-4, rtol=1e-4)
+
+
+def test_masks_are_left_out_only_where_they_hide_nothing() -> None:
+    full = torch.ones(2, 6, dtype=torch.long)
+    padded = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    assert _mask(full, 1, None) is None  # decode, no padding
+    assert _mask(full, 6, None) is None  # fresh prefill: plain causal
+    assert _mask(full, 3, None) is not None  # new columns after cached ones: not top-left causal
+    assert _mask(full, 1, 4) is not None  # a sliding window hides columns
+    assert _mask(padded, 1, None) is not None
+    assert _mask(full, 1, None, skip=False) is not None
+
+
+def test_leaving_masks_out_changes_no_bit(loaded: LoadedModel) -> None:
+    """A fresh prefill of equal-length rows (SDPA's is_causal) and the decode steps after it (no
+    mask): bitwise the logits of the same forward with every mask built."""
+    out: dict[bool, list[torch.Tensor]] = {}
+    for skip in (True, False):
+        runner = ModelRunner(
+            loaded.model,
+            torch.device("cpu"),
+            loaded.num_layers,
+            8,
+            sliding=False,
+            decode_slab=True,
+            fast_decode="on",
+        )  # type: ignore[arg-type]
+        assert isinstance(runner.model, FastLlama)
+        runner.model.levers = dataclasses.replace(runner.model.levers, skip_masks=skip)
+        runner.allocate(32)
+        tables = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+        prompts = [prompt_of(7, i) for i in range(3)]
+        with torch.inference_mode():
+            logits = [runner.prefill(tables, [0, 0, 0], prompts)[:, -1]]
+            for step in range(3):
+                runner.begin_decode()
+                last = [int(t) for t in logits[-1].argmax(-1)]
+                logits.append(runner.decode(tables, [7 + step] * 3, last, keys=(0, 1, 2)))
+        out[skip] = logits
+    for with_skip, without in zip(out[True], out[False], strict=True):
+        assert torch.equal(with_skip, without)
 
 
 def test_other_architectures_keep_transformers_modules(loaded_models: dict[str, LoadedModel]) -> None:

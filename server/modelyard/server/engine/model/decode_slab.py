@@ -38,6 +38,9 @@ class GroupSlab:
     length: int  # columns in use (the longest row's tokens)
     layers: list[tuple[torch.Tensor, torch.Tensor] | None]  # per layer [rows, heads, capacity, dim]
     _indices: dict[tuple[torch.device, int, str], torch.Tensor] = field(default_factory=dict)
+    # The previous group's copy and, per row here, its row there (-1: gather from the pool): a row that
+    # keeps decoding is copied from it (a contiguous copy), only joining rows are gathered.
+    reuse: tuple[GroupSlab, list[int]] | None = None
 
     @classmethod
     def gather_plan(
@@ -55,33 +58,95 @@ class GroupSlab:
     def matches(self, keys: tuple[int, ...], held: list[int]) -> bool:
         return self.keys == keys and self.held == held
 
-    def _token_slots(self, block_size: int, device: torch.device) -> torch.Tensor:
-        """``[rows, length + HEADROOM]`` slot of each column: left padding and headroom read slot 0."""
-        rows: list[list[int]] = []
-        for table, n in zip(self.block_tables, self.held, strict=True):
+    def reuse_from(self, previous: GroupSlab) -> bool:
+        """Plan to copy the rows that ``previous`` holds as they are now (same request, same tokens)
+        from it; False (nothing planned) when it holds none of them or lacks a layer's copy."""
+        where = {key: (i, n) for i, (key, n) in enumerate(zip(previous.keys, previous.held, strict=True))}
+        rows_from = [
+            where[key][0] if key in where and where[key][1] == n else -1
+            for key, n in zip(self.keys, self.held, strict=True)
+        ]
+        if all(r < 0 for r in rows_from) or any(layer is None for layer in previous.layers):
+            return False
+        self.reuse = (previous, rows_from)
+        return True
+
+    def _token_slots(self, block_size: int, device: torch.device, rows: list[int]) -> torch.Tensor:
+        """``[len(rows), length + HEADROOM]`` slot of each column of these rows: left padding and
+        headroom read slot 0."""
+        out: list[list[int]] = []
+        for row in rows:
+            table, n = self.block_tables[row], self.held[row]
             real = [table[t // block_size] * block_size + t % block_size for t in range(n)]
-            rows.append([0] * (self.length - n) + real + [0] * HEADROOM)
-        return torch.tensor(rows, dtype=torch.long, device=device)
+            out.append([0] * (self.length - n) + real + [0] * HEADROOM)
+        return torch.tensor(out, dtype=torch.long, device=device)
+
+    def _gathered_rows(self) -> list[int]:
+        """The rows whose history comes from the pool (all, unless a previous copy holds some)."""
+        if self.reuse is None:
+            return list(range(len(self.keys)))
+        return [i for i, r in enumerate(self.reuse[1]) if r < 0]
 
     def indices(
         self, device: torch.device, heads: int, num_slots: int, block_size: int, write_slots: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gather rows of the history, pool rows of this step's new keys) in a head-major pool."""
+        """(gather rows of the history of the rows taken from the pool, pool rows of this step's new
+        keys) in a head-major pool."""
         gather = self._indices.get((device, heads, "gather"))
         write = self._indices.get((device, heads, "write"))
         if gather is None or write is None:
             offsets = torch.arange(heads, device=device)[None, :, None] * num_slots
-            gather = (offsets + self._token_slots(block_size, device)[:, None, :]).reshape(-1)
+            rows = self._gathered_rows()
+            if rows:
+                gather = (offsets + self._token_slots(block_size, device, rows)[:, None, :]).reshape(-1)
+            else:
+                gather = torch.empty(0, dtype=torch.long, device=device)
             slots = torch.tensor(write_slots, dtype=torch.long, device=device)
             write = (offsets[:, :, 0] + slots[:, None]).reshape(-1)
             self._indices[(device, heads, "gather")] = gather
             self._indices[(device, heads, "write")] = write
         return gather, write
 
+    def rebuilt(self, layer: int, which: int, pool: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s keys (``which`` 0) or values (1) ``[rows, heads, length + HEADROOM, dim]``:
+        the kept rows copied from the previous copy (right-aligned, so shifted by the change in length),
+        the others gathered from the pool; padding and headroom zero, as a gather leaves them."""
+        assert self.reuse is not None
+        previous, rows_from = self.reuse
+        old = previous.layers[layer]
+        assert old is not None
+        source = old[which]
+        rows, heads, dim = len(rows_from), source.shape[1], source.shape[3]
+        out = source.new_empty((rows, heads, self.length + HEADROOM, dim))
+        shift = self.length - previous.length
+        out[:, :, self.length :].zero_()  # headroom
+        if shift > 0:
+            out[:, :, :shift].zero_()  # the kept rows' new left padding (gathered rows overwrite theirs)
+        # Columns [a, b) of the old copy land in [a + shift, b + shift) of the new one.
+        a, b = max(0, -shift), previous.length
+        kept = [i for i, r in enumerate(rows_from) if r >= 0]
+        src = [rows_from[i] for i in kept]
+        if kept == src == list(range(len(kept))):  # the usual case: rows joined after the kept ones
+            out[: len(kept), :, a + shift : b + shift].copy_(source[: len(kept), :, a:b])
+        else:
+            index = torch.tensor(src, dtype=torch.long, device=source.device)
+            taken = source.index_select(0, index)[:, :, a:b]
+            to = torch.tensor(kept, dtype=torch.long, device=source.device)
+            out[:, :, a + shift : b + shift].index_copy_(0, to, taken)
+        fresh = [i for i, r in enumerate(rows_from) if r < 0]
+        if fresh:
+            pulled = pool.index_select(0, gather).view(len(fresh), heads, self.length + HEADROOM, dim)
+            if fresh == list(range(rows - len(fresh), rows)):
+                out[rows - len(fresh) :].copy_(pulled)
+            else:
+                out.index_copy_(0, torch.tensor(fresh, dtype=torch.long, device=out.device), pulled)
+        return out
+
     def advanced(self, block_tables: list[list[int]]) -> None:
         """After a step: every row holds one more token, and the next step writes other slots."""
         self.held = [n + 1 for n in self.held]
         self.length += 1
+        self.reuse = None  # every layer holds its copy now: the previous one may go
         self.block_tables = [list(t) for t in block_tables]
         self._indices.clear()
 
@@ -109,7 +174,10 @@ class SlabLayer(PoolLayer):  # type: ignore[no-untyped-call]
         v_pool.index_copy_(0, write, v_new.reshape(rows * heads, -1).to(v_pool.dtype))
         length = slab.length
         buffers = slab.layers[self._index]
-        if buffers is None:
+        if buffers is None and slab.reuse is not None:
+            k_buf = slab.rebuilt(self._index, 0, k_pool, gather)
+            v_buf = slab.rebuilt(self._index, 1, v_pool, gather)
+        elif buffers is None:
             capacity = gather.numel() // (rows * heads)
             k_buf = k_pool.index_select(0, gather).view(rows, heads, capacity, dim)
             v_buf = v_pool.index_select(0, gather).view(rows, heads, capacity, -1)

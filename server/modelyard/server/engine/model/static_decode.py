@@ -182,12 +182,12 @@ class _StepState:
 
 def step_masks(
     meta: torch.Tensor, width: int, windows: frozenset[int | None]
-) -> dict[int | None, torch.Tensor]:
+) -> dict[int | None, torch.Tensor | None]:
     """``[B, 1, 1, width]`` boolean masks per sliding window (None: full attention)."""
     cols = torch.arange(width, device=meta.device)
     token = cols[None, :] - meta[_FIRST][:, None]  # the row's token in each column; < 0 is padding
     real = (token >= 0) & (token < meta[_TOTAL][:, None])
-    masks: dict[int | None, torch.Tensor] = {}
+    masks: dict[int | None, torch.Tensor | None] = {}
     for window in windows:
         mask = real if window is None else real & (token > meta[_POSITION][:, None] - window)
         masks[window] = mask[:, None, None, :]
