@@ -435,10 +435,6 @@ class TorchEngine:
         seconds = time.perf_counter() - start
         after = self._run_queue.waited_s()
         waited = after - before if after is not None and before is not None else 0.0
-        if self._lora is not None and self._lora.building_aside:
-            # The stack's builder holds a core meanwhile: one thread would look faster than every core
-            # for these steps only, and the tuner would keep that count long after the build.
-            return
         self._tune_threads(len(step.decode), seconds, max(0.0, waited))
 
     def _tune_threads(self, rows: int, seconds: float, waited: float) -> None:

@@ -254,12 +254,6 @@ class FusedLora:
                 return StackedDeltas(stack, segments, rows, query)
         return SegmentDeltas(tuple((seg, self._slot_pairs(seg.slot)) for seg in segments), query)
 
-    @property
-    def building(self) -> bool:
-        """Whether a worker thread is building a stack now: it takes a core from the engine's threads
-        meanwhile, so decode steps then are no measure of the thread count (see ``Engine``'s tuner)."""
-        return self._building is not None and not self._building[1].done()
-
     def _stack_built_aside(self, loaded: list[int]) -> Stack | None:
         """The stack of the loaded slots once a worker thread has built it, else None (the forward
         takes segments meanwhile). A rank-heavy stack is hundreds of MB (312 MB for four rank-64
@@ -285,14 +279,8 @@ class FusedLora:
             self._builder = ThreadPoolExecutor(1, thread_name_prefix="lora-stack")
         # The slots' pairs are taken here, on the engine thread: the worker reads only this snapshot.
         per_slot = {slot: self._slot_pairs(slot) for slot in loaded}
-        self._building = (self._generation, self._builder.submit(self._build_aside, loaded, per_slot))
+        self._building = (self._generation, self._builder.submit(self._build_stack, loaded, per_slot))
         return None
-
-    def _build_aside(self, slots: list[int], per_slot: dict[int, SlotPairs]) -> Stack:
-        # One OpenMP thread: the copies are bytes-bound, and a team of its own would spin on the cores the
-        # engine's threads compute on.
-        torch.set_num_threads(1)
-        return self._build_stack(slots, per_slot)
 
     def _build_stack(self, slots: list[int], per_slot: dict[int, SlotPairs] | None = None) -> Stack:
         if per_slot is None:

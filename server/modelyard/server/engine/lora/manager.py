@@ -118,11 +118,6 @@ class LoraManager:
             raise LoraNotFoundError(f"The model `{name}` does not exist.")
         return entry.id
 
-    @property
-    def building_aside(self) -> bool:
-        """Whether the fast path's adapter stack is being built on a worker thread now."""
-        return self._fused.building
-
     def names(self) -> list[str]:
         with self._lock:
             return list(self._by_name)
