@@ -9,11 +9,10 @@ dim (``[Σr, in]``, one "shrink" matmul for the group), and per targeted project
 target costs nothing; no B multiplies zeros, and no B is copied.
 
 Two kernels add the pairs' deltas (measured in ``bench/lora_kernels.py``, table in docs/lora.md):
-``StackedDeltas`` (all loaded adapters side by side, all rows, other adapters' columns masked; on CPU
-oneDNN-prepacked) while the loaded ranks add up to little or the forward is a small decode step (a
-rank-heavy stack is built on a worker thread), else ``SegmentDeltas`` (the adapter rows gathered
-once per group, sorted by adapter; per adapter a shrink and its expands on its slice; one scatter-add
-back). A forward of base rows only gets no deltas at all.
+``StackedDeltas`` (all loaded adapters side by side, all rows, other adapters' columns masked) while
+the loaded ranks add up to little, else ``SegmentDeltas`` (the adapter rows gathered once per group,
+sorted by adapter; per adapter a shrink and its expands on its slice; one scatter-add back). A
+forward of base rows only gets no deltas at all.
 
 The pairs (and the stack) are built from the adapters' own tensors the first time a forward needs them
 after a slot was filled, and dropped when a slot is refilled; only the fast path pays for them. A
@@ -27,12 +26,9 @@ it there at every forward (``lora_of``), so it serves adapter rows whichever was
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import logging
 import re
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,7 +48,6 @@ GROUPS: tuple[tuple[str, ...], ...] = (
 QKV, ATTN_OUT, GATE_UP, DOWN = range(len(GROUPS))
 LORA_ATTRIBUTE = "modelyard_lora"
 LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,39 +139,27 @@ class StackedDeltas:
     """Every slot's pairs side by side: ``x·A_all`` for all rows, zero the columns of other adapters
     than the row's own, then per projection one expand over all slots' columns (1 + 1 + projections
     ops per group, however many adapters). It computes every row against every loaded adapter, so it
-    is only chosen while their ranks add up to little (``STACKED_MAX_RANKS``) or the forward has few
-    token rows (``STACKED_MAX_TOKENS``)."""
+    is only chosen while their ranks add up to little (``STACKED_MAX_RANKS``)."""
 
     def __init__(self, stack: Stack, segments: tuple[Segment, ...], rows: int, query: int) -> None:
         self.stack = stack
-        # One row per forward row, one column per stacked slot: 1 where the row runs under that
-        # slot. Each group's mask picks its columns' slots from it: a handful of ops per forward,
-        # not one per segment and column range.
-        own = stack.like.new_zeros(rows, len(stack.slots))
-        for seg in segments:
-            own[seg.rows, stack.slots.index(seg.slot)] = 1.0
-        if query > 1:
-            own = own.repeat_interleave(query, dim=0)
-        self.masks = [
-            own.index_select(1, slots) if slots is not None else None for slots in stack.column_slots
-        ]
+        self.masks: list[torch.Tensor | None] = []
+        for group, columns in enumerate(stack.columns):
+            width = stack.widths[group]
+            if width == 0:
+                self.masks.append(None)
+                continue
+            mask = stack.like.new_zeros(rows, width)
+            for seg in segments:
+                for start, end in columns.get(seg.slot, ()):
+                    mask[seg.rows, start:end] = 1.0
+            self.masks.append(mask.repeat_interleave(query, dim=0) if query > 1 else mask)
 
     def add(self, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int) -> None:
         pair, mask = self.stack.pairs[layer][group], self.masks[group]
         if pair is None or mask is None:
             return
-        if not self.stack.packed:
-            _expand(pair, x.mm(pair.a.t()).mul_(mask), out, 1.0)
-            return
-        # oneDNN's prepacked products, the mask applied in the shrink's own kernel: with the
-        # engine's threads each op is a barrier, and rank-heavy stacks are read at the pace of the
-        # base weights (same packing) instead of MKL's slower small-GEMM path.
-        t = torch.ops.mkldnn._linear_pointwise.binary(x, mask, pair.a, None, "mul")
-        width = out.shape[-1]
-        for part in pair.parts:
-            cols = t if len(pair.parts) == 1 else t[:, part.col_start : part.col_end]
-            target = out if part.out_end - part.out_start == width else out[:, part.out_start : part.out_end]
-            target.add_(torch.ops.mkldnn._linear_pointwise(cols, part.b, None, "none", [], ""))
+        _expand(pair, x.mm(pair.a.t()).mul_(mask), out, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,18 +173,11 @@ class Stack:
     columns: list[dict[int, list[tuple[int, int]]]]
     widths: list[int]
     like: torch.Tensor
-    column_slots: list[torch.Tensor | None]  # per group, each column's position in ``slots``
-    packed: bool  # the pairs' A and B are oneDNN prepacked weights (CPU), not plain tensors
 
 
-# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters), or while
-# a forward has at most STACKED_MAX_TOKENS token rows (decode steps: there the stack's extra
-# multiply-adds cost less than per-adapter segments' op count); else per-adapter segments (prefill
-# chunks). Measured: bench/lora_kernels.py, docs/lora.md.
+# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters); beyond,
+# per-adapter segments cost less (measured: bench/lora_kernels.py, docs/lora.md).
 STACKED_MAX_RANKS = 32
-STACKED_MAX_TOKENS = 32
-# The row count oneDNN lays the stack's packed weights out for (fast_llama.py packs the base alike).
-PACK_ROWS_HINT = 16
 
 
 class FusedLora:
@@ -220,12 +196,6 @@ class FusedLora:
         self._adapters: list[LoraAdapter | None] = [None] * max_loras
         self._pairs: list[SlotPairs | None] = [None] * max_loras
         self._stack: Stack | None = None
-        # Bumped at every fill: a stack built for an older generation is stale even if its slot
-        # numbers match.
-        self._generation = 0
-        self._building: tuple[int, Future[Stack]] | None = None
-        self._failed_generation = -1
-        self._builder: ThreadPoolExecutor | None = None
 
     def attach(self, model: nn.Module) -> None:
         object.__setattr__(model, LORA_ATTRIBUTE, self)
@@ -234,7 +204,6 @@ class FusedLora:
         self._adapters[slot] = adapter
         self._pairs[slot] = None
         self._stack = None
-        self._generation += 1
 
     def active(self, rows: int, query: int) -> Deltas | None:
         """The deltas of the forward about to run over ``rows`` rows of ``query`` new tokens; None when
@@ -248,43 +217,10 @@ class FusedLora:
             if self._stack is None or self._stack.slots != tuple(loaded):
                 self._stack = self._build_stack(loaded)
             return StackedDeltas(self._stack, segments, rows, query)
-        if len(segments) > 1 and rows * query <= STACKED_MAX_TOKENS:
-            stack = self._stack_built_aside(loaded)
-            if stack is not None:
-                return StackedDeltas(stack, segments, rows, query)
         return SegmentDeltas(tuple((seg, self._slot_pairs(seg.slot)) for seg in segments), query)
 
-    def _stack_built_aside(self, loaded: list[int]) -> Stack | None:
-        """The stack of the loaded slots once a worker thread has built it, else None (the forward
-        takes segments meanwhile). A rank-heavy stack is hundreds of MB (312 MB for four rank-64
-        adapters): copying and packing it would stall the step loop for ~0.5-1.5 s at each change of
-        slots, so it is built aside, and one that a later fill made stale is dropped unused."""
-        if self._stack is not None and self._stack.slots == tuple(loaded):
-            return self._stack
-        if self._building is not None:
-            generation, future = self._building
-            if not future.done():
-                return None
-            self._building = None
-            error = future.exception()
-            if error is not None:
-                log.warning("building the LoRA stack failed (segments serve instead): %r", error)
-                self._failed_generation = generation
-            elif generation == self._generation and future.result().slots == tuple(loaded):
-                self._stack = future.result()
-                return self._stack
-        if self._failed_generation == self._generation:
-            return None
-        if self._builder is None:
-            self._builder = ThreadPoolExecutor(1, thread_name_prefix="lora-stack")
-        # The slots' pairs are taken here, on the engine thread: the worker reads only this snapshot.
-        per_slot = {slot: self._slot_pairs(slot) for slot in loaded}
-        self._building = (self._generation, self._builder.submit(self._build_stack, loaded, per_slot))
-        return None
-
-    def _build_stack(self, slots: list[int], per_slot: dict[int, SlotPairs] | None = None) -> Stack:
-        if per_slot is None:
-            per_slot = {slot: self._slot_pairs(slot) for slot in slots}
+    def _build_stack(self, slots: list[int]) -> Stack:
+        per_slot = {slot: self._slot_pairs(slot) for slot in slots}
         like = next(p.a for s in slots for layer in per_slot[s] for p in layer if p is not None)
         # One column layout per group for every layer (projection-major): a slot that targets a
         # projection in some layers only is a zero block in the others.
@@ -337,20 +273,7 @@ class FusedLora:
                 full = len(parts) == len(targets)
                 row.append(GroupPair(a, tuple(parts), 1.0, full))
             pairs.append(row)
-        column_slots: list[torch.Tensor | None] = []
-        for layout, width in zip(columns, widths, strict=True):
-            if width == 0:
-                column_slots.append(None)
-                continue
-            of_column = [0] * width
-            for slot, ranges in layout.items():
-                for start, end in ranges:
-                    of_column[start:end] = [slots.index(slot)] * (end - start)
-            column_slots.append(torch.tensor(of_column, dtype=torch.long, device=like.device))
-        packed = _packed_pairs(pairs) if like.device.type == "cpu" else None
-        if packed is not None:
-            return Stack(tuple(slots), packed, columns, widths, like, column_slots, True)
-        return Stack(tuple(slots), pairs, columns, widths, like, column_slots, False)
+        return Stack(tuple(slots), pairs, columns, widths, like)
 
     def _slot_pairs(self, slot: int) -> SlotPairs:
         pairs = self._pairs[slot]
@@ -384,21 +307,6 @@ class FusedLora:
         if not parts:
             return None
         return GroupPair(_rows_together(a_parts), tuple(parts), adapter.scale, len(parts) == len(group))
-
-
-def _packed_pairs(pairs: list[list[GroupPair | None]]) -> list[list[GroupPair | None]] | None:
-    """The stack's pairs with A and every B prepacked for oneDNN (the base weights' format on CPU);
-    None where this torch has no oneDNN. The plain copies are then dropped: the stack exists once."""
-    try:
-        return [[_packed(pair) if pair is not None else None for pair in row] for row in pairs]
-    except (RuntimeError, AttributeError):  # a torch build without oneDNN
-        return None
-
-
-def _packed(pair: GroupPair) -> GroupPair:
-    pack = torch.ops.mkldnn._reorder_linear_weight
-    parts = tuple(dataclasses.replace(part, b=pack(part.b, PACK_ROWS_HINT)) for part in pair.parts)
-    return GroupPair(pack(pair.a, PACK_ROWS_HINT), parts, pair.scale, pair.full)
 
 
 def _part_of(pair: GroupPair | None, target: int) -> Part | None:
