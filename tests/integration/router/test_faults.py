@@ -33,7 +33,11 @@ async def test_killing_a_replica_mid_load_only_fails_requests_it_held(stack: Sta
     a = stack.backend("a", *slow_stream)
     b = stack.backend("b", *slow_stream)
     router = stack.router({"m": [a.url, b.url]})
-    async with aiohttp.ClientSession() as s:
+    # Room for all 100 requests at once (aiohttp's default pool is exactly 100), and a bound per request:
+    # a request the router never answers fails here, by name, instead of hanging the test.
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=200), timeout=aiohttp.ClientTimeout(total=60)
+    ) as s:
         first = [asyncio.ensure_future(post(s, router.url, CHAT | {"stream": True})) for _ in range(50)]
         await eventually(
             lambda: stats(a.url)["in_flight"] == 25 and stats(b.url)["in_flight"] == 25,
