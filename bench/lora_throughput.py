@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -86,7 +88,11 @@ def served(adapters: dict[str, Path]) -> list[str]:
     return [f"{name}={path}" for name, path in adapters.items() if not name.startswith("r16")]
 
 
-async def drive(base: str, models: list[str], texts: list[str], new_tokens: int) -> RunResult:
+async def drive(
+    base: str, models: list[str], texts: list[str], new_tokens: int, pid: int | None = None
+) -> tuple[RunResult, float]:
+    """The measured round's result, and the server's CPU seconds over it (0 without ``pid``; the
+    warm-up round, where a kernel may build its adapter stack, is left out)."""
     url = f"{base}/v1/completions"
 
     def body(i: int, text: str, new: int) -> dict[str, Any]:
@@ -100,17 +106,20 @@ async def drive(base: str, models: list[str], texts: list[str], new_tokens: int)
         await asyncio.gather(
             *(_stream_completion(session, url, body(i, t, 4), warm) for i, t in enumerate(texts))
         )
+        cpu = server_cpu_s(pid) if pid is not None else 0.0
         t0 = time.perf_counter()
         results = await asyncio.gather(
             *(_stream_completion(session, url, body(i, t, new_tokens), t0) for i, t in enumerate(texts))
         )
         wall = time.perf_counter() - t0
+        cpu = server_cpu_s(pid) - cpu if pid is not None else 0.0
     reasons: dict[str, int] = {}
     for _, _, reason in results:
         reasons[str(reason)] = reasons.get(str(reason), 0) + 1
-    return RunResult(
+    result = RunResult(
         ",".join(models), sum(n for _, n, _ in results), wall, [f for f, _, _ in results if f], reasons
     )
+    return result, cpu
 
 
 async def load_to_first_token(base: str, path: Path) -> float:
@@ -127,6 +136,20 @@ async def load_to_first_token(base: str, path: Path) -> float:
     if first is None:
         raise RuntimeError("no token")
     return first
+
+
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its live descendants (the engine process)."""
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+    except psutil.Error:
+        return 0.0
 
 
 def run_case(
@@ -150,11 +173,18 @@ def run_case(
                 key = f"{label} {w.key}"
                 load = load_average()
                 try:
-                    out[key] = asyncio.run(drive(base, models, prompts[w], w.new_tokens)).summary()
+                    result, cpu = asyncio.run(drive(base, models, prompts[w], w.new_tokens, proc.pid))
+                    out[key] = result.summary()
+                    # The server's own CPU (its engine process included) per output token: what a
+                    # shared machine's neighbours disturb least.
+                    if result.output_tokens:
+                        out[key]["cpu_ms_per_token"] = round(cpu * 1000 / result.output_tokens, 2)
                 except Exception as exc:
                     out[key] = {"error": repr(exc)[:500]}
                 out[key]["load_average_before"] = load
-                print(f"[{name}] {key}: {out[key].get('output_tok_s', out[key].get('error'))}", flush=True)
+                got = out[key].get("output_tok_s", out[key].get("error"))
+                cpu_ms = out[key].get("cpu_ms_per_token")
+                print(f"[{name}] {key}: {got} tok/s, {cpu_ms} CPU ms/token", flush=True)
         if fresh is not None:
             try:
                 out["load_to_first_token_s"] = round(asyncio.run(load_to_first_token(base, fresh)), 3)

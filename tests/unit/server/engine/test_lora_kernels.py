@@ -65,7 +65,7 @@ def _expected(
     return out.view(-1, width)
 
 
-@pytest.mark.parametrize("kernel", ["segments", "stacked"])
+@pytest.mark.parametrize("kernel", ["segments", "stacked", "stacked-plain"])
 @pytest.mark.parametrize("query", [1, 3])
 @pytest.mark.parametrize(
     "rows_of",
@@ -78,7 +78,11 @@ def _expected(
 def test_kernels_equal_the_per_projection_deltas(
     kernel: str, query: int, rows_of: dict[int, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fused_module, "STACKED_MAX_RANKS", 10**6 if kernel == "stacked" else 0)
+    stacked = kernel.startswith("stacked")
+    monkeypatch.setattr(fused_module, "STACKED_MAX_RANKS", 10**6 if stacked else 0)
+    monkeypatch.setattr(fused_module, "STACKED_MAX_TOKENS", 10**6 if stacked else 0)
+    if kernel == "stacked-plain":  # a torch without oneDNN: the stack's plain products
+        monkeypatch.setattr(fused_module, "_packed_pairs", lambda pairs: None)
     batch = LoraBatch()
     fused = FusedLora(batch, SHAPES, len(ADAPTERS))
     for slot, adapter in enumerate(ADAPTERS):
@@ -89,8 +93,10 @@ def test_kernels_equal_the_per_projection_deltas(
     )
     batch.set(segments)
     deltas = fused.active(8, query)
-    expected_kind = StackedDeltas if kernel == "stacked" and len(segments) > 1 else SegmentDeltas
+    expected_kind = StackedDeltas if stacked and len(segments) > 1 else SegmentDeltas
     assert isinstance(deltas, expected_kind)
+    if isinstance(deltas, StackedDeltas):
+        assert deltas.stack.packed == (kernel == "stacked")
     torch.manual_seed(0)
     for layer in range(LAYERS):
         for group, targets in enumerate(GROUPS):

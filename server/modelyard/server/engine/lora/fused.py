@@ -26,6 +26,7 @@ it there at every forward (``lora_of``), so it serves adapter rows whichever was
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Iterable
@@ -143,23 +144,34 @@ class StackedDeltas:
 
     def __init__(self, stack: Stack, segments: tuple[Segment, ...], rows: int, query: int) -> None:
         self.stack = stack
-        self.masks: list[torch.Tensor | None] = []
-        for group, columns in enumerate(stack.columns):
-            width = stack.widths[group]
-            if width == 0:
-                self.masks.append(None)
-                continue
-            mask = stack.like.new_zeros(rows, width)
-            for seg in segments:
-                for start, end in columns.get(seg.slot, ()):
-                    mask[seg.rows, start:end] = 1.0
-            self.masks.append(mask.repeat_interleave(query, dim=0) if query > 1 else mask)
+        # One row per forward row, one column per stacked slot: 1 where the row runs under that
+        # slot. Each group's mask picks its columns' slots from it: a handful of ops per forward,
+        # not one per segment and column range.
+        own = stack.like.new_zeros(rows, len(stack.slots))
+        for seg in segments:
+            own[seg.rows, stack.slots.index(seg.slot)] = 1.0
+        if query > 1:
+            own = own.repeat_interleave(query, dim=0)
+        self.masks = [
+            own.index_select(1, slots) if slots is not None else None for slots in stack.column_slots
+        ]
 
     def add(self, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int) -> None:
         pair, mask = self.stack.pairs[layer][group], self.masks[group]
         if pair is None or mask is None:
             return
-        _expand(pair, x.mm(pair.a.t()).mul_(mask), out, 1.0)
+        if not self.stack.packed:
+            _expand(pair, x.mm(pair.a.t()).mul_(mask), out, 1.0)
+            return
+        # oneDNN's prepacked products, the mask applied in the shrink's own kernel: with the
+        # engine's threads each op is a barrier, and rank-heavy stacks are read at the pace of the
+        # base weights (same packing) instead of MKL's slower small-GEMM path.
+        t = torch.ops.mkldnn._linear_pointwise.binary(x, mask, pair.a, None, "mul")
+        width = out.shape[-1]
+        for part in pair.parts:
+            cols = t if len(pair.parts) == 1 else t[:, part.col_start : part.col_end]
+            target = out if part.out_end - part.out_start == width else out[:, part.out_start : part.out_end]
+            target.add_(torch.ops.mkldnn._linear_pointwise(cols, part.b, None, "none", [], ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +185,18 @@ class Stack:
     columns: list[dict[int, list[tuple[int, int]]]]
     widths: list[int]
     like: torch.Tensor
+    column_slots: list[torch.Tensor | None]  # per group, each column's position in ``slots``
+    packed: bool  # the pairs' A and B are oneDNN prepacked weights (CPU), not plain tensors
 
 
-# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters); beyond,
-# per-adapter segments cost less (measured: bench/lora_kernels.py, docs/lora.md).
+# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters), or while
+# a forward has at most STACKED_MAX_TOKENS token rows (decode steps: there the stack's extra
+# multiply-adds cost less than per-adapter segments' op count); else per-adapter segments (prefill
+# chunks). Measured: bench/lora_kernels.py, docs/lora.md.
 STACKED_MAX_RANKS = 32
+STACKED_MAX_TOKENS = 32
+# The row count oneDNN lays the stack's packed weights out for (fast_llama.py packs the base alike).
+PACK_ROWS_HINT = 16
 
 
 class FusedLora:
@@ -213,7 +232,7 @@ class FusedLora:
             return None
         loaded = [slot for slot, adapter in enumerate(self._adapters) if adapter is not None]
         ranks = sum(adapter.rank for adapter in self._adapters if adapter is not None)
-        if len(segments) > 1 and ranks <= STACKED_MAX_RANKS:
+        if len(segments) > 1 and (ranks <= STACKED_MAX_RANKS or rows * query <= STACKED_MAX_TOKENS):
             if self._stack is None or self._stack.slots != tuple(loaded):
                 self._stack = self._build_stack(loaded)
             return StackedDeltas(self._stack, segments, rows, query)
@@ -273,7 +292,20 @@ class FusedLora:
                 full = len(parts) == len(targets)
                 row.append(GroupPair(a, tuple(parts), 1.0, full))
             pairs.append(row)
-        return Stack(tuple(slots), pairs, columns, widths, like)
+        column_slots: list[torch.Tensor | None] = []
+        for layout, width in zip(columns, widths, strict=True):
+            if width == 0:
+                column_slots.append(None)
+                continue
+            of_column = [0] * width
+            for slot, ranges in layout.items():
+                for start, end in ranges:
+                    of_column[start:end] = [slots.index(slot)] * (end - start)
+            column_slots.append(torch.tensor(of_column, dtype=torch.long, device=like.device))
+        packed = _packed_pairs(pairs) if like.device.type == "cpu" else None
+        if packed is not None:
+            return Stack(tuple(slots), packed, columns, widths, like, column_slots, True)
+        return Stack(tuple(slots), pairs, columns, widths, like, column_slots, False)
 
     def _slot_pairs(self, slot: int) -> SlotPairs:
         pairs = self._pairs[slot]
@@ -307,6 +339,21 @@ class FusedLora:
         if not parts:
             return None
         return GroupPair(_rows_together(a_parts), tuple(parts), adapter.scale, len(parts) == len(group))
+
+
+def _packed_pairs(pairs: list[list[GroupPair | None]]) -> list[list[GroupPair | None]] | None:
+    """The stack's pairs with A and every B prepacked for oneDNN (the base weights' format on CPU);
+    None where this torch has no oneDNN. The plain copies are then dropped: the stack exists once."""
+    try:
+        return [[_packed(pair) if pair is not None else None for pair in row] for row in pairs]
+    except (RuntimeError, AttributeError):  # a torch build without oneDNN
+        return None
+
+
+def _packed(pair: GroupPair) -> GroupPair:
+    pack = torch.ops.mkldnn._reorder_linear_weight
+    parts = tuple(dataclasses.replace(part, b=pack(part.b, PACK_ROWS_HINT)) for part in pair.parts)
+    return GroupPair(pack(pair.a, PACK_ROWS_HINT), parts, pair.scale, pair.full)
 
 
 def _part_of(pair: GroupPair | None, target: int) -> Part | None:
