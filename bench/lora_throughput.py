@@ -18,7 +18,11 @@ modules (``--fast-decode off``: where LoRA ran before the fast path served adapt
 ``--before REV`` adds, per round, a LoRA server running the engine of git revision REV (or of a
 directory holding an exported tree: an A/B of a kernel change in one run); ``--lora-only`` leaves
 out the server without LoRA (the ratios that count are then each LoRA server's adapters over its own
-base requests, ``... / same server``). Not a test.
+base requests, ``... / same server``). Each LoRA server ends each workload with ``base-after``, base
+requests again after its adapter cases (its ``/ same server`` ratio is 1.0 unless adapter work slowed
+later steps); every case reports the server's CPU ms and its threads' voluntary context switches
+(``sleeps_per_token``: OpenMP threads that sleep at barriers instead of spinning) per output token.
+Not a test.
 
     python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64] [--before REV]\
         [--lora-only] [--out bench/results/lora_throughput.json]
@@ -152,6 +156,21 @@ def server_cpu_s(pid: int) -> float:
         return 0.0
 
 
+def thread_sleeps(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` and its descendants. An engine whose OpenMP
+    threads spin at barriers (as they should) adds few; libgomp stops spinning once it counts more
+    threads than cores (a second thread's team, see docs/lora.md), and then each op sleeps."""
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    for line in (task / "status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches"):
+                            total += int(line.split()[1])
+    return total
+
+
 def run_case(
     name: str, argv: list[str], env: dict[str, str], prompts: dict[Workload, list[str]], log_dir: Path,
     models_of: dict[str, list[str]], fresh: Path | None,
@@ -173,18 +192,25 @@ def run_case(
                 key = f"{label} {w.key}"
                 load = load_average()
                 try:
+                    sleeps = thread_sleeps(proc.pid)
                     result, cpu = asyncio.run(drive(base, models, prompts[w], w.new_tokens, proc.pid))
+                    sleeps = thread_sleeps(proc.pid) - sleeps
                     out[key] = result.summary()
                     # The server's own CPU (its engine process included) per output token: what a
                     # shared machine's neighbours disturb least.
                     if result.output_tokens:
                         out[key]["cpu_ms_per_token"] = round(cpu * 1000 / result.output_tokens, 2)
+                        out[key]["sleeps_per_token"] = round(sleeps / result.output_tokens, 1)
                 except Exception as exc:
                     out[key] = {"error": repr(exc)[:500]}
                 out[key]["load_average_before"] = load
                 got = out[key].get("output_tok_s", out[key].get("error"))
                 cpu_ms = out[key].get("cpu_ms_per_token")
-                print(f"[{name}] {key}: {got} tok/s, {cpu_ms} CPU ms/token", flush=True)
+                sleeps_per = out[key].get("sleeps_per_token")
+                print(
+                    f"[{name}] {key}: {got} tok/s, {cpu_ms} CPU ms/token, {sleeps_per} sleeps/token",
+                    flush=True,
+                )
         if fresh is not None:
             try:
                 out["load_to_first_token_s"] = round(asyncio.run(load_to_first_token(base, fresh)), 3)
@@ -278,19 +304,19 @@ def main() -> None:
             results["ours"] = run_case("ours-base", ours, env, prompts, log_dir, {"base": ["bench"]}, None)
         results["ours+lora"] = run_case(
             "ours-lora", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], lora_env, prompts,
-            log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
+            log_dir, {"base": ["bench"], **by_rank, "base-after": ["bench"]}, adapters["r16-0"],
         )  # fmt: skip
         if before_tree is not None:
             before_env = {**lora_env, "PYTHONPATH": os.pathsep.join(
                 [str(before_tree / "server"), str(before_tree / "operator"), str(REPO)])}  # fmt: skip
             results["ours+lora before"] = run_case(
                 "ours-lora-before", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], before_env,
-                prompts, log_dir, {"base": ["bench"], **by_rank}, None,
+                prompts, log_dir, {"base": ["bench"], **by_rank, "base-after": ["bench"]}, None,
             )  # fmt: skip
         if args.eager_lora:
             results["ours+lora eager"] = run_case(
                 "ours-lora-eager", [*ours, *lora, "--fast-decode", "off"], env, prompts, log_dir,
-                {"base": ["bench"], **by_rank}, None,
+                {"base": ["bench"], **by_rank, "base-after": ["bench"]}, None,
             )  # fmt: skip
         report["rounds"].append({"results": results, "ratios": ratios(results)})
         print(json.dumps(report["rounds"][-1]["ratios"]), flush=True)
@@ -300,7 +326,7 @@ def main() -> None:
         vllm_lora_env = {**vllm_env(os.environ.copy(), None), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}
         report["results"]["vllm+lora"] = run_case(
             "vllm-lora", vllm, vllm_lora_env,
-            prompts, log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
+            prompts, log_dir, {"base": ["bench"], **by_rank, "base-after": ["bench"]}, adapters["r16-0"],
         )  # fmt: skip
     report["host_load_after"] = load_average()
     print(json.dumps(report, indent=1))
