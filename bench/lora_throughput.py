@@ -18,10 +18,11 @@ modules (``--fast-decode off``: where LoRA ran before the fast path served adapt
 ``--before REV`` adds, per round, a LoRA server running the engine of git revision REV (or of a
 directory holding an exported tree: an A/B of a kernel change in one run); ``--lora-only`` leaves
 out the server without LoRA (the ratios that count are then each LoRA server's adapters over its own
-base requests, ``... / same server``). Each LoRA server ends each workload with ``base-after``, base
-requests again after its adapter cases (its ``/ same server`` ratio is 1.0 unless adapter work slowed
-later steps); every case reports the server's CPU ms and its threads' voluntary context switches
-(``sleeps_per_token``: OpenMP threads that sleep at barriers instead of spinning) per output token.
+base requests, ``... / same server``). Each LoRA server ends each workload with ``base-after``,
+base requests again after its adapter cases (its ``/ same server`` ratio is 1.0 unless adapter work
+slowed later steps), and ``base-after-load`` (16 streams) after the runtime load; every case reports
+the server's CPU ms and its threads' voluntary context switches (``sleeps_per_token``: OpenMP
+threads that sleep at barriers instead of spinning) per output token.
 Not a test.
 
     python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64] [--before REV]\
@@ -217,6 +218,20 @@ def run_case(
             except Exception as exc:
                 out["load_to_first_token_s"] = repr(exc)[:300]
             print(f"[{name}] load to first token: {out['load_to_first_token_s']}", flush=True)
+            # Base requests once more after that runtime load: an adapter read on a worker thread
+            # once left the engine's OpenMP threads sleeping at every barrier (docs/lora.md).
+            w = WORKLOADS[0]
+            key = f"base-after-load {w.key}"
+            with contextlib.suppress(Exception):
+                sleeps = thread_sleeps(proc.pid)
+                result, cpu = asyncio.run(drive(base, ["bench"], prompts[w], w.new_tokens, proc.pid))
+                sleeps = thread_sleeps(proc.pid) - sleeps
+                out[key] = result.summary()
+                if result.output_tokens:
+                    out[key]["cpu_ms_per_token"] = round(cpu * 1000 / result.output_tokens, 2)
+                    out[key]["sleeps_per_token"] = round(sleeps / result.output_tokens, 1)
+                print(f"[{name}] {key}: {out[key].get('output_tok_s')} tok/s, "
+                      f"{out[key].get('sleeps_per_token')} sleeps/token", flush=True)  # fmt: skip
     return out
 
 
@@ -311,7 +326,8 @@ def main() -> None:
                 [str(before_tree / "server"), str(before_tree / "operator"), str(REPO)])}  # fmt: skip
             results["ours+lora before"] = run_case(
                 "ours-lora-before", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], before_env,
-                prompts, log_dir, {"base": ["bench"], **by_rank, "base-after": ["bench"]}, None,
+                prompts, log_dir, {"base": ["bench"], **by_rank, "base-after": ["bench"]},
+                adapters["r16-0"],
             )  # fmt: skip
         if args.eager_lora:
             results["ours+lora eager"] = run_case(
