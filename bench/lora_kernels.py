@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import statistics
 import subprocess
@@ -204,8 +205,12 @@ def _measure(
         for slot, adapter in enumerate(fused._adapters):
             old.fill(slot, adapter)
         old_stack = old._build_stack(loaded)
+        # Older revisions' SegmentDeltas took no query argument.
+        takes_query = "query" in inspect.signature(before.SegmentDeltas).parameters
         cases["before segments"] = lambda: run_fast(
-            lambda r, q: before.SegmentDeltas(tuple((s, old._slot_pairs(s.slot)) for s in segments))
+            lambda r, q: before.SegmentDeltas(
+                tuple((s, old._slot_pairs(s.slot)) for s in segments), *([q] if takes_query else [])
+            )
         )
         cases["before stacked"] = lambda: run_fast(
             lambda r, q: before.StackedDeltas(old_stack, segments, r, q)
@@ -271,6 +276,10 @@ def _memory(model: Any, manager: Any, before: ModuleType | None) -> dict[str, in
         "adapter": _storage_bytes(own, set()),
         "fused extra": _storage_bytes(_pair_tensors(fused._slot_pairs(slot)), own_ptrs),
     }
+    loaded = [i for i, a in enumerate(fused._adapters) if a is not None]
+    # The stack of every loaded adapter (oneDNN-packed on CPU: no storage to share, count elements).
+    stack = _pair_tensors(fused._build_stack(loaded).pairs)
+    out["stack of all slots"] = sum(t.numel() * t.element_size() for t in stack)
     if before is not None:
         old = before.FusedLora(manager._batch, manager.shapes, len(fused._adapters))
         old.fill(slot, adapter)

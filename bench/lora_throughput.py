@@ -18,7 +18,12 @@ modules (``--fast-decode off``: where LoRA ran before the fast path served adapt
 ``--before REV`` adds, per round, a LoRA server running the engine of git revision REV (or of a
 directory holding an exported tree: an A/B of a kernel change in one run); ``--lora-only`` leaves
 out the server without LoRA (the ratios that count are then each LoRA server's adapters over its own
-base requests, ``... / same server``). Not a test.
+base requests, ``... / same server``). Each LoRA server ends each workload with ``base-after``,
+base requests again after its adapter cases (its ``/ same server`` ratio is 1.0 unless adapter work
+slowed later steps), and ``base-after-load`` (16 streams) after the runtime load; every case reports
+the server's CPU ms and its threads' voluntary context switches (``sleeps_per_token``: OpenMP
+threads that sleep at barriers instead of spinning) per output token.
+Not a test.
 
     python bench/lora_throughput.py [--skip-vllm] [--rounds 1] [--ranks 8 64] [--before REV]\
         [--lora-only] [--out bench/results/lora_throughput.json]
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -86,7 +93,11 @@ def served(adapters: dict[str, Path]) -> list[str]:
     return [f"{name}={path}" for name, path in adapters.items() if not name.startswith("r16")]
 
 
-async def drive(base: str, models: list[str], texts: list[str], new_tokens: int) -> RunResult:
+async def drive(
+    base: str, models: list[str], texts: list[str], new_tokens: int, pid: int | None = None
+) -> tuple[RunResult, float]:
+    """The measured round's result, and the server's CPU seconds over it (0 without ``pid``; the
+    warm-up round, where a kernel may build its adapter stack, is left out)."""
     url = f"{base}/v1/completions"
 
     def body(i: int, text: str, new: int) -> dict[str, Any]:
@@ -100,17 +111,20 @@ async def drive(base: str, models: list[str], texts: list[str], new_tokens: int)
         await asyncio.gather(
             *(_stream_completion(session, url, body(i, t, 4), warm) for i, t in enumerate(texts))
         )
+        cpu = server_cpu_s(pid) if pid is not None else 0.0
         t0 = time.perf_counter()
         results = await asyncio.gather(
             *(_stream_completion(session, url, body(i, t, new_tokens), t0) for i, t in enumerate(texts))
         )
         wall = time.perf_counter() - t0
+        cpu = server_cpu_s(pid) - cpu if pid is not None else 0.0
     reasons: dict[str, int] = {}
     for _, _, reason in results:
         reasons[str(reason)] = reasons.get(str(reason), 0) + 1
-    return RunResult(
+    result = RunResult(
         ",".join(models), sum(n for _, n, _ in results), wall, [f for f, _, _ in results if f], reasons
     )
+    return result, cpu
 
 
 async def load_to_first_token(base: str, path: Path) -> float:
@@ -127,6 +141,35 @@ async def load_to_first_token(base: str, path: Path) -> float:
     if first is None:
         raise RuntimeError("no token")
     return first
+
+
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its live descendants (the engine process)."""
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+def thread_sleeps(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` and its descendants. An engine whose OpenMP
+    threads spin at barriers (as they should) adds few; libgomp stops spinning once it counts more
+    threads than cores (a second thread's team, see docs/lora.md), and then each op sleeps."""
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    for line in (task / "status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches"):
+                            total += int(line.split()[1])
+    return total
 
 
 def run_case(
@@ -150,17 +193,45 @@ def run_case(
                 key = f"{label} {w.key}"
                 load = load_average()
                 try:
-                    out[key] = asyncio.run(drive(base, models, prompts[w], w.new_tokens)).summary()
+                    sleeps = thread_sleeps(proc.pid)
+                    result, cpu = asyncio.run(drive(base, models, prompts[w], w.new_tokens, proc.pid))
+                    sleeps = thread_sleeps(proc.pid) - sleeps
+                    out[key] = result.summary()
+                    # The server's own CPU (its engine process included) per output token: what a
+                    # shared machine's neighbours disturb least.
+                    if result.output_tokens:
+                        out[key]["cpu_ms_per_token"] = round(cpu * 1000 / result.output_tokens, 2)
+                        out[key]["sleeps_per_token"] = round(sleeps / result.output_tokens, 1)
                 except Exception as exc:
                     out[key] = {"error": repr(exc)[:500]}
                 out[key]["load_average_before"] = load
-                print(f"[{name}] {key}: {out[key].get('output_tok_s', out[key].get('error'))}", flush=True)
+                got = out[key].get("output_tok_s", out[key].get("error"))
+                cpu_ms = out[key].get("cpu_ms_per_token")
+                sleeps_per = out[key].get("sleeps_per_token")
+                print(
+                    f"[{name}] {key}: {got} tok/s, {cpu_ms} CPU ms/token, {sleeps_per} sleeps/token",
+                    flush=True,
+                )
         if fresh is not None:
             try:
                 out["load_to_first_token_s"] = round(asyncio.run(load_to_first_token(base, fresh)), 3)
             except Exception as exc:
                 out["load_to_first_token_s"] = repr(exc)[:300]
             print(f"[{name}] load to first token: {out['load_to_first_token_s']}", flush=True)
+            # Base requests once more after that runtime load: an adapter read on a worker thread
+            # once left the engine's OpenMP threads sleeping at every barrier (docs/lora.md).
+            w = WORKLOADS[0]
+            key = f"base-after-load {w.key}"
+            with contextlib.suppress(Exception):
+                sleeps = thread_sleeps(proc.pid)
+                result, cpu = asyncio.run(drive(base, ["bench"], prompts[w], w.new_tokens, proc.pid))
+                sleeps = thread_sleeps(proc.pid) - sleeps
+                out[key] = result.summary()
+                if result.output_tokens:
+                    out[key]["cpu_ms_per_token"] = round(cpu * 1000 / result.output_tokens, 2)
+                    out[key]["sleeps_per_token"] = round(sleeps / result.output_tokens, 1)
+                print(f"[{name}] {key}: {out[key].get('output_tok_s')} tok/s, "
+                      f"{out[key].get('sleeps_per_token')} sleeps/token", flush=True)  # fmt: skip
     return out
 
 
@@ -248,19 +319,20 @@ def main() -> None:
             results["ours"] = run_case("ours-base", ours, env, prompts, log_dir, {"base": ["bench"]}, None)
         results["ours+lora"] = run_case(
             "ours-lora", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], lora_env, prompts,
-            log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
+            log_dir, {"base": ["bench"], **by_rank, "base-after": ["bench"]}, adapters["r16-0"],
         )  # fmt: skip
         if before_tree is not None:
             before_env = {**lora_env, "PYTHONPATH": os.pathsep.join(
                 [str(before_tree / "server"), str(before_tree / "operator"), str(REPO)])}  # fmt: skip
             results["ours+lora before"] = run_case(
                 "ours-lora-before", [*ours, *lora, "--allowed-lora-paths", str(ADAPTERS)], before_env,
-                prompts, log_dir, {"base": ["bench"], **by_rank}, None,
+                prompts, log_dir, {"base": ["bench"], **by_rank, "base-after": ["bench"]},
+                adapters["r16-0"],
             )  # fmt: skip
         if args.eager_lora:
             results["ours+lora eager"] = run_case(
                 "ours-lora-eager", [*ours, *lora, "--fast-decode", "off"], env, prompts, log_dir,
-                {"base": ["bench"], **by_rank}, None,
+                {"base": ["bench"], **by_rank, "base-after": ["bench"]}, None,
             )  # fmt: skip
         report["rounds"].append({"results": results, "ratios": ratios(results)})
         print(json.dumps(report["rounds"][-1]["ratios"]), flush=True)
@@ -270,7 +342,7 @@ def main() -> None:
         vllm_lora_env = {**vllm_env(os.environ.copy(), None), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}
         report["results"]["vllm+lora"] = run_case(
             "vllm-lora", vllm, vllm_lora_env,
-            prompts, log_dir, {"base": ["bench"], **by_rank}, adapters["r16-0"],
+            prompts, log_dir, {"base": ["bench"], **by_rank, "base-after": ["bench"]}, adapters["r16-0"],
         )  # fmt: skip
     report["host_load_after"] = load_average()
     print(json.dumps(report, indent=1))

@@ -52,6 +52,7 @@ async def test_mixed_adapter_batches_on_the_fast_path_give_pefts_tokens(
     base, adapters = family
     if kernel == "segments":
         monkeypatch.setattr(fused_module, "STACKED_MAX_RANKS", 0)
+        monkeypatch.setattr(fused_module, "STACKED_MAX_TOKENS", 0)
     # Small prefill chunks: long prompts are computed over several forwards, beside decode rows.
     config = EngineConfig(model=str(base), device="cpu", enable_lora=True, max_loras=3, max_lora_rank=16,
                           max_prefill_tokens=48)  # fmt: skip

@@ -5,6 +5,8 @@ adapters targeting all, some or none of a group's projections, decode and prefil
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -45,7 +47,12 @@ ADAPTERS = [
 
 
 def _expected(
-    layer: int, group: int, x: torch.Tensor, rows_of: dict[int, list[int]], query: int
+    layer: int,
+    group: int,
+    x: torch.Tensor,
+    rows_of: dict[int, list[int]],
+    query: int,
+    adapters: list[LoraAdapter] = ADAPTERS,
 ) -> torch.Tensor:
     """The eager per-projection deltas (``LoraLinear``'s sum), side by side as the merged output."""
     targets = GROUPS[group]
@@ -53,7 +60,7 @@ def _expected(
     out = torch.zeros(x.shape[0] // query, query, width)
     view = x.view(-1, query, x.shape[-1])
     for slot, rows in rows_of.items():
-        adapter = ADAPTERS[slot]
+        adapter = adapters[slot]
         offset = 0
         for target in targets:
             pair = adapter.weights.get(_name(layer, target))
@@ -65,7 +72,7 @@ def _expected(
     return out.view(-1, width)
 
 
-@pytest.mark.parametrize("kernel", ["segments", "stacked"])
+@pytest.mark.parametrize("kernel", ["segments", "stacked", "stacked-plain"])
 @pytest.mark.parametrize("query", [1, 3])
 @pytest.mark.parametrize(
     "rows_of",
@@ -78,7 +85,11 @@ def _expected(
 def test_kernels_equal_the_per_projection_deltas(
     kernel: str, query: int, rows_of: dict[int, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fused_module, "STACKED_MAX_RANKS", 10**6 if kernel == "stacked" else 0)
+    stacked = kernel.startswith("stacked")
+    monkeypatch.setattr(fused_module, "STACKED_MAX_RANKS", 10**6 if stacked else 0)
+    monkeypatch.setattr(fused_module, "STACKED_MAX_TOKENS", 10**6 if stacked else 0)
+    if kernel == "stacked-plain":  # a torch without oneDNN: the stack's plain products
+        monkeypatch.setattr(fused_module, "_can_pack", lambda like: False)
     batch = LoraBatch()
     fused = FusedLora(batch, SHAPES, len(ADAPTERS))
     for slot, adapter in enumerate(ADAPTERS):
@@ -89,8 +100,10 @@ def test_kernels_equal_the_per_projection_deltas(
     )
     batch.set(segments)
     deltas = fused.active(8, query)
-    expected_kind = StackedDeltas if kernel == "stacked" and len(segments) > 1 else SegmentDeltas
+    expected_kind = StackedDeltas if stacked and len(segments) > 1 else SegmentDeltas
     assert isinstance(deltas, expected_kind)
+    if isinstance(deltas, StackedDeltas):
+        assert deltas.stack.packed == (kernel == "stacked")
     torch.manual_seed(0)
     for layer in range(LAYERS):
         for group, targets in enumerate(GROUPS):
@@ -118,3 +131,34 @@ def test_a_group_shrink_reads_the_adapters_a_in_place() -> None:
     copied = fused._slot_pairs(0)[0][0]
     assert copied is not None
     torch.testing.assert_close(copied.a, pair.a)
+
+
+def test_a_rank_heavy_stack_is_built_layer_by_layer_and_restarted_when_a_slot_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``STACKED_MAX_RANKS``, a small forward takes segments while the engine thread builds the
+    stack a few layers per forward (no worker thread), then the stack; refilling a slot restarts the
+    build for the new adapters."""
+    monkeypatch.setattr(fused_module, "STACKED_MAX_RANKS", 0)
+    monkeypatch.setattr(fused_module, "STACKED_MAX_TOKENS", 8)
+    monkeypatch.setattr(fused_module, "STACK_BYTES_PER_STEP", 1)  # one layer per forward
+    threads = threading.active_count()
+    batch = LoraBatch()
+    fused = FusedLora(batch, SHAPES, len(ADAPTERS))
+    for slot, adapter in enumerate(ADAPTERS[:2]):
+        fused.fill(slot, adapter)
+    batch.set((Segment(0, torch.tensor([0, 2]), 0.5, False), Segment(1, torch.tensor([1]), 2.0, False)))
+
+    assert isinstance(fused.active(8, 1), SegmentDeltas)  # layer 0 of 2 built
+    assert isinstance(fused.active(2, 8), SegmentDeltas)  # 16 token rows: over the bound, no build
+    fused.fill(1, ADAPTERS[2])  # the build so far is for the old slot 1
+    assert isinstance(fused.active(8, 1), SegmentDeltas)  # restarted: layer 0 of the new slots
+    deltas = fused.active(8, 1)  # layer 1: complete
+    assert isinstance(deltas, StackedDeltas)
+    assert deltas.stack.slots == (0, 1)
+    assert threading.active_count() == threads
+    x = torch.randn(8, HIDDEN)
+    out = torch.zeros(8, HIDDEN + 2 * KV)
+    deltas.add(1, 0, x, out, 1)
+    expected = _expected(1, 0, x, {0: [0, 2], 1: [1]}, 1, [ADAPTERS[0], ADAPTERS[2]])
+    torch.testing.assert_close(out, expected.view(8, -1))

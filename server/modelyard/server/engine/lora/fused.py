@@ -26,6 +26,7 @@ it there at every forward (``lora_of``), so it serves adapter rows whichever was
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Iterable
@@ -143,23 +144,34 @@ class StackedDeltas:
 
     def __init__(self, stack: Stack, segments: tuple[Segment, ...], rows: int, query: int) -> None:
         self.stack = stack
-        self.masks: list[torch.Tensor | None] = []
-        for group, columns in enumerate(stack.columns):
-            width = stack.widths[group]
-            if width == 0:
-                self.masks.append(None)
-                continue
-            mask = stack.like.new_zeros(rows, width)
-            for seg in segments:
-                for start, end in columns.get(seg.slot, ()):
-                    mask[seg.rows, start:end] = 1.0
-            self.masks.append(mask.repeat_interleave(query, dim=0) if query > 1 else mask)
+        # One row per forward row, one column per stacked slot: 1 where the row runs under that
+        # slot. Each group's mask picks its columns' slots from it: a handful of ops per forward,
+        # not one per segment and column range.
+        own = stack.like.new_zeros(rows, len(stack.slots))
+        for seg in segments:
+            own[seg.rows, stack.slots.index(seg.slot)] = 1.0
+        if query > 1:
+            own = own.repeat_interleave(query, dim=0)
+        self.masks = [
+            own.index_select(1, slots) if slots is not None else None for slots in stack.column_slots
+        ]
 
     def add(self, layer: int, group: int, x: torch.Tensor, out: torch.Tensor, query: int) -> None:
         pair, mask = self.stack.pairs[layer][group], self.masks[group]
         if pair is None or mask is None:
             return
-        _expand(pair, x.mm(pair.a.t()).mul_(mask), out, 1.0)
+        if not self.stack.packed:
+            _expand(pair, x.mm(pair.a.t()).mul_(mask), out, 1.0)
+            return
+        # oneDNN's prepacked products, the mask applied in the shrink's own kernel: with the
+        # engine's threads each op is a barrier, and rank-heavy stacks are read at the pace of the
+        # base weights (same packing) instead of MKL's slower small-GEMM path.
+        t = torch.ops.mkldnn._linear_pointwise.binary(x, mask, pair.a, None, "mul")
+        width = out.shape[-1]
+        for part in pair.parts:
+            cols = t if len(pair.parts) == 1 else t[:, part.col_start : part.col_end]
+            target = out if part.out_end - part.out_start == width else out[:, part.out_start : part.out_end]
+            target.add_(torch.ops.mkldnn._linear_pointwise(cols, part.b, None, "none", [], ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +185,22 @@ class Stack:
     columns: list[dict[int, list[tuple[int, int]]]]
     widths: list[int]
     like: torch.Tensor
+    column_slots: list[torch.Tensor | None]  # per group, each column's position in ``slots``
+    packed: bool  # the pairs' A and B are oneDNN prepacked weights (CPU), not plain tensors
 
 
-# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters); beyond,
-# per-adapter segments cost less (measured: bench/lora_kernels.py, docs/lora.md).
+# Stack the loaded adapters while their ranks add up to at most this (four rank-8 adapters), or while
+# a forward has at most STACKED_MAX_TOKENS token rows (decode steps: there the stack's extra
+# multiply-adds cost less than per-adapter segments' op count); else per-adapter segments (prefill
+# chunks). Measured: bench/lora_kernels.py, docs/lora.md.
 STACKED_MAX_RANKS = 32
+STACKED_MAX_TOKENS = 32
+# A rank-heavy stack is built this many bytes (whole layers) per forward that would use it, on the
+# engine thread: four rank-64 adapters (312 MB, ~10 MB a layer) are ready after five decode steps,
+# each ~6 layers of copying and packing longer.
+STACK_BYTES_PER_STEP = 64 << 20
+# The row count oneDNN lays the stack's packed weights out for (fast_llama.py packs the base alike).
+PACK_ROWS_HINT = 16
 
 
 class FusedLora:
@@ -196,6 +219,7 @@ class FusedLora:
         self._adapters: list[LoraAdapter | None] = [None] * max_loras
         self._pairs: list[SlotPairs | None] = [None] * max_loras
         self._stack: Stack | None = None
+        self._build: StackBuild | None = None
 
     def attach(self, model: nn.Module) -> None:
         object.__setattr__(model, LORA_ATTRIBUTE, self)
@@ -204,6 +228,7 @@ class FusedLora:
         self._adapters[slot] = adapter
         self._pairs[slot] = None
         self._stack = None
+        self._build = None
 
     def active(self, rows: int, query: int) -> Deltas | None:
         """The deltas of the forward about to run over ``rows`` rows of ``query`` new tokens; None when
@@ -217,63 +242,37 @@ class FusedLora:
             if self._stack is None or self._stack.slots != tuple(loaded):
                 self._stack = self._build_stack(loaded)
             return StackedDeltas(self._stack, segments, rows, query)
+        if len(segments) > 1 and rows * query <= STACKED_MAX_TOKENS:
+            stack = self._stack_in_steps(loaded)
+            if stack is not None:
+                return StackedDeltas(stack, segments, rows, query)
         return SegmentDeltas(tuple((seg, self._slot_pairs(seg.slot)) for seg in segments), query)
 
     def _build_stack(self, slots: list[int]) -> Stack:
-        per_slot = {slot: self._slot_pairs(slot) for slot in slots}
-        like = next(p.a for s in slots for layer in per_slot[s] for p in layer if p is not None)
-        # One column layout per group for every layer (projection-major): a slot that targets a
-        # projection in some layers only is a zero block in the others.
-        ranks: list[list[dict[int, int]]] = []  # [group][projection] -> {slot: rank}
-        for group, targets in enumerate(GROUPS):
-            ranks.append([{} for _ in targets])
-            for slot in slots:
-                for layer in per_slot[slot]:
-                    pair = layer[group]
-                    for part in pair.parts if pair is not None else ():
-                        ranks[group][part.target][slot] = part.col_end - part.col_start
-        columns: list[dict[int, list[tuple[int, int]]]] = []
-        widths: list[int] = []
-        for per_target in ranks:
-            layout: dict[int, list[tuple[int, int]]] = {}
-            width = 0
-            for by_slot in per_target:
-                for slot, rank in by_slot.items():
-                    layout.setdefault(slot, []).append((width, width + rank))
-                    width += rank
-            columns.append(layout)
-            widths.append(width)
-        pairs: list[list[GroupPair | None]] = []
-        for index, names in enumerate(self._names):
-            row: list[GroupPair | None] = []
-            for group, targets in enumerate(GROUPS):
-                if widths[group] == 0:
-                    row.append(None)
-                    continue
-                fan_in = self._shapes[names[targets[0]]].in_features
-                a = like.new_zeros(widths[group], fan_in)
-                parts: list[Part] = []
-                offset = col = 0
-                for t, target in enumerate(targets):
-                    fan_out = self._shapes[names[target]].out_features
-                    width = sum(ranks[group][t].values())
-                    if width:
-                        b = like.new_zeros(fan_out, width)
-                        at = 0
-                        for slot, rank in ranks[group][t].items():
-                            pair = per_slot[slot][index][group]
-                            own = _part_of(pair, t)
-                            if pair is not None and own is not None:
-                                a[col + at : col + at + rank] = pair.a[own.col_start : own.col_end]
-                                b[:, at : at + rank] = own.b * pair.scale
-                            at += rank
-                        parts.append(Part(t, offset, offset + fan_out, col, col + width, b))
-                        col += width
-                    offset += fan_out
-                full = len(parts) == len(targets)
-                row.append(GroupPair(a, tuple(parts), 1.0, full))
-            pairs.append(row)
-        return Stack(tuple(slots), pairs, columns, widths, like)
+        """The whole stack at once (small stacks: four rank-8 adapters are ~40 MB)."""
+        build = StackBuild(slots, {slot: self._slot_pairs(slot) for slot in slots}, self._names, self._shapes)
+        stack = None
+        while stack is None:
+            stack = build.advance(None)
+        return stack
+
+    def _stack_in_steps(self, loaded: list[int]) -> Stack | None:
+        """The stack of the loaded slots, built a few layers per call on the engine thread; None until
+        it is complete (the forward takes segments meanwhile). A rank-heavy stack is hundreds of MB
+        (312 MB for four rank-64 adapters): built at once it would stall the step loop ~0.5-1.5 s at
+        each change of slots. It is not built on a worker thread: any other thread that runs torch's
+        parallel ops keeps a second OpenMP team alive, and libgomp then counts more threads than cores
+        and stops spinning at barriers, so every op of every later step (base rows too) sleeps and
+        wakes its threads (docs/lora.md, *The stack's build and the engine's threads*)."""
+        if self._stack is not None and self._stack.slots == tuple(loaded):
+            return self._stack
+        if self._build is None or self._build.slots != tuple(loaded):
+            per_slot = {slot: self._slot_pairs(slot) for slot in loaded}
+            self._build = StackBuild(loaded, per_slot, self._names, self._shapes)
+        stack = self._build.advance(STACK_BYTES_PER_STEP)
+        if stack is not None:
+            self._stack, self._build = stack, None
+        return stack
 
     def _slot_pairs(self, slot: int) -> SlotPairs:
         pairs = self._pairs[slot]
@@ -307,6 +306,121 @@ class FusedLora:
         if not parts:
             return None
         return GroupPair(_rows_together(a_parts), tuple(parts), adapter.scale, len(parts) == len(group))
+
+
+class StackBuild:
+    """A stack of the slots' pairs under construction, layer by layer (``advance``)."""
+
+    def __init__(
+        self,
+        slots: list[int],
+        per_slot: dict[int, SlotPairs],
+        names: list[dict[str, str]],
+        shapes: dict[str, LinearShape],
+    ) -> None:
+        self.slots = tuple(slots)
+        self._per_slot = per_slot
+        self._names = names
+        self._shapes = shapes
+        self._like = next(p.a for s in slots for layer in per_slot[s] for p in layer if p is not None)
+        # One column layout per group for every layer (projection-major): a slot that targets a
+        # projection in some layers only is a zero block in the others.
+        self._ranks: list[list[dict[int, int]]] = []  # [group][projection] -> {slot: rank}
+        for group, targets in enumerate(GROUPS):
+            self._ranks.append([{} for _ in targets])
+            for slot in slots:
+                for layer in per_slot[slot]:
+                    pair = layer[group]
+                    for part in pair.parts if pair is not None else ():
+                        self._ranks[group][part.target][slot] = part.col_end - part.col_start
+        self._columns: list[dict[int, list[tuple[int, int]]]] = []
+        self._widths: list[int] = []
+        for per_target in self._ranks:
+            layout: dict[int, list[tuple[int, int]]] = {}
+            width = 0
+            for by_slot in per_target:
+                for slot, rank in by_slot.items():
+                    layout.setdefault(slot, []).append((width, width + rank))
+                    width += rank
+            self._columns.append(layout)
+            self._widths.append(width)
+        # oneDNN-prepacked on CPU (the base weights' format), plain tensors where torch lacks oneDNN.
+        self._packed = self._like.device.type == "cpu" and _can_pack(self._like)
+        self._pairs: list[list[GroupPair | None]] = []
+        self.bytes = 0  # laid out so far
+
+    def advance(self, budget: int | None) -> Stack | None:
+        """Build layers until about ``budget`` bytes were laid out (None: all); the stack once done."""
+        goal = None if budget is None else self.bytes + budget
+        while len(self._pairs) < len(self._names) and (goal is None or self.bytes < goal):
+            self._pairs.append(self._layer(len(self._pairs)))
+        if len(self._pairs) < len(self._names):
+            return None
+        column_slots: list[torch.Tensor | None] = []
+        for layout, width in zip(self._columns, self._widths, strict=True):
+            if width == 0:
+                column_slots.append(None)
+                continue
+            of_column = [0] * width
+            for slot, ranges in layout.items():
+                for start, end in ranges:
+                    of_column[start:end] = [self.slots.index(slot)] * (end - start)
+            column_slots.append(torch.tensor(of_column, dtype=torch.long, device=self._like.device))
+        return Stack(
+            self.slots, self._pairs, self._columns, self._widths, self._like, column_slots, self._packed
+        )
+
+    def _layer(self, index: int) -> list[GroupPair | None]:
+        names, like = self._names[index], self._like
+        row: list[GroupPair | None] = []
+        for group, targets in enumerate(GROUPS):
+            if self._widths[group] == 0:
+                row.append(None)
+                continue
+            fan_in = self._shapes[names[targets[0]]].in_features
+            a = like.new_zeros(self._widths[group], fan_in)
+            parts: list[Part] = []
+            offset = col = 0
+            for t, target in enumerate(targets):
+                fan_out = self._shapes[names[target]].out_features
+                width = sum(self._ranks[group][t].values())
+                if width:
+                    b = like.new_zeros(fan_out, width)
+                    at = 0
+                    for slot, rank in self._ranks[group][t].items():
+                        pair = self._per_slot[slot][index][group]
+                        own = _part_of(pair, t)
+                        if pair is not None and own is not None:
+                            a[col + at : col + at + rank] = pair.a[own.col_start : own.col_end]
+                            b[:, at : at + rank] = own.b * pair.scale
+                        at += rank
+                    parts.append(Part(t, offset, offset + fan_out, col, col + width, b))
+                    col += width
+                offset += fan_out
+            pair = GroupPair(a, tuple(parts), 1.0, len(parts) == len(targets))
+            self.bytes += _pair_bytes(pair)
+            row.append(_packed(pair) if self._packed else pair)
+        return row
+
+
+def _pair_bytes(pair: GroupPair | None) -> int:
+    if pair is None:
+        return 0
+    return pair.a.numel() * pair.a.element_size() + sum(p.b.numel() * p.b.element_size() for p in pair.parts)
+
+
+def _can_pack(like: torch.Tensor) -> bool:
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(like.new_zeros(8, 8), PACK_ROWS_HINT)
+    except (RuntimeError, AttributeError):  # a torch build without oneDNN
+        return False
+    return True
+
+
+def _packed(pair: GroupPair) -> GroupPair:
+    pack = torch.ops.mkldnn._reorder_linear_weight
+    parts = tuple(dataclasses.replace(part, b=pack(part.b, PACK_ROWS_HINT)) for part in pair.parts)
+    return GroupPair(pack(pair.a, PACK_ROWS_HINT), parts, pair.scale, pair.full)
 
 
 def _part_of(pair: GroupPair | None, target: int) -> Part | None:

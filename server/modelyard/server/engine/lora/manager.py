@@ -30,6 +30,7 @@ from modelyard.server.engine.lora.adapter import SUPPORTED_TARGETS, LinearShape,
 from modelyard.server.engine.lora.errors import LoraError, LoraNotFoundError
 from modelyard.server.engine.lora.fused import LAYER_INDEX, FusedLora, pack_inputs
 from modelyard.server.engine.lora.layers import LoraBatch, LoraLinear, Segment
+from modelyard.server.engine.lora.side_thread import one_openmp_thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +91,13 @@ class LoraManager:
     # ----- registry (event loop) -----
 
     def read(self, name: str, path: str) -> LoraAdapter:
-        """Blocking (file I/O): the adapter at ``path``, checked against the base model."""
-        adapter = read_adapter(name, path, self.shapes, self.limits.max_lora_rank)
-        # q/k/v's A (and gate/up's) back to back: the fast path's group shrink reads them in place.
-        return pack_inputs(adapter.to(torch.device("cpu"), self._dtype))
+        """Blocking (file I/O): the adapter at ``path``, checked against the base model. Called on a
+        worker thread (the engine's own re-read after eviction too): one OpenMP thread, so that
+        thread forms no OpenMP team that would slow the engine's steps (``side_thread.py``)."""
+        with one_openmp_thread():
+            adapter = read_adapter(name, path, self.shapes, self.limits.max_lora_rank)
+            # q/k/v's A (and gate/up's) back to back: the fast path's group shrink reads them in place.
+            return pack_inputs(adapter.to(torch.device("cpu"), self._dtype))
 
     def register(self, adapter: LoraAdapter) -> int:
         with self._lock:
