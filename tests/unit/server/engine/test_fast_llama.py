@@ -184,14 +184,16 @@ def test_masks_are_left_out_only_where_they_hide_nothing() -> None:
     assert _mask(full, 1, None, skip=False) is not None
 
 
-def test_leaving_masks_out_changes_no_bit(loaded: LoadedModel, make_runner: RunnerFactory) -> None:
-    """A fresh prefill of equal-length rows (SDPA's is_causal) and the decode steps after it (no
-    mask): bitwise the logits of the same forward with every mask built."""
+@pytest.mark.parametrize("lever", ["skip_masks", "lean_glue"])
+def test_a_bitwise_lever_changes_no_bit(loaded: LoadedModel, make_runner: RunnerFactory, lever: str) -> None:
+    """``skip_masks``: a fresh prefill of equal-length rows (SDPA's is_causal) and the decode steps
+    after it (no mask); ``lean_glue``: the rotary with its sign folded into sin, in-place products.
+    Bitwise the logits of the same forward with the lever off."""
     out: dict[bool, list[torch.Tensor]] = {}
     for skip in (True, False):
         runner = make_runner(loaded, decode_slab=True)
         assert isinstance(runner.model, FastLlama)
-        runner.model.levers = dataclasses.replace(runner.model.levers, skip_masks=skip)
+        runner.model.levers = dataclasses.replace(runner.model.levers, **{lever: skip})
         runner.allocate(32)
         tables = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
         prompts = [prompt_of(7, i) for i in range(3)]
