@@ -131,6 +131,8 @@ def engine_part(
         # and (model/runner.py) a changed decode group gathering every row from the pool again instead
         # of copying its kept rows from the last step's working copy.
         "fast, every changed group gathered": lambda: FastLlama(hf, Levers()),
+        # and the rotary's sign negated in every layer, its products and the MLP gate's out of place.
+        "fast, glue as before": lambda: FastLlama(hf, Levers(lean_glue=False)),
     }
     variants = {k: build() for k, build in builders.items() if not only or k in only}
     regather = variants.get("fast, every changed group gathered")

@@ -13,6 +13,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from modelyard.server.engine import EngineConfig
 from modelyard.server.engine.engine import TorchEngine
 from modelyard.server.engine.model.loader import LoadedModel, load_model
+from modelyard.server.engine.model.runner import ModelRunner
+from modelyard.server.engine.types import FastDecode
 
 VOCAB = 512
 EOS = 2
@@ -100,3 +102,27 @@ async def make_engine(loaded_models: dict[str, LoadedModel]) -> AsyncIterator[Ca
     yield factory  # type: ignore[misc]
     for engine in started:
         await engine.stop()
+
+
+RunnerFactory = Callable[..., ModelRunner]
+
+
+@pytest.fixture
+def make_runner() -> RunnerFactory:
+    """A CPU ``ModelRunner`` over a loaded tiny model as the fast-path tests build it: 8-token blocks,
+    no sliding window; ``fast_decode`` and ``decode_slab`` as the test asks."""
+
+    def factory(
+        loaded: LoadedModel, fast_decode: FastDecode = "on", decode_slab: bool = False
+    ) -> ModelRunner:
+        return ModelRunner(
+            loaded.model,  # type: ignore[arg-type]
+            torch.device("cpu"),
+            loaded.num_layers,
+            8,
+            sliding=False,
+            decode_slab=decode_slab,
+            fast_decode=fast_decode,
+        )
+
+    return factory

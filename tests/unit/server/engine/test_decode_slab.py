@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from modelyard.server.engine.model.decode_slab import GroupSlab
-from modelyard.server.engine.model.runner import ModelRunner
 from tests.unit.server.engine.helpers import prompt_of, request, tokens
 
 pytestmark = pytest.mark.model
@@ -83,7 +82,7 @@ async def test_preempted_rows_rejoin_with_the_same_tokens_on_the_working_copy(ma
     assert engine.stats().num_preemptions > 0
 
 
-def test_a_changed_group_copies_its_kept_rows_bit_for_bit(loaded_models, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_changed_group_copies_its_kept_rows_bit_for_bit(loaded_models, make_runner, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Rows join (shorter and longer than the group), leave (the longest too) and change order: the
     copy built from the last step's copy gives the logits of one gathered from the pool."""
     loaded = loaded_models["llama"]
@@ -98,15 +97,7 @@ def test_a_changed_group_copies_its_kept_rows_bit_for_bit(loaded_models, monkeyp
     groups = [(0, 1), (0, 1), (0, 1, 2), (0, 2), (0, 2, 3), (3, 0), (3, 0, 1)]
     out: dict[bool, list[torch.Tensor]] = {}
     for reuse in (True, False):
-        runner = ModelRunner(
-            loaded.model,
-            torch.device("cpu"),
-            loaded.num_layers,
-            8,
-            sliding=False,
-            decode_slab=True,
-            fast_decode="on",
-        )  # type: ignore[arg-type]
+        runner = make_runner(loaded, decode_slab=True)
         runner.reuse_slabs = reuse
         runner.allocate(32)
         tables = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]

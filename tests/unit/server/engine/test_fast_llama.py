@@ -22,6 +22,7 @@ from modelyard.server.engine.fast_llama import FastLlama, _mask, unsupported_rea
 from modelyard.server.engine.model.loader import LoadedModel, load_model
 from modelyard.server.engine.model.runner import ModelRunner
 from modelyard.server.engine.types import GuidedDecoding
+from tests.unit.server.engine.conftest import RunnerFactory
 from tests.unit.server.engine.helpers import prompt_of, run, tokens
 
 pytestmark = pytest.mark.model
@@ -153,14 +154,14 @@ async def test_fast_forward_on_prefix_cache_hits_and_paged_decode(
             assert fast_engine.stats().prefix_cache_hits > 0
 
 
-def test_several_new_tokens_per_row_match_transformers(loaded: LoadedModel) -> None:
+def test_several_new_tokens_per_row_match_transformers(
+    loaded: LoadedModel, make_runner: RunnerFactory
+) -> None:
     """Rows with cached history each feed 1-4 more tokens in one forward (a verification step of
     draft tokens), every column's logits returned: the same logits as transformers' modules."""
     out: dict[str, torch.Tensor] = {}
     for fast in ("off", "on"):
-        runner = ModelRunner(
-            loaded.model, torch.device("cpu"), loaded.num_layers, 8, sliding=False, fast_decode=fast
-        )  # type: ignore[arg-type]
+        runner = make_runner(loaded, fast_decode=fast)
         runner.allocate(32)
         tables = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
         prompts = [prompt_of(n, i) for i, n in enumerate((9, 14, 5))]
@@ -183,22 +184,16 @@ def test_masks_are_left_out_only_where_they_hide_nothing() -> None:
     assert _mask(full, 1, None, skip=False) is not None
 
 
-def test_leaving_masks_out_changes_no_bit(loaded: LoadedModel) -> None:
-    """A fresh prefill of equal-length rows (SDPA's is_causal) and the decode steps after it (no
-    mask): bitwise the logits of the same forward with every mask built."""
+@pytest.mark.parametrize("lever", ["skip_masks", "lean_glue"])
+def test_a_bitwise_lever_changes_no_bit(loaded: LoadedModel, make_runner: RunnerFactory, lever: str) -> None:
+    """``skip_masks``: a fresh prefill of equal-length rows (SDPA's is_causal) and the decode steps
+    after it (no mask); ``lean_glue``: the rotary with its sign folded into sin, in-place products.
+    Bitwise the logits of the same forward with the lever off."""
     out: dict[bool, list[torch.Tensor]] = {}
     for skip in (True, False):
-        runner = ModelRunner(
-            loaded.model,
-            torch.device("cpu"),
-            loaded.num_layers,
-            8,
-            sliding=False,
-            decode_slab=True,
-            fast_decode="on",
-        )  # type: ignore[arg-type]
+        runner = make_runner(loaded, decode_slab=True)
         assert isinstance(runner.model, FastLlama)
-        runner.model.levers = dataclasses.replace(runner.model.levers, skip_masks=skip)
+        runner.model.levers = dataclasses.replace(runner.model.levers, **{lever: skip})
         runner.allocate(32)
         tables = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
         prompts = [prompt_of(7, i) for i in range(3)]
