@@ -206,8 +206,8 @@ class Proxy:
             )
             grant = await self.admission.admit(key, route.name, routed.model, estimate)  # 404/429/503
             request[RATE_HEADERS] = grant.rate.headers()
-        gauge = self.metrics.series(route.name).in_flight
-        gauge.inc()
+        add_in_flight = self.metrics.series(route.name).in_flight
+        add_in_flight(1)
         self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
         self.started[route.name] = self.started.get(route.name, 0) + 1
         self.started_source[route.name] = route.source
@@ -219,7 +219,7 @@ class Proxy:
         finally:
             if release_slot is not None:
                 release_slot()
-            gauge.dec()
+            add_in_flight(-1)
             self.in_flight[route.name] -= 1
             if grant is not None:
                 settling = self.admission.settle(grant, _tokens_used(ex, grant.estimate))
