@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
@@ -49,6 +50,44 @@ _MAX_HEAD = 8190
 _MAX_HEADERS = 128  # aiohttp's limit on the number of header lines: past it, its 400
 _JOIN_MAX = 64 * 1024
 _REFUSED_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade"})
+_LINE = "{0[0]}: {0[1]}\r\n"
+_DEFAULT_TYPE = "Content-Type: application/octet-stream\r\n"
+_CLOSE = "Connection: close\r\n"
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+# A pod's answer headers the client does not get as they came (the front writes its own of these).
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "date",
+        "server",
+        "x-request-id",
+    }
+)
+
+
+class WholeAnswer:
+    """A pod's whole answer to a request the front serves, as the proxy hands it over: the front writes
+    its head itself, without an aiohttp ``Response``, its header multidict and their serialization
+    (about 5% of a JSON request's CPU). The client gets the same headers as through aiohttp's path
+    (relay.forwarded_headers): the pod's, less hop-by-hop ones, with the front's Date and Server and the
+    request's id."""
+
+    __slots__ = ("body", "headers", "request_id", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, request_id: str) -> None:
+        self.status = status
+        self.headers = headers  # as the pod sent them
+        self.body = body
+        self.request_id = request_id
 
 
 class LeanRequest:
@@ -317,7 +356,10 @@ class Connection(asyncio.Protocol):
             return
         keep_alive = keep_alive and not self.front.closing
         try:
-            head, body = self._encode(request, response, keep_alive)
+            if isinstance(response, WholeAnswer):
+                head, body = self._encode_whole(request, response, keep_alive)
+            else:
+                head, body = self._encode(request, response, keep_alive)
         except Exception:  # a header no HTTP head can carry (CR or LF in a value): as aiohttp, a 500
             log.exception("unsendable answer on %s %s", request.method, request.path)
             keep_alive = False
@@ -385,6 +427,30 @@ class Connection(asyncio.Protocol):
             headers["Connection"] = "close"
         head: bytes = _serialize_headers(f"HTTP/1.1 {response.status} {response.reason}", headers)
         return head, body
+
+    def _encode_whole(
+        self, request: LeanRequest, answer: WholeAnswer, keep_alive: bool
+    ) -> tuple[bytes, bytes]:
+        """A pod's whole answer's head, written here (the headers ``_encode`` would write)."""
+        body = answer.body
+        rate: dict[str, str] | None = request.get(RATE_HEADERS)
+        dropped = _NOT_FORWARDED if not rate else _NOT_FORWARDED | {name.lower() for name in rate}
+        fields = [(name, value) for name, value in answer.headers if name.lower() not in dropped]
+        if rate:
+            fields.extend(rate.items())
+        has_type = any(name.lower() == "content-type" for name, _ in fields)
+        fields.append(("x-request-id", answer.request_id))
+        lines = "".join(map(_LINE.format, fields))
+        # As aiohttp's writer: no CR or LF inside a name or value (the caller answers 500 instead).
+        if lines.count("\n") != len(fields) or lines.count("\r") != len(fields):
+            raise ValueError("a header with CR or LF")
+        status = answer.status
+        head = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{lines}{'' if has_type else _DEFAULT_TYPE}"
+            f"Content-Length: {len(body)}\r\nDate: {self.front.clock.date(self.loop.time())}\r\n"
+            f"Server: {SERVER_SOFTWARE}\r\n{'' if keep_alive else _CLOSE}\r\n"
+        )
+        return head.encode("utf-8", "surrogateescape"), body
 
     # ---- connection state ------------------------------------------------------------------------------
 
@@ -473,4 +539,4 @@ class FrontSite(web.BaseSite):
         )
 
 
-__all__ = ["Front", "FrontSite", "LeanRequest"]
+__all__ = ["Front", "FrontSite", "LeanRequest", "WholeAnswer"]

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +31,7 @@ from modelyard.router.body import ROUTED_BODY, RoutedBody, parse_body, read_body
 from modelyard.router.errors import RouterError
 from modelyard.router.exchange import Exchange, record
 from modelyard.router.fairqueue import FairQueues
-from modelyard.router.front import LeanRequest
+from modelyard.router.front import LeanRequest, WholeAnswer
 from modelyard.router.health import Health
 from modelyard.router.hold import Holds
 from modelyard.router.keys import KeyState, KeyStore
@@ -423,6 +423,9 @@ class Proxy:
             ex.status = status
             if status == 200:
                 ex.usage = scan_usage(answer.body)
+            if isinstance(reply.request, LeanRequest):  # the front writes it (front.WholeAnswer)
+                whole = WholeAnswer(status, answer.headers, answer.body, ex.request_id)
+                return cast(web.StreamResponse, whole)
             return web.Response(
                 body=answer.body, status=status, headers=forwarded_headers(answer.headers, ex.request_id)
             )
