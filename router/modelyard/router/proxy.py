@@ -192,7 +192,10 @@ class Proxy:
         if self.keys.enabled:
             key = self.keys.authenticate(request.headers.get("Authorization"))
             ex.key = key.name
-        body = await self._read_body(request)
+        if isinstance(request, LeanRequest):  # complete, and within max_body_bytes (the front checked)
+            body = request.read_nowait()
+        else:
+            body = await self._read_body(request)
         routed = request.get(ROUTED_BODY) or parse_body(body)
         ex.stream = routed.stream
         route = self.table.lookup(routed.model)
