@@ -344,11 +344,17 @@ class Connection(asyncio.Protocol):
         return head_end, length, path, CIMultiDictProxy(headers)
 
     async def _serve(self, request: LeanRequest, keep_alive: bool) -> None:
+        # The proxy's answer, with the envelope for anything that escaped it (as the app's middleware).
         try:
-            response = await self._answer(request)
-        except asyncio.CancelledError:
+            response = await self.front.handler(cast(web.Request, request))
+        except errors.RouterError as err:
+            response = err.response(request.headers.get("x-request-id"))
+        except (asyncio.CancelledError, ConnectionResetError):
             self.task = None
             raise
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = errors.internal_error().response(request.headers.get("x-request-id"))
         self.task = None
         transport = self.transport
         if transport is None:
@@ -393,18 +399,6 @@ class Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self.task is not None or self.pending is not None
-
-    async def _answer(self, request: LeanRequest) -> web.StreamResponse:
-        """The proxy's answer, with the envelope for anything that escaped it (as the app's middleware)."""
-        try:
-            return await self.front.handler(cast(web.Request, request))
-        except errors.RouterError as err:
-            return err.response(request.headers.get("x-request-id"))
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return errors.internal_error().response(request.headers.get("x-request-id"))
 
     def _encode(
         self, request: LeanRequest | None, response: web.StreamResponse, keep_alive: bool

@@ -251,6 +251,7 @@ class Proxy:
             headers[STREAM_TOKENS_HEADER] = "1"
             body = migration.upstream_body(body)
         first_attempt = 0  # attempts before the current placement (a migration starts afresh)
+        whole = self.upstream.handles  # a pod whose whole answer the lean client reads
         try:
             while True:
                 route = self.table.lookup(route.name) or route
@@ -282,6 +283,8 @@ class Proxy:
                     ):
                         if self.tracing is not None:
                             self.tracing.inject(headers)  # this attempt's span is the pod's parent
+                        if migration is None and reply.stream is None and not ex.stream and whole(url):
+                            return await self._attempt_whole(reply, route, url, path, headers, body)
                         return await self._attempt(reply, route, url, path, headers, body, migration)
                 except _Retry as retry:
                     tried.add(url)
@@ -357,8 +360,8 @@ class Proxy:
         body: bytes,
         migration: Migration | None = None,
     ) -> web.StreamResponse:
-        if migration is None and reply.stream is None and not reply.ex.stream and self.upstream.handles(url):
-            return await self._attempt_whole(reply, route, url, path, headers, body)
+        """One attempt whose answer is read as it comes (a stream, or a request to an https:// pod); the
+        caller sends a non-streamed request to a plain-HTTP pod through ``_attempt_whole``."""
         state = self.table.state(url)
         state.in_flight += 1
         upstream: UpstreamResponse | None = None
