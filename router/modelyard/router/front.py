@@ -51,7 +51,6 @@ _MAX_HEADERS = 128  # aiohttp's limit on the number of header lines: past it, it
 _JOIN_MAX = 64 * 1024
 # (head end, body length, path, headers) of a request the front serves.
 _Pending = tuple[int, int, str, CIMultiDictProxy[str]]
-_LINE = "{0[0]}: {0[1]}\r\n"
 _DEFAULT_TYPE = "Content-Type: application/octet-stream\r\n"
 _CLOSE = "Connection: close\r\n"
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
@@ -433,13 +432,13 @@ class Connection(asyncio.Protocol):
             fields.extend(rate.items())
         has_type = any(name.lower() == "content-type" for name, _ in fields)
         fields.append(("x-request-id", answer.request_id))
-        lines = "".join(map(_LINE.format, fields))
+        lines = "\r\n".join(map(": ".join, fields))  # in C (a format per line cost ~1k instructions)
         # As aiohttp's writer: no CR or LF inside a name or value (the caller answers 500 instead).
-        if lines.count("\n") != len(fields) or lines.count("\r") != len(fields):
+        if lines.count("\n") != len(fields) - 1 or lines.count("\r") != len(fields) - 1:
             raise ValueError("a header with CR or LF")
         status = answer.status
         head = (
-            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{lines}{'' if has_type else _DEFAULT_TYPE}"
+            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n{lines}\r\n{'' if has_type else _DEFAULT_TYPE}"
             f"Content-Length: {len(body)}\r\nDate: {self.front.clock.date(self.loop.time())}\r\n"
             f"Server: {SERVER_SOFTWARE}\r\n{'' if keep_alive else _CLOSE}\r\n"
         )
