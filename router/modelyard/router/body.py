@@ -103,7 +103,9 @@ def parse_body(raw: bytes) -> RoutedBody:
         raise errors.invalid_request("The request body is nested too deeply to parse.") from None
     if not isinstance(fields, dict):
         raise errors.invalid_request("The request body must be a JSON object.")
-    if _SURROGATE_ESCAPE.search(raw):
+    # Each of the pattern's branches starts with one of these two literals: looking for them (in C, no
+    # regex engine) first spares most bodies the regex's byte-by-byte scan (about 1.5% of a request).
+    if (b"\\u" in raw or b"\xed" in raw) and _SURROGATE_ESCAPE.search(raw):
         where = _lone_surrogate_at(fields)
         if where is not None:
             raise errors.invalid_request(

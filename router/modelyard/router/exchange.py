@@ -36,18 +36,18 @@ class Exchange:
 
 def record(ex: Exchange, elapsed: float, metrics: RouterMetrics, access_log_on: bool) -> None:
     m = metrics
-    m.requests_of(ex.model, ex.status, ex.key).inc()
+    m.requests_of(ex.model, ex.status, ex.key)(1)
     if ex.model != MODEL_UNKNOWN:
         series = m.series(ex.model)
-        series.duration.observe(elapsed)
+        series.duration(elapsed)
         if ex.ttft_s is not None:
-            series.ttft.observe(ex.ttft_s)
+            series.ttft(ex.ttft_s)
         if ex.held_s > 0:
             m.hold_duration.labels(ex.model).observe(ex.held_s)
         if ex.usage is not None:
             prompt, completion = m.tokens_of(ex.model, ex.key)
-            prompt.inc(ex.usage.prompt_tokens)
-            completion.inc(ex.usage.completion_tokens)
+            prompt(ex.usage.prompt_tokens)
+            completion(ex.usage.completion_tokens)
     if access_log_on and access_log.isEnabledFor(logging.INFO):
         log_access(
             {

@@ -9,9 +9,11 @@ fixed values. Pod addresses never appear in labels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -36,14 +38,44 @@ class EndpointState(StrEnum):
     EJECTED = "ejected"
 
 
+Add = Callable[[float], None]
+
+
+def adder(child: Counter | Gauge) -> Add:
+    """What adds to a labelled child: its value's own ``inc``. prometheus_client's ``inc``/``dec``/
+    ``observe`` check, in three more Python calls per use, that the metric is a child and the amount's
+    sign, which a child the router labelled itself and its own amounts pass by construction."""
+    return cast(Any, child)._value.inc  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """A labelled histogram child's ``observe``, as prometheus_client counts it (the sum, and the first
+    bucket whose upper bound is at least the amount), with one bisect instead of a Python loop."""
+
+    add_sum: Add
+    add_bucket: tuple[Add, ...]
+    bounds: tuple[float, ...]
+
+    @classmethod
+    def of(cls, child: Histogram) -> Observe:
+        h = cast(Any, child)
+        return cls(h._sum.inc, tuple(b.inc for b in h._buckets), tuple(h._upper_bounds))
+
+    def __call__(self, amount: float) -> None:
+        self.add_sum(amount)
+        self.add_bucket[bisect_left(self.bounds, amount)](1)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSeries:
-    """The series every request of a model touches, labelled once: ``labels()`` costs a few µs a call
-    (label checks, string conversion, a lock), paid twice or more per request otherwise."""
+    """The series every request of a model touches, labelled once (``labels()`` costs a few µs a call:
+    label checks, string conversion, a lock), as the adders of their values (about 1 µs each a request
+    less than the metrics' own methods)."""
 
-    in_flight: Gauge
-    duration: Histogram
-    ttft: Histogram
+    in_flight: Add
+    duration: Observe
+    ttft: Observe
 
 
 class RouterMetrics:
@@ -53,8 +85,8 @@ class RouterMetrics:
         self._store_up: Gauge | None = None
         # Labelled children by label values (series are never removed, so entries never go stale).
         self._series: dict[str, ModelSeries] = {}
-        self._requests: dict[tuple[str, int, str], Counter] = {}
-        self._tokens: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        self._requests: dict[tuple[str, int, str], Add] = {}
+        self._tokens: dict[tuple[str, str], tuple[Add, Add]] = {}
         r = self.registry
         self.requests = Counter(
             "modelyard_router_requests",
@@ -202,24 +234,26 @@ class RouterMetrics:
         found = self._series.get(model)
         if found is None:
             found = self._series[model] = ModelSeries(
-                self.in_flight.labels(model), self.request_duration.labels(model), self.ttft.labels(model)
+                adder(self.in_flight.labels(model)),
+                Observe.of(self.request_duration.labels(model)),
+                Observe.of(self.ttft.labels(model)),
             )
         return found
 
-    def requests_of(self, model: str, code: int, key: str) -> Counter:
-        """``modelyard_router_requests_total{model, code, key}``."""
+    def requests_of(self, model: str, code: int, key: str) -> Add:
+        """What adds to ``modelyard_router_requests_total{model, code, key}``."""
         found = self._requests.get((model, code, key))
         if found is None:
-            found = self._requests[(model, code, key)] = self.requests.labels(model, str(code), key)
+            found = self._requests[(model, code, key)] = adder(self.requests.labels(model, str(code), key))
         return found
 
-    def tokens_of(self, model: str, key: str) -> tuple[Counter, Counter]:
-        """The prompt and completion token counters of a model and key."""
+    def tokens_of(self, model: str, key: str) -> tuple[Add, Add]:
+        """What adds to the prompt and completion token counters of a model and key."""
         found = self._tokens.get((model, key))
         if found is None:
             found = self._tokens[(model, key)] = (
-                self.prompt_tokens.labels(model, key),
-                self.completion_tokens.labels(model, key),
+                adder(self.prompt_tokens.labels(model, key)),
+                adder(self.completion_tokens.labels(model, key)),
             )
         return found
 

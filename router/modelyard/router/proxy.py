@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +31,7 @@ from modelyard.router.body import ROUTED_BODY, RoutedBody, parse_body, read_body
 from modelyard.router.errors import RouterError
 from modelyard.router.exchange import Exchange, record
 from modelyard.router.fairqueue import FairQueues
-from modelyard.router.front import LeanRequest
+from modelyard.router.front import LeanRequest, WholeAnswer
 from modelyard.router.health import Health
 from modelyard.router.hold import Holds
 from modelyard.router.keys import KeyState, KeyStore
@@ -192,7 +192,10 @@ class Proxy:
         if self.keys.enabled:
             key = self.keys.authenticate(request.headers.get("Authorization"))
             ex.key = key.name
-        body = await self._read_body(request)
+        if isinstance(request, LeanRequest):  # complete, and within max_body_bytes (the front checked)
+            body = request.read_nowait()
+        else:
+            body = await self._read_body(request)
         routed = request.get(ROUTED_BODY) or parse_body(body)
         ex.stream = routed.stream
         route = self.table.lookup(routed.model)
@@ -206,8 +209,8 @@ class Proxy:
             )
             grant = await self.admission.admit(key, route.name, routed.model, estimate)  # 404/429/503
             request[RATE_HEADERS] = grant.rate.headers()
-        gauge = self.metrics.series(route.name).in_flight
-        gauge.inc()
+        add_in_flight = self.metrics.series(route.name).in_flight
+        add_in_flight(1)
         self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
         self.started[route.name] = self.started.get(route.name, 0) + 1
         self.started_source[route.name] = route.source
@@ -219,7 +222,7 @@ class Proxy:
         finally:
             if release_slot is not None:
                 release_slot()
-            gauge.dec()
+            add_in_flight(-1)
             self.in_flight[route.name] -= 1
             if grant is not None:
                 settling = self.admission.settle(grant, _tokens_used(ex, grant.estimate))
@@ -248,6 +251,7 @@ class Proxy:
             headers[STREAM_TOKENS_HEADER] = "1"
             body = migration.upstream_body(body)
         first_attempt = 0  # attempts before the current placement (a migration starts afresh)
+        whole = self.upstream.handles  # a pod whose whole answer the lean client reads
         try:
             while True:
                 route = self.table.lookup(route.name) or route
@@ -279,6 +283,8 @@ class Proxy:
                     ):
                         if self.tracing is not None:
                             self.tracing.inject(headers)  # this attempt's span is the pod's parent
+                        if migration is None and reply.stream is None and not ex.stream and whole(url):
+                            return await self._attempt_whole(reply, route, url, path, headers, body)
                         return await self._attempt(reply, route, url, path, headers, body, migration)
                 except _Retry as retry:
                     tried.add(url)
@@ -354,8 +360,8 @@ class Proxy:
         body: bytes,
         migration: Migration | None = None,
     ) -> web.StreamResponse:
-        if migration is None and reply.stream is None and not reply.ex.stream and self.upstream.handles(url):
-            return await self._attempt_whole(reply, route, url, path, headers, body)
+        """One attempt whose answer is read as it comes (a stream, or a request to an https:// pod); the
+        caller sends a non-streamed request to a plain-HTTP pod through ``_attempt_whole``."""
         state = self.table.state(url)
         state.in_flight += 1
         upstream: UpstreamResponse | None = None
@@ -423,6 +429,9 @@ class Proxy:
             ex.status = status
             if status == 200:
                 ex.usage = scan_usage(answer.body)
+            if isinstance(reply.request, LeanRequest):  # the front writes it (front.WholeAnswer)
+                whole = WholeAnswer(status, answer.headers, answer.body, ex.request_id)
+                return cast(web.StreamResponse, whole)
             return web.Response(
                 body=answer.body, status=status, headers=forwarded_headers(answer.headers, ex.request_id)
             )

@@ -96,6 +96,37 @@ def test_a_keep_alive_connection_gets_every_answer_and_the_pod_every_body_unchan
     assert stats(a.url)["bodies"][-3:] == [b.decode() for b in bodies]
 
 
+def test_a_json_answer_has_the_same_headers_from_the_front_as_from_aiohttps_path(stack: Stack) -> None:
+    """The front writes a pod's whole answer's head itself: the same headers as aiohttp's path (a chunked
+    request body goes there), in the raw bytes: one Content-Length, Date, Server, the request's id."""
+    router = _router(stack, stack.backend("a"))
+    body = _body()
+    chunked = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"x-request-id: rid-2\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+    ) % (len(body), body)
+    heads = []
+    for raw in (_post(body, b"x-request-id: rid-1"), chunked):
+        with connect(router.port) as sock:
+            sock.sendall(raw)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+        heads.append(data.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n"))
+    front, aiohttp_path = (
+        {k.lower(): v for k, _, v in (h.partition(": ") for h in head[1:])} for head in heads
+    )
+    assert heads[0][0] == heads[1][0] == "HTTP/1.1 200 OK"
+    assert sorted(front) == sorted(aiohttp_path)  # no name twice (a dict would hide it): next line
+    assert len(heads[0]) == len(heads[1])
+    assert front.pop("x-request-id") == "rid-1"
+    assert aiohttp_path.pop("x-request-id") == "rid-2"
+    front.pop("date"), aiohttp_path.pop("date")
+    front.pop("content-length"), aiohttp_path.pop("content-length")  # the completion ids differ
+    assert front == aiohttp_path
+    assert front["x-backend"] == "a"
+
+
 def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
     a = stack.backend("a")
     router = _router(stack, a)
