@@ -37,7 +37,6 @@ class RouterTracing:
         self, endpoint: str, env: Mapping[str, str], recorder: RequestRecorder | None = None
     ) -> None:
         from modelyard.otlp.build import build_loop_recorder
-        from modelyard.otlp.request_spans import ChildSpan
 
         self._exporter: LoopExporter | None = None
         if recorder is None:
@@ -51,7 +50,6 @@ class RouterTracing:
         # one variable set per request, in the request's own task, where its children look it up.
         self.request: Callable[[str, str, Mapping[str, str]], RequestSpans] = recorder.request
         self.current: Callable[[], RequestSpans | None] = access_trace.get  # type: ignore[assignment]
-        self.child_span = ChildSpan
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """The innermost open span (the upstream attempt's) becomes the pod's parent."""
@@ -78,7 +76,7 @@ def span(tracing: RouterTracing | None, name: str, **attributes: Any) -> Abstrac
     request = tracing.current()
     if request is None or request.end_ns:
         return _NOTHING
-    return tracing.child_span(request, name, attributes)
+    return request.child(name, attributes)
 
 
 _NOTHING = contextlib.nullcontext()  # reusable: it holds no state
