@@ -50,12 +50,8 @@ class RouterTracing:
         # one variable set per request, in the request's own task, where its children look it up.
         self.request: Callable[[str, str, Mapping[str, str]], RequestSpans] = recorder.request
         self.current: Callable[[], RequestSpans | None] = access_trace.get  # type: ignore[assignment]
-
-    def inject(self, headers: MutableMapping[str, str]) -> None:
-        """The innermost open span (the upstream attempt's) becomes the pod's parent."""
-        request = self.current()
-        if request is not None:
-            request.inject(headers)
+        # The innermost open span (the upstream attempt's) becomes the pod's parent.
+        self.inject: Callable[[MutableMapping[str, str]], None] = recorder.inject
 
     async def aclose(self) -> None:
         """Send the spans still batched and stop exporting."""
