@@ -211,16 +211,16 @@ class RequestSpans:
                 continue  # still open when the request ended
             parent = children[parent_at - 1][2] if parent_at else root
             if error is None:
-                key = (name, state, *attributes.items())
+                # Keys, then values (their count tells them apart): no pair allocated per attribute.
+                key = (name, state, *attributes, *attributes.values())
                 try:
                     piece = get(key)
                 except TypeError:  # a list value: not hashable, not cached
                     piece = None
                 if piece is None:
                     piece = encoder.piece(key, name, INTERNAL, attributes.items(), state, _HEAD.size)
-                out.append(piece)
-                out.append(_PACK(_T_TRACE, trace, _T_SPAN, span, _T_PARENT, parent, _T_START, start, _T_END,
-                                 end))  # fmt: skip
+                head = _PACK(_T_TRACE, trace, _T_SPAN, span, _T_PARENT, parent, _T_START, start, _T_END, end)
+                out += (piece, head)
             else:
                 message, events = error
                 tail = encoder.tail(events, ERROR, message)
@@ -245,8 +245,7 @@ class RequestSpans:
                 piece = None
             if piece is None:
                 piece = encoder.piece(key, self.name, SERVER, self.attributes, state, len(head))
-            out.append(piece)
-            out.append(head)
+            out += (piece, head)
         return b"".join(out)
 
 
