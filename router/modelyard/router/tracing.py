@@ -8,10 +8,10 @@ When on, each request gets a SERVER span (``POST /v1/chat/completions``), contin
 ``traceparent``/``tracestate`` or starting a trace, with child spans ``router.hold`` (waiting for a ready
 pod), ``router.upstream_attempt`` (one per pod tried; its context goes to the pod as ``traceparent``) and
 ``router.relay`` (copying the answer back). The proxy calls ``span()``, a no-op context manager when off.
-A request's spans are recorded by ``modelyard.otlp.request_spans`` (one record per request, children
-encoded as they end, the request's spans handed over together), exported by a task of the router's event
-loop (``modelyard/otlp/loop_export.py``), not a thread; the request's record goes into its access line's
-``trace_id`` (logs.py).
+A request's spans are recorded by ``modelyard.otlp.request_spans`` (one record per request, its children
+lists in it, the record itself their context manager; encoded when its batch leaves), exported by a task
+of the router's event loop (``modelyard/otlp/loop_export.py``), not a thread; the request's record goes
+into its access line's ``trace_id`` (logs.py).
 """
 
 from __future__ import annotations
