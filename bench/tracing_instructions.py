@@ -1,6 +1,11 @@
 """Tracing's cost in the router as instructions per request: a figure the machine's load does not move.
 
     python bench/tracing_instructions.py [--requests 1000] [--rounds 2] [--protocol http/protobuf|grpc]
+    python bench/tracing_instructions.py --alone [--requests 4000]
+
+``--alone`` counts the pieces in one process instead (no router, no sockets): the router's tracing calls as
+proxy.py makes them for a non-streamed request, each piece alone, as the difference between a run of
+``--requests`` requests and one of none (both after 1,000 of warm-up), so start-up is not counted.
 
 CPU time per request (bench/tracing_overhead.py) swings by ±20% between rounds on a shared machine, wider
 than the 5% goal. This runs a router with tracing off and one with tracing on (100% sampled, exporting to a
@@ -26,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "router"), str(REPO / "bench")]
@@ -77,13 +83,107 @@ def count(tmp: Path, name: str, router: Proc, requests: int) -> float:
     return total / requests
 
 
+# --alone's pieces: what each runs per request (``_piece``); each is counted as a difference from another.
+PIECES = {
+    "call site, tracing off (one span)": ("off_span", "base"),
+    "the request alone: record, with, end, handed over": ("request", "base"),
+    "a child through span()": ("child", "request"),
+    "inject into the pod's headers": ("inject", "child"),
+    "recording the whole request (3 spans, inject, status)": ("whole", "base"),
+    "encoding its 3 spans, in batches of 680 requests": ("encoded", "whole"),
+}
+
+
+def _piece(name: str, n: int) -> None:
+    """Runs piece ``name`` for ``n`` requests (and 1,000 of warm-up), each in a copied context as aiohttp
+    runs a handler."""
+    import contextvars
+
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from modelyard.otlp.encode import Encoder
+    from modelyard.otlp.request_spans import RequestRecorder
+    from modelyard.otlp.sampling import sampler_from
+    from modelyard.router.logs import access_trace
+    from modelyard.router.tracing import RouterTracing, span
+
+    kept: list[Any] = []
+    recorder = RequestRecorder(sampler_from({}), lambda request, count: kept.append(request), access_trace)
+    tracing = RouterTracing("http://unused:4317", {}, recorder=recorder)
+    encoder = Encoder({"service.name": "modelyard-router"}, "modelyard.router")
+    given = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", "Host": "router"}))
+    url = "http://127.0.0.1:40000"
+
+    def run() -> None:
+        headers: CIMultiDict[str] = CIMultiDict()
+        if name == "base":
+            return
+        if name == "off_span":
+            with span(None, "router.upstream_attempt", attempt=1, **{"server.address": url}):
+                return
+        with tracing.request("POST", "/v1/completions", given) as request:
+            if name == "request":
+                return
+            with span(tracing, "router.upstream_attempt", attempt=1, **{"server.address": url}):
+                if name == "child":
+                    return
+                tracing.inject(headers)
+                if name == "inject":
+                    return
+                with span(tracing, "router.relay", **{"http.response.status_code": 200}):
+                    pass
+            request.set_attribute("http.response.status_code", 200)
+
+    for _ in range(n + 1000):
+        contextvars.copy_context().run(run)
+        if len(kept) >= 680:
+            if name == "encoded":
+                encoder.request_of([request.fields(encoder) for request in kept])
+            kept.clear()
+
+
+def alone(requests: int) -> dict[str, float]:
+    """Instructions per request of each piece, in one process under callgrind."""
+    tmp = Path(tempfile.mkdtemp(prefix="tracing-alone-"))
+
+    def total(name: str, n: int) -> int:
+        out = tmp / f"{name}.{n}"
+        args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run(
+            [*args, "--piece", name, "--requests", str(n)], check=True, capture_output=True, env=env
+        )
+        with open(out) as lines:
+            return next(int(line.split()[1]) for line in lines if line.startswith(("summary:", "totals:")))
+
+    per: dict[str, float] = {}
+    for name in ("base", "off_span", "request", "child", "inject", "whole", "encoded"):
+        per[name] = (total(name, requests) - total(name, 0)) / requests
+        print(f"{name}: {per[name] / 1e3:.1f}k", flush=True)
+    result = {label: per[piece] - per[minus] for label, (piece, minus) in PIECES.items()}
+    for label, value in result.items():
+        print(f"{label}: {value / 1e3:.1f}k instructions per request")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--alone", action="store_true", help="count the pieces in one process")
+    parser.add_argument("--piece", help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--protocol", choices=("grpc", "http/protobuf"), default="http/protobuf")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
+    if args.piece:
+        _piece(args.piece, args.requests)
+        return
+    if args.alone:
+        result = json.dumps({"requests": args.requests, "instructions": alone(args.requests)})
+        print(result)
+        if args.out is not None:
+            args.out.write_text(result + "\n")
+        return
     os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = args.protocol  # the routers inherit it
     tmp = Path(tempfile.mkdtemp(prefix="tracing-instructions-"))
     jaeger, ports = start_jaeger(build_jaeger(), tmp)

@@ -134,6 +134,8 @@ class Encoder:
         self._event_names: dict[str, bytes] = {}
         self._attributes: dict[tuple[str, object, object], bytes] = {}
         self._named: dict[tuple[str, tuple[tuple[str, AttributeValue], ...]], bytes] = {}
+        # Span pieces by their callers' keys (``piece``; request_spans.py looks them up itself).
+        self.pieces: dict[tuple[object, ...], bytes] = {}
 
     def request(self, spans: Sequence[Span]) -> bytes:
         """The ``ExportTraceServiceRequest`` carrying ``spans``."""
@@ -141,9 +143,13 @@ class Encoder:
 
     def request_of(self, span_fields: Sequence[bytes]) -> bytes:
         """The ``ExportTraceServiceRequest`` carrying spans encoded by ``span_field``."""
-        scope_spans = self._scope_field + b"".join(span_fields)
-        resource_spans = self._resource_field + _ld(b"\x12", scope_spans)
-        return _ld(b"\x0a", resource_spans)
+        # One join with the lengths worked out first: the batch (hundreds of kB in the router) is copied once,
+        # not once per enclosing message.
+        scope_size = len(self._scope_field) + sum(map(len, span_fields))
+        scope_head = b"\x12" + varint(scope_size)
+        resource_size = len(self._resource_field) + len(scope_head) + scope_size
+        head = [b"\x0a", varint(resource_size), self._resource_field, scope_head, self._scope_field]
+        return b"".join([*head, *span_fields])
 
     def span_field(self, span: Span) -> bytes:
         """The span as a field of ``ScopeSpans`` (``spans``, field 2)."""
@@ -220,6 +226,40 @@ class Encoder:
             size = len(body)
             out.append((_SPAN_FIELD[size] if size < _SHORT else b"\x12" + varint(size)) + body)
         return b"".join(out)
+
+    def piece(
+        self,
+        key: tuple[object, ...] | None,
+        name: str,
+        kind: int,
+        attributes: Iterable[tuple[str, AttributeValue]],
+        trace_state: str,
+        rest: int,
+    ) -> bytes:
+        """The start of a ``ScopeSpans.spans`` field: its tag and length (of this piece and the ``rest``
+        bytes that follow it: ids, times, events, status), the span's name, kind, attributes and trace
+        state; kept in ``pieces`` under ``key`` unless it is None."""
+        body = [self._name(name), b"\x30", _SMALL[kind]]
+        body.extend(self._attribute(k, v) for k, v in attributes)
+        if trace_state:
+            body.append(_ld(_SPAN_TRACE_STATE, trace_state.encode()))
+        joined = b"".join(body)
+        piece = b"\x12" + varint(len(joined) + rest) + joined
+        if key is not None:
+            if len(self.pieces) >= _CACHE_LIMIT:  # unique values (ids) must not grow it for ever
+                self.pieces.clear()
+            self.pieces[key] = piece
+        return piece
+
+    def tail(self, events: Sequence[Event] | None, status_code: int, status_message: str) -> bytes:
+        """A span's events and status fields."""
+        parts = [self._event(event) for event in events or ()]
+        if status_code:
+            status = b"\x18" + _SMALL[status_code]
+            if status_message:
+                status = _ld(_STATUS_MESSAGE, status_message.encode()) + status
+            parts.append(_ld(_SPAN_STATUS, status))
+        return b"".join(parts)
 
     def _name(self, name: str) -> bytes:
         encoded = self._names.get(name)

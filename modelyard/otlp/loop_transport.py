@@ -58,7 +58,8 @@ class LoopHttpTransport:
             self._reader, self._writer = await asyncio.open_connection(self._host, self._port, ssl=self._ssl)
         reader, writer = self._reader, self._writer
         assert reader is not None
-        writer.write(self._head + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        # Head and body in one writev: the body (a batch, hundreds of kB) is not copied into a new string.
+        writer.writelines((self._head + str(len(payload)).encode() + b"\r\n\r\n", payload))
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")

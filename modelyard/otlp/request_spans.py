@@ -1,19 +1,21 @@
 """One request's spans, recorded compactly and encoded later in bulk: the router's recorder.
 
 The router opens a SERVER span per request and a few children inside it (the hold, each upstream attempt,
-the relay). With one ``Span`` object each, every child cost a context-variable switch in and out, an object
-of fifteen slots and a list of attributes, and each span was encoded as it ended. That code ran cold: the
-router's own work between two requests evicts it from the CPU's caches, and a py-spy profile of the router
-put several times the micro-benchmark's cost on it (docs/observability.md, "What tracing costs"). Here:
+the relay). Recording them is the tracing router's main cost: a few hundred interpreter operations per
+request, more than half of them object creation, calls and the garbage collector's work on what they
+allocate (docs/observability.md, "What tracing costs"). So a request is one ``RequestSpans`` and nothing
+else is an object of ours:
 
-- the request is one ``RequestSpans``; the caller keeps it where its children can find it (the router: in
-  the context variable its access line reads anyway), and the request keeps the innermost open span's id,
-  so entering or leaving a child is two attribute writes;
-- a child keeps the caller's keyword arguments as its attributes (no list of pairs) and, once ended, sits
-  in its request's list;
+- the request keeps its method and path, and the attributes set later, as they are: the span's name and
+  attributes are made when it is encoded, from a cached piece;
+- a child is a list in its request's ``children`` (name, the caller's keyword arguments as attributes, id,
+  parent, start, end, error), opened by ``child()``. The request itself is the child's context manager:
+  ``with`` blocks nest, so its ``__exit__`` ends the innermost open child, or the request when none is open;
+- a child's span id is the request's, xor a constant of the child's position (distinct, non-zero, unique in
+  the trace): no random draw per child. A new trace's id and its request's span id are one draw;
 - an ended request goes to the exporter as it is (``sink(request, count)``) and is encoded there with the
-  rest of its batch, in one hot loop (``fields``, ``Encoder.fields_of``: the trace id packed once per
-  request, cached bytes for names and attribute fields);
+  rest of its batch, in one hot loop (``fields``): per span one cached piece (field tag and length, name,
+  kind, attributes, trace state) and one ``struct`` call for its ids and times;
 - the trace id's hex is formatted once per request (or taken from the caller's ``traceparent``), for the
   pod's ``traceparent`` and the access line alike.
 
@@ -25,31 +27,49 @@ pod is told who its parent is and that it is not sampled.
 from __future__ import annotations
 
 import random
+import struct
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
 from modelyard.otlp import propagation
-from modelyard.otlp.encode import Encoder, SpanFields
+from modelyard.otlp.encode import Encoder
 from modelyard.otlp.sampling import Sampler
 from modelyard.otlp.span import ERROR, INTERNAL, SERVER, UNSET, AttributeValue, Event
 
 _now = time.time_ns
 _bits = random.getrandbits
+_unhex = bytes.fromhex
+_new = object.__new__
 _LOW64 = (1 << 64) - 1
+
+# Child k's span id is the request's xor _MIX[k]: k times an odd constant, so distinct for every k and
+# never 0; the xor keeps them distinct from the request's id and from each other.
+_MIX = [(k * 0x9E3779B97F4A7C15) & _LOW64 for k in range(256)]
+
+# A span's ids and times after its cached piece: trace_id (field 1), span_id (2), parent_span_id (4),
+# start (7) and end (8), each with its tag (two-byte tags as one little-endian ``H``). Span ids are packed
+# little-endian: their W3C hex is their little-endian bytes'.
+_HEAD = struct.Struct("<H16sHQHQBQBQ")
+_HEAD_ROOT = struct.Struct("<H16sHQBQBQ")  # no parent
+_PACK, _PACK_ROOT = _HEAD.pack, _HEAD_ROOT.pack
+_T_TRACE, _T_SPAN, _T_PARENT, _T_START, _T_END = 0x100A, 0x0812, 0x0822, 0x39, 0x41
 
 # Where ended requests go (the loop exporter's ``add_spans``), with how many spans each holds.
 Sink = Callable[["RequestSpans", int], None]
+# A child: [name, attributes, span id, parent's position (0: the request), start, end (0: open), error].
+_Child = list[Any]
 
 
 class RequestSpans:
-    """The request's SERVER span and its ended children. ``with`` it to end it on the way out (an exception
-    marks it ERROR); ``end()`` ends one used without ``with``."""
+    """The request's SERVER span and its children. ``with`` it to end it on the way out (an exception marks
+    it ERROR); ``end()`` ends one used without ``with``. ``with request.child(name, attributes)`` is a child
+    of the innermost open span."""
 
-    kind = SERVER
-    # Set on an instance only when it ends with an error (the instance's __dict__ is made then).
+    # Set on an instance only when present (its __dict__ is made then).
+    trace_state = ""
     status_code = UNSET
     status_message = ""
     events: list[Event] | None = None
@@ -57,46 +77,38 @@ class RequestSpans:
     __slots__ = (
         "__dict__",
         "_sink",
-        "attributes",
         "children",
         "current",
         "end_ns",
-        "name",
+        "extra",
+        "method",
         "parent",
+        "path",
         "sampled",
         "span",
         "start_ns",
-        "trace",
         "trace_id",
-        "trace_state",
     )
+    _sink: Sink
+    children: list[_Child] | None  # in the order opened; None once encoded
+    current: int  # the innermost open span: 0 the request, k its k-th child
+    end_ns: int
+    extra: tuple[tuple[str, AttributeValue], ...]  # set_attribute's, after method and path
+    method: str
+    parent: int
+    path: str
+    sampled: bool
+    span: int
+    start_ns: int
+    trace_id: str  # W3C hex, formatted once: the pod's traceparent and the access line share it
 
-    def __init__(
-        self,
-        sink: Sink,
-        trace: int,
-        span: int,
-        parent: int,
-        sampled: bool,
-        name: str,
-        attributes: list[tuple[str, AttributeValue]],
-        trace_state: str = "",
-        trace_id: str = "",
-    ) -> None:
-        self._sink = sink
-        self.trace = trace
-        # W3C hex, formatted once: the pod's traceparent and the access line share it.
-        self.trace_id = trace_id or f"{trace:032x}"
-        self.span = span
-        self.parent = parent
-        self.sampled = sampled
-        self.name = name
-        self.attributes = attributes
-        self.trace_state = trace_state
-        self.start_ns = _now()
-        self.end_ns = 0
-        self.current = span  # the innermost open span: a new child's parent, the pod's parent
-        self.children: list[ChildSpan | _ErrorChild] | None = []  # ended, in order; None once encoded
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.path}"
+
+    @property
+    def attributes(self) -> list[tuple[str, AttributeValue]]:
+        return [("http.request.method", self.method), ("url.path", self.path), *self.extra]
 
     @property
     def span_id(self) -> str:
@@ -106,21 +118,45 @@ class RequestSpans:
     def parent_id(self) -> str | None:
         return span_hex(self.parent) if self.parent else None
 
+    @property
+    def current_id(self) -> str:
+        """The innermost open span's id (W3C hex)."""
+        return span_hex(self._current_span())
+
+    def _current_span(self) -> int:
+        current, children = self.current, self.children
+        return children[current - 1][2] if current and children is not None else self.span
+
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """Make the innermost open span the parent of whoever gets ``headers`` (W3C ``traceparent``)."""
-        flags = "-01" if self.sampled else "-00"
+        current, children = self.current, self.children
+        span = children[current - 1][2] if current and children is not None else self.span
         headers["traceparent"] = (
-            "00-" + self.trace_id + "-" + self.current.to_bytes(8, "little").hex() + flags
+            f"00-{self.trace_id}-{span.to_bytes(8, 'little').hex()}-{'01' if self.sampled else '00'}"
         )
         if self.trace_state:
             headers["tracestate"] = self.trace_state
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self.attributes.append((key, value))
+        self.extra += ((key, value),)
 
     def set_status(self, code: int, message: str = "") -> None:
         self.status_code = code
         self.status_message = message if code == ERROR else ""
+
+    def child(self, name: str, attributes: Mapping[str, AttributeValue]) -> RequestSpans:
+        """Open a child of the innermost open span (``with`` the returned request to end it). Its
+        attributes: the mapping given (set each key once)."""
+        children = self.children
+        assert children is not None, "a child of an ended request"
+        position = len(children) + 1
+        try:
+            span = self.span ^ _MIX[position] or 1
+        except IndexError:
+            span = _bits(64) or 1
+        children.append([name, attributes, span, self.current, _now(), 0, None])
+        self.current = position
+        return self
 
     def __enter__(self) -> RequestSpans:
         return self
@@ -128,10 +164,27 @@ class RequestSpans:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        current = self.current
+        if current:  # the innermost open child ends
+            children = self.children
+            if children is None:  # the request was ended and encoded first: not recorded
+                self.current = 0
+                return
+            record = children[current - 1]
+            self.current = record[3]
+            if not self.end_ns:
+                record[5] = _now()
+                if exc is not None:
+                    record[6] = (_error_message(exc), [_exception(exc)])
+            return
+        if self.end_ns:
+            return
         if exc is not None:
             self.events = [_exception(exc)]
             self.set_status(ERROR, _error_message(exc))
-        self.end()
+        self.end_ns = _now()  # end(), inline: a call less per request
+        if self.sampled:
+            self._sink(self, len(self.children) + 1)  # type: ignore[arg-type]
 
     def end(self) -> None:
         """End the request's span and hand the request to the sink (once)."""
@@ -143,71 +196,57 @@ class RequestSpans:
 
     def fields(self, encoder: Encoder) -> bytes:
         """The request's spans, children first, as ``ScopeSpans.spans`` fields (the exporter calls it when
-        it sends the batch)."""
-        spans: list[SpanFields] = self.children or []  # type: ignore[assignment]
-        spans.append(self)
-        # Each child refers to its request: dropping the list breaks the cycle, so the request's objects
-        # are freed now, by reference counts, not later by the garbage collector.
+        it sends the batch). Each span is a cached piece (``Encoder.piece``: the field's tag and length,
+        name, kind, attributes, trace state) and its ids and times, packed in one call."""
+        children = self.children or []
         self.children = None
-        return encoder.fields_of(self.trace.to_bytes(16, "big"), self.trace_state, spans)
-
-
-class ChildSpan:
-    """An INTERNAL span inside a request. Its attributes: the mapping given (set each key once), then those
-    set with ``set_attribute``. Status and events are the class's (none) unless it ended with an
-    exception: then its record is an ``_ErrorChild``."""
-
-    kind = INTERNAL
-    status_code = UNSET
-    status_message = ""
-    events: list[Event] | None = None
-
-    __slots__ = ("attributes", "end_ns", "name", "parent", "request", "span", "start_ns")
-
-    def __init__(self, request: RequestSpans, name: str, attributes: Mapping[str, AttributeValue]) -> None:
-        self.request = request
-        self.span = _bits(64) or 1
-        self.parent = request.current
-        self.name = name
-        self.attributes: Iterable[tuple[str, AttributeValue]] = attributes.items()
-        self.start_ns = _now()
-
-    @property
-    def span_id(self) -> str:
-        return span_hex(self.span)
-
-    @property
-    def parent_id(self) -> str:
-        return span_hex(self.parent)
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self.attributes = [*self.attributes, (key, value)]
-
-    def __enter__(self) -> ChildSpan:
-        self.request.current = self.span
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        request = self.request
-        request.current = self.parent
-        self.end_ns = _now()
-        if request.sampled and not request.end_ns:
-            request.children.append(self if exc is None else _ErrorChild(self, exc))  # type: ignore[union-attr]
-
-
-class _ErrorChild:
-    """A child that ended with an exception: its fields, an ``exception`` event and ERROR status."""
-
-    kind = INTERNAL
-    status_code = ERROR
-
-    def __init__(self, child: ChildSpan, exc: BaseException) -> None:
-        self.span, self.parent, self.name = child.span, child.parent, child.name
-        self.start_ns, self.end_ns, self.attributes = child.start_ns, child.end_ns, child.attributes
-        self.events = [_exception(exc)]
-        self.status_message = _error_message(exc)
+        trace = _unhex(self.trace_id)
+        state = self.trace_state
+        root = self.span
+        pieces = encoder.pieces
+        get = pieces.get
+        out: list[bytes] = []
+        for name, attributes, span, parent_at, start, end, error in children:
+            if not end:
+                continue  # still open when the request ended
+            parent = children[parent_at - 1][2] if parent_at else root
+            if error is None:
+                # Keys, then values (their count tells them apart): no pair allocated per attribute.
+                key = (name, state, *attributes, *attributes.values())
+                try:
+                    piece = get(key)
+                except TypeError:  # a list value: not hashable, not cached
+                    piece = None
+                if piece is None:
+                    piece = encoder.piece(key, name, INTERNAL, attributes.items(), state, _HEAD.size)
+                head = _PACK(_T_TRACE, trace, _T_SPAN, span, _T_PARENT, parent, _T_START, start, _T_END, end)
+                out += (piece, head)
+            else:
+                message, events = error
+                tail = encoder.tail(events, ERROR, message)
+                piece = encoder.piece(None, name, INTERNAL, attributes.items(), state, _HEAD.size + len(tail))
+                head = _PACK(_T_TRACE, trace, _T_SPAN, span, _T_PARENT, parent, _T_START, start, _T_END, end)
+                out += (piece, head, tail)
+        parent = self.parent
+        if parent:
+            head = _PACK(_T_TRACE, trace, _T_SPAN, root, _T_PARENT, parent, _T_START, self.start_ns, _T_END,
+                         self.end_ns)  # fmt: skip
+        else:
+            head = _PACK_ROOT(_T_TRACE, trace, _T_SPAN, root, _T_START, self.start_ns, _T_END, self.end_ns)
+        if self.status_code or self.events:
+            tail = encoder.tail(self.events, self.status_code, self.status_message)
+            size = len(head) + len(tail)
+            out += (encoder.piece(None, self.name, SERVER, self.attributes, state, size), head, tail)
+        else:
+            key = (None, self.method, self.path, state, len(head), *self.extra)
+            try:
+                piece = get(key)
+            except TypeError:
+                piece = None
+            if piece is None:
+                piece = encoder.piece(key, self.name, SERVER, self.attributes, state, len(head))
+            out += (piece, head)
+        return b"".join(out)
 
 
 def _exception(exc: BaseException) -> Event:
@@ -221,7 +260,7 @@ def _exception(exc: BaseException) -> Event:
 
 
 def span_hex(span: int) -> str:
-    """A span id's W3C hex: its little-endian bytes' (``Encoder.fields_of`` packs span ids little-endian)."""
+    """A span id's W3C hex: its little-endian bytes' (``fields`` packs span ids little-endian)."""
     return span.to_bytes(8, "little").hex()
 
 
@@ -238,12 +277,21 @@ class RequestRecorder:
         self.sampler = sampler
         self.sink = sink
         self._set_current = None if current is None else current.set
+        self._get_current = None if current is None else current.get
         self._new_traces_sampled = sampler.ratio >= 1.0  # always_on and parentbased_always_on
 
     def request(self, method: str, path: str, headers: Mapping[str, str] | None) -> RequestSpans:
         """The request's SERVER span (``METHOD /path``), continuing the caller's W3C ``traceparent`` and
         ``tracestate`` or starting a trace."""
-        attributes: list[tuple[str, AttributeValue]] = [("http.request.method", method), ("url.path", path)]
+        # Made field by field, without __init__: a call less per request.
+        spans: RequestSpans = _new(RequestSpans)
+        spans.start_ns = _now()
+        spans._sink = self.sink
+        spans.method = method
+        spans.path = path
+        spans.children = []
+        spans.current = spans.end_ns = 0
+        spans.extra = ()
         caller = None
         if headers:  # propagation.extract, inline: a call less per request
             traceparent = headers.get("traceparent")
@@ -252,17 +300,31 @@ class RequestRecorder:
         if caller is None:
             bits = _bits(192)  # trace and span id from one draw
             trace = bits >> 64 or 1
-            sampled = self._new_traces_sampled or self.sampler.sample(trace, None)
-            spans = RequestSpans(
-                self.sink, trace, bits & _LOW64 or 1, 0, sampled, f"{method} {path}", attributes
-            )
+            spans.trace_id = trace.to_bytes(16, "big").hex()  # a fifth of f"{trace:032x}"'s cost
+            spans.span = bits & _LOW64 or 1
+            spans.parent = 0
+            spans.sampled = self._new_traces_sampled or self.sampler.sample(trace, None)
         else:
-            trace = int(caller.trace_id, 16)
-            parent = int.from_bytes(bytes.fromhex(caller.span_id), "little")
-            spans = RequestSpans(
-                self.sink, trace, _bits(64) or 1, parent, self.sampler.sample(trace, caller.sampled),
-                f"{method} {path}", attributes, caller.trace_state, caller.trace_id,
-            )  # fmt: skip
+            spans.trace_id = caller.trace_id
+            spans.span = _bits(64) or 1
+            spans.parent = int.from_bytes(_unhex(caller.span_id), "little")
+            spans.sampled = self.sampler.sample(int(caller.trace_id, 16), caller.sampled)
+            if caller.trace_state:
+                spans.trace_state = caller.trace_state
         if self._set_current is not None:
             self._set_current(spans)
         return spans
+
+    def inject(self, headers: MutableMapping[str, str]) -> None:
+        """``RequestSpans.inject`` for the current request, if any (the context variable ``current``):
+        one call for the router's call site."""
+        request = None if self._get_current is None else self._get_current()
+        if request is None:
+            return
+        current, children = request.current, request.children
+        span = children[current - 1][2] if current and children is not None else request.span
+        headers["traceparent"] = (
+            f"00-{request.trace_id}-{span.to_bytes(8, 'little').hex()}-{'01' if request.sampled else '00'}"
+        )
+        if request.trace_state:
+            headers["tracestate"] = request.trace_state

@@ -8,10 +8,10 @@ When on, each request gets a SERVER span (``POST /v1/chat/completions``), contin
 ``traceparent``/``tracestate`` or starting a trace, with child spans ``router.hold`` (waiting for a ready
 pod), ``router.upstream_attempt`` (one per pod tried; its context goes to the pod as ``traceparent``) and
 ``router.relay`` (copying the answer back). The proxy calls ``span()``, a no-op context manager when off.
-A request's spans are recorded by ``modelyard.otlp.request_spans`` (one record per request, children
-encoded as they end, the request's spans handed over together), exported by a task of the router's event
-loop (``modelyard/otlp/loop_export.py``), not a thread; the request's record goes into its access line's
-``trace_id`` (logs.py).
+A request's spans are recorded by ``modelyard.otlp.request_spans`` (one record per request, its children
+lists in it, the record itself their context manager; encoded when its batch leaves), exported by a task
+of the router's event loop (``modelyard/otlp/loop_export.py``), not a thread; the request's record goes
+into its access line's ``trace_id`` (logs.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class RouterTracing:
         self, endpoint: str, env: Mapping[str, str], recorder: RequestRecorder | None = None
     ) -> None:
         from modelyard.otlp.build import build_loop_recorder
-        from modelyard.otlp.request_spans import ChildSpan
 
         self._exporter: LoopExporter | None = None
         if recorder is None:
@@ -51,13 +50,8 @@ class RouterTracing:
         # one variable set per request, in the request's own task, where its children look it up.
         self.request: Callable[[str, str, Mapping[str, str]], RequestSpans] = recorder.request
         self.current: Callable[[], RequestSpans | None] = access_trace.get  # type: ignore[assignment]
-        self.child_span = ChildSpan
-
-    def inject(self, headers: MutableMapping[str, str]) -> None:
-        """The innermost open span (the upstream attempt's) becomes the pod's parent."""
-        request = self.current()
-        if request is not None:
-            request.inject(headers)
+        # The innermost open span (the upstream attempt's) becomes the pod's parent.
+        self.inject: Callable[[MutableMapping[str, str]], None] = recorder.inject
 
     async def aclose(self) -> None:
         """Send the spans still batched and stop exporting."""
@@ -78,7 +72,7 @@ def span(tracing: RouterTracing | None, name: str, **attributes: Any) -> Abstrac
     request = tracing.current()
     if request is None or request.end_ns:
         return _NOTHING
-    return tracing.child_span(request, name, attributes)
+    return request.child(name, attributes)
 
 
 _NOTHING = contextlib.nullcontext()  # reusable: it holds no state

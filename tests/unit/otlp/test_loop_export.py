@@ -13,7 +13,6 @@ import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from modelyard.otlp.build import build_loop_recorder
-from modelyard.otlp.request_spans import ChildSpan
 from modelyard.otlp.transport import GRPC_METHOD
 
 
@@ -82,12 +81,12 @@ def test_a_full_batch_is_posted_at_once_and_closing_sends_the_rest() -> None:
             endpoint, _env(OTEL_BSP_MAX_EXPORT_BATCH_SIZE="100"), "modelyard-test", "test"
         )
         for i in range(125):  # two spans each: the request's and one child
-            with recorder.request("GET", f"/s{i}", None) as request, ChildSpan(request, "child", {"i": i}):
+            with recorder.request("GET", f"/s{i}", None) as request, request.child("child", {"i": i}):
                 pass
         # Full batches leave at once (the schedule delay is a minute), and the rest of the queue with them.
         await _until(lambda: exporter.sent == 250)
         for i in range(125, 130):
-            with recorder.request("GET", f"/s{i}", None) as request, ChildSpan(request, "child", {"i": i}):
+            with recorder.request("GET", f"/s{i}", None) as request, request.child("child", {"i": i}):
                 pass
         await asyncio.sleep(0.1)
         assert exporter.sent == 250  # the ten after are not a full batch: they wait
