@@ -28,6 +28,15 @@ pytestmark = [pytest.mark.model, pytest.mark.timeout(420)]
 MODEL = "tiny-llama"
 STREAMS = 30
 MAX_TOKENS = 200
+
+
+def _max_tokens(i: int) -> int:
+    """Stream ``i``'s length. Unequal lengths keep a server's batch from finishing all at once and being
+    refilled with requests that have sent nothing yet: a kill at that moment would cut no stream mid-way
+    (what moves then are retries, not migrations)."""
+    return MAX_TOKENS + 6 * i
+
+
 CHUNKS_BEFORE_KILL = 8
 
 
@@ -95,7 +104,7 @@ def _bodies(sampling: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "model": MODEL,
             "messages": [{"role": "user", "content": f"Story number {i}, please."}],
-            "max_tokens": MAX_TOKENS,
+            "max_tokens": _max_tokens(i),
             "stream": True,
             "stream_options": {"include_usage": True},
             "logprobs": True,
@@ -187,10 +196,10 @@ def _assert_same(cut: list[Seen], uncut: list[Seen]) -> None:
         assert got.text == want.text, f"stream {i} differs from the uncut run"
         assert got.finish == want.finish == ["length"]
         assert len(got.usages) == 1, f"stream {i}: one final usage"
-        assert got.usages[0]["completion_tokens"] == want.usages[0]["completion_tokens"] == MAX_TOKENS
+        assert got.usages[0]["completion_tokens"] == want.usages[0]["completion_tokens"] == _max_tokens(i)
         assert got.usages[0]["prompt_tokens"] == want.usages[0]["prompt_tokens"]
         assert [t for t, _ in got.logprobs] == [t for t, _ in want.logprobs]
-        assert len(got.logprobs) == MAX_TOKENS
+        assert len(got.logprobs) == _max_tokens(i)
         assert [lp for _, lp in got.logprobs] == pytest.approx([lp for _, lp in want.logprobs], abs=1e-3)
 
 
