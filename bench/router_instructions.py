@@ -32,8 +32,8 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from router_overhead import MODEL, cpu_seconds, request_body  # noqa: E402
-from tests.integration.router.procs import free_port  # noqa: E402
+from net import free_port  # noqa: E402
+from router_overhead import MODEL, cpu_seconds, request_body, stop_all  # noqa: E402
 
 CONCURRENCY = 64
 
@@ -115,13 +115,7 @@ def main() -> None:
                 unit = "CPU µs" if args.cpu else "k instructions"
                 print(f"round {round_index + 1}, {name}: {results[name][-1]:.1f} {unit}/request", flush=True)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
     medians = {name: statistics.median(values) for name, values in results.items()}
     print(json.dumps({"unit": "cpu_us" if args.cpu else "kinstr", "median": medians, "rounds": results}))
     if "baseline" in medians:

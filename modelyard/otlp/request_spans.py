@@ -129,8 +129,7 @@ class RequestSpans:
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """Make the innermost open span the parent of whoever gets ``headers`` (W3C ``traceparent``)."""
-        current, children = self.current, self.children
-        span = children[current - 1][2] if current and children is not None else self.span
+        span = self._current_span()
         headers["traceparent"] = (
             f"00-{self.trace_id}-{span.to_bytes(8, 'little').hex()}-{'01' if self.sampled else '00'}"
         )
@@ -319,12 +318,5 @@ class RequestRecorder:
         """``RequestSpans.inject`` for the current request, if any (the context variable ``current``):
         one call for the router's call site."""
         request = None if self._get_current is None else self._get_current()
-        if request is None:
-            return
-        current, children = request.current, request.children
-        span = children[current - 1][2] if current and children is not None else request.span
-        headers["traceparent"] = (
-            f"00-{request.trace_id}-{span.to_bytes(8, 'little').hex()}-{'01' if request.sampled else '00'}"
-        )
-        if request.trace_state:
-            headers["tracestate"] = request.trace_state
+        if request is not None:
+            request.inject(headers)

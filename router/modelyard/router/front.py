@@ -40,6 +40,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from modelyard.router import errors
 from modelyard.router.admission import RATE_HEADERS
 from modelyard.router.body import ROUTED_BODY, RoutedBody, parse_body
+from modelyard.router.relay import NOT_FORWARDED
 
 log = logging.getLogger("modelyard.router.front")
 
@@ -54,24 +55,8 @@ _Pending = tuple[int, int, str, CIMultiDictProxy[str]]
 _DEFAULT_TYPE = "Content-Type: application/octet-stream\r\n"
 _CLOSE = "Connection: close\r\n"
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
-# A pod's answer headers the client does not get as they came (the front writes its own of these).
-_NOT_FORWARDED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "date",
-        "server",
-        "x-request-id",
-    }
-)
+# A pod's answer headers the front writes itself instead (the request id too).
+_NOT_FORWARDED = NOT_FORWARDED | {"x-request-id"}
 
 
 class WholeAnswer:

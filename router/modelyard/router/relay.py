@@ -33,7 +33,8 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_NOT_FORWARDED = HOP_BY_HOP | {"date", "server"}
+# A pod's answer headers the client does not get as they came (aiohttp, or the front, writes its own).
+NOT_FORWARDED = HOP_BY_HOP | {"date", "server"}
 SSE_DONE = b"data: [DONE]"
 
 # Called when the pod fails mid-answer (connection cut, timeout): health bookkeeping and metrics.
@@ -48,7 +49,7 @@ def forwarded_headers(headers: Iterable[tuple[str, str]], request_id: str) -> CI
     """A pod's answer headers as the client gets them: no hop-by-hop ones, aiohttp's own Date/Server."""
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers:
-        if name.lower() not in _NOT_FORWARDED:
+        if name.lower() not in NOT_FORWARDED:
             out.add(name, value)
     out["x-request-id"] = request_id
     return out
