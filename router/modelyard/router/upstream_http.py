@@ -529,6 +529,10 @@ class UpstreamClient:
             "utf-8", "surrogateescape"
         )
         conn = self._take_idle(base) or await self._acquire(base, origin)
+        if conn.closed:
+            # Reset while this coroutine waited to run (a pod dying as it accepted): a write now would
+            # vanish and the request wait out the read timeout. Nothing was sent, so another pod may take it.
+            raise ConnectFailed(f"{base} closed the connection before the request was sent")
         return conn, conn.start(data, body, self.read_timeout_s, stream)
 
     def _put_back(self, conn: _Connection, reusable: bool) -> None:

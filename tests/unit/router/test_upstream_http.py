@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import pytest
@@ -224,3 +227,38 @@ async def test_a_stream_cut_mid_way_gives_its_data_then_a_disconnect() -> None:
         assert not answer.content.at_eof()
         answer.close()
         c.close()
+
+
+async def test_a_pod_resetting_each_connection_at_once_fails_requests_now_not_at_the_read_timeout() -> None:
+    # A pod dying as it accepts: the reset can arrive before the request is written, and a request
+    # written to a connection already gone must fail then (and may go to another pod: nothing was sent).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def reset_each() -> None:
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    class BusyLoop(UpstreamClient):
+        async def _connect(self, base: str, origin: Any) -> Any:
+            conn = await super()._connect(base, origin)
+            await asyncio.sleep(0.02)  # other requests' work: the reset comes in before this one is written
+            return conn
+
+    resetter = asyncio.ensure_future(reset_each())
+    c = BusyLoop(2.0, 60.0, 30.0)
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        async with asyncio.timeout(10):
+            for _ in range(20):
+                with pytest.raises(aiohttp.ClientConnectionError):
+                    await c.send(base, "POST", "/v1/chat/completions", HEADERS, b"{}")
+    finally:
+        resetter.cancel()
+        c.close()
+        listener.close()
