@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.cluster.plugin", "tests.fixtures.models"]
+pytest_plugins: list[str] = ["tests.cluster.plugin", "tests.fixtures.models", "tests.fixtures.sdk_clients"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
