@@ -250,7 +250,8 @@ class FusedLora:
 
     def _build_stack(self, slots: list[int]) -> Stack:
         """The whole stack at once (small stacks: four rank-8 adapters are ~40 MB)."""
-        build = StackBuild(slots, {slot: self._slot_pairs(slot) for slot in slots}, self._names, self._shapes)
+        per_slot = {slot: self._slot_pairs(slot) for slot in slots}
+        build = StackBuild(slots, per_slot, self._names, self._shapes, pack=False)
         stack = None
         while stack is None:
             stack = build.advance(None)
@@ -268,7 +269,7 @@ class FusedLora:
             return self._stack
         if self._build is None or self._build.slots != tuple(loaded):
             per_slot = {slot: self._slot_pairs(slot) for slot in loaded}
-            self._build = StackBuild(loaded, per_slot, self._names, self._shapes)
+            self._build = StackBuild(loaded, per_slot, self._names, self._shapes, pack=True)
         stack = self._build.advance(STACK_BYTES_PER_STEP)
         if stack is not None:
             self._stack, self._build = stack, None
@@ -317,7 +318,9 @@ class StackBuild:
         per_slot: dict[int, SlotPairs],
         names: list[dict[str, str]],
         shapes: dict[str, LinearShape],
+        pack: bool,
     ) -> None:
+        """``pack``: lay the pairs out as oneDNN prepacked weights where torch can (rank-heavy stacks)."""
         self.slots = tuple(slots)
         self._per_slot = per_slot
         self._names = names
@@ -344,8 +347,10 @@ class StackBuild:
                     width += rank
             self._columns.append(layout)
             self._widths.append(width)
-        # oneDNN-prepacked on CPU (the base weights' format), plain tensors where torch lacks oneDNN.
-        self._packed = self._like.device.type == "cpu" and _can_pack(self._like)
+        # Rank-heavy stacks are oneDNN-prepacked on CPU (the base weights' format): read at the base's
+        # pace, not MKL's small-GEMM path. Small stacks stay plain tensors: at four rank-8 adapters the
+        # prepacked products cost more than they save (docs/lora.md, 16 rows: 1.21x base against 1.13x).
+        self._packed = pack and self._like.device.type == "cpu" and _can_pack(self._like)
         self._pairs: list[list[GroupPair | None]] = []
         self.bytes = 0  # laid out so far
 
