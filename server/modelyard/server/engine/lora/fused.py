@@ -10,7 +10,8 @@ target costs nothing; no B multiplies zeros, and no B is copied.
 
 Two kernels add the pairs' deltas (measured in ``bench/lora_kernels.py``, table in docs/lora.md):
 ``StackedDeltas`` (all loaded adapters side by side, all rows, other adapters' columns masked) while
-the loaded ranks add up to little, else ``SegmentDeltas`` (the adapter rows gathered once per group,
+the loaded ranks add up to little, or at any rank for forwards of few token rows (decode steps; such a
+rank-heavy stack is oneDNN-prepacked), else ``SegmentDeltas`` (the adapter rows gathered once per group,
 sorted by adapter; per adapter a shrink and its expands on its slice; one scatter-add back). A
 forward of base rows only gets no deltas at all.
 
@@ -140,7 +141,8 @@ class StackedDeltas:
     """Every slot's pairs side by side: ``x·A_all`` for all rows, zero the columns of other adapters
     than the row's own, then per projection one expand over all slots' columns (1 + 1 + projections
     ops per group, however many adapters). It computes every row against every loaded adapter, so it
-    is only chosen while their ranks add up to little (``STACKED_MAX_RANKS``)."""
+    is only chosen while their ranks add up to little (``STACKED_MAX_RANKS``) or the forward has few token
+    rows (``STACKED_MAX_TOKENS``)."""
 
     def __init__(self, stack: Stack, segments: tuple[Segment, ...], rows: int, query: int) -> None:
         self.stack = stack
