@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from modelyard.router.body import Usage
 from modelyard.router.logs import log_access
 from modelyard.router.metrics import KEY_NONE, MODEL_UNKNOWN, RouterMetrics
+
+if TYPE_CHECKING:
+    from modelyard.otlp.request_spans import RequestSpans
 
 access_log = logging.getLogger("modelyard.router.access")
 
@@ -32,6 +36,9 @@ class Exchange:
     error: str = ""
     # The client has received `data: [DONE]`: hanging up after that is a normal end, not a 499.
     stream_complete: bool = False
+    # The request's spans when tracing is on: the hot call sites record into it directly, without looking
+    # it up in the context or building a no-op context manager when tracing is off.
+    trace: RequestSpans | None = None
 
 
 def record(ex: Exchange, elapsed: float, metrics: RouterMetrics, access_log_on: bool) -> None:

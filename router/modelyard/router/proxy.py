@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import NoReturn, cast
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import aiohttp
 from aiohttp import web
@@ -59,6 +59,9 @@ from modelyard.router.settings import RouterSettings
 from modelyard.router.table import ModelRoute, RoutingTable, Strategy
 from modelyard.router.tracing import RouterTracing, span
 from modelyard.router.upstream_http import ConnectFailed, UpstreamClient, UpstreamResponse
+
+if TYPE_CHECKING:
+    from modelyard.otlp.span import AttributeValue
 
 log = logging.getLogger("modelyard.router.proxy")
 
@@ -140,6 +143,7 @@ class Proxy:
         try:
             if self.tracing is not None:
                 with self.tracing.request(request.method, request.path, request.headers) as server_span:
+                    ex.trace = server_span
                     response = await self._handle(request, ex)
                     server_span.set_attribute("http.response.status_code", ex.status or response.status)
                     return response
@@ -274,16 +278,17 @@ class Proxy:
                     self.metrics.retries.labels(route.name).inc()
                 ex.attempts += 1
                 ex.endpoint = url
+                answer_whole = migration is None and reply.stream is None and not ex.stream and whole(url)
+                trace = ex.trace
                 try:
-                    with span(
-                        self.tracing,
-                        "router.upstream_attempt",
-                        attempt=ex.attempts,
-                        **{"server.address": url},
-                    ):
-                        if self.tracing is not None:
-                            self.tracing.inject(headers)  # this attempt's span is the pod's parent
-                        if migration is None and reply.stream is None and not ex.stream and whole(url):
+                    if trace is None:
+                        if answer_whole:
+                            return await self._attempt_whole(reply, route, url, path, headers, body)
+                        return await self._attempt(reply, route, url, path, headers, body, migration)
+                    attempt: dict[str, AttributeValue] = {"attempt": ex.attempts, "server.address": url}
+                    with trace.child("router.upstream_attempt", attempt):
+                        trace.inject(headers)  # this attempt's span is the pod's parent
+                        if answer_whole:
                             return await self._attempt_whole(reply, route, url, path, headers, body)
                         return await self._attempt(reply, route, url, path, headers, body, migration)
                 except _Retry as retry:
@@ -425,16 +430,22 @@ class Proxy:
             self._retryable_status(route, url, (status, answer.body, CIMultiDict(answer.headers)))
         self.health.success(url)
         ex = reply.ex
-        with span(self.tracing, "router.relay", **{"http.response.status_code": status}):
-            ex.status = status
-            if status == 200:
-                ex.usage = scan_usage(answer.body)
-            if isinstance(reply.request, LeanRequest):  # the front writes it (front.WholeAnswer)
-                whole = WholeAnswer(status, answer.headers, answer.body, ex.request_id)
-                return cast(web.StreamResponse, whole)
-            return web.Response(
+        trace = ex.trace
+        relay_start = time.time_ns() if trace is not None else 0
+        ex.status = status
+        if status == 200:
+            ex.usage = scan_usage(answer.body)
+        response: web.StreamResponse
+        if isinstance(reply.request, LeanRequest):  # the front writes it (front.WholeAnswer)
+            whole = WholeAnswer(status, answer.headers, answer.body, ex.request_id)
+            response = cast(web.StreamResponse, whole)
+        else:
+            response = web.Response(
                 body=answer.body, status=status, headers=forwarded_headers(answer.headers, ex.request_id)
             )
+        if trace is not None:
+            trace.ended_child("router.relay", {"http.response.status_code": status}, relay_start)
+        return response
 
     async def _relay(
         self,

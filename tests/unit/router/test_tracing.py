@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,6 +206,27 @@ def test_a_span_outside_a_request_or_after_it_ended_records_nothing() -> None:
     upstream: dict[str, str] = {}
     tracing.inject(upstream)
     assert len(_decoded(ended)) == 1
+
+
+def test_an_ended_child_nests_under_the_open_span_and_nothing_is_recorded_after_the_request() -> None:
+    """The proxy records a non-streamed answer's relay as an ended child (no ``with``): a child of the
+    attempt, from the given start to when it is recorded."""
+    tracing, ended = _recording()
+    with tracing.request("POST", "/v1/completions", {}) as root:
+        with root.child("router.upstream_attempt", {"attempt": 1, "server.address": "http://pod"}):
+            relay_start = time.time_ns()
+            root.ended_child("router.relay", {"http.response.status_code": 200}, relay_start)
+        recorded = time.time_ns()
+    root.ended_child("router.relay", {}, recorded)  # the request has ended: not recorded
+    attempt, relay, request = _decoded(ended)  # children in the order opened
+    assert (attempt.name, relay.name) == ("router.upstream_attempt", "router.relay")
+    assert relay.parent_span_id == attempt.span_id
+    assert attempt.parent_span_id == request.span_id
+    assert len({relay.span_id, attempt.span_id, request.span_id}) == 3
+    assert _attributes(relay) == {"http.response.status_code": 200}
+    assert relay.start_time_unix_nano == relay_start
+    assert attempt.start_time_unix_nano <= relay_start <= relay.end_time_unix_nano <= recorded
+    assert relay.end_time_unix_nano <= attempt.end_time_unix_nano
 
 
 def test_an_exported_request_leaves_nothing_for_the_garbage_collector() -> None:
