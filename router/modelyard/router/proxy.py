@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn, cast
+from typing import TYPE_CHECKING, NoReturn
 
 import aiohttp
 from aiohttp import web
@@ -437,8 +437,7 @@ class Proxy:
             ex.usage = scan_usage(answer.body)
         response: web.StreamResponse
         if isinstance(reply.request, LeanRequest):  # the front writes it (front.WholeAnswer)
-            whole = WholeAnswer(status, answer.headers, answer.body, ex.request_id)
-            response = cast(web.StreamResponse, whole)
+            response = WholeAnswer(status, answer.headers, answer.body, ex.request_id)
         else:
             response = web.Response(
                 body=answer.body, status=status, headers=forwarded_headers(answer.headers, ex.request_id)
