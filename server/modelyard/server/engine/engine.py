@@ -1,9 +1,9 @@
 """The continuous-batching engine facade: the ``Engine`` protocol on the event loop, one compute thread.
 
 Each loop iteration on the engine thread: drop aborted requests, run pending embedding micro-batches,
-ask the scheduler for a step (admission, prefix reuse, block growth, preemption), run its prefill
-chunk and its decode step through the model runner, sample, and emit outputs. All outputs of an
-iteration reach the event loop in a single ``call_soon_threadsafe``.
+ask the scheduler for a step (admission, prefix reuse, block growth, preemption), and hand its prefill
+chunk and decode rows to the step executor (step_executor.py: the model runner, sampling, stop rules,
+outputs). All outputs of an iteration reach the event loop in a single ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from typing import Any, Protocol
 import torch
 
 from modelyard.server.engine.core.blocks import BlockManager
-from modelyard.server.engine.core.draft_gate import knee_rows, observe
-from modelyard.server.engine.core.ngram_proposer import propose
+from modelyard.server.engine.core.draft_gate import knee_rows
 from modelyard.server.engine.core.output_stream import OutputStream
 from modelyard.server.engine.core.scheduler import Scheduler, Step
 from modelyard.server.engine.core.sequence import Sequence
 from modelyard.server.engine.core.step_tokens import StepTokens
-from modelyard.server.engine.core.stop_rules import ends_on_stop_token, length_reason
 from modelyard.server.engine.host import memory, run_queue
 from modelyard.server.engine.host.run_queue import RunQueueClock
 from modelyard.server.engine.host.thread_tuner import ThreadTuner
@@ -37,14 +35,13 @@ from modelyard.server.engine.model.embedder import EmbedJob, run_embeds
 from modelyard.server.engine.model.guided import GrammarCompiler
 from modelyard.server.engine.model.loader import LoadedModel
 from modelyard.server.engine.model.runner import ModelRunner
-from modelyard.server.engine.model.sampler import Sampled, SamplingRow, prompt_logprobs, sample
+from modelyard.server.engine.model.sampler import SamplingRow
+from modelyard.server.engine.step_executor import StepExecutor
 from modelyard.server.engine.types import (
     EngineConfig,
     EngineDeadError,
     EngineError,
-    EngineEvent,
     EngineStats,
-    FinishReason,
     GenerationOutput,
     GenerationRequest,
     PromptTooLongError,
@@ -53,11 +50,6 @@ from modelyard.server.engine.types import (
 )
 
 log = logging.getLogger("modelyard.server.engine")
-
-# A decode forward gathers every row to the longest row's length. When the columns the shorter rows
-# would waste exceed this many, they decode in a forward of their own: on the SmolLM-135M shape a
-# padded column costs ~138 KB of KV traffic per step against ~540 MB of weights for an extra forward.
-DECODE_SPLIT_TOKENS = 4096
 
 
 class _Sink(Protocol):
@@ -113,7 +105,6 @@ class TorchEngine:
         )
         self._scheduler.admit_gate = self._lora.admits if self._lora is not None else None
         self._embed_jobs: collections.deque[EmbedJob] = collections.deque()
-        self._spec_drafts = self._spec_draft_tokens = self._spec_accepted = 0  # speculative decoding
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,11 +116,20 @@ class TorchEngine:
         self._run_queue = RunQueueClock()  # the tuner's contention signal, read on the engine thread
         self._logged_trial = 0
         self._step_tokens = StepTokens()
-        self._step_sampled = 0
         self._steps = 0
+        # Runs each step's prefill and decode: the runner, sampling, stop rules and outputs.
+        self._executor = StepExecutor(
+            self._runner,
+            self._scheduler,
+            self._lora,
+            self._emit,
+            vocab=self._vocab,
+            device=self._device,
+            max_model_len=self._max_model_len,
+            speculative=config.speculative,
+            seed=config.seed,
+        )
         self._stats = self._snapshot()
-        self._generator = torch.Generator(device=self._device)
-        self._generator.manual_seed(config.seed)
         self.grammar = (
             GrammarCompiler(loaded.tokenizer, self._vocab) if loaded.tokenizer is not None else None
         )
@@ -340,10 +340,11 @@ class TorchEngine:
             self._blocks,
             max_num_seqs=self._config.max_num_seqs,
             max_prefill_tokens=self._config.max_prefill_tokens,
-            propose=self._propose if self._config.speculative is not None else None,
+            propose=self._executor.propose if self._config.speculative is not None else None,
             draft_knee=knee_rows(self._device.type),
         )
         self._scheduler.admit_gate = self._lora.admits if self._lora is not None else None
+        self._executor.scheduler = self._scheduler
         self._runner.allocate(num_blocks)
         log.info(
             "kv cache planned",
@@ -401,13 +402,13 @@ class TorchEngine:
                             },
                         )
                     if step.prefill:
-                        self._guarded(self._prefill_step, step, [s for s, _ in step.prefill])
+                        self._guarded(self._executor.prefill, step, [s for s, _ in step.prefill])
                     if step.decode and self._tuner is not None and not step.prefill:
                         self._tuned_decode(step)
                     elif step.decode:
-                        self._guarded(self._decode_step, step, step.decode)
-                    self._step_tokens.record(sum(n for _, n in step.prefill) + self._step_sampled)
-                    self._step_sampled = 0
+                        self._guarded(self._executor.decode, step, step.decode)
+                    self._step_tokens.record(sum(n for _, n in step.prefill) + self._executor.sampled)
+                    self._executor.sampled = 0
                     self._stats = self._snapshot()
                     self._flush()
             self._fail_everything(EngineDeadError("the engine was stopped"))
@@ -431,7 +432,7 @@ class TorchEngine:
         """A decode-only step, timed for the thread tuner with its threads' wait for a CPU."""
         before = self._run_queue.waited_s()
         start = time.perf_counter()
-        self._guarded(self._decode_step, step, step.decode)
+        self._guarded(self._executor.decode, step, step.decode)
         seconds = time.perf_counter() - start
         after = self._run_queue.waited_s()
         waited = after - before if after is not None and before is not None else 0.0
@@ -498,9 +499,9 @@ class TorchEngine:
             kv_blocks_used=blocks.num_used,
             kv_blocks_total=blocks.num_blocks,
             num_preemptions=scheduler.num_preemptions,
-            spec_decode_num_drafts=self._spec_drafts,
-            spec_decode_num_draft_tokens=self._spec_draft_tokens,
-            spec_decode_num_accepted_tokens=self._spec_accepted,
+            spec_decode_num_drafts=self._executor.spec_drafts,
+            spec_decode_num_draft_tokens=self._executor.spec_draft_tokens,
+            spec_decode_num_accepted_tokens=self._executor.spec_accepted,
             num_steps=self._steps,
             engine_threads=self._tuner.current
             if self._tuner is not None
@@ -541,185 +542,6 @@ class TorchEngine:
         self._stats = self._snapshot()
         self._flush()
 
-    def _prefill_step(self, step: Step) -> None:
-        rows = step.prefill
-        seqs = [s for s, _ in rows]
-        for seq in seqs:
-            seq.row.prepare(self._vocab, self._device)  # once per request; kept across preemption
-        want_prompt_lp = [s.wants_prompt_logprobs for s in seqs]
-        any_prompt_lp = any(want_prompt_lp)
-        fed = [s.tokens[s.num_computed : s.num_computed + n] for s, n in rows]
-        starts = [s.num_computed for s in seqs]
-        if self._lora is not None:
-            self._lora.prepare(seqs)
-        logits = self._runner.prefill([s.block_ids for s in seqs], starts, fed, all_logits=any_prompt_lp)
-        if any_prompt_lp:
-            for i, (seq, n) in enumerate(rows):
-                if want_prompt_lp[i]:
-                    self._collect_prompt_logprobs(seq, logits[i, logits.shape[1] - n :], starts[i])
-        done: list[int] = []
-        for i, (seq, n) in enumerate(rows):
-            self._scheduler.computed(seq, n)
-            if seq.num_pending == 0:
-                done.append(i)
-                if seq.request.trace_context is not None:
-                    seq.events.append(EngineEvent("prefill_done", time.monotonic()))
-        if not done:
-            return
-        index = torch.tensor(done, device=logits.device)
-        last = logits[:, -1].index_select(0, index)
-        finished = [seqs[i] for i in done]
-        self._sample_and_advance(last, finished)
-
-    def _collect_prompt_logprobs(self, seq: Sequence, logits: torch.Tensor, start: int) -> None:
-        """``logits[k]`` follows prompt token ``start + k``, so it predicts token ``start + k + 1``."""
-        top_n = seq.request.params.prompt_logprobs
-        assert top_n is not None
-        if seq.prompt_logprobs is None:
-            seq.prompt_logprobs = [None]  # the first prompt token has no logprob
-        prompt = seq.request.prompt_token_ids
-        count = min(logits.shape[0], len(prompt) - 1 - start)
-        if count <= 0:
-            return
-        targets = prompt[start + 1 : start + 1 + count]
-        seq.prompt_logprobs.extend(prompt_logprobs(logits[:count], targets, top_n))
-
-    def _propose(self, seq: Sequence) -> list[int]:
-        """Prompt-lookup drafts for ``seq``: never more than its remaining budget can emit (a step
-        emits the draft's accepted tokens plus one) nor past the context (each draft token needs a
-        position)."""
-        assert self._config.speculative is not None
-        limit = min(
-            seq.request.params.max_tokens - len(seq.output_token_ids) - 1,
-            self._max_model_len - seq.num_tokens,
-        )
-        return propose(seq.tokens, self._config.speculative, limit) if limit > 0 else []
-
-    def _decode_step(self, step: Step) -> None:
-        self._runner.begin_decode()
-        drafted = [s for s in step.decode if s.draft]
-        plain = [s for s in step.decode if not s.draft]
-        if drafted:
-            self._verify_step(drafted)
-        for seqs in decode_groups(plain, DECODE_SPLIT_TOKENS):
-            if self._lora is not None:
-                self._lora.prepare(seqs)
-            logits = self._runner.decode(
-                [s.block_ids for s in seqs],
-                [s.num_computed for s in seqs],
-                [s.tokens[-1] for s in seqs],
-                keys=tuple(s.key for s in seqs),
-            )
-            for seq in seqs:
-                self._scheduler.computed(seq, 1)
-            self._sample_and_advance(logits, seqs)
-
-    def _verify_step(self, seqs: list[Sequence]) -> None:
-        """Speculative decoding: each row's last token and its draft in one forward, then position by
-        position, sample the target model's token as plain decoding would (penalties, grammar and
-        seeded generators advance token by token) and keep going while it equals the draft. A draft
-        token is a point mass, so "sample from the target, accept the draft if they agree, else emit
-        the sample" is exactly rejection sampling for it: the output distribution is the model's own,
-        and at temperature 0 the tokens are those of plain decoding. Keys/values written for rejected
-        draft tokens sit past ``num_computed`` and are overwritten later."""
-        fed = [[s.tokens[-1], *s.draft] for s in seqs]
-        if self._lora is not None:
-            self._lora.prepare(seqs)
-        logits = self._runner.prefill(
-            [s.block_ids for s in seqs], [s.num_computed for s in seqs], fed, all_logits=True
-        )
-        width = logits.shape[1]
-        self._spec_drafts += len(seqs)
-        self._spec_draft_tokens += sum(len(s.draft) for s in seqs)
-        active = list(range(len(seqs)))
-        accepted = [0] * len(seqs)
-        for position in range(width):
-            if not active:
-                break
-            rows = torch.tensor(active, device=logits.device)
-            cols = torch.tensor([width - len(fed[i]) + position for i in active], device=logits.device)
-            sampled = sample(logits[rows, cols], [seqs[i].row for i in active], self._generator)
-            still: list[int] = []
-            for i, token in zip(active, sampled, strict=True):
-                seq = seqs[i]
-                draft = seq.draft
-                self._scheduler.computed(seq, 1)  # the token fed at this position is now part of seq
-                if not self._advance(seq, token):
-                    self._scheduler.finish(seq)
-                elif position < len(draft) and token.token_id == draft[position]:
-                    self._spec_accepted += 1
-                    accepted[i] += 1
-                    still.append(i)
-            active = still
-        for seq, count in zip(seqs, accepted, strict=True):
-            observe(seq, count)
-            seq.draft = []
-
-    def _sample_and_advance(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
-        sampled = sample(logits, [s.row for s in seqs], self._generator)
-        self._step_sampled += len(seqs)
-        for seq, token in zip(seqs, sampled, strict=True):
-            if not self._advance(seq, token):
-                self._scheduler.finish(seq)
-
-    def _advance(self, seq: Sequence, sampled: Sampled) -> bool:
-        """Record one sampled token for ``seq``, emit its output; True while the request goes on."""
-        if seq.aborted:
-            seq.finished = True
-            return False
-        params = seq.request.params
-        token = sampled.token_id
-        first = not seq.output_token_ids and seq.row.num_generated == 0
-        reason: FinishReason | None = None
-        stop_token: int | None = None
-        new_tokens: tuple[int, ...] = ()
-        logprobs = None
-        if ends_on_stop_token(seq, token):
-            reason, stop_token = "stop", token
-        else:
-            seq.row.record(token)
-            seq.output_token_ids.append(token)
-            seq.tokens.append(token)
-            new_tokens = (token,)
-            if sampled.logprob is not None:
-                logprobs = (sampled.logprob,)
-            reason = length_reason(seq, self._max_model_len)
-        if seq.request.trace_context is not None:
-            _stamp_traced(seq, first, reason is not None)
-        self._emit(
-            seq,
-            GenerationOutput(
-                token_ids=new_tokens,
-                logprobs=logprobs if params.logprobs is not None else None,
-                finish_reason=reason,
-                stop_token_id=stop_token,
-                num_prompt_tokens=seq.num_prompt_tokens,
-                num_generated_tokens=len(seq.output_token_ids),
-                prompt_logprobs=tuple(seq.prompt_logprobs)
-                if first and seq.prompt_logprobs is not None
-                else None,
-                num_cached_tokens=seq.num_cached_tokens,
-                events=_take_events(seq),
-            ),
-        )
-        if reason is not None:
-            seq.finished = True
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "request finished",
-                    extra={
-                        "request_id": seq.request.request_id,
-                        "trace_id": seq.request.trace_id,
-                        "finish_reason": reason,
-                        "prompt_tokens": seq.num_prompt_tokens,
-                        "cached_tokens": seq.num_cached_tokens,
-                        "generated_tokens": len(seq.output_token_ids),
-                        "preemptions": seq.num_preemptions,
-                    },
-                )
-            return False
-        return True
-
     def _run_embeds(self) -> None:
         jobs = list(self._embed_jobs)
         for _ in jobs:
@@ -738,24 +560,6 @@ def _trace_ids(seqs: list[Sequence]) -> list[str] | None:
     return [i for i in (s.request.trace_id for s in seqs) if i is not None] or None
 
 
-def _stamp_traced(seq: Sequence, first: bool, finished: bool) -> None:
-    """A traced request's first token and end, at the engine's own time (a preempted request's re-prefill
-    yields no new first token: its outputs already went out)."""
-    now = time.monotonic()
-    if first:
-        seq.events.append(EngineEvent("first_token", now))
-    if finished:
-        seq.events.append(EngineEvent("finished", now))
-
-
-def _take_events(seq: Sequence) -> tuple[EngineEvent, ...]:
-    if not seq.events:
-        return ()
-    events = tuple(seq.events)
-    seq.events.clear()
-    return events
-
-
 def _lora_manager(loaded: LoadedModel, config: EngineConfig, device: torch.device) -> LoraManager | None:
     if not config.enable_lora:
         return None
@@ -764,22 +568,6 @@ def _lora_manager(loaded: LoadedModel, config: EngineConfig, device: torch.devic
     dtype = next(loaded.model.parameters()).dtype
     limits = LoraLimits(config.max_loras, config.max_lora_rank, config.max_cpu_loras)
     return LoraManager(loaded.model, limits, device, dtype)
-
-
-def decode_groups(seqs: list[Sequence], split_tokens: int) -> list[list[Sequence]]:
-    """Rows by length, longest first, cut where keeping the shorter rest in the group would pad it by
-    more than ``split_tokens`` columns in all (one long conversation among many short requests)."""
-    ordered = sorted(seqs, key=lambda s: s.num_computed, reverse=True)
-    groups: list[list[Sequence]] = []
-    for index, seq in enumerate(ordered):
-        if groups:
-            longest = groups[-1][0].num_computed
-            waste = (len(ordered) - index) * (longest - seq.num_computed)
-            if waste <= split_tokens:
-                groups[-1].append(seq)
-                continue
-        groups.append([seq])
-    return groups
 
 
 class _FutureSink:

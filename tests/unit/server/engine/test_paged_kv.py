@@ -67,7 +67,7 @@ async def test_a_request_larger_than_the_whole_cache_is_refused(make_engine) -> 
 def test_a_long_row_decodes_apart_from_many_short_ones() -> None:
     from types import SimpleNamespace
 
-    from modelyard.server.engine.engine import decode_groups
+    from modelyard.server.engine.step_executor import decode_groups
 
     rows: list = [SimpleNamespace(num_computed=n) for n in [20, 1000, 25, 30, 990]]
     groups = decode_groups(rows, split_tokens=100)
