@@ -13,6 +13,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -71,9 +72,9 @@ class Observe:
 class ModelSeries:
     """The series every request of a model touches, labelled once (``labels()`` costs a few µs a call:
     label checks, string conversion, a lock), as the adders of their values (about 1 µs each a request
-    less than the metrics' own methods)."""
+    less than the metrics' own methods). Requests in flight are not among them: the gauge reads
+    ``RouterMetrics.in_flight_now`` when scraped."""
 
-    in_flight: Add
     duration: Observe
     ttft: Observe
 
@@ -87,6 +88,9 @@ class RouterMetrics:
         self._series: dict[str, ModelSeries] = {}
         self._requests: dict[tuple[str, int, str], Add] = {}
         self._tokens: dict[tuple[str, str], tuple[Add, Add]] = {}
+        # Requests in flight per model, counted by the proxy (the autoscaler's load reads it too); the
+        # in-flight gauge reads it when scraped, so a request costs no gauge update.
+        self.in_flight_now: dict[str, int] = {}
         r = self.registry
         self.requests = Counter(
             "modelyard_router_requests",
@@ -233,8 +237,8 @@ class RouterMetrics:
     def series(self, model: str) -> ModelSeries:
         found = self._series.get(model)
         if found is None:
+            self._count_in_flight(model)
             found = self._series[model] = ModelSeries(
-                adder(self.in_flight.labels(model)),
                 Observe.of(self.request_duration.labels(model)),
                 Observe.of(self.ttft.labels(model)),
             )
@@ -273,9 +277,13 @@ class RouterMetrics:
         for name, parent in adapters:
             self.adapter_info.labels(name, parent).set(1)
 
+    def _count_in_flight(self, model: str) -> None:
+        count = cast(Callable[[], float], partial(self.in_flight_now.get, model, 0))
+        self.in_flight.labels(model).set_function(count)
+
     def init_model(self, model: str) -> None:
         """Create a model's series at zero so dashboards and alerts see it before its first event."""
-        self.in_flight.labels(model)
+        self._count_in_flight(model)
         self.held.labels(model)
         self.queued.labels(model)
         self.queue_wait.labels(model)

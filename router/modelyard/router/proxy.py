@@ -109,7 +109,8 @@ class Proxy:
         self.tracing = tracing
         self.holds = Holds(settings, table, metrics)
         self.queues = FairQueues(settings, table, metrics)
-        self.in_flight: dict[str, int] = {}  # per model: every request past lookup, held ones included
+        # Per model: every request past lookup, held ones included (the in-flight gauge reads it).
+        self.in_flight: dict[str, int] = metrics.in_flight_now
         # Per model, ever: lets the autoscaler see a request that began and ended between two polls.
         self.started: dict[str, int] = {}
         # The source (LLMModel ns/name) each started name counted toward: a name that left the table (an
@@ -213,8 +214,6 @@ class Proxy:
             )
             grant = await self.admission.admit(key, route.name, routed.model, estimate)  # 404/429/503
             request[RATE_HEADERS] = grant.rate.headers()
-        add_in_flight = self.metrics.series(route.name).in_flight
-        add_in_flight(1)
         self.in_flight[route.name] = self.in_flight.get(route.name, 0) + 1
         self.started[route.name] = self.started.get(route.name, 0) + 1
         self.started_source[route.name] = route.source
@@ -226,7 +225,6 @@ class Proxy:
         finally:
             if release_slot is not None:
                 release_slot()
-            add_in_flight(-1)
             self.in_flight[route.name] -= 1
             if grant is not None:
                 settling = self.admission.settle(grant, _tokens_used(ex, grant.estimate))

@@ -40,9 +40,7 @@ def test_router_series_reach_the_registry() -> None:
     metrics = RouterMetrics()
     metrics.requests_of("m", 200, "")(1)
     series = metrics.series("m")
-    series.in_flight(1)
-    series.in_flight(1)
-    series.in_flight(-1)
+    metrics.in_flight_now["m"] = 1  # the proxy's count: the gauge reads it when scraped
     series.duration(0.02)
     prompt, completion = metrics.tokens_of("m", "")
     prompt(5)
@@ -52,8 +50,16 @@ def test_router_series_reach_the_registry() -> None:
         r.get_sample_value("modelyard_router_requests_total", {"model": "m", "code": "200", "key": ""}) == 1
     )
     assert r.get_sample_value("modelyard_router_requests_in_flight", {"model": "m"}) == 1
+    metrics.in_flight_now["m"] = 0
+    assert r.get_sample_value("modelyard_router_requests_in_flight", {"model": "m"}) == 0
     duration = "modelyard_router_request_duration_seconds"
     assert r.get_sample_value(f"{duration}_bucket", {"model": "m", "le": "0.01"}) == 0
     assert r.get_sample_value(f"{duration}_bucket", {"model": "m", "le": "0.025"}) == 1
     assert r.get_sample_value("modelyard_router_prompt_tokens_total", {"model": "m", "key": ""}) == 5
     assert r.get_sample_value("modelyard_router_completion_tokens_total", {"model": "m", "key": ""}) == 7
+
+
+def test_a_models_in_flight_gauge_exists_at_zero_before_its_first_request() -> None:
+    metrics = RouterMetrics()
+    metrics.init_model("m")
+    assert metrics.registry.get_sample_value("modelyard_router_requests_in_flight", {"model": "m"}) == 0
