@@ -19,6 +19,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, cast
 
 import aiohttp
@@ -35,9 +36,11 @@ from modelyard.router.discovery import (
     SecretKeysWatcher,
     StaticDiscovery,
 )
+from modelyard.router.endpoint_gauges import refresh_endpoint_gauges
 from modelyard.router.health import Health
 from modelyard.router.keys import KeyStore, parse_keys
-from modelyard.router.metrics import MODEL_UNKNOWN, EndpointState, RouterMetrics
+from modelyard.router.metrics import MODEL_UNKNOWN, RouterMetrics
+from modelyard.router.prober import probe_ejected
 from modelyard.router.proxy import Proxy
 from modelyard.router.settings import DiscoveryMode, RouterSettings
 from modelyard.router.table import RouteDefaults, RoutingTable
@@ -123,7 +126,7 @@ def create_app(
         session_holder["s"] = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
-        _watch_table_metrics(table, metrics)
+        table.listeners.append(partial(refresh_endpoint_gauges, table, metrics))
         background: list[asyncio.Task[None]] = []
         if settings.api_keys_file is not None:
             watcher = FileWatcher(settings.api_keys_file, lambda raw: _load_keys(keys, metrics, raw))
@@ -147,7 +150,7 @@ def create_app(
             background.append(asyncio.create_task(store.run(), name="store"))
         background.append(asyncio.create_task(proxy.queues.run(), name="fair-queue"))
         background.append(
-            asyncio.create_task(_probe_ejected(settings, health, lambda: session_holder["s"]), name="prober")
+            asyncio.create_task(probe_ejected(settings, health, lambda: session_holder["s"]), name="prober")
         )
         try:
             yield
@@ -218,7 +221,7 @@ def create_metrics_app(api: web.Application) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         registry = api[METRICS]
-        _refresh_endpoint_metrics(api[TABLE], registry)
+        refresh_endpoint_gauges(api[TABLE], registry)  # ejections change between table swaps
         body = generate_latest(registry.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -274,56 +277,6 @@ def _load_secret_keys(keys: KeyStore, metrics: RouterMetrics, raw: bytes | None)
         _load_keys(keys, metrics, raw)
     except Exception as exc:
         log.error("API-keys Secret rejected, keeping the previous keys: %s", exc)
-
-
-def _watch_table_metrics(table: RoutingTable, metrics: RouterMetrics) -> None:
-    """Wrap ``table.replace`` so endpoint gauges follow every swap (cheap: O(endpoints) per change)."""
-    original = table.replace
-
-    def replace(specs: Any) -> None:
-        original(specs)
-        _refresh_endpoint_metrics(table, metrics)
-
-    table.replace = replace  # type: ignore[method-assign]
-
-
-def _refresh_endpoint_metrics(table: RoutingTable, metrics: RouterMetrics) -> None:
-    seen = metrics.known_models
-    models = table.snapshot.models
-    metrics.models.set(len(models))
-    metrics.set_adapters((r.name, r.parent) for r in models if r.parent is not None)
-    for route in models:
-        if route.name not in seen:
-            metrics.init_model(route.name)
-            seen.add(route.name)
-    current = {r.name for r in models}
-    for name in seen - current:
-        for state in EndpointState:
-            metrics.endpoints.labels(name, state.value).set(0)
-    for route in models:
-        ejected = sum(
-            1 for u in route.endpoints if (s := table.states.get(u)) is not None and s.ejected_until > 0
-        )
-        metrics.endpoints.labels(route.name, EndpointState.READY.value).set(len(route.endpoints) - ejected)
-        metrics.endpoints.labels(route.name, EndpointState.EJECTED.value).set(ejected)
-
-
-async def _probe_ejected(
-    settings: RouterSettings, health: Health, session: Callable[[], aiohttp.ClientSession]
-) -> None:
-    """Re-admit ejected pods as soon as they answer, instead of waiting out the back-off."""
-    timeout = aiohttp.ClientTimeout(total=max(1.0, settings.probe_interval_s))
-    while True:
-        await asyncio.sleep(settings.probe_interval_s)
-        for url in health.ejected():
-            try:
-                async with session().get(url + settings.probe_path, timeout=timeout) as resp:
-                    alive = resp.status < 500
-            except (aiohttp.ClientError, TimeoutError):
-                alive = False
-            if alive:
-                log.info("re-admitted %s: it answers again", url)
-                health.readmit(url)
 
 
 # ---- small handlers ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -187,6 +187,8 @@ class RoutingTable:
     states: dict[str, EndpointState] = field(default_factory=dict)
     loaded: bool = False  # discovery delivered its first complete view
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called after every swap (the app's endpoint gauges follow the table this way).
+    listeners: list[Callable[[], None]] = field(default_factory=list)
 
     def replace(self, specs: Iterable[ModelSpec]) -> None:
         self.snapshot = build_snapshot(specs, self.defaults)
@@ -198,6 +200,8 @@ class RoutingTable:
             del self.states[url]
         self.loaded = True
         self.notify()
+        for listener in self.listeners:
+            listener()
 
     def notify(self) -> None:
         """Wake every waiter (table swapped, or a pod re-admitted)."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
+from modelyard.router.endpoint_gauges import refresh_endpoint_gauges
+from modelyard.router.metrics import RouterMetrics
 from modelyard.router.table import ModelSpec, RouteDefaults, RoutingTable, Strategy, build_snapshot
 
 A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
@@ -67,6 +70,28 @@ async def test_replace_swaps_the_snapshot_and_wakes_waiters() -> None:
     table.replace([ModelSpec("n", (B,))])
     assert table.lookup("m") is None
     assert old.routes["m"].endpoints == (A,)
+
+
+def test_listeners_run_after_every_swap_and_see_the_new_table() -> None:
+    table = RoutingTable()
+    seen: list[list[str]] = []
+    table.listeners.append(lambda: seen.append([m.name for m in table.snapshot.models]))
+    table.replace([ModelSpec("m", (A,))])
+    table.replace([ModelSpec("m", (A,)), ModelSpec("n", (B,))])
+    assert seen == [["m"], ["m", "n"]]
+
+
+def test_the_endpoint_gauges_follow_the_table_through_its_listener() -> None:
+    metrics = RouterMetrics()
+    table = RoutingTable()
+    table.listeners.append(partial(refresh_endpoint_gauges, table, metrics))
+    table.replace([ModelSpec("m", (A, B))])
+    value = metrics.registry.get_sample_value
+    assert value("modelyard_router_endpoints", {"model": "m", "state": "ready"}) == 2
+    assert value("modelyard_router_models", {}) == 1
+    table.replace([ModelSpec("n", (C,))])
+    assert value("modelyard_router_endpoints", {"model": "m", "state": "ready"}) == 0  # gone: zero, not stale
+    assert value("modelyard_router_endpoints", {"model": "n", "state": "ready"}) == 1
 
 
 def test_endpoint_state_survives_swaps_while_in_use_and_is_dropped_after() -> None:
