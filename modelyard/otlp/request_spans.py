@@ -45,9 +45,10 @@ _unhex = bytes.fromhex
 _new = object.__new__
 _LOW64 = (1 << 64) - 1
 
-# Child k's span id is the request's xor _MIX[k]: k times an odd constant, so distinct for every k and
-# never 0; the xor keeps them distinct from the request's id and from each other.
-_MIX = [(k * 0x9E3779B97F4A7C15) & _LOW64 for k in range(256)]
+# Child k's span id is the request's xor (k * _ODD mod 2**64): multiplying by an odd constant is one-to-one
+# modulo 2**64, so the mixes are distinct for every k and never 0, and the xor keeps the ids distinct from
+# the request's and from each other.
+_ODD = 0x9E3779B97F4A7C15
 
 # A span's ids and times after its cached piece: trace_id (field 1), span_id (2), parent_span_id (4),
 # start (7) and end (8), each with its tag (two-byte tags as one little-endian ``H``). Span ids are packed
@@ -149,10 +150,7 @@ class RequestSpans:
         children = self.children
         assert children is not None, "a child of an ended request"
         position = len(children) + 1
-        try:
-            span = self.span ^ _MIX[position] or 1
-        except IndexError:
-            span = _bits(64) or 1
+        span = self.span ^ (position * _ODD & _LOW64) or 1
         children.append([name, attributes, span, self.current, _now(), 0, None])
         self.current = position
         return self
@@ -164,10 +162,7 @@ class RequestSpans:
         if children is None or self.end_ns:
             return
         position = len(children) + 1
-        try:
-            span = self.span ^ _MIX[position] or 1
-        except IndexError:
-            span = _bits(64) or 1
+        span = self.span ^ (position * _ODD & _LOW64) or 1
         children.append([name, attributes, span, self.current, start_ns, _now(), None])
 
     def __enter__(self) -> RequestSpans:

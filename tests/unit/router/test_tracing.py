@@ -229,6 +229,19 @@ def test_an_ended_child_nests_under_the_open_span_and_nothing_is_recorded_after_
     assert relay.end_time_unix_nano <= attempt.end_time_unix_nano
 
 
+def test_every_child_span_id_is_distinct_from_its_siblings_and_the_request_however_many() -> None:
+    tracing, _ = _recording()
+    with tracing.request("POST", "/v1/completions", {}) as root:
+        for _ in range(600):  # a long hold and retry loop
+            with root.child("router.upstream_attempt", {}):
+                pass
+        root.ended_child("router.relay", {}, time.time_ns())
+        assert root.children is not None
+        ids = [child[2] for child in root.children]
+    assert len(set(ids) | {root.span}) == 602
+    assert all(0 < span < 1 << 64 for span in ids)
+
+
 def test_an_exported_request_leaves_nothing_for_the_garbage_collector() -> None:
     """Children refer to their request and the request to its children: encoding breaks that cycle, so a
     request's objects are freed by reference counting (cyclic garbage made the collector run every ~1,500
