@@ -284,7 +284,6 @@ class RequestRecorder:
         self.sampler = sampler
         self.sink = sink
         self._set_current = None if current is None else current.set
-        self._get_current = None if current is None else current.get
         self._new_traces_sampled = sampler.ratio >= 1.0  # always_on and parentbased_always_on
 
     def request(self, method: str, path: str, headers: Mapping[str, str] | None) -> RequestSpans:
@@ -321,10 +320,3 @@ class RequestRecorder:
         if self._set_current is not None:
             self._set_current(spans)
         return spans
-
-    def inject(self, headers: MutableMapping[str, str]) -> None:
-        """``RequestSpans.inject`` for the current request, if any (the context variable ``current``):
-        one call for the router's call site."""
-        request = None if self._get_current is None else self._get_current()
-        if request is not None:
-            request.inject(headers)

@@ -7,18 +7,20 @@ the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPO
 When on, each request gets a SERVER span (``POST /v1/chat/completions``), continuing the caller's W3C
 ``traceparent``/``tracestate`` or starting a trace, with child spans ``router.hold`` (waiting for a ready
 pod), ``router.upstream_attempt`` (one per pod tried; its context goes to the pod as ``traceparent``) and
-``router.relay`` (copying the answer back). The proxy calls ``span()``, a no-op context manager when off.
-A request's spans are recorded by ``modelyard.otlp.request_spans`` (one record per request, its children
-lists in it, the record itself their context manager; encoded when its batch leaves), exported by a task
-of the router's event loop (``modelyard/otlp/loop_export.py``), not a thread; the request's record goes
-into its access line's ``trace_id`` (logs.py).
+``router.relay`` (copying the answer back). The request's record rides on its ``Exchange`` (``trace``):
+the proxy records a non-streamed request's attempt and relay into it directly, so such a request makes no
+tracing call when tracing is off; the hold and a stream's relay go through ``span()``, a no-op context
+manager when off. A request's spans are recorded by ``modelyard.otlp.request_spans`` (one record per
+request, its children lists in it, the record itself their context manager; encoded when its batch
+leaves), exported by a task of the router's event loop (``modelyard/otlp/loop_export.py``), not a thread;
+the request's record goes into its access line's ``trace_id`` (logs.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +52,6 @@ class RouterTracing:
         # one variable set per request, in the request's own task, where its children look it up.
         self.request: Callable[[str, str, Mapping[str, str]], RequestSpans] = recorder.request
         self.current: Callable[[], RequestSpans | None] = access_trace.get  # type: ignore[assignment]
-        # The innermost open span (the upstream attempt's) becomes the pod's parent.
-        self.inject: Callable[[MutableMapping[str, str]], None] = recorder.inject
 
     async def aclose(self) -> None:
         """Send the spans still batched and stop exporting."""

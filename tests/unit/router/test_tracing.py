@@ -102,7 +102,7 @@ def test_the_request_span_continues_the_callers_trace_and_the_attempt_is_the_pod
         with span(tracing, "router.hold", **{"gen_ai.request.model": "m"}):
             pass
         with span(tracing, "router.upstream_attempt", attempt=1, **{"server.address": "http://pod"}):
-            tracing.inject(upstream)
+            root.inject(upstream)  # the innermost open span (the attempt's) becomes the pod's parent
             with span(tracing, "router.relay", **{"http.response.status_code": 200}):
                 pass
         root.set_attribute("http.response.status_code", 200)
@@ -189,7 +189,7 @@ def test_without_a_traceparent_the_request_starts_a_trace_kept_or_not_as_the_sam
     tracing, ended = _recording({"OTEL_TRACES_SAMPLER": "always_off"})
     with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay"):
         upstream: dict[str, str] = {}
-        tracing.inject(upstream)
+        root.inject(upstream)
     assert ended == []
     assert not root.sampled
     assert upstream["traceparent"].endswith("-00")  # the pod is told not to keep it either
@@ -203,8 +203,6 @@ def test_a_span_outside_a_request_or_after_it_ended_records_nothing() -> None:
         pass
     with span(tracing, "router.relay") as late:  # the request's record is still current in this task
         assert late is None
-    upstream: dict[str, str] = {}
-    tracing.inject(upstream)
     assert len(_decoded(ended)) == 1
 
 
