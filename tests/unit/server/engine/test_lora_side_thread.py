@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 
 SCENARIO = r"""
-import json, os, sys
+import json, os, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,11 +41,21 @@ def sleeps():
     return total
 
 
+def serial_gap(seconds=3e-4):
+    # An engine step's Python between parallel ops. Without it, whether a throttled thread outlasts the
+    # gap and sleeps depends on the CPU's spin speed (a few hundred ns of Python on one machine, most of
+    # the gap on another); 300 us is far past libgomp's throttled spin and far short of its full one.
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def per_op(ops=400):
     a, b = torch.randn(1 << 17), torch.randn(1 << 17)
     before = sleeps()
     for _ in range(ops):
         a.add_(b, alpha=1e-9)  # parallel: 128k elements over the engine's threads
+        serial_gap()
     return (sleeps() - before) / ops
 
 
