@@ -10,11 +10,17 @@ its pods changes (`wake`), so a new pod loads the listed adapters as soon as it 
 Idempotent: a round that finds every pod as listed makes one GET per pod and nothing else. A load a pod
 refused (4xx: bad source, rank too high...) is not asked again until the adapter's source changes or the
 pod is replaced.
+
+A pod's sync is a task of its own, and a round waits for its pods' syncs only ``ROUND_WAIT_S``: a load
+that downloads a hub adapter for minutes must not hold back every other model's adapters (and this model's
+other pods) until it ends. A sync still running is not started again; the round keeps what that pod last
+served, and the sync wakes the loop when it ends, so the next round publishes what it loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +40,9 @@ from modelyard.operator.status import view_pod
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_PODS = 32
+# How long a round waits for its pods' syncs before it publishes what they last served (a sync of a pod
+# whose adapters are all there is one GET; a load from a local path, about a second).
+ROUND_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,13 @@ def ready_pods(pods: list[dict[str, Any]]) -> list[ReadyPod]:
     return out
 
 
+def _result(task: asyncio.Task[PodAdapters | None] | None) -> PodAdapters | None:
+    """What a pod's sync found, if it ended this round (a failed sync was logged when it ended)."""
+    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
 class AdapterSyncer(Poller):
     def __init__(
         self,
@@ -84,6 +100,10 @@ class AdapterSyncer(Poller):
         # Per pod uid: adapter name -> source_key the operator loaded there / the pod refused (+ message).
         self._loaded: dict[str, dict[str, str]] = {}
         self._refused: dict[str, dict[str, tuple[str, str]]] = {}
+        # Per pod uid: its sync in progress (it may outlive the round that started it).
+        self._syncing: dict[str, asyncio.Task[PodAdapters | None]] = {}
+        self._awaited: set[asyncio.Task[PodAdapters | None]] = set()  # by the round in progress
+        self._limit = asyncio.Semaphore(MAX_CONCURRENT_PODS)
 
     def _adapters(self) -> AdapterClient:
         if self._http is None:
@@ -104,26 +124,37 @@ class AdapterSyncer(Poller):
                 continue  # the reconcile handler reports an invalid spec
             lora_keys.add(key)
             work += [(key, list(model.spec.adapters), pod) for pod in ready_pods(self._state.pods_of(key))]
-        limit = asyncio.Semaphore(MAX_CONCURRENT_PODS)
-
-        async def bounded(desired: list[LoraAdapter], pod: ReadyPod) -> PodAdapters | None:
-            async with limit:
-                return await self.sync_pod(desired, pod)
-
-        results = await asyncio.gather(*(bounded(desired, pod) for _, desired, pod in work))
+        started: list[asyncio.Task[PodAdapters | None] | None] = []
+        for _, desired, pod in work:
+            if pod.uid in self._syncing:
+                started.append(None)  # still at it since an earlier round
+            else:
+                sync = asyncio.get_running_loop().create_task(self._bounded_sync(desired, pod))
+                self._syncing[pod.uid] = sync
+                sync.add_done_callback(functools.partial(self._synced, pod.uid))
+                started.append(sync)
+        if pending := [sync for sync in started if sync is not None]:
+            self._awaited = set(pending)  # those end without waking the loop: this round publishes them
+            try:
+                await asyncio.wait(pending, timeout=ROUND_WAIT_S)
+            finally:
+                self._awaited = set()
         seen: dict[Key, dict[str, PodAdapters]] = {key: {} for key in lora_keys}
         live_uids = set()
-        for (key, _, pod), result in zip(work, results, strict=True):
+        for (key, _, pod), task in zip(work, started, strict=True):
             live_uids.add(pod.uid)
-            previous = self._state.adapters.get(key, {}).get(pod.name)
+            result = _result(task)
             if result is None:
-                result = previous  # unreachable this round: keep what it last served
+                # Unreachable this round, or its sync still running: keep what it last served.
+                result = self._state.adapters.get(key, {}).get(pod.name)
             if result is not None:
                 seen[key][pod.name] = result
-        for uid in set(self._loaded) | set(self._refused):
+        for uid in set(self._loaded) | set(self._refused) | set(self._syncing):
             if uid not in live_uids:
                 self._loaded.pop(uid, None)
                 self._refused.pop(uid, None)
+                if (gone := self._syncing.pop(uid, None)) is not None:
+                    gone.cancel()  # the pod is gone
         for key in set(self._state.adapters) | set(seen):
             new = seen.get(key)
             if self._state.adapters.get(key) != new:
@@ -132,6 +163,26 @@ class AdapterSyncer(Poller):
                 else:
                     self._state.adapters[key] = new
                 self._on_change(key)
+
+    async def _bounded_sync(self, desired: list[LoraAdapter], pod: ReadyPod) -> PodAdapters | None:
+        async with self._limit:
+            return await self.sync_pod(desired, pod)
+
+    def _synced(self, uid: str, task: asyncio.Task[PodAdapters | None]) -> None:
+        """A pod's sync ended: a round that stopped waiting for it publishes it next."""
+        if self._syncing.get(uid) is task:
+            del self._syncing[uid]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("adapter sync failed: %s", task.exception())
+        if task not in self._awaited:
+            self.wake()
+
+    async def close(self) -> None:
+        for task in list(self._syncing.values()):
+            task.cancel()
+        await asyncio.gather(*self._syncing.values(), return_exceptions=True)
+        self._syncing.clear()
+        await super().close()
 
     async def sync_pod(self, desired: list[LoraAdapter], pod: ReadyPod) -> PodAdapters | None:
         """Make one pod serve `desired`; what it serves afterwards (None: it could not be reached)."""
