@@ -29,13 +29,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelyard.router import errors
 from modelyard.router.admission import RATE_HEADERS, Admission
-from modelyard.router.discovery import (
-    Discovery,
-    FileWatcher,
-    KubernetesDiscovery,
-    SecretKeysWatcher,
-    StaticDiscovery,
-)
+from modelyard.router.discovery import Discovery
+from modelyard.router.discovery.kubernetes import KubernetesDiscovery
+from modelyard.router.discovery.secret_keys import SecretKeysWatcher
+from modelyard.router.discovery.static import FileWatcher, StaticDiscovery
 from modelyard.router.endpoint_gauges import refresh_endpoint_gauges
 from modelyard.router.health import Health
 from modelyard.router.keys import KeyStore, parse_keys

@@ -2,9 +2,9 @@
 
 Why each rule exists:
 - llmmodels list/watch (cluster-wide, or per watched namespace): served names, aliases and the load
-  balancing strategy of every model (discovery.py).
+  balancing strategy of every model (discovery/kubernetes.py).
 - endpointslices list/watch: the ready pod addresses of each model's Service, selected by
-  ``metadata.LABEL_MODEL`` (discovery.py).
+  ``metadata.LABEL_MODEL`` (discovery/kubernetes.py).
 - secrets get/list/watch on the ONE keys Secret (``resourceNames``), in the router's namespace, only
   when API keys come from a Secret. The router lists and watches it with a ``metadata.name`` field
   selector, which the API server authorises against ``resourceNames``.

@@ -16,7 +16,8 @@ from modelyard.operator.autoscaler.signal import parse_load, parse_started
 from modelyard.router import errors
 from modelyard.router.balancer import HashRing
 from modelyard.router.body import parse_body
-from modelyard.router.discovery import build_specs, parse_static, ready_endpoints
+from modelyard.router.discovery.specs import build_specs, ready_endpoints
+from modelyard.router.discovery.static import parse_static
 from modelyard.router.fairqueue import FairQueues
 from modelyard.router.health import Health
 from modelyard.router.keys import KeyStore, parse_keys

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelyard.api import metadata
-from modelyard.router.discovery import build_specs, model_spec_from_llmmodel, parse_static, ready_urls
+from modelyard.router.discovery.specs import build_specs, model_spec_from_llmmodel, ready_urls
+from modelyard.router.discovery.static import parse_static
 from modelyard.router.table import Strategy
 
 

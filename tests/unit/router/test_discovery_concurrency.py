@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from modelyard.router.discovery import MODELYARD_DEFAULT_MAX_NUM_SEQS, model_spec_from_llmmodel, parse_static
+from modelyard.router.discovery.specs import MODELYARD_DEFAULT_MAX_NUM_SEQS, model_spec_from_llmmodel
+from modelyard.router.discovery.static import parse_static
 from tests.unit.router.test_discovery import llmmodel
 
 

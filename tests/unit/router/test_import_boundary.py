@@ -11,9 +11,8 @@ from tests.support.roots import pythonpath
 PROBE = """
 import sys, pkgutil, importlib
 import modelyard.router
-for mod in pkgutil.iter_modules(modelyard.router.__path__, "modelyard.router."):
+for mod in pkgutil.walk_packages(modelyard.router.__path__, "modelyard.router."):
     importlib.import_module(mod.name)
-import modelyard.router.discovery as d
 import lightkube, lightkube.resources.discovery_v1, lightkube.generic_resource  # what discovery loads lazily
 bad = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers",
              "modelyard.server", "modelyard.operator", "kopf")))

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from modelyard.api import metadata
-from modelyard.router.discovery import model_spec_from_llmmodel, parse_static
+from modelyard.router.discovery.specs import model_spec_from_llmmodel
+from modelyard.router.discovery.static import parse_static
 from modelyard.router.migration import CONTINUATION_FIELD, Migrate, Migration
 from modelyard.router.peer_continuation import PeerStream, peer_not_resumable
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from modelyard.router.discovery import ResourceCache, retry_delay
+from modelyard.router.discovery.watch import ResourceCache, retry_delay
 from modelyard.router.metrics import RouterMetrics
 
 
