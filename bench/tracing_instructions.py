@@ -5,7 +5,9 @@
 
 ``--alone`` counts the pieces in one process instead (no router, no sockets): the router's tracing calls as
 proxy.py makes them for a non-streamed request, each piece alone, as the difference between a run of
-``--requests`` requests and one of none (both after 1,000 of warm-up), so start-up is not counted.
+``--requests`` requests and one of none (both after 1,000 of warm-up), so start-up is not counted; once with
+request_spans.py's recorder and once with the compiled one (_request_spans.c), which the router uses where
+it was built.
 
 CPU time per request (bench/tracing_overhead.py) swings by ±20% between rounds on a shared machine, wider
 than the 5% goal. This runs a router with tracing off and one with tracing on (100% sampled, exporting to a
@@ -102,13 +104,14 @@ def _piece(name: str, n: int) -> None:
     from multidict import CIMultiDict, CIMultiDictProxy
 
     from modelyard.otlp.encode import Encoder
-    from modelyard.otlp.request_spans import RequestRecorder
+    from modelyard.otlp.request_spans import RequestRecorder, recorder_class
     from modelyard.otlp.sampling import sampler_from
     from modelyard.router.logs import access_trace
     from modelyard.router.tracing import RouterTracing, span
 
     kept: list[Any] = []
-    recorder = RequestRecorder(sampler_from({}), lambda request, count: kept.append(request), access_trace)
+    kind = RequestRecorder if os.environ.get("BENCH_RECORDER") == "python" else recorder_class()
+    recorder = kind(sampler_from({}), lambda request, count: kept.append(request), access_trace)
     tracing = RouterTracing("http://unused:4317", {}, recorder=recorder)
     encoder = Encoder({"service.name": "modelyard-router"}, "modelyard.router")
     given = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", "Host": "router"}))
@@ -143,14 +146,15 @@ def _piece(name: str, n: int) -> None:
             kept.clear()
 
 
-def alone(requests: int) -> dict[str, float]:
-    """Instructions per request of each piece, in one process under callgrind."""
+def alone(requests: int, recorder: str) -> dict[str, float]:
+    """Instructions per request of each piece, in one process under callgrind, with the ``recorder`` given
+    (``python``: request_spans.py; ``compiled``: _request_spans.c)."""
     tmp = Path(tempfile.mkdtemp(prefix="tracing-alone-"))
 
     def total(name: str, n: int) -> int:
         out = tmp / f"{name}.{n}"
         args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_RECORDER": recorder}
         subprocess.run(
             [*args, "--piece", name, "--requests", str(n)], check=True, capture_output=True, env=env
         )
@@ -160,10 +164,10 @@ def alone(requests: int) -> dict[str, float]:
     per: dict[str, float] = {}
     for name in ("base", "off_span", "request", "child", "inject", "whole", "encoded"):
         per[name] = (total(name, requests) - total(name, 0)) / requests
-        print(f"{name}: {per[name] / 1e3:.1f}k", flush=True)
+        print(f"{recorder} {name}: {per[name] / 1e3:.1f}k", flush=True)
     result = {label: per[piece] - per[minus] for label, (piece, minus) in PIECES.items()}
     for label, value in result.items():
-        print(f"{label}: {value / 1e3:.1f}k instructions per request")
+        print(f"{recorder}: {label}: {value / 1e3:.1f}k instructions per request")
     return result
 
 
@@ -180,7 +184,8 @@ def main() -> None:
         _piece(args.piece, args.requests)
         return
     if args.alone:
-        result = json.dumps({"requests": args.requests, "instructions": alone(args.requests)})
+        counted = {recorder: alone(args.requests, recorder) for recorder in ("python", "compiled")}
+        result = json.dumps({"requests": args.requests, "instructions": counted})
         print(result)
         if args.out is not None:
             args.out.write_text(result + "\n")

@@ -10,6 +10,8 @@ message building cost the router ~140 us per request (docs/observability.md, "Wh
 - encode.py: spans to OTLP protobuf, written by hand;
 - batch.py, transport.py: the exporter thread (the model server's), over ``http/protobuf`` or ``grpc``;
 - request_spans.py: the router's recorder, one compact record per request, encoded in bulk by the exporter;
+  _request_spans.c: the same recorder compiled (hatch_build.py builds it on install), which the router uses
+  where it was built;
 - loop_export.py, loop_transport.py: the exporter task on the caller's event loop (the router's), no thread;
 - build.py: all of it from the standard ``OTEL_*`` variables.
 

@@ -55,12 +55,13 @@ def build_loop_recorder(
     scope: str,
     current: ContextVar[Any] | None = None,
 ) -> tuple[RequestRecorder, LoopExporter]:
-    """A recorder of requests' spans (request_spans.py), batched and exported by a task of the running
-    event loop (no thread; loop_export.py), in batches of up to ``ROUTER_MAX_BATCH`` spans unless the
-    environment says otherwise; ``await exporter.aclose()`` sends what is left."""
+    """A recorder of requests' spans (request_spans.py, compiled where it was built), batched and exported
+    by a task of the running event loop (no thread; loop_export.py), in batches of up to
+    ``ROUTER_MAX_BATCH`` spans unless the environment says otherwise; ``await exporter.aclose()`` sends
+    what is left."""
     from modelyard.otlp.loop_export import LoopExporter
     from modelyard.otlp.loop_transport import LoopGrpcTransport, LoopHttpTransport
-    from modelyard.otlp.request_spans import RequestRecorder
+    from modelyard.otlp.request_spans import recorder_class
 
     target = _target(endpoint, env)
     transport: LoopGrpcTransport | LoopHttpTransport = (
@@ -70,7 +71,7 @@ def build_loop_recorder(
     )
     encoder = Encoder(resource_from(env, default_service), scope)
     exporter = LoopExporter(encoder, transport, **batch_from(env, ROUTER_MAX_QUEUE, ROUTER_MAX_BATCH))
-    return RequestRecorder(sampler_from(env), exporter.add_spans, current), exporter
+    return recorder_class()(sampler_from(env), exporter.add_spans, current), exporter
 
 
 class BatchSettings(TypedDict):

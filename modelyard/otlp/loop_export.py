@@ -3,11 +3,12 @@
 The router's alternative to batch.py's exporter thread. That thread cost the router as much CPU as
 recording the spans (about 10-20 us per request on two busy cores, docs/observability.md, "What tracing
 costs"): it encodes spans another core last touched, and takes the GIL back and forth with the event loop.
-Here everything runs on the loop. The router's requests (request_spans.py) are queued whole, a request's
-spans together, and encoded when their batch leaves, in one hot loop: encoded inside each request, the
-same code ran cold, at several times the cost. Their records hold no reference cycle once encoded, so
-reference counts free them and the collector never runs for them. A batch is then one ``join`` handed to
-a non-blocking transport (loop_transport.py); it never holds more than ``max_batch`` spans.
+Here everything runs on the loop. The router's requests (request_spans.py) are queued whole, a request's spans
+together (span_queue.py: the queue is the recorder's sink), and encoded when their batch leaves, in one hot
+loop: encoded inside each request, the same code ran cold, at several times the cost. Their records hold no
+reference cycle once encoded, so reference counts free them and the collector never runs for them. A batch is
+then one ``join`` handed to a non-blocking transport (loop_transport.py); it never holds more than
+``max_batch`` spans.
 
 The same ``OTEL_BSP_*`` behaviour as the thread: a batch leaves when it is full or the schedule delay has
 passed, a failed send is retried with back-off within the export timeout and then dropped with a warning,
@@ -20,22 +21,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from typing import Protocol
 
+from modelyard.otlp import span_queue
 from modelyard.otlp.encode import Encoder
 from modelyard.otlp.transport import ExportError
 
 log = logging.getLogger("modelyard.otlp")
 
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.1, 2.0
-
-
-class Pending(Protocol):
-    """Spans queued before they are encoded (request_spans.py's RequestSpans)."""
-
-    def fields(self, encoder: Encoder) -> bytes:
-        """The spans as ``ScopeSpans.spans`` fields."""
 
 
 class LoopTransport(Protocol):
@@ -63,31 +57,29 @@ class LoopExporter:
         self._max_queue = max_queue
         self._max_batch = min(max_batch, max_queue)
         self._timeout = export_timeout_s
-        # Encoded spans (ScopeSpans.spans fields), or a request's spans still to encode (request_spans.py).
-        self._queue: deque[bytes | Pending] = deque()
-        self._counts: deque[int] = deque()  # how many spans each item of the queue holds
-        self._queued = 0
+        queue_type, self._encode_fields = span_queue.compiled()
+        self._queue = queue_type(self._max_queue, self._max_batch, self._notify)
+        # ``add_spans(spans, count)``: ``count`` finished spans, encoded already (``ScopeSpans.spans``
+        # fields) or a request's record that is encoded with the rest of its batch (request_spans.py). The
+        # queue itself, called once per traced request: no frame of ours in between.
+        self.add_spans = self._queue
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.dropped = 0  # spans lost to a full queue
         self.failed = 0  # spans lost to failed sends
         self.sent = 0
         self._last_warning = 0.0
 
-    def add_spans(self, spans: bytes | Pending, count: int) -> None:
-        """``count`` finished spans: encoded already (``ScopeSpans.spans`` fields), or a request's spans that
-        the sender encodes with the rest of the batch (request_spans.py). Called on the loop."""
-        queued = self._queued
-        if queued >= self._max_queue or self._stopping:
-            self.dropped += count
-            return
-        self._queue.append(spans)
-        self._counts.append(count)
-        self._queued = queued = queued + count
+    @property
+    def dropped(self) -> int:
+        """Spans lost to a full queue."""
+        return self._queue.dropped
+
+    def _notify(self) -> None:
+        """The queue needs the sender: to start it (the first spans), or to send a full batch now."""
         if self._wake is None:
             self._start()
-        elif queued >= self._max_batch > queued - count:
+        else:
             self._wake.set()
 
     def _start(self) -> None:
@@ -98,13 +90,14 @@ class LoopExporter:
             return
         self._wake = asyncio.Event()
         self._task = loop.create_task(self._run(), name="otlp-exporter")
+        self._queue.started = True
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (within ``timeout_s``) and stop."""
         if self._stopping:
             return
-        self._stopping = True
-        if self._task is None and self._queue:
+        self._stopping = self._queue.stopping = True
+        if self._task is None and len(self._queue):
             self._start()
         if self._task is not None and self._wake is not None:
             self._wake.set()
@@ -117,7 +110,7 @@ class LoopExporter:
         assert self._wake is not None
         wake = self._wake
         while not self._stopping:
-            if self._queued < self._max_batch:
+            if self._queue.queued < self._max_batch:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._delay)
             wake.clear()
@@ -125,28 +118,19 @@ class LoopExporter:
         await self._drain()
 
     async def _drain(self) -> None:
-        queue, counts, limit = self._queue, self._counts, self._max_batch
-        while queue:
-            items = [queue.popleft()]
-            size = counts.popleft()
-            while counts and size + counts[0] <= limit:
-                items.append(queue.popleft())
-                size += counts.popleft()
-            self._queued -= size
+        # The requests are encoded here, a batch in one hot loop: encoded inside each request, the same code
+        # ran cold (the router's own work between two requests evicts it) at several times the cost
+        # (docs/observability.md, "What tracing costs").
+        queue, encoder = self._queue, self._encoder
+        while len(queue):
+            items, size = queue.take(self._max_batch)
             try:
-                body = self._encoder.request_of(self._encode(items))
+                body = encoder.request_of(self._encode_fields(items, encoder))
             except Exception:  # a bad attribute must not stop the exporter
                 log.exception("otlp: could not encode %d spans", size)
                 self.failed += size
                 continue
             await self._export(body, size)
-
-    def _encode(self, items: list[bytes | Pending]) -> list[bytes]:
-        """The batch's spans as fields, the requests' encoded here in one hot loop: encoded inside each
-        request, the same code ran cold (the router's own work between two requests evicts it) at several
-        times the cost (docs/observability.md, "What tracing costs")."""
-        encoder = self._encoder
-        return [item if type(item) is bytes else item.fields(encoder) for item in items]  # type: ignore[union-attr]
 
     async def _export(self, body: bytes, count: int) -> None:
         deadline = time.monotonic() + self._timeout

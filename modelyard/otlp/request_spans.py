@@ -10,7 +10,9 @@ else is an object of ours:
   attributes are made when it is encoded, from a cached piece;
 - a child is a list in its request's ``children`` (name, the caller's keyword arguments as attributes, id,
   parent, start, end, error), opened by ``child()``. The request itself is the child's context manager:
-  ``with`` blocks nest, so its ``__exit__`` ends the innermost open child, or the request when none is open;
+  ``with`` blocks nest, so its ``__exit__`` ends the innermost open child, or the request when none is open
+  (the proxy's hot call sites call ``end_child`` and ``end`` themselves, which a ``with`` costs two method
+  objects more than);
 - a child's span id is the request's, xor a constant of the child's position (distinct, non-zero, unique in
   the trace): no random draw per child. A new trace's id and its request's span id are one draw;
 - an ended request goes to the exporter as it is (``sink(request, count)``) and is encoded there with the
@@ -171,32 +173,35 @@ class RequestSpans:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.current:
+            self.end_child(exc)
+        else:
+            self.end(exc)
+
+    def end_child(self, exc: BaseException | None = None) -> None:
+        """End the innermost open child (an exception marks it ERROR): ``with``'s exit for a call site that
+        ends it itself, without the two method objects a ``with`` makes."""
         current = self.current
-        if current:  # the innermost open child ends
-            children = self.children
-            if children is None:  # the request was ended and encoded first: not recorded
-                self.current = 0
-                return
-            record = children[current - 1]
-            self.current = record[3]
-            if not self.end_ns:
-                record[5] = _now()
-                if exc is not None:
-                    record[6] = (_error_message(exc), [_exception(exc)])
+        if not current:
             return
+        children = self.children
+        if children is None:  # the request was ended and encoded first: not recorded
+            self.current = 0
+            return
+        record = children[current - 1]
+        self.current = record[3]
+        if not self.end_ns:
+            record[5] = _now()
+            if exc is not None:
+                record[6] = (_error_message(exc), [_exception(exc)])
+
+    def end(self, exc: BaseException | None = None) -> None:
+        """End the request's span (an exception marks it ERROR) and hand the request to the sink (once)."""
         if self.end_ns:
             return
         if exc is not None:
             self.events = [_exception(exc)]
             self.set_status(ERROR, _error_message(exc))
-        self.end_ns = _now()  # end(), inline: a call less per request
-        if self.sampled:
-            self._sink(self, len(self.children) + 1)  # type: ignore[arg-type]
-
-    def end(self) -> None:
-        """End the request's span and hand the request to the sink (once)."""
-        if self.end_ns:
-            return
         self.end_ns = _now()
         if self.sampled:
             self._sink(self, len(self.children) + 1)  # type: ignore[arg-type]
@@ -213,6 +218,7 @@ class RequestSpans:
         pieces = encoder.pieces
         get = pieces.get
         out: list[bytes] = []
+        key: tuple[object, ...] | None  # a piece's key in the encoder's cache; None: not cacheable
         for name, attributes, span, parent_at, start, end, error in children:
             if not end:
                 continue  # still open when the request ended
@@ -223,7 +229,7 @@ class RequestSpans:
                 try:
                     piece = get(key)
                 except TypeError:  # a list value: not hashable, not cached
-                    piece = None
+                    piece = key = None
                 if piece is None:
                     piece = encoder.piece(key, name, INTERNAL, attributes.items(), state, _HEAD.size)
                 head = _PACK(_T_TRACE, trace, _T_SPAN, span, _T_PARENT, parent, _T_START, start, _T_END, end)
@@ -248,8 +254,8 @@ class RequestSpans:
             key = (None, self.method, self.path, state, len(head), *self.extra)
             try:
                 piece = get(key)
-            except TypeError:
-                piece = None
+            except TypeError:  # a list value: not hashable, not cached
+                piece = key = None
             if piece is None:
                 piece = encoder.piece(key, self.name, SERVER, self.attributes, state, len(head))
             out += (piece, head)
@@ -320,3 +326,13 @@ class RequestRecorder:
         if self._set_current is not None:
             self._set_current(spans)
         return spans
+
+
+def recorder_class() -> type[RequestRecorder]:
+    """The compiled recorder (``_request_spans.c``: the same records and bytes for a fraction of the
+    instructions) where it was built, else this module's."""
+    try:
+        from modelyard.otlp._request_spans import RequestRecorder as Compiled
+    except ImportError:  # no C compiler where the package was installed
+        return RequestRecorder
+    return Compiled

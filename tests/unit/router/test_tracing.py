@@ -3,6 +3,7 @@ the request's span continues the caller's trace and its children nest under it."
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import gc
 import json
@@ -19,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from modelyard.otlp.encode import Encoder
-from modelyard.otlp.request_spans import RequestRecorder, RequestSpans
+from modelyard.otlp.request_spans import RequestRecorder, RequestSpans, recorder_class
 from modelyard.otlp.sampling import sampler_from
 from modelyard.router.logs import ACCESS_LOGGER, JsonFormatter, access_trace
 from modelyard.router.tracing import RouterTracing, endpoint_from, setup, span
@@ -70,10 +71,22 @@ def test_endpoint_from_the_flag_or_the_standard_variables_and_a_no_op_span() -> 
         assert nothing is None
 
 
-def _recording(env: dict[str, str] | None = None) -> tuple[RouterTracing, list[RequestSpans]]:
+@pytest.fixture(params=["python", "compiled"])
+def recorder_type(request: pytest.FixtureRequest) -> type[RequestRecorder]:
+    """Each behaviour holds for request_spans.py's recorder and for the compiled one the router uses."""
+    if request.param == "python":
+        return RequestRecorder
+    compiled = recorder_class()
+    assert compiled is not RequestRecorder, "the compiled recorder was not built (hatch_build.py)"
+    return compiled
+
+
+def _recording(
+    recorder_type: type[RequestRecorder], env: dict[str, str] | None = None
+) -> tuple[RouterTracing, list[RequestSpans]]:
     """Router tracing whose ended requests are kept in a list instead of exported."""
     ended: list[RequestSpans] = []
-    recorder = RequestRecorder(
+    recorder = recorder_type(
         sampler_from(env or {}), lambda request, count: ended.append(request), access_trace
     )
     return RouterTracing("http://unused:4317", {}, recorder=recorder), ended
@@ -91,8 +104,10 @@ def _attributes(span: Span | Span.Event) -> dict[str, object]:
     return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
 
 
-def test_the_request_span_continues_the_callers_trace_and_the_attempt_is_the_pods_parent() -> None:
-    tracing, ended = _recording()
+def test_the_request_span_continues_the_callers_trace_and_the_attempt_is_the_pods_parent(
+    recorder_type: type[RequestRecorder],
+) -> None:
+    tracing, ended = _recording(recorder_type)
     caller = {
         "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         "tracestate": "congo=t61rcWkgMzE",
@@ -134,8 +149,10 @@ def test_the_request_span_continues_the_callers_trace_and_the_attempt_is_the_pod
     }
 
 
-def test_an_exception_marks_its_span_and_the_request_error_with_an_exception_event() -> None:
-    tracing, ended = _recording()
+def test_an_exception_marks_its_span_and_the_request_error_with_an_exception_event(
+    recorder_type: type[RequestRecorder],
+) -> None:
+    tracing, ended = _recording(recorder_type)
     with (
         pytest.raises(RuntimeError),
         tracing.request("POST", "/v1/completions", {}),
@@ -151,8 +168,10 @@ def test_an_exception_marks_its_span_and_the_request_error_with_an_exception_eve
         assert _attributes(event) == {"exception.type": "RuntimeError", "exception.message": "cut"}
 
 
-def test_with_tracing_on_the_access_line_carries_the_trace_id_next_to_the_request_id() -> None:
-    tracing, _ = _recording()
+def test_with_tracing_on_the_access_line_carries_the_trace_id_next_to_the_request_id(
+    recorder_type: type[RequestRecorder],
+) -> None:
+    tracing, _ = _recording(recorder_type)
     caller = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
     access = json.dumps({"request_id": "r1", "status": 200})
 
@@ -171,8 +190,10 @@ def test_with_tracing_on_the_access_line_carries_the_trace_id_next_to_the_reques
     assert "trace_id" not in contextvars.Context().run(handler, False)  # another request, untraced
 
 
-def test_without_a_traceparent_the_request_starts_a_trace_kept_or_not_as_the_sampler_says() -> None:
-    tracing, ended = _recording()
+def test_without_a_traceparent_the_request_starts_a_trace_kept_or_not_as_the_sampler_says(
+    recorder_type: type[RequestRecorder],
+) -> None:
+    tracing, ended = _recording(recorder_type)
     with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay"):
         relay_id = root.current_id
     assert ended == [root]
@@ -186,7 +207,7 @@ def test_without_a_traceparent_the_request_starts_a_trace_kept_or_not_as_the_sam
     assert len(root.trace_id) == 32
     assert _attributes(request) == {"http.request.method": "POST", "url.path": "/v1/completions"}
 
-    tracing, ended = _recording({"OTEL_TRACES_SAMPLER": "always_off"})
+    tracing, ended = _recording(recorder_type, {"OTEL_TRACES_SAMPLER": "always_off"})
     with tracing.request("POST", "/v1/completions", {}) as root, span(tracing, "router.relay"):
         upstream: dict[str, str] = {}
         root.inject(upstream)
@@ -195,8 +216,10 @@ def test_without_a_traceparent_the_request_starts_a_trace_kept_or_not_as_the_sam
     assert upstream["traceparent"].endswith("-00")  # the pod is told not to keep it either
 
 
-def test_a_span_outside_a_request_or_after_it_ended_records_nothing() -> None:
-    tracing, ended = _recording()
+def test_a_span_outside_a_request_or_after_it_ended_records_nothing(
+    recorder_type: type[RequestRecorder],
+) -> None:
+    tracing, ended = _recording(recorder_type)
     with span(tracing, "router.relay") as nothing:
         assert nothing is None
     with tracing.request("POST", "/v1/completions", {}):
@@ -206,10 +229,12 @@ def test_a_span_outside_a_request_or_after_it_ended_records_nothing() -> None:
     assert len(_decoded(ended)) == 1
 
 
-def test_an_ended_child_nests_under_the_open_span_and_nothing_is_recorded_after_the_request() -> None:
+def test_an_ended_child_nests_under_the_open_span_and_nothing_is_recorded_after_the_request(
+    recorder_type: type[RequestRecorder],
+) -> None:
     """The proxy records a non-streamed answer's relay as an ended child (no ``with``): a child of the
     attempt, from the given start to when it is recorded."""
-    tracing, ended = _recording()
+    tracing, ended = _recording(recorder_type)
     with tracing.request("POST", "/v1/completions", {}) as root:
         with root.child("router.upstream_attempt", {"attempt": 1, "server.address": "http://pod"}):
             relay_start = time.time_ns()
@@ -227,8 +252,32 @@ def test_an_ended_child_nests_under_the_open_span_and_nothing_is_recorded_after_
     assert relay.end_time_unix_nano <= attempt.end_time_unix_nano
 
 
-def test_every_child_span_id_is_distinct_from_its_siblings_and_the_request_however_many() -> None:
-    tracing, _ = _recording()
+def test_spans_ended_by_hand_record_what_a_with_records(recorder_type: type[RequestRecorder]) -> None:
+    """proxy.py ends its request and attempt spans itself (``end_child``, ``end``), without a ``with``."""
+    tracing, ended = _recording(recorder_type)
+    root = tracing.request("POST", "/v1/completions", {})
+    root.child("router.upstream_attempt", {"attempt": 1})
+    root.end_child(ConnectionResetError("reset"))
+    root.child("router.upstream_attempt", {"attempt": 2})
+    root.end_child()
+    root.end(asyncio.CancelledError())
+    root.end()
+    failed, answered, request = _decoded(ended)
+    assert (failed.status.code, failed.status.message) == (
+        Status.STATUS_CODE_ERROR,
+        "ConnectionResetError: reset",
+    )
+    assert answered.status.code == Status.STATUS_CODE_UNSET
+    assert failed.parent_span_id == answered.parent_span_id == request.span_id
+    assert request.status.code == Status.STATUS_CODE_ERROR
+    assert [event.name for event in request.events] == ["exception"]
+    assert len(ended) == 1
+
+
+def test_every_child_span_id_is_distinct_from_its_siblings_and_the_request_however_many(
+    recorder_type: type[RequestRecorder],
+) -> None:
+    tracing, _ = _recording(recorder_type)
     with tracing.request("POST", "/v1/completions", {}) as root:
         for _ in range(600):  # a long hold and retry loop
             with root.child("router.upstream_attempt", {}):
@@ -240,7 +289,9 @@ def test_every_child_span_id_is_distinct_from_its_siblings_and_the_request_howev
     assert all(0 < span < 1 << 64 for span in ids)
 
 
-def test_an_exported_request_leaves_nothing_for_the_garbage_collector() -> None:
+def test_an_exported_request_leaves_nothing_for_the_garbage_collector(
+    recorder_type: type[RequestRecorder],
+) -> None:
     """Children refer to their request and the request to its children: encoding breaks that cycle, so a
     request's objects are freed by reference counting (cyclic garbage made the collector run every ~1,500
     router requests, traversing every record still queued)."""
@@ -248,7 +299,7 @@ def test_an_exported_request_leaves_nothing_for_the_garbage_collector() -> None:
     tracing = RouterTracing(
         "http://unused:4317",
         {},
-        recorder=RequestRecorder(
+        recorder=recorder_type(
             sampler_from({}), lambda request, count: request.fields(encoder), access_trace
         ),
     )
