@@ -143,11 +143,16 @@ class Proxy:
         )
         try:
             if self.tracing is not None:
-                with self.tracing.request(request.method, request.path, request.headers) as server_span:
-                    ex.trace = server_span
+                # Ended by hand, not by a ``with``: two method objects less per request.
+                server_span = ex.trace = self.tracing.request(request.method, request.path, request.headers)
+                try:
                     response = await self._handle(request, ex)
-                    server_span.set_attribute("http.response.status_code", ex.status or response.status)
-                    return response
+                except BaseException as exc:
+                    server_span.end(exc)
+                    raise
+                server_span.set_attribute("http.response.status_code", ex.status or response.status)
+                server_span.end()
+                return response
             return await self._handle(request, ex)
         except RouterError as err:
             ex.status = err.status
@@ -284,11 +289,18 @@ class Proxy:
                             return await self._attempt_whole(reply, route, url, path, headers, body)
                         return await self._attempt(reply, route, url, path, headers, body, migration)
                     attempt: dict[str, AttributeValue] = {"attempt": ex.attempts, "server.address": url}
-                    with trace.child("router.upstream_attempt", attempt):
-                        trace.inject(headers)  # this attempt's span is the pod's parent
+                    trace.child("router.upstream_attempt", attempt)
+                    trace.inject(headers)  # this attempt's span is the pod's parent
+                    try:
                         if answer_whole:
-                            return await self._attempt_whole(reply, route, url, path, headers, body)
-                        return await self._attempt(reply, route, url, path, headers, body, migration)
+                            response = await self._attempt_whole(reply, route, url, path, headers, body)
+                        else:
+                            response = await self._attempt(reply, route, url, path, headers, body, migration)
+                    except BaseException as exc:
+                        trace.end_child(exc)
+                        raise
+                    trace.end_child()
+                    return response
                 except _Retry as retry:
                     tried.add(url)
                     if retry.args:
