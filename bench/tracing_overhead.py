@@ -3,7 +3,7 @@ tokens/s, with every trace kept (100% sampled) and exported over OTLP to a real 
 (tests/integration/observability/install_jaeger.sh). Goal (issue 19): <= 5% router CPU, <= 2% server tokens/s.
 
     python bench/tracing_overhead.py [--requests 400] [--concurrency 8] [--rounds 6] [--only router|server]
-                                     [--protocol grpc|http/protobuf] [--keep-routers]
+                                     [--protocol grpc|http/protobuf] [--keep-routers] [--collector discard]
 
 Router: a fake upstream (tests/integration/router/fake_backend.py) answers at once, so the router's own CPU
 (all its threads' on-CPU time, /proc/PID/task/*/schedstat) per sequential request is what is measured.
@@ -14,6 +14,10 @@ tracing router's CPU outside its main thread (an exporter thread, grpcio's threa
 Server: tiny Llama, streamed completions of 32 tokens at the given concurrency: tokens/s, and the HTTP
 process's CPU time per token (the spans and their exporter thread live there; the engine process does no
 tracing work beyond a few stamps).
+The collector is a real Jaeger on this machine by default, and its CPU per request is printed apart: on two
+cores it competes with the router it receives from. ``--collector discard`` sends to a
+receiver that reads and drops each export instead (bench/otlp_discard.py), which leaves the router's own
+cost.
 Each round measures off and on back to back, in alternating order (off-on, on-off, ...), so drift on a
 shared machine hits both; the result is each round's on/off ratio, reported as the median with the lowest
 and highest round, not one best case.
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -37,8 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "router"), str(REPO / "server")]
 
 from tests.fixtures.models import ServerProcess, start_server  # noqa: E402
+from tests.fixtures.processes import popen_dying_with_parent  # noqa: E402
 from tests.integration.observability.jaeger import build_jaeger, start_jaeger  # noqa: E402
 from tests.integration.router.procs import Proc, free_port, start_router, write_config  # noqa: E402
+from tests.support.waits import wait_until  # noqa: E402
 
 
 def cpu_seconds(pid: int, main_only: bool = False) -> float:
@@ -109,13 +116,28 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("grpc", "http/protobuf"), default="grpc")
     parser.add_argument("--keep-routers", action="store_true", help="one pair of routers for all rounds")
     parser.add_argument(
+        "--collector", choices=("jaeger", "discard"), default="jaeger", help="where the spans go"
+    )
+    parser.add_argument(
         "--out", type=Path, help="also write the JSON here (bench/results/tracing_overhead.json)"
     )
     args = parser.parse_args()
     os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = args.protocol  # the router and server processes inherit it
     tmp = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
-    jaeger, ports = start_jaeger(build_jaeger(), tmp)
-    endpoint = f"http://127.0.0.1:{ports['grpc' if args.protocol == 'grpc' else 'http']}"
+    if args.collector == "discard":
+        port = free_port()
+        sink = [sys.executable, str(REPO / "bench" / "otlp_discard.py"), "--port", str(port)]
+        if args.protocol == "grpc":
+            sink.append("--grpc")
+        jaeger = Proc(sink, port, log_path=tmp / "discard.log")
+        jaeger.popen = popen_dying_with_parent(sink)
+        wait_until(lambda: _listening(port), 30, "the discarding collector")
+        endpoint = f"http://127.0.0.1:{port}"
+    else:
+        jaeger, ports = start_jaeger(build_jaeger(), tmp)
+        endpoint = f"http://127.0.0.1:{ports['grpc' if args.protocol == 'grpc' else 'http']}"
+    assert jaeger.popen is not None
+    collector_pid = jaeger.popen.pid
     upstream_port = free_port()
     fake = [
         sys.executable,
@@ -147,6 +169,7 @@ def main() -> None:
             "on": start_server([*common, "--otlp-traces-endpoint", endpoint], log_dir=tmp),
         }
     cpu: dict[str, list[float]] = {"off": [], "on": []}
+    collector_cpu: dict[str, list[float]] = {"off": [], "on": []}  # per request, while each router ran
     off_main: list[float] = []  # the tracing router's CPU outside its main thread
     tps: dict[str, list[float]] = {"off": [], "on": []}
     http_ms: dict[str, list[float]] = {"off": [], "on": []}
@@ -159,10 +182,13 @@ def main() -> None:
             fresh = bool(routers) and (index == 0 or not args.keep_routers)
             for mode in ("off", "on") if index % 2 == 0 else ("on", "off"):
                 if args.only in (None, "router"):
+                    collector_before = cpu_seconds(collector_pid)
                     per_request, outside = asyncio.run(
                         router_cpu_per_request(routers[mode], args.requests, 200 if fresh else 20)
                     )
                     cpu[mode].append(per_request)
+                    collector_spent = cpu_seconds(collector_pid) - collector_before
+                    collector_cpu[mode].append(collector_spent / args.requests)
                     if mode == "on":
                         off_main.append(outside)
                 if args.only in (None, "server"):
@@ -182,13 +208,20 @@ def main() -> None:
             "tracing router's CPU outside its main thread: "
             f"{statistics.median(off_main) * 1e6:.1f} us/request (median)"
         )
+        print(
+            f"the collector ({args.collector}) on this machine, CPU per request while each router ran "
+            f"(median): off {statistics.median(collector_cpu['off']) * 1e6:.1f} us, "
+            f"on {statistics.median(collector_cpu['on']) * 1e6:.1f} us"
+        )
     if tps["off"]:
         print(f"server tokens/s (c={args.concurrency}), on/off: " + _ratios(tps, scale=1, unit="tok/s"))
         print("server HTTP-process CPU per token, on/off: " + _ratios(http_ms, scale=1, unit="ms"))
     result = json.dumps(
         {
             "protocol": args.protocol,
+            "collector": args.collector,
             "router_cpu_s": cpu,
+            "collector_cpu_s_per_request": collector_cpu,
             "router_on_cpu_outside_main_thread_s": off_main,
             "server_tokens_per_s": tps,
             "server_http_cpu_ms_per_token": http_ms,
@@ -197,6 +230,11 @@ def main() -> None:
     print(result)
     if args.out is not None:
         args.out.write_text(result + "\n")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _ratios(values: dict[str, list[float]], scale: float, unit: str) -> str:
