@@ -938,7 +938,10 @@ static void Recorder_dealloc(Recorder *self) {
 
 /* sampler.sample(trace id as an int, the caller's sampled flag or None) */
 static int sample(Recorder *self, const unsigned char *trace, PyObject *caller_sampled) {
-    PyObject *trace_int = _PyLong_FromByteArray(trace, 16, 0, 0);
+    char hex[33];
+    hex_of(trace, 16, hex);
+    hex[32] = 0;
+    PyObject *trace_int = PyLong_FromString(hex, NULL, 16); /* only with a ratio sampler or a caller */
     if (trace_int == NULL) return -1;
     PyObject *args[3] = {self->sampler, trace_int, caller_sampled};
     PyObject *result = PyObject_VectorcallMethod(s_sample, args, 3, NULL);

@@ -209,3 +209,19 @@ def test_the_compiled_records_keep_the_python_records_attributes() -> None:
     assert request.children[0][:2] == ["x", attributes]
     assert request.extra == (("k", "v"),)
     assert request.attributes == [("http.request.method", "GET"), ("url.path", "/"), ("k", "v")]
+
+
+def test_a_ratio_sampler_decides_a_trace_alike_in_both_recorders() -> None:
+    """``traceidratio`` decides on the trace id: every process (and both recorders) keeps the same traces."""
+    sampler = sampler_from({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"})
+    python = RequestRecorder(sampler, lambda request, count: None)
+    compiled = _compiled()(sampler, lambda request, count: None)
+    decisions = []
+    for index in range(1, 65):
+        trace = f"{index * 0x9E3779B97F4A7C15 % (1 << 128):032x}"
+        headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+        ours, theirs = compiled.request("GET", "/", headers), python.request("GET", "/", headers)
+        assert ours.trace_id == theirs.trace_id == trace
+        assert ours.sampled == theirs.sampled
+        decisions.append(ours.sampled)
+    assert 0 < sum(decisions) < 64  # both ways
