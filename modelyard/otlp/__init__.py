@@ -12,6 +12,7 @@ message building cost the router ~140 us per request (docs/observability.md, "Wh
 - request_spans.py: the router's recorder, one compact record per request, encoded in bulk by the exporter;
   _request_spans.c: the same recorder compiled (hatch_build.py builds it on install), which the router uses
   where it was built;
+- span_queue.py: the loop exporter's queue, the recorder's sink (compiled too: _span_queue.c);
 - loop_export.py, loop_transport.py: the exporter task on the caller's event loop (the router's), no thread;
 - build.py: all of it from the standard ``OTEL_*`` variables.
 

@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Protocol
 
-from modelyard.otlp import span_queue
+from modelyard.otlp import request_spans, span_queue
 from modelyard.otlp.encode import Encoder
 from modelyard.otlp.transport import ExportError
 
@@ -57,8 +57,8 @@ class LoopExporter:
         self._max_queue = max_queue
         self._max_batch = min(max_batch, max_queue)
         self._timeout = export_timeout_s
-        queue_type, self._encode_fields = span_queue.compiled()
-        self._queue = queue_type(self._max_queue, self._max_batch, self._notify)
+        self._encode_fields = request_spans.fields_encoder()
+        self._queue = span_queue.queue_class()(self._max_queue, self._max_batch, self._notify)
         # ``add_spans(spans, count)``: ``count`` finished spans, encoded already (``ScopeSpans.spans``
         # fields) or a request's record that is encoded with the rest of its batch (request_spans.py). The
         # queue itself, called once per traced request: no frame of ours in between.

@@ -40,6 +40,7 @@ from modelyard.otlp import propagation
 from modelyard.otlp.encode import Encoder
 from modelyard.otlp.sampling import Sampler
 from modelyard.otlp.span import ERROR, INTERNAL, SERVER, UNSET, AttributeValue, Event
+from modelyard.otlp.span_queue import Pending
 
 _now = time.time_ns
 _bits = random.getrandbits
@@ -326,6 +327,22 @@ class RequestRecorder:
         if self._set_current is not None:
             self._set_current(spans)
         return spans
+
+
+def encode_fields(items: list[bytes | Pending], encoder: Encoder) -> list[bytes]:
+    """A batch's items as ``ScopeSpans.spans`` fields: records are encoded, spans encoded already pass
+    through (the loop exporter's loop over a batch)."""
+    return [item if type(item) is bytes else item.fields(encoder) for item in items]  # type: ignore[union-attr]
+
+
+def fields_encoder() -> Callable[[list[bytes | Pending], Encoder], list[bytes]]:
+    """The compiled ``encode_fields`` where it was built (it encodes compiled records without a method call
+    each), else this module's."""
+    try:
+        from modelyard.otlp._request_spans import encode_fields as compiled
+    except ImportError:  # no C compiler where the package was installed
+        return encode_fields
+    return compiled
 
 
 def recorder_class() -> type[RequestRecorder]:

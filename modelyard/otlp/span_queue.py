@@ -7,7 +7,7 @@ when the exporter must act: while its task is not running yet (``started`` false
 a batch. ``take(limit)`` gives the exporter the items at the front that fit ``limit`` spans.
 
 The router calls the sink for every traced request, so where the package was built with a C compiler
-(hatch_build.py) the compiled queue (_request_spans.c) does this, the same way.
+(hatch_build.py) the compiled queue (_span_queue.c) does this, the same way.
 """
 
 from __future__ import annotations
@@ -67,15 +67,10 @@ class SpanQueue:
         return taken, size
 
 
-def encode_fields(items: list[Item], encoder: Encoder) -> list[bytes]:
-    """Each item's spans as ``ScopeSpans.spans`` fields: records are encoded, bytes pass through."""
-    return [item if type(item) is bytes else item.fields(encoder) for item in items]  # type: ignore[union-attr]
-
-
-def compiled() -> tuple[type[SpanQueue], Callable[[list[Item], Encoder], list[bytes]]]:
-    """The compiled queue and encoder loop where they were built, else this module's."""
+def queue_class() -> type[SpanQueue]:
+    """The compiled queue where it was built, else this module's."""
     try:
-        from modelyard.otlp import _request_spans
+        from modelyard.otlp._span_queue import SpanQueue as Compiled
     except ImportError:  # no C compiler where the package was installed
-        return SpanQueue, encode_fields
-    return _request_spans.SpanQueue, _request_spans.encode_fields
+        return SpanQueue
+    return Compiled

@@ -14,7 +14,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from modelyard.otlp.encode import Encoder
-from modelyard.otlp.request_spans import RequestRecorder, RequestSpans, recorder_class
+from modelyard.otlp.request_spans import (
+    RequestRecorder,
+    RequestSpans,
+    encode_fields,
+    fields_encoder,
+    recorder_class,
+)
 from modelyard.otlp.sampling import sampler_from
 from modelyard.otlp.span import ERROR
 
@@ -225,3 +231,22 @@ def test_a_ratio_sampler_decides_a_trace_alike_in_both_recorders() -> None:
         assert ours.sampled == theirs.sampled
         decisions.append(ours.sampled)
     assert 0 < sum(decisions) < 64  # both ways
+
+
+def test_a_batch_encodes_records_of_either_recorder_and_passes_encoded_spans_through() -> None:
+    encoder = Encoder({"service.name": "s"}, "scope")
+    for recorder_type in (RequestRecorder, _compiled()):
+        for encode in (encode_fields, fields_encoder()):
+            ended: list[RequestSpans] = []
+            recorder = recorder_type(
+                sampler_from({}), lambda request, count, kept=ended: kept.append(request)
+            )
+            for _ in range(2):
+                with recorder.request("GET", "/a", None) as request, request.child("c", {"k": 1}):
+                    pass
+            fields = encode([b"x", *ended], encoder)
+            assert fields[0] == b"x"
+            decoded = [_normalised(encoder.request_of([spans])) for spans in fields[1:]]
+            assert decoded[0] == decoded[1]
+            assert [span["name"] for span in decoded[0]] == ["c", "GET /a"]
+    assert fields_encoder() is not encode_fields  # the compiled one was built

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.otlp.encode import Encoder
-from modelyard.otlp.request_spans import RequestRecorder, RequestSpans
-from modelyard.otlp.sampling import sampler_from
-from modelyard.otlp.span_queue import SpanQueue, compiled, encode_fields
+from modelyard.otlp.span_queue import SpanQueue, queue_class
 
 
 @pytest.fixture(params=["python", "compiled"])
 def queue_type(request: pytest.FixtureRequest) -> type[SpanQueue]:
     if request.param == "python":
         return SpanQueue
-    kind, _ = compiled()
-    assert kind is not SpanQueue, "the compiled queue was not built (hatch_build.py)"
-    return kind
+    compiled = queue_class()
+    assert compiled is not SpanQueue, "the compiled queue was not built (hatch_build.py)"
+    return compiled
 
 
 def test_items_leave_in_order_as_many_as_fit_the_limit_and_one_at_least(queue_type: type[SpanQueue]) -> None:
@@ -59,20 +56,3 @@ def test_the_exporter_is_woken_until_it_runs_then_only_for_a_full_batch(queue_ty
     queue.take(100)
     queue(b"f", 10)
     assert calls == [2, 4, 11, 10]
-
-
-def test_records_are_encoded_in_the_batch_and_encoded_spans_pass_through() -> None:
-    encoder = Encoder({"service.name": "s"}, "scope")
-    ended: list[RequestSpans] = []
-    recorder = RequestRecorder(sampler_from({}), lambda request, count: ended.append(request))
-    with recorder.request("GET", "/a", None):
-        pass
-    record = ended[0]
-    expected = record.fields(encoder)
-    _, compiled_encode = compiled()
-    for encode in (encode_fields, compiled_encode):
-        with recorder.request("GET", "/a", None):
-            pass
-        fields = encode([b"x", ended[-1]], encoder)
-        assert fields[0] == b"x"
-        assert len(fields[1]) == len(expected)  # the same spans (ids and times differ)
