@@ -11,8 +11,8 @@ else is an object of ours:
 - a child is a list in its request's ``children`` (name, the caller's keyword arguments as attributes, id,
   parent, start, end, error), opened by ``child()``. The request itself is the child's context manager:
   ``with`` blocks nest, so its ``__exit__`` ends the innermost open child, or the request when none is open
-  (the proxy's hot call sites call ``end_child`` and ``end`` themselves, which a ``with`` costs two method
-  objects more than);
+  (the proxy's hot call sites call ``end_child`` and ``end`` instead: a ``with`` makes two method objects
+  more per span);
 - a child's span id is the request's, xor a constant of the child's position (distinct, non-zero, unique in
   the trace): no random draw per child. A new trace's id and its request's span id are one draw;
 - an ended request goes to the exporter as it is (``sink(request, count)``) and is encoded there with the
