@@ -6,7 +6,7 @@
  * its children an array inside it, and its spans are written to the output buffer in one pass. Everything
  * that is not on a common request's path (a caller's traceparent, errors, a sampler with a ratio, the pieces
  * missing from the encoder's cache) calls the same Python code as request_spans.py, so the two cannot
- * drift. tests/unit/otlp/test_request_spans_native.py holds them to the same output.
+ * drift. tests/unit/otlp/test_request_spans_compiled.py holds them to the same output.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -145,20 +145,27 @@ struct Recorder {
 
 static PyTypeObject SpansType, RecorderType;
 
+/* An array that starts in ``inline_data`` (inside its owner) moved to ``wanted`` bytes on the heap, its
+ * ``used`` bytes kept: the children, set_attribute's pairs and the encoding buffer all grow this way.
+ * NULL (MemoryError set) when there is no memory; the old array is then still valid. */
+static void *grow(void *data, const void *inline_data, size_t used, size_t wanted) {
+    void *grown;
+    if (data == inline_data) {
+        grown = PyMem_Malloc(wanted);
+        if (grown != NULL) memcpy(grown, data, used);
+    } else {
+        grown = PyMem_Realloc(data, wanted);
+    }
+    if (grown == NULL) PyErr_NoMemory();
+    return grown;
+}
+
 static Child *add_child(Spans *self) {
     if (self->count == self->capacity) {
         Py_ssize_t capacity = self->capacity * 2;
-        Child *grown;
-        if (self->children == self->inline_children) {
-            grown = PyMem_Malloc(capacity * sizeof(Child));
-            if (grown != NULL) memcpy(grown, self->children, self->count * sizeof(Child));
-        } else {
-            grown = PyMem_Realloc(self->children, capacity * sizeof(Child));
-        }
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return NULL;
-        }
+        Child *grown = grow(self->children, self->inline_children, self->count * sizeof(Child),
+                            capacity * sizeof(Child));
+        if (grown == NULL) return NULL;
         self->children = grown;
         self->capacity = capacity;
     }
@@ -380,14 +387,9 @@ static PyObject *Spans_set_attribute(Spans *self, PyObject *const *args, Py_ssiz
     }
     if (self->extra_count == self->extra_capacity) {
         Py_ssize_t capacity = self->extra_capacity * 2;
-        PyObject **grown;
-        if (self->extra == self->extra_inline) {
-            grown = PyMem_Malloc(2 * capacity * sizeof(PyObject *));
-            if (grown != NULL) memcpy(grown, self->extra, 2 * self->extra_count * sizeof(PyObject *));
-        } else {
-            grown = PyMem_Realloc(self->extra, 2 * capacity * sizeof(PyObject *));
-        }
-        if (grown == NULL) return PyErr_NoMemory();
+        PyObject **grown = grow(self->extra, self->extra_inline, 2 * self->extra_count * sizeof(PyObject *),
+                                2 * capacity * sizeof(PyObject *));
+        if (grown == NULL) return NULL;
         self->extra = grown;
         self->extra_capacity = capacity;
     }
@@ -421,17 +423,8 @@ typedef struct {
 static int reserve(Buffer *out, Py_ssize_t more) {
     if (out->size + more <= out->capacity) return 0;
     Py_ssize_t capacity = (out->size + more) * 2;
-    char *grown;
-    if (out->data == out->local) {
-        grown = PyMem_Malloc(capacity);
-        if (grown != NULL) memcpy(grown, out->data, out->size);
-    } else {
-        grown = PyMem_Realloc(out->data, capacity);
-    }
-    if (grown == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    char *grown = grow(out->data, out->local, out->size, capacity);
+    if (grown == NULL) return -1;
     out->data = grown;
     out->capacity = capacity;
     return 0;
@@ -473,8 +466,19 @@ static int put_head(Buffer *out, const unsigned char *trace, uint64_t span, uint
     return 0;
 }
 
-/* The cache key of a child's piece: (name, state, *keys, *values); NULL with no error set when an attribute
- * is not hashable (a list): not cached. */
+/* The encoder's piece cached under ``*key`` (borrowed) into ``*piece``, or NULL. A key that cannot be hashed
+ * (a list attribute) becomes None: its piece is made, not cached. -1 on any other error. */
+static int lookup_piece(PyObject *pieces, PyObject **key, PyObject **piece) {
+    *piece = PyDict_GetItemWithError(pieces, *key);
+    if (*piece != NULL || !PyErr_Occurred()) return 0;
+    if (!PyErr_ExceptionMatches(PyExc_TypeError)) return -1;
+    PyErr_Clear();
+    Py_SETREF(*key, Py_NewRef(Py_None));
+    return 0;
+}
+
+/* The cache key of a child's piece, (name, state, *keys, *values), looked up in ``pieces``: the key to cache
+ * the piece under (None when not cacheable), NULL on error. */
 static PyObject *child_key(PyObject *name, PyObject *state, PyObject *attributes, PyObject *pieces,
                            PyObject **piece) {
     PyObject *key;
@@ -509,13 +513,7 @@ static PyObject *child_key(PyObject *name, PyObject *state, PyObject *attributes
     }
     PyTuple_SET_ITEM(key, 0, Py_NewRef(name));
     PyTuple_SET_ITEM(key, 1, Py_NewRef(state));
-    *piece = PyDict_GetItemWithError(pieces, key);
-    if (*piece == NULL && PyErr_Occurred()) {
-        Py_DECREF(key);
-        if (!PyErr_ExceptionMatches(PyExc_TypeError)) return NULL;
-        PyErr_Clear();
-        return Py_NewRef(Py_None); /* not hashable: encoded, not cached */
-    }
+    if (lookup_piece(pieces, &key, piece) < 0) Py_CLEAR(key);
     return key;
 }
 
@@ -684,20 +682,14 @@ static int encode_root(Spans *self, PyObject *encoder, PyObject *pieces, PyObjec
         }
         PyTuple_SET_ITEM(key, 4, size);
         for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(key, 5 + i, Py_NewRef(self->extra[i]));
-        piece = PyDict_GetItemWithError(pieces, key);
+        if (lookup_piece(pieces, &key, &piece) < 0) {
+            Py_DECREF(key);
+            return -1;
+        }
         if (piece == NULL) {
-            PyObject *cache_key = key;
-            if (PyErr_Occurred()) {
-                if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
-                    Py_DECREF(key);
-                    return -1;
-                }
-                PyErr_Clear();
-                cache_key = Py_None; /* not hashable: encoded, not cached */
-            }
             PyObject *name = Spans_name(self, NULL), *attributes = Spans_attributes(self, NULL);
             if (name != NULL && attributes != NULL)
-                owned = make_piece(encoder, cache_key, name, SERVER, attributes, state, head);
+                owned = make_piece(encoder, key, name, SERVER, attributes, state, head);
             Py_XDECREF(name);
             Py_XDECREF(attributes);
             piece = owned;
@@ -737,12 +729,7 @@ static PyObject *Spans_fields(Spans *self, PyObject *encoder) {
         for (Py_ssize_t i = 0; i < self->count && !failed; i++) {
             if (self->children[i].end) failed = encode_child(self, &self->children[i], encoder, pieces, state, &out) < 0;
         }
-        /* Kept for current_span while children still end after their request: only the ids are read. */
-        for (Py_ssize_t i = 0; i < self->count; i++) {
-            Py_CLEAR(self->children[i].name);
-            Py_CLEAR(self->children[i].attributes);
-            Py_CLEAR(self->children[i].error);
-        }
+        clear_children(self); /* an encoded request's children are not read again (current_span, end_child) */
         self->encoded = 1;
     }
     if (!failed) failed = encode_root(self, encoder, pieces, state, &out) < 0;
