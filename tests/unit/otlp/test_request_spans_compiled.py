@@ -23,6 +23,7 @@ from modelyard.otlp.request_spans import (
 )
 from modelyard.otlp.sampling import sampler_from
 from modelyard.otlp.span import ERROR
+from tests.support.compiled import compiled_twin
 
 CALLER = {
     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -32,9 +33,7 @@ Scenario = Callable[[RequestRecorder], RequestSpans]
 
 
 def _compiled() -> type[RequestRecorder]:
-    compiled = recorder_class()
-    assert compiled is not RequestRecorder, "the compiled recorder was not built (hatch_build.py)"
-    return compiled
+    return compiled_twin(RequestRecorder, recorder_class())
 
 
 def _value(value: AnyValue) -> object:
@@ -109,11 +108,14 @@ def _new_trace_retried_and_failed(recorder: RequestRecorder) -> RequestSpans:
 
 
 def _unhashable_and_many(recorder: RequestRecorder) -> RequestSpans:
-    """List attributes (not cacheable), a read-only mapping, more children than the record holds inline,
-    a status set by hand, and a child recorded after its request ended (not recorded)."""
+    """List attributes (not cacheable), a read-only mapping, more children and attributes than the record
+    holds inline and more bytes than its first buffer, a status set by hand, and a child recorded after its
+    request ended (not recorded)."""
     request = recorder.request("POST", "/v1/completions", {"traceparent": "invalid"})
     request.set_attribute("tags", ["a", "b"])
-    for attempt in range(7):
+    request.set_attribute("gen_ai.request.model", "m")
+    request.set_attribute("http.response.status_code", 200)
+    for attempt in range(40):
         with request.child("router.upstream_attempt", MappingProxyType({"attempt": attempt})):
             pass
     with request.child("router.relay", {"ids": [1, 2], "flag": True, "share": 0.5}):
@@ -249,4 +251,4 @@ def test_a_batch_encodes_records_of_either_recorder_and_passes_encoded_spans_thr
             decoded = [_normalised(encoder.request_of([spans])) for spans in fields[1:]]
             assert decoded[0] == decoded[1]
             assert [span["name"] for span in decoded[0]] == ["c", "GET /a"]
-    assert fields_encoder() is not encode_fields  # the compiled one was built
+    compiled_twin(encode_fields, fields_encoder())

@@ -7,15 +7,12 @@ from __future__ import annotations
 import pytest
 
 from modelyard.otlp.span_queue import SpanQueue, queue_class
+from tests.support.compiled import compiled_twin
 
 
 @pytest.fixture(params=["python", "compiled"])
 def queue_type(request: pytest.FixtureRequest) -> type[SpanQueue]:
-    if request.param == "python":
-        return SpanQueue
-    compiled = queue_class()
-    assert compiled is not SpanQueue, "the compiled queue was not built (hatch_build.py)"
-    return compiled
+    return SpanQueue if request.param == "python" else compiled_twin(SpanQueue, queue_class())
 
 
 def test_items_leave_in_order_as_many_as_fit_the_limit_and_one_at_least(queue_type: type[SpanQueue]) -> None:

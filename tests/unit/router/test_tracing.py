@@ -24,6 +24,7 @@ from modelyard.otlp.request_spans import RequestRecorder, RequestSpans, recorder
 from modelyard.otlp.sampling import sampler_from
 from modelyard.router.logs import ACCESS_LOGGER, JsonFormatter, access_trace
 from modelyard.router.tracing import RouterTracing, endpoint_from, setup, span
+from tests.support.compiled import compiled_twin
 from tests.support.roots import pythonpath
 
 
@@ -74,11 +75,7 @@ def test_endpoint_from_the_flag_or_the_standard_variables_and_a_no_op_span() -> 
 @pytest.fixture(params=["python", "compiled"])
 def recorder_type(request: pytest.FixtureRequest) -> type[RequestRecorder]:
     """Each behaviour holds for request_spans.py's recorder and for the compiled one the router uses."""
-    if request.param == "python":
-        return RequestRecorder
-    compiled = recorder_class()
-    assert compiled is not RequestRecorder, "the compiled recorder was not built (hatch_build.py)"
-    return compiled
+    return RequestRecorder if request.param == "python" else compiled_twin(RequestRecorder, recorder_class())
 
 
 def _recording(
