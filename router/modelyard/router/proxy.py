@@ -284,18 +284,19 @@ class Proxy:
                 answer_whole = migration is None and reply.stream is None and not ex.stream and whole(url)
                 trace = ex.trace
                 try:
+                    # Made, not started: a traced attempt puts its traceparent in ``headers`` first.
+                    sent = (
+                        self._attempt_whole(reply, route, url, path, headers, body)
+                        if answer_whole
+                        else self._attempt(reply, route, url, path, headers, body, migration)
+                    )
                     if trace is None:
-                        if answer_whole:
-                            return await self._attempt_whole(reply, route, url, path, headers, body)
-                        return await self._attempt(reply, route, url, path, headers, body, migration)
+                        return await sent
                     attempt: dict[str, AttributeValue] = {"attempt": ex.attempts, "server.address": url}
                     trace.child("router.upstream_attempt", attempt)
                     trace.inject(headers)  # this attempt's span is the pod's parent
                     try:
-                        if answer_whole:
-                            response = await self._attempt_whole(reply, route, url, path, headers, body)
-                        else:
-                            response = await self._attempt(reply, route, url, path, headers, body, migration)
+                        response = await sent
                     except BaseException as exc:
                         trace.end_child(exc)
                         raise
