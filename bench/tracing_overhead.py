@@ -129,15 +129,15 @@ def main() -> None:
         sink = [sys.executable, str(REPO / "bench" / "otlp_discard.py"), "--port", str(port)]
         if args.protocol == "grpc":
             sink.append("--grpc")
-        jaeger = Proc(sink, port, log_path=tmp / "discard.log")
-        jaeger.popen = popen_dying_with_parent(sink)
+        collector = Proc(sink, port)  # not started by Proc.start: a gRPC receiver answers no HTTP probe
+        collector.popen = popen_dying_with_parent(sink)
         wait_until(lambda: _listening(port), 30, "the discarding collector")
         endpoint = f"http://127.0.0.1:{port}"
     else:
-        jaeger, ports = start_jaeger(build_jaeger(), tmp)
+        collector, ports = start_jaeger(build_jaeger(), tmp)
         endpoint = f"http://127.0.0.1:{ports['grpc' if args.protocol == 'grpc' else 'http']}"
-    assert jaeger.popen is not None
-    collector_pid = jaeger.popen.pid
+    assert collector.popen is not None
+    collector_pid = collector.popen.pid
     upstream_port = free_port()
     fake = [
         sys.executable,
@@ -198,7 +198,7 @@ def main() -> None:
                     tps[mode].append(rate)
                     http_ms[mode].append(http_cpu)
     finally:
-        for proc in (*routers.values(), upstream, jaeger):
+        for proc in (*routers.values(), upstream, collector):
             proc.kill()
         for server in servers.values():
             server.stop()
